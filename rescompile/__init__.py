@@ -1,0 +1,22 @@
+"""rescompile: an edge-deployment compiler and INT8 quantization pipeline for residual networks.
+
+``rescompile.build(...)`` runs every stage; each stage is also its own function
+(``load_model``, ``export_onnx``, ``simplify``, ``plan_qdq``, ``collect_stats``,
+``insert_qdq``, ``verify_int8``, ``validate_models``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+
+def build(cfg: Any = None, **overrides: Any) -> Any:
+    """Run the whole pipeline; see :func:`rescompile.pipeline.build`."""
+    from rescompile.pipeline import build as _build
+
+    return _build(cfg, **overrides)
+
+
+__all__ = ["__version__", "build"]

@@ -1,0 +1,164 @@
+"""The ``rescompile`` command: parse options, call the library, map errors to exit codes.
+
+Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad input or
+usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from rescompile.errors import RescompileError
+
+app = typer.Typer(
+    name="rescompile",
+    help="Compile trained ResNets to INT8 that keeps the skip-add topology: ONNX -> Q/DQ -> TensorRT / ONNX Runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelArg = Annotated[
+    str,
+    typer.Argument(help="demo | resnet20..resnet110 | torchvision:<arch> | model.onnx | TorchScript file",
+                   show_default=True),
+]  # fmt: skip
+WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: build/<model>].")]
+
+
+def _run(fn: Any) -> Any:
+    """Call ``fn``; turn rescompile errors into one-line messages and exit codes."""
+    try:
+        return fn()
+    except RescompileError as exc:
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Exception:
+        if os.environ.get("RESCOMPILE_DEBUG"):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        err_console.print("[bold red]internal error[/] (a bug in rescompile): please report it with the traceback above.")
+        raise typer.Exit(4) from None
+
+
+def _summary(result: Any) -> None:
+    r = result.report
+    acc, agr = r["accuracy"], r["agreement"]
+    t = Table(title=f"rescompile build: {r['model']['name']} ({r['samples']} validation samples)")
+    t.add_column("metric")
+    t.add_column("FP32", justify="right")
+    t.add_column("INT8", justify="right")
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}%"
+
+    t.add_row("top-1", pct(acc["reference"]["top1"]), pct(acc["candidate"]["top1"]))
+    t.add_row("top-1 agreement", "", f"{agr['top1']:.2f}%")
+    t.add_row("logit cosine (mean)", "", f"{agr['cosine_mean']:.5f}")
+    for batch in sorted({lat["batch"] for lat in r["latency"]}):
+        f = next(x for x in r["latency"] if x["batch"] == batch and x["runner"].endswith("fp32"))
+        i = next(x for x in r["latency"] if x["batch"] == batch and x["runner"].endswith("int8"))
+        t.add_row(f"latency p50 / p90, batch {batch} (ORT CPU)",
+                  f"{f['p50_ms']:.2f} / {f['p90_ms']:.2f} ms", f"{i['p50_ms']:.2f} / {i['p90_ms']:.2f} ms")  # fmt: skip
+    console.print(t)
+    for g in r.get("gates", []):
+        console.print(("[green]PASS[/] " if g["passed"] else "[red]FAIL[/] ") + g["message"], highlight=False)
+    console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, manifest.json)", highlight=False)
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile build\n\n  rescompile build torchvision:resnet50 --weights ckpt.pth "
+    "--calib data/calib --val data/val --max-top1-drop 0.5 --out build/resnet50",
+)
+def build(
+    model: ModelArg = "demo",
+    weights: WeightsOpt = None,
+    out: OutOpt = None,
+    calib: Annotated[str, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.")] = "demo-calib",
+    val: Annotated[str, typer.Option(help="Validation data: image folder (class subfolders), .npz with labels, or demo-val.")] = "demo-val",
+    calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N calibration samples.")] = None,
+    val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
+    calib_method: Annotated[str, typer.Option(help="Calibration method.")] = "max",
+    policy: Annotated[str, typer.Option(help="Q/DQ placement policy: tensorrt | onnxruntime | auto.")] = "tensorrt",
+    keep_fp: Annotated[list[str] | None, typer.Option("--keep-fp", help="Keep matching nodes (name glob or op type) in FP; repeatable.")] = None,
+    keep_first_last: Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.")] = False,
+    preset: Annotated[str | None, typer.Option(help="Preprocessing: imagenet | cifar | grayscale | fashion-mnist [default: the model's].")] = None,
+    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
+    num_classes: Annotated[int | None, typer.Option(min=1, help="Classes of the model's head.")] = None,
+    in_channels: Annotated[int | None, typer.Option(min=1, help="Input channels of the model.")] = None,
+    input_size: Annotated[int | None, typer.Option(min=8, help="Input height = width.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling arbitrary objects from --weights (only for files you trust).")] = False,
+    exporter: Annotated[str, typer.Option(help="torch.onnx exporter: torchscript | dynamo.")] = "torchscript",
+    opset: Annotated[int, typer.Option(min=17, help="ONNX opset.")] = 17,
+    max_top1_drop: Annotated[float | None, typer.Option(help="Gate: fail (exit 1) if FP32 top-1 minus INT8 top-1 exceeds this many points.")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="Gate: minimum top-1 agreement with FP32, percent.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Gate: minimum mean logit cosine similarity.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference [default: all].")] = None,
+    latency_runs: Annotated[int, typer.Option(min=3, help="Timed runs per batch size.")] = 30,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Build an INT8 model end to end: load, export, simplify, calibrate, quantize, verify, validate.
+
+    With no arguments, builds the embedded demo (ResNet-20 trained on Fashion-MNIST).
+    """
+    from rescompile.config import BuildConfig, Gates
+    from rescompile.errors import UsageError
+    from rescompile.pipeline import build as run_build
+
+    def go() -> Any:
+        if layout not in ("nchw", "nhwc"):
+            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        cfg = BuildConfig(
+            model=model, weights=weights, out=out, calib=calib, val=val, calib_size=calib_size, val_size=val_size,
+            calib_method=calib_method, policy=policy, keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last,
+            preset=preset, layout=layout, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+            trust_checkpoint=trust_checkpoint, exporter=exporter, opset=opset, threads=threads,
+            latency_runs=latency_runs, gates=Gates(max_top1_drop, min_agreement, min_cosine),
+            progress=not quiet,
+        )  # fmt: skip
+        from rescompile.validate.gates import check_thresholds
+
+        check_thresholds(cfg.gates)
+        try:
+            return run_build(cfg)
+        except RescompileError as exc:
+            result = getattr(exc, "result", None)
+            if result is not None:
+                _summary(result)
+            raise
+
+    _summary(_run(go))
+
+
+@app.command()
+def version() -> None:
+    """Print the versions of rescompile and its runtimes."""
+    from rescompile.pipeline import versions
+
+    for k, v in versions().items():
+        console.print(f"{k} {v}", highlight=False)
+
+
+def main() -> None:
+    app(prog_name="rescompile")
+
+
+if __name__ == "__main__":
+    main()

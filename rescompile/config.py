@@ -1,0 +1,60 @@
+"""Typed build configuration: every user choice in one frozen value, recorded in the manifest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Gates:
+    """Validation gates; None disables a gate."""
+
+    max_top1_drop: float | None = None  # percentage points, FP32 top-1 minus INT8 top-1
+    min_agreement: float | None = None  # percent
+    min_cosine: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    model: str = "demo"
+    weights: Path | None = None
+    num_classes: int | None = None
+    in_channels: int | None = None
+    input_size: int | None = None
+    trust_checkpoint: bool = False
+    out: Path | None = None  # default build/<model name>
+    calib: str = "demo-calib"
+    val: str = "demo-val"
+    calib_size: int | None = None
+    val_size: int | None = None
+    layout: str = "nchw"
+    preset: str | None = None  # default: the model's own preset
+    calib_method: str = "max"
+    policy: str = "tensorrt"
+    backend: str = "onnxruntime"
+    keep_fp: tuple[str, ...] = ()
+    keep_first_last: bool = False
+    opset: int = 17
+    exporter: str = "torchscript"
+    batch_size: int = 64
+    latency_batches: tuple[int, ...] = (1, 32)
+    latency_runs: int = 30
+    threads: int | None = None
+    seed: int = 0
+    gates: Gates = field(default_factory=Gates)
+    progress: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k, v in d.items():
+            if isinstance(v, Path):
+                d[k] = str(v)
+            elif isinstance(v, tuple):
+                d[k] = list(v)
+        d.pop("progress")
+        return d

@@ -1,0 +1,58 @@
+"""User-facing error types: each carries a message, an optional hint and a CLI exit code."""
+
+from __future__ import annotations
+
+
+class RescompileError(Exception):
+    """Bad input or usage: a clear message, no traceback (exit code 2)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message} (hint: {self.hint})"
+
+
+class UsageError(RescompileError):
+    """A bad option, path or input file."""
+
+
+class GateFailed(RescompileError):
+    """A validation gate was missed (exit code 1)."""
+
+    exit_code = 1
+
+
+class ParityError(RescompileError):
+    """A graph rewrite changed the numerics beyond its stated tolerance (exit code 1)."""
+
+    exit_code = 1
+
+
+class VerificationError(RescompileError):
+    """The INT8 graph does not keep the FP32 topology or breaks a placement rule (exit code 1)."""
+
+    exit_code = 1
+
+
+class MissingDependency(RescompileError):
+    """The environment lacks something optional, e.g. TensorRT or a GPU (exit code 3)."""
+
+    exit_code = 3
+
+
+def require(module: str, *, extra: str):  # type: ignore[no-untyped-def]
+    """Import an optional dependency or raise MissingDependency saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(
+            f"{module} is not installed or cannot be imported ({exc})",
+            hint=f"pip install 'rescompile[{extra}]'",
+        ) from None

@@ -1,0 +1,113 @@
+"""PyTorch -> ONNX: opset >= 17, dynamic batch axis, named input/output, parity-checked."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rescompile.errors import ParityError, UsageError
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 17
+    exporter: str = "torchscript"  # "torchscript" (fast) or "dynamo" (torch.export based)
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    parity_batch: int = 4
+    seed: int = 0
+
+
+@dataclass
+class ParityResult:
+    max_abs_error: float
+    atol: float
+    passed: bool
+
+
+def parity_inputs(shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.ndarray:
+    """Fixed pseudo-random inputs for parity checks."""
+    return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
+
+
+def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """Run a model once on ONNX Runtime's CPU provider with graph optimizations off."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+
+
+def run_torch(module: Any, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return module(torch.from_numpy(x)).float().numpy()
+
+
+def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol: float, stage: str) -> ParityResult:
+    """Compare outputs; raise ParityError naming the stage when they drift."""
+    err = float(np.max(np.abs(reference - candidate))) if reference.size else 0.0
+    tol = atol + rtol * float(np.max(np.abs(reference))) if reference.size else atol
+    if reference.shape != candidate.shape or not np.isfinite(err) or err > tol:
+        raise ParityError(
+            f"{stage}: output differs from PyTorch by {err:.3g} (tolerance {tol:.3g}, shapes "
+            f"{reference.shape} vs {candidate.shape})"
+        )
+    return ParityResult(err, tol, True)
+
+
+def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfig = ExportConfig()) -> tuple[onnx.ModelProto, ParityResult]:
+    """Export ``module`` to ONNX and check the outputs against PyTorch.
+
+    Returns:
+        The ONNX model (input ``input``, output ``logits``, dynamic batch) and the parity result.
+
+    Raises:
+        UsageError: the module cannot be exported; ParityError: outputs drift beyond tolerance.
+    """
+    import torch
+
+    if cfg.opset < 17:
+        raise UsageError(f"opset {cfg.opset} is too old: rescompile needs opset >= 17")
+    module = module.eval()
+    x = torch.from_numpy(parity_inputs(input_shape, 2, cfg.seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            if cfg.exporter == "dynamo":
+                prog = torch.onnx.export(
+                    module, (x,), None, dynamo=True, opset_version=max(cfg.opset, 18),
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+                )  # fmt: skip
+                model = prog.model_proto
+            elif cfg.exporter == "torchscript":
+                buf = io.BytesIO()
+                torch.onnx.export(
+                    module, (x,), buf, dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )  # fmt: skip
+                model = onnx.load_from_string(buf.getvalue())
+            else:
+                raise UsageError(f"unknown exporter {cfg.exporter!r}: use torchscript or dynamo")
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    model.producer_name, model.producer_version = "rescompile", ""
+    probe = parity_inputs(input_shape, cfg.parity_batch, cfg.seed)
+    parity = check_parity(run_torch(module, probe), run_onnx(model, probe), cfg.atol, cfg.rtol, "export")
+    return model, parity

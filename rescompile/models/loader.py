@@ -1,0 +1,192 @@
+"""Turn a model spec (``demo``, ``resnet20``, ``torchvision:resnet50``, ``x.pt``, ``x.onnx``) into a model.
+
+Checkpoints load with ``torch.load(weights_only=True)``; full pickles need ``trust_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rescompile.errors import UsageError
+from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEMO_CHECKPOINT = ASSETS / "demo_resnet20.pt"
+DEMO_INFO = ASSETS / "demo_resnet20.json"
+
+TORCHVISION_ARCHS = (
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+)  # fmt: skip
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for export (``module``) or already ONNX (``onnx_path``)."""
+
+    name: str
+    module: Any | None  # torch.nn.Module in eval mode, or None for ONNX sources
+    onnx_path: Path | None
+    input_shape: tuple[int, int, int]  # C, H, W
+    num_classes: int
+    preset: str  # default preprocessing preset for this model
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+def _read_checkpoint(path: Path, trust: bool) -> Any:
+    import pickle
+
+    import torch
+
+    if not path.is_file():
+        raise UsageError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        raise UsageError(
+            f"{path} is not a plain weights checkpoint and was not loaded ({str(exc).splitlines()[0]})",
+            hint="if you trust this file, pass --trust-checkpoint to unpickle it",
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UsageError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+
+
+def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, Any]:
+    """A state_dict from a plain dict, ``{"state_dict": ...}``/``{"model": ...}``, or a module."""
+    import torch
+
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict", "net"):
+            inner = obj.get(key)
+            if isinstance(inner, torch.nn.Module):
+                inner = inner.state_dict()
+            if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UsageError(f"{path} holds no state_dict (expected a dict of tensors, or one under 'state_dict'/'model')")
+    prefixes = ("module.", "_orig_mod.")
+    out = {}
+    for k, v in obj.items():
+        for p in prefixes:
+            while k.startswith(p):
+                k = k[len(p) :]
+        out[k] = v
+    return out
+
+
+def apply_state_dict(module: Any, state: dict[str, Any], path: Path | str, arch: str) -> None:
+    """Load ``state`` strictly; missing, unexpected or mis-shaped keys are a UsageError listing them."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
+
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {few(unexpected)}")
+    if shape:
+        problems.append(
+            "shape mismatch: "
+            + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
+        )
+    if problems:
+        raise UsageError(
+            f"checkpoint {path} does not fit {arch}: " + "; ".join(problems),
+            hint="check the architecture, --num-classes and --in-channels",
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def _build_torchvision(arch: str, num_classes: int, in_channels: int) -> Any:
+    import torch
+    import torchvision
+
+    if arch not in TORCHVISION_ARCHS:
+        raise UsageError(f"unknown torchvision architecture {arch!r}", hint="one of: " + ", ".join(TORCHVISION_ARCHS))
+    model = getattr(torchvision.models, arch)(weights=None, num_classes=num_classes)
+    if in_channels != 3:
+        model.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return model
+
+
+def load_model(
+    spec: str,
+    *,
+    weights: Path | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    input_size: int | None = None,
+    trust_checkpoint: bool = False,
+) -> LoadedModel:
+    """Resolve a model spec.
+
+    Args:
+        spec: ``demo``; ``resnet20``..``resnet110``; ``torchvision:<arch>``; a TorchScript
+            file (``.pt``/``.pth``/``.ts`` archive); or an ``.onnx`` file (export is skipped).
+        weights: a checkpoint for the CIFAR or torchvision families.
+        num_classes, in_channels, input_size: architecture and input overrides.
+        trust_checkpoint: allow unpickling arbitrary objects from ``weights``.
+
+    Raises:
+        UsageError: unknown spec, unreadable or mismatched checkpoint.
+    """
+    import torch
+
+    if spec == "demo":
+        if weights is not None:
+            raise UsageError("the demo model has its own weights; use resnet20 --weights to bring yours")
+        info = json.loads(DEMO_INFO.read_text())
+        module = cifar_resnet("resnet20", num_classes=10, in_channels=1)
+        apply_state_dict(module, extract_state_dict(_read_checkpoint(DEMO_CHECKPOINT, False)), DEMO_CHECKPOINT, "resnet20")
+        return LoadedModel("demo", module.eval(), None, (1, 28, 28), 10, "fashion-mnist", {"spec": "demo", **info})
+
+    if spec in DEPTHS:
+        nc, ic, size = num_classes or 10, in_channels or 3, input_size or 32
+        module = cifar_resnet(spec, num_classes=nc, in_channels=ic)
+        if weights is not None:
+            apply_state_dict(module, extract_state_dict(_read_checkpoint(weights, trust_checkpoint), weights), weights, spec)
+        preset = "cifar" if ic == 3 else "grayscale"
+        return LoadedModel(spec, module.eval(), None, (ic, size, size), nc, preset, {"spec": spec, "weights": str(weights)})
+
+    if spec.startswith("torchvision:"):
+        arch = spec.split(":", 1)[1]
+        nc, ic, size = num_classes or 1000, in_channels or 3, input_size or 224
+        module = _build_torchvision(arch, nc, ic)
+        if weights is not None:
+            apply_state_dict(module, extract_state_dict(_read_checkpoint(weights, trust_checkpoint), weights), weights, arch)
+        return LoadedModel(arch, module.eval(), None, (ic, size, size), nc, "imagenet", {"spec": spec, "weights": str(weights)})
+
+    path = Path(spec)
+    if path.suffix.lower() == ".onnx":
+        from rescompile.models.onnx_source import describe_onnx
+
+        return describe_onnx(path)
+    if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
+        if not path.is_file():
+            raise UsageError(f"model file not found: {path}")
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except RuntimeError as exc:
+            raise UsageError(
+                f"{path} is not a TorchScript archive ({str(exc).splitlines()[0]})",
+                hint="for a state_dict, name the architecture and pass the file with --weights",
+            ) from None
+        if input_size is None or in_channels is None or num_classes is None:
+            raise UsageError("a TorchScript model needs --in-channels, --input-size and --num-classes")
+        return LoadedModel(path.stem, module.eval(), None, (in_channels, input_size, input_size), num_classes,
+                           "imagenet" if in_channels == 3 else "grayscale", {"spec": spec})
+    raise UsageError(
+        f"unknown model {spec!r}",
+        hint="use demo, resnet20..resnet110, torchvision:<arch>, a TorchScript file or an .onnx file",
+    )

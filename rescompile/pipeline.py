@@ -1,0 +1,222 @@
+"""Run the stages in order; own the output folder, manifest, timings and progress.
+
+The build is staged in a sibling temporary folder and moved into place at the end, so the
+output folder holds a complete build or the previous one, never a half-written mix.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rescompile.config import BuildConfig
+from rescompile.errors import GateFailed, UsageError, VerificationError
+from rescompile.io import save_onnx, sha256_bytes, sha256_file, write_json, write_text_atomic
+
+ARTIFACTS = (
+    "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "model.int8.onnx",
+    "report.json", "report.md",
+)  # fmt: skip
+
+
+@dataclass
+class BuildResult:
+    out: Path
+    report: dict[str, Any]
+    manifest: dict[str, Any]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime
+    import onnxsim
+    import torch
+
+    import rescompile
+
+    return {
+        "rescompile": rescompile.__version__, "torch": torch.__version__, "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__, "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": np.__version__, "python": platform.python_version(),
+    }  # fmt: skip
+
+
+def prepare_out(out: Path) -> None:
+    """Refuse an output path that is a file, or a folder holding something other than a build."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output path {out} is a file, not a folder", hint="choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
+        raise UsageError(f"output folder {out} is not empty and holds no rescompile build", hint="choose another --out")
+
+
+@contextmanager
+def staged(out: Path) -> Iterator[Path]:
+    """A temporary folder beside ``out`` that replaces ``out`` when the block ends without error.
+
+    GateFailed still publishes (the report is the point); any other error discards the stage.
+    """
+    prepare_out(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+
+    def publish() -> None:
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "build")
+        os.replace(stage, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+    try:
+        yield stage
+    except GateFailed:
+        publish()
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    publish()
+
+
+class Timer:
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        yield
+        self.stages[name] = round(time.perf_counter() - t0, 3)
+
+
+def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
+    """Run every stage: load, export, simplify, plan, calibrate, quantize, verify, validate.
+
+    Args:
+        cfg: the build configuration; keyword ``overrides`` replace its fields
+            (``rescompile.build(model="resnet20", weights=Path("ckpt.pt"))``).
+
+    Returns:
+        The BuildResult; ``passed`` is False when a gate failed (the CLI then exits 1).
+
+    Raises:
+        RescompileError subclasses for bad input (exit 2), missing dependencies (3),
+        parity or verification failures (1).
+    """
+    from dataclasses import replace
+
+    from rescompile.calibrate import collect_stats, compute_ranges
+    from rescompile.calibrate.ranges import CalibrationResult
+    from rescompile.data.preprocess import get_preset
+    from rescompile.data.sources import check_shape, open_source
+    from rescompile.export import ExportConfig, export_onnx
+    from rescompile.graph.verify import verify_int8
+    from rescompile.models import load_model
+    from rescompile.progress import progress
+    from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.simplify import SimplifyConfig, simplify
+    from rescompile.validate.run import validate_models
+
+    cfg = replace(cfg or BuildConfig(), **overrides)
+    timer = Timer()
+    with timer.stage("load"):
+        loaded = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
+                            input_size=cfg.input_size, trust_checkpoint=cfg.trust_checkpoint)  # fmt: skip
+        c, h, _ = loaded.input_shape
+        pre = get_preset(cfg.preset or loaded.preset, size=h, channels=c)
+        calib_src = open_source(cfg.calib, layout=cfg.layout, limit=cfg.calib_size, seed=cfg.seed)
+        val_src = open_source(cfg.val, layout=cfg.layout, limit=cfg.val_size, seed=cfg.seed)
+        for src in (calib_src, val_src):
+            check_shape(src, pre, loaded.input_shape)
+    out = Path(cfg.out) if cfg.out is not None else Path("build") / loaded.name
+    prepare_out(out)
+
+    with staged(out) as stage:
+        with timer.stage("export"):
+            if loaded.module is not None:
+                fp32, export_parity = export_onnx(loaded.module, loaded.input_shape,
+                                                  ExportConfig(opset=cfg.opset, exporter=cfg.exporter))  # fmt: skip
+                export_err: float | None = export_parity.max_abs_error
+            else:
+                from rescompile.models.onnx_source import read_onnx
+
+                fp32, export_err = read_onnx(loaded.onnx_path), None  # type: ignore[arg-type]
+            save_onnx(stage / "model.fp32.onnx", fp32)
+        with timer.stage("simplify"):
+            simp = simplify(fp32, loaded.input_shape, SimplifyConfig())
+            save_onnx(stage / "model.simplified.onnx", simp.model)
+        with timer.stage("plan"):
+            plan = plan_qdq(simp.model, cfg.policy, keep_fp=cfg.keep_fp, keep_first_last=cfg.keep_first_last)
+            write_text_atomic(stage / "qdq_plan.json", plan.to_json())
+        with timer.stage("calibrate"):
+            with progress("calibrate", calib_src.count, cfg.progress) as advance:
+                stats = collect_stats(simp.model, plan.calibrated_tensors,
+                                      (x for x, _ in calib_src.batches(pre, cfg.batch_size)), on_batch=advance)  # fmt: skip
+            simp_bytes = simp.model.SerializeToString(deterministic=True)
+            calib = CalibrationResult(
+                compute_ranges(stats, cfg.calib_method), cfg.calib_method, calib_src.count,
+                {"model_sha256": sha256_bytes(simp_bytes),
+                 "data_sha256": sha256_bytes((calib_src.fingerprint() + repr(pre.to_dict())).encode())},
+            )  # fmt: skip
+            write_text_atomic(stage / "ranges.json", calib.to_json())
+        with timer.stage("quantize"):
+            int8 = insert_qdq(simp.model, plan, calib.ranges)
+            save_onnx(stage / "model.int8.onnx", int8)
+            proof = verify_int8(simp.model, int8, plan)
+            if not proof.ok:
+                raise VerificationError("the INT8 graph breaks the placement rules:\n  " +
+                                        "\n  ".join(str(v) for v in proof.violations[:10]))  # fmt: skip
+        with timer.stage("validate"):
+            report = validate_models(
+                reference=loaded.module if loaded.module is not None else simp.model,
+                fp32_onnx=simp.model, candidate=int8, source=val_src, pre=pre, cfg=cfg,
+            )
+        report["model"] = {"name": loaded.name, "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes}
+        report["stages"] = {
+            "export_max_abs_error": export_err, "simplify_max_abs_error": simp.max_abs_error,
+            "nodes_before_simplify": simp.nodes_before, "nodes_after_simplify": simp.nodes_after,
+            "batchnorms_folded": simp.batchnorms_folded, "residual_adds": len(plan.residual_adds),
+            "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights), "verify": proof.to_dict(),
+        }  # fmt: skip
+        report["calibration"] = {"method": cfg.calib_method, "samples": calib_src.count, "source": calib_src.name}
+        from rescompile.validate.gates import evaluate_gates
+        from rescompile.validate.report import render_markdown
+
+        gates = evaluate_gates(report, cfg.gates)
+        report["gates"] = [g.to_dict() for g in gates]
+        report["passed"] = all(g.passed for g in gates)
+        write_json(stage / "report.json", report)
+        write_text_atomic(stage / "report.md", render_markdown(report))
+        manifest = {
+            "schema": "rescompile.manifest/1",
+            "artifacts": {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
+                          for name in ARTIFACTS},
+            "versions": versions(),
+            "config": cfg.to_dict(),
+            "preprocess": pre.to_dict(),
+            "model_source": loaded.source,
+            "data": {"calibration": calib_src.name, "validation": val_src.name,
+                     "calibration_sha256": calib.key["data_sha256"]},
+            "timings_s": timer.stages,
+        }  # fmt: skip
+        write_json(stage / "manifest.json", manifest)
+    failures = [g.message for g in gates if not g.passed]
+    result = BuildResult(out, report, manifest, not failures, failures)
+    if failures:
+        err = GateFailed("validation gate failed:\n  " + "\n  ".join(failures))
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result

@@ -1,0 +1,5 @@
+"""Runners with one protocol: ``infer(x) -> logits`` on a batch, plus a name."""
+
+from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
+
+__all__ = ["OnnxRuntimeRunner", "Runner", "TorchRunner"]

@@ -1,0 +1,1 @@
+"""Validation: accuracy and agreement against FP32, latency, gates, reports."""
