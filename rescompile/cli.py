@@ -36,7 +36,7 @@ WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkp
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: build/<model>].")]
 
 
-def _run(fn: Any) -> Any:
+def run_cli(fn: Any) -> Any:
     """Call ``fn``; turn rescompile errors into one-line messages and exit codes."""
     try:
         return fn()
@@ -144,7 +144,7 @@ def build(
                 _summary(result)
             raise
 
-    _summary(_run(go))
+    _summary(run_cli(go))
 
 
 @app.command()
@@ -154,6 +154,10 @@ def version() -> None:
 
     for k, v in versions().items():
         console.print(f"{k} {v}", highlight=False)
+
+
+# Each module of rescompile.commands registers its own command(s) on ``app``.
+import rescompile.commands  # noqa: E402, F401
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import onnx
 
 from rescompile.config import BuildConfig
 from rescompile.errors import GateFailed, UsageError, VerificationError
-from rescompile.io import save_onnx, sha256_bytes, sha256_file, write_json, write_text_atomic
+from rescompile.io import _umask, save_onnx, sha256_bytes, sha256_file, write_json, write_text_atomic
 
 ARTIFACTS = (
     "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "model.int8.onnx",
@@ -72,6 +72,7 @@ def staged(out: Path) -> Iterator[Path]:
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
 
     def publish() -> None:
+        os.chmod(stage, 0o777 & ~_umask())
         old = None
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -1,0 +1,74 @@
+import numpy as np
+import onnx
+import pytest
+
+from rescompile.calibrate import collect_stats, compute_ranges
+from rescompile.export import run_onnx
+from rescompile.graph.verify import verify_int8
+from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize.insert import quantize_weight
+
+
+@pytest.fixture(scope="module")
+def int8(tiny_onnx, tiny_data):
+    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+    stats = collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data[:12], tiny_data[12:]])
+    return plan, insert_qdq(tiny_onnx, plan, compute_ranges(stats, "max"))
+
+
+def test_tensorrt_policy_quantizes_shortcut_not_main_branch(tiny_onnx):
+    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+    assert len(plan.residual_adds) == 2
+    for block in plan.residual_adds:
+        assert block.quantized == [block.shortcut]
+        assert plan.activation(block.main) is None
+        assert block.fused
+
+
+def test_fan_out_gets_one_shared_qdq(tiny_onnx):
+    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+    identity = plan.residual_adds[1]
+    q = plan.activation(identity.shortcut)
+    assert q is not None and len(q.consumers) == 2  # next block's conv1 and the Add
+    assert any(r.startswith("R6") for r in q.rules)
+
+
+def test_int8_model_passes_checker_runs_and_is_close(tiny_onnx, tiny_data, int8):
+    plan, model = int8
+    onnx.checker.check_model(model)
+    ref, got = run_onnx(tiny_onnx, tiny_data), run_onnx(model, tiny_data)
+    cos = (ref * got).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1))
+    assert cos.min() > 0.99
+    assert not np.array_equal(ref, got)  # quantization really happened
+
+
+def test_weights_stored_int8_per_channel(int8):
+    _, model = int8
+    inits = {t.name: t for t in model.graph.initializer}
+    int8_weights = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) == 4]
+    assert len(int8_weights) == 6  # stem, 2 convs in each of 2 blocks, projection
+    for t in int8_weights:
+        scale = inits[t.name.replace("_quantized", "_scale")]
+        assert list(scale.dims) == [t.dims[0]]
+    assert not any(t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 4 for t in model.graph.initializer)
+
+
+def test_verify_accepts_own_output(tiny_onnx, int8):
+    plan, model = int8
+    report = verify_int8(tiny_onnx, model, plan)
+    assert report.ok, report.violations
+    assert report.residual_adds == 2 and report.weight_dq == 7  # 6 convs + the fc layer
+
+
+def test_insert_is_byte_identical(tiny_onnx, tiny_data, int8):
+    plan, model = int8
+    stats = collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data[:12], tiny_data[12:]])
+    again = insert_qdq(tiny_onnx, plan, compute_ranges(stats, "max"))
+    assert again.SerializeToString(deterministic=True) == model.SerializeToString(deterministic=True)
+
+
+def test_quantize_weight_symmetric_per_channel():
+    w = np.array([[1.0, -2.0], [0.5, 0.25]], np.float32).reshape(2, 2, 1, 1)
+    q, scale = quantize_weight(w, 0)
+    np.testing.assert_allclose(scale, [2 / 127, 0.5 / 127], rtol=1e-6)
+    assert q.dtype == np.int8 and q.reshape(2, 2).tolist() == [[64, -127], [127, 64]]
