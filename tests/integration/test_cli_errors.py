@@ -1,0 +1,123 @@
+"""Bad input gets one clear line and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rescompile.cli import app
+from rescompile.models.resnet_cifar import cifar_resnet
+
+runner = CliRunner()
+SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--latency-runs", "3", "-q"]
+
+
+def run(args: list[str]):  # type: ignore[no-untyped-def]
+    result = runner.invoke(app, args)
+    text = result.output + (result.stderr if result.stderr_bytes is not None else "")
+    assert "Traceback" not in text
+    return result.exit_code, text
+
+
+@pytest.fixture()
+def data(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    p = tmp_path / "data.npz"
+    np.savez_compressed(p, images=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 16))
+    return p
+
+
+def build_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
+    return ["build", "resnet20", *SMALL, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *extra]
+
+
+def test_missing_checkpoint(tmp_path, data):
+    code, text = run(build_args(tmp_path, data, "--weights", str(tmp_path / "nope.pt")))
+    assert code == 2 and "checkpoint not found" in text
+
+
+def test_unreadable_checkpoint(tmp_path, data):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    code, text = run(build_args(tmp_path, data, "--weights", str(bad)))
+    assert code == 2 and "bad.pt" in text
+
+
+def test_checkpoint_for_another_architecture_lists_keys(tmp_path, data):
+    ckpt = tmp_path / "r32.pt"
+    torch.save(cifar_resnet("resnet32", 4, 1).state_dict(), ckpt)
+    code, text = run(build_args(tmp_path, data, "--weights", str(ckpt)))
+    assert code == 2 and "does not fit resnet20" in text and "unexpected keys" in text
+
+
+def test_pickled_module_needs_trust(tmp_path, data):
+    ckpt = tmp_path / "full.pt"
+    torch.save({"model": cifar_resnet("resnet20", 4, 1), "epoch": 3}, ckpt)
+    code, text = run(build_args(tmp_path, data, "--weights", str(ckpt)))
+    assert code == 2 and "--trust-checkpoint" in text
+    code, _ = run(build_args(tmp_path, data, "--weights", str(ckpt), "--trust-checkpoint"))
+    assert code == 0
+
+
+def test_prefixed_state_dict_loads(tmp_path, data):
+    ckpt = tmp_path / "ddp.pt"
+    sd = cifar_resnet("resnet20", 4, 1).state_dict()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, ckpt)
+    code, text = run(build_args(tmp_path, data, "--weights", str(ckpt)))
+    assert code == 0, text
+
+
+def test_non_resnet_onnx(tmp_path, data):
+    from rescompile.export import export_onnx
+
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    plain(torch.zeros(1, 1, 16, 16))
+    model, _ = export_onnx(plain.eval(), (1, 16, 16))
+    import onnx
+
+    path = tmp_path / "plain.onnx"
+    onnx.save(model, path)
+    code, text = run(["build", str(path), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), "-q"])
+    assert code == 2 and "no residual Add" in text
+
+
+def test_empty_calibration_folder(tmp_path, data):
+    (tmp_path / "empty").mkdir()
+    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "empty"), "--val", str(data),
+                      "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "holds no samples" in text
+
+
+def test_empty_calibration_array(tmp_path, data):
+    empty = tmp_path / "empty.npz"
+    np.savez(empty, images=np.zeros((0, 16, 16), np.uint8))
+    code, text = run(["build", "resnet20", *SMALL, "--calib", str(empty), "--val", str(data), "--out", str(tmp_path / "o")])
+    assert code == 2 and "no samples" in text
+
+
+def test_missing_data_path(tmp_path, data):
+    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "nowhere"), "--val", str(data)])
+    assert code == 2 and "not found" in text
+
+
+def test_output_folder_is_a_file(tmp_path, data):
+    target = tmp_path / "o"
+    target.write_text("x")
+    code, text = run(build_args(tmp_path, data))
+    assert code == 2 and "is a file" in text
+    assert target.read_text() == "x"
+
+
+def test_data_shape_mismatch(tmp_path, data):
+    code, text = run(["build", "resnet20", "--in-channels", "3", "--input-size", "16", "--num-classes", "4", "-q",
+                      "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert code == 2 and "model takes" in text
+
+
+def test_unknown_model(tmp_path, data):
+    code, text = run(["build", "vgg16", "--calib", str(data), "--val", str(data)])
+    assert code == 2 and "unknown model" in text
