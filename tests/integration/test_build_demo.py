@@ -1,0 +1,96 @@
+"""The full demo build through the CLI: every stage, real numbers, artifacts and manifest consistent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from typer.testing import CliRunner
+
+from rescompile.cli import app
+from rescompile.io import sha256_file
+from rescompile.pipeline import ARTIFACTS
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("demo") / "build"
+    result = runner.invoke(app, ["build", "--out", str(out), "--max-top1-drop", "1.0", "--latency-runs", "5", "-q"])
+    return out, result
+
+
+def test_demo_build_succeeds_and_prints_summary(demo_build):
+    out, result = demo_build
+    assert result.exit_code == 0, result.output
+    assert "top-1" in result.output and "PASS" in result.output and str(out) in result.output
+
+
+def test_demo_report_numbers_are_sane(demo_build):
+    out, _ = demo_build
+    report = json.loads((out / "report.json").read_text())
+    acc = report["accuracy"]
+    assert report["samples"] == 2000
+    assert acc["reference"]["top1"] >= 90.0  # the shipped model is >= 91% on the full test set
+    assert abs(acc["reference"]["top1"] - acc["candidate"]["top1"]) <= 1.0
+    assert report["agreement"]["top1"] >= 97.0
+    assert 0.99 < report["agreement"]["cosine_mean"] <= 1.0
+    assert {(lat["runner"], lat["batch"]) for lat in report["latency"]} == {
+        ("onnxruntime-fp32", 1), ("onnxruntime-int8", 1), ("onnxruntime-fp32", 32), ("onnxruntime-int8", 32)}
+    assert all(lat["p50_ms"] > 0 and lat["p90_ms"] >= lat["p50_ms"] for lat in report["latency"])
+    assert report["stages"]["residual_adds"] == 9 and report["stages"]["verify"]["ok"]
+    assert report["passed"] and report["gates"][0]["name"] == "max-top1-drop"
+
+
+def test_demo_artifacts_and_manifest_hashes(demo_build):
+    out, _ = demo_build
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ARTIFACTS:
+        assert (out / name).is_file(), name
+        assert manifest["artifacts"][name]["sha256"] == sha256_file(out / name)
+    for lib in ("rescompile", "torch", "onnx", "onnxruntime", "onnxsim"):
+        assert manifest["versions"][lib]
+    assert set(manifest["timings_s"]) >= {"export", "simplify", "calibrate", "quantize", "validate"}
+    assert manifest["config"]["model"] == "demo"
+    assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
+
+
+def test_demo_int8_is_smaller_and_valid(demo_build):
+    out, _ = demo_build
+    int8 = onnx.load(str(out / "model.int8.onnx"))
+    onnx.checker.check_model(int8)
+    assert (out / "model.int8.onnx").stat().st_size < 0.4 * (out / "model.simplified.onnx").stat().st_size
+    ops = {n.op_type for n in int8.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv", "Add"} <= ops
+
+
+def test_rebuild_is_byte_identical(demo_build, tmp_path):
+    out, _ = demo_build
+    again = tmp_path / "again"
+    result = runner.invoke(app, ["build", "--out", str(again), "--latency-runs", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    for name in ("model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "model.int8.onnx"):
+        assert (again / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_gate_failure_exits_1_and_keeps_report(tmp_path):
+    out = tmp_path / "gated"
+    result = runner.invoke(app, ["build", "--out", str(out), "--min-cosine", "1.0", "--latency-runs", "3", "-q",
+                                 "--val-size", "200"])  # fmt: skip
+    assert result.exit_code == 1
+    text = result.output + result.stderr
+    assert "agreement.cosine_mean" in text and "threshold >= 1" in text
+    report = json.loads((out / "report.json").read_text())
+    assert report["passed"] is False and report["gates"][0]["passed"] is False
+
+
+def test_python_api_builds_demo(tmp_path):
+    import rescompile
+
+    result = rescompile.build(out=tmp_path / "api", val_size=100, latency_runs=3, latency_batches=(1,))
+    assert result.passed and (tmp_path / "api" / "model.int8.onnx").is_file()
+    assert np.isfinite(result.report["agreement"]["cosine_mean"])

@@ -1,0 +1,72 @@
+"""Each model source builds end to end on small inputs: CIFAR family, torchvision, TorchScript, ONNX."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from typer.testing import CliRunner
+
+from rescompile.cli import app
+from rescompile.models import load_model
+from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
+
+runner = CliRunner()
+FAST = ["--latency-runs", "3", "-q"]
+
+
+def npz(tmp_path: Path, channels: int, size: int, classes: int, n: int = 16) -> Path:
+    rng = np.random.default_rng(0)
+    p = tmp_path / f"d{channels}x{size}.npz"
+    shape = (n, size, size) if channels == 1 else (n, channels, size, size)
+    np.savez(p, images=rng.integers(0, 256, shape, dtype=np.uint8), labels=rng.integers(0, classes, n))
+    return p
+
+
+def invoke(args: list[str]) -> dict:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + result.stderr
+    return json.loads((Path(args[args.index("--out") + 1]) / "report.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(DEPTHS))
+def test_cifar_family_depths(name):
+    m = load_model(name, num_classes=10, in_channels=3)
+    n_blocks = (DEPTHS[name] - 2) // 6 * 3
+    assert sum(isinstance(x, torch.nn.Conv2d) for x in m.module.modules()) == 2 * n_blocks + 1 + 2  # + 2 projections
+    assert m.input_shape == (3, 32, 32)
+
+
+def test_torchvision_with_checkpoint(tmp_path):
+    ckpt = tmp_path / "r18.pth"
+    torch.save({"model": torchvision.models.resnet18(weights=None, num_classes=5).state_dict()}, ckpt)
+    data = npz(tmp_path, 3, 64, 5)
+    report = invoke(["build", "torchvision:resnet18", "--weights", str(ckpt), "--num-classes", "5", "--input-size", "64",
+                     "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    assert report["stages"]["residual_adds"] == 8 and report["stages"]["verify"]["ok"]
+
+
+def test_torchscript_source(tmp_path):
+    scripted = torch.jit.script(cifar_resnet("resnet20", 4, 1).eval())
+    path = tmp_path / "r20.ts"
+    scripted.save(str(path))
+    data = npz(tmp_path, 1, 16, 4)
+    report = invoke(["build", str(path), "--in-channels", "1", "--input-size", "16", "--num-classes", "4",
+                     "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    assert report["stages"]["residual_adds"] == 9
+
+
+def test_onnx_source_skips_export(tmp_path):
+    data = npz(tmp_path, 1, 16, 4)
+    first = tmp_path / "first"
+    invoke(["build", "resnet20", "--in-channels", "1", "--input-size", "16", "--num-classes", "4",
+            "--calib", str(data), "--val", str(data), "--out", str(first), *FAST])  # fmt: skip
+    report = invoke(["build", str(first / "model.fp32.onnx"), "--calib", str(data), "--val", str(data),
+                     "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    assert report["reference"] == "onnxruntime-fp32"
+    assert report["stages"]["export_max_abs_error"] is None
+    assert report["agreement"]["cosine_mean"] > 0.99
