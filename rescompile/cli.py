@@ -7,7 +7,6 @@ usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please rep
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 

@@ -14,6 +14,9 @@ class Gates:
     max_top1_drop: float | None = None  # percentage points, FP32 top-1 minus INT8 top-1
     min_agreement: float | None = None  # percent
     min_cosine: float | None = None
+    max_p99_ms: float | None = None  # candidate p99 latency at ``latency_batch``
+    min_speedup: float | None = None  # FP32 p50 / candidate p50 at ``latency_batch``, same run
+    latency_batch: int | None = None  # batch size the latency gates read [default: the smallest measured]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,22 +1,30 @@
 """Residual-block discovery: every residual Add, its main branch, its shortcut, what follows.
 
-A residual Add is an ``Add`` whose two inputs are both activations. Its two branches meet at
-their nearest common ancestor (the block input); the branch with more nodes between that
-ancestor and the Add is the main branch (conv-relu-conv, bottleneck, pre-activation), the
-other is the shortcut (identity, a projection Conv, or AvgPool + Conv as in ResNet-D).
+A residual Add is an ``Add`` (or two-input ``Sum``) whose two inputs are both activations. Its
+two branches meet at their nearest common ancestor (the block input); the branch with more
+nodes between that ancestor and the Add is the main branch (conv-relu-conv, bottleneck,
+pre-activation), the other is the shortcut: the block input itself (identity), a projection
+Conv, or AvgPool + Conv as in ResNet-D (pooled projection). What follows the Add is a ReLU
+(post-activation ResNets) or nothing (pre-activation ResNets).
+
+Tensors computed only from constants (``Identity``/``Cast``/``Reshape`` of initializers, as
+unsimplified exports contain) count as constants, not activations.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import onnx
 
 from rescompile.graph.index import GraphIndex, node_name
 
-# Ops a shortcut may pass through without being a "main branch".
+# Ancestors visited per Add input: the block input is a few nodes away, this only bounds odd graphs.
 _MAX_SEARCH_NODES = 400
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_POOL_OPS = ("AveragePool", "MaxPool")
 
 
 @dataclass(frozen=True)
@@ -35,53 +43,82 @@ class ResidualBlock:
     block_input: str  # nearest common ancestor tensor of both branches
     follower: str | None  # "Relu" when the Add feeds exactly one ReLU, else None
     follower_node: str | None
+    main_ops: tuple[str, ...] = ()  # op types along the main branch, block input to Add
+    shortcut_ops: tuple[str, ...] = ()  # op types along the shortcut
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["shortcut_nodes"] = list(self.shortcut_nodes)
+        for k in ("shortcut_nodes", "main_ops", "shortcut_ops"):
+            d[k] = list(d[k])
         return d
 
 
-def _ancestors(idx: GraphIndex, tensor: str) -> dict[str, int]:
-    """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor."""
-    dist = {tensor: 0}
-    queue = deque([tensor])
-    while queue and len(dist) < _MAX_SEARCH_NODES:
-        t = queue.popleft()
-        node = idx.producer.get(t)
-        if node is None:
-            continue
-        for inp in node.input:
-            if inp and idx.is_activation(inp) and inp not in dist:
-                dist[inp] = dist[t] + 1
-                queue.append(inp)
-    return dist
+def constant_tensors(idx: GraphIndex) -> set[str]:
+    """Initializers, Constant outputs, and every tensor computed only from those."""
+    const = set(idx.initializers)
+    for node in idx.graph.node:  # graph order is topological
+        ins = [i for i in node.input if i]
+        if node.op_type == "Constant" or (ins and all(i in const for i in ins)):
+            const.update(o for o in node.output if o)
+    return const
 
 
-def _path_nodes(idx: GraphIndex, start: str, stop: str) -> list[onnx.NodeProto]:
-    """Nodes from ``stop`` (exclusive) to ``start`` along the first activation input."""
-    nodes: list[onnx.NodeProto] = []
-    t = start
-    while t != stop:
-        node = idx.producer.get(t)
-        if node is None:
-            break
-        nodes.append(node)
-        acts = [i for i in node.input if i and idx.is_activation(i)]
-        if not acts:
-            break
-        t = acts[0]
-    return list(reversed(nodes))
+class _Topo:
+    """A GraphIndex plus the constant closure; answers "is this an activation?"."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.idx = GraphIndex.build(model.graph)
+        self.const = constant_tensors(self.idx)
+
+    def is_activation(self, name: str) -> bool:
+        return bool(name) and name not in self.const
+
+    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
+        return [i for i in node.input if self.is_activation(i)]
+
+    def ancestors(self, tensor: str) -> dict[str, int]:
+        """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor."""
+        dist = {tensor: 0}
+        queue = deque([tensor])
+        while queue and len(dist) < _MAX_SEARCH_NODES:
+            t = queue.popleft()
+            node = self.idx.producer.get(t)
+            if node is None:
+                continue
+            for inp in self.activation_inputs(node):
+                if inp not in dist:
+                    dist[inp] = dist[t] + 1
+                    queue.append(inp)
+        return dist
+
+    def path(self, start: str, stop: str) -> list[onnx.NodeProto]:
+        """Nodes from ``stop`` (exclusive) to ``start``, in graph order.
+
+        Each step back takes the activation input that descends from ``stop`` (the branch that
+        really leads to the block input), not merely the first one.
+        """
+        nodes: list[onnx.NodeProto] = []
+        t = start
+        while t != stop:
+            node = self.idx.producer.get(t)
+            if node is None:
+                break
+            nodes.append(node)
+            acts = self.activation_inputs(node)
+            if not acts:
+                break
+            leading = [a for a in acts if a == stop or stop in self.ancestors(a)]
+            t = (leading or acts)[0]
+        return list(reversed(nodes))
 
 
-def _shortcut_kind(path: list[onnx.NodeProto]) -> str:
-    ops = [n.op_type for n in path]
-    weighted = [o for o in ops if o in ("Conv", "BatchNormalization")]
+def _shortcut_kind(ops: list[str]) -> str:
     if not ops:
         return "identity"
-    if ops and ops[-1] in ("Conv", "BatchNormalization") and len(weighted) == len(ops):
+    weighted = [o for o in ops if o in WEIGHTED_OPS]
+    if weighted and all(o in (*WEIGHTED_OPS, "BatchNormalization") for o in ops):
         return "projection"
-    if weighted and all(o in ("Conv", "BatchNormalization", "AveragePool", "MaxPool") for o in ops):
+    if weighted and all(o in (*WEIGHTED_OPS, "BatchNormalization", *_POOL_OPS) for o in ops):
         return "pooled-projection"
     return "other"
 
@@ -93,32 +130,32 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
         model: any ONNX model (a graph with no residual Add gives an empty list).
 
     Returns:
-        One ResidualBlock per Add whose two inputs are both activations.
+        One ResidualBlock per Add whose two inputs are both activations with a common ancestor.
     """
-    idx = GraphIndex.build(model.graph)
+    topo = _Topo(model)
+    idx = topo.idx
     blocks: list[ResidualBlock] = []
     for node in model.graph.node:
         if node.op_type not in ("Add", "Sum") or len(node.input) != 2:
             continue
         a, b = node.input
-        if not (idx.is_activation(a) and idx.is_activation(b)) or a == b:
+        if not (topo.is_activation(a) and topo.is_activation(b)) or a == b:
             continue
-        da, db = _ancestors(idx, a), _ancestors(idx, b)
+        da, db = topo.ancestors(a), topo.ancestors(b)
         common = set(da) & set(db)
         if not common:
             continue
         # Nearest common ancestor: fewest nodes on the longer branch, then on the shorter.
         lca = min(common, key=lambda t: (max(da[t], db[t]), min(da[t], db[t]), t))
-        if da[lca] >= db[lca]:
-            main, short = a, b
-        else:
-            main, short = b, a
+        main, short = (a, b) if da[lca] >= db[lca] else (b, a)
         main_prod = idx.producer.get(main)
-        short_path = _path_nodes(idx, short, lca)
+        main_path = topo.path(main, lca)
+        short_path = topo.path(short, lca)
         consumers = idx.consumers.get(node.output[0], [])
         follower = None
         if len(consumers) == 1 and consumers[0][0].op_type == "Relu" and node.output[0] not in idx.graph_outputs:
             follower = consumers[0][0]
+        short_ops = [n.op_type for n in short_path]
         blocks.append(
             ResidualBlock(
                 add=node_name(node),
@@ -128,11 +165,28 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
                 main_producer_op=main_prod.op_type if main_prod is not None else "",
                 main_depth=max(da[lca], db[lca]),
                 shortcut=short,
-                shortcut_kind=_shortcut_kind(short_path),
+                shortcut_kind=_shortcut_kind(short_ops),
                 shortcut_nodes=tuple(node_name(n) for n in short_path),
                 block_input=lca,
                 follower="Relu" if follower is not None else None,
                 follower_node=node_name(follower) if follower is not None else None,
+                main_ops=tuple(n.op_type for n in main_path),
+                shortcut_ops=tuple(short_ops),
             )
         )
     return blocks
+
+
+def block_map(model: onnx.ModelProto) -> dict[str, Any]:
+    """The block map as plain data (what ``rescompile inspect --json`` writes)."""
+    blocks = find_residual_blocks(model)
+    kinds: dict[str, int] = {}
+    for b in blocks:
+        kinds[b.shortcut_kind] = kinds.get(b.shortcut_kind, 0) + 1
+    return {
+        "schema": "rescompile.block_map/1",
+        "residual_adds": len(blocks),
+        "shortcut_kinds": dict(sorted(kinds.items())),
+        "followers": {"Relu": sum(b.follower == "Relu" for b in blocks), "none": sum(b.follower is None for b in blocks)},
+        "blocks": [b.to_dict() for b in blocks],
+    }

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rescompile.errors import UsageError
+from rescompile.errors import MissingDependency, UsageError
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -146,6 +146,11 @@ def load_model(
     if spec == "demo":
         if weights is not None:
             raise UsageError("the demo model has its own weights; use resnet20 --weights to bring yours")
+        if not (DEMO_CHECKPOINT.is_file() and DEMO_INFO.is_file()):
+            raise MissingDependency(
+                f"the demo model is missing from this installation ({DEMO_CHECKPOINT})",
+                hint="reinstall rescompile, or regenerate it with benchmarks/train_demo.py",
+            )
         info = json.loads(DEMO_INFO.read_text())
         module = cifar_resnet("resnet20", num_classes=10, in_channels=1)
         apply_state_dict(module, extract_state_dict(_read_checkpoint(DEMO_CHECKPOINT, False)), DEMO_CHECKPOINT, "resnet20")

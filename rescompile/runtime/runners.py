@@ -1,11 +1,19 @@
-"""Runners for the FP32 reference and the candidates: PyTorch and ONNX Runtime (CPU)."""
+"""Runners for the FP32 reference and the candidates: PyTorch and ONNX Runtime (CPU).
+
+Every runner has a ``name`` (``<runtime>-<precision>``) and ``infer(x) -> float32 logits``;
+inputs are float32 N,C,H,W and are cast to what the model takes (an FP16 ONNX model gets
+float16), so every runner sees the same preprocessed inputs.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import onnx
+
+_QUANT_OPS = ("QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger")
 
 
 class Runner(Protocol):
@@ -32,6 +40,15 @@ class TorchRunner:
             return self.module(torch.from_numpy(np.ascontiguousarray(x))).float().numpy()
 
 
+def onnx_precision(model: onnx.ModelProto) -> str:
+    """``int8`` for a quantized graph, ``fp16`` for a half-precision one, else ``fp32``."""
+    if any(n.op_type in _QUANT_OPS for n in model.graph.node):
+        return "int8"
+    halves = sum(1 for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16)
+    inputs = [i for i in model.graph.input if i.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16]
+    return "fp16" if inputs or halves > len(model.graph.initializer) // 2 else "fp32"
+
+
 class OnnxRuntimeRunner:
     """An ONNX model on ONNX Runtime's CPU provider with full graph optimization."""
 
@@ -49,8 +66,43 @@ class OnnxRuntimeRunner:
             opts.optimized_model_filepath = optimized_path
         data = model if isinstance(model, str) else model.SerializeToString()
         self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
+        first = self.session.get_inputs()[0]
+        self.input_name = first.name
+        self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32
         self.name = name
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.session.run(None, {self.input_name: np.ascontiguousarray(x)})[0])
+        feed = np.ascontiguousarray(x, dtype=self.input_dtype)
+        return np.asarray(self.session.run(None, {self.input_name: feed})[0], dtype=np.float32)
+
+
+TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
+
+
+def open_runner(path: Path, *, threads: int | None = None, name: str | None = None) -> Runner:
+    """A runner for a model file: ``.onnx`` on ONNX Runtime, a TensorRT plan where TensorRT exists.
+
+    Raises:
+        UsageError: the file is missing, unreadable or of an unknown kind.
+        MissingDependency: a TensorRT plan on a machine without TensorRT (exit code 3).
+    """
+    from rescompile.errors import UsageError, require
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in TENSORRT_SUFFIXES:
+        require("tensorrt", extra="tensorrt")
+        from rescompile.runtime import tensorrt_runner  # written beside this module; imports tensorrt
+
+        return tensorrt_runner.TensorRTRunner(path)  # type: ignore[no-any-return]
+    if suffix != ".onnx":
+        raise UsageError(f"{path}: expected an .onnx model or a TensorRT plan ({', '.join(TENSORRT_SUFFIXES)})")
+    from rescompile.models.onnx_source import read_onnx
+
+    model = read_onnx(path)
+    try:
+        return OnnxRuntimeRunner(model, name or f"onnxruntime-{onnx_precision(model)}", threads)
+    except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
+        raise UsageError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") from None

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+
+from rescompile.errors import UsageError
 
 
 @dataclass
@@ -59,14 +62,37 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 
 def per_class_delta(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray) -> list[ClassDelta]:
     """Top-1 per class of reference and candidate, worst drop first."""
-    out = []
-    for c in np.unique(labels):
-        m = labels == c
-        r = float(np.mean(reference[m].argmax(1) == c) * 100.0)
-        k = float(np.mean(candidate[m].argmax(1) == c) * 100.0)
-        out.append(ClassDelta(int(c), r, k, k - r, int(m.sum())))
+    classes, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    ref_hits = np.bincount(inverse, weights=reference.argmax(1) == labels, minlength=len(classes))
+    cand_hits = np.bincount(inverse, weights=candidate.argmax(1) == labels, minlength=len(classes))
+    out = [
+        ClassDelta(int(c), float(r / n * 100.0), float(k / n * 100.0), float((k - r) / n * 100.0), int(n))
+        for c, r, k, n in zip(classes, ref_hits, cand_hits, counts, strict=True)
+    ]
     return sorted(out, key=lambda d: (d.delta, d.label))
 
 
 def as_dict(obj: object) -> dict[str, object]:
     return asdict(obj)  # type: ignore[call-overload, no-any-return]
+
+
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+    """Accuracy of both, agreement, per-class delta (worst first): the metric part of a report.
+
+    Raises:
+        UsageError: the two sets of logits do not have the same shape (different models or data).
+    """
+    if reference.shape != candidate.shape:
+        raise UsageError(
+            f"reference logits are {reference.shape} but candidate logits are {candidate.shape}",
+            hint="the reference and the candidate must be the same model on the same inputs",
+        )
+    if not np.isfinite(candidate).all():
+        raise UsageError("the candidate produced NaN or Inf logits")
+    ref_acc, cand_acc = accuracy(reference, labels), accuracy(candidate, labels)
+    drop = None if ref_acc.top1 is None or cand_acc.top1 is None else ref_acc.top1 - cand_acc.top1
+    return {
+        "accuracy": {"reference": asdict(ref_acc), "candidate": asdict(cand_acc), "top1_drop": drop},
+        "agreement": asdict(agreement(reference, candidate)),
+        "per_class": [asdict(d) for d in per_class_delta(reference, candidate, labels)] if labels is not None else [],
+    }

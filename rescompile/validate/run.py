@@ -1,8 +1,15 @@
-"""Validation: FP32 reference vs INT8 candidate on the same preprocessed inputs; latency of both."""
+"""Validation: FP32 reference vs a candidate on the same preprocessed inputs; latency of both.
+
+``validate`` compares a candidate runner against reference outputs (computed here or loaded
+from ``ref.npz``) and times it against an FP32 baseline in the same run; ``validate_build``
+is the last stage of ``rescompile build`` (with auto-fallback and layerwise blame).
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,9 +19,143 @@ from rescompile.config import BuildConfig
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource
 from rescompile.progress import progress
-from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
-from rescompile.validate.latency import measure_latency
-from rescompile.validate.metrics import accuracy, agreement, per_class_delta
+from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
+from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from rescompile.validate.latency import LatencySettings, measure_latency
+from rescompile.validate.metrics import compare_outputs
+from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, save_reference
+
+REPORT_SCHEMA = "rescompile.report/1"
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    batch_size: int = 64
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    threads: int | None = None
+    progress: bool = False
+    layerwise_samples: int = 64  # inputs run through both graphs with every tensor exposed
+
+    @classmethod
+    def from_config(cls, cfg: BuildConfig) -> ValidateSettings:
+        lat = LatencySettings(tuple(cfg.latency_batches), getattr(cfg, "latency_warmup", 5), cfg.latency_runs,
+                              getattr(cfg, "latency_budget_s", None))  # fmt: skip
+        return cls(cfg.batch_size, lat, cfg.threads, cfg.progress)
+
+
+def run_outputs(runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str) -> np.ndarray:
+    """``runner``'s logits on every input, in order, with a progress bar."""
+    out = []
+    with progress(label, inputs.count, settings.progress) as advance:
+        for x, _ in inputs.batches(settings.batch_size):
+            out.append(runner.infer(x))
+            advance(len(x))
+    return np.concatenate(out)
+
+
+def compute_reference(
+    runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, *, keep_inputs: bool = False,
+    meta: dict[str, Any] | None = None,
+) -> ReferenceOutputs:  # fmt: skip
+    """Run the FP32 reference over ``inputs``; keep the inputs too when they will be saved."""
+    logits, labels, kept = [], [], []
+    with progress(f"reference ({runner.name})", inputs.count, settings.progress) as advance:
+        for x, y in inputs.batches(settings.batch_size):
+            logits.append(runner.infer(x))
+            if y is not None:
+                labels.append(y)
+            if keep_inputs:
+                kept.append(np.asarray(x, np.float32))
+            advance(len(x))
+    return ReferenceOutputs(
+        np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
+        np.concatenate(kept) if keep_inputs else None,
+        {"runner": runner.name, "source": inputs.name, **(meta or {})},
+    )  # fmt: skip
+
+
+def measure_all(
+    candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: ValidateSettings
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Latency of the baseline and the candidate at each batch size; speedup = baseline p50 / candidate p50."""
+    lat = settings.latency
+    runners = [(baseline, "baseline")] if baseline is not None else []
+    runners.append((candidate, "candidate"))
+    per = 1 if lat.budget_s is not None else lat.runs
+    records: list[dict[str, Any]] = []
+    with progress("latency", per * len(lat.batches) * len(runners), settings.progress) as advance:
+        for batch in lat.batches:
+            for runner, role in runners:
+                r = measure_latency(runner, sample, batch, role=role, warmup=lat.warmup, runs=lat.runs,
+                                    budget_s=lat.budget_s, on_run=None if lat.budget_s else (lambda: advance(1)))  # fmt: skip
+                if lat.budget_s:
+                    advance(1)
+                records.append(r.to_dict())
+    speedup = {}
+    if baseline is not None:
+        for batch in lat.batches:
+            b = next(r for r in records if r["batch"] == batch and r["role"] == "baseline")
+            c = next(r for r in records if r["batch"] == batch and r["role"] == "candidate")
+            speedup[str(batch)] = b["p50_ms"] / c["p50_ms"]
+    return records, speedup
+
+
+def validate(
+    reference: ReferenceOutputs,
+    candidate: Runner,
+    inputs: ValidationInputs,
+    *,
+    baseline: Runner | None = None,
+    settings: ValidateSettings | None = None,
+) -> dict[str, Any]:
+    """Accuracy, agreement and latency of ``candidate`` against ``reference`` on ``inputs``.
+
+    Args:
+        reference: FP32 logits (and labels) for exactly ``inputs``.
+        candidate: the model under test (INT8 ONNX on ONNX Runtime, a TensorRT plan, FP16 ...).
+        inputs: the same preprocessed inputs the reference saw.
+        baseline: an FP32 runner timed in the same run (for the speedup); None skips it.
+
+    Returns:
+        The report (``rescompile.report/1``) without gates.
+    """
+    settings = settings or ValidateSettings()
+    settings.latency.check()
+    if inputs.count != len(reference.logits):
+        from rescompile.errors import UsageError
+
+        raise UsageError(f"the reference holds {len(reference.logits)} outputs but the validation set has {inputs.count} samples")
+    timings: dict[str, float] = {}
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    cand = run_outputs(candidate, inputs, settings, f"candidate ({candidate.name})")
+    timings["candidate_s"] = round(time.perf_counter() - t0, 3)
+    peak = peak_rss_mib()
+    report: dict[str, Any] = {
+        "schema": REPORT_SCHEMA,
+        "source": inputs.name,
+        "samples": int(len(cand)),
+        "reference": reference.runner,
+        "candidate": candidate.name,
+        "baseline": None if baseline is None else baseline.name,
+        **compare_outputs(reference.logits, cand, reference.labels),
+    }
+    if inputs.class_names:
+        report["class_names"] = list(inputs.class_names)
+    t0 = time.perf_counter()
+    sample = inputs.head(max(settings.latency.batches))
+    latency, speedup = measure_all(candidate, baseline, sample, settings)
+    timings["latency_s"] = round(time.perf_counter() - t0, 3)
+    report["latency"] = latency
+    report["speedup_int8_vs_fp32_p50"] = speedup
+    report["memory"] = {"peak_rss_mib": max([peak] + [r["peak_rss_mib"] for r in latency])}
+    lat = settings.latency
+    report["settings"] = {
+        "batch_size": settings.batch_size, "latency_batches": list(lat.batches), "latency_warmup": lat.warmup,
+        "latency_runs": lat.runs, "latency_budget_s": lat.budget_s, "threads": settings.threads,
+    }  # fmt: skip
+    report["timings_s"] = timings
+    return report
 
 
 def validate_models(
@@ -28,47 +169,60 @@ def validate_models(
         fp32_onnx: the FP32 simplified ONNX model (latency baseline on the same runtime).
         candidate: the INT8 model.
     """
-    ref_runner = (
-        OnnxRuntimeRunner(reference, "onnxruntime-fp32", cfg.threads)
-        if isinstance(reference, onnx.ModelProto) else TorchRunner(reference, "pytorch-fp32", cfg.threads)
-    )  # fmt: skip
-    fp32_ort = OnnxRuntimeRunner(fp32_onnx, "onnxruntime-fp32", cfg.threads)
-    int8_ort = OnnxRuntimeRunner(candidate, "onnxruntime-int8", cfg.threads)
-    ref_out, cand_out, labels = [], [], []
-    with progress("validate", source.count, cfg.progress) as advance:
-        for x, y in source.batches(pre, cfg.batch_size):
-            ref_out.append(ref_runner.infer(x))
-            cand_out.append(int8_ort.infer(x))
-            if y is not None:
-                labels.append(y)
-            advance(len(x))
-    ref = np.concatenate(ref_out)
-    cand = np.concatenate(cand_out)
-    lab = np.concatenate(labels) if labels else None
-    ref_acc, cand_acc = accuracy(ref, lab), accuracy(cand, lab)
-    drop = None if ref_acc.top1 is None or cand_acc.top1 is None else ref_acc.top1 - cand_acc.top1
-    sample, _ = next(source.batches(pre, max(cfg.latency_batches)))
-    latency = []
-    runs = cfg.latency_runs * len(cfg.latency_batches) * 2
-    with progress("latency", runs, cfg.progress) as advance:
-        for batch in cfg.latency_batches:
-            for runner in (fp32_ort, int8_ort):
-                latency.append(asdict(measure_latency(runner, sample, batch, runs=cfg.latency_runs,
-                                                      on_run=lambda: advance(1))))  # fmt: skip
-    speedup = {}
-    for batch in cfg.latency_batches:
-        f = next(r for r in latency if r["batch"] == batch and r["runner"] == "onnxruntime-fp32")
-        i = next(r for r in latency if r["batch"] == batch and r["runner"] == "onnxruntime-int8")
-        speedup[str(batch)] = f["p50_ms"] / i["p50_ms"]
-    return {
-        "schema": "rescompile.report/1",
-        "source": source.name,
-        "samples": int(len(ref)),
-        "reference": ref_runner.name,
-        "candidate": int8_ort.name,
-        "accuracy": {"reference": asdict(ref_acc), "candidate": asdict(cand_acc), "top1_drop": drop},
-        "agreement": asdict(agreement(ref, cand)),
-        "per_class": [asdict(d) for d in per_class_delta(ref, cand, lab)] if lab is not None else [],
-        "latency": latency,
-        "speedup_int8_vs_fp32_p50": speedup,
-    }
+    settings = ValidateSettings.from_config(cfg)
+    inputs = ValidationInputs.from_source(source, pre)
+    ref = compute_reference(reference_runner(reference, cfg.threads), inputs, settings)
+    return validate(ref, OnnxRuntimeRunner(candidate, "onnxruntime-int8", cfg.threads), inputs,
+                    baseline=OnnxRuntimeRunner(fp32_onnx, "onnxruntime-fp32", cfg.threads), settings=settings)  # fmt: skip
+
+
+def reference_runner(reference: Any, threads: int | None) -> Runner:
+    """The runner for an FP32 reference: a PyTorch module, or an FP32 ONNX model."""
+    if isinstance(reference, onnx.ModelProto):
+        return OnnxRuntimeRunner(reference, "onnxruntime-fp32", threads)
+    return TorchRunner(reference, "pytorch-fp32", threads)
+
+
+@dataclass
+class BuildValidation:
+    report: dict[str, Any]
+    int8: onnx.ModelProto  # the final candidate (changed by auto-fallback)
+    plan: Any  # its QuantPlan
+    changed: bool  # auto-fallback replaced the model and the plan
+
+
+def validate_build(
+    reference: Any, fp32_onnx: onnx.ModelProto, int8: onnx.ModelProto, plan: Any, ranges: dict[str, Any],
+    source: DataSource, pre: Preprocess, cfg: BuildConfig,
+) -> BuildValidation:  # fmt: skip
+    """The validate stage of ``build``: reference once, optional auto-fallback, validation, layerwise blame.
+
+    Reads ``cfg.auto_fallback`` (limit of layers to keep in FP, 0 = off), ``cfg.layerwise`` and
+    ``cfg.save_reference`` when the config has them.
+    """
+    from rescompile.validate.fallback import auto_fallback
+    from rescompile.validate.layerwise import layerwise_blame
+
+    settings = ValidateSettings.from_config(cfg)
+    settings.latency.check()
+    inputs = ValidationInputs.from_source(source, pre)
+    save_to: Path | None = getattr(cfg, "save_reference", None)
+    ref = compute_reference(reference_runner(reference, cfg.threads), inputs, settings, keep_inputs=save_to is not None,
+                            meta={"preprocess": pre.to_dict(), "model": cfg.model})  # fmt: skip
+    fallback = None
+    limit = int(getattr(cfg, "auto_fallback", 0) or 0)
+    if limit > 0:
+        fallback = auto_fallback(fp32_onnx, int8, plan, ranges, ref, inputs, cfg.gates, limit, policy=cfg.policy,
+                                 keep_fp=tuple(cfg.keep_fp), keep_first_last=cfg.keep_first_last, settings=settings)  # fmt: skip
+        int8, plan = fallback.model, fallback.plan
+    report = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8", cfg.threads), inputs,
+                      baseline=OnnxRuntimeRunner(fp32_onnx, "onnxruntime-fp32", cfg.threads), settings=settings)  # fmt: skip
+    if getattr(cfg, "layerwise", False):
+        t0 = time.perf_counter()
+        report["layerwise"] = layerwise_blame(fp32_onnx, int8, inputs.head(settings.layerwise_samples)).to_dict()
+        report["timings_s"]["layerwise_s"] = round(time.perf_counter() - t0, 3)
+    if fallback is not None:
+        report["fallback"] = fallback.to_dict()
+    if save_to is not None:
+        save_reference(Path(save_to), ref)
+    return BuildValidation(report, int8, plan, fallback is not None and bool(fallback.steps))

@@ -1,0 +1,132 @@
+"""FP32 reference outputs: computed from a runner, or saved to / loaded from ``ref.npz``.
+
+A saved reference holds the preprocessed inputs, the labels and the FP32 logits, so a
+machine without PyTorch (a Jetson with only TensorRT) validates a candidate against logits
+computed on a workstation. The file loads without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile.errors import UsageError
+
+REFERENCE_SCHEMA = "rescompile.reference/1"
+Batches = Iterator[tuple[np.ndarray, np.ndarray | None]]
+
+
+@dataclass
+class ValidationInputs:
+    """Preprocessed validation inputs, streamed in batches as often as needed."""
+
+    name: str
+    count: int
+    batches: Callable[[int], Batches]
+    class_names: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_source(cls, source: Any, pre: Any) -> ValidationInputs:
+        """From a DataSource and its Preprocess (images are decoded and normalized per batch)."""
+        return cls(source.name, source.count, lambda bs: source.batches(pre, bs), list(source.class_names))
+
+    @classmethod
+    def from_arrays(cls, name: str, inputs: np.ndarray, labels: np.ndarray | None) -> ValidationInputs:
+        def batches(bs: int) -> Batches:
+            for s in range(0, len(inputs), bs):
+                yield inputs[s : s + bs], None if labels is None else labels[s : s + bs]
+
+        return cls(name, len(inputs), batches)
+
+    def head(self, n: int) -> np.ndarray:
+        """The first ``n`` inputs (fewer when the set is smaller)."""
+        parts, got = [], 0
+        for x, _ in self.batches(max(1, min(n, 256))):
+            parts.append(x[: n - got])
+            got += len(parts[-1])
+            if got >= n:
+                break
+        return np.concatenate(parts)
+
+
+@dataclass
+class ReferenceOutputs:
+    """FP32 logits for a validation set, with its labels and (when kept) its inputs."""
+
+    logits: np.ndarray  # N x classes, float32
+    labels: np.ndarray | None
+    inputs: np.ndarray | None  # N x C x H x W float32, preprocessed
+    meta: dict[str, Any] = field(default_factory=dict)  # runner, source, preprocess, model
+
+    @property
+    def runner(self) -> str:
+        return str(self.meta.get("runner", "reference"))
+
+    def as_inputs(self) -> ValidationInputs:
+        if self.inputs is None:
+            raise UsageError("this reference holds no inputs to validate a candidate on")
+        return ValidationInputs.from_arrays(str(self.meta.get("source", "saved reference")), self.inputs, self.labels)
+
+
+def save_reference(path: Path, ref: ReferenceOutputs) -> None:
+    """Write ``ref`` (with its inputs) as a compressed .npz, atomically.
+
+    Raises:
+        UsageError: the reference was computed without keeping its inputs.
+    """
+    if ref.inputs is None:
+        raise UsageError("cannot save a reference without its inputs")
+    path = Path(path)
+    if path.suffix != ".npz":
+        raise UsageError(f"--save-reference needs a .npz path, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {
+        "inputs": np.ascontiguousarray(ref.inputs, np.float32),
+        "logits": np.ascontiguousarray(ref.logits, np.float32),
+        "meta": np.asarray(json.dumps({"schema": REFERENCE_SCHEMA, **ref.meta}, sort_keys=True, default=str)),
+    }
+    if ref.labels is not None:
+        arrays["labels"] = np.ascontiguousarray(ref.labels, np.int64)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_reference(path: Path) -> ReferenceOutputs:
+    """Read a reference written by :func:`save_reference` (no pickle, no PyTorch).
+
+    Raises:
+        UsageError: missing or unreadable file, wrong schema, inconsistent arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"reference file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = [k for k in ("inputs", "logits", "meta") if k not in z]
+            if missing:
+                raise UsageError(f"{path} is not a rescompile reference (missing {', '.join(missing)})",
+                                 hint="write one with --save-reference ref.npz")  # fmt: skip
+            meta = json.loads(str(z["meta"]))
+            inputs, logits = z["inputs"].astype(np.float32), z["logits"].astype(np.float32)
+            labels = z["labels"].astype(np.int64) if "labels" in z else None
+    except (ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read reference {path}: {str(exc).splitlines()[0]}") from None
+    if meta.get("schema") != REFERENCE_SCHEMA:
+        raise UsageError(f"{path}: reference schema {meta.get('schema')!r}, expected {REFERENCE_SCHEMA!r}")
+    if inputs.ndim != 4 or logits.ndim != 2 or len(inputs) != len(logits) or (labels is not None and len(labels) != len(logits)):
+        raise UsageError(f"{path}: inconsistent arrays (inputs {inputs.shape}, logits {logits.shape})")
+    meta.pop("schema")
+    return ReferenceOutputs(logits, labels, inputs, meta)
