@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 
 from rescompile.errors import RescompileError
 
@@ -32,7 +32,7 @@ ModelArg = Annotated[
                    show_default=True),
 ]  # fmt: skip
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').")]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder [default: build/<model>].")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<model>).")]
 
 
 def run_cli(fn: Any) -> Any:
@@ -40,9 +40,10 @@ def run_cli(fn: Any) -> Any:
     try:
         return fn()
     except RescompileError as exc:
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, markup=True, soft_wrap=True)
+        # escape: messages and hints hold brackets ("pip install 'rescompile[tensorrt]'") that are not markup
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
         if exc.hint:
-            err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+            err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -58,28 +59,12 @@ def run_cli(fn: Any) -> Any:
 
 
 def _summary(result: Any) -> None:
+    from rescompile.validate.console import print_summary
+
     r = result.report
-    acc, agr = r["accuracy"], r["agreement"]
-    t = Table(title=f"rescompile build: {r['model']['name']} ({r['samples']} validation samples)")
-    t.add_column("metric")
-    t.add_column("FP32", justify="right")
-    t.add_column("INT8", justify="right")
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}%"
-
-    t.add_row("top-1", pct(acc["reference"]["top1"]), pct(acc["candidate"]["top1"]))
-    t.add_row("top-1 agreement", "", f"{agr['top1']:.2f}%")
-    t.add_row("logit cosine (mean)", "", f"{agr['cosine_mean']:.5f}")
-    for batch in sorted({lat["batch"] for lat in r["latency"]}):
-        f = next(x for x in r["latency"] if x["batch"] == batch and x["runner"].endswith("fp32"))
-        i = next(x for x in r["latency"] if x["batch"] == batch and x["runner"].endswith("int8"))
-        t.add_row(f"latency p50 / p90, batch {batch} (ORT CPU)",
-                  f"{f['p50_ms']:.2f} / {f['p90_ms']:.2f} ms", f"{i['p50_ms']:.2f} / {i['p90_ms']:.2f} ms")  # fmt: skip
-    console.print(t)
-    for g in r.get("gates", []):
-        console.print(("[green]PASS[/] " if g["passed"] else "[red]FAIL[/] ") + g["message"], highlight=False)
-    console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, manifest.json)", highlight=False)
+    print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} validation samples)")
+    console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, junit.xml, report.html, "
+                  "manifest.json)", highlight=False)  # fmt: skip
 
 
 @app.command(
@@ -96,9 +81,11 @@ def build(
     val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
     calib_method: Annotated[str, typer.Option(help="Calibration method.")] = "max",
     policy: Annotated[str, typer.Option(help="Q/DQ placement policy: tensorrt | onnxruntime | auto.")] = "tensorrt",
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt (also builds model.plan for --target; needs TensorRT and a GPU).")] = "onnxruntime",
+    target: Annotated[str, typer.Option(help="TensorRT target profile for --backend tensorrt (rescompile targets).")] = "gpu",
     keep_fp: Annotated[list[str] | None, typer.Option("--keep-fp", help="Keep matching nodes (name glob or op type) in FP; repeatable.")] = None,
     keep_first_last: Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.")] = False,
-    preset: Annotated[str | None, typer.Option(help="Preprocessing: imagenet | cifar | grayscale | fashion-mnist [default: the model's].")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preprocessing: imagenet | cifar | grayscale | fashion-mnist (default: the model's own).")] = None,
     layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
     num_classes: Annotated[int | None, typer.Option(min=1, help="Classes of the model's head.")] = None,
     in_channels: Annotated[int | None, typer.Option(min=1, help="Input channels of the model.")] = None,
@@ -109,7 +96,16 @@ def build(
     max_top1_drop: Annotated[float | None, typer.Option(help="Gate: fail (exit 1) if FP32 top-1 minus INT8 top-1 exceeds this many points.")] = None,
     min_agreement: Annotated[float | None, typer.Option(help="Gate: minimum top-1 agreement with FP32, percent.")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="Gate: minimum mean logit cosine similarity.")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference [default: all].")] = None,
+    max_p99_ms: Annotated[float | None, typer.Option("--max-p99-ms", help="Gate: maximum INT8 p99 latency, ms (at --gate-batch).")] = None,
+    min_speedup: Annotated[float | None, typer.Option(help="Gate: minimum INT8 speedup over FP32 (p50, at --gate-batch).")] = None,
+    gate_batch: Annotated[int | None, typer.Option(min=1, help="Batch size the latency gates read (default: the smallest timed).")] = None,
+    gates_file: Annotated[Path | None, typer.Option("--gates", help="YAML recipe of gates; flags override it.")] = None,
+    layerwise: Annotated[bool, typer.Option("--layerwise", help="Compare FP32 and INT8 tensor by tensor; blame layers.")] = False,
+    auto_fallback: Annotated[int, typer.Option(min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.")] = 0,
+    save_reference: Annotated[Path | None, typer.Option(help="Save inputs, labels and FP32 logits to this .npz.")] = None,
+    latency_batch: Annotated[list[int] | None, typer.Option("--latency-batch", min=1, help="Batch size to time (default: 1, 32).")] = None,
+    latency_budget: Annotated[float | None, typer.Option(help="Seconds to time each batch size (instead of --latency-runs).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
     latency_runs: Annotated[int, typer.Option(min=3, help="Timed runs per batch size.")] = 30,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -122,19 +118,24 @@ def build(
     from rescompile.pipeline import build as run_build
 
     def go() -> Any:
+        from rescompile.validate.gates import resolve_gates
+
         if layout not in ("nchw", "nhwc"):
             raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
         cfg = BuildConfig(
             model=model, weights=weights, out=out, calib=calib, val=val, calib_size=calib_size, val_size=val_size,
-            calib_method=calib_method, policy=policy, keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last,
+            calib_method=calib_method, policy=policy, backend=backend, target=target, keep_fp=tuple(keep_fp or ()),
+            keep_first_last=keep_first_last,
             preset=preset, layout=layout, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
             trust_checkpoint=trust_checkpoint, exporter=exporter, opset=opset, threads=threads,
-            latency_runs=latency_runs, gates=Gates(max_top1_drop, min_agreement, min_cosine),
+            latency_runs=latency_runs, latency_batches=tuple(latency_batch or (1, 32)), latency_budget_s=latency_budget,
+            gates=resolve_gates(gates_file, Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch)),
+            layerwise=layerwise, auto_fallback=auto_fallback, save_reference=save_reference,
             progress=not quiet,
         )  # fmt: skip
-        from rescompile.validate.gates import check_thresholds
+        from rescompile.validate.gates import check_build_gates
 
-        check_thresholds(cfg.gates)
+        check_build_gates(cfg)
         try:
             return run_build(cfg)
         except RescompileError as exc:

@@ -39,7 +39,8 @@ class BuildConfig:
     preset: str | None = None  # default: the model's own preset
     calib_method: str = "max"
     policy: str = "tensorrt"
-    backend: str = "onnxruntime"
+    backend: str = "onnxruntime"  # onnxruntime | tensorrt (adds the engine stage)
+    target: str = "gpu"  # TensorRT target profile (rescompile.engine.targets); used with backend "tensorrt"
     keep_fp: tuple[str, ...] = ()
     keep_first_last: bool = False
     opset: int = 17
@@ -47,6 +48,11 @@ class BuildConfig:
     batch_size: int = 64
     latency_batches: tuple[int, ...] = (1, 32)
     latency_runs: int = 30
+    latency_warmup: int = 5
+    latency_budget_s: float | None = None  # time each batch size this long instead of latency_runs
+    layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
+    auto_fallback: int = 0  # keep up to N worst layers in FP until the accuracy gates pass (0 = off)
+    save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz
     threads: int | None = None
     seed: int = 0
     gates: Gates = field(default_factory=Gates)

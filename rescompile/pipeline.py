@@ -26,8 +26,10 @@ from rescompile.io import _umask, save_onnx, sha256_bytes, sha256_file, write_js
 
 ARTIFACTS = (
     "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "model.int8.onnx",
-    "report.json", "report.md",
+    "report.json", "report.md", "junit.xml", "report.html",
 )  # fmt: skip
+# Written only with backend "tensorrt" (rescompile.engine.tensorrt.ENGINE_ARTIFACTS; no TensorRT import here).
+ENGINE_ARTIFACTS = ("model.plan", "model.plan.json", "model.plan.layers.json")
 
 
 @dataclass
@@ -128,10 +130,19 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from rescompile.models import load_model
     from rescompile.progress import progress
     from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.quantize.policy import parse_policy
     from rescompile.simplify import SimplifyConfig, simplify
-    from rescompile.validate.run import validate_models
+    from rescompile.validate.run import BuildValidator
 
     cfg = replace(cfg or BuildConfig(), **overrides)
+    policy = parse_policy(cfg.policy, cfg.backend)  # "auto": the backend's policy; checked before any work
+    if cfg.backend not in ("onnxruntime", "tensorrt"):
+        raise UsageError(f"unknown backend {cfg.backend!r}", hint="onnxruntime or tensorrt")
+    engine_target = None
+    if cfg.backend == "tensorrt":  # target, TensorRT and GPU are checked before any work (exit 2 / 3)
+        from rescompile.engine.tensorrt import preflight
+
+        engine_target = preflight(cfg.target)
     timer = Timer()
     with timer.stage("load"):
         loaded = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
@@ -160,7 +171,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             simp = simplify(fp32, loaded.input_shape, SimplifyConfig())
             save_onnx(stage / "model.simplified.onnx", simp.model)
         with timer.stage("plan"):
-            plan = plan_qdq(simp.model, cfg.policy, keep_fp=cfg.keep_fp, keep_first_last=cfg.keep_first_last)
+            plan = plan_qdq(simp.model, policy, keep_fp=cfg.keep_fp, keep_first_last=cfg.keep_first_last)
             write_text_atomic(stage / "qdq_plan.json", plan.to_json())
         with timer.stage("calibrate"):
             with progress("calibrate", calib_src.count, cfg.progress) as advance:
@@ -180,33 +191,53 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             if not proof.ok:
                 raise VerificationError("the INT8 graph breaks the placement rules:\n  " +
                                         "\n  ".join(str(v) for v in proof.violations[:10]))  # fmt: skip
+        validator = BuildValidator(loaded.module if loaded.module is not None else simp.model, simp.model, val_src, pre, cfg)
+        if cfg.auto_fallback:
+            with timer.stage("fallback"):  # before the engine stage: the engine is built from the final model
+                fallback = validator.fallback(int8, plan, calib.ranges)
+                if fallback.steps:
+                    int8, plan = fallback.model, fallback.plan
+                    save_onnx(stage / "model.int8.onnx", int8)
+                    write_text_atomic(stage / "qdq_plan.json", plan.to_json())
+                    proof = verify_int8(simp.model, int8, plan)
+                    if not proof.ok:
+                        raise VerificationError("the INT8 graph after auto-fallback breaks the placement rules:\n  " +
+                                                "\n  ".join(str(v) for v in proof.violations[:10]))  # fmt: skip
+        engine_section, engine_gate = None, None
+        if engine_target is not None:
+            from rescompile.engine.tensorrt import build_for_pipeline
+
+            with timer.stage("engine"):
+                engine_section, engine_gate = build_for_pipeline(
+                    stage / "model.int8.onnx", engine_target, (*cfg.latency_batches, cfg.batch_size), stage)
         with timer.stage("validate"):
-            report = validate_models(
-                reference=loaded.module if loaded.module is not None else simp.model,
-                fp32_onnx=simp.model, candidate=int8, source=val_src, pre=pre, cfg=cfg,
-            )
+            report = validator.validate(int8)
         report["model"] = {"name": loaded.name, "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes}
         report["stages"] = {
             "export_max_abs_error": export_err, "simplify_max_abs_error": simp.max_abs_error,
             "nodes_before_simplify": simp.nodes_before, "nodes_after_simplify": simp.nodes_after,
             "batchnorms_folded": simp.batchnorms_folded, "residual_adds": len(plan.residual_adds),
             "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights), "verify": proof.to_dict(),
+            "policy": plan.policy, "qdq_biases": len(plan.biases), "kept_fp": plan.kept_fp,
         }  # fmt: skip
         report["calibration"] = {"method": cfg.calib_method, "samples": calib_src.count, "source": calib_src.name}
         from rescompile.validate.gates import evaluate_gates
-        from rescompile.validate.report import render_markdown
+        from rescompile.validate.write import write_reports
 
-        gates = evaluate_gates(report, cfg.gates)
+        gates = list(evaluate_gates(report, cfg.gates))
+        if engine_section is not None:
+            report["engine"] = engine_section
+            gates.append(engine_gate)
         report["gates"] = [g.to_dict() for g in gates]
         report["passed"] = all(g.passed for g in gates)
-        write_json(stage / "report.json", report)
-        write_text_atomic(stage / "report.md", render_markdown(report))
+        write_reports(stage, report)  # report.json, report.md, junit.xml, report.html
         manifest = {
             "schema": "rescompile.manifest/1",
             "artifacts": {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
-                          for name in ARTIFACTS},
+                          for name in ARTIFACTS + (ENGINE_ARTIFACTS if engine_section is not None else ())},
             "versions": versions(),
             "config": cfg.to_dict(),
+            "policy": plan.policy,
             "preprocess": pre.to_dict(),
             "model_source": loaded.source,
             "data": {"calibration": calib_src.name, "validation": val_src.name,
@@ -214,10 +245,10 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             "timings_s": timer.stages,
         }  # fmt: skip
         write_json(stage / "manifest.json", manifest)
-    failures = [g.message for g in gates if not g.passed]
+    failures = [g.line() for g in gates if not g.passed]  # "FAIL <gate>: <metric> = <value>, threshold <op> <t>"
     result = BuildResult(out, report, manifest, not failures, failures)
     if failures:
-        err = GateFailed("validation gate failed:\n  " + "\n  ".join(failures))
+        err = GateFailed(f"{len(failures)} of {len(gates)} gate(s) failed:\n  " + "\n  ".join(failures))
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result

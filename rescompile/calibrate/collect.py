@@ -1,61 +1,124 @@
-"""Streaming activation statistics: running min/max and an |x| histogram whose range grows by re-binning.
+"""Streaming activation statistics from one ONNX Runtime pass: exact min/max and a signed histogram.
 
-Memory is fixed per tensor (``bins`` counters), whatever the number of images.
+Each calibrated tensor keeps a fixed-size state whatever the number of images: its running
+min and max, and ``2 * bins`` counters over ``[-edge, edge)``. ``edge`` is a power of two,
+so when a larger value arrives the histogram grows by merging groups of 2, 4, 8 ... bins —
+old counts stay exact, never re-estimated. The signed histogram serves symmetric ranges
+(folded to ``|x|``) and asymmetric ones (min/max) from the same pass.
+
+The model runs once over the data with every calibrated tensor exposed as an output. Outputs
+are written into two preallocated buffer sets (ONNX Runtime I/O binding) while a worker
+thread histograms the previous chunk, so model and statistics overlap and memory stays at
+two chunks of activations, sized by ``memory_budget``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 
 from rescompile.errors import UsageError
 
-DEFAULT_BINS = 2048
+DEFAULT_BINS = 2048  # per side of zero: |x| gets 2048 bins, as TensorRT's entropy calibration
+MIN_EDGE = 2.0**-60
+_SLICE = 1 << 18  # elements histogrammed per step: keeps the index buffers in cache
+DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of exposed activations per buffer set
+
+
+class Workspace:
+    """Scratch buffers for histogramming, reused across tensors and batches (one per thread)."""
+
+    def __init__(self, size: int = _SLICE) -> None:
+        self.f = np.empty(size, np.float32)
+        self.i = np.empty(size, np.intp)
 
 
 @dataclass
 class TensorStats:
-    """Running statistics of one tensor."""
+    """Running statistics of one tensor: exact min/max/count and a signed histogram over [-edge, edge)."""
 
     name: str
     bins: int = DEFAULT_BINS
-    min: float = np.inf
-    max: float = -np.inf
+    min: float = math.inf
+    max: float = -math.inf
     count: int = 0
-    hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    hist_edge: float = 0.0  # histogram covers |x| in [0, hist_edge]
+    hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 2 * bins counts
+    edge: float = 0.0
 
-    def update(self, x: np.ndarray) -> None:
-        if not np.isfinite(x).all():
-            raise UsageError(f"activation {self.name!r} holds NaN or Inf during calibration")
-        self.min = min(self.min, float(x.min()))
-        self.max = max(self.max, float(x.max()))
-        self.count += x.size
-        a = np.abs(x.ravel())
-        amax = float(a.max())
+    def update(self, x: np.ndarray, work: Workspace | None = None) -> None:
+        """Add the values of ``x``.
+
+        Raises:
+            UsageError: ``x`` holds NaN or Inf (the tensor is named).
+        """
+        flat = x.reshape(-1)
+        if flat.size == 0:
+            return
+        lo, hi = float(flat.min()), float(flat.max())  # NaN propagates through min/max
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise UsageError(
+                f"activation {self.name!r} holds NaN or Inf during calibration",
+                hint="check the input data and preprocessing; the model overflows on it",
+            )
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += flat.size
+        self._fit(max(abs(lo), abs(hi)))
+        work = work or Workspace()
+        b = self.bins
+        scale = np.float32(b / self.edge)  # a power of two: x * scale is exact
+        acc = np.zeros(2 * b + 1, np.int64)
+        for s in range(0, flat.size, work.f.size):
+            part = flat[s : s + work.f.size]
+            f, i = work.f[: part.size], work.i[: part.size]
+            np.multiply(part, scale, out=f)
+            np.add(f, np.float32(b), out=i, casting="unsafe")  # non-negative, so truncation is floor
+            acc += np.bincount(i, minlength=2 * b + 1)
+        acc[2 * b - 1] += acc[2 * b]  # values a rounding step below edge
+        self.hist += acc[: 2 * b]
+
+    def _fit(self, amax: float) -> None:
+        """Make ``edge`` a power of two strictly above ``amax``, merging bins when it grows."""
+        need = math.ldexp(1.0, math.frexp(max(amax, MIN_EDGE))[1])  # 2**e > amax
         if self.hist.size == 0:
-            self.hist = np.zeros(self.bins, np.int64)
-            self.hist_edge = amax if amax > 0 else 1e-8
-        elif amax > self.hist_edge:
-            self._grow(amax)
-        width = self.hist_edge / self.bins
-        idx = np.minimum((a / width).astype(np.int64), self.bins - 1)
-        self.hist += np.bincount(idx, minlength=self.bins)
-
-    def _grow(self, amax: float) -> None:
-        """Widen the range by an integer factor and merge bins, so old counts stay exact."""
-        factor = int(np.ceil(amax / self.hist_edge))
-        padded = np.zeros(self.bins * factor, np.int64)
-        padded[: self.bins] = self.hist
-        self.hist = padded.reshape(self.bins, factor).sum(axis=1)
-        self.hist_edge *= factor
+            self.hist = np.zeros(2 * self.bins, np.int64)
+            self.edge = need
+        elif need > self.edge:
+            self.hist = rebin(self.hist, int(round(need / self.edge)))
+            self.edge = need
 
     @property
     def amax(self) -> float:
-        return max(abs(self.min), abs(self.max))
+        return max(abs(self.min), abs(self.max)) if self.count else 0.0
+
+    def abs_hist(self) -> np.ndarray:
+        """Counts of ``|x|`` in ``bins`` bins over [0, edge)."""
+        b = self.bins
+        return self.hist[b:] + self.hist[:b][::-1]
+
+    @property
+    def width(self) -> float:
+        return self.edge / self.bins
+
+
+def rebin(hist: np.ndarray, factor: int) -> np.ndarray:
+    """A signed histogram over [-e, e) as one over [-factor*e, factor*e): groups of ``factor`` bins merge."""
+    n = hist.size
+    b = n // 2
+    out = np.zeros(n, np.int64)
+    if factor >= b:
+        out[b - 1] = hist[:b].sum()
+        out[b] = hist[b:].sum()
+        return out
+    g = b // factor
+    out[b - g : b] = hist[:b].reshape(g, factor).sum(axis=1)
+    out[b : b + g] = hist[b:].reshape(g, factor).sum(axis=1)
+    return out
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -68,6 +131,38 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return out
 
 
+def activation_tensors(model: onnx.ModelProto) -> list[str]:
+    """Every float activation of ``model``: the graph input and each node output (for full TensorRT caches)."""
+    inits = {t.name for t in model.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {v.name: v.type.tensor_type.elem_type for v in
+             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}  # fmt: skip
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    names += [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o]
+    return [n for n in names if types.get(n, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
+
+
+def _check_tensors(model: onnx.ModelProto, tensors: list[str]) -> None:
+    known = {i.name for i in model.graph.input} | {o for n in model.graph.node for o in n.output}
+    missing = [t for t in tensors if t not in known]
+    if missing:
+        raise UsageError(
+            f"the model has no tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+            hint="calibrate the simplified model the placement plan was made for",
+        )
+
+
+class _Buffers:
+    """One set of output buffers for up to ``rows`` images, bound to the session by I/O binding."""
+
+    def __init__(self, per_image: dict[str, tuple[int, ...]], rows: int) -> None:
+        self.per_image = per_image
+        self.flat = {t: np.empty(rows * int(np.prod(s, dtype=np.int64)), np.float32) for t, s in per_image.items()}
+
+    def views(self, n: int) -> dict[str, np.ndarray]:
+        return {t: self.flat[t][: n * int(np.prod(s, dtype=np.int64))].reshape(n, *s) for t, s in self.per_image.items()}
+
+
 def collect_stats(
     model: onnx.ModelProto,
     tensors: list[str],
@@ -75,34 +170,119 @@ def collect_stats(
     *,
     bins: int = DEFAULT_BINS,
     on_batch: Callable[[int], None] | None = None,
+    threads: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, TensorStats]:
-    """Run ``model`` on ONNX Runtime over ``batches`` once, collecting stats for ``tensors``.
+    """Run ``model`` on ONNX Runtime over ``batches`` once, collecting statistics of ``tensors``.
 
     Args:
         model: the FP32 simplified model.
-        tensors: the activation tensors the placement plan quantizes.
-        batches: float32 inputs, N,C,H,W.
+        tensors: the activation tensors to calibrate (the placement plan's).
+        batches: float32 inputs, N,C,H,W; split into chunks that fit ``memory_budget``.
+        bins: histogram bins per side of zero.
         on_batch: called with each batch's size (progress display).
+        threads: ONNX Runtime intra-op threads (default: all cores).
+        memory_budget: bytes of exposed activations per chunk (two chunks are in flight).
+
+    Returns:
+        ``{tensor: TensorStats}`` in the order of ``tensors``.
 
     Raises:
-        UsageError: no data, or NaN/Inf in an activation (the tensor is named).
+        UsageError: no data, an unknown tensor, or NaN/Inf in an activation (the tensor is named).
     """
     import onnxruntime as ort
 
-    probe = with_outputs(model, tensors)
+    tensors = list(dict.fromkeys(tensors))
+    _check_tensors(model, tensors)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    if threads:
+        opts.intra_op_num_threads = threads
+    graph_inputs = {i.name for i in model.graph.input}
+    exposed = [t for t in tensors if t not in graph_inputs]  # the input itself is read from the batch
+    sess = ort.InferenceSession(with_outputs(model, exposed).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
     input_name = sess.get_inputs()[0].name
     stats = {t: TensorStats(t, bins) for t in tensors}
-    seen = 0
-    for x in batches:
-        outs = sess.run(tensors, {input_name: x})
-        for t, v in zip(tensors, outs, strict=True):
-            stats[t].update(np.asarray(v))
-        seen += len(x)
-        if on_batch is not None:
-            on_batch(len(x))
+    run = _Runner(sess, input_name, exposed, stats, memory_budget)
+    try:
+        seen = 0
+        for x in batches:
+            x = np.ascontiguousarray(x, dtype=np.float32)
+            run.feed(x)
+            seen += len(x)
+            if on_batch is not None:
+                on_batch(len(x))
+        run.finish()
+    finally:
+        run.close()
     if seen == 0:
         raise UsageError("the calibration set is empty")
     return stats
+
+
+class _Runner:
+    """Feeds chunks to the session and hands finished output buffers to the statistics thread."""
+
+    def __init__(self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int) -> None:
+        self.sess, self.input_name, self.tensors, self.stats, self.budget = sess, input_name, tensors, stats, budget
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescompile-stats")
+        self.work = Workspace()
+        self.sets: list[_Buffers] = []
+        self.pending: list[Future[None] | None] = [None, None]
+        self.chunk = 1  # images per run until the first run tells the per-image size
+        self.turn = 0
+        self.bound = True  # False: outputs are not batch-major float32; use plain runs
+
+    def _update(self, outs: dict[str, np.ndarray], x: np.ndarray) -> None:
+        if self.input_name in self.stats:
+            self.stats[self.input_name].update(x, self.work)
+        for t in self.tensors:
+            self.stats[t].update(outs[t], self.work)
+
+    def feed(self, x: np.ndarray) -> None:
+        start = 0
+        while start < len(x):
+            part = x[start : start + self.chunk]
+            start += len(part)
+            if not self.sets:
+                self._first(part)
+            elif not self.bound:
+                outs = self.sess.run(self.tensors, {self.input_name: part})
+                self._update(dict(zip(self.tensors, outs, strict=True)), part)
+            else:
+                self._bound_run(part)
+
+    def _first(self, part: np.ndarray) -> None:
+        outs = dict(zip(self.tensors, self.sess.run(self.tensors, {self.input_name: part}), strict=True))
+        self._update(outs, part)
+        n = len(part)
+        self.bound = all(v.dtype == np.float32 and v.ndim >= 1 and v.shape[0] == n for v in outs.values())
+        per_image = {t: tuple(v.shape[1:]) for t, v in outs.items()}
+        bytes_per_image = sum(v.nbytes for v in outs.values()) / max(n, 1)
+        self.chunk = max(1, int(self.budget // max(bytes_per_image, 1)))
+        if self.bound:
+            self.sets = [_Buffers(per_image, self.chunk), _Buffers(per_image, self.chunk)]
+        else:
+            self.sets = [_Buffers({}, 0)]
+
+    def _bound_run(self, part: np.ndarray) -> None:
+        k = self.turn % 2
+        self.turn += 1
+        if self.pending[k] is not None:
+            self.pending[k].result()  # type: ignore[union-attr]  # buffer k is free again (re-raises errors)
+        views = self.sets[k].views(len(part))
+        binding = self.sess.io_binding()
+        binding.bind_cpu_input(self.input_name, part)
+        for t, v in views.items():
+            binding.bind_output(t, "cpu", 0, np.float32, list(v.shape), v.ctypes.data)
+        self.sess.run_with_iobinding(binding)
+        self.pending[k] = self.pool.submit(self._update, views, part)
+
+    def finish(self) -> None:
+        for f in self.pending:
+            if f is not None:
+                f.result()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)

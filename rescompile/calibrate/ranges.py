@@ -1,4 +1,13 @@
-"""From collected statistics to quantization ranges, per method; serializable as ranges.json."""
+"""From collected statistics to quantization ranges, per method; serializable as ranges.json.
+
+Every method reads the same :class:`TensorStats`, so switching method re-runs nothing.
+``auto`` picks, per tensor, the method whose clip has the least quantization error on the
+collected histogram (:func:`rescompile.calibrate.methods.quantization_error`).
+
+``TensorRange.amax`` is the symmetric clip (INT8 scale ``amax / 127``); ``min``/``max`` are
+the observed extremes clipped to ``[-amax, amax]``, the range of an asymmetric (UINT8)
+quantizer calibrated by the same method.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +15,22 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
+
 from rescompile.calibrate.collect import TensorStats
+from rescompile.calibrate.methods import entropy_amax, mse_amax, percentile_amax, quantization_error
 from rescompile.errors import UsageError
 
-METHODS = ("max",)
+METHODS = ("max", "percentile", "entropy", "mse", "auto")
+SINGLE_METHODS = METHODS[:-1]
+DEFAULT_PERCENTILE = 99.99
+SCHEMA = "rescompile.ranges/2"
 _EPS = 1e-8
 
 
 @dataclass(frozen=True)
 class TensorRange:
-    """The calibrated range of one tensor: symmetric ``amax`` and the observed min/max."""
+    """The calibrated range of one tensor: symmetric ``amax`` and the min/max of an asymmetric range."""
 
     amax: float
     min: float
@@ -25,35 +40,124 @@ class TensorRange:
 
 @dataclass
 class CalibrationResult:
+    """Ranges of every calibrated tensor, the method and its parameters, and the cache key."""
+
     ranges: dict[str, TensorRange]
     method: str
     samples: int
-    key: dict[str, str] = field(default_factory=dict)  # sha256 of model and data+preprocessing
+    key: dict[str, str] = field(default_factory=dict)  # sha256 of the model and of data+preprocessing
+    params: dict[str, Any] = field(default_factory=dict)  # percentile, bins, levels
+    summary: dict[str, dict[str, Any]] = field(default_factory=dict)  # per tensor: histogram and each method
+    preprocess: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         doc: dict[str, Any] = {
-            "schema": "rescompile.ranges/1",
+            "schema": SCHEMA,
             "method": self.method,
+            "params": self.params,
             "samples": self.samples,
             "key": self.key,
-            "tensors": {k: asdict(v) for k, v in sorted(self.ranges.items())},
-        }
+            "preprocess": self.preprocess,
+            "tensors": {k: {**asdict(v), **({"summary": self.summary[k]} if k in self.summary else {})}
+                        for k, v in sorted(self.ranges.items())},
+        }  # fmt: skip
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> CalibrationResult:
-        doc = json.loads(text)
-        return cls({k: TensorRange(**v) for k, v in doc["tensors"].items()}, doc["method"], doc["samples"], doc["key"])
+        """Parse ranges.json (schema 1 or 2).
+
+        Raises:
+            UsageError: not a ranges.json, or a tensor without a finite positive amax.
+        """
+        try:
+            doc = json.loads(text)
+            ranges, summary = {}, {}
+            for k, v in doc["tensors"].items():
+                ranges[k] = TensorRange(float(v["amax"]), float(v["min"]), float(v["max"]), str(v["method"]))
+                if "summary" in v:
+                    summary[k] = v["summary"]
+            result = cls(ranges, doc["method"], int(doc["samples"]), dict(doc.get("key", {})),
+                         dict(doc.get("params", {})), summary, dict(doc.get("preprocess", {})))  # fmt: skip
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(f"not a rescompile ranges.json ({type(exc).__name__}: {exc})") from None
+        for k, r in result.ranges.items():
+            if not (np.isfinite(r.amax) and r.amax > 0):
+                raise UsageError(f"ranges.json: tensor {k!r} has amax {r.amax}; it must be finite and positive")
+        return result
 
 
-def range_for(stats: TensorStats, method: str) -> TensorRange:
-    if method == "max":
-        amax = stats.amax
-    else:
+def check_method(method: str, percentile: float = DEFAULT_PERCENTILE) -> None:
+    """Raise UsageError for an unknown method or a percentile outside (0, 100]."""
+    if method not in METHODS:
         raise UsageError(f"unknown calibration method {method!r}", hint="one of: " + ", ".join(METHODS))
-    return TensorRange(max(float(amax), _EPS), float(stats.min), float(stats.max), method)
+    if not (0.0 < percentile <= 100.0):
+        raise UsageError(f"--percentile must be in (0, 100], not {percentile}")
 
 
-def compute_ranges(stats: dict[str, TensorStats], method: str = "max") -> dict[str, TensorRange]:
+def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
+    """The clip value of every single method for one tensor (floored at a tiny positive value)."""
+    amax = stats.amax
+    if stats.count == 0 or amax <= 0:
+        return dict.fromkeys(SINGLE_METHODS, _EPS)
+    h, w = stats.abs_hist(), stats.width
+    out = {
+        "max": amax,
+        "percentile": percentile_amax(h, w, percentile, amax),
+        "entropy": entropy_amax(h, w, amax),
+        "mse": mse_amax(h, w, amax),
+    }
+    return {k: max(float(v), _EPS) for k, v in out.items()}
+
+
+def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
+    """Every method's clip and quantization error for one tensor, and the histogram's summary."""
+    cands = candidate_amax(stats, percentile)
+    errs = quantization_error(stats.abs_hist(), stats.width, [cands[m] for m in SINGLE_METHODS]) if stats.count else (
+        np.zeros(len(SINGLE_METHODS)))  # fmt: skip
+    errors = {m: float(e) for m, e in zip(SINGLE_METHODS, errs, strict=True)}
+    # Ties (e.g. percentile == max on a small tensor) go to the earlier, simpler method.
+    lowest = min(errors.values())
+    best = next(m for m in SINGLE_METHODS if errors[m] <= lowest * (1 + 1e-9))
+    h = stats.abs_hist()
+    return {
+        "count": int(stats.count),
+        "min": float(stats.min) if stats.count else 0.0,
+        "max": float(stats.max) if stats.count else 0.0,
+        "hist_edge": float(stats.edge),
+        "hist_bins": int(stats.bins),
+        "bins_used": int(np.flatnonzero(h)[-1] + 1) if h.any() else 0,
+        "zero_bin_fraction": float(h[0] / max(h.sum(), 1)) if h.size else 0.0,
+        "amax": cands,
+        "mse": errors,
+        "auto": best,
+    }
+
+
+def range_for(stats: TensorStats, method: str, percentile: float = DEFAULT_PERCENTILE,
+              analysis: dict[str, Any] | None = None) -> TensorRange:  # fmt: skip
+    """The TensorRange of one tensor by ``method`` (``auto`` resolves to the chosen single method)."""
+    check_method(method, percentile)
+    a = analysis or analyze(stats, percentile)
+    chosen = a["auto"] if method == "auto" else method
+    amax = float(a["amax"][chosen])
+    lo = max(float(stats.min), -amax) if stats.count else 0.0
+    hi = min(float(stats.max), amax) if stats.count else 0.0
+    return TensorRange(amax, lo, hi, chosen)
+
+
+def compute_ranges(stats: dict[str, TensorStats], method: str = "max",
+                   percentile: float = DEFAULT_PERCENTILE) -> dict[str, TensorRange]:  # fmt: skip
     """Ranges for every tensor from one collection pass; switching method re-runs nothing."""
-    return {name: range_for(s, method) for name, s in stats.items()}
+    return {name: range_for(s, method, percentile) for name, s in stats.items()}
+
+
+def calibration_result(stats: dict[str, TensorStats], method: str, samples: int, *,
+                       percentile: float = DEFAULT_PERCENTILE, key: dict[str, str] | None = None,
+                       preprocess: dict[str, Any] | None = None) -> CalibrationResult:  # fmt: skip
+    """Ranges by ``method`` plus, per tensor, every method's clip and error (the ranges.json content)."""
+    check_method(method, percentile)
+    summary = {name: analyze(s, percentile) for name, s in stats.items()}
+    ranges = {name: range_for(s, method, percentile, summary[name]) for name, s in stats.items()}
+    params = {"percentile": percentile, "bins": next(iter(stats.values())).bins if stats else 0, "levels": 128}
+    return CalibrationResult(ranges, method, samples, dict(key or {}), params, summary, dict(preprocess or {}))

@@ -1,13 +1,21 @@
-"""Preprocessing presets and their application to raw pixel arrays and PIL images."""
+"""Preprocessing: presets, custom recipes (flags or YAML), and their application to pixels and image files.
+
+A :class:`Preprocess` is the whole recipe from a stored image to a model input. It is
+recorded in the manifest and in ``ranges.json``; :func:`check_matches` refuses to validate
+or reuse calibration with a recipe that differs from the recorded one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rescompile.errors import UsageError
+
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 
 @dataclass(frozen=True)
@@ -15,14 +23,17 @@ class Preprocess:
     """How raw images become model inputs; recorded in the manifest and checked at validation."""
 
     name: str
-    size: int  # final H = W
+    size: int  # final H = W (center crop)
     resize: int | None  # shorter side resized to this before the center crop (images only)
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    channels: int  # 1 = grayscale, 3 = RGB
+    channels: int  # 1 = grayscale, 3 = colour
+    channel_order: str = "rgb"  # order of colour channels in the model input: rgb | bgr
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
 
 
 PRESETS: dict[str, Preprocess] = {
@@ -31,9 +42,12 @@ PRESETS: dict[str, Preprocess] = {
     "grayscale": Preprocess("grayscale", 28, None, (0.5,), (0.5,), 1),
     "fashion-mnist": Preprocess("fashion-mnist", 28, None, (0.2860,), (0.3530,), 1),
 }
+# Keys a YAML recipe may hold (besides ``preset`` and the data ``layout``).
+RECIPE_KEYS = ("name", "size", "resize", "mean", "std", "channels", "channel_order")
 
 
 def get_preset(name: str, *, size: int | None = None, channels: int | None = None) -> Preprocess:
+    """A preset adapted to the model's input size and channel count (the name is kept)."""
     if name not in PRESETS:
         raise UsageError(f"unknown preprocessing preset {name!r}", hint="one of: " + ", ".join(PRESETS))
     p = PRESETS[name]
@@ -49,16 +63,155 @@ def get_preset(name: str, *, size: int | None = None, channels: int | None = Non
     return p
 
 
+def _floats(value: Any, what: str) -> tuple[float, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(",", " ").split() if v]
+    if isinstance(value, (int, float)):
+        value = [value]
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        raise UsageError(f"{what} must be numbers, e.g. 0.485,0.456,0.406 (got {value!r})") from None
+    if not out:
+        raise UsageError(f"{what} is empty")
+    return out
+
+
+def load_recipe(path: Path) -> dict[str, Any]:
+    """Read a YAML preprocessing recipe: ``preset``, ``layout`` and any of :data:`RECIPE_KEYS`.
+
+    Raises:
+        UsageError: missing or unreadable file, unknown keys, or values of the wrong type.
+    """
+    import yaml
+
+    if not Path(path).is_file():
+        raise UsageError(f"recipe file not found: {path}")
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("preprocess"), dict):
+        doc = doc["preprocess"]
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: a recipe is a mapping of preprocessing keys (preset, size, mean, std, ...)")
+    unknown = sorted(set(doc) - set(RECIPE_KEYS) - {"preset", "layout"})
+    if unknown:
+        raise UsageError(f"{path}: unknown recipe keys {', '.join(unknown)}",
+                         hint="allowed: preset, layout, " + ", ".join(RECIPE_KEYS))  # fmt: skip
+    return doc
+
+
+def resolve_preprocess(
+    default_preset: str,
+    input_shape: tuple[int, int, int],
+    *,
+    preset: str | None = None,
+    recipe: dict[str, Any] | None = None,
+    size: int | None = None,
+    resize: int | None = None,
+    mean: Any = None,
+    std: Any = None,
+    channels: int | None = None,
+    channel_order: str | None = None,
+) -> Preprocess:
+    """The recipe for a model: a preset (the model's own by default), then the YAML recipe, then flags.
+
+    With no custom value the preset is adapted to the model's input (size, channels) and keeps
+    its name; any custom value makes a recipe named ``custom`` (or the recipe's ``name``).
+
+    Raises:
+        UsageError: unknown preset, bad values, or mean/std lengths that do not match the channels.
+    """
+    recipe = dict(recipe or {})
+    c, h, _ = input_shape
+    base_name = preset or recipe.pop("preset", None) or default_preset
+    recipe.pop("preset", None)
+    recipe.pop("layout", None)
+    custom: dict[str, Any] = {k: v for k, v in recipe.items() if v is not None}
+    for key, value in (("size", size), ("resize", resize), ("mean", mean), ("std", std), ("channels", channels),
+                       ("channel_order", channel_order)):  # fmt: skip
+        if value is not None:
+            custom[key] = value
+    want_channels = int(custom.get("channels", c))
+    want_size = int(custom.get("size", h))
+    p = get_preset(base_name, size=want_size, channels=want_channels if want_channels in (1, 3) else None)
+    if not custom:
+        return p
+    name = str(custom.pop("name", "custom"))
+    kw: dict[str, Any] = {"name": name, "size": want_size, "channels": want_channels}
+    if "resize" in custom:
+        kw["resize"] = None if custom["resize"] in (None, 0) else int(custom["resize"])
+    for key in ("mean", "std"):
+        if key in custom:
+            vals = _floats(custom[key], f"--{key}")
+            kw[key] = vals * want_channels if len(vals) == 1 else vals
+    if "channel_order" in custom:
+        kw["channel_order"] = str(custom["channel_order"]).lower()
+    out = replace(p, **kw)
+    _check(out)
+    return out
+
+
+def _check(p: Preprocess) -> None:
+    if p.channels not in (1, 3):
+        raise UsageError(f"preprocessing makes 1 (grayscale) or 3 (colour) channels, not {p.channels}")
+    if p.size < 1 or (p.resize is not None and p.resize < p.size):
+        raise UsageError(f"preprocessing size {p.size} / resize {p.resize}: resize must be >= size >= 1")
+    for key, vals in (("mean", p.mean), ("std", p.std)):
+        if len(vals) != p.channels:
+            raise UsageError(f"--{key} has {len(vals)} values but the input has {p.channels} channels")
+        if not all(np.isfinite(vals)):
+            raise UsageError(f"--{key} must be finite")
+    if any(s <= 0 for s in p.std):
+        raise UsageError("--std values must be positive")
+    if p.channel_order not in CHANNEL_ORDERS:
+        raise UsageError(f"channel order must be rgb or bgr, not {p.channel_order!r}")
+
+
+def check_matches(recorded: dict[str, Any], pre: Preprocess, *, what: str = "the build") -> None:
+    """Raise UsageError when ``pre`` differs from the recipe recorded in a manifest or ranges.json.
+
+    Args:
+        recorded: the recorded ``Preprocess.to_dict()``.
+        pre: the recipe about to be used.
+        what: names the recording in the message ("the build", "ranges.json").
+    """
+    now = pre.to_dict()
+    diffs = []
+    for f in fields(Preprocess):
+        a, b = recorded.get(f.name, Preprocess.__dataclass_fields__[f.name].default), now[f.name]
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            same = len(a) == len(b) and np.allclose(np.asarray(a, float), np.asarray(b, float), rtol=0, atol=1e-9)
+        else:
+            same = a == b
+        if not same:
+            diffs.append(f"{f.name} {a!r} (recorded) vs {b!r} (now)")
+    if diffs:
+        raise UsageError(
+            f"preprocessing differs from {what}'s: " + "; ".join(diffs),
+            hint="validate with the preset and parameters recorded in manifest.json ('preprocess')",
+        )
+
+
 def normalize_pixels(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """uint8 pixels N,C,H,W -> float32 model inputs (scale to [0, 1], subtract mean, divide std)."""
-    x = pixels.astype(np.float32) / 255.0
-    mean = np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
-    return (x - mean) / std
+    """uint8 pixels N,C,H,W (RGB or gray) -> float32 model inputs: scale to [0, 1], channel order, mean, std."""
+    x = pixels.astype(np.float32)
+    if pre.channel_order == "bgr" and x.shape[1] == 3:
+        x = x[:, ::-1]
+        x = np.ascontiguousarray(x)
+    x /= np.float32(255.0)
+    x -= np.asarray(pre.mean, np.float32).reshape(1, -1, 1, 1)
+    x /= np.asarray(pre.std, np.float32).reshape(1, -1, 1, 1)
+    return x
 
 
 def load_image(path: Any, pre: Preprocess) -> np.ndarray:
-    """One image file -> uint8 C,H,W after resize and center crop (torchvision's order)."""
+    """One image file -> uint8 C,H,W (RGB or gray) after resize and center crop (torchvision's order).
+
+    Raises:
+        UsageError: the file is not an image Pillow can decode, or it is truncated (named).
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -76,6 +229,8 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
                 left, top = (w - pre.size) // 2, (h - pre.size) // 2
                 im = im.crop((left, top, left + pre.size, top + pre.size))
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise UsageError(f"cannot read image {path}: {exc}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        reason = "truncated" if "truncated" in str(exc) else str(exc).splitlines()[0]
+        raise UsageError(f"cannot read image {path}: {reason}",
+                         hint="remove or replace the file; rescompile reads JPEG, PNG, BMP and WebP") from None  # fmt: skip
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

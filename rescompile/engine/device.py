@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from rescompile.engine.sidecar import DeviceInfo
 
@@ -31,8 +32,20 @@ def l4t_release(path: Path = Path("/etc/nv_tegra_release")) -> str | None:
         return None
 
 
+def cudart_module() -> Any:
+    """cuda-python's runtime API: ``cuda.bindings.runtime`` (12.8+, 13.x) or ``cuda.cudart`` (older 12.x)."""
+    try:
+        from cuda.bindings import runtime
+
+        return runtime
+    except ImportError:
+        from cuda import cudart  # type: ignore[attr-defined]  # cuda-python < 12.8 only
+
+        return cudart
+
+
 def _via_cudart(index: int) -> tuple[DeviceInfo | None, str]:
-    from cuda.bindings import runtime as cudart
+    cudart = cudart_module()
 
     err, count = cudart.cudaGetDeviceCount()
     if err != cudart.cudaError_t.cudaSuccess:

@@ -132,6 +132,6 @@ def get_target(name: str) -> Target:
     if generic is not None:
         return generic
     known = target_names() + [a for t in TARGETS for a in t.aliases]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.7)
     hint = f"did you mean {close[0]!r}?" if close else "run `rescompile targets` for the table"
     raise UsageError(f"unknown target {name!r}; known targets: {', '.join(target_names())}, or sm_XY", hint=hint)

@@ -1,24 +1,58 @@
 """Proof that an INT8 graph keeps the FP32 topology and follows its placement policy.
 
-Checks, each violation naming the node and the rule:
-- with Q/DQ pairs removed, the INT8 graph is the FP32 graph node for node, edge for edge;
-- every residual Add's inputs are quantized exactly as the plan says (tensorrt: shortcut
-  quantized, main branch not; no Q/DQ between the fused Conv, the Add and its ReLU);
-- zero points 0 for symmetric schemes, scales finite and > 0, weight axes and lengths right;
-- a tensor has at most one QuantizeLinear (one shared Q/DQ at a fan-out).
+Each check has a rule name; a violation names the rule, the node and what is wrong:
+
+- ``pairs``: every DequantizeLinear is fed by a QuantizeLinear (same scale and zero point)
+  or by a quantized initializer; a QuantizeLinear feeds only DequantizeLinear nodes.
+- ``topology``: with Q/DQ pairs removed, the INT8 graph is the FP32 graph node for node
+  (op, attributes, outputs) and edge for edge (each input reads the same tensor, directly
+  or through a Q/DQ pair); float initializers unchanged.
+- ``weight-values``: a dequantized weight or bias is the FP32 one within half a step.
+- ``scale``/``zero-point``/``dtype``/``weight-axis``: scales finite and > 0; the policy's
+  scheme (tensorrt: INT8, zero point 0 everywhere; onnxruntime: UINT8 activations, zero
+  point 0 after a ReLU, INT32 biases with scale = input scale x weight scale); weights
+  INT8 with zero point 0, per channel on the output-channel axis.
+- ``fan-out``: one QuantizeLinear per tensor, so one scale at a fan-out (onnxruntime: every
+  consumer reads it).
+- ``residual``: every residual Add's inputs quantized as the policy says (tensorrt:
+  shortcut yes, main branch no; onnxruntime: both, and the output); no Q/DQ between the
+  Add and its ReLU.
+- ``fusion``: per weighted op (tensorrt: input quantized, output not, except a projection
+  shortcut; onnxruntime: input, weight, bias and output (after a ReLU) quantized, nothing
+  between the Conv and its ReLU); layers kept in FP have float weights.
+- ``plan``: when the plan is given, the graph quantizes exactly the planned tensors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
+from onnx import TensorProto, numpy_helper
 
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.topology import find_residual_blocks
 
 _QDQ = ("QuantizeLinear", "DequantizeLinear")
+_WEIGHTED = ("Conv", "Gemm", "MatMul")
+_SAME_SCALE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
+POLICIES = ("tensorrt", "onnxruntime")
+
+RULES = {
+    "pairs": "Q/DQ come in pairs with one scale and zero point; DQ of weights read quantized initializers",
+    "topology": "without Q/DQ, the INT8 graph is the FP32 graph node for node and edge for edge",
+    "weight-values": "dequantized weights and biases equal the FP32 ones within half a quantization step",
+    "scale": "scales are finite constants > 0; same-scale ops keep their input's scale",
+    "zero-point": "zero points as the scheme says (0 for symmetric INT8, weights, and after a ReLU)",
+    "dtype": "quantized types as the scheme says (activations INT8 or UINT8, weights INT8, biases INT32)",
+    "weight-axis": "per-channel weight scales on the output-channel axis, one per channel",
+    "fan-out": "one QuantizeLinear (one scale) per tensor at a fan-out",
+    "residual": "residual Add inputs/outputs quantized as the policy says; nothing between Add and ReLU",
+    "fusion": "weighted ops quantized so the runtime fuses them; kept layers have float weights",
+    "plan": "the graph quantizes exactly the tensors of qdq_plan.json",
+}
 
 
 @dataclass
@@ -39,15 +73,22 @@ class VerifyReport:
     residual_adds: int = 0
     qdq_pairs: int = 0
     weight_dq: int = 0
+    bias_dq: int = 0
+    checks: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RULES, 0))  # rule -> items checked
 
     @property
     def ok(self) -> bool:
         return not self.violations
 
-    def to_dict(self) -> dict[str, object]:
+    def failed(self, rule: str) -> list[Violation]:
+        return [v for v in self.violations if v.rule == rule]
+
+    def to_dict(self) -> dict[str, Any]:
         return {
             "policy": self.policy, "ok": self.ok, "checked_nodes": self.checked_nodes,
             "residual_adds": self.residual_adds, "qdq_pairs": self.qdq_pairs, "weight_dq": self.weight_dq,
+            "bias_dq": self.bias_dq,
+            "rules": {r: {"checked": n, "violations": len(self.failed(r)), "what": RULES[r]} for r, n in self.checks.items()},
             "violations": [str(v) for v in self.violations],
         }  # fmt: skip
 
@@ -56,113 +97,404 @@ def _attrs(node: onnx.NodeProto) -> dict[str, bytes]:
     return {a.name: a.SerializeToString() for a in node.attribute}
 
 
-def strip_qdq(model: onnx.ModelProto) -> tuple[list[onnx.NodeProto], dict[str, str], list[Violation]]:
-    """The non-Q/DQ nodes of ``model`` and a map from each dequantized tensor to its float origin."""
-    idx = GraphIndex.build(model.graph)
-    origin: dict[str, str] = {}
-    problems: list[Violation] = []
-    for n in model.graph.node:
-        if n.op_type != "DequantizeLinear":
-            continue
-        src = idx.producer.get(n.input[0])
-        if src is not None and src.op_type == "QuantizeLinear":
-            origin[n.output[0]] = src.input[0]
-        elif n.input[0] in idx.initializers:
-            name = n.input[0]
-            origin[n.output[0]] = name[: -len("_quantized")] if name.endswith("_quantized") else name
-        else:
-            problems.append(Violation("pairs", node_name(n), "DequantizeLinear not fed by a QuantizeLinear or a weight"))
-    for n in model.graph.node:
-        if n.op_type == "QuantizeLinear" and not all(c.op_type == "DequantizeLinear" for c, _ in idx.consumers[n.output[0]]):
-            problems.append(Violation("pairs", node_name(n), "QuantizeLinear output feeds something other than a DequantizeLinear"))
-    return [n for n in model.graph.node if n.op_type not in _QDQ], origin, problems
+def _attr_i(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: object | None = None, policy: str | None = None) -> VerifyReport:
-    """Check ``int8`` against ``fp32`` (and ``plan``, a QuantPlan, when given).
+def _dtype(idx: GraphIndex, name: str) -> int | None:
+    if name in idx.initializers:
+        return int(idx.initializers[name].data_type)
+    node = idx.producer.get(name)
+    if node is not None and node.op_type == "Constant":
+        return next((int(a.t.data_type) for a in node.attribute if a.name == "value"), None)
+    return None
+
+
+class QdqView:
+    """The Q/DQ structure of an INT8 graph: what each dequantized tensor stands for."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.idx = GraphIndex.build(model.graph)
+        self.act_dq: dict[str, onnx.NodeProto] = {}  # DQ output -> DQ node, for activations
+        self.const_dq: dict[str, onnx.NodeProto] = {}  # DQ output -> DQ node, for weights and biases
+        self.q_of: dict[str, list[onnx.NodeProto]] = {}  # float tensor -> its QuantizeLinear nodes
+        self.broken: list[Violation] = []
+        for n in model.graph.node:
+            if n.op_type == "QuantizeLinear":
+                self.q_of.setdefault(n.input[0], []).append(n)
+                bad = [c for c, _ in self.idx.consumers.get(n.output[0], []) if c.op_type != "DequantizeLinear"]
+                if bad:
+                    self.broken.append(Violation("pairs", node_name(n), f"QuantizeLinear output feeds {node_name(bad[0])} "
+                                                 f"({bad[0].op_type}), not a DequantizeLinear"))  # fmt: skip
+            elif n.op_type == "DequantizeLinear":
+                src = self.idx.producer.get(n.input[0])
+                if src is not None and src.op_type == "QuantizeLinear":
+                    self.act_dq[n.output[0]] = n
+                    if list(src.input[1:]) != list(n.input[1:]) and not self._same_params(src, n):
+                        self.broken.append(Violation("pairs", node_name(n), f"scale/zero point differ from its "
+                                                     f"QuantizeLinear {node_name(src)}"))  # fmt: skip
+                elif self.idx.is_constant(n.input[0]):
+                    self.const_dq[n.output[0]] = n
+                else:
+                    self.broken.append(Violation("pairs", node_name(n), "DequantizeLinear not fed by a QuantizeLinear or a weight"))
+
+    def _same_params(self, a: onnx.NodeProto, b: onnx.NodeProto) -> bool:
+        va = [self.idx.constant_value(x) for x in a.input[1:3]]
+        vb = [self.idx.constant_value(x) for x in b.input[1:3]]
+        return len(va) == len(vb) and all(x is not None and y is not None and np.array_equal(x, y) for x, y in zip(va, vb, strict=True))
+
+    def origin(self, tensor: str) -> str:
+        """The float tensor a dequantized activation stands for (itself if not dequantized)."""
+        seen = set()
+        while tensor in self.act_dq and tensor not in seen:
+            seen.add(tensor)
+            q = self.idx.producer[self.act_dq[tensor].input[0]]
+            tensor = q.input[0]
+        return tensor
+
+    def qparams(self, node: onnx.NodeProto) -> tuple[np.ndarray | None, np.ndarray | None, int | None]:
+        """Scale, zero point (None if absent) and zero-point element type of a Q or DQ node."""
+        scale = self.idx.constant_value(node.input[1])
+        zp_name = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        zp = self.idx.constant_value(zp_name) if zp_name else None
+        return scale, zp, _dtype(self.idx, zp_name) if zp_name else None
+
+    def act_qparams(self, tensor: str) -> tuple[np.ndarray | None, np.ndarray | None, int | None] | None:
+        """Scale/zero point of the activation DQ that produces ``tensor``, if it is one."""
+        n = self.act_dq.get(tensor)
+        return self.qparams(n) if n is not None else None
+
+
+def detect_policy(int8: onnx.ModelProto) -> str:
+    """``onnxruntime`` when activations are quantized to UINT8, else ``tensorrt``."""
+    view = QdqView(int8)
+    for qs in view.q_of.values():
+        if qs and view.qparams(qs[0])[2] == TensorProto.UINT8:
+            return "onnxruntime"
+    return "tensorrt"
+
+
+def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
+    """Dequantized value of a constant DQ and its per-element half step (for value comparisons)."""
+    q = view.idx.constant_value(dq.input[0])
+    scale, zp, _ = view.qparams(dq)
+    if q is None or scale is None:
+        return None
+    zp = np.zeros_like(scale) if zp is None else zp
+    shape = [1] * q.ndim
+    if np.ndim(scale) == 1 and q.ndim:
+        axis = _attr_i(dq, "axis", 1) % q.ndim
+        if scale.shape[0] != q.shape[axis]:
+            return None
+        shape[axis] = -1
+    s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
+    z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
+    return (q.astype(np.float64) - z) * s, np.broadcast_to(s / 2, q.shape)
+
+
+def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None = None, policy: str | None = None) -> VerifyReport:
+    """Check ``int8`` against ``fp32`` under a policy (and ``plan``, a QuantPlan, when given).
 
     Args:
         fp32: the simplified FP32 model the INT8 model was made from.
         int8: the Q/DQ model.
-        plan: the QuantPlan used; its policy and residual-Add decisions are checked.
-        policy: the policy name when no plan is given (``tensorrt`` or ``onnxruntime``).
+        plan: the QuantPlan used: its policy, kept layers and quantized tensors are checked too.
+        policy: ``tensorrt`` or ``onnxruntime`` when no plan is given (default: detected from
+            the activation type, UINT8 meaning onnxruntime).
+
+    Returns:
+        A VerifyReport; ``ok`` is False when any rule is violated.
     """
-    policy = getattr(plan, "policy", None) or policy or "tensorrt"
+    policy = getattr(plan, "policy", None) or policy or detect_policy(int8)
+    kept = set(getattr(plan, "kept_fp", []) or [])
     report = VerifyReport(policy)
+    if policy not in POLICIES:
+        report.violations.append(Violation("plan", "graph", f"unknown policy {policy!r}"))
+        return report
+    view = QdqView(int8)
+    report.violations.extend(view.broken)
+    report.checks["pairs"] = sum(n.op_type in _QDQ for n in int8.graph.node)
+    _check_topology(fp32, int8, view, report)
+    _check_scheme(int8, view, report, policy)
+    _check_residuals(fp32, int8, view, report, policy, kept)
+    _check_fusion(fp32, view, report, policy, kept)
+    if plan is not None:
+        _check_plan(plan, view, report)
+    return report
+
+
+def _stripped(int8: onnx.ModelProto) -> list[onnx.NodeProto]:
+    return [n for n in int8.graph.node if n.op_type not in _QDQ]
+
+
+def _check_topology(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
     v = report.violations
-    nodes, origin, problems = strip_qdq(int8)
-    v.extend(problems)
-    fp_nodes = list(fp32.graph.node)
-    report.checked_nodes = len(fp_nodes)
-    q_idx = GraphIndex.build(int8.graph)
-
-    # 1. Topology: node for node, edge for edge.
-    if len(nodes) != len(fp_nodes):
-        v.append(Violation("topology", "graph", f"{len(nodes)} non-Q/DQ nodes, FP32 graph has {len(fp_nodes)}"))
-    for a, b in zip(fp_nodes, nodes, strict=False):
-        ins = [origin.get(i, i) for i in b.input]
-        if a.op_type != b.op_type or list(a.output) != list(b.output):
-            v.append(Violation("topology", node_name(b), f"expected {a.op_type} -> {list(a.output)}, found {b.op_type} -> {list(b.output)}"))
-        elif ins != list(a.input):
-            v.append(Violation("topology", node_name(b), f"inputs {ins} differ from FP32 {list(a.input)}"))
-        elif _attrs(a) != _attrs(b):
+    fp_idx = GraphIndex.build(fp32.graph)
+    nodes = _stripped(int8)
+    report.checked_nodes = len(fp32.graph.node)
+    by_outputs = {tuple(n.output): n for n in nodes}
+    matched: set[int] = set()
+    for a in fp32.graph.node:
+        report.checks["topology"] += 1
+        b = by_outputs.get(tuple(a.output))
+        if b is None:
+            v.append(Violation("topology", node_name(a), f"{a.op_type} -> {list(a.output)} is missing from the INT8 graph"))
+            continue
+        matched.add(id(b))
+        if a.op_type != b.op_type or a.domain != b.domain:
+            v.append(Violation("topology", node_name(b), f"expected {a.op_type}, found {b.op_type}"))
+            continue
+        if _attrs(a) != _attrs(b):
             v.append(Violation("topology", node_name(b), "attributes differ from the FP32 node"))
-    if [o.name for o in fp32.graph.output] != [o.name for o in int8.graph.output]:
-        v.append(Violation("topology", "graph", "graph outputs differ"))
+        if len(a.input) != len(b.input):
+            v.append(Violation("topology", node_name(b), f"{len(b.input)} inputs, FP32 node has {len(a.input)}"))
+            continue
+        for i, (fa, fb) in enumerate(zip(a.input, b.input, strict=True)):
+            _check_edge(fp_idx, view, report, b, i, fa, fb)
+    for b in nodes:
+        if id(b) not in matched:
+            v.append(Violation("topology", node_name(b), f"{b.op_type} -> {list(b.output)} is not in the FP32 graph"))
+    for what, xs, ys in (("inputs", fp32.graph.input, int8.graph.input), ("outputs", fp32.graph.output, int8.graph.output)):
+        fx = [x.name for x in xs if x.name not in fp_idx.initializers]
+        fy = [y.name for y in ys if y.name not in view.idx.initializers]
+        if fx != fy:
+            v.append(Violation("topology", "graph", f"graph {what} {fy} differ from FP32 {fx}"))
 
-    # 2. Scales, zero points, weight axes; one Q per tensor.
-    symmetric = policy == "tensorrt"
-    quantized_by: dict[str, list[str]] = {}
+
+def _check_edge(fp_idx: GraphIndex, view: QdqView, report: VerifyReport, b: onnx.NodeProto, i: int, fa: str, fb: str) -> None:
+    """One input edge: the same tensor, the same tensor through an activation Q/DQ, or a dequantized constant."""
+    v = report.violations
+    if fb in view.const_dq:
+        report.checks["weight-values"] += 1
+        want = fp_idx.constant_value(fa)
+        got = _dequantize(view, view.const_dq[fb])
+        if want is None:
+            v.append(Violation("topology", node_name(b), f"input {i} is a dequantized constant, FP32 reads activation {fa}"))
+        elif got is None or got[0].shape != want.shape:
+            v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} does not match the shape of {fa}"))
+        elif np.any(np.abs(got[0] - want.astype(np.float64)) > got[1] * (1 + 1e-4) + 1e-7):
+            err = float(np.max(np.abs(got[0] - want)))
+            v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} differs from FP32 {fa} by {err:.3g}"))
+        return
+    origin = view.origin(fb)
+    if origin != fa:
+        how = f"{fb} (Q/DQ of {origin})" if origin != fb else fb
+        v.append(Violation("topology", node_name(b), f"input {i} reads {how}; the FP32 graph reads {fa}"))
+    elif fa in fp_idx.initializers:
+        mine = view.idx.initializers.get(fb)
+        if mine is None or mine.SerializeToString() != fp_idx.initializers[fa].SerializeToString():
+            v.append(Violation("topology", node_name(b), f"initializer {fa} changed"))
+
+
+def _consumer_role(view: QdqView, dq_out: str) -> tuple[onnx.NodeProto, int] | None:
+    cons = view.idx.consumers.get(dq_out, [])
+    return cons[0] if cons else None
+
+
+def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, policy: str) -> None:
+    v, c = report.violations, report.checks
+    relu_outputs = {n.output[0] for n in int8.graph.node if n.op_type == "Relu"}
     for n in int8.graph.node:
         if n.op_type not in _QDQ:
             continue
-        scale = q_idx.constant_value(n.input[1])
-        zp = q_idx.constant_value(n.input[2]) if len(n.input) > 2 else None
+        scale, zp, zp_type = view.qparams(n)
+        c["scale"] += 1
         if scale is None or not np.all(np.isfinite(scale)) or not np.all(scale > 0):
             v.append(Violation("scale", node_name(n), "scale must be a finite constant > 0"))
-        is_weight = n.op_type == "DequantizeLinear" and n.input[0] in q_idx.initializers
-        if zp is not None and (symmetric or is_weight) and np.any(zp != 0):
-            v.append(Violation("zero-point", node_name(n), f"zero point must be 0 for a symmetric scheme, found {np.ravel(zp)[:4]}"))
         if n.op_type == "QuantizeLinear":
-            quantized_by.setdefault(n.input[0], []).append(node_name(n))
             report.qdq_pairs += 1
-        if is_weight:
-            report.weight_dq += 1
-            w = q_idx.constant_value(n.input[0])
-            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
-            consumer = next(iter(q_idx.consumers[n.output[0]]), None)
-            want = 0
-            if consumer is not None and consumer[0].op_type == "Gemm":
-                want = 0 if next((a.i for a in consumer[0].attribute if a.name == "transB"), 0) else 1
-            elif consumer is not None and consumer[0].op_type == "MatMul":
-                want = 1
-            if w is not None and scale is not None and np.ndim(scale) == 1:
-                if axis != want or scale.shape[0] != w.shape[want]:
-                    v.append(Violation("weight-axis", node_name(n), f"per-channel axis {axis} with {scale.shape[0]} scales; expected axis {want} with {w.shape[want]}"))
-    for t, qs in quantized_by.items():
+            c["zero-point"] += 1
+            c["dtype"] += 1
+            if scale is not None and np.ndim(scale) != 0:
+                v.append(Violation("scale", node_name(n), "activation scale must be per-tensor (a scalar)"))
+            if policy == "tensorrt":
+                if zp_type not in (None, TensorProto.INT8):
+                    v.append(Violation("dtype", node_name(n), "activations must be INT8 (R3)"))
+                if zp is not None and np.any(zp != 0):
+                    v.append(Violation("zero-point", node_name(n), f"zero point {int(np.ravel(zp)[0])}, must be 0 "
+                                       "(R3: symmetric INT8, as TensorRT requires)"))  # fmt: skip
+            else:
+                if zp_type != TensorProto.UINT8:
+                    v.append(Violation("dtype", node_name(n), "activations must be UINT8 (ONNX Runtime's fast u8s8 kernels)"))
+                if n.input[0] in relu_outputs and zp is not None and np.any(zp != 0):
+                    v.append(Violation("zero-point", node_name(n), f"zero point {int(np.ravel(zp)[0])} after a ReLU, "
+                                       "must be 0 so ONNX Runtime folds the ReLU (O3)"))  # fmt: skip
+        elif n.output[0] in view.const_dq:
+            _check_const_dq(view, report, policy, n, scale, zp, zp_type)
+    for t, qs in view.q_of.items():
+        c["fan-out"] += 1
         if len(qs) > 1:
-            v.append(Violation("fan-out", t, f"{len(qs)} QuantizeLinear nodes ({', '.join(qs)}); one shared Q/DQ expected"))
+            v.append(Violation("fan-out", t, f"{len(qs)} QuantizeLinear nodes ({', '.join(node_name(q) for q in qs)}); "
+                               "one shared Q/DQ expected"))  # fmt: skip
+        if policy == "onnxruntime":
+            floats = [x for x, _ in view.idx.consumers.get(t, []) if x.op_type != "QuantizeLinear"]
+            if floats:
+                v.append(Violation("fan-out", node_name(floats[0]), f"reads float {t} while {t} is quantized; every consumer "
+                                   "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)"))  # fmt: skip
+    # Same-scale ops (max pooling, reshapes): a quantized input and output share one scale.
+    for n in int8.graph.node:
+        if n.op_type not in _SAME_SCALE:
+            continue
+        qin = view.act_qparams(n.input[0])
+        qout = view.q_of.get(n.output[0])
+        if qin is None or not qout:
+            continue
+        c["scale"] += 1
+        sout, zout, _ = view.qparams(qout[0])
+        if not (np.array_equal(qin[0], sout) and np.array_equal(qin[1], zout)):
+            rule = "R7" if policy == "tensorrt" else "O5"
+            v.append(Violation("scale", node_name(n), f"{n.op_type} output scale differs from its input's ({rule})"))
 
-    # 3. Residual Adds: quantized as the policy says; nothing between Conv, Add and ReLU.
+
+def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.NodeProto,
+                    scale: np.ndarray | None, zp: np.ndarray | None, zp_type: int | None) -> None:  # fmt: skip
+    v, c = report.violations, report.checks
+    role = _consumer_role(view, n.output[0])
+    q = view.idx.constant_value(n.input[0])
+    if role is None or q is None:
+        return
+    consumer, index = role
+    c["zero-point"] += 1
+    c["dtype"] += 1
+    if zp is not None and np.any(zp != 0):
+        v.append(Violation("zero-point", node_name(n), "weight/bias zero point must be 0 (symmetric)"))
+    if consumer.op_type in _WEIGHTED and index == 2:
+        report.bias_dq += 1
+        if policy == "tensorrt":
+            v.append(Violation("dtype", node_name(n), f"bias of {node_name(consumer)} is quantized; R2 keeps biases float"))
+            return
+        if q.dtype != np.int32:
+            v.append(Violation("dtype", node_name(n), f"bias of {node_name(consumer)} is {q.dtype}, must be INT32 (O8)"))
+        x = view.act_qparams(consumer.input[0])
+        w = view.const_dq.get(consumer.input[1])
+        if x is None or w is None or scale is None:
+            v.append(Violation("fusion", node_name(consumer), "an INT32 bias needs a quantized input and weight (O8)"))
+            return
+        ws = view.qparams(w)[0]
+        c["scale"] += 1
+        if x[0] is None or ws is None or np.shape(ws) != np.shape(scale) or not np.allclose(scale, x[0] * ws, rtol=1e-5, atol=0):
+            v.append(Violation("scale", node_name(n), "bias scale must equal input scale x weight scale (O8)"))
+        return
+    if consumer.op_type not in _WEIGHTED or index != 1:
+        return
+    report.weight_dq += 1
+    if q.dtype != np.int8:
+        v.append(Violation("dtype", node_name(n), f"weight of {node_name(consumer)} is {q.dtype}, must be INT8"))
+    c["weight-axis"] += 1
+    want = 0
+    if consumer.op_type == "Gemm":
+        want = 0 if _attr_i(consumer, "transB", 0) else 1
+    elif consumer.op_type == "MatMul":
+        want = 1
+    axis = _attr_i(n, "axis", 1)
+    if scale is None or np.ndim(scale) != 1 or axis != want or scale.shape[0] != q.shape[want]:
+        got = "per-tensor" if scale is None or np.ndim(scale) == 0 else f"axis {axis} with {scale.shape[0]} scales"
+        v.append(Violation("weight-axis", node_name(n), f"weight of {node_name(consumer)}: {got}; expected per-channel "
+                           f"axis {want} with {q.shape[want]} scales"))  # fmt: skip
+
+
+def _check_residuals(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView, report: VerifyReport,
+                     policy: str, kept: set[str]) -> None:  # fmt: skip
+    v = report.violations
     blocks = find_residual_blocks(fp32)
     report.residual_adds = len(blocks)
-    planned = {b.add: set(b.quantized) for b in getattr(plan, "residual_adds", [])}
-    add_nodes = {node_name(n): n for n in nodes}
+    nodes = {node_name(n): n for n in _stripped(int8)}
     for b in blocks:
-        node = add_nodes.get(b.add)
-        if node is None:
+        report.checks["residual"] += 1
+        add = nodes.get(b.add)
+        if add is None:
             v.append(Violation("residual", b.add, "residual Add missing from the INT8 graph"))
             continue
-        feeds = {origin.get(i, i): (i in origin) for i in node.input}
-        expected = planned.get(b.add, {b.shortcut} if policy == "tensorrt" else {b.shortcut, b.main})
-        for t, is_q in feeds.items():
-            role = "shortcut" if t == b.shortcut else "main-branch"
-            if is_q and t not in expected:
-                v.append(Violation("residual", b.add, f"{role} input {t} is quantized; the {policy} policy leaves it float"))
-            if not is_q and t in expected:
-                v.append(Violation("residual", b.add, f"{role} input {t} is not quantized; the {policy} policy quantizes it"))
-        if policy == "tensorrt" and b.follower_node:
-            relu_inputs = [n.input[0] for n in nodes if node_name(n) == b.follower_node]
-            if relu_inputs and relu_inputs[0] != b.output:
-                v.append(Violation("residual", b.add, "a Q/DQ sits between the Add and its ReLU; TensorRT cannot fuse"))
-    return report
+        quantized = {view.origin(i) for i in add.input if i in view.act_dq}
+        follower = nodes.get(b.follower_node) if b.follower_node else None
+        if follower is not None and follower.input[0] != b.output:
+            v.append(Violation("residual", b.add, f"a Q/DQ sits between the Add and its ReLU {b.follower_node}; "
+                               "the runtime cannot fuse them"))  # fmt: skip
+        if b.add in kept:
+            continue
+        if policy == "tensorrt":
+            if b.main in quantized:
+                v.append(Violation("residual", b.add, f"main-branch input {b.main} (from {b.main_producer}) is quantized; "
+                                   "the tensorrt policy leaves it float so Conv+Add fuse (R5)"))  # fmt: skip
+            if b.shortcut not in quantized:
+                v.append(Violation("residual", b.add, f"shortcut input {b.shortcut} is not quantized; "
+                                   "the tensorrt policy quantizes it (R5)"))  # fmt: skip
+        else:
+            for t, role in ((b.shortcut, "shortcut"), (b.main, "main-branch")):
+                if t not in quantized:
+                    v.append(Violation("residual", b.add, f"{role} input {t} is not quantized; the onnxruntime policy "
+                                       "quantizes both inputs (O4: QLinearAdd)"))  # fmt: skip
+            out = follower.output[0] if follower is not None else b.output
+            if out not in view.q_of:
+                v.append(Violation("residual", b.add, f"{out} is not quantized; ONNX Runtime runs the Add in float (O4)"))
+
+
+def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, policy: str, kept: set[str]) -> None:
+    v = report.violations
+    idx = view.idx
+    shortcuts = {b.shortcut for b in find_residual_blocks(fp32)}
+    for n in idx.graph.node:
+        if n.op_type not in _WEIGHTED or len(n.input) < 2:
+            continue
+        weight_q = n.input[1] in view.const_dq
+        name = node_name(n)
+        if name in kept:
+            report.checks["fusion"] += 1
+            if weight_q:
+                v.append(Violation("fusion", name, "kept in higher precision, but its weight is quantized (R8)"))
+            continue
+        if not weight_q:
+            continue  # not a weighted layer of this graph (activation x activation MatMul)
+        report.checks["fusion"] += 1
+        out = n.output[0]
+        consumers = idx.consumers.get(out, [])
+        if n.input[0] not in view.act_dq:
+            rule = "R4" if policy == "tensorrt" else "O1"
+            v.append(Violation("fusion", name, f"input {n.input[0]} is not quantized ({rule})"))
+        if policy == "tensorrt":
+            if out in view.q_of and out not in shortcuts:
+                v.append(Violation("fusion", name, f"output {out} is quantized; R4 leaves outputs of weighted ops float"))
+            continue
+        relu = consumers[0][0] if len(consumers) == 1 and consumers[0][0].op_type == "Relu" else None
+        relu_behind_qdq = None
+        for q in view.q_of.get(out, []):
+            for dq, _ in idx.consumers.get(q.output[0], []):
+                relu_behind_qdq = relu_behind_qdq or next(
+                    (c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
+        if relu_behind_qdq is not None:
+            v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
+                               "quantize after the ReLU (O3)"))  # fmt: skip
+        elif relu is not None:
+            if relu.output[0] not in view.q_of:
+                v.append(Violation("fusion", name, f"{node_name(relu)} output is not quantized; ONNX Runtime runs "
+                                   f"{name} in float (O3)"))  # fmt: skip
+        elif out not in view.q_of and n.op_type == "Conv":
+            v.append(Violation("fusion", name, f"output {out} is not quantized; ONNX Runtime runs it in float (O2)"))
+        if len(n.input) > 2 and n.input[2] and n.input[2] not in view.const_dq:
+            v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
+
+
+def _check_plan(plan: Any, view: QdqView, report: VerifyReport) -> None:
+    v = report.violations
+    planned = {a.tensor: a for a in plan.activations}
+    for t, a in planned.items():
+        report.checks["plan"] += 1
+        qs = view.q_of.get(t)
+        if not qs:
+            v.append(Violation("plan", t, "planned Q/DQ is missing"))
+            continue
+        dq_outs = {c.output[0] for c, _ in view.idx.consumers.get(qs[0].output[0], [])}
+        for ref in a.consumers:
+            name, _, i = ref.rpartition(":")
+            node = next((n for n in view.idx.graph.node if node_name(n) == name), None)
+            if node is None or int(i) >= len(node.input) or node.input[int(i)] not in dq_outs:
+                v.append(Violation("plan", name, f"input {i} should read the Q/DQ of {t}"))
+    for t in view.q_of:
+        if t not in planned:
+            report.checks["plan"] += 1
+            v.append(Violation("plan", t, "quantized, but the plan does not quantize it"))
+    for w in plan.weights:
+        report.checks["plan"] += 1
+        node = next((n for n in view.idx.graph.node if node_name(n) == w.node), None)
+        if node is None or w.input_index >= len(node.input) or node.input[w.input_index] not in view.const_dq:
+            v.append(Violation("plan", w.node, f"weight {w.initializer} should be INT8 with a DequantizeLinear"))

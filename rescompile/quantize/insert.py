@@ -1,10 +1,15 @@
 """Apply a QuantPlan: INT8 weight initializers with per-channel DequantizeLinear, shared activation Q/DQ.
 
-Names are derived from the quantized tensor (``<t>_QuantizeLinear``, ``<t>_scale`` ...), and
-nodes are emitted in a fixed order, so identical inputs give byte-identical models.
+Weights are stored as INT8 initializers (the float originals are dropped, so the file is about
+4x smaller), biases as INT32 where the plan says so. Names are derived from the quantized
+tensor (``<t>_QuantizeLinear``, ``<t>_scale`` ...), made unique against the graph's own names
+in a fixed order, and nodes are emitted in a fixed order, so identical inputs give
+byte-identical models.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -13,13 +18,14 @@ from onnx import TensorProto, helper, numpy_helper
 from rescompile.calibrate.ranges import TensorRange
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.quantize.policy import ActivationQuant, QuantPlan, WeightQuant
+from rescompile.quantize.policy import ActivationQuant, BiasQuant, QuantPlan, WeightQuant
 
 _EPS = 1e-12
+_INT32 = np.iinfo(np.int32)
 
 
 def activation_qparams(r: TensorRange, q: ActivationQuant) -> tuple[np.float32, np.integer]:
-    """Scale and zero point of an activation: symmetric INT8 or asymmetric UINT8."""
+    """Scale and zero point of an activation: symmetric INT8, or asymmetric UINT8 over [min(lo,0), max(hi,0)]."""
     if q.symmetric:
         return np.float32(max(r.amax, _EPS) / 127.0), np.int8(0)
     lo, hi = min(r.min, 0.0), max(r.max, 0.0)
@@ -39,36 +45,64 @@ def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return q, scale
 
 
-def _weight_nodes(wq: WeightQuant, w: np.ndarray) -> tuple[list[TensorProto], onnx.NodeProto, str]:
+def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """INT32 bias with scale = input scale x weight scale (per output channel), zero point 0."""
+    scale = (np.float64(input_scale) * weight_scale.astype(np.float64)).astype(np.float32)
+    q = np.clip(np.round(b.astype(np.float64) / scale.astype(np.float64)), _INT32.min, _INT32.max).astype(np.int32)
+    return q, scale
+
+
+class _Names:
+    """Fresh tensor/node names: the readable base, or base_1, base_2 ... if the graph already uses it."""
+
+    def __init__(self, g: onnx.GraphProto) -> None:
+        self.used = {t.name for t in g.initializer} | {i.name for i in g.input} | {o.name for o in g.output}
+        self.used |= {x for n in g.node for x in (*n.input, *n.output, n.name) if x}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
+def _weight_nodes(wq: WeightQuant, w: np.ndarray, names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str, np.ndarray]:
     q, scale = quantize_weight(w, wq.axis)
     base = wq.initializer
-    out = f"{base}_dequantized"
+    qn, sn, zn, out = names(f"{base}_quantized"), names(f"{base}_scale"), names(f"{base}_zero_point"), names(f"{base}_dequantized")
     inits = [
-        numpy_helper.from_array(q, f"{base}_quantized"),
-        numpy_helper.from_array(scale, f"{base}_scale"),
-        numpy_helper.from_array(np.zeros(scale.shape, np.int8), f"{base}_zero_point"),
+        numpy_helper.from_array(q, qn),
+        numpy_helper.from_array(scale, sn),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int8), zn),
     ]
-    node = helper.make_node(
-        "DequantizeLinear", [f"{base}_quantized", f"{base}_scale", f"{base}_zero_point"], [out],
-        name=f"{base}_DequantizeLinear", axis=wq.axis,
-    )  # fmt: skip
+    node = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=names(f"{base}_DequantizeLinear"), axis=wq.axis)
+    return inits, node, out, scale
+
+
+def _bias_nodes(bq: BiasQuant, b: np.ndarray, input_scale: float, weight_scale: np.ndarray, base: str,
+                names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:  # fmt: skip
+    q, scale = quantize_bias(b, input_scale, weight_scale)
+    qn, sn, zn, out = names(f"{base}_quantized"), names(f"{base}_scale"), names(f"{base}_zero_point"), names(f"{base}_dequantized")
+    inits = [
+        numpy_helper.from_array(q, qn),
+        numpy_helper.from_array(scale, sn),
+        numpy_helper.from_array(np.zeros(scale.shape, np.int32), zn),
+    ]
+    node = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=names(f"{base}_DequantizeLinear"), axis=bq.axis)
     return inits, node, out
 
 
-def _activation_nodes(q: ActivationQuant, r: TensorRange) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
-    scale, zp = activation_qparams(r, q)
+def _activation_nodes(q: ActivationQuant, scale: np.float32, zp: np.integer,
+                      names: _Names) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:  # fmt: skip
     t = q.tensor
-    inits = [
-        numpy_helper.from_array(np.asarray(scale, np.float32), f"{t}_scale"),
-        numpy_helper.from_array(np.asarray(zp), f"{t}_zero_point"),
-    ]
-    out = f"{t}_dequantized"
+    sn, zn, qt, out = names(f"{t}_scale"), names(f"{t}_zero_point"), names(f"{t}_quantized"), names(f"{t}_dequantized")
+    inits = [numpy_helper.from_array(np.asarray(scale, np.float32), sn), numpy_helper.from_array(np.asarray(zp), zn)]
     nodes = [
-        helper.make_node("QuantizeLinear", [t, f"{t}_scale", f"{t}_zero_point"], [f"{t}_quantized"],
-                         name=f"{t}_QuantizeLinear"),
-        helper.make_node("DequantizeLinear", [f"{t}_quantized", f"{t}_scale", f"{t}_zero_point"], [out],
-                         name=f"{t}_DequantizeLinear"),
-    ]  # fmt: skip
+        helper.make_node("QuantizeLinear", [t, sn, zn], [qt], name=names(f"{t}_QuantizeLinear")),
+        helper.make_node("DequantizeLinear", [qt, sn, zn], [out], name=names(f"{t}_DequantizeLinear")),
+    ]
     return inits, nodes, out
 
 
@@ -81,27 +115,55 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
     src = onnx.ModelProto.FromString(model.SerializeToString())
     g = src.graph
     idx = GraphIndex.build(g)
+    names = _Names(g)
     nodes_by_name = {node_name(n): n for n in g.node}
     new_inits: list[TensorProto] = []
     head: list[onnx.NodeProto] = []
     after: dict[str, list[onnx.NodeProto]] = {}
     rewired: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input
 
-    done_weights: dict[str, str] = {}
-    for wq in plan.weights:
-        if wq.initializer not in idx.initializers:
-            raise UsageError(f"plan names weight {wq.initializer!r}, which the model does not have")
-        if wq.initializer not in done_weights:
-            inits, node, out = _weight_nodes(wq, numpy_helper.to_array(idx.initializers[wq.initializer]))
-            new_inits += inits
-            head.append(node)
-            done_weights[wq.initializer] = out
-        rewired[(wq.node, 1)] = done_weights[wq.initializer]
+    def check_node(name: str, what: str) -> None:
+        if name not in nodes_by_name:
+            raise UsageError(f"plan names {what} {name!r}, which the model does not have", hint="re-plan for this model")
 
+    act_params: dict[str, tuple[np.float32, np.integer]] = {}
     for q in plan.activations:
         if q.scale_from not in ranges:
             raise UsageError(f"no calibrated range for tensor {q.scale_from!r}", hint="recalibrate for this plan")
-        inits, qdq, out = _activation_nodes(q, ranges[q.scale_from])
+        if q.tensor not in idx.producer and q.tensor not in idx.graph_inputs:
+            raise UsageError(f"plan quantizes tensor {q.tensor!r}, which the model does not have", hint="re-plan for this model")
+        act_params[q.tensor] = activation_qparams(ranges[q.scale_from], q)
+
+    weight_scales: dict[str, np.ndarray] = {}
+    weight_out: dict[str, str] = {}  # one DequantizeLinear per weight initializer, shared by its users
+    for wq in plan.weights:
+        check_node(wq.node, "weighted node")
+        if wq.initializer not in idx.initializers:
+            raise UsageError(f"plan names weight {wq.initializer!r}, which the model does not have")
+        if wq.initializer not in weight_out:
+            inits, node, out, scale = _weight_nodes(wq, numpy_helper.to_array(idx.initializers[wq.initializer]), names)
+            new_inits += inits
+            head.append(node)
+            weight_scales[wq.initializer], weight_out[wq.initializer] = scale, out
+        rewired[(wq.node, wq.input_index)] = weight_out[wq.initializer]
+
+    shared = Counter(b.initializer for b in plan.biases)
+    for bq in plan.biases:
+        check_node(bq.node, "biased node")
+        if bq.initializer not in idx.initializers or bq.weight not in weight_scales:
+            raise UsageError(f"plan quantizes bias {bq.initializer!r} of {bq.node!r} without its weight or initializer")
+        if bq.input not in act_params:
+            raise UsageError(f"plan quantizes bias {bq.initializer!r} but not the input {bq.input!r} its scale needs")
+        base = bq.initializer if shared[bq.initializer] == 1 else f"{bq.initializer}_for_{bq.node}"
+        inits, node, out = _bias_nodes(bq, numpy_helper.to_array(idx.initializers[bq.initializer]),
+                                       float(act_params[bq.input][0]), weight_scales[bq.weight], base, names)  # fmt: skip
+        new_inits += inits
+        head.append(node)
+        rewired[(bq.node, bq.input_index)] = out
+
+    for q in plan.activations:
+        scale, zp = act_params[q.tensor]
+        inits, qdq, out = _activation_nodes(q, scale, zp, names)
         new_inits += inits
         producer = idx.producer.get(q.tensor)
         if producer is None:
@@ -110,8 +172,9 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
             after.setdefault(node_name(producer), []).extend(qdq)
         for c in q.consumers:
             name, _, i = c.rpartition(":")
-            if name not in nodes_by_name:
-                raise UsageError(f"plan names consumer {name!r}, which the model does not have")
+            check_node(name, "consumer")
+            if nodes_by_name[name].input[int(i)] != q.tensor:
+                raise UsageError(f"plan says {c} reads {q.tensor!r}, but it reads {nodes_by_name[name].input[int(i)]!r}")
             rewired[(name, int(i))] = out
 
     ordered: list[onnx.NodeProto] = list(head)
@@ -131,3 +194,4 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
     # Value infos of the FP32 graph stay valid; shapes of new tensors are inferred by runtimes.
     onnx.checker.check_model(src)
     return src
+

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.errors import UsageError
+from rescompile.io import _umask
 
 REFERENCE_SCHEMA = "rescompile.reference/1"
 Batches = Iterator[tuple[np.ndarray, np.ndarray | None]]
@@ -98,6 +99,7 @@ def save_reference(path: Path, ref: ReferenceOutputs) -> None:
     os.close(fd)
     try:
         np.savez_compressed(tmp, **arrays)  # type: ignore[arg-type]
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,12 +1,24 @@
-"""Human-readable reports: Markdown for CI job summaries."""
+"""Human-readable reports: Markdown for CI job summaries (``cat report.md >> $GITHUB_STEP_SUMMARY``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+WORST_CLASSES = 5
+WORST_LAYERS = 5
+
 
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.2f}%"
+
+
+def _num(v: float | None, fmt: str = ".4g") -> str:
+    return "n/a" if v is None else f"{v:{fmt}}"
+
+
+def class_label(report: dict[str, Any], label: int) -> str:
+    names = report.get("class_names") or []
+    return f"{label} ({names[label]})" if 0 <= label < len(names) else str(label)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -14,27 +26,75 @@ def render_markdown(report: dict[str, Any]) -> str:
     model = report.get("model", {}).get("name", "model")
     status = "PASSED" if report.get("passed", True) else "FAILED"
     lines = [
-        f"# rescompile: {model} INT8 ({status})",
+        f"# rescompile: {model} {report.get('candidate', 'INT8')} ({status})",
         "",
-        f"Validation set: {report['samples']} samples from `{report['source']}`.",
+        f"Validation set: {report['samples']} samples from `{report['source']}`; reference "
+        f"`{report.get('reference', 'FP32')}`, candidate `{report.get('candidate', 'INT8')}`.",
         "",
-        "| metric | FP32 | INT8 |",
+        "| metric | reference | candidate |",
         "|---|---|---|",
         f"| top-1 | {_pct(acc['reference']['top1'])} | {_pct(acc['candidate']['top1'])} |",
         f"| top-5 | {_pct(acc['reference']['top5'])} | {_pct(acc['candidate']['top5'])} |",
         "",
         f"Top-1 agreement {agr['top1']:.2f}%, logit cosine mean {agr['cosine_mean']:.5f} "
-        f"(worst {agr['cosine_min']:.5f}), max abs error {agr['max_abs_error']:.4g}.",
-        "",
-        "| runner | batch | p50 ms | p90 ms | p99 ms | samples/s |",
-        "|---|---|---|---|---|---|",
+        f"(worst {agr['cosine_min']:.5f}), max abs error {agr['max_abs_error']:.4g}, "
+        f"mean abs error {agr.get('mean_abs_error', 0.0):.4g}.",
     ]
-    for lat in report.get("latency", []):
-        lines.append(f"| {lat['runner']} | {lat['batch']} | {lat['p50_ms']:.2f} | {lat['p90_ms']:.2f} | "
-                     f"{lat['p99_ms']:.2f} | {lat['throughput']:.0f} |")  # fmt: skip
     if report.get("gates"):
-        lines += ["", "| gate | value | threshold | result |", "|---|---|---|---|"]
+        lines += ["", "## Gates", "", "| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
         for g in report["gates"]:
-            value = "n/a" if g["value"] is None else f"{g['value']:.4g}"
-            lines.append(f"| {g['name']} | {value} | {g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |")
+            lines.append(f"| {g['name']} | `{g['metric']}` | {_num(g['value'])} | {g.get('comparison', '')} "
+                         f"{g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |")  # fmt: skip
+    per_class = report.get("per_class") or []
+    if per_class:
+        lines += ["", f"## Worst classes (of {len(per_class)})", "",
+                  "| class | samples | reference top-1 | candidate top-1 | delta |", "|---|---|---|---|---|"]  # fmt: skip
+        for d in per_class[:WORST_CLASSES]:
+            lines.append(f"| {class_label(report, d['label'])} | {d['samples']} | {_pct(d['reference_top1'])} | "
+                         f"{_pct(d['candidate_top1'])} | {d['delta']:+.2f} |")  # fmt: skip
+    if report.get("latency"):
+        lines += ["", "## Latency", "", "| runner | batch | runs | p50 ms | p90 ms | p99 ms | samples/s | peak RSS MiB |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for lat in report["latency"]:
+            lines.append(f"| {lat['runner']} | {lat['batch']} | {lat.get('runs', '')} | {lat['p50_ms']:.2f} | "
+                         f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput']:.0f} | "
+                         f"{_num(lat.get('peak_rss_mib'), '.0f')} |")  # fmt: skip
+        speed = report.get("speedup_int8_vs_fp32_p50") or {}
+        if speed:
+            lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
+    lw = report.get("layerwise")
+    if lw:
+        lines += _layerwise_md(lw)
+    fb = report.get("fallback")
+    if fb:
+        lines += _fallback_md(fb)
     return "\n".join(lines) + "\n"
+
+
+def _layerwise_md(lw: dict[str, Any]) -> list[str]:
+    layers = {lay["node"]: lay for lay in lw["layers"]}
+    lines = ["", f"## Layerwise blame ({lw['samples']} samples)", "",
+             "Error each quantized layer adds (relative error of its output minus that of its inputs):", "",
+             "| layer | op | input rel. error | output rel. error | jump | output cosine |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in lw["ranking"][:WORST_LAYERS]:
+        lay = layers[name]
+        lines.append(f"| `{name}` | {lay['op']} | {lay['input_rel_error']:.4f} | {lay['output_rel_error']:.4f} | "
+                     f"{lay['jump']:+.4f} | {lay['cosine']:.5f} |")  # fmt: skip
+    if lw["suggested_keep_fp"]:
+        lines += ["", "To recover accuracy, try: " + " ".join(f"`--keep-fp '{p}'`" for p in lw["suggested_keep_fp"])]
+    return lines
+
+
+def _fallback_md(fb: dict[str, Any]) -> list[str]:
+    ini = fb["initial"]
+    lines = ["", f"## Auto-fallback ({'gates pass' if fb['passed'] else 'gates still fail'}: {fb['stopped']})", "",
+             "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| 0 | (none) | {ini['agreement']:.2f}% | {ini['cosine_mean']:.5f} | {_num(ini['top1_drop'], '.2f')} | "
+             f"{ini['fp_macs_share'] * 100:.1f}% | {ini['p50_ms']:.3f} | |"]  # fmt: skip
+    for i, s in enumerate(fb["steps"], 1):
+        a = s["after"]
+        lines.append(f"| {i} | `{s['layer']}` | {a['agreement']:.2f}% | {a['cosine_mean']:.5f} | "
+                     f"{_num(a['top1_drop'], '.2f')} | {a['fp_macs_share'] * 100:.1f}% | {a['p50_ms']:.3f} | "
+                     f"{s['cost_ms']:+.3f} |")  # fmt: skip
+    return lines

@@ -1,8 +1,8 @@
 """Validation: FP32 reference vs a candidate on the same preprocessed inputs; latency of both.
 
 ``validate`` compares a candidate runner against reference outputs (computed here or loaded
-from ``ref.npz``) and times it against an FP32 baseline in the same run; ``validate_build``
-is the last stage of ``rescompile build`` (with auto-fallback and layerwise blame).
+from ``ref.npz``) and times it against an FP32 baseline in the same run; ``BuildValidator``
+serves ``rescompile build`` (auto-fallback, then validation with layerwise blame).
 """
 
 from __future__ import annotations
@@ -38,8 +38,7 @@ class ValidateSettings:
 
     @classmethod
     def from_config(cls, cfg: BuildConfig) -> ValidateSettings:
-        lat = LatencySettings(tuple(cfg.latency_batches), getattr(cfg, "latency_warmup", 5), cfg.latency_runs,
-                              getattr(cfg, "latency_budget_s", None))  # fmt: skip
+        lat = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s)
         return cls(cfg.batch_size, lat, cfg.threads, cfg.progress)
 
 
@@ -169,11 +168,7 @@ def validate_models(
         fp32_onnx: the FP32 simplified ONNX model (latency baseline on the same runtime).
         candidate: the INT8 model.
     """
-    settings = ValidateSettings.from_config(cfg)
-    inputs = ValidationInputs.from_source(source, pre)
-    ref = compute_reference(reference_runner(reference, cfg.threads), inputs, settings)
-    return validate(ref, OnnxRuntimeRunner(candidate, "onnxruntime-int8", cfg.threads), inputs,
-                    baseline=OnnxRuntimeRunner(fp32_onnx, "onnxruntime-fp32", cfg.threads), settings=settings)  # fmt: skip
+    return BuildValidator(reference, fp32_onnx, source, pre, cfg).validate(candidate)
 
 
 def reference_runner(reference: Any, threads: int | None) -> Runner:
@@ -183,46 +178,55 @@ def reference_runner(reference: Any, threads: int | None) -> Runner:
     return TorchRunner(reference, "pytorch-fp32", threads)
 
 
-@dataclass
-class BuildValidation:
-    report: dict[str, Any]
-    int8: onnx.ModelProto  # the final candidate (changed by auto-fallback)
-    plan: Any  # its QuantPlan
-    changed: bool  # auto-fallback replaced the model and the plan
+class BuildValidator:
+    """The validation stages of ``build``: the FP32 reference is computed once (lazily) and serves
+    auto-fallback (before the engine stage) and the final validation with layerwise blame.
 
-
-def validate_build(
-    reference: Any, fp32_onnx: onnx.ModelProto, int8: onnx.ModelProto, plan: Any, ranges: dict[str, Any],
-    source: DataSource, pre: Preprocess, cfg: BuildConfig,
-) -> BuildValidation:  # fmt: skip
-    """The validate stage of ``build``: reference once, optional auto-fallback, validation, layerwise blame.
-
-    Reads ``cfg.auto_fallback`` (limit of layers to keep in FP, 0 = off), ``cfg.layerwise`` and
-    ``cfg.save_reference`` when the config has them.
+    Reads ``cfg.auto_fallback`` (most layers to keep in FP), ``cfg.layerwise`` and ``cfg.save_reference``.
     """
-    from rescompile.validate.fallback import auto_fallback
-    from rescompile.validate.layerwise import layerwise_blame
 
-    settings = ValidateSettings.from_config(cfg)
-    settings.latency.check()
-    inputs = ValidationInputs.from_source(source, pre)
-    save_to: Path | None = getattr(cfg, "save_reference", None)
-    ref = compute_reference(reference_runner(reference, cfg.threads), inputs, settings, keep_inputs=save_to is not None,
-                            meta={"preprocess": pre.to_dict(), "model": cfg.model})  # fmt: skip
-    fallback = None
-    limit = int(getattr(cfg, "auto_fallback", 0) or 0)
-    if limit > 0:
-        fallback = auto_fallback(fp32_onnx, int8, plan, ranges, ref, inputs, cfg.gates, limit, policy=cfg.policy,
-                                 keep_fp=tuple(cfg.keep_fp), keep_first_last=cfg.keep_first_last, settings=settings)  # fmt: skip
-        int8, plan = fallback.model, fallback.plan
-    report = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8", cfg.threads), inputs,
-                      baseline=OnnxRuntimeRunner(fp32_onnx, "onnxruntime-fp32", cfg.threads), settings=settings)  # fmt: skip
-    if getattr(cfg, "layerwise", False):
-        t0 = time.perf_counter()
-        report["layerwise"] = layerwise_blame(fp32_onnx, int8, inputs.head(settings.layerwise_samples)).to_dict()
-        report["timings_s"]["layerwise_s"] = round(time.perf_counter() - t0, 3)
-    if fallback is not None:
-        report["fallback"] = fallback.to_dict()
-    if save_to is not None:
-        save_reference(Path(save_to), ref)
-    return BuildValidation(report, int8, plan, fallback is not None and bool(fallback.steps))
+    def __init__(self, reference: Any, fp32_onnx: onnx.ModelProto, source: DataSource, pre: Preprocess,
+                 cfg: BuildConfig) -> None:  # fmt: skip
+        self.settings = ValidateSettings.from_config(cfg)
+        self.settings.latency.check()
+        self.cfg, self.fp32, self.pre = cfg, fp32_onnx, pre
+        self.inputs = ValidationInputs.from_source(source, pre)
+        self._reference_model = reference
+        self._ref: ReferenceOutputs | None = None
+        self.fallback_result: Any = None
+
+    @property
+    def reference(self) -> ReferenceOutputs:
+        if self._ref is None:
+            runner = reference_runner(self._reference_model, self.cfg.threads)
+            self._ref = compute_reference(runner, self.inputs, self.settings, keep_inputs=self.cfg.save_reference is not None,
+                                          meta={"preprocess": self.pre.to_dict(), "model": self.cfg.model})  # fmt: skip
+        return self._ref
+
+    def fallback(self, int8: onnx.ModelProto, plan: Any, ranges: dict[str, Any]) -> Any:
+        """Run auto-fallback (``cfg.auto_fallback`` layers at most); the result holds the final model and plan."""
+        from rescompile.validate.fallback import auto_fallback
+
+        cfg = self.cfg
+        self.fallback_result = auto_fallback(
+            self.fp32, int8, plan, ranges, self.reference, self.inputs, cfg.gates, cfg.auto_fallback, policy=plan.policy,
+            keep_fp=tuple(cfg.keep_fp), keep_first_last=cfg.keep_first_last, settings=self.settings,
+        )  # fmt: skip
+        return self.fallback_result
+
+    def validate(self, int8: onnx.ModelProto) -> dict[str, Any]:
+        """The report (without gates) of ``int8`` against the reference; FP32 ONNX timed as the baseline."""
+        from rescompile.validate.layerwise import layerwise_blame
+
+        threads = self.cfg.threads
+        report = validate(self.reference, OnnxRuntimeRunner(int8, "onnxruntime-int8", threads), self.inputs,
+                          baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads), settings=self.settings)  # fmt: skip
+        if self.cfg.layerwise:
+            t0 = time.perf_counter()
+            report["layerwise"] = layerwise_blame(self.fp32, int8, self.inputs.head(self.settings.layerwise_samples)).to_dict()
+            report["timings_s"]["layerwise_s"] = round(time.perf_counter() - t0, 3)
+        if self.fallback_result is not None:
+            report["fallback"] = self.fallback_result.to_dict()
+        if self.cfg.save_reference is not None:
+            save_reference(Path(self.cfg.save_reference), self.reference)
+        return report

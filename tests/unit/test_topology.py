@@ -1,12 +1,231 @@
-from rescompile.graph.topology import find_residual_blocks
+"""Block map: every residual Add, its main branch, shortcut and follower, on the ResNet families we claim."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from functools import cache
+
+import onnx
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from rescompile.export import ExportConfig, export_onnx
+from rescompile.graph.topology import block_map, find_residual_blocks
+from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
+from rescompile.simplify import fold_batchnorm, simplify
+
+BASIC = ("Conv", "Relu", "Conv")
+BOTTLENECK = ("Conv", "Relu", "Conv", "Relu", "Conv")
+
+
+class PreActBlock(nn.Module):
+    """He et al. 2016 (identity mappings): BN-ReLU-Conv-BN-ReLU-Conv + shortcut, nothing after the Add."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.proj = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        shortcut = self.proj(pre) if self.proj is not None else x
+        return self.conv2(torch.relu(self.bn2(self.conv1(pre)))) + shortcut
+
+
+class ResNetDBlock(nn.Module):
+    """Bag-of-tricks ResNet-D downsampling: the shortcut is AvgPool(2) then a 1x1 Conv + BN."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        mid = cout // 2
+        self.main = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.main(x) + self.shortcut(x))
+
+
+def _init_bn(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for m in model.modules():  # non-trivial statistics so BatchNorm folding changes numbers
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def preact_resnet(classes: int = 4) -> nn.Module:
+    """A small pre-activation ResNet: stem conv, an identity block, a projection block, final BN-ReLU."""
+    torch.manual_seed(0)
+    return _init_bn(nn.Sequential(
+        nn.Conv2d(3, 8, 3, 1, 1, bias=False), PreActBlock(8, 8), PreActBlock(8, 16, 2), PreActBlock(16, 16),
+        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes),
+    ))  # fmt: skip
+
+
+def resnet_d(classes: int = 4) -> nn.Module:
+    """A stem, one ResNet-D downsampling block, pool, fc."""
+    torch.manual_seed(0)
+    return _init_bn(nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), ResNetDBlock(16, 32),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes),
+    ))  # fmt: skip
+
+
+def plain_cnn() -> nn.Module:
+    """No residual Add at all (a bias Add would not count either)."""
+    torch.manual_seed(0)
+    return _init_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 3)))  # fmt: skip
+
+
+SMALL = (3, 16, 16)
+
+
+@cache
+def simplified(name: str, exporter: str = "torchscript") -> onnx.ModelProto:
+    """The pipeline's own export + simplify (parity-checked) of a small test model; cached per session."""
+    module = {"preact": preact_resnet, "resnet_d": resnet_d, "plain": plain_cnn}[name]()
+    model, _ = export_onnx(module, SMALL, ExportConfig(exporter=exporter))
+    return simplify(model, SMALL).model
+
+
+def quick_export(module: nn.Module, shape: tuple[int, int, int]) -> onnx.ModelProto:
+    """TorchScript export + BatchNorm folding without parity checks: fast enough for 150-layer nets."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.zeros(1, *shape),), buf, dynamo=False, opset_version=17,
+                          do_constant_folding=True)  # fmt: skip
+    return fold_batchnorm(onnx.load_from_string(buf.getvalue()))[0]
+
+
+def assert_chained(blocks) -> None:  # type: ignore[no-untyped-def]
+    """Structural invariants every post-activation ResNet satisfies."""
+    for b in blocks:
+        assert b.main != b.shortcut and b.main_producer_op == "Conv"
+        assert b.follower == "Relu" and b.follower_node
+        if b.shortcut_kind == "identity":
+            assert b.shortcut == b.block_input and b.shortcut_nodes == ()
+        else:
+            assert b.shortcut_kind == "projection" and b.shortcut_ops == ("Conv",)
 
 
 def test_tiny_resnet_blocks_found_with_projection_and_identity(tiny_onnx):
     blocks = find_residual_blocks(tiny_onnx)
     assert [b.shortcut_kind for b in blocks] == ["projection", "identity"]
-    for b in blocks:
-        assert b.main_producer_op == "Conv"
-        assert b.follower == "Relu"
-        assert b.main != b.shortcut
-    # The identity block's shortcut is the first block's output, which is its block input.
-    assert blocks[1].shortcut == blocks[1].block_input
+    assert_chained(blocks)
+    assert [b.main_ops for b in blocks] == [BASIC, BASIC]
+    # The identity block's shortcut is the first block's output (after its ReLU), which is its block input.
+    relu_out = next(n.output[0] for n in tiny_onnx.graph.node if n.name == blocks[0].follower_node)
+    assert blocks[1].shortcut == blocks[1].block_input == relu_out
+
+
+@pytest.mark.parametrize("name", sorted(DEPTHS, key=DEPTHS.get))
+def test_cifar_resnets(name):
+    blocks = find_residual_blocks(quick_export(cifar_resnet(name, 10, 3), (3, 16, 16)))
+    n = (DEPTHS[name] - 2) // 6
+    assert len(blocks) == 3 * n
+    kinds = [b.shortcut_kind for b in blocks]
+    assert [i for i, k in enumerate(kinds) if k == "projection"] == [n, 2 * n]  # first block of stages 2 and 3
+    assert all(b.main_ops == BASIC for b in blocks)
+    assert_chained(blocks)
+
+
+# (arch, residual Adds, projection shortcuts, main branch)
+TORCHVISION = [
+    ("resnet18", 8, 3, BASIC), ("resnet34", 16, 3, BASIC), ("resnet50", 16, 4, BOTTLENECK),
+    ("resnet101", 33, 4, BOTTLENECK), ("resnet152", 50, 4, BOTTLENECK), ("resnext50_32x4d", 16, 4, BOTTLENECK),
+    ("wide_resnet50_2", 16, 4, BOTTLENECK),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("arch", "adds", "projections", "main"), TORCHVISION, ids=[t[0] for t in TORCHVISION])
+def test_torchvision_resnets(arch, adds, projections, main):
+    torch.manual_seed(0)
+    model = quick_export(getattr(torchvision.models, arch)(weights=None), (3, 32, 32))
+    blocks = find_residual_blocks(model)
+    assert len(blocks) == adds
+    assert sum(b.shortcut_kind == "projection" for b in blocks) == projections
+    assert blocks[0].shortcut_kind == "projection" if main == BOTTLENECK else blocks[0].shortcut_kind == "identity"
+    assert all(b.main_ops == main for b in blocks)
+    assert_chained(blocks)
+    # Each block's input is the previous block's output (after its ReLU); the first one's is the stem's MaxPool.
+    outputs = {b.follower_node: b for b in blocks}
+    relu_out = {n.output[0]: n.name for n in model.graph.node if n.name in outputs}
+    assert all(relu_out.get(b.block_input) for b in blocks[1:])
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producer[blocks[0].block_input] == "MaxPool"
+
+
+def test_preactivation_resnet_has_no_follower():
+    blocks = find_residual_blocks(simplified("preact"))
+    assert len(blocks) == 3
+    assert [b.follower for b in blocks] == [None, None, None]
+    assert [b.shortcut_kind for b in blocks] == ["identity", "projection", "identity"]
+    # Identity blocks start from the raw block input (BN-ReLU belong to the main branch); the projection
+    # block's branches meet after the shared BN-ReLU pre-activation.
+    assert blocks[0].main_ops == ("BatchNormalization", "Relu", "Conv", "Relu", "Conv")
+    assert blocks[1].main_ops == BASIC and blocks[1].shortcut_ops == ("Conv",)
+    assert all(b.main_producer_op == "Conv" for b in blocks)
+    assert blocks[2].block_input == blocks[1].output  # the Add output feeds the next block directly
+
+
+def test_resnet_d_pooled_projection():
+    (block,) = find_residual_blocks(simplified("resnet_d"))
+    assert block.shortcut_kind == "pooled-projection"
+    assert block.shortcut_ops == ("AveragePool", "Conv") and len(block.shortcut_nodes) == 2
+    assert block.main_ops == BOTTLENECK and block.follower == "Relu"
+
+
+def test_no_residual_add_is_an_empty_map():
+    model = simplified("plain")
+    assert any(n.op_type == "Conv" and len(n.input) == 3 for n in model.graph.node)  # biased convs, no residual
+    assert find_residual_blocks(model) == []
+    doc = block_map(model)
+    assert doc["residual_adds"] == 0 and doc["blocks"] == []
+
+
+def _signature(model: onnx.ModelProto) -> list[tuple]:
+    return [(b.main_ops, b.shortcut_kind, b.shortcut_ops, b.follower, b.main_producer_op)
+            for b in find_residual_blocks(model)]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["preact", "resnet_d"])
+def test_dynamo_export_gives_the_same_block_map(name):
+    assert _signature(simplified(name, "dynamo")) == _signature(simplified(name))
+
+
+def test_dynamo_export_of_torchvision_resnet50():
+    torch.manual_seed(0)
+    module = torchvision.models.resnet50(weights=None).eval()
+    dynamo, _ = export_onnx(module, (3, 32, 32), ExportConfig(exporter="dynamo"))
+    dynamo = fold_batchnorm(dynamo)[0]
+    assert any(n.op_type == "ReduceMean" for n in dynamo.graph.node)  # a different graph than TorchScript's
+    blocks = find_residual_blocks(dynamo)
+    assert len(blocks) == 16 and all(b.main_ops == BOTTLENECK for b in blocks)
+    assert _signature(dynamo) == _signature(quick_export(module, (3, 32, 32)))
+    assert_chained(blocks)
+
+
+def test_block_map_json_is_plain_data(tiny_onnx):
+    import json
+
+    doc = json.loads(json.dumps(block_map(tiny_onnx)))
+    assert doc["residual_adds"] == 2 and doc["shortcut_kinds"] == {"identity": 1, "projection": 1}
+    assert doc["followers"] == {"Relu": 2, "none": 0}
+    assert doc["blocks"][0]["main_ops"] == list(BASIC)

@@ -1,0 +1,69 @@
+"""``rescompile compare OLD.json NEW.json``: what regressed between two builds; exit 1 on a regression."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescompile.cli import app, console, run_cli
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile compare main/report.json build/demo/report.json\n\n"
+    "  rescompile compare old/ new/ --latency-tolerance 0.25 --md compare.md",
+)
+def compare(
+    old: Annotated[Path, typer.Argument(help="The earlier report.json (or its build folder).")],
+    new: Annotated[Path, typer.Argument(help="The new report.json (or its build folder).")],
+    accuracy_tolerance: Annotated[float, typer.Option(help="Points of top-1 / agreement the new build may lose.")] = 0.0,
+    cosine_tolerance: Annotated[float, typer.Option(help="Mean logit cosine the new build may lose.")] = 1e-4,
+    latency_tolerance: Annotated[float, typer.Option(help="Relative latency increase (0.1 = 10%) allowed.")] = 0.10,
+    ignore_latency: Annotated[bool, typer.Option("--ignore-latency", help="Compare accuracy and gates only.")] = False,
+    md: Annotated[Path | None, typer.Option("--md", help="Also write the comparison as Markdown here.")] = None,
+) -> None:
+    """Compare two reports metric by metric; exit 1 when anything regressed beyond its tolerance.
+
+    A regression: lower INT8 top-1 or agreement, a bigger top-1 drop, lower cosine, slower p50/p99,
+    a smaller speedup, or a gate that passed before and fails now.
+    """
+    from rich.table import Table
+
+    from rescompile.errors import GateFailed
+    from rescompile.io import write_text_atomic
+    from rescompile.validate.compare import (
+        REGRESSED,
+        SAME,
+        Tolerances,
+        compare_reports,
+        dataset_warning,
+        load_report,
+        render_comparison_markdown,
+    )
+
+    def go() -> Any:
+        a, b = load_report(old), load_report(new)
+        changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
+        warning = dataset_warning(a, b)
+        t = Table(title=f"rescompile compare: {old} -> {new}")
+        for col, just in (("metric", "left"), ("old", "right"), ("new", "right"), ("delta", "right"), ("status", "left")):
+            t.add_column(col, justify=just)  # type: ignore[arg-type]
+        colors = {REGRESSED: "red", "improved": "green", SAME: "dim"}
+        for c in changes:
+            style = colors.get(c.status, "")
+            status = c.status + (f" ({c.note})" if c.note and c.status != SAME else "")
+            t.add_row(c.metric, "n/a" if c.old is None else f"{c.old:.5g}", "n/a" if c.new is None else f"{c.new:.5g}",
+                      "" if c.delta is None else f"{c.delta:+.4g}", f"[{style}]{status}[/]" if style else status)  # fmt: skip
+        console.print(t)
+        if warning:
+            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        if md is not None:
+            write_text_atomic(md, render_comparison_markdown(changes, str(old), str(new)))
+        regressed = [c for c in changes if c.status == REGRESSED]
+        if regressed:
+            lines = [f"{c.metric}: {c.old} -> {c.new} ({c.note})" for c in regressed]
+            raise GateFailed(f"{len(regressed)} regression(s):\n  " + "\n  ".join(lines))
+        console.print("no regression", highlight=False)
+
+    run_cli(go)

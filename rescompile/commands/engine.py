@@ -1,0 +1,138 @@
+"""``rescompile engine`` (Q/DQ ONNX -> TensorRT plan for a target) and ``rescompile targets``.
+
+Without TensorRT (or without a GPU) ``engine`` exits 3 and prints the trtexec command that
+builds the same engine on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from rescompile.cli import app, console, err_console, run_cli
+
+
+def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any) -> list[str]:
+    """The trtexec command(s) for the target's TensorRT (both majors for a desktop target).
+
+    For DLA on TensorRT 10 (implicit INT8) also writes the plain ONNX and the calibration
+    cache that the command reads (``model.dla.onnx``, ``model.dla.calib``).
+    """
+    import onnx
+
+    from rescompile.engine.implicit import strip_qdq
+    from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command
+    from rescompile.engine.targets import get_target
+    from rescompile.engine.trt_calib_cache import write_cache
+    from rescompile.io import save_onnx, write_text_atomic
+
+    target = get_target(target_name)
+    model = onnx.load(str(onnx_path))
+    spec = input_spec(model)
+    versions: list[str] = [target.tensorrt_version] if target.tensorrt_version else ["10.0", "11.0"]
+    lines = []
+    for v in versions:
+        version = parse_version(v)
+        settings = compute_settings(target, spec, options, version)
+        onnx_arg, calib = str(onnx_path), None
+        if settings.dla_mode == "implicit":
+            implicit = strip_qdq(model)
+            dla_onnx, calib_path = dest / "model.dla.onnx", dest / "model.dla.calib"
+            save_onnx(dla_onnx, implicit.model)
+            write_text_atomic(calib_path, write_cache(implicit.ranges, version))
+            onnx_arg, calib = str(dla_onnx), str(calib_path)
+            lines.append(f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
+                         f"(ranges of {len(implicit.ranges)} tensors); copy them to the device")  # fmt: skip
+        cmd = trtexec_command(settings, target, onnx_arg, str(dest / "model.plan"), dynamic=spec.batch is None,
+                              calib_cache=calib)  # fmt: skip
+        label = f"# TensorRT {version.major}.x" + (f" (JetPack {target.jetpack})" if target.jetpack else "")
+        lines += [label, format_command(cmd)]
+    return lines
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile engine build/demo/model.int8.onnx --target jetson-orin-nx --batch 1,8,32 "
+    "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1",
+)
+def engine(
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build.")],
+    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.")] = "gpu",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).")] = None,
+    workspace_mib: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit in MiB (default: the target's).")] = None,
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core, with GPU fallback.")] = None,
+    batch: Annotated[str, typer.Option(help="Batch sizes to support, e.g. 1,8,32: min/max of the profile.")] = "1",
+    opt_batch: Annotated[int | None, typer.Option(min=1, help="Batch TensorRT tunes for (default: the median listed).")] = None,
+    optimization_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
+    timing_cache: Annotated[Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).")] = None,
+    allow_unfused: Annotated[bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.")] = False,
+    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.")] = False,
+) -> None:
+    """Build a TensorRT engine (model.plan + model.plan.json sidecar) from a Q/DQ INT8 ONNX.
+
+    Build on the target device: TensorRT engines only run on the GPU model and TensorRT version
+    that built them. Without TensorRT, prints the equivalent trtexec command and exits 3.
+    """
+    from rescompile.engine.settings import EngineOptions, parse_batches
+    from rescompile.engine.targets import get_target
+    from rescompile.errors import GateFailed, MissingDependency, UsageError
+
+    def go() -> Any:
+        if not onnx_path.is_file():
+            raise UsageError(f"{onnx_path} does not exist or is not a file")
+        tgt = get_target(target)
+        dest = out if out is not None else onnx_path.parent
+        options = EngineOptions(workspace_mib, dla_core, parse_batches(batch), opt_batch, optimization_level)
+        try:
+            from rescompile.engine.tensorrt import build_engine
+
+            result = build_engine(onnx_path, tgt, options, dest, timing_cache_dir=timing_cache, verbose=verbose)
+        except MissingDependency as exc:
+            lines = _device_commands(onnx_path, dest, target, options)
+            console.print("Equivalent trtexec command, to run on the device:", highlight=False)
+            for line in lines:
+                console.print(line, highlight=False, markup=False, soft_wrap=True)
+            raise MissingDependency(f"cannot build a TensorRT engine here: {exc.message}",
+                                    hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
+                                    "device (JetPack ships TensorRT) with the trtexec command above") from None  # fmt: skip
+        return result, GateFailed, tgt
+
+    result, gate_failed, tgt = run_cli(go)
+    s = result.settings
+    console.print(f"built {result.plan} for {tgt.name} on {result.device.name} (sm_{''.join(map(str, result.device.compute_capability))}), "
+                  f"TensorRT {result.tensorrt_version}, {result.build_seconds:.1f} s", highlight=False)  # fmt: skip
+    console.print(f"profile {list(s.profile.min)} / {list(s.profile.opt)} / {list(s.profile.max)}, workspace "
+                  f"{s.workspace_mib} MiB, flags {list(s.builder_flags) or 'none'}"
+                  + (f", DLA core {s.dla_core}" if s.dla_core is not None else ""), highlight=False)  # fmt: skip
+    for note in s.notes:
+        console.print(f"note: {note}", highlight=False)
+    bad = [a for a in result.fusion.adds if not a.ok]
+    for a in result.fusion.adds:
+        console.print(f"{'[green]fused INT8[/]' if a.ok else '[red]' + a.status + '[/]'}  {a.add}  ({a.layer or '-'})")
+    if (bad or not result.fusion.detailed) and not allow_unfused:
+        err_console.print(f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
+                          "into an INT8 layer (see model.plan.layers.json)")  # fmt: skip
+        raise typer.Exit(gate_failed.exit_code)
+
+
+@app.command()
+def targets() -> None:
+    """List the target profiles: GPU, DLA cores, memory, default workspace, TensorRT and JetPack."""
+    from rescompile.engine.targets import TARGETS
+
+    t = Table(title="rescompile targets (also sm_XY: any GPU of that compute capability)")
+    t.add_column("name", no_wrap=True)
+    for col in ("GPU", "DLA", "memory", "workspace", "TensorRT (JP)"):
+        t.add_column(col, no_wrap=True)
+    for x in TARGETS:
+        trt = "-" if not x.has_tensorrt else x.tensorrt_version or "10.x / 11.x"
+        t.add_row(x.name, x.sm or "-", str(x.dla_cores), f"{x.memory_gib} GiB" if x.memory_gib else "-",
+                  f"{x.workspace_mib} MiB" if x.workspace_mib else "-",
+                  trt + (f" ({x.jetpack})" if x.jetpack else ""))  # fmt: skip
+    console.print(t)
+    for x in TARGETS:
+        if x.aliases or x.note:
+            extra = [f"aliases: {', '.join(x.aliases)}"] if x.aliases else []
+            console.print(f"{x.name}: " + "; ".join(extra + ([x.note] if x.note else [])), highlight=False)

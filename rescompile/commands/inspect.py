@@ -1,0 +1,111 @@
+"""``rescompile inspect``: the block map of an ONNX model and, with an INT8 model, the proof it keeps it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from rescompile.cli import app, console, run_cli
+
+
+def block_table(blocks: list[Any], title: str) -> Table:
+    """The block map as a rich table: one row per residual Add (block inputs are in --json)."""
+    t = Table(title=title, title_justify="left")
+    t.add_column("#", justify="right")
+    t.add_column("residual Add", overflow="fold")
+    t.add_column("main branch")
+    t.add_column("last op of main branch", overflow="fold")
+    t.add_column("shortcut")
+    t.add_column("then")
+    for i, b in enumerate(blocks):
+        short = b.shortcut_kind if not b.shortcut_ops else f"{b.shortcut_kind} ({'-'.join(b.shortcut_ops)})"
+        t.add_row(str(i), escape(b.add), "-".join(b.main_ops) or b.main_producer_op, escape(b.main_producer),
+                  escape(short), b.follower or "-")  # fmt: skip
+    return t
+
+
+def proof_table(report: Any) -> Table:
+    """The verification result as a rich table: one row per rule."""
+    from rescompile.graph.verify import RULES
+
+    t = Table(title=f"proof ({report.policy} policy): {'PASS' if report.ok else 'FAIL'}", title_justify="left")
+    t.add_column("rule")
+    t.add_column("checked", justify="right")
+    t.add_column("violations", justify="right")
+    t.add_column("what it proves")
+    for rule, n in report.checks.items():
+        bad = len(report.failed(rule))
+        t.add_row(rule, str(n), f"[red]{bad}[/]" if bad else "0", RULES[rule])
+    return t
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile inspect model.onnx --json blocks.json\n\n"
+    "  rescompile inspect model.simplified.onnx --int8 model.int8.onnx --plan qdq_plan.json\n\n"
+    "  rescompile inspect build/demo   (a build folder: its simplified model, INT8 model and plan)",
+)
+def inspect(
+    model: Annotated[Path, typer.Argument(help="FP32 ONNX model, or a build folder.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the block map (and the proof) as JSON.")] = None,
+    int8: Annotated[Path | None, typer.Option("--int8", help="Q/DQ model made from MODEL: prove it keeps the topology.")] = None,
+    plan: Annotated[Path | None, typer.Option("--plan", help="qdq_plan.json the INT8 model was made with.")] = None,
+    policy: Annotated[str, typer.Option(help="tensorrt | onnxruntime | auto (the plan's, else detected from the INT8 types).")] = "auto",
+) -> None:
+    """Print every residual Add (main branch, shortcut, what follows) and, with --int8, the proof.
+
+    Exits 1 when the INT8 model breaks a rule (each violation names the node and the rule).
+    """
+    from rescompile.errors import UsageError, VerificationError
+    from rescompile.graph.topology import block_map, find_residual_blocks
+    from rescompile.graph.verify import verify_int8
+    from rescompile.io import write_json
+    from rescompile.models.onnx_source import read_onnx
+    from rescompile.quantize.policy import Policy, QuantPlan
+
+    def go() -> None:
+        fp32_path, int8_path, plan_path = model, int8, plan
+        if model.is_dir():
+            fp32_path = model / "model.simplified.onnx"
+            if int8_path is None and (model / "model.int8.onnx").is_file():
+                int8_path = model / "model.int8.onnx"
+            if plan_path is None and (model / "qdq_plan.json").is_file():
+                plan_path = model / "qdq_plan.json"
+        if policy not in ("auto", *(p.value for p in Policy)):
+            raise UsageError(f"unknown policy {policy!r}", hint="tensorrt, onnxruntime or auto")
+        fp32 = read_onnx(fp32_path)
+        blocks = find_residual_blocks(fp32)
+        doc: dict[str, Any] = {"model": str(fp32_path), "block_map": block_map(fp32)}
+        if blocks:
+            console.print(block_table(blocks, f"{fp32_path}: {len(blocks)} residual Adds"))
+        else:
+            console.print(f"{escape(str(fp32_path))}: no residual Add (no block map)", highlight=False)
+        report = None
+        if int8_path is not None:
+            quant_plan = None
+            if plan_path is not None:
+                if not plan_path.is_file():
+                    raise UsageError(f"plan not found: {plan_path}")
+                quant_plan = QuantPlan.from_json(plan_path.read_text())
+                if policy != "auto" and policy != quant_plan.policy:
+                    raise UsageError(f"--policy {policy} contradicts the plan's policy {quant_plan.policy}")
+            report = verify_int8(fp32, read_onnx(int8_path), quant_plan, None if policy == "auto" else policy)
+            doc["int8"] = str(int8_path)
+            doc["proof"] = report.to_dict()
+            console.print(proof_table(report))
+            for v in report.violations[:30]:
+                console.print(f"[red]✗[/] {escape(str(v))}", highlight=False)
+            if len(report.violations) > 30:
+                console.print(f"... and {len(report.violations) - 30} more (all of them in --json)")
+        if json_out is not None:
+            write_json(json_out, doc)
+            console.print(f"wrote {escape(str(json_out))}", highlight=False)
+        if report is not None and not report.ok:
+            raise VerificationError(f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; "
+                                    f"first: {report.violations[0]}")  # fmt: skip
+
+    run_cli(go)
+

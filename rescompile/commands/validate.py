@@ -1,0 +1,221 @@
+"""``rescompile validate``: a candidate (INT8/FP16 ONNX, TensorRT plan) against an FP32 reference, with gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescompile.cli import app, console, run_cli
+
+GATE_HELP = "Gates (exit 1 when missed): flags override --gates."
+
+
+def _gate(help_text: str, *names: str) -> Any:
+    return typer.Option(*names, help=help_text, rich_help_panel=GATE_HELP)
+
+
+MaxTop1Drop = Annotated[float | None, _gate("Gate: most top-1 points the candidate may lose vs FP32.")]
+MinAgreement = Annotated[float | None, _gate("Gate: minimum top-1 agreement with FP32, percent.")]
+MinCosine = Annotated[float | None, _gate("Gate: minimum mean logit cosine similarity.")]
+MaxP99 = Annotated[float | None, _gate("Gate: maximum candidate p99 latency, ms (at --gate-batch).", "--max-p99-ms")]
+MinSpeedup = Annotated[float | None, _gate("Gate: minimum candidate speedup over FP32 (p50, same run, at --gate-batch).")]
+GateBatch = Annotated[int | None, typer.Option(min=1, help="Batch size the latency gates read (default: the smallest timed).",
+                                               rich_help_panel=GATE_HELP)]
+GatesFile = Annotated[Path | None, _gate("YAML recipe of gates, e.g. 'max-top1-drop: 1.0'.", "--gates")]
+
+
+@dataclass
+class _Reference:
+    runner: Any | None  # None for a saved reference
+    saved: Any | None  # ReferenceOutputs loaded from .npz
+    fp32_onnx: Any | None  # FP32 ONNX model for the baseline and layerwise blame
+    input_shape: tuple[int, int, int] | None
+    preset: str | None
+    label: str
+
+
+def _open_reference(spec: str, *, weights: Path | None, num_classes: int | None, in_channels: int | None,
+                    input_size: int | None, trust_checkpoint: bool, threads: int | None) -> _Reference:  # fmt: skip
+    from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
+
+    if spec.lower().endswith(".npz"):
+        from rescompile.validate.reference import load_reference
+
+        saved = load_reference(Path(spec))
+        return _Reference(None, saved, None, tuple(saved.inputs.shape[1:]), None, saved.runner)  # type: ignore[union-attr]
+    from rescompile.models import load_model
+
+    if spec.lower().endswith(".onnx"):
+        from rescompile.models.onnx_source import describe_onnx, read_onnx
+
+        info = describe_onnx(Path(spec), require_residual=False)
+        model = read_onnx(Path(spec))
+        return _Reference(OnnxRuntimeRunner(model, "onnxruntime-fp32", threads), None, model, info.input_shape,
+                          info.preset, spec)  # fmt: skip
+    loaded = load_model(spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
+                        input_size=input_size, trust_checkpoint=trust_checkpoint)  # fmt: skip
+    return _Reference(TorchRunner(loaded.module, "pytorch-fp32", threads), None, None, loaded.input_shape, loaded.preset,
+                      spec)  # fmt: skip
+
+
+def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> Any:
+    """The PyTorch reference exported and simplified the way ``build`` does (same tensor names)."""
+    from rescompile.export import ExportConfig, export_onnx
+    from rescompile.simplify import SimplifyConfig, simplify
+
+    model, _ = export_onnx(module, input_shape, ExportConfig())
+    return simplify(model, input_shape, SimplifyConfig()).model
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile validate build/demo/model.int8.onnx --reference demo --min-agreement 98\n\n"
+    "  rescompile validate model.int8.onnx --reference model.simplified.onnx --val val.npz --gates gates.yaml --layerwise\n\n"
+    "  rescompile validate build/demo/model.int8.onnx --reference demo --save-reference ref.npz\n\n"
+    "  rescompile validate model.plan --reference ref.npz --max-top1-drop 0.5   (on the device: no PyTorch needed)",
+)
+def validate(
+    candidate: Annotated[Path, typer.Argument(help="Model under test: INT8/FP16/FP32 .onnx, a TensorRT plan, or a build folder.")],
+    reference: Annotated[str | None, typer.Option(
+        "--reference", "-r", help="FP32 reference: a model spec (demo, resnet20, torchvision:<arch>), an FP32 .onnx, "
+        "or ref.npz saved with --save-reference (default: a build folder's model.simplified.onnx).")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint for a reference model spec.")] = None,
+    num_classes: Annotated[int | None, typer.Option(min=1)] = None,
+    in_channels: Annotated[int | None, typer.Option(min=1)] = None,
+    input_size: Annotated[int | None, typer.Option(min=8)] = None,
+    trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling arbitrary objects from --weights.")] = False,
+    val: Annotated[str | None, typer.Option(help="Validation data: image folder, .npz with labels, or demo-val "
+                                                 "(default: demo-val; a saved reference brings its own).")] = None,
+    val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
+    preset: Annotated[str | None, typer.Option(help="Preprocessing preset (default: the reference model's own).")] = None,
+    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
+    fp32: Annotated[Path | None, typer.Option(
+        "--fp32", help="FP32 ONNX the candidate was quantized from: latency baseline and layerwise reference "
+        "(default: the reference when it is ONNX, else an export of the PyTorch reference).")] = None,
+    no_baseline: Annotated[bool, typer.Option("--no-baseline", help="Do not time an FP32 baseline (no speedup).")] = False,
+    save_reference: Annotated[Path | None, typer.Option(
+        help="Save inputs, labels and FP32 logits to this .npz for validating elsewhere.")] = None,
+    gates_file: GatesFile = None,
+    max_top1_drop: MaxTop1Drop = None,
+    min_agreement: MinAgreement = None,
+    min_cosine: MinCosine = None,
+    max_p99_ms: MaxP99 = None,
+    min_speedup: MinSpeedup = None,
+    gate_batch: GateBatch = None,
+    latency_batch: Annotated[list[int] | None, typer.Option(
+        "--latency-batch", min=1, help="Batch size to time; repeatable (default: 1 and 32).")] = None,
+    latency_runs: Annotated[int, typer.Option(min=3, help="Timed runs per batch size.")] = 30,
+    latency_budget: Annotated[float | None, typer.Option(
+        help="Time each batch size for this many seconds instead of --latency-runs.")] = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs before timing.")] = 5,
+    batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the accuracy pass.")] = 64,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
+    layerwise: Annotated[bool, typer.Option(
+        "--layerwise", help="Compare FP32 and INT8 tensor by tensor; blame the layers that add most error.")] = False,
+    layerwise_samples: Annotated[int, typer.Option(min=1, help="Inputs used by --layerwise.")] = 64,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Folder for report.json, report.md, junit.xml, report.html.")] = Path("validation"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Validate a candidate against FP32 on the same inputs: accuracy, agreement, latency, gates, reports.
+
+    Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input, 3 a missing dependency (TensorRT for a plan).
+    """
+    import json
+
+    from rescompile.config import Gates
+    from rescompile.data.preprocess import Preprocess, get_preset
+    from rescompile.data.sources import check_shape, open_source
+    from rescompile.errors import GateFailed, UsageError
+    from rescompile.models.onnx_source import read_onnx
+    from rescompile.runtime.runners import OnnxRuntimeRunner, open_runner
+    from rescompile.validate.console import print_summary
+    from rescompile.validate.gates import evaluate_gates, resolve_gates
+    from rescompile.validate.latency import LatencySettings
+    from rescompile.validate.reference import ValidationInputs
+    from rescompile.validate.reference import save_reference as write_reference
+    from rescompile.validate.run import ValidateSettings, compute_reference
+    from rescompile.validate.run import validate as run_validate
+    from rescompile.validate.write import write_reports
+
+    def go() -> dict[str, Any]:
+        gates = resolve_gates(gates_file, Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch))
+        if layout not in ("nchw", "nhwc"):
+            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        settings = ValidateSettings(batch_size, LatencySettings(tuple(latency_batch or (1, 32)), warmup, latency_runs,
+                                                                latency_budget), threads, not quiet, layerwise_samples)  # fmt: skip
+        settings.latency.check()
+        if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
+            raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
+                             hint="add it with --latency-batch")  # fmt: skip
+
+        cand_path, ref_spec, fp32_path, build_pre, build_val = candidate, reference, fp32, None, None
+        if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
+            manifest = candidate / "manifest.json"
+            if not manifest.is_file():
+                raise UsageError(f"{candidate} is a folder but not a rescompile build (no manifest.json)")
+            doc = json.loads(manifest.read_text())
+            cand_path = candidate / "model.int8.onnx"
+            ref_spec = ref_spec or str(candidate / "model.simplified.onnx")
+            fp32_path = fp32_path or candidate / "model.simplified.onnx"
+            pre_doc = doc.get("preprocess") or {}
+            build_pre = Preprocess(**{**pre_doc, "mean": tuple(pre_doc["mean"]), "std": tuple(pre_doc["std"])}) if pre_doc else None
+            build_val = doc.get("config", {}).get("val")
+        if ref_spec is None:
+            raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
+
+        ref = _open_reference(ref_spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
+                              input_size=input_size, trust_checkpoint=trust_checkpoint, threads=threads)  # fmt: skip
+        if ref.saved is not None:
+            if val is not None:
+                raise UsageError("a saved reference carries its own inputs: drop --val", hint="or pass a model as --reference")
+            if save_reference is not None:
+                raise UsageError("--save-reference needs a model as --reference, not a saved reference")
+            inputs = ref.saved.as_inputs()
+        else:
+            c, h, _ = ref.input_shape or (0, 0, 0)
+            pre = get_preset(preset, size=h, channels=c) if preset else build_pre
+            pre = pre or get_preset(ref.preset or "imagenet", size=h, channels=c)
+            src = open_source(val or build_val or "demo-val", layout=layout, limit=val_size, seed=0)
+            check_shape(src, pre, ref.input_shape)
+            inputs = ValidationInputs.from_source(src, pre)
+
+        cand_runner = open_runner(cand_path, threads=threads)
+        fp32_model = read_onnx(fp32_path) if fp32_path is not None else ref.fp32_onnx
+        if fp32_model is None and ref.runner is not None and hasattr(ref.runner, "module") and (layerwise or not no_baseline):
+            fp32_model = _exported_fp32(ref.runner.module, ref.input_shape)  # type: ignore[arg-type]
+        baseline = None if no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
+        if gates.min_speedup is not None and baseline is None:
+            raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint="pass --fp32 model.simplified.onnx")
+        if layerwise and (fp32_model is None or not str(cand_path).lower().endswith(".onnx")):
+            raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
+                             hint="pass --fp32 model.simplified.onnx")  # fmt: skip
+
+        if ref.saved is not None:
+            reference_out = ref.saved
+        else:
+            reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
+                                              meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
+        report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
+        report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label}
+        if layerwise:
+            from rescompile.validate.layerwise import layerwise_blame
+
+            report["layerwise"] = layerwise_blame(fp32_model, read_onnx(cand_path), inputs.head(layerwise_samples)).to_dict()
+        results = evaluate_gates(report, gates)
+        report["gates"] = [g.to_dict() for g in results]
+        report["passed"] = all(g.passed for g in results)
+        files = write_reports(out, report)
+        if save_reference is not None:
+            write_reference(save_reference, reference_out)
+            files.append(save_reference)
+        print_summary(console, report, f"rescompile validate: {cand_path} ({report['samples']} samples)")
+        console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
+        failed = [g.line() for g in results if not g.passed]
+        if failed:
+            raise GateFailed(f"{len(failed)} of {len(results)} gate(s) failed:\n  " + "\n  ".join(failed))
+        return report
+
+    run_cli(go)

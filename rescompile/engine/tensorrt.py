@@ -1,0 +1,272 @@
+"""The only module that imports TensorRT: parse the Q/DQ ONNX, build and write the plan, read its layers.
+
+Every decision is made beforehand by ``rescompile.engine.settings`` (pure, unit-tested without
+a GPU); this module applies it with the TensorRT 10.x / 11.x Python API. Names that exist in
+only one major version live in functions suffixed ``_trt10`` and are called under a
+``version.major == 10`` check; ``tests/unit/test_trt_api.py`` checks every ``trt.*`` name used
+here against the names the real bindings of 10.0-10.16 and 11.0-11.4 expose.
+
+Outputs (``out_dir``): ``model.plan`` (the plain serialized engine: trtexec and DeepStream load
+it), ``model.plan.json`` (sidecar: TensorRT version, GPU, settings, ONNX sha256, fusion report)
+and ``model.plan.layers.json`` (the engine inspector's detailed layer information).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from rescompile.engine.device import find_gpu
+from rescompile.engine.implicit import strip_qdq
+from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
+from rescompile.engine.settings import (
+    EngineOptions,
+    EngineSettings,
+    TrtVersion,
+    compute_settings,
+    input_spec,
+    parse_version,
+    require_buildable,
+    timing_cache_key,
+)
+from rescompile.engine.sidecar import DeviceInfo, make_sidecar, sidecar_path
+from rescompile.engine.targets import Target
+from rescompile.errors import MissingDependency, RescompileError, require
+from rescompile.graph.topology import find_residual_blocks
+from rescompile.io import sha256_bytes, write_bytes_atomic, write_json, write_text_atomic
+
+PLAN_NAME = "model.plan"
+
+
+class EngineBuildError(RescompileError):
+    """TensorRT could not parse the ONNX or build the engine (exit code 2): the log says why."""
+
+
+def load_tensorrt() -> Any:
+    """``import tensorrt`` or raise MissingDependency saying how to get it (exit code 3)."""
+    return require("tensorrt", extra="tensorrt")
+
+
+def tensorrt_version(trt: Any) -> TrtVersion:
+    return parse_version(str(trt.__version__))
+
+
+def require_gpu(index: int = 0) -> DeviceInfo:
+    """This machine's CUDA device, or MissingDependency."""
+    device, why = find_gpu(index)
+    if device is None:
+        raise MissingDependency(f"no CUDA GPU is visible ({why})", hint="build on the device or a GPU machine")
+    return device
+
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What ``build_engine`` wrote, and what it found in the engine."""
+
+    plan: Path
+    sidecar: Path
+    layer_info: Path
+    settings: EngineSettings
+    device: DeviceInfo
+    tensorrt_version: str
+    fusion: FusionReport
+    timing_cache: Path | None
+    build_seconds: float
+
+
+def _creation_flags_trt10(trt: Any) -> int:
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def _implicit_int8_trt10(trt: Any, network: Any, config: Any, ranges: dict[str, float]) -> int:
+    """DLA on 10.x: INT8 + FP16 flags and a dynamic range on every tensor that had a Q/DQ."""
+    config.set_flag(trt.BuilderFlag.INT8)
+    config.set_flag(trt.BuilderFlag.FP16)
+    done = 0
+    tensors = [network.get_input(i) for i in range(network.num_inputs)]
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        tensors += [layer.get_output(j) for j in range(layer.num_outputs)]
+    for t in tensors:
+        amax = ranges.get(t.name)
+        if amax is not None:
+            t.set_dynamic_range(-amax, amax)
+            done += 1
+    return done
+
+
+def _parse(trt: Any, network: Any, logger: Any, data: bytes, path: str) -> Any:
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(data, path):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errors.append(f"{e.node_name() or '?'} ({e.node_operator() or '?'}): {e.desc()} [code {e.code()}]")
+        raise EngineBuildError(f"TensorRT could not parse {path}:\n  " + "\n  ".join(errors or ["(no error reported)"]))
+    return parser
+
+
+def _configure(trt: Any, builder: Any, network: Any, config: Any, settings: EngineSettings) -> None:
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, settings.workspace_bytes)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    config.builder_optimization_level = settings.optimization_level
+    inp = network.get_input(0)
+    if inp.name != settings.input_name:
+        raise EngineBuildError(f"TensorRT names the input {inp.name!r}, the ONNX {settings.input_name!r}")
+    if any(d < 0 for d in inp.shape):
+        p = settings.profile
+        profile = builder.create_optimization_profile()
+        profile.set_shape(inp.name, p.min, p.opt, p.max)
+        config.add_optimization_profile(profile)
+    if "GPU_FALLBACK" in settings.builder_flags:
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if settings.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = settings.dla_core
+
+
+def _timing_cache(config: Any, path: Path | None) -> Any:
+    if path is None:
+        return None
+    cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from elsewhere is refused
+    return cache
+
+
+def engine_layer_info(trt: Any, plan: bytes, logger: Any) -> str:
+    """The engine inspector's layer information as JSON text (detailed if the plan was built so)."""
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(plan)
+    if engine is None:
+        raise EngineBuildError("TensorRT could not deserialize the plan it just built")
+    inspector = engine.create_engine_inspector()
+    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+
+
+def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_dir: Path, *,
+                 timing_cache_dir: Path | None = None, device_index: int = 0, verbose: bool = False) -> EngineBuild:  # fmt: skip
+    """Build ``onnx_path`` (a Q/DQ INT8 ONNX) into ``out_dir/model.plan`` for ``target`` on this GPU.
+
+    Args:
+        onnx_path: the Q/DQ ONNX (``model.int8.onnx``).
+        target: the target profile; this machine must match its GPU and TensorRT major.
+        options: workspace, DLA core, batch sizes, optimization level.
+        out_dir: where the plan, sidecar and layer information are written.
+        timing_cache_dir: keep TensorRT's timing cache here, keyed by TensorRT version and device.
+        device_index: the CUDA device to build on.
+        verbose: TensorRT's verbose log.
+
+    Raises:
+        MissingDependency: no TensorRT, TensorRT < 10, or no GPU (exit 3).
+        UsageError: a refusal rule of ``rescompile.engine.settings`` (exit 2).
+        EngineBuildError: TensorRT failed to parse or build (exit 2).
+    """
+    trt = load_tensorrt()
+    version = tensorrt_version(trt)
+    require_buildable(version)
+    device = require_gpu(device_index)
+    onnx_bytes = Path(onnx_path).read_bytes()
+    model = onnx.load_from_string(onnx_bytes)
+    settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
+    ranges: dict[str, float] = {}
+    if settings.dla_mode == "implicit":
+        implicit = strip_qdq(model)
+        model, ranges = implicit.model, implicit.ranges
+        data = model.SerializeToString()
+    else:
+        data = onnx_bytes
+    blocks = find_residual_blocks(model)
+
+    t0 = time.perf_counter()
+    logger = make_logger(trt, verbose)
+    builder = trt.Builder(logger)
+    flags = _creation_flags_trt10(trt) if version.major == 10 and settings.strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = _parse(trt, network, logger, data, str(onnx_path))
+    config = builder.create_builder_config()
+    _configure(trt, builder, network, config, settings)
+    if version.major == 10 and settings.dla_mode == "implicit":
+        _implicit_int8_trt10(trt, network, config, ranges)
+    cache_path = None
+    if timing_cache_dir is not None and settings.optimization_level > 0:
+        key = timing_cache_key(version, device.compute_capability, device.name, device.l4t)
+        cache_path = Path(timing_cache_dir) / f"{key}.bin"
+    _timing_cache(config, cache_path)
+    plan_mem = builder.build_serialized_network(network, config)
+    if plan_mem is None:
+        raise EngineBuildError("TensorRT failed to build the engine (see its log above)",
+                               hint="try a larger --workspace-mib, or --verbose")  # fmt: skip
+    plan = bytes(plan_mem)
+    build_seconds = round(time.perf_counter() - t0, 3)
+    if cache_path is not None:
+        write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    del parser
+
+    info = engine_layer_info(trt, plan, logger)
+    fusion = check_residual_fusion(info, blocks)
+    out_dir = Path(out_dir)
+    plan_path = out_dir / PLAN_NAME
+    layers_path = out_dir / f"{PLAN_NAME}.layers.json"
+    write_bytes_atomic(plan_path, plan)
+    write_text_atomic(layers_path, json.dumps(json.loads(info), indent=2) + "\n")
+    sidecar = make_sidecar(
+        tensorrt_version=str(trt.__version__), device=device, settings=settings.to_dict(),
+        onnx_sha256=sha256_bytes(onnx_bytes), plan_sha256=sha256_bytes(plan),
+        timing_cache=cache_path.name if cache_path else None, fusion=fusion.to_dict(),
+    )  # fmt: skip
+    sidecar["dla_ranges"] = len(ranges) if settings.dla_mode == "implicit" else None
+    write_json(sidecar_path(plan_path), sidecar)
+    return EngineBuild(plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__),
+                       fusion, cache_path, build_seconds)  # fmt: skip
+
+
+ENGINE_ARTIFACTS = (PLAN_NAME, f"{PLAN_NAME}.json", f"{PLAN_NAME}.layers.json")
+
+
+def preflight(target_name: str, device_index: int = 0) -> Target:
+    """For ``--backend tensorrt``: check target, TensorRT and GPU before the pipeline does any work.
+
+    Raises:
+        UsageError: unknown target, target ``cpu``, or a GPU / TensorRT that does not match the target.
+        MissingDependency: no TensorRT (or < 10), or no GPU (exit 3).
+    """
+    from rescompile.engine.settings import check_device
+    from rescompile.engine.targets import get_target
+
+    target = get_target(target_name)
+    check_device(target, None, None)
+    trt = load_tensorrt()
+    version = tensorrt_version(trt)
+    require_buildable(version)
+    device = require_gpu(device_index)
+    check_device(target, device.compute_capability, version)
+    return target
+
+
+def build_for_pipeline(onnx_path: Path, target: Target, batches: tuple[int, ...], out_dir: Path) -> tuple[dict[str, Any], Any]:
+    """The pipeline's engine stage: build, then (report section, fusion GateResult)."""
+    from rescompile.validate.gates import GateResult
+
+    result = build_engine(onnx_path, target, EngineOptions(batches=tuple(sorted(set(batches)))), out_dir)
+    unfused = [a.add for a in result.fusion.adds if not a.ok]
+    passed = result.fusion.ok
+    message = (f"every residual Add ({len(result.fusion.adds)}) is fused into an INT8 TensorRT layer" if passed else
+               f"{len(unfused)} residual Add(s) not fused into an INT8 TensorRT layer: {', '.join(unfused[:5])}"
+               + ("" if result.fusion.detailed else " (no detailed layer information)"))  # fmt: skip
+    gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
+                      passed, message)  # fmt: skip
+    section = {
+        "tensorrt_version": result.tensorrt_version, "gpu": result.device.to_dict(), "target": target.name,
+        "settings": result.settings.to_dict(), "residual_fusion": result.fusion.to_dict(),
+        "build_seconds": result.build_seconds,
+    }  # fmt: skip
+    return section, gate

@@ -1,0 +1,186 @@
+"""Auto-fallback: keep the most damaging layers in higher precision, one at a time, until the accuracy gates pass.
+
+Each step ranks the quantized layers with layerwise blame, adds the worst one to
+``keep_fp``, re-plans with ``plan_qdq(model, policy, keep_fp=...)`` and re-inserts Q/DQ with
+the same calibrated ranges, then re-measures accuracy on the full validation set. The
+record of every step says which layer was kept, what accuracy it bought, and what it cost:
+the share of multiply-accumulates now in FP and the measured latency.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rescompile.config import Gates
+from rescompile.errors import UsageError
+from rescompile.graph.index import node_name
+from rescompile.validate.gates import accuracy_gates, any_gate, evaluate_gates
+from rescompile.validate.layerwise import layerwise_blame
+from rescompile.validate.metrics import compare_outputs
+from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
+
+
+@dataclass
+class FallbackState:
+    """Accuracy of one candidate and its cost."""
+
+    top1: float | None
+    top1_drop: float | None
+    agreement: float
+    cosine_mean: float
+    gates_passed: bool
+    failed_gates: list[str]
+    fp_macs_share: float  # share of weighted-layer MACs not quantized
+    p50_ms: float  # candidate latency at the smallest latency batch
+
+
+@dataclass
+class FallbackStep:
+    layer: str
+    op: str
+    keep_fp: str  # the pattern added
+    jump: float  # the relative error this layer added (layerwise blame)
+    after: FallbackState
+    gained_agreement: float  # points of top-1 agreement this step bought
+    gained_top1: float | None
+    cost_ms: float  # latency added at the smallest latency batch
+    cost_macs_share: float  # share of MACs moved to FP by this step
+
+
+@dataclass
+class Fallback:
+    model: onnx.ModelProto
+    plan: Any
+    limit: int
+    initial: FallbackState
+    steps: list[FallbackStep] = field(default_factory=list)
+    passed: bool = False
+    stopped: str = ""  # why the search ended
+
+    @property
+    def kept(self) -> list[str]:
+        return [s.keep_fp for s in self.steps]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"limit": self.limit, "passed": self.passed, "stopped": self.stopped, "kept_fp": self.kept,
+                "initial": asdict(self.initial), "steps": [asdict(s) for s in self.steps]}  # fmt: skip
+
+
+def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
+    """Multiply-accumulates per sample of each Conv/Gemm/MatMul, from inferred shapes."""
+    from rescompile.graph.index import GraphIndex
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes: dict[str, list[int]] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input):
+        dims = vi.type.tensor_type.shape.dim
+        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    idx = GraphIndex.build(model.graph)
+    out: dict[str, int] = {}
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        w = idx.constant_value(n.input[1])
+        y = shapes.get(n.output[0])
+        if w is None or not y:
+            continue
+        if n.op_type == "Conv":
+            per_output = int(np.prod(w.shape[1:]))  # Cin/groups * kh * kw
+            out[node_name(n)] = int(np.prod(y[1:])) * per_output
+        else:
+            out[node_name(n)] = int(np.prod(w.shape))
+    return out
+
+
+def _quantized_weight_nodes(plan: Any) -> set[str]:
+    return {w.node for w in plan.weights}
+
+
+def auto_fallback(
+    fp32: onnx.ModelProto,
+    int8: onnx.ModelProto,
+    plan: Any,
+    ranges: dict[str, Any],
+    reference: ReferenceOutputs,
+    inputs: ValidationInputs,
+    gates: Gates,
+    limit: int,
+    *,
+    policy: str,
+    keep_fp: tuple[str, ...] = (),
+    keep_first_last: bool = False,
+    settings: Any = None,
+) -> Fallback:
+    """Keep layers in FP, worst first, until the accuracy gates pass or ``limit`` layers are kept.
+
+    Args:
+        fp32: the FP32 simplified model the candidate was made from.
+        int8, plan, ranges: the candidate, its plan and the calibrated ranges (reused as is).
+        reference: FP32 logits and labels for ``inputs``.
+        gates: only the accuracy gates (top-1 drop, agreement, cosine) are tried.
+        limit: the most layers to keep in FP.
+        settings: ValidateSettings (batch size, progress, threads, latency runs).
+
+    Raises:
+        UsageError: no accuracy gate is set, or ``limit`` < 1.
+    """
+    from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.runtime.runners import OnnxRuntimeRunner
+    from rescompile.validate.latency import measure_latency
+    from rescompile.validate.run import ValidateSettings, run_outputs
+
+    settings = settings or ValidateSettings()
+    acc_gates = accuracy_gates(gates)
+    if not any_gate(acc_gates):
+        raise UsageError("--auto-fallback needs an accuracy gate to aim for",
+                         hint="add --max-top1-drop, --min-agreement or --min-cosine")  # fmt: skip
+    if limit < 1:
+        raise UsageError(f"the auto-fallback limit must be >= 1, got {limit}")
+    macs = weighted_macs(fp32)
+    total_macs = max(sum(macs.values()), 1)
+    sample = inputs.head(settings.layerwise_samples)
+    batch = min(settings.latency.batches)
+    lat_sample = inputs.head(batch)
+
+    def state(model: onnx.ModelProto, p: Any) -> FallbackState:
+        runner = OnnxRuntimeRunner(model, "onnxruntime-int8", settings.threads)
+        metrics = compare_outputs(reference.logits, run_outputs(runner, inputs, settings, "auto-fallback"), reference.labels)
+        results = evaluate_gates(metrics, acc_gates)
+        lat = measure_latency(runner, lat_sample, batch, warmup=settings.latency.warmup, runs=settings.latency.runs)
+        quantized = _quantized_weight_nodes(p)
+        fp_share = sum(v for k, v in macs.items() if k not in quantized) / total_macs
+        acc = metrics["accuracy"]
+        return FallbackState(acc["candidate"]["top1"], acc["top1_drop"], metrics["agreement"]["top1"],
+                             metrics["agreement"]["cosine_mean"], all(g.passed for g in results),
+                             [g.line() for g in results if not g.passed], fp_share, lat.p50_ms)  # fmt: skip
+
+    current = state(int8, plan)
+    result = Fallback(int8, plan, limit, current)
+    kept = list(keep_fp)
+    while not current.gates_passed:
+        if len(result.steps) >= limit:
+            result.stopped = f"limit of {limit} fallback layer(s) reached"
+            break
+        blame = layerwise_blame(fp32, result.model, sample)
+        if not blame.ranking:
+            result.stopped = "no quantized layer left to keep in FP"
+            break
+        worst = blame.layer(blame.ranking[0])
+        kept.append(worst.keep_fp)
+        new_plan = plan_qdq(fp32, policy, keep_fp=tuple(kept), keep_first_last=keep_first_last)
+        model = insert_qdq(fp32, new_plan, ranges)
+        after = state(model, new_plan)
+        gained_top1 = None if after.top1 is None or current.top1 is None else after.top1 - current.top1
+        result.steps.append(FallbackStep(
+            worst.node, worst.op, worst.keep_fp, worst.jump, after, after.agreement - current.agreement, gained_top1,
+            after.p50_ms - current.p50_ms, after.fp_macs_share - current.fp_macs_share,
+        ))  # fmt: skip
+        result.model, result.plan, current = model, new_plan, after
+    else:
+        result.stopped = "accuracy gates pass" if result.steps else "accuracy gates already pass"
+    result.passed = current.gates_passed
+    return result

@@ -1,0 +1,178 @@
+"""report.html: one static page (inline CSS and SVG, no scripts, nothing fetched) with the report's plots.
+
+Sections (each an element id): ``summary``, ``gates``, ``latency``, ``per-class``,
+``layerwise``, ``fallback``, ``details``. Plots: latency distribution of the FP32 baseline
+and the candidate per batch size, per-class accuracy delta, per-layer error.
+"""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from rescompile.validate.report import class_label
+from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars
+
+SECTIONS = ("summary", "gates", "latency", "per-class", "layerwise", "fallback", "details")
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:980px;color:#222}
+h1{font-size:22px}h2{font-size:17px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f4f4f4}td.l,th.l{text-align:left}code{font-size:12px}
+.pass{color:#2b7a2b;font-weight:bold}.fail{color:#c0392b;font-weight:bold}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;color:#fff}
+.badge.pass{background:#2b7a2b;color:#fff}.badge.fail{background:#c0392b;color:#fff}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666;font-size:13px}
+pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
+"""
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.2f}%"
+
+
+def _num(v: Any, fmt: str = ".4g") -> str:
+    return "n/a" if v is None else f"{v:{fmt}}"
+
+
+def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Cells are already escaped HTML; the first ``left`` columns are left-aligned."""
+    th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(head))
+    body = "".join(
+        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
+        for r in rows
+    )
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _summary(r: dict[str, Any]) -> str:
+    acc, agr = r["accuracy"], r["agreement"]
+    rows = [
+        ["top-1", _pct(acc["reference"]["top1"]), _pct(acc["candidate"]["top1"])],
+        ["top-5", _pct(acc["reference"]["top5"]), _pct(acc["candidate"]["top5"])],
+        ["top-1 drop (points)", "", _num(acc["top1_drop"], ".2f")],
+        ["top-1 agreement", "", _pct(agr["top1"])],
+        ["logit cosine mean / worst", "", f"{agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f}"],
+        ["max / mean abs error", "", f"{agr['max_abs_error']:.4g} / {agr.get('mean_abs_error', 0.0):.4g}"],
+    ]
+    return (f"<p>{r['samples']} samples from <code>{escape(str(r['source']))}</code>. Reference "
+            f"<code>{escape(str(r.get('reference')))}</code>, candidate <code>{escape(str(r.get('candidate')))}</code>"
+            f"{', baseline <code>' + escape(str(r['baseline'])) + '</code>' if r.get('baseline') else ''}.</p>"
+            + _table(["metric", "reference", "candidate"], rows))  # fmt: skip
+
+
+def _gates(r: dict[str, Any]) -> str:
+    gates = r.get("gates") or []
+    if not gates:
+        return '<p class="note">No gates were set (see --max-top1-drop, --min-agreement, --gates gates.yaml).</p>'
+    rows = [[escape(g["name"]), f"<code>{escape(g['metric'])}</code>", _num(g["value"]),
+             f"{escape(g.get('comparison', ''))} {g['threshold']:g}",
+             '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates]  # fmt: skip
+    return _table(["gate", "metric", "value", "threshold", "result"], rows, left=2)
+
+
+def _latency(r: dict[str, Any]) -> str:
+    lat = r.get("latency") or []
+    if not lat:
+        return '<p class="note">Latency was not measured.</p>'
+    plots = []
+    for batch in sorted({x["batch"] for x in lat}):
+        recs = [x for x in lat if x["batch"] == batch]
+        series = {x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): x.get("samples_ms", []) for x in recs}
+        markers = {x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): {"p50": x["p50_ms"], "p99": x["p99_ms"]}
+                   for x in recs}  # fmt: skip
+        plots.append(histogram_overlay(series, title=f"latency per call, batch {batch}", xlabel="ms (solid: p50, dashed: p99)",
+                                       markers=markers))  # fmt: skip
+    rows = [[escape(x["runner"]), str(x["batch"]), str(x.get("runs", "")), f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}",
+             f"{x['p99_ms']:.3f}", f"{x['throughput']:.0f}", _num(x.get("peak_rss_mib"), ".0f")] for x in lat]  # fmt: skip
+    speed = r.get("speedup_int8_vs_fp32_p50") or {}
+    note = ("<p>Speedup over the FP32 baseline (p50): " + ", ".join(f"batch {b}: <b>{v:.2f}x</b>" for b, v in speed.items())
+            + ".</p>") if speed else ""  # fmt: skip
+    mem = r.get("memory", {}).get("peak_rss_mib")
+    mem_note = f'<p class="note">Peak resident memory of the validating process: {mem:.0f} MiB.</p>' if mem else ""
+    return (f'<div class="plots">{"".join(plots)}</div>'
+            + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
+            + note + mem_note)  # fmt: skip
+
+
+def _per_class(r: dict[str, Any]) -> str:
+    pc = r.get("per_class") or []
+    if not pc:
+        return '<p class="note">No labels: per-class accuracy needs a labelled validation set.</p>'
+    ordered = sorted(pc, key=lambda d: d["label"])
+    chart = diverging_bars([class_label(r, d["label"]) for d in ordered], [d["delta"] for d in ordered],
+                           title="per-class top-1 change, candidate minus reference", unit=" points")  # fmt: skip
+    rows = [[escape(class_label(r, d["label"])), str(d["samples"]), _pct(d["reference_top1"]), _pct(d["candidate_top1"]),
+             f"{d['delta']:+.2f}"] for d in pc[:5]]  # fmt: skip
+    return f'<div class="plots">{chart}</div><p>Worst classes:</p>' + _table(
+        ["class", "samples", "reference top-1", "candidate top-1", "delta"], rows)
+
+
+def _layerwise(r: dict[str, Any]) -> str:
+    lw = r.get("layerwise")
+    if not lw:
+        return '<p class="note">Not run: pass --layerwise to compare FP32 and INT8 tensor by tensor.</p>'
+    layers = lw["layers"]
+    suggested = set(lw.get("suggested_keep_fp") or [])
+    worst = {x["node"] for x in layers if x["keep_fp"] in suggested}
+    chart = layer_bars([x["node"] for x in layers], [x["input_rel_error"] for x in layers],
+                       [x["output_rel_error"] for x in layers], worst,
+                       title="per-layer relative error, FP32 vs quantized", ylabel="relative error")  # fmt: skip
+    index = {x["node"]: i for i, x in enumerate(layers)}
+    by_name = {x["node"]: x for x in layers}
+    rows = [[str(index[n]), f"<code>{escape(n)}</code>", escape(by_name[n]["op"]), f"{by_name[n]['input_rel_error']:.4f}",
+             f"{by_name[n]['output_rel_error']:.4f}", f"{by_name[n]['jump']:+.4f}", f"{by_name[n]['cosine']:.5f}"]
+            for n in lw["ranking"][:8]]  # fmt: skip
+    hint = ""
+    if lw.get("suggested_keep_fp"):
+        hint = "<p>To recover accuracy, try: " + " ".join(f"<code>--keep-fp '{escape(p)}'</code>" for p in lw["suggested_keep_fp"]) + "</p>"
+    return (f'<p class="note">{lw["samples"]} samples; each column is a layer where quantization enters.</p>'
+            f'<div class="plots">{chart}</div>'
+            + _table(["#", "layer", "op", "input rel. error", "output rel. error", "jump", "cosine"], rows, left=3) + hint)  # fmt: skip
+
+
+def _fallback(r: dict[str, Any]) -> str:
+    fb = r.get("fallback")
+    if not fb:
+        return '<p class="note">Not run: pass --auto-fallback N to keep the worst layers in FP until the gates pass.</p>'
+    ini = fb["initial"]
+    rows = [["0", "(none)", _pct(ini["agreement"]), f"{ini['cosine_mean']:.5f}", _num(ini["top1_drop"], ".2f"),
+             f"{ini['fp_macs_share'] * 100:.1f}%", f"{ini['p50_ms']:.3f}", ""]]  # fmt: skip
+    for i, s in enumerate(fb["steps"], 1):
+        a = s["after"]
+        rows.append([str(i), f"<code>{escape(s['layer'])}</code>", _pct(a["agreement"]), f"{a['cosine_mean']:.5f}",
+                     _num(a["top1_drop"], ".2f"), f"{a['fp_macs_share'] * 100:.1f}%", f"{a['p50_ms']:.3f}",
+                     f"{s['cost_ms']:+.3f}"])  # fmt: skip
+    status = '<span class="pass">gates pass</span>' if fb["passed"] else '<span class="fail">gates still fail</span>'
+    return f"<p>{status}: {escape(fb['stopped'])} (limit {fb['limit']}).</p>" + _table(
+        ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2)
+
+
+def _details(r: dict[str, Any]) -> str:
+    keep = {k: r[k] for k in ("model", "settings", "timings_s", "stages", "calibration", "memory") if k in r}
+    return f"<pre>{escape(json.dumps(keep, indent=2, sort_keys=True, default=str))}</pre>"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The whole page as a string (UTF-8, self-contained)."""
+    passed = report.get("passed", True)
+    model = report.get("model", {}).get("name", "model")
+    title = f"rescompile: {model} {report.get('candidate', '')}"
+    parts = {
+        "summary": ("Summary", _summary(report)), "gates": ("Gates", _gates(report)),
+        "latency": ("Latency", _latency(report)), "per-class": ("Per-class accuracy", _per_class(report)),
+        "layerwise": ("Layerwise blame", _layerwise(report)), "fallback": ("Auto-fallback", _fallback(report)),
+        "details": ("Details", _details(report)),
+    }  # fmt: skip
+    body = "".join(f'<section id="{sid}"><h2>{escape(h)}</h2>{html}</section>' for sid, (h, html) in parts.items())
+    badge = '<span class="badge pass">PASSED</span>' if passed else '<span class="badge fail">FAILED</span>'
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title><style>{CSS}</style></head>"
+        f"<body><h1>{escape(title)} {badge}</h1>"
+        f'<p class="note">schema {escape(str(report.get("schema")))}</p>{body}</body></html>\n'
+    )
