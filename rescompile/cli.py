@@ -33,6 +33,42 @@ ModelArg = Annotated[
 ]  # fmt: skip
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<model>).")]
+# Calibration and custom preprocessing (shared by build and calibrate).
+CalibMethodOpt = Annotated[str, typer.Option(help="Calibration method: max | percentile | entropy | mse | auto (per tensor, the least error).")]
+PercentileOpt = Annotated[float, typer.Option(help="Percentile of |x| kept by --calib-method percentile.")]
+RecipeOpt = Annotated[Path | None, typer.Option(help="YAML preprocessing recipe: preset, size, resize, mean, std, channels, channel_order, layout.")]
+SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Custom preprocessing: final (center-crop) size.")]
+ResizeOpt = Annotated[int | None, typer.Option(min=1, help="Custom preprocessing: resize the shorter side to this before the crop.")]
+MeanOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-channel mean of [0,1] pixels, e.g. 0.485,0.456,0.406.")]
+StdOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-channel std, e.g. 0.229,0.224,0.225.")]
+ChannelsOpt = Annotated[int | None, typer.Option("--channels", help="Custom preprocessing: 1 (grayscale) or 3 (colour).")]
+ChannelOrderOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: channel order of the model input, rgb | bgr.")]
+
+
+def floats_opt(value: str | None, flag: str) -> tuple[float, ...] | None:
+    """``"0.5,0.5,0.5"`` -> ``(0.5, 0.5, 0.5)``; a UsageError names ``flag`` when a value is not a number."""
+    if value is None:
+        return None
+    from rescompile.errors import UsageError
+
+    try:
+        return tuple(float(v) for v in value.replace(",", " ").split())
+    except ValueError:
+        raise UsageError(f"{flag} takes numbers separated by commas, e.g. 0.485,0.456,0.406 (got {value!r})") from None
+
+
+def log_to_stderr(quiet: bool) -> None:
+    """Show rescompile's INFO messages (e.g. "reusing calibration ranges") on stderr unless ``quiet``."""
+    import logging
+
+    logger = logging.getLogger("rescompile")
+    if quiet or any(getattr(h, "_rescompile", False) for h in logger.handlers):
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler._rescompile = True  # type: ignore[attr-defined]
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def run_cli(fn: Any) -> Any:
@@ -79,14 +115,22 @@ def build(
     val: Annotated[str, typer.Option(help="Validation data: image folder (class subfolders), .npz with labels, or demo-val.")] = "demo-val",
     calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N calibration samples.")] = None,
     val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
-    calib_method: Annotated[str, typer.Option(help="Calibration method.")] = "max",
+    calib_method: CalibMethodOpt = "max",
+    percentile: PercentileOpt = 99.99,
     policy: Annotated[str, typer.Option(help="Q/DQ placement policy: tensorrt | onnxruntime | auto.")] = "tensorrt",
-    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt (also builds model.plan for --target; needs TensorRT and a GPU).")] = "onnxruntime",
+    backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt (also builds model.plan; needs TensorRT, a GPU).")] = "onnxruntime",
     target: Annotated[str, typer.Option(help="TensorRT target profile for --backend tensorrt (rescompile targets).")] = "gpu",
     keep_fp: Annotated[list[str] | None, typer.Option("--keep-fp", help="Keep matching nodes (name glob or op type) in FP; repeatable.")] = None,
     keep_first_last: Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.")] = False,
     preset: Annotated[str | None, typer.Option(help="Preprocessing: imagenet | cifar | grayscale | fashion-mnist (default: the model's own).")] = None,
     layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
+    recipe: RecipeOpt = None,
+    size: SizeOpt = None,
+    resize: ResizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channels: ChannelsOpt = None,
+    channel_order: ChannelOrderOpt = None,
     num_classes: Annotated[int | None, typer.Option(min=1, help="Classes of the model's head.")] = None,
     in_channels: Annotated[int | None, typer.Option(min=1, help="Input channels of the model.")] = None,
     input_size: Annotated[int | None, typer.Option(min=8, help="Input height = width.")] = None,
@@ -120,8 +164,12 @@ def build(
     def go() -> Any:
         from rescompile.validate.gates import resolve_gates
 
+        from rescompile.calibrate.ranges import check_method
+
         if layout not in ("nchw", "nhwc"):
             raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        check_method(calib_method, percentile)
+        log_to_stderr(quiet)
         cfg = BuildConfig(
             model=model, weights=weights, out=out, calib=calib, val=val, calib_size=calib_size, val_size=val_size,
             calib_method=calib_method, policy=policy, backend=backend, target=target, keep_fp=tuple(keep_fp or ()),
@@ -131,7 +179,8 @@ def build(
             latency_runs=latency_runs, latency_batches=tuple(latency_batch or (1, 32)), latency_budget_s=latency_budget,
             gates=resolve_gates(gates_file, Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch)),
             layerwise=layerwise, auto_fallback=auto_fallback, save_reference=save_reference,
-            progress=not quiet,
+            progress=not quiet, percentile=percentile, recipe=recipe, pre_size=size, resize=resize,
+            mean=floats_opt(mean, "--mean"), std=floats_opt(std, "--std"), pre_channels=channels, channel_order=channel_order,
         )  # fmt: skip
         from rescompile.validate.gates import check_build_gates
 

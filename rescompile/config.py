@@ -37,7 +37,15 @@ class BuildConfig:
     val_size: int | None = None
     layout: str = "nchw"
     preset: str | None = None  # default: the model's own preset
-    calib_method: str = "max"
+    calib_method: str = "max"  # max | percentile | entropy | mse | auto
+    percentile: float = 99.99  # for calib_method percentile (and auto's percentile candidate)
+    recipe: Path | None = None  # YAML preprocessing recipe (preset, size, resize, mean, std, channels, ...)
+    pre_size: int | None = None  # custom preprocessing: final (crop) size [default: the model's input]
+    resize: int | None = None  # custom preprocessing: shorter side before the center crop
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    pre_channels: int | None = None  # 1 grayscale, 3 colour [default: the model's input]
+    channel_order: str | None = None  # rgb | bgr
     policy: str = "tensorrt"
     backend: str = "onnxruntime"  # onnxruntime | tensorrt (adds the engine stage)
     target: str = "gpu"  # TensorRT target profile (rescompile.engine.targets); used with backend "tensorrt"

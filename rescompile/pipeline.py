@@ -11,6 +11,7 @@ import platform
 import shutil
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,10 +23,10 @@ import onnx
 
 from rescompile.config import BuildConfig
 from rescompile.errors import GateFailed, UsageError, VerificationError
-from rescompile.io import _umask, save_onnx, sha256_bytes, sha256_file, write_json, write_text_atomic
+from rescompile.io import _umask, save_onnx, sha256_file, write_bytes_atomic, write_json, write_text_atomic
 
 ARTIFACTS = (
-    "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "model.int8.onnx",
+    "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "calib_stats.npz", "model.int8.onnx",
     "report.json", "report.md", "junit.xml", "report.html",
 )  # fmt: skip
 # Written only with backend "tensorrt" (rescompile.engine.tensorrt.ENGINE_ARTIFACTS; no TensorRT import here).
@@ -121,9 +122,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     """
     from dataclasses import replace
 
-    from rescompile.calibrate import collect_stats, compute_ranges
-    from rescompile.calibrate.ranges import CalibrationResult
-    from rescompile.data.preprocess import get_preset
+    from rescompile.calibrate.run import calibrate
+    from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape, open_source
     from rescompile.export import ExportConfig, export_onnx
     from rescompile.graph.verify import verify_int8
@@ -147,10 +147,13 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     with timer.stage("load"):
         loaded = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                             input_size=cfg.input_size, trust_checkpoint=cfg.trust_checkpoint)  # fmt: skip
-        c, h, _ = loaded.input_shape
-        pre = get_preset(cfg.preset or loaded.preset, size=h, channels=c)
-        calib_src = open_source(cfg.calib, layout=cfg.layout, limit=cfg.calib_size, seed=cfg.seed)
-        val_src = open_source(cfg.val, layout=cfg.layout, limit=cfg.val_size, seed=cfg.seed)
+        recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
+        pre = resolve_preprocess(loaded.preset, loaded.input_shape, preset=cfg.preset, recipe=recipe, size=cfg.pre_size,
+                                 resize=cfg.resize, mean=cfg.mean, std=cfg.std, channels=cfg.pre_channels,
+                                 channel_order=cfg.channel_order)  # fmt: skip
+        layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
+        calib_src = open_source(cfg.calib, layout=layout, limit=cfg.calib_size, seed=cfg.seed)
+        val_src = open_source(cfg.val, layout=layout, limit=cfg.val_size, seed=cfg.seed)
         for src in (calib_src, val_src):
             check_shape(src, pre, loaded.input_shape)
     out = Path(cfg.out) if cfg.out is not None else Path("build") / loaded.name
@@ -173,17 +176,14 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         with timer.stage("plan"):
             plan = plan_qdq(simp.model, policy, keep_fp=cfg.keep_fp, keep_first_last=cfg.keep_first_last)
             write_text_atomic(stage / "qdq_plan.json", plan.to_json())
-        with timer.stage("calibrate"):
+        with timer.stage("calibrate"):  # reuses the previous build's ranges/statistics when their key matches
             with progress("calibrate", calib_src.count, cfg.progress) as advance:
-                stats = collect_stats(simp.model, plan.calibrated_tensors,
-                                      (x for x, _ in calib_src.batches(pre, cfg.batch_size)), on_batch=advance)  # fmt: skip
-            simp_bytes = simp.model.SerializeToString(deterministic=True)
-            calib = CalibrationResult(
-                compute_ranges(stats, cfg.calib_method), cfg.calib_method, calib_src.count,
-                {"model_sha256": sha256_bytes(simp_bytes),
-                 "data_sha256": sha256_bytes((calib_src.fingerprint() + repr(pre.to_dict())).encode())},
-            )  # fmt: skip
-            write_text_atomic(stage / "ranges.json", calib.to_json())
+                calib_run = calibrate(simp.model, plan.calibrated_tensors, calib_src, pre, method=cfg.calib_method,
+                                      percentile=cfg.percentile, batch_size=cfg.batch_size, threads=cfg.threads,
+                                      previous=out if (out / "manifest.json").is_file() else None, on_batch=advance)
+            calib = calib_run.result
+            write_text_atomic(stage / "ranges.json", calib_run.ranges_json)
+            write_bytes_atomic(stage / "calib_stats.npz", calib_run.stats_npz)
         with timer.stage("quantize"):
             int8 = insert_qdq(simp.model, plan, calib.ranges)
             save_onnx(stage / "model.int8.onnx", int8)
@@ -220,7 +220,9 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights), "verify": proof.to_dict(),
             "policy": plan.policy, "qdq_biases": len(plan.biases), "kept_fp": plan.kept_fp,
         }  # fmt: skip
-        report["calibration"] = {"method": cfg.calib_method, "samples": calib_src.count, "source": calib_src.name}
+        report["calibration"] = {"method": cfg.calib_method, "samples": calib.samples, "source": calib_src.name,
+                                 "percentile": cfg.percentile, "reused": calib_run.reused,
+                                 "methods_chosen": dict(sorted(Counter(r.method for r in calib.ranges.values()).items()))}
         from rescompile.validate.gates import evaluate_gates
         from rescompile.validate.write import write_reports
 

@@ -48,7 +48,7 @@ def compare(
         warning = dataset_warning(a, b)
         t = Table(title=f"rescompile compare: {old} -> {new}")
         for col, just in (("metric", "left"), ("old", "right"), ("new", "right"), ("delta", "right"), ("status", "left")):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
+            t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
         colors = {REGRESSED: "red", "improved": "green", SAME: "dim"}
         for c in changes:
             style = colors.get(c.status, "")

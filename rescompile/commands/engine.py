@@ -23,10 +23,11 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     """
     import onnx
 
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.calibrate.trt_cache import to_trt_cache
     from rescompile.engine.implicit import strip_qdq
     from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command
     from rescompile.engine.targets import get_target
-    from rescompile.engine.trt_calib_cache import write_cache
     from rescompile.io import save_onnx, write_text_atomic
 
     target = get_target(target_name)
@@ -42,7 +43,8 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
             implicit = strip_qdq(model)
             dla_onnx, calib_path = dest / "model.dla.onnx", dest / "model.dla.calib"
             save_onnx(dla_onnx, implicit.model)
-            write_text_atomic(calib_path, write_cache(implicit.ranges, version))
+            ranges = {t: TensorRange(a, -a, a, "qdq") for t, a in implicit.ranges.items()}
+            write_text_atomic(calib_path, to_trt_cache(ranges, version=str(version)))
             onnx_arg, calib = str(dla_onnx), str(calib_path)
             lines.append(f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
                          f"(ranges of {len(implicit.ranges)} tensors); copy them to the device")  # fmt: skip
@@ -72,8 +74,9 @@ def engine(
 ) -> None:
     """Build a TensorRT engine (model.plan + model.plan.json sidecar) from a Q/DQ INT8 ONNX.
 
-    Build on the target device: TensorRT engines only run on the GPU model and TensorRT version
-    that built them. Without TensorRT, prints the equivalent trtexec command and exits 3.
+    Build on the target device: engines only run on the GPU model and TensorRT version that built them.
+
+    Without TensorRT (or a GPU) it prints the equivalent trtexec command and exits 3.
     """
     from rescompile.engine.settings import EngineOptions, parse_batches
     from rescompile.engine.targets import get_target

@@ -29,36 +29,55 @@ GatesFile = Annotated[Path | None, _gate("YAML recipe of gates, e.g. 'max-top1-d
 
 @dataclass
 class _Reference:
-    runner: Any | None  # None for a saved reference
+    runner: Any  # the FP32 runner (unused for a saved reference)
     saved: Any | None  # ReferenceOutputs loaded from .npz
+    module: Any | None  # the PyTorch module of a model spec
     fp32_onnx: Any | None  # FP32 ONNX model for the baseline and layerwise blame
-    input_shape: tuple[int, int, int] | None
-    preset: str | None
+    input_shape: tuple[int, int, int]
+    preset: str
     label: str
 
 
 def _open_reference(spec: str, *, weights: Path | None, num_classes: int | None, in_channels: int | None,
                     input_size: int | None, trust_checkpoint: bool, threads: int | None) -> _Reference:  # fmt: skip
+    """A saved reference (.npz, no PyTorch needed), an FP32 ONNX file, or a PyTorch model spec."""
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
     if spec.lower().endswith(".npz"):
         from rescompile.validate.reference import load_reference
 
         saved = load_reference(Path(spec))
-        return _Reference(None, saved, None, tuple(saved.inputs.shape[1:]), None, saved.runner)  # type: ignore[union-attr]
-    from rescompile.models import load_model
-
+        c, h, w = saved.inputs.shape[1:]  # type: ignore[union-attr]
+        return _Reference(None, saved, None, None, (c, h, w), "", saved.runner)
     if spec.lower().endswith(".onnx"):
         from rescompile.models.onnx_source import describe_onnx, read_onnx
 
         info = describe_onnx(Path(spec), require_residual=False)
         model = read_onnx(Path(spec))
-        return _Reference(OnnxRuntimeRunner(model, "onnxruntime-fp32", threads), None, model, info.input_shape,
+        return _Reference(OnnxRuntimeRunner(model, "onnxruntime-fp32", threads), None, None, model, info.input_shape,
                           info.preset, spec)  # fmt: skip
+    from rescompile.models import load_model
+
     loaded = load_model(spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
                         input_size=input_size, trust_checkpoint=trust_checkpoint)  # fmt: skip
-    return _Reference(TorchRunner(loaded.module, "pytorch-fp32", threads), None, None, loaded.input_shape, loaded.preset,
-                      spec)  # fmt: skip
+    return _Reference(TorchRunner(loaded.module, "pytorch-fp32", threads), None, loaded.module, None, loaded.input_shape,
+                      loaded.preset, spec)  # fmt: skip
+
+
+def _build_folder(folder: Path) -> tuple[Path, Path, Any, str | None]:
+    """A build folder's INT8 model, FP32 simplified model, preprocessing and validation data."""
+    import json
+
+    from rescompile.data.preprocess import Preprocess
+    from rescompile.errors import UsageError
+
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise UsageError(f"{folder} is a folder but not a rescompile build (no manifest.json)")
+    doc = json.loads(manifest.read_text())
+    pre_doc = doc.get("preprocess") or {}
+    pre = Preprocess(**{**pre_doc, "mean": tuple(pre_doc["mean"]), "std": tuple(pre_doc["std"])}) if pre_doc else None
+    return folder / "model.int8.onnx", folder / "model.simplified.onnx", pre, doc.get("config", {}).get("val")
 
 
 def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> Any:
@@ -123,14 +142,12 @@ def validate(
 
     Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input, 3 a missing dependency (TensorRT for a plan).
     """
-    import json
 
     from rescompile.config import Gates
-    from rescompile.data.preprocess import Preprocess, get_preset
+    from rescompile.data.preprocess import get_preset
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import GateFailed, UsageError
-    from rescompile.models.onnx_source import read_onnx
-    from rescompile.runtime.runners import OnnxRuntimeRunner, open_runner
+    from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
     from rescompile.validate.console import print_summary
     from rescompile.validate.gates import evaluate_gates, resolve_gates
     from rescompile.validate.latency import LatencySettings
@@ -153,49 +170,37 @@ def validate(
 
         cand_path, ref_spec, fp32_path, build_pre, build_val = candidate, reference, fp32, None, None
         if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
-            manifest = candidate / "manifest.json"
-            if not manifest.is_file():
-                raise UsageError(f"{candidate} is a folder but not a rescompile build (no manifest.json)")
-            doc = json.loads(manifest.read_text())
-            cand_path = candidate / "model.int8.onnx"
-            ref_spec = ref_spec or str(candidate / "model.simplified.onnx")
-            fp32_path = fp32_path or candidate / "model.simplified.onnx"
-            pre_doc = doc.get("preprocess") or {}
-            build_pre = Preprocess(**{**pre_doc, "mean": tuple(pre_doc["mean"]), "std": tuple(pre_doc["std"])}) if pre_doc else None
-            build_val = doc.get("config", {}).get("val")
+            cand_path, simplified, build_pre, build_val = _build_folder(candidate)
+            ref_spec, fp32_path = ref_spec or str(simplified), fp32_path or simplified
         if ref_spec is None:
             raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
+        cand_runner = open_runner(cand_path, threads=threads)  # first: a missing TensorRT fails before any work
 
         ref = _open_reference(ref_spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
                               input_size=input_size, trust_checkpoint=trust_checkpoint, threads=threads)  # fmt: skip
+        fp32_model = load_onnx(fp32_path) if fp32_path is not None else ref.fp32_onnx
+        if fp32_model is None and ref.module is not None and (layerwise or not no_baseline):
+            fp32_model = _exported_fp32(ref.module, ref.input_shape)
+        baseline = None if no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
+        if gates.min_speedup is not None and baseline is None:
+            raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint="pass --fp32 model.simplified.onnx")
+        if layerwise and (fp32_model is None or cand_path.suffix.lower() != ".onnx"):
+            raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
+                             hint="pass --fp32 model.simplified.onnx")  # fmt: skip
+
         if ref.saved is not None:
             if val is not None:
                 raise UsageError("a saved reference carries its own inputs: drop --val", hint="or pass a model as --reference")
             if save_reference is not None:
                 raise UsageError("--save-reference needs a model as --reference, not a saved reference")
-            inputs = ref.saved.as_inputs()
+            inputs, reference_out = ref.saved.as_inputs(), ref.saved
         else:
-            c, h, _ = ref.input_shape or (0, 0, 0)
+            c, h, _ = ref.input_shape
             pre = get_preset(preset, size=h, channels=c) if preset else build_pre
-            pre = pre or get_preset(ref.preset or "imagenet", size=h, channels=c)
+            pre = pre or get_preset(ref.preset, size=h, channels=c)
             src = open_source(val or build_val or "demo-val", layout=layout, limit=val_size, seed=0)
             check_shape(src, pre, ref.input_shape)
             inputs = ValidationInputs.from_source(src, pre)
-
-        cand_runner = open_runner(cand_path, threads=threads)
-        fp32_model = read_onnx(fp32_path) if fp32_path is not None else ref.fp32_onnx
-        if fp32_model is None and ref.runner is not None and hasattr(ref.runner, "module") and (layerwise or not no_baseline):
-            fp32_model = _exported_fp32(ref.runner.module, ref.input_shape)  # type: ignore[arg-type]
-        baseline = None if no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
-        if gates.min_speedup is not None and baseline is None:
-            raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint="pass --fp32 model.simplified.onnx")
-        if layerwise and (fp32_model is None or not str(cand_path).lower().endswith(".onnx")):
-            raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
-                             hint="pass --fp32 model.simplified.onnx")  # fmt: skip
-
-        if ref.saved is not None:
-            reference_out = ref.saved
-        else:
             reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
                                               meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
         report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
@@ -203,7 +208,8 @@ def validate(
         if layerwise:
             from rescompile.validate.layerwise import layerwise_blame
 
-            report["layerwise"] = layerwise_blame(fp32_model, read_onnx(cand_path), inputs.head(layerwise_samples)).to_dict()
+            sample = inputs.head(layerwise_samples)
+            report["layerwise"] = layerwise_blame(fp32_model, load_onnx(cand_path), sample).to_dict()  # type: ignore[arg-type]
         results = evaluate_gates(report, gates)
         report["gates"] = [g.to_dict() for g in results]
         report["passed"] = all(g.passed for g in results)

@@ -169,6 +169,23 @@ def _check(p: Preprocess) -> None:
         raise UsageError(f"channel order must be rgb or bgr, not {p.channel_order!r}")
 
 
+def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
+    """The inverse of ``Preprocess.to_dict()`` (as recorded in manifest.json and ranges.json).
+
+    Raises:
+        UsageError: missing or unknown keys.
+    """
+    names = {f.name for f in fields(Preprocess)}
+    try:
+        kw = {k: v for k, v in d.items() if k in names}
+        kw["mean"], kw["std"] = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        p = Preprocess(**kw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UsageError(f"not a recorded preprocessing recipe ({type(exc).__name__}: {exc})") from None
+    _check(p)
+    return p
+
+
 def check_matches(recorded: dict[str, Any], pre: Preprocess, *, what: str = "the build") -> None:
     """Raise UsageError when ``pre`` differs from the recipe recorded in a manifest or ranges.json.
 
@@ -230,7 +247,7 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
                 im = im.crop((left, top, left + pre.size, top + pre.size))
             arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "truncated" if "truncated" in str(exc) else str(exc).splitlines()[0]
+        reason = "truncated" if "truncated" in str(exc).lower() else str(exc).splitlines()[0]
         raise UsageError(f"cannot read image {path}: {reason}",
                          hint="remove or replace the file; rescompile reads JPEG, PNG, BMP and WebP") from None  # fmt: skip
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

@@ -52,8 +52,10 @@ for n in dir(t):
         continue
     names.add(n)
     obj = getattr(t, n)
-    if inspect.isclass(obj) and (n in classes or hasattr(obj, "__members__")):
-        names.update(f"{n}.{m}" for m in dir(obj) if not m.startswith("_") and m not in ("name", "value"))
+    enum = hasattr(obj, "__members__")
+    if inspect.isclass(obj) and (n in classes or enum):
+        skip = ("name", "value") if enum else ()  # every pybind11 enum has these two
+        names.update(f"{n}.{m}" for m in dir(obj) if not m.startswith("_") and m not in skip)
 print(json.dumps({"version": t.__version__, "names": sorted(names)}))
 """
 

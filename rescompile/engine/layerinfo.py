@@ -98,7 +98,7 @@ def parse_layers(info: str | dict[str, Any]) -> tuple[list[Layer], bool]:
         (layers, detailed); ``detailed`` is False when the engine was built without
         ``ProfilingVerbosity.DETAILED`` (layers are then names only, without formats).
     """
-    doc = json.loads(info) if isinstance(info, str) else info
+    doc = json.loads(info, strict=False) if isinstance(info, str) else info
     raw = doc.get("Layers", []) if isinstance(doc, dict) else []
     layers: list[Layer] = []
     detailed = bool(raw) and all(isinstance(x, dict) for x in raw)
@@ -151,7 +151,7 @@ def check_residual_fusion(info: str | dict[str, Any], blocks: list[ResidualBlock
 
 def io_tensors(info: str | dict[str, Any]) -> list[Any]:
     """The engine's I/O tensor list: ``Bindings`` in 10.x, ``I/O Tensors`` in 11.x."""
-    doc = json.loads(info) if isinstance(info, str) else info
+    doc = json.loads(info, strict=False) if isinstance(info, str) else info
     for key in ("I/O Tensors", "Bindings"):
         if isinstance(doc, dict) and key in doc:
             return list(doc[key])

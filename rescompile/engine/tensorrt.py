@@ -217,7 +217,7 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     plan_path = out_dir / PLAN_NAME
     layers_path = out_dir / f"{PLAN_NAME}.layers.json"
     write_bytes_atomic(plan_path, plan)
-    write_text_atomic(layers_path, json.dumps(json.loads(info), indent=2) + "\n")
+    write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
     sidecar = make_sidecar(
         tensorrt_version=str(trt.__version__), device=device, settings=settings.to_dict(),
         onnx_sha256=sha256_bytes(onnx_bytes), plan_sha256=sha256_bytes(plan),

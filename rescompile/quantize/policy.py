@@ -100,6 +100,7 @@ class BlockPlan:
     output_quantized: str | None = None  # the tensor after the Add (or its ReLU) that gets Q/DQ
     kernel: str = ""  # how the target runtime runs it
     rule: str = ""
+    add_output: str = ""  # the Add's output tensor
 
 
 @dataclass
@@ -316,7 +317,7 @@ def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep
 
 def _block_plan(b: ResidualBlock, quantized: list[str], fused: bool, output: str | None, kernel: str, rule: str) -> BlockPlan:
     return BlockPlan(b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused,
-                     output, kernel, rule)  # fmt: skip
+                     output, kernel, rule, b.output)  # fmt: skip
 
 
 def parse_policy(value: str, backend: str) -> Policy:

@@ -159,6 +159,7 @@ def plan_onnxruntime(
             b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused, output,
             ("QLinearAdd" + (" (ReLU folded into its Q)" if output != b.output else "")) if fused else "float Add",
             "O4: both inputs and the output quantized" if b.add not in kept else "R8: Add kept in higher precision",
+            b.output,
         ))  # fmt: skip
     return plan
 

@@ -79,6 +79,22 @@ class OnnxRuntimeRunner:
 TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
 
 
+def load_onnx(path: Path) -> onnx.ModelProto:
+    """Read an ONNX file or raise UsageError naming the problem (no PyTorch import on this path)."""
+    from rescompile.errors import UsageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"ONNX file not found: {path}")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf raises several types for a corrupt file
+        raise UsageError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+    if not model.graph.node:
+        raise UsageError(f"{path} holds an empty ONNX graph")
+    return model
+
+
 def open_runner(path: Path, *, threads: int | None = None, name: str | None = None) -> Runner:
     """A runner for a model file: ``.onnx`` on ONNX Runtime, a TensorRT plan where TensorRT exists.
 
@@ -99,9 +115,7 @@ def open_runner(path: Path, *, threads: int | None = None, name: str | None = No
         return tensorrt_runner.TensorRTRunner(path)  # type: ignore[no-any-return]
     if suffix != ".onnx":
         raise UsageError(f"{path}: expected an .onnx model or a TensorRT plan ({', '.join(TENSORRT_SUFFIXES)})")
-    from rescompile.models.onnx_source import read_onnx
-
-    model = read_onnx(path)
+    model = load_onnx(path)
     try:
         return OnnxRuntimeRunner(model, name or f"onnxruntime-{onnx_precision(model)}", threads)
     except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs

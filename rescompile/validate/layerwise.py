@@ -74,7 +74,7 @@ def keep_fp_pattern(node: str) -> str:
 def qdq_views(model: onnx.ModelProto) -> dict[str, str]:
     """Activation tensor -> the DequantizeLinear output that carries its quantized value."""
     idx = GraphIndex.build(model.graph)
-    views = {}
+    views: dict[str, str] = {}
     for n in model.graph.node:
         if n.op_type != "DequantizeLinear":
             continue

@@ -57,12 +57,12 @@ def histogram_overlay(
     if hi <= lo:
         lo, hi = lo * 0.95, hi * 1.05 + 1e-6
     width_bin = (hi - lo) / bins
-    counts = {}
+    counts: dict[str, list[float]] = {}
     for name, s in series.items():
-        c = [0] * bins
+        hits = [0] * bins
         for v in s:
-            c[min(int((v - lo) / width_bin), bins - 1)] += 1
-        counts[name] = [x / max(len(s), 1) for x in c]  # share of runs, so series of different lengths compare
+            hits[min(int((v - lo) / width_bin), bins - 1)] += 1
+        counts[name] = [n / max(len(s), 1) for n in hits]  # share of runs, so series of different lengths compare
     top_share = max(max(c) for c in counts.values()) or 1.0
 
     def x(v: float) -> float:

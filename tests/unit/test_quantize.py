@@ -72,3 +72,47 @@ def test_quantize_weight_symmetric_per_channel():
     q, scale = quantize_weight(w, 0)
     np.testing.assert_allclose(scale, [2 / 127, 0.5 / 127], rtol=1e-6)
     assert q.dtype == np.int8 and q.reshape(2, 2).tolist() == [[64, -127], [127, 64]]
+
+
+def test_int8_file_is_about_4x_smaller():
+    from rescompile.models.resnet_cifar import cifar_resnet
+    from test_topology import quick_export
+
+    fp32 = quick_export(cifar_resnet("resnet20", 10, 1), (1, 16, 16))
+    for policy in (Policy.TENSORRT, Policy.ONNXRUNTIME):
+        plan = plan_qdq(fp32, policy)
+        x = np.random.default_rng(0).standard_normal((8, 1, 16, 16)).astype(np.float32)
+        model = insert_qdq(fp32, plan, compute_ranges(collect_stats(fp32, plan.calibrated_tensors, [x])))
+        ratio = len(fp32.SerializeToString()) / len(model.SerializeToString())
+        assert 3.3 < ratio < 4.0, (policy, ratio)
+
+
+def test_bias_int32_scale_is_input_times_weight_scale():
+    from rescompile.quantize.insert import quantize_bias
+
+    q, scale = quantize_bias(np.array([0.5, -1.0, 0.0], np.float32), 0.1, np.array([0.01, 0.02, 0.5], np.float32))
+    np.testing.assert_allclose(scale, [0.001, 0.002, 0.05], rtol=1e-6)
+    assert q.dtype == np.int32 and q.tolist() == [500, -500, 0]
+
+
+def test_new_names_never_collide_with_the_graph(tiny_onnx, tiny_data):
+    model = onnx.ModelProto.FromString(tiny_onnx.SerializeToString())
+    # Take the name the shared Q/DQ of the graph input would get.
+    model.graph.node[0].name = "input_QuantizeLinear"
+    plan = plan_qdq(model, Policy.ONNXRUNTIME)
+    stats = collect_stats(model, plan.calibrated_tensors, [tiny_data])
+    out = insert_qdq(model, plan, compute_ranges(stats, "max"))
+    names = [n.name for n in out.graph.node]
+    assert len(names) == len(set(names)) and "input_QuantizeLinear_1" in names
+    assert verify_int8(model, out, plan).ok
+
+
+def test_plan_that_does_not_fit_the_model_is_a_usage_error(tiny_onnx, int8):
+    from rescompile.errors import UsageError
+
+    plan, _ = int8
+    stats = collect_stats(tiny_onnx, plan.calibrated_tensors, [np.zeros((2, 1, 16, 16), np.float32)])
+    ranges = compute_ranges(stats, "max")
+    del ranges[plan.calibrated_tensors[0]]
+    with pytest.raises(UsageError, match="no calibrated range"):
+        insert_qdq(tiny_onnx, plan, ranges)

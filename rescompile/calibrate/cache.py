@@ -1,0 +1,108 @@
+"""Calibration caches keyed by content: the previous build's ranges.json, or its statistics, reused when valid.
+
+The key is the sha256 of the simplified model and the sha256 of the calibration data plus
+its preprocessing. ``ranges.json`` with the same key, method, parameters and tensors is
+reused as is; with another method, ``calib_stats.npz`` (the collected histograms) gives the
+new ranges without running the model again. Anything else is stale and never used.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile.calibrate.collect import TensorStats
+from rescompile.calibrate.ranges import CalibrationResult
+from rescompile.errors import UsageError
+from rescompile.io import sha256_bytes
+
+STATS_FILE = "calib_stats.npz"
+RANGES_FILE = "ranges.json"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so identical statistics give identical bytes
+
+
+def calibration_key(model_bytes: bytes, data_fingerprint: str, preprocess: dict[str, Any]) -> dict[str, str]:
+    """``{"model_sha256", "data_sha256"}``: the model's bytes, and the data's content with its preprocessing."""
+    pre = json.dumps(preprocess, sort_keys=True)
+    return {"model_sha256": sha256_bytes(model_bytes), "data_sha256": sha256_bytes(f"{data_fingerprint}\n{pre}".encode())}
+
+
+def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: int) -> bytes:
+    """A deterministic .npz of the histograms (loadable with ``allow_pickle=False``)."""
+    names = list(stats)
+    bins = {s.bins for s in stats.values()} or {0}
+    if len(bins) != 1:
+        raise UsageError("all tensors of one calibration must use the same number of bins")
+    arrays = {
+        "meta": np.frombuffer(json.dumps({"key": key, "samples": samples, "names": names,
+                                          "bins": bins.pop()}, sort_keys=True).encode(), np.uint8),  # fmt: skip
+        "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
+        "min": np.asarray([s.min for s in stats.values()], np.float64),
+        "max": np.asarray([s.max for s in stats.values()], np.float64),
+        "edge": np.asarray([s.edge for s in stats.values()], np.float64),
+        "count": np.asarray([s.count for s in stats.values()], np.int64),
+    }
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, arr in arrays.items():
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_TIME)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, member.getvalue())
+    return buf.getvalue()
+
+
+def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int]:
+    """Read ``calib_stats.npz``: ``(stats, key, samples)``.
+
+    Raises:
+        UsageError: the file is not a readable statistics file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            hist, lo, hi, edge, count = z["hist"], z["min"], z["max"], z["edge"], z["count"]
+        stats = {
+            n: TensorStats(n, int(meta["bins"]), float(lo[i]), float(hi[i]), int(count[i]), hist[i].astype(np.int64),
+                           float(edge[i]))
+            for i, n in enumerate(meta["names"])
+        }  # fmt: skip
+        return stats, dict(meta["key"]), int(meta["samples"])
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as exc:
+        raise UsageError(f"{path} is not a rescompile calibration statistics file ({exc})") from None
+
+
+def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: str,
+                 params: dict[str, Any]) -> str | None:  # fmt: skip
+    """The text of ``folder/ranges.json`` when it was made from the same key, method, parameters and tensors."""
+    path = folder / RANGES_FILE
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    try:
+        old = CalibrationResult.from_json(text)
+    except UsageError:
+        return None
+    same = (old.key == key and old.method == method and old.params == params and sorted(old.ranges) == sorted(tensors))
+    return text if same else None
+
+
+def reuse_stats(folder: Path, key: dict[str, str], tensors: list[str], bins: int) -> tuple[dict[str, TensorStats], int] | None:
+    """The statistics in ``folder/calib_stats.npz`` for ``tensors`` when they were collected under ``key``."""
+    path = folder / STATS_FILE
+    if not path.is_file():
+        return None
+    try:
+        stats, old_key, samples = load_stats(path)
+    except UsageError:
+        return None
+    if old_key != key or any(t not in stats for t in tensors) or any(stats[t].bins != bins for t in tensors):
+        return None
+    return {t: stats[t] for t in tensors}, samples

@@ -1,0 +1,190 @@
+"""Static check of rescompile's TensorRT layer against the API names of TensorRT 10.x and 11.x.
+
+``rescompile/engine/api_names.txt`` lists the names the real Python bindings of TensorRT
+10.0.1, 10.3.0, 10.13.3.9, 10.16.1.11, 11.0.0.114 and 11.4.0.106 expose (generated from the
+PyPI bindings wheels by ``rescompile.engine._api_names_gen``). These tests (1) pin the facts of
+shared/notes/tensorrt.md to that table, (2) check every ``trt.*`` name and every TensorRT method
+used by the engine builder and the runner against the versions whose code path reaches it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import rescompile.engine.tensorrt as engine_trt
+import rescompile.runtime.tensorrt_runner as runner
+from rescompile.engine.api_names import ApiTable, attribute_uses, check_source, load_table, member_uses
+
+SOURCES = {name: Path(mod.__file__).read_text() for name, mod in (("tensorrt.py", engine_trt), ("runner", runner))}  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def table() -> ApiTable:
+    return load_table()
+
+
+def _in(table: ApiTable, name: str) -> set[int]:
+    """The majors (10, 11) in which every checked version has ``name`` (0 marks a partial major)."""
+    out = set()
+    for major in (10, 11):
+        have = [table.has(name, v) for v in table.versions_of(major)]
+        if all(have):
+            out.add(major)
+        elif any(have):
+            out.add(0)
+    return out
+
+
+def test_table_covers_both_majors(table: ApiTable) -> None:
+    assert len(table.versions_of(10)) >= 2 and len(table.versions_of(11)) >= 2
+    assert len(table.present) > 500
+
+
+@pytest.mark.parametrize("name", [
+    "BuilderFlag.INT8", "BuilderFlag.FP16", "BuilderFlag.BF16", "BuilderFlag.OBEY_PRECISION_CONSTRAINTS",
+    "BuilderFlag.PREFER_PRECISION_CONSTRAINTS", "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator",
+    "CalibrationAlgoType", "IBuilderConfig.int8_calibrator", "ITensor.set_dynamic_range",
+    "NetworkDefinitionCreationFlag.EXPLICIT_BATCH", "OnnxParser.supports_model", "ICudaEngine.device_memory_size",
+    "Builder.platform_has_fast_int8",
+])  # fmt: skip
+def test_removed_in_11(table: ApiTable, name: str) -> None:
+    assert _in(table, name) == {10}
+
+
+@pytest.mark.parametrize("name", [
+    "NetworkDefinitionCreationFlag.STRONGLY_TYPED",  # deprecated and ignored in 11, still defined
+    "BuilderFlag.GPU_FALLBACK", "BuilderFlag.VERSION_COMPATIBLE", "BuilderFlag.EXCLUDE_LEAN_RUNTIME",
+    "BuilderFlag.REFIT", "BuilderFlag.STRIP_PLAN", "BuilderFlag.TF32", "IExecutionContext.execute_async_v3",
+    "IBuilderConfig.set_memory_pool_limit", "MemoryPoolType.WORKSPACE", "IBuilderConfig.create_timing_cache",
+    "IBuilderConfig.set_timing_cache", "IBuilderConfig.get_timing_cache", "IBuilderConfig.builder_optimization_level",
+    "IBuilderConfig.hardware_compatibility_level", "HardwareCompatibilityLevel.AMPERE_PLUS",
+    "IBuilderConfig.profiling_verbosity",
+    "ProfilingVerbosity.DETAILED", "ICudaEngine.create_engine_inspector", "EngineInspector.get_engine_information",
+    "LayerInformationFormat.JSON", "IBuilderConfig.default_device_type", "IBuilderConfig.DLA_core",
+    "IBuilderConfig.can_run_on_DLA", "DeviceType.DLA", "Runtime.engine_host_code_allowed",
+    "ICudaEngine.get_tensor_profile_shape", "TensorIOMode.INPUT", "nptype", "__version__",
+])  # fmt: skip
+def test_present_in_10_and_11(table: ApiTable, name: str) -> None:
+    assert _in(table, name) == {10, 11}
+
+
+def test_v2_replacements_exist_from_10_1_on(table: ApiTable) -> None:
+    # Not in 10.0.1 (found by the table, not stated in the notes), in every later 10.x and in 11.x.
+    for name in ("OnnxParser.supports_model_v2", "ICudaEngine.device_memory_size_v2"):
+        assert not table.has(name, "10.0.1") and all(table.has(name, v) for v in table.versions if v != "10.0.1")
+
+
+def test_same_compute_capability_level_is_newer_than_jetpack_6(table: ApiTable) -> None:
+    # The notes list it with the 8.6 additions; the bindings have it from 10.13 on (not in 10.0.1 / 10.3.0).
+    name = "HardwareCompatibilityLevel.SAME_COMPUTE_CAPABILITY"
+    assert not table.has(name, "10.3.0") and table.has(name, "10.13.3.9") and _in(table, name) == {0, 11}
+
+
+def test_execute_async_v2_is_gone(table: ApiTable) -> None:
+    assert _in(table, "IExecutionContext.execute_async_v2") == set()
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_trt_name_exists_where_its_code_path_runs(table: ApiTable, source: str) -> None:
+    assert check_source(SOURCES[source], table) == []
+
+
+def test_the_builder_uses_version_specific_names_only_on_10x() -> None:
+    uses = {u.name: u.majors for u in attribute_uses(SOURCES["tensorrt.py"], "trt")}
+    assert uses["BuilderFlag.INT8"] == {10} and uses["NetworkDefinitionCreationFlag.STRONGLY_TYPED"] == {10}
+    assert uses["MemoryPoolType.WORKSPACE"] == {10, 11} and uses["LayerInformationFormat.JSON"] == {10, 11}
+
+
+BAD_SNIPPETS = {
+    "unguarded INT8 flag": "def f(trt, config):\n    config.set_flag(trt.BuilderFlag.INT8)\n",
+    "INT8 in the 11 branch": "def f(trt, v, c):\n    if v.major >= 11:\n        c.set_flag(trt.BuilderFlag.INT8)\n",
+    "calibrator in else of ==10": "def f(trt, v):\n    if v.major == 10:\n        pass\n    else:\n        trt.IInt8Calibrator\n",
+    "unguarded _trt10 call": "def _a_trt10(trt):\n    pass\n\ndef g(trt):\n    _a_trt10(trt)\n",
+    "name in no version": "def f(trt):\n    trt.IExecutionContext.execute_async_v2\n",
+    "supports_model_v2 on 10.0": "def _f_trt10(trt):\n    trt.OnnxParser.supports_model_v2\n",
+}
+GOOD_SNIPPETS = {
+    "guarded ==10": "def f(trt, v, c):\n    if v.major == 10:\n        c.set_flag(trt.BuilderFlag.INT8)\n",
+    "guarded <11 and more": "def f(trt, v, s, c):\n    if v.major < 11 and s.dla:\n        c.set_flag(trt.BuilderFlag.FP16)\n",
+    "else of >=11": "def f(trt, v):\n    if v.major >= 11:\n        pass\n    else:\n        trt.IInt8Calibrator\n",
+    "suffix function": "def _cal_trt10(trt):\n    return trt.IInt8EntropyCalibrator2\n",
+    "guarded call": "def _a_trt10(trt):\n    pass\n\ndef g(trt, v):\n    if v.major == 10:\n        _a_trt10(trt)\n",
+    "conditional expression": "def f(trt, v):\n    return trt.BuilderFlag.INT8 if v.major == 10 else 0\n",
+}
+
+
+@pytest.mark.parametrize("key", sorted(BAD_SNIPPETS))
+def test_checker_flags_names_used_outside_their_versions(table: ApiTable, key: str) -> None:
+    assert check_source(BAD_SNIPPETS[key], table), key
+
+
+@pytest.mark.parametrize("key", sorted(GOOD_SNIPPETS))
+def test_checker_accepts_version_guarded_use(table: ApiTable, key: str) -> None:
+    assert check_source(GOOD_SNIPPETS[key], table) == [], key
+
+
+# Methods and attributes called on TensorRT objects, and the class each belongs to.
+TRT_MEMBERS = {
+    "create_network": "Builder", "create_builder_config": "Builder", "create_optimization_profile": "Builder",
+    "build_serialized_network": "Builder", "parse": "OnnxParser", "num_errors": "OnnxParser",
+    "get_error": "OnnxParser", "code": "ParserError", "desc": "ParserError", "node_name": "ParserError",
+    "node_operator": "ParserError", "set_memory_pool_limit": "IBuilderConfig", "profiling_verbosity": "IBuilderConfig",
+    "builder_optimization_level": "IBuilderConfig", "add_optimization_profile": "IBuilderConfig",
+    "set_flag": "IBuilderConfig", "default_device_type": "IBuilderConfig", "DLA_core": "IBuilderConfig",
+    "create_timing_cache": "IBuilderConfig", "set_timing_cache": "IBuilderConfig", "get_timing_cache": "IBuilderConfig",
+    "serialize": "ITimingCache", "set_shape": "IOptimizationProfile", "get_input": "INetworkDefinition",
+    "num_inputs": "INetworkDefinition", "num_layers": "INetworkDefinition", "get_layer": "INetworkDefinition",
+    "get_output": "ILayer", "num_outputs": "ILayer", "set_dynamic_range": "ITensor", "shape": "ITensor",
+    "name": "ITensor", "deserialize_cuda_engine": "Runtime", "create_engine_inspector": "ICudaEngine",
+    "get_engine_information": "EngineInspector", "create_execution_context": "ICudaEngine",
+    "num_io_tensors": "ICudaEngine", "get_tensor_name": "ICudaEngine", "get_tensor_mode": "ICudaEngine",
+    "get_tensor_dtype": "ICudaEngine", "get_tensor_profile_shape": "ICudaEngine",
+    "get_tensor_shape": "IExecutionContext", "set_input_shape": "IExecutionContext",
+    "set_tensor_address": "IExecutionContext", "execute_async_v3": "IExecutionContext",
+}  # fmt: skip
+# Attributes of our own objects, numpy, pathlib, json, onnx, time: not TensorRT.
+NOT_TRT = {
+    "SerializeToString", "add", "adds", "append", "build_seconds", "builder_flags", "compute_capability", "detailed",
+    "device", "dla_core", "dla_mode", "dumps", "fusion", "get", "input_name", "is_file", "join", "l4t",
+    "load_from_string", "loads", "major", "max", "min", "model", "ok", "opt", "optimization_level", "perf_counter",
+    "profile", "ranges", "read_bytes", "settings", "strongly_typed", "tensorrt_version", "to_dict", "workspace_bytes",
+    "_in", "_logger", "_out", "_run", "_runtime", "_stream", "_trt", "ascontiguousarray", "close", "concatenate",
+    "context", "ctypes", "data", "decode", "dtype", "dynamic", "empty", "engine", "ensure", "free", "input",
+    "input_dtype", "max_batch", "min_batch", "nbytes", "ndarray", "output", "output_dtype", "ptr", "zeros",
+}  # fmt: skip
+
+
+def test_member_table_is_right_for_every_version(table: ApiTable) -> None:
+    for attr, cls in TRT_MEMBERS.items():
+        majors = {10} if attr == "set_dynamic_range" else {10, 11}
+        assert _in(table, f"{cls}.{attr}") == majors, f"{cls}.{attr}"
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_every_method_called_on_a_tensorrt_object_is_known(table: ApiTable, source: str) -> None:
+    problems = []
+    for use in member_uses(SOURCES[source], ("trt", "cudart")):
+        if use.name in NOT_TRT:
+            continue
+        if use.name not in TRT_MEMBERS:
+            problems.append(f"line {use.line}: .{use.name} is neither a known TensorRT member nor listed in NOT_TRT")
+            continue
+        full = f"{TRT_MEMBERS[use.name]}.{use.name}"
+        for major in use.majors:
+            missing = [v for v in table.versions_of(major) if not table.has(full, v)]
+            if missing:
+                problems.append(f"line {use.line}: {full} reached on {major}.x, missing in {missing}")
+    assert problems == []
+
+
+def test_cuda_runtime_names_exist_in_the_installed_cuda_bindings() -> None:
+    cudart = pytest.importorskip("cuda.bindings.runtime")
+    device_src = Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
+    uses = attribute_uses(SOURCES["runner"], "cudart", depth=3) + attribute_uses(device_src, "cudart", depth=3)
+    assert {u.name.split(".")[0] for u in uses} >= {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreate"}
+    for use in uses:
+        obj = cudart
+        for part in use.name.split("."):
+            obj = getattr(obj, part)  # AttributeError names the missing part

@@ -1,0 +1,213 @@
+"""Reports: JSON Schema validity, JUnit counts, HTML well-formedness and rendering, Markdown, compare."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from dataclasses import replace
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rescompile.calibrate import collect_stats, compute_ranges
+from rescompile.config import Gates
+from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.runtime.runners import OnnxRuntimeRunner
+from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports
+from rescompile.validate.fallback import auto_fallback
+from rescompile.validate.gates import evaluate_gates
+from rescompile.validate.html import SECTIONS, render_html
+from rescompile.validate.junit import render_junit
+from rescompile.validate.layerwise import layerwise_blame
+from rescompile.validate.reference import ValidationInputs
+from rescompile.validate.report import render_markdown
+from rescompile.validate.run import ValidateSettings, compute_reference, validate
+from rescompile.validate.schema import SCHEMA_PATH, schema_errors
+from rescompile.validate.write import REPORT_FILES, write_reports
+
+jsonschema = pytest.importorskip("jsonschema")
+
+
+@pytest.fixture(scope="module")
+def full_report(tiny_onnx, tiny_data):
+    """A report with every optional section: labels, two batch sizes, layerwise, fallback, passing and failing gates."""
+    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data]), "max")
+    int8 = insert_qdq(tiny_onnx, plan, ranges)
+    labels = np.arange(len(tiny_data)) % 4
+    inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
+    settings = ValidateSettings(batch_size=8, latency=replace(ValidateSettings().latency, batches=(1, 4), runs=5, warmup=1))
+    ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
+    report = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8"), inputs,
+                      baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), settings=settings)  # fmt: skip
+    report["model"] = {"name": "tiny", "input_shape": [1, 16, 16], "num_classes": 4}
+    report["layerwise"] = layerwise_blame(tiny_onnx, int8, tiny_data).to_dict()
+    report["fallback"] = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, Gates(min_cosine=1.0), 1,
+                                       policy="tensorrt", settings=settings).to_dict()  # fmt: skip
+    gates = evaluate_gates(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
+    report["gates"] = [g.to_dict() for g in gates]
+    report["passed"] = all(g.passed for g in gates)
+    return json.loads(json.dumps(report))  # exactly what report.json holds
+
+
+def test_report_validates_against_the_schema(full_report):
+    jsonschema.Draft202012Validator.check_schema(json.loads(SCHEMA_PATH.read_text()))
+    assert schema_errors(full_report) == []
+    assert full_report["schema"] == "rescompile.report/1"
+    assert {r["role"] for r in full_report["latency"]} == {"baseline", "candidate"}
+    assert set(full_report["speedup_int8_vs_fp32_p50"]) == {"1", "4"}
+
+
+@pytest.mark.parametrize("mutate, where", [
+    (lambda r: r.pop("agreement"), "(root)"),
+    (lambda r: r["accuracy"]["candidate"].update(top1=140.0), "accuracy/candidate/top1"),
+    (lambda r: r["latency"][0].update(role="other"), "latency/0/role"),
+    (lambda r: r.update(schema="rescompile.report/0"), "schema"),
+    (lambda r: r["gates"][0].update(passed="yes"), "gates/0/passed"),
+])  # fmt: skip
+def test_schema_catches_broken_reports(full_report, mutate, where):
+    broken = copy.deepcopy(full_report)
+    mutate(broken)
+    errors = schema_errors(broken)
+    assert errors and any(e.startswith(where) for e in errors), errors
+
+
+def test_write_reports_writes_every_format(tmp_path, full_report):
+    write_reports(tmp_path, full_report)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(REPORT_FILES)
+    assert schema_errors(json.loads((tmp_path / "report.json").read_text())) == []
+
+
+def test_junit_has_one_case_per_gate_and_failures_carry_the_message(full_report):
+    root = ET.fromstring(render_junit(full_report))
+    (suite,) = root.findall("testsuite")
+    cases = suite.findall("testcase")
+    failed = [c for c in cases if c.find("failure") is not None]
+    assert [c.get("name") for c in cases] == ["min-agreement", "min-cosine", "max-p99-ms"]
+    assert suite.get("tests") == root.get("tests") == "3"
+    assert suite.get("failures") == root.get("failures") == str(len(failed)) == "1"
+    (fail,) = failed
+    assert fail.get("name") == "min-cosine"
+    assert fail.find("failure").get("message").startswith("agreement.cosine_mean = ")
+    assert "threshold >= 1" in fail.find("failure").get("message")
+    props = {p.get("name"): p.get("value") for p in suite.find("properties")}
+    assert props["samples"] == "24" and props["candidate"] == "onnxruntime-int8"
+
+
+class _WellFormed(HTMLParser):
+    """Checks tag balance (HTML void elements aside) and collects ids, tags and external references."""
+
+    VOID = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "source", "wbr", "rect", "line", "path"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stack: list[str] = []
+        self.errors: list[str] = []
+        self.ids: set[str] = set()
+        self.tags: dict[str, int] = {}
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+        if "id" in a:
+            self.ids.add(a["id"])
+        for key in ("src", "href"):
+            if a.get(key):
+                self.external.append(a[key])
+        if tag not in self.VOID:
+            self.stack.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+
+    def handle_endtag(self, tag):
+        if tag in self.VOID:
+            return
+        if not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else None}>")
+        else:
+            self.stack.pop()
+
+
+def test_html_is_well_formed_self_contained_and_has_every_section(full_report):
+    page = render_html(full_report)
+    parser = _WellFormed()
+    parser.feed(page)
+    parser.close()
+    assert parser.errors == [] and parser.stack == []
+    assert set(SECTIONS) <= parser.ids
+    assert parser.tags.get("svg", 0) == 4  # latency at batch 1 and 4, per-class delta, per-layer error
+    assert parser.tags.get("script", 0) == 0 and parser.external == []
+    assert page.startswith("<!DOCTYPE html>") and "FAILED" in page
+    assert "/blocks/blocks.0/Add" in page  # per-layer names are in the page (tooltips and table)
+
+
+def test_html_escapes_untrusted_text(full_report):
+    r = copy.deepcopy(full_report)
+    r["source"] = "<script>alert(1)</script>"
+    r["class_names"] = ["<b>a</b>", "b", "c", "d"]
+    page = render_html(r)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "<b>a</b>" not in page
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium for a headless screenshot")
+def test_html_renders_in_headless_chromium(tmp_path, full_report):
+    page = tmp_path / "report.html"
+    page.write_text(render_html(full_report))
+    shot = tmp_path / "report.png"
+    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri()],
+                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    from PIL import Image
+
+    with Image.open(shot) as im:
+        assert im.size == (1000, 1400)
+        px = np.asarray(im.convert("RGB"), dtype=np.int16)
+    # Drawn, not blank: the FAILED badge (red) and both latency series (blue FP32, orange INT8) are on screen.
+    r, g, b = px[..., 0], px[..., 1], px[..., 2]
+    assert (px != 255).any(axis=2).mean() > 0.02
+    red = (r > 170) & (g < 80) & (b < 80)
+    blue = b - r > 30
+    orange = (r - b > 60) & (g > 120)
+    assert red.sum() > 200 and blue.sum() > 200 and orange.sum() > 200
+
+
+def test_markdown_lists_gates_worst_classes_and_blame(full_report):
+    md = render_markdown(full_report)
+    assert md.startswith("# rescompile: tiny onnxruntime-int8 (FAILED)")
+    assert "| min-cosine | `agreement.cosine_mean` |" in md and "**FAIL**" in md
+    assert "## Worst classes (of 4)" in md and "## Layerwise blame (24 samples)" in md
+    assert "## Auto-fallback (gates still fail" in md
+
+
+def test_compare_flags_regressions_and_improvements(full_report):
+    old = copy.deepcopy(full_report)
+    new = copy.deepcopy(full_report)
+    assert not [c for c in compare_reports(old, new) if c.status == REGRESSED]
+    new["agreement"]["top1"] -= 2.0
+    new["accuracy"]["candidate"]["top1"] += 1.0
+    for rec in new["latency"]:
+        rec["p50_ms"] *= 1.5
+    new["gates"][0]["passed"] = False
+    changes = {c.metric: c for c in compare_reports(old, new)}
+    assert changes["agreement.top1"].status == REGRESSED and changes["agreement.top1"].delta == pytest.approx(-2.0)
+    assert changes["accuracy.candidate.top1"].status == "improved"
+    assert changes["latency.candidate.batch1.p50_ms"].status == REGRESSED
+    assert changes["gate.min-agreement"].status == REGRESSED and changes["gate.min-agreement"].note == "newly failing"
+    lenient = {c.metric: c for c in compare_reports(old, new, Tolerances(accuracy_points=3, check_latency=False))}
+    assert lenient["agreement.top1"].status == "same" and "latency.candidate.batch1.p50_ms" not in lenient
+
+
+def test_schema_file_ships_with_the_package():
+    text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
+    assert '"schemas/*.json"' in text and SCHEMA_PATH.is_file()
