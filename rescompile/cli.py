@@ -34,9 +34,13 @@ ModelArg = Annotated[
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<model>).")]
 # Calibration and custom preprocessing (shared by build and calibrate).
-CalibMethodOpt = Annotated[str, typer.Option(help="Calibration method: max | percentile | entropy | mse | auto (per tensor, the least error).")]
+CalibMethodOpt = Annotated[
+    str, typer.Option(help="Calibration method: max | percentile | entropy | mse | auto (per tensor, the least error).")
+]
 PercentileOpt = Annotated[float, typer.Option(help="Percentile of |x| kept by --calib-method percentile.")]
-RecipeOpt = Annotated[Path | None, typer.Option(help="YAML preprocessing recipe: preset, size, resize, mean, std, channels, channel_order, layout.")]
+RecipeOpt = Annotated[
+    Path | None, typer.Option(help="YAML preprocessing recipe: preset, size, resize, mean, std, channels, channel_order, layout.")
+]
 SizeOpt = Annotated[int | None, typer.Option("--size", min=1, help="Custom preprocessing: final (center-crop) size.")]
 ResizeOpt = Annotated[int | None, typer.Option(min=1, help="Custom preprocessing: resize the shorter side to this before the crop.")]
 MeanOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-channel mean of [0,1] pixels, e.g. 0.485,0.456,0.406.")]
@@ -64,9 +68,14 @@ def log_to_stderr(quiet: bool) -> None:
     logger = logging.getLogger("rescompile")
     if quiet or any(getattr(h, "_rescompile", False) for h in logger.handlers):
         return
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    handler._rescompile = True  # type: ignore[attr-defined]
+
+    class _ToStderr(logging.Handler):  # resolves stderr at each message (it may be swapped, e.g. by tests)
+        _rescompile = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            err_console.print(self.format(record), highlight=False, markup=False, soft_wrap=True)
+
+    handler = _ToStderr()
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
 
@@ -162,9 +171,8 @@ def build(
     from rescompile.pipeline import build as run_build
 
     def go() -> Any:
-        from rescompile.validate.gates import resolve_gates
-
         from rescompile.calibrate.ranges import check_method
+        from rescompile.validate.gates import resolve_gates
 
         if layout not in ("nchw", "nhwc"):
             raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")

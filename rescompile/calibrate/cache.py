@@ -39,8 +39,9 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
     if len(bins) != 1:
         raise UsageError("all tensors of one calibration must use the same number of bins")
     arrays = {
-        "meta": np.frombuffer(json.dumps({"key": key, "samples": samples, "names": names,
-                                          "bins": bins.pop()}, sort_keys=True).encode(), np.uint8),  # fmt: skip
+        "meta": np.frombuffer(
+            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop()}, sort_keys=True).encode(), np.uint8
+        ),  # fmt: skip
         "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
         "min": np.asarray([s.min for s in stats.values()], np.float64),
         "max": np.asarray([s.max for s in stats.values()], np.float64),
@@ -90,7 +91,7 @@ def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: 
         old = CalibrationResult.from_json(text)
     except UsageError:
         return None
-    same = (old.key == key and old.method == method and old.params == params and sorted(old.ranges) == sorted(tensors))
+    same = old.key == key and old.method == method and old.params == params and sorted(old.ranges) == sorted(tensors)
     return text if same else None
 
 

@@ -79,7 +79,7 @@ class TensorStats:
             np.multiply(part, scale, out=f)
             np.add(f, np.float32(b), out=i, casting="unsafe")  # non-negative, so truncation is floor
             acc += np.bincount(i, minlength=2 * b + 1)
-        acc[2 * b - 1] += acc[2 * b]  # values a rounding step below edge
+        acc[2 * b - 1] += acc[2 * b]  # values a float32 rounding step below edge
         self.hist += acc[: 2 * b]
 
     def _fit(self, amax: float) -> None:
@@ -196,6 +196,8 @@ def collect_stats(
     _check_tensors(model, tensors)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         opts.intra_op_num_threads = threads
     graph_inputs = {i.name for i in model.graph.input}

@@ -11,7 +11,12 @@ from pathlib import Path
 import onnx
 
 from rescompile.calibrate.cache import (
-    RANGES_FILE, STATS_FILE, calibration_key, reuse_ranges, reuse_stats, stats_to_bytes,
+    RANGES_FILE,
+    STATS_FILE,
+    calibration_key,
+    reuse_ranges,
+    reuse_stats,
+    stats_to_bytes,
 )  # fmt: skip
 from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, TensorStats, collect_stats
 from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, CalibrationResult, calibration_result, check_method

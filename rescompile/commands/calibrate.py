@@ -8,8 +8,20 @@ from typing import Annotated, Any
 import typer
 
 from rescompile.cli import (
-    CalibMethodOpt, ChannelOrderOpt, ChannelsOpt, MeanOpt, PercentileOpt, RecipeOpt, ResizeOpt, SizeOpt, StdOpt,
-    app, console, floats_opt, log_to_stderr, run_cli,
+    CalibMethodOpt,
+    ChannelOrderOpt,
+    ChannelsOpt,
+    MeanOpt,
+    PercentileOpt,
+    RecipeOpt,
+    ResizeOpt,
+    SizeOpt,
+    StdOpt,
+    app,
+    console,
+    floats_opt,
+    log_to_stderr,
+    run_cli,
 )  # fmt: skip
 
 
@@ -20,23 +32,23 @@ from rescompile.cli import (
     "  rescompile calibrate model.simplified.onnx --from-stats build/x/calib_stats.npz --method mse --out ranges.json",
 )
 def calibrate(
-    model: Annotated[Path, typer.Argument(help="The simplified FP32 ONNX model (BatchNorm folded), e.g. build/x/model.simplified.onnx.")],
+    model: Annotated[Path, typer.Argument(help="The simplified FP32 ONNX model (BatchNorm folded), e.g. build/x/model.simplified.onnx")],
     calib: Annotated[str | None, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.")] = None,
     method: CalibMethodOpt = "max",
     percentile: PercentileOpt = 99.99,
     out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.")] = Path("ranges.json"),
-    stats_out: Annotated[Path | None, typer.Option("--stats", help="Also write the collected histograms (.npz) for later --from-stats.")] = None,
+    stats_out: Annotated[Path | None, typer.Option("--stats", help="Also write the histograms (.npz) for --from-stats.")] = None,
     from_stats: Annotated[Path | None, typer.Option(help="Ranges from saved histograms (calib_stats.npz): no data, no model run.")] = None,
     from_trt_cache: Annotated[Path | None, typer.Option(help="Import a TensorRT calibration cache as ranges.json.")] = None,
     trt_cache: Annotated[Path | None, typer.Option(help="Also write a TensorRT calibration cache (implicit INT8, DLA).")] = None,
     trt_version: Annotated[str, typer.Option(help="TensorRT version written in the cache header.")] = "10.3.0",
     trt_algorithm: Annotated[str, typer.Option(help="Algorithm written in the cache header.")] = "EntropyCalibration2",
-    tensors: Annotated[str, typer.Option(help="plan: the tensors the placement policy quantizes | all: every activation (full TensorRT cache).")] = "plan",
+    tensors: Annotated[str, typer.Option(help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).")] = "plan",
     policy: Annotated[str, typer.Option(help="Placement policy whose tensors to calibrate: tensorrt | onnxruntime.")] = "tensorrt",
     calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N samples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images read and preprocessed per batch.")] = 64,
-    preset: Annotated[str | None, typer.Option(help="Preprocessing preset: imagenet | cifar | grayscale | fashion-mnist (default: from the input shape).")] = None,
+    preset: Annotated[str | None, typer.Option(help="imagenet | cifar | grayscale | fashion-mnist (default: by input shape).")] = None,
     layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
     recipe: RecipeOpt = None,
     size: SizeOpt = None,

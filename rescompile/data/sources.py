@@ -305,6 +305,8 @@ def check_shape(src: DataSource, pre: Preprocess, input_shape: tuple[int, int, i
     got = src.sample_shape
     if got is not None:
         if got == want:
+            if src.arrays.dtype == np.uint8:  # pixels: the recipe's normalization must fit them too
+                _check_made(pre, want)
             return
         hint = None
         raw = tuple(src.arrays.shape[1:])
@@ -320,6 +322,10 @@ def check_shape(src: DataSource, pre: Preprocess, input_shape: tuple[int, int, i
             f"{src.name}: samples are {'x'.join(map(str, got))} (C x H x W) but the model takes "
             f"{'x'.join(map(str, want))} (C x H x W)", hint=hint,
         )  # fmt: skip
+    _check_made(pre, want)
+
+
+def _check_made(pre: Preprocess, want: tuple[int, ...]) -> None:
     made = (pre.channels, pre.size, pre.size)
     if made != want:
         raise UsageError(

@@ -75,7 +75,7 @@ def _judge(metric: str, old: float | None, new: float | None, higher_is_better: 
     worse = -delta if higher_is_better else delta
     if worse > allowed:
         return Change(metric, old, new, REGRESSED, f"worse by more than {tol:g}{' (relative)' if relative else ''}")
-    if worse < -allowed and worse < 0:
+    if worse < -allowed:
         return Change(metric, old, new, IMPROVED)
     return Change(metric, old, new, SAME)
 

@@ -67,7 +67,7 @@ def _gates(r: dict[str, Any]) -> str:
     gates = r.get("gates") or []
     if not gates:
         return '<p class="note">No gates were set (see --max-top1-drop, --min-agreement, --gates gates.yaml).</p>'
-    rows = [[escape(g["name"]), f"<code>{escape(g['metric'])}</code>", _num(g["value"]),
+    rows = [[escape(g["name"]), f"<code>{escape(g['metric'])}</code>", _num(g["value"], ".6g"),
              f"{escape(g.get('comparison', ''))} {g['threshold']:g}",
              '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates]  # fmt: skip
     return _table(["gate", "metric", "value", "threshold", "result"], rows, left=2)

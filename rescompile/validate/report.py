@@ -43,7 +43,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("gates"):
         lines += ["", "## Gates", "", "| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
         for g in report["gates"]:
-            lines.append(f"| {g['name']} | `{g['metric']}` | {_num(g['value'])} | {g.get('comparison', '')} "
+            lines.append(f"| {g['name']} | `{g['metric']}` | {_num(g['value'], '.6g')} | {g.get('comparison', '')} "
                          f"{g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |")  # fmt: skip
     per_class = report.get("per_class") or []
     if per_class:

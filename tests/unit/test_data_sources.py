@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 
 from rescompile.data.preprocess import (
-    Preprocess, check_matches, get_preset, load_recipe, normalize_pixels, preprocess_from_dict, resolve_preprocess,
+    Preprocess,
+    check_matches,
+    get_preset,
+    load_recipe,
+    normalize_pixels,
+    preprocess_from_dict,
+    resolve_preprocess,
 )  # fmt: skip
 from rescompile.data.sources import NpyFile, check_shape, open_source, subset
 from rescompile.errors import UsageError

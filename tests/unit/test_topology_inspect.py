@@ -27,7 +27,7 @@ def test_block_map_table_and_json(tiny_onnx, tmp_path):
 
 def test_model_without_residual_add(tmp_path):
     onnx.save(simplified("plain"), tmp_path / "plain.onnx")
-    result = runner.invoke(app, ["inspect", str(tmp_path / "plain.onnx")])
+    result = runner.invoke(app, ["inspect", str(tmp_path / "plain.onnx")], env={"COLUMNS": "200"})
     assert result.exit_code == 0 and "no residual Add" in result.output
 
 
