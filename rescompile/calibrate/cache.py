@@ -32,7 +32,7 @@ def calibration_key(model_bytes: bytes, data_fingerprint: str, preprocess: dict[
     return {"model_sha256": sha256_bytes(model_bytes), "data_sha256": sha256_bytes(f"{data_fingerprint}\n{pre}".encode())}
 
 
-def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: int) -> bytes:
+def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: int, sample: int | None = None) -> bytes:
     """A deterministic .npz of the histograms (loadable with ``allow_pickle=False``)."""
     names = list(stats)
     bins = {s.bins for s in stats.values()} or {0}
@@ -40,13 +40,16 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
         raise UsageError("all tensors of one calibration must use the same number of bins")
     arrays = {
         "meta": np.frombuffer(
-            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop()}, sort_keys=True).encode(), np.uint8
+            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample}, sort_keys=True).encode(),
+            np.uint8,
         ),  # fmt: skip
         "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
         "min": np.asarray([s.min for s in stats.values()], np.float64),
         "max": np.asarray([s.max for s in stats.values()], np.float64),
         "edge": np.asarray([s.edge for s in stats.values()], np.float64),
         "count": np.asarray([s.count for s in stats.values()], np.int64),
+        "hist_count": np.asarray([s.hist_count for s in stats.values()], np.int64),
+        "runs": np.asarray([s.runs for s in stats.values()], np.int64),
     }
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
@@ -60,8 +63,8 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
     return buf.getvalue()
 
 
-def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int]:
-    """Read ``calib_stats.npz``: ``(stats, key, samples)``.
+def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int, int | None]:
+    """Read ``calib_stats.npz``: ``(stats, key, samples, sample)`` (``sample``: histogram values per image, or None).
 
     Raises:
         UsageError: the file is not a readable statistics file.
@@ -70,12 +73,14 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int]
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode())
             hist, lo, hi, edge, count = z["hist"], z["min"], z["max"], z["edge"], z["count"]
+            hist_count, runs = z["hist_count"], z["runs"]
         stats = {
             n: TensorStats(n, int(meta["bins"]), float(lo[i]), float(hi[i]), int(count[i]), hist[i].astype(np.int64),
-                           float(edge[i]))
+                           float(edge[i]), int(hist_count[i]), int(runs[i]))
             for i, n in enumerate(meta["names"])
         }  # fmt: skip
-        return stats, dict(meta["key"]), int(meta["samples"])
+        sample = meta.get("sample")
+        return stats, dict(meta["key"]), int(meta["samples"]), None if sample is None else int(sample)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as exc:
         raise UsageError(f"{path} is not a rescompile calibration statistics file ({exc})") from None
 
@@ -95,15 +100,16 @@ def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: 
     return text if same else None
 
 
-def reuse_stats(folder: Path, key: dict[str, str], tensors: list[str], bins: int) -> tuple[dict[str, TensorStats], int] | None:
+def reuse_stats(folder: Path, key: dict[str, str], tensors: list[str], bins: int,
+                sample: int | None) -> tuple[dict[str, TensorStats], int] | None:  # fmt: skip
     """The statistics in ``folder/calib_stats.npz`` for ``tensors`` when they were collected under ``key``."""
     path = folder / STATS_FILE
     if not path.is_file():
         return None
     try:
-        stats, old_key, samples = load_stats(path)
+        stats, old_key, samples, old_sample = load_stats(path)
     except UsageError:
         return None
-    if old_key != key or any(t not in stats for t in tensors) or any(stats[t].bins != bins for t in tensors):
+    if old_key != key or old_sample != sample or any(t not in stats or stats[t].bins != bins for t in tensors):
         return None
     return {t: stats[t] for t in tensors}, samples

@@ -28,7 +28,10 @@ from rescompile.errors import UsageError
 DEFAULT_BINS = 2048  # per side of zero: |x| gets 2048 bins, as TensorRT's entropy calibration
 MIN_EDGE = 2.0**-60
 _SLICE = 1 << 18  # elements histogrammed per step: keeps the index buffers in cache
-DEFAULT_MEMORY_BUDGET = 256 << 20  # bytes of exposed activations per buffer set
+DEFAULT_MEMORY_BUDGET = 64 << 20  # bytes of exposed activations per buffer set (small runs measured faster)
+# Histogram values per tensor per image: larger tensors are histogrammed on every k-th value (the phase
+# rotates from run to run); min, max and count always see every value. None: every value.
+DEFAULT_SAMPLE = 1 << 15
 
 
 class Workspace:
@@ -50,9 +53,11 @@ class TensorStats:
     count: int = 0
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 2 * bins counts
     edge: float = 0.0
+    hist_count: int = 0  # values in the histogram (every ``stride``-th value of large tensors)
+    runs: int = 0
 
-    def update(self, x: np.ndarray, work: Workspace | None = None) -> None:
-        """Add the values of ``x``.
+    def update(self, x: np.ndarray, work: Workspace | None = None, stride: int = 1) -> None:
+        """Add the values of ``x``; the histogram takes every ``stride``-th value, min/max every value.
 
         Raises:
             UsageError: ``x`` holds NaN or Inf (the tensor is named).
@@ -68,6 +73,10 @@ class TensorStats:
             )
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += flat.size
+        if stride > 1:
+            flat = flat[self.runs % stride :: stride]
+        self.runs += 1
+        self.hist_count += flat.size
         self._fit(max(abs(lo), abs(hi)))
         work = work or Workspace()
         b = self.bins
@@ -131,6 +140,13 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return out
 
 
+def probe_bytes(model_bytes: bytes, names: Iterable[str]) -> bytes:
+    """Serialized ``model`` that also returns ``names``, without copying the model: protobuf merges a second
+    message's repeated fields into the first, so the extra graph outputs are simply appended as bytes."""
+    extra = onnx.ModelProto(graph=onnx.GraphProto(output=[onnx.ValueInfoProto(name=n) for n in names]))
+    return model_bytes + extra.SerializeToString()
+
+
 def activation_tensors(model: onnx.ModelProto) -> list[str]:
     """Every float activation of ``model``: the graph input and each node output (for full TensorRT caches)."""
     inits = {t.name for t in model.graph.initializer}
@@ -172,6 +188,8 @@ def collect_stats(
     on_batch: Callable[[int], None] | None = None,
     threads: int | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    sample: int | None = DEFAULT_SAMPLE,
+    model_bytes: bytes | None = None,
 ) -> dict[str, TensorStats]:
     """Run ``model`` on ONNX Runtime over ``batches`` once, collecting statistics of ``tensors``.
 
@@ -183,6 +201,9 @@ def collect_stats(
         on_batch: called with each batch's size (progress display).
         threads: ONNX Runtime intra-op threads (default: all cores).
         memory_budget: bytes of exposed activations per chunk (two chunks are in flight).
+        sample: histogram at most this many values per tensor per image (every k-th value;
+            min/max see all values); None histograms every value.
+        model_bytes: ``model`` already serialized (saves a copy of a large model).
 
     Returns:
         ``{tensor: TensorStats}`` in the order of ``tensors``.
@@ -190,25 +211,19 @@ def collect_stats(
     Raises:
         UsageError: no data, an unknown tensor, or NaN/Inf in an activation (the tensor is named).
     """
-    import onnxruntime as ort
-
     tensors = list(dict.fromkeys(tensors))
     _check_tensors(model, tensors)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
-    graph_inputs = {i.name for i in model.graph.input}
-    exposed = [t for t in tensors if t not in graph_inputs]  # the input itself is read from the batch
-    sess = ort.InferenceSession(with_outputs(model, exposed).SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])  # fmt: skip
-    input_name = sess.get_inputs()[0].name
+    if bins < 256 or bins & (bins - 1):
+        raise UsageError(f"histogram bins must be a power of two >= 256, not {bins}")
+    if sample is not None and sample < 1:
+        raise UsageError(f"sample must be a positive number of values per image, not {sample}")
+    input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
+    exposed = [t for t in tensors if t != input_name]  # the input itself is read from the batch
     stats = {t: TensorStats(t, bins) for t in tensors}
-    run = _Runner(sess, input_name, exposed, stats, memory_budget)
+    run = _Runner(_session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats,
+                  memory_budget, sample)  # fmt: skip
+    seen = 0
     try:
-        seen = 0
         for x in batches:
             x = np.ascontiguousarray(x, dtype=np.float32)
             run.feed(x)
@@ -223,11 +238,27 @@ def collect_stats(
     return stats
 
 
+def _session(model: onnx.ModelProto, model_bytes: bytes | None, exposed: list[str], threads: int | None) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        opts.intra_op_num_threads = threads
+    existing = {o.name for o in model.graph.output}
+    probe = probe_bytes(model_bytes or model.SerializeToString(), [t for t in exposed if t not in existing])
+    return ort.InferenceSession(probe, opts, providers=["CPUExecutionProvider"])
+
+
 class _Runner:
     """Feeds chunks to the session and hands finished output buffers to the statistics thread."""
 
-    def __init__(self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int) -> None:
+    def __init__(self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int,
+                 sample: int | None) -> None:  # fmt: skip
         self.sess, self.input_name, self.tensors, self.stats, self.budget = sess, input_name, tensors, stats, budget
+        self.sample = sample
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescompile-stats")
         self.work = Workspace()
         self.sets: list[_Buffers] = []
@@ -236,13 +267,20 @@ class _Runner:
         self.turn = 0
         self.bound = True  # False: outputs are not batch-major float32; use plain runs
 
+    def _stride(self, v: np.ndarray) -> int:
+        per_image = v[0].size if v.ndim > 1 and len(v) else v.size
+        return 1 if self.sample is None else max(1, -(-per_image // self.sample))
+
     def _update(self, outs: dict[str, np.ndarray], x: np.ndarray) -> None:
         if self.input_name in self.stats:
-            self.stats[self.input_name].update(x, self.work)
+            self.stats[self.input_name].update(x, self.work, self._stride(x))
         for t in self.tensors:
-            self.stats[t].update(outs[t], self.work)
+            self.stats[t].update(outs[t], self.work, self._stride(outs[t]))
 
     def feed(self, x: np.ndarray) -> None:
+        if self.sess is None:  # nothing to expose: the input's statistics need no model run
+            self._update({}, x)
+            return
         start = 0
         while start < len(x):
             part = x[start : start + self.chunk]

@@ -113,7 +113,7 @@ def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -
 def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
     """Every method's clip and quantization error for one tensor, and the histogram's summary."""
     cands = candidate_amax(stats, percentile)
-    errs = quantization_error(stats.abs_hist(), stats.width, [cands[m] for m in SINGLE_METHODS]) if stats.count else (
+    errs = quantization_error(stats.abs_hist(), stats.width, np.asarray([cands[m] for m in SINGLE_METHODS])) if stats.count else (
         np.zeros(len(SINGLE_METHODS)))  # fmt: skip
     errors = {m: float(e) for m, e in zip(SINGLE_METHODS, errs, strict=True)}
     # Ties (e.g. percentile == max on a small tensor) go to the earlier, simpler method.
@@ -122,6 +122,7 @@ def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[
     h = stats.abs_hist()
     return {
         "count": int(stats.count),
+        "hist_count": int(stats.hist_count),
         "min": float(stats.min) if stats.count else 0.0,
         "max": float(stats.max) if stats.count else 0.0,
         "hist_edge": float(stats.edge),
@@ -129,7 +130,7 @@ def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[
         "bins_used": int(np.flatnonzero(h)[-1] + 1) if h.any() else 0,
         "zero_bin_fraction": float(h[0] / max(h.sum(), 1)) if h.size else 0.0,
         "amax": cands,
-        "mse": errors,
+        "error": errors,  # mean squared INT8 error of each method's clip on the histogram
         "auto": best,
     }
 
@@ -154,10 +155,11 @@ def compute_ranges(stats: dict[str, TensorStats], method: str = "max",
 
 def calibration_result(stats: dict[str, TensorStats], method: str, samples: int, *,
                        percentile: float = DEFAULT_PERCENTILE, key: dict[str, str] | None = None,
-                       preprocess: dict[str, Any] | None = None) -> CalibrationResult:  # fmt: skip
+                       preprocess: dict[str, Any] | None = None, sample: int | None = None) -> CalibrationResult:  # fmt: skip
     """Ranges by ``method`` plus, per tensor, every method's clip and error (the ranges.json content)."""
     check_method(method, percentile)
     summary = {name: analyze(s, percentile) for name, s in stats.items()}
     ranges = {name: range_for(s, method, percentile, summary[name]) for name, s in stats.items()}
-    params = {"percentile": percentile, "bins": next(iter(stats.values())).bins if stats else 0, "levels": 128}
+    params = {"percentile": percentile, "bins": next(iter(stats.values())).bins if stats else 0, "levels": 128,
+              "sample": sample}  # fmt: skip
     return CalibrationResult(ranges, method, samples, dict(key or {}), params, summary, dict(preprocess or {}))

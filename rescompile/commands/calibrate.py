@@ -89,8 +89,8 @@ def calibrate(
         elif from_stats is not None:
             if not from_stats.is_file():
                 raise UsageError(f"statistics file not found: {from_stats}")
-            stats, key, samples = load_stats(from_stats)
-            result = calibration_result(stats, method, samples, percentile=percentile, key=key)
+            stats, key, samples, sample = load_stats(from_stats)
+            result = calibration_result(stats, method, samples, percentile=percentile, key=key, sample=sample)
             how = f"{len(stats)} tensors from {from_stats} ({samples} samples), no model run"
         else:
             result, stats_bytes, how = _collect(model, calib or "", method, percentile, tensors, policy, calib_size,

@@ -108,4 +108,3 @@ def inspect(
                                     f"first: {report.violations[0]}")  # fmt: skip
 
     run_cli(go)
-

@@ -232,20 +232,21 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("L" if pre.channels == 1 else "RGB")
-            if pre.resize is not None:
-                w, h = im.size
-                s = pre.resize / min(w, h)
-                im = im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
+        with Image.open(path) as f:
+            im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
+        bilinear = Image.Resampling.BILINEAR
+        if pre.resize is not None:
             w, h = im.size
-            if (w, h) != (pre.size, pre.size):
-                if min(w, h) < pre.size:
-                    im = im.resize((pre.size, pre.size), Image.BILINEAR)
-                    w, h = im.size
-                left, top = (w - pre.size) // 2, (h - pre.size) // 2
-                im = im.crop((left, top, left + pre.size, top + pre.size))
-            arr = np.asarray(im, dtype=np.uint8)
+            s = pre.resize / min(w, h)
+            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), bilinear)
+        w, h = im.size
+        if (w, h) != (pre.size, pre.size):
+            if min(w, h) < pre.size:
+                im = im.resize((pre.size, pre.size), bilinear)
+                w, h = im.size
+            left, top = (w - pre.size) // 2, (h - pre.size) // 2
+            im = im.crop((left, top, left + pre.size, top + pre.size))
+        arr = np.asarray(im, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         reason = "truncated" if "truncated" in str(exc).lower() else str(exc).splitlines()[0]
         raise UsageError(f"cannot read image {path}: {reason}",

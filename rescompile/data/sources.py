@@ -67,7 +67,7 @@ class NpyFile:
         with open(self.path, "rb") as fh:
             for run in np.split(np.arange(len(idx)), breaks):
                 fh.seek(self.offset + int(idx[run[0]]) * self.row_bytes)
-                n = fh.readinto(memoryview(flat[run[0] : run[-1] + 1]).cast("B"))
+                n = fh.readinto(flat[run[0] : run[-1] + 1].data.cast("B"))
                 if n != len(run) * self.row_bytes:
                     raise UsageError(f"{self.path} is truncated")
         return out

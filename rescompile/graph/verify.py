@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, numpy_helper
+from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.topology import find_residual_blocks
@@ -341,7 +341,8 @@ def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, po
             continue
         c["scale"] += 1
         sout, zout, _ = view.qparams(qout[0])
-        if not (np.array_equal(qin[0], sout) and np.array_equal(qin[1], zout)):
+        same = all(a is not None and b is not None and np.array_equal(a, b) for a, b in ((qin[0], sout), (qin[1], zout)))
+        if not same:
             rule = "R7" if policy == "tensorrt" else "O5"
             v.append(Violation("scale", node_name(n), f"{n.op_type} output scale differs from its input's ({rule})"))
 
@@ -459,8 +460,7 @@ def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, po
         relu_behind_qdq = None
         for q in view.q_of.get(out, []):
             for dq, _ in idx.consumers.get(q.output[0], []):
-                relu_behind_qdq = relu_behind_qdq or next(
-                    (c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
+                relu_behind_qdq = relu_behind_qdq or next((c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
         if relu_behind_qdq is not None:
             v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
                                "quantize after the ReLU (O3)"))  # fmt: skip

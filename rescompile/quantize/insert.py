@@ -162,20 +162,22 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
         rewired[(bq.node, bq.input_index)] = out
 
     for q in plan.activations:
-        scale, zp = act_params[q.tensor]
-        inits, qdq, out = _activation_nodes(q, scale, zp, names)
+        act_scale, act_zp = act_params[q.tensor]
+        inits, qdq, out = _activation_nodes(q, act_scale, act_zp, names)
         new_inits += inits
         producer = idx.producer.get(q.tensor)
         if producer is None:
             head.extend(qdq)
         else:
             after.setdefault(node_name(producer), []).extend(qdq)
-        for c in q.consumers:
-            name, _, i = c.rpartition(":")
+        for ref in q.consumers:
+            name, _, index = ref.rpartition(":")
             check_node(name, "consumer")
-            if nodes_by_name[name].input[int(i)] != q.tensor:
-                raise UsageError(f"plan says {c} reads {q.tensor!r}, but it reads {nodes_by_name[name].input[int(i)]!r}")
-            rewired[(name, int(i))] = out
+            k = int(index) if index.isdigit() else -1
+            reads = nodes_by_name[name].input[k] if 0 <= k < len(nodes_by_name[name].input) else None
+            if reads != q.tensor:
+                raise UsageError(f"plan says {ref} reads {q.tensor!r}, but it reads {reads!r}", hint="re-plan for this model")
+            rewired[(name, k)] = out
 
     ordered: list[onnx.NodeProto] = list(head)
     for n in g.node:
@@ -194,4 +196,3 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
     # Value infos of the FP32 graph stay valid; shapes of new tensors are inferred by runtimes.
     onnx.checker.check_model(src)
     return src
-

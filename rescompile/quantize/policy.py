@@ -179,7 +179,8 @@ def kept_nodes(model: onnx.ModelProto, keep_fp: tuple[str, ...], keep_first_last
             raise UsageError(
                 f"--keep-fp {p!r} matches no node of the model",
                 hint=f"use a node-name glob (e.g. '{node_name(model.graph.node[0])}') or an op type ({', '.join(ops)})"
-                if len(model.graph.node) else None,
+                if len(model.graph.node)
+                else None,
             )
         kept |= hits
     weighted = weighted_nodes(model)

@@ -73,9 +73,7 @@ def _closing_tensor(idx: GraphIndex, node: onnx.NodeProto, kept: set[str]) -> tu
     return out, f"O2: output of {node.op_type} {node_name(node)} ({KERNELS[node.op_type]})"
 
 
-def plan_onnxruntime(
-    model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False
-) -> QuantPlan:
+def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
     """The ``onnxruntime`` placement and scheme for ``model`` (FP32, simplified, BatchNorm folded).
 
     Args:

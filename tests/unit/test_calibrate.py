@@ -97,7 +97,7 @@ def test_mse_search_is_the_argmin_of_expected_error_and_auto_the_least_error() -
     info = analyze(s)
     errs = quantization_error(h, w, [info["amax"][m] for m in ("max", "percentile", "entropy", "mse")])
     assert info["auto"] == ("max", "percentile", "entropy", "mse")[int(np.argmin(errs))]
-    assert info["mse"]["max"] > info["mse"][info["auto"]]
+    assert info["error"]["max"] > info["error"][info["auto"]]
 
 
 def test_every_method_from_one_pass_with_meaningful_asymmetric_ranges(tiny_onnx: onnx.ModelProto,
@@ -214,3 +214,24 @@ def test_activation_tensors_lists_every_float_activation(tiny_onnx: onnx.ModelPr
     assert names[0] == tiny_onnx.graph.input[0].name
     assert set(plan_qdq(tiny_onnx).calibrated_tensors) <= set(names)
     assert tiny_onnx.graph.output[0].name in names
+
+
+def test_sampled_histograms_keep_exact_extremes_and_close_ranges(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> None:
+    tensors = plan_qdq(tiny_onnx).calibrated_tensors
+    exact = collect_stats(tiny_onnx, tensors, [tiny_data], sample=None, memory_budget=1)
+    sampled = collect_stats(tiny_onnx, tensors, [tiny_data], sample=256, memory_budget=1)  # stride 8 on 2048 values
+    for t in tensors:
+        e, s = exact[t], sampled[t]
+        assert (s.min, s.max, s.count) == (e.min, e.max, e.count)  # every value
+        stride = -(-(e.count // len(tiny_data)) // 256)  # per-image values / 256, rounded up
+        assert e.hist_count == e.count and s.hist_count == int(s.hist.sum())
+        assert abs(s.hist_count - e.count / stride) <= len(tiny_data)  # every stride-th value
+        assert stride > 1 or t == tiny_onnx.graph.input[0].name
+        assert compute_ranges({t: s}, "max")[t] == compute_ranges({t: e}, "max")[t]
+        assert compute_ranges({t: s}, "mse")[t].amax == pytest.approx(compute_ranges({t: e}, "mse")[t].amax, rel=0.35)
+
+
+def test_only_the_graph_input_needs_no_model_outputs(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> None:
+    name = tiny_onnx.graph.input[0].name
+    stats = collect_stats(tiny_onnx, [name], [tiny_data])
+    assert (stats[name].min, stats[name].max) == (float(tiny_data.min()), float(tiny_data.max()))

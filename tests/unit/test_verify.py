@@ -208,7 +208,7 @@ def test_ort_add_output_not_quantized(tiny_onnx, ort):
     out = _node(model, relu).output[0]
     broken = _copy(model)
     idx = GraphIndex.build(broken.graph)
-    (q, _), = idx.consumers[out]
+    ((q, _),) = idx.consumers[out]
     dq = idx.consumers[q.output[0]][0][0]
     for n in broken.graph.node:
         n.input[:] = [out if x == dq.output[0] else x for x in n.input]
@@ -235,7 +235,9 @@ def test_ort_nonzero_zero_point_after_relu_and_float_reader(tiny_onnx, ort):
 
 def test_ort_bias_scale_and_activation_type(tiny_onnx, ort):
     plan, model = ort
-    bias_dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and _init(model, n.input[0]).data_type == onnx.TensorProto.INT32)
+    bias_dq = next(
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and _init(model, n.input[0]).data_type == onnx.TensorProto.INT32
+    )
     broken = _copy(model)
     s = _init(broken, bias_dq.input[1])
     s.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(s) * 2, s.name))
