@@ -18,12 +18,12 @@ def block_table(blocks: list[Any], title: str) -> Table:
     t.add_column("#", justify="right")
     t.add_column("residual Add", overflow="fold")
     t.add_column("main branch")
-    t.add_column("last op of main branch", overflow="fold")
+    t.add_column("last Conv of main branch", overflow="fold")
     t.add_column("shortcut")
     t.add_column("then")
     for i, b in enumerate(blocks):
         short = b.shortcut_kind if not b.shortcut_ops else f"{b.shortcut_kind} ({'-'.join(b.shortcut_ops)})"
-        t.add_row(str(i), escape(b.add), "-".join(b.main_ops) or b.main_producer_op, escape(b.main_producer),
+        t.add_row(str(i), escape(b.add), "-".join(b.main_ops) or b.main_producer_op, escape(b.main_conv or b.main_producer),
                   escape(short), b.follower or "-")  # fmt: skip
     return t
 

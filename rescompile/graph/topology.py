@@ -45,6 +45,7 @@ class ResidualBlock:
     follower_node: str | None
     main_ops: tuple[str, ...] = ()  # op types along the main branch, block input to Add
     shortcut_ops: tuple[str, ...] = ()  # op types along the shortcut
+    main_conv: str | None = None  # the last Conv (weighted op) of the main branch, even if a BatchNorm follows it
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -172,6 +173,7 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
                 follower_node=node_name(follower) if follower is not None else None,
                 main_ops=tuple(n.op_type for n in main_path),
                 shortcut_ops=tuple(short_ops),
+                main_conv=next((node_name(n) for n in reversed(main_path) if n.op_type in WEIGHTED_OPS), None),
             )
         )
     return blocks

@@ -407,7 +407,7 @@ def _check_residuals(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView
             v.append(Violation("residual", b.add, "residual Add missing from the INT8 graph"))
             continue
         quantized = {view.origin(i) for i in add.input if i in view.act_dq}
-        follower = nodes.get(b.follower_node) if b.follower_node else None
+        follower = nodes.get(b.follower_node) if b.follower_node and b.follower_node not in kept else None
         if follower is not None and follower.input[0] != b.output:
             v.append(Violation("residual", b.add, f"a Q/DQ sits between the Add and its ReLU {b.follower_node}; "
                                "the runtime cannot fuse them"))  # fmt: skip
@@ -461,7 +461,7 @@ def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, po
         for q in view.q_of.get(out, []):
             for dq, _ in idx.consumers.get(q.output[0], []):
                 relu_behind_qdq = relu_behind_qdq or next((c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
-        if relu_behind_qdq is not None:
+        if relu_behind_qdq is not None and node_name(relu_behind_qdq) not in kept:
             v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
                                "quantize after the ReLU (O3)"))  # fmt: skip
         elif relu is not None:

@@ -95,10 +95,10 @@ def test_onnxruntime_int8_is_close_to_fp32(tiny_onnx, tiny_data):
     assert cos.min() > 0.99 and not np.array_equal(ref, got)
 
 
-@pytest.mark.parametrize("name", ["preact", "resnet_d"])
+@pytest.mark.parametrize(("name", "exporter"), [("preact", "torchscript"), ("resnet_d", "torchscript"), ("preact", "dynamo")])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policies_on_preactivation_and_resnet_d(name, policy):
-    model = simplified(name)
+def test_policies_on_preactivation_and_resnet_d(name, exporter, policy):
+    model = simplified(name, exporter)
     plan, int8 = quantize(model, policy)
     report = verify_int8(model, int8, plan)
     assert report.ok, report.violations
@@ -188,3 +188,19 @@ def test_parse_policy_auto_follows_the_backend():
         parse_policy("fastest", "onnxruntime")
     with pytest.raises(UsageError, match="unknown policy"):
         plan_qdq(onnx.ModelProto(), "fastest")
+
+
+def test_resnet_d_pooled_shortcut_runs_int8_in_onnxruntime(tmp_path):
+    _, int8 = quantize(simplified("resnet_d"), Policy.ONNXRUNTIME)
+    ops = ort_optimized(int8, tmp_path)
+    assert ops["QLinearAveragePool"] == 1 and ops["QLinearConv"] == 5 and ops["QLinearAdd"] == 1
+    assert ops["Conv"] + ops["AveragePool"] + ops["Add"] + ops["DequantizeLinear"] == 0
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_keeping_relus_moves_the_onnxruntime_q_before_them(tiny_onnx, policy):
+    plan, int8 = quantize(tiny_onnx, policy, keep_fp=("Relu",))
+    assert verify_int8(tiny_onnx, int8, plan).ok
+    if policy is Policy.ONNXRUNTIME:
+        # With the ReLU kept in float, the Conv/Add group closes at its own output.
+        assert all(b.output_quantized == b.add_output for b in plan.residual_adds)

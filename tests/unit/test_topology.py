@@ -135,7 +135,7 @@ def torchvision_onnx(arch: str, size: int = 32) -> onnx.ModelProto:
 def assert_chained(blocks) -> None:  # type: ignore[no-untyped-def]
     """Structural invariants every post-activation ResNet satisfies."""
     for b in blocks:
-        assert b.main != b.shortcut and b.main_producer_op == "Conv"
+        assert b.main != b.shortcut and b.main_producer_op == "Conv" and b.main_conv == b.main_producer
         assert b.follower == "Relu" and b.follower_node
         if b.shortcut_kind == "identity":
             assert b.shortcut == b.block_input and b.shortcut_nodes == ()
@@ -250,3 +250,16 @@ def test_block_map_json_is_plain_data(tiny_onnx):
     assert doc["residual_adds"] == 2 and doc["shortcut_kinds"] == {"identity": 1, "projection": 1}
     assert doc["followers"] == {"Relu": 2, "none": 0}
     assert doc["blocks"][0]["main_ops"] == list(BASIC)
+
+
+def test_unsimplified_graph_names_the_last_conv_behind_batchnorm():
+    # An export without BatchNorm folding: the Add reads a BatchNormalization, the block's last Conv is before it.
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(cifar_resnet("resnet20", 10, 1).eval(), (torch.zeros(1, 1, 16, 16),), buf, dynamo=False,
+                          opset_version=17, do_constant_folding=False)  # fmt: skip
+    blocks = find_residual_blocks(onnx.load_from_string(buf.getvalue()))
+    assert len(blocks) == 9 and all(b.main_producer_op == "BatchNormalization" for b in blocks)
+    assert all(b.main_conv and b.main_conv.endswith("conv2/Conv") for b in blocks)
+    assert [b.shortcut_ops for b in blocks if b.shortcut_kind == "projection"] == [("Conv", "BatchNormalization")] * 2
