@@ -275,7 +275,8 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    lines = ["# Calibration benchmark", "", f"Machine: {res['machine']}. Command: `{res['command']}`.", ""]
+    lines = ["# Calibration benchmark", "", f"Machine: {res['machine']}.", "",
+             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(res["commands"])), ""]  # fmt: skip
     for key, title in (("resnet50", "torchvision resnet50, 224x224, random weights, synthetic noise images"),
                        ("demo", "demo ResNet-20 (Fashion-MNIST), 512 shipped calibration images")):  # fmt: skip
         part = res.get(key)
@@ -320,6 +321,7 @@ def main() -> None:
     ap.add_argument("--skip-resnet50", action="store_true")
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    ap.add_argument("--merge", action="store_true", help="update the parts run now in an existing calibration.json")
     args = ap.parse_args()
     if args.job:
         child(args.job)
@@ -393,6 +395,10 @@ def main() -> None:
             log("demo: accuracy per method")
             res["demo_accuracy"] = demo_accuracy(demo)
     args.out.mkdir(parents=True, exist_ok=True)
+    res["commands"] = [res.pop("command")]
+    if args.merge and (args.out / "calibration.json").is_file():  # keep the parts not re-run now
+        old = json.loads((args.out / "calibration.json").read_text())
+        res = {**old, **res, "commands": [*old.get("commands", []), *res["commands"]]}
     (args.out / "calibration.json").write_text(json.dumps(res, indent=2, sort_keys=True, default=str) + "\n")
     (args.out / "calibration.md").write_text(render(res))
     print(render(res))
