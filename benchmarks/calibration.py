@@ -96,7 +96,10 @@ def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     t_collect = time.perf_counter()
     from rescompile.calibrate.collect import DEFAULT_SAMPLE
 
-    run = calibrate(model, tensors, src, pre, method=a["method"], batch_size=BATCH, sample=a.get("sample", DEFAULT_SAMPLE))
+    from rescompile.calibrate.collect import DEFAULT_MEMORY_BUDGET
+
+    run = calibrate(model, tensors, src, pre, method=a["method"], batch_size=BATCH, sample=a.get("sample", DEFAULT_SAMPLE),
+                    memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20)  # fmt: skip
     total = time.perf_counter() - t0
     # Switching method afterwards: ranges from the same statistics, no model run.
     from rescompile.calibrate.ranges import calibration_result

@@ -22,7 +22,8 @@ def render_junit(report: dict[str, Any], suite: str = "rescompile.gates") -> str
         ("top1.reference", acc["reference"]["top1"]), ("top1.candidate", acc["candidate"]["top1"]),
         ("top1_drop", acc["top1_drop"]), ("agreement.top1", agr["top1"]), ("agreement.cosine_mean", agr["cosine_mean"]),
     ):  # fmt: skip
-        ET.SubElement(props, "property", name=key, value="n/a" if value is None else str(value))
+        shown = "n/a" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
+        ET.SubElement(props, "property", name=key, value=shown)
     classname = f"{suite}.{report.get('model', {}).get('name', 'model')}"
     for g in gates:
         case = ET.SubElement(ts, "testcase", classname=classname, name=g["name"], time="0")

@@ -65,6 +65,7 @@ class ReferenceOutputs:
     labels: np.ndarray | None
     inputs: np.ndarray | None  # N x C x H x W float32, preprocessed
     meta: dict[str, Any] = field(default_factory=dict)  # runner, source, preprocess, model
+    seconds: float | None = None  # time the reference took here (None when loaded from a file)
 
     @property
     def runner(self) -> str:

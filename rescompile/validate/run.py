@@ -58,6 +58,7 @@ def compute_reference(
 ) -> ReferenceOutputs:  # fmt: skip
     """Run the FP32 reference over ``inputs``; keep the inputs too when they will be saved."""
     logits, labels, kept = [], [], []
+    t0 = time.perf_counter()
     with progress(f"reference ({runner.name})", inputs.count, settings.progress) as advance:
         for x, y in inputs.batches(settings.batch_size):
             logits.append(runner.infer(x))
@@ -69,7 +70,7 @@ def compute_reference(
     return ReferenceOutputs(
         np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
         np.concatenate(kept) if keep_inputs else None,
-        {"runner": runner.name, "source": inputs.name, **(meta or {})},
+        {"runner": runner.name, "source": inputs.name, **(meta or {})}, round(time.perf_counter() - t0, 3),
     )  # fmt: skip
 
 
@@ -124,7 +125,7 @@ def validate(
         from rescompile.errors import UsageError
 
         raise UsageError(f"the reference holds {len(reference.logits)} outputs but the validation set has {inputs.count} samples")
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {} if reference.seconds is None else {"reference_s": reference.seconds}
     reset_peak_rss()
     t0 = time.perf_counter()
     cand = run_outputs(candidate, inputs, settings, f"candidate ({candidate.name})")
