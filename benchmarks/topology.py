@@ -111,26 +111,29 @@ def quantize_static_model(fp32_path: Path, calib: list[np.ndarray], out: Path) -
     return onnx.load(str(out))
 
 
-def time_interleaved(runners: dict[str, OnnxRuntimeRunner], sample: np.ndarray, batch: int, runs: int,
-                     budget_s: float) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Latency of every variant, measured in rounds (each round runs each variant once).
+def time_blocks(runners: dict[str, OnnxRuntimeRunner], sample: np.ndarray, batch: int, runs: int,
+                budget_s: float) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Latency of every variant in two blocks, forward then reverse order (A B C D, D C B A).
 
-    Interleaving spreads any drift in machine load over all variants alike. 5 warm-up calls
-    each, then ``runs`` rounds, or fewer (>= 10) once ``budget_s`` is spent.
+    Each block gives each variant 5 warm-up calls (they also let the previous session's
+    spinning threads go idle) and half of ``runs`` timed calls; the reversed second block
+    cancels a linear drift in machine load. A block stops early (>= 5 runs) past ``budget_s / 2``.
     """
     x = np.ascontiguousarray(np.concatenate([sample] * batch)[:batch])
-    for r in runners.values():
-        for _ in range(5):
-            r.infer(x)
     times: dict[str, list[float]] = {k: [] for k in runners}
-    start = time.perf_counter()
-    for i in range(runs):
-        if i >= 10 and time.perf_counter() - start > budget_s:
-            break
-        for k, r in runners.items():
-            t0 = time.perf_counter()
-            r.infer(x)
-            times[k].append((time.perf_counter() - t0) * 1000.0)
+    order = list(runners)
+    for block in (order, order[::-1]):
+        for k in block:
+            r = runners[k]
+            for _ in range(5):
+                r.infer(x)
+            start = time.perf_counter()
+            for i in range((runs + 1) // 2):
+                if i >= 5 and time.perf_counter() - start > budget_s / 2:
+                    break
+                t0 = time.perf_counter()
+                r.infer(x)
+                times[k].append((time.perf_counter() - t0) * 1000.0)
     out = {}
     for k, ts in times.items():
         t = np.asarray(ts)
@@ -225,7 +228,7 @@ def bench_model(name: str, runs: int, budget_s: float, batches: tuple[int, ...],
         v["latency"] = []
     for batch in batches:
         t0 = time.perf_counter()
-        lats = time_interleaved(runners, m["x_eval"][:1], batch, runs, budget_s)
+        lats = time_blocks(runners, m["x_eval"][:1], batch, runs, budget_s)
         for variant, lat in lats.items():
             res["variants"][variant]["latency"].append(lat)
             print(f"   {variant:16s} batch {batch:3d}: p50 {lat['p50_ms']:9.2f} ms ({lat['runs']} runs)", flush=True)
@@ -245,10 +248,11 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         "# Skip-add topology benchmark", "",
         f"`{doc['command']}`, {doc['date']}.  ", f"CPU: {env['cpu']} ({env['cores']} cores visible); ONNX Runtime "
-        f"{env['onnxruntime']}, CPU provider, {env['threads']} threads (intra-op; inter-op 1), graph optimization ALL; "
-        f"latency = median (p50) of {doc['runs']} timed runs after 5 warm-up runs, the variants interleaved round by "
-        f"round (fewer rounds, at least 10, only if a batch size took over {doc['budget_s']:.0f} s; the run count is "
-        "listed).", "",
+        f"{env['onnxruntime']}, CPU provider, {env['threads']} threads (intra-op; inter-op 1), graph optimization ALL "
+        f"(load average {env['loadavg_at_start'][0]} at start, {env['loadavg_at_end'][0]} at end: the machine is shared); "
+        f"latency = median (p50) of {doc['runs']} timed runs, measured in two blocks per variant (order A B C D, "
+        f"then D C B A, {doc['runs'] // 2} runs each after 5 warm-up runs) so load drift hits all variants alike; "
+        f"fewer runs only if a block took over {doc['budget_s'] / 2:.0f} s (the run count is listed).", "",
     ]  # fmt: skip
     for r in doc["models"]:
         v = r["variants"]
@@ -318,7 +322,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50,demo")
     ap.add_argument("--runs", type=int, default=30, help="timed runs per measurement (after 5 warm-up runs)")
-    ap.add_argument("--budget-s", type=float, default=900.0, help="stop a batch size's rounds after this long (>= 10 rounds)")
+    ap.add_argument("--budget-s", type=float, default=300.0, help="time budget per variant and batch size (>= 10 runs)")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
@@ -332,13 +336,15 @@ def main() -> None:
         "command": "python benchmarks/topology.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {"cpu": cpu + (" (AVX512-VNNI)" if "avx512_vnni" in flags else ""), "cores": os.cpu_count(),
-                        "onnxruntime": onnxruntime.__version__, "threads": 2, "python": platform.python_version()},
+                        "onnxruntime": onnxruntime.__version__, "threads": 2, "python": platform.python_version(),
+                        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
         "runs": args.runs, "budget_s": args.budget_s, "models": [],
     }  # fmt: skip
     batches = tuple(int(b) for b in args.batches.split(","))
     with tempfile.TemporaryDirectory(prefix="rescompile-bench-") as tmp:
         for name in args.models.split(","):
             doc["models"].append(bench_model(name, args.runs, args.budget_s, batches, Path(tmp)))
+    doc["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     doc["targets"] = targets(doc["models"])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "topology.json").write_text(json.dumps(doc, indent=2) + "\n")
