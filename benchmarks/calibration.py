@@ -86,6 +86,7 @@ def job_plain(a: dict[str, Any]) -> dict[str, Any]:
 def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     import onnx
 
+    from rescompile.calibrate.collect import DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE
     from rescompile.calibrate.run import calibrate
     from rescompile.quantize import plan_qdq
 
@@ -94,10 +95,6 @@ def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     model = onnx.load(a["model"])
     tensors = plan_qdq(model, a.get("policy", "tensorrt")).calibrated_tensors
     t_collect = time.perf_counter()
-    from rescompile.calibrate.collect import DEFAULT_SAMPLE
-
-    from rescompile.calibrate.collect import DEFAULT_MEMORY_BUDGET
-
     run = calibrate(model, tensors, src, pre, method=a["method"], batch_size=BATCH, sample=a.get("sample", DEFAULT_SAMPLE),
                     memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20)  # fmt: skip
     total = time.perf_counter() - t0

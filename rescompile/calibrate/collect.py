@@ -35,7 +35,7 @@ _SLICE = 1 << 18  # elements histogrammed per step: keeps the index buffers in c
 DEFAULT_MEMORY_BUDGET = 64 << 20  # bytes of exposed activations per buffer set (small runs measured faster)
 # Histogram values per tensor per image: larger tensors are histogrammed on every k-th value (the phase
 # rotates from run to run); min, max and count always see every value. None: every value.
-DEFAULT_SAMPLE = 1 << 15
+DEFAULT_SAMPLE = 1 << 14
 
 
 class Workspace:
@@ -59,6 +59,7 @@ class TensorStats:
     edge: float = 0.0
     hist_count: int = 0  # values in the histogram (every ``stride``-th value of large tensors)
     runs: int = 0
+    nonnegative: bool = False  # produced by Relu: the minimum is 0 as soon as one value is 0
 
     def update(self, x: np.ndarray, work: Workspace | None = None, stride: int = 1) -> None:
         """Add the values of ``x``; the histogram takes every ``stride``-th value, min/max every value.
@@ -69,7 +70,11 @@ class TensorStats:
         flat = x.reshape(-1)
         if flat.size == 0:
             return
-        lo, hi = float(flat.min()), float(flat.max())  # NaN propagates through min/max
+        sample = flat[self.runs % stride :: stride] if stride > 1 else flat
+        hi = float(flat.max())  # NaN propagates through max
+        lo = float(sample.min()) if self.nonnegative else math.nan
+        if lo != 0.0:  # a Relu output with a 0 in the sample has minimum 0 exactly; otherwise look at every value
+            lo = float(flat.min())
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise UsageError(
                 f"activation {self.name!r} holds NaN or Inf during calibration",
@@ -77,8 +82,7 @@ class TensorStats:
             )
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += flat.size
-        if stride > 1:
-            flat = flat[self.runs % stride :: stride]
+        flat = sample
         self.runs += 1
         self.hist_count += flat.size
         self._fit(max(abs(lo), abs(hi)))
@@ -223,7 +227,8 @@ def collect_stats(
         raise UsageError(f"sample must be a positive number of values per image, not {sample}")
     input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     exposed = [t for t in tensors if t != input_name]  # the input itself is read from the batch
-    stats = {t: TensorStats(t, bins) for t in tensors}
+    relu_outputs = {o for n in model.graph.node if n.op_type == "Relu" for o in n.output}
+    stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs) for t in tensors}
     run = _Runner(_session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats,
                   memory_budget, sample)  # fmt: skip
     seen = 0

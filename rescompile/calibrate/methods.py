@@ -75,7 +75,15 @@ def entropy_divergences(hist: np.ndarray, levels: int = LEVELS, start: int = MIN
 
 
 def entropy_amax(hist: np.ndarray, width: float, amax: float, levels: int = LEVELS) -> float:
-    """TensorRT's entropy calibration: the candidate with the least KL divergence; threshold (m + 0.5) * width."""
+    """TensorRT's entropy calibration: the candidate with the least KL divergence; threshold (m + 0.5) * width.
+
+    The first bin takes its neighbour's count first (as NVIDIA's pytorch-quantization does): after a
+    ReLU it holds the exact zeros, often half of all values, and that spike alone would make the
+    smallest candidate win (merging bin 0 with any other bin then costs more than clipping).
+    """
+    if hist.size > 1:
+        hist = hist.copy()
+        hist[0] = hist[1]
     i, kl = entropy_divergences(hist, levels)
     if not np.isfinite(kl).any():
         return amax

@@ -74,7 +74,9 @@ class ReferenceOutputs:
     def as_inputs(self) -> ValidationInputs:
         if self.inputs is None:
             raise UsageError("this reference holds no inputs to validate a candidate on")
-        return ValidationInputs.from_arrays(str(self.meta.get("source", "saved reference")), self.inputs, self.labels)
+        inputs = ValidationInputs.from_arrays(str(self.meta.get("source", "saved reference")), self.inputs, self.labels)
+        inputs.class_names = [str(n) for n in self.meta.get("class_names") or []]
+        return inputs
 
 
 def save_reference(path: Path, ref: ReferenceOutputs) -> None:

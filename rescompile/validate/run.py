@@ -70,7 +70,8 @@ def compute_reference(
     return ReferenceOutputs(
         np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
         np.concatenate(kept) if keep_inputs else None,
-        {"runner": runner.name, "source": inputs.name, **(meta or {})}, round(time.perf_counter() - t0, 3),
+        {"runner": runner.name, "source": inputs.name, "class_names": list(inputs.class_names), **(meta or {})},
+        round(time.perf_counter() - t0, 3),
     )  # fmt: skip
 
 

@@ -80,8 +80,18 @@ def test_vectorized_entropy_matches_the_published_algorithm() -> None:
     assert cands[0] == 128 and cands[-1] == 1500
     for j in (0, 1, 57, 571, 1000, len(cands) - 1):
         assert kl[j] == pytest.approx(_brute_kl(h, int(cands[j])), rel=1e-9, abs=1e-12)
-    amax = entropy_amax(h, 0.01, 15.0)
-    assert amax == pytest.approx((cands[np.argmin(kl)] + 0.5) * 0.01)
+    flat = h.copy()
+    flat[0] = flat[1]  # the zero bin takes its neighbour's count before the search
+    cands, kl = entropy_divergences(flat)
+    assert entropy_amax(h, 0.01, 15.0) == pytest.approx((cands[np.argmin(kl)] + 0.5) * 0.01)
+
+
+def test_entropy_is_not_dragged_down_by_relu_zeros() -> None:
+    rng = np.random.default_rng(4)
+    x = np.maximum(rng.standard_normal(400000), 0)  # half exact zeros
+    s = TensorStats("relu")
+    s.update(x.astype(np.float32))
+    assert entropy_amax(s.abs_hist(), s.width, s.amax) > 0.5 * s.amax
 
 
 def test_mse_search_is_the_argmin_of_expected_error_and_auto_the_least_error() -> None:
@@ -235,3 +245,18 @@ def test_only_the_graph_input_needs_no_model_outputs(tiny_onnx: onnx.ModelProto,
     name = tiny_onnx.graph.input[0].name
     stats = collect_stats(tiny_onnx, [name], [tiny_data])
     assert (stats[name].min, stats[name].max) == (float(tiny_data.min()), float(tiny_data.max()))
+
+
+def test_relu_outputs_keep_an_exact_minimum_when_sampled() -> None:
+    x = np.full(64, 2.0, np.float32)
+    x[5] = 0.5  # not in the sample (stride 4, phase 0): the minimum must still be exact
+    s = TensorStats("r", nonnegative=True)
+    s.update(x, stride=4)
+    assert (s.min, s.max, s.hist_count) == (0.5, 2.0, 16)
+    x[8] = 0.0  # in the sample: a Relu output's minimum is 0
+    s2 = TensorStats("r", nonnegative=True)
+    s2.update(x, stride=4)
+    assert s2.min == 0.0
+    x[9] = np.nan  # not in the sample, still caught by the full max
+    with pytest.raises(UsageError, match="NaN or Inf"):
+        TensorStats("r", nonnegative=True).update(x, stride=4)

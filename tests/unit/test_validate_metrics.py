@@ -138,12 +138,14 @@ def test_onnx_precision_and_fp16_runner_casts(tiny_onnx, tiny_data):
 def test_saved_reference_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(0)
     ref = ReferenceOutputs(rng.standard_normal((6, 3)).astype(np.float32), np.arange(6) % 3,
-                           rng.standard_normal((6, 1, 4, 4)).astype(np.float32), {"runner": "pytorch-fp32", "source": "x"})  # fmt: skip
+                           rng.standard_normal((6, 1, 4, 4)).astype(np.float32),
+                           {"runner": "pytorch-fp32", "source": "x", "class_names": ["cat", "dog", "eel"]})  # fmt: skip
     path = tmp_path / "ref.npz"
     save_reference(path, ref)
     back = load_reference(path)
     assert np.array_equal(back.logits, ref.logits) and np.array_equal(back.inputs, ref.inputs)
     assert np.array_equal(back.labels, ref.labels) and back.runner == "pytorch-fp32"
+    assert back.as_inputs().class_names == ["cat", "dog", "eel"]  # reports on the device name the classes
     batches = list(back.as_inputs().batches(4))
     assert [len(x) for x, _ in batches] == [4, 2] and batches[1][1].tolist() == [1, 2]
     assert ValidationInputs.from_arrays("x", ref.inputs, None).head(5).shape == (5, 1, 4, 4)
