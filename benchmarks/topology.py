@@ -290,7 +290,14 @@ def render(doc: dict[str, Any]) -> str:
             cos = f"{x['cosine_mean']:.4f}" if "cosine_mean" in x else ""
             lines.append(f"| {name} | " + " | ".join(cells) + f" | {k['conv_int8']}/{k['conv_total']} | "
                          f"{k['add_int8']}/{k['add_total']} | {top1} | {agr} | {cos} |")  # fmt: skip
-        lines.append("")
+        ours, theirs = (Counter(v[k]["kernels"]["optimized_ops"]) for k in ("onnxruntime", "quantize_static"))
+        diff = {op: (ours[op], theirs[op]) for op in sorted(set(ours) | set(theirs)) if ours[op] != theirs[op]}
+        lines += ["", "ORT-optimized graphs, onnxruntime policy vs quantize_static: "
+                  + ("identical op counts" if not diff else "op counts differ only in " + ", ".join(
+                      f"{op} ({a} vs {b})" for op, (a, b) in diff.items()))
+                  + f". quantize_static's graph under our proof: {v['quantize_static']['proof_first_violation'] or 'pass'}"
+                  + (" (it folds each ReLU after a Conv/Add into the quantization range and deletes the node)."
+                     if v["quantize_static"]["proof_violations"] else "."), ""]  # fmt: skip
     lines += ["## Targets", ""]
     for t in doc["targets"]:
         lines.append(f"- {'PASS' if t['passed'] else 'FAIL'}: {t['what']} ({t['value']})")
