@@ -68,7 +68,7 @@ def _build_folder(folder: Path) -> tuple[Path, Path, Any, str | None]:
     """A build folder's INT8 model, FP32 simplified model, preprocessing and validation data."""
     import json
 
-    from rescompile.data.preprocess import Preprocess
+    from rescompile.data.preprocess import preprocess_from_dict
     from rescompile.errors import UsageError
 
     manifest = folder / "manifest.json"
@@ -76,7 +76,7 @@ def _build_folder(folder: Path) -> tuple[Path, Path, Any, str | None]:
         raise UsageError(f"{folder} is a folder but not a rescompile build (no manifest.json)")
     doc = json.loads(manifest.read_text())
     pre_doc = doc.get("preprocess") or {}
-    pre = Preprocess(**{**pre_doc, "mean": tuple(pre_doc["mean"]), "std": tuple(pre_doc["std"])}) if pre_doc else None
+    pre = preprocess_from_dict(pre_doc) if pre_doc else None
     return folder / "model.int8.onnx", folder / "model.simplified.onnx", pre, doc.get("config", {}).get("val")
 
 
@@ -144,7 +144,7 @@ def validate(
     """
 
     from rescompile.config import Gates
-    from rescompile.data.preprocess import get_preset
+    from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import GateFailed, UsageError
     from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
@@ -198,6 +198,8 @@ def validate(
             c, h, _ = ref.input_shape
             pre = get_preset(preset, size=h, channels=c) if preset else build_pre
             pre = pre or get_preset(ref.preset, size=h, channels=c)
+            if build_pre is not None:  # the build was calibrated with its recipe: validate with the same one
+                check_matches(build_pre.to_dict(), pre)
             src = open_source(val or build_val or "demo-val", layout=layout, limit=val_size, seed=0)
             check_shape(src, pre, ref.input_shape)
             inputs = ValidationInputs.from_source(src, pre)

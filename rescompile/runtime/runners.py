@@ -81,18 +81,9 @@ TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Read an ONNX file or raise UsageError naming the problem (no PyTorch import on this path)."""
-    from rescompile.errors import UsageError
+    from rescompile.models.onnx_source import read_onnx
 
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"ONNX file not found: {path}")
-    try:
-        model = onnx.load(str(path))
-    except Exception as exc:  # protobuf raises several types for a corrupt file
-        raise UsageError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
-    if not model.graph.node:
-        raise UsageError(f"{path} holds an empty ONNX graph")
-    return model
+    return read_onnx(Path(path))
 
 
 def open_runner(path: Path, *, threads: int | None = None, name: str | None = None) -> Runner:
