@@ -60,8 +60,8 @@ def main() -> None:
         "# Demo build (`python benchmarks/demo_build.py`)", "",
         f"Build wall time: median {result['build_wall_s']['median']} s of {result['build_wall_s']['runs']}.", "",
         "| set | FP32 top-1 | INT8 top-1 | agreement |", "|---|---|---|---|",
-        f"| shipped 2,000 | {result['val2000']['fp32_top1']:.2f}% | {result['val2000']['int8_top1']:.2f}% | {result['val2000']['agreement']:.2f}% |",
-        f"| full 10,000 | {result['test10k']['fp32_top1']:.2f}% | {result['test10k']['int8_top1']:.2f}% | {result['test10k']['agreement']:.2f}% |",
+        *[f"| {label} | {r['fp32_top1']:.2f}% | {r['int8_top1']:.2f}% | {r['agreement']:.2f}% |"
+          for label, r in (("shipped 2,000", result["val2000"]), ("full 10,000", result["test10k"]))],
         "", "| runner | batch | p50 ms | p90 ms |", "|---|---|---|---|",
         *[f"| {x['runner']} | {x['batch']} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} |" for x in result["latency"]],
         "", "| artifact | bytes |", "|---|---|",

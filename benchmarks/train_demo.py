@@ -95,7 +95,8 @@ def main() -> None:
         "architecture": "resnet20", "in_channels": 1, "num_classes": 10, "input_size": [1, 28, 28],
         "mean": [MEAN], "std": [STD], "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
         "fp32_top1_test10k": round(evaluate(model, x_test, y_test), 2),
-        "training_command": f"python benchmarks/train_demo.py --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}",
+        "training_command": (f"python benchmarks/train_demo.py --epochs {args.epochs} --batch-size {args.batch_size} "
+                             f"--lr {args.lr} --seed {args.seed}"),
         "torch": torch.__version__, "train_seconds": round(time.time() - start),
     }
     (args.out / "demo_resnet20.json").write_text(json.dumps(info, indent=2) + "\n")
