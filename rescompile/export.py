@@ -92,10 +92,12 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
                 )  # fmt: skip
+                if prog is None:
+                    raise UsageError("torch.onnx.export (dynamo) returned no program")
                 model = prog.model_proto
             elif cfg.exporter == "torchscript":
                 buf = io.BytesIO()
-                torch.onnx.export(
+                torch.onnx.export(  # type: ignore[arg-type]  # the TorchScript exporter accepts file objects
                     module, (x,), buf, dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},

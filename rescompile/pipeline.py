@@ -231,7 +231,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         gates = list(evaluate_gates(report, cfg.gates))
         if engine_section is not None:
             report["engine"] = engine_section
-            gates.append(engine_gate)
+            if engine_gate is not None:
+                gates.append(engine_gate)
         report["gates"] = [g.to_dict() for g in gates]
         report["passed"] = all(g.passed for g in gates)
         write_reports(stage, report)  # report.json, report.md, junit.xml, report.html

@@ -10,7 +10,11 @@ from contextlib import contextmanager
 def progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a rich progress bar on stderr when ``enabled``."""
     if not enabled:
-        yield lambda n=1: None
+
+        def ignore(n: int = 1) -> None:
+            return None
+
+        yield ignore
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,4 +24,8 @@ def progress(description: str, total: int, enabled: bool) -> Iterator[Callable[[
         console=Console(stderr=True), transient=False,
     ) as bar:  # fmt: skip
         task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
+
+        def advance(n: int = 1) -> None:
+            bar.advance(task, n)
+
+        yield advance
