@@ -97,8 +97,10 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
                 model = prog.model_proto
             elif cfg.exporter == "torchscript":
                 buf = io.BytesIO()
-                torch.onnx.export(  # type: ignore[arg-type]  # the TorchScript exporter accepts file objects
-                    module, (x,), buf, dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
+                # The TorchScript exporter accepts a file object (the stubs say path only).
+                torch.onnx.export(
+                    module, (x,), buf,  # type: ignore[arg-type]
+                    dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 )  # fmt: skip
