@@ -23,5 +23,6 @@ def test_validate_refuses_other_preprocessing(tmp_path: Path):
                               "--val", str(data)])  # fmt: skip
     assert bad.exit_code == 2 and "preprocessing differs" in bad.stderr and "mean" in bad.stderr
     good = runner.invoke(app, ["validate", str(out), "--reference", str(out / "model.simplified.onnx"), "--preset", "fashion-mnist",
-                               "--val", str(data), "--latency-runs", "3"])  # fmt: skip
+                               "--val", str(data), "--latency-runs", "3", "--out", str(tmp_path / "v")])  # fmt: skip
     assert good.exit_code == 0, good.output + good.stderr
+    assert (tmp_path / "v" / "report.json").is_file()
