@@ -259,6 +259,9 @@ def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = N
             raise UsageError(f"the shipped demo set {asset.name} is missing from {ASSETS}")
         src = _load_arrays(asset, "nchw")
         src.name = str(spec)
+        from rescompile.data.fashion_mnist import CLASSES
+
+        src.class_names = list(CLASSES)  # the demo is Fashion-MNIST: reports say "6 (Shirt)", not "6"
     else:
         path = Path(spec)
         if not path.exists():

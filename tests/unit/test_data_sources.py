@@ -159,3 +159,10 @@ def test_recorded_preprocessing_must_match() -> None:
     check_matches(built.to_dict(), built)
     with pytest.raises(UsageError, match=r"preprocessing differs from the build's: name 'fashion-mnist' .* mean"):
         check_matches(built.to_dict(), get_preset("grayscale"))
+
+
+def test_demo_sets_carry_fashion_mnist_class_names():
+    from rescompile.data.sources import open_source
+
+    src = open_source("demo-val")
+    assert src.count == 2000 and src.class_names[6] == "Shirt" and len(src.class_names) == 10
