@@ -68,30 +68,28 @@ class _Names:
         return name
 
 
-def _weight_nodes(wq: WeightQuant, w: np.ndarray, names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str, np.ndarray]:
-    q, scale = quantize_weight(w, wq.axis)
-    base = wq.initializer
+def _constant_dq(base: str, q: np.ndarray, scale: np.ndarray, axis: int,
+                 names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:  # fmt: skip
+    """A quantized constant (INT8 weight or INT32 bias) and its per-axis DequantizeLinear, zero point 0."""
     qn, sn, zn, out = names(f"{base}_quantized"), names(f"{base}_scale"), names(f"{base}_zero_point"), names(f"{base}_dequantized")
     inits = [
         numpy_helper.from_array(q, qn),
         numpy_helper.from_array(scale, sn),
-        numpy_helper.from_array(np.zeros(scale.shape, np.int8), zn),
+        numpy_helper.from_array(np.zeros(scale.shape, q.dtype), zn),
     ]
-    node = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=names(f"{base}_DequantizeLinear"), axis=wq.axis)
-    return inits, node, out, scale
+    node = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=names(f"{base}_DequantizeLinear"), axis=axis)
+    return inits, node, out
+
+
+def _weight_nodes(wq: WeightQuant, w: np.ndarray, names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str, np.ndarray]:
+    q, scale = quantize_weight(w, wq.axis)
+    return (*_constant_dq(wq.initializer, q, scale, wq.axis, names), scale)
 
 
 def _bias_nodes(bq: BiasQuant, b: np.ndarray, input_scale: float, weight_scale: np.ndarray, base: str,
                 names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:  # fmt: skip
     q, scale = quantize_bias(b, input_scale, weight_scale)
-    qn, sn, zn, out = names(f"{base}_quantized"), names(f"{base}_scale"), names(f"{base}_zero_point"), names(f"{base}_dequantized")
-    inits = [
-        numpy_helper.from_array(q, qn),
-        numpy_helper.from_array(scale, sn),
-        numpy_helper.from_array(np.zeros(scale.shape, np.int32), zn),
-    ]
-    node = helper.make_node("DequantizeLinear", [qn, sn, zn], [out], name=names(f"{base}_DequantizeLinear"), axis=bq.axis)
-    return inits, node, out
+    return _constant_dq(base, q, scale, bq.axis, names)
 
 
 def _activation_nodes(q: ActivationQuant, scale: np.float32, zp: np.integer,
