@@ -190,10 +190,7 @@ def build(
             progress=not quiet, percentile=percentile, recipe=recipe, pre_size=size, resize=resize,
             mean=floats_opt(mean, "--mean"), std=floats_opt(std, "--std"), pre_channels=channels, channel_order=channel_order,
         )  # fmt: skip
-        from rescompile.validate.gates import check_build_gates
-
-        check_build_gates(cfg)
-        try:
+        try:  # run_build checks gates and options before any work (exit 2)
             return run_build(cfg)
         except RescompileError as exc:
             result = getattr(exc, "result", None)
