@@ -236,9 +236,11 @@ def demo_accuracy(demo: dict[str, Any]) -> dict[str, Any]:
     test_x, test_y = load_fashion_mnist("test")
     xt = normalize_pixels(test_x[:, None], pre)
 
+    def correct(runner: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return np.concatenate([runner.infer(x[s : s + 500]).argmax(1) for s in range(0, len(x), 500)]) == y
+
     def top1(runner: Any, x: np.ndarray, y: np.ndarray) -> float:
-        pred = np.concatenate([runner.infer(x[s : s + 500]).argmax(1) for s in range(0, len(x), 500)])
-        return float((pred == y).mean() * 100)
+        return float(correct(runner, x, y).mean() * 100)
 
     fp32 = OnnxRuntimeRunner(simp, "fp32")
     out: dict[str, Any] = {"fp32": {"val2000": top1(fp32, xv, yv), "test10000": top1(fp32, xt, test_y)}, "policies": {}}
@@ -249,16 +251,31 @@ def demo_accuracy(demo: dict[str, Any]) -> dict[str, Any]:
             out["policies"][policy] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         stats = collect_stats(simp, plan.calibrated_tensors, (x for x, _ in calib.batches(pre, 64)))
-        rows = {}
+        rows: dict[str, Any] = {}
+        hits: dict[str, dict[str, np.ndarray]] = {}
         for method in METHODS:
             ranges = compute_ranges(stats, method)
             runner = OnnxRuntimeRunner(insert_qdq(simp, plan, ranges), f"int8-{method}")
             chosen: dict[str, int] = {}
             for r in ranges.values():
                 chosen[r.method] = chosen.get(r.method, 0) + 1
-            rows[method] = {"val2000": top1(runner, xv, yv), "test10000": top1(runner, xt, test_y), "chosen": chosen}
+            hits[method] = {"val2000": correct(runner, xv, yv), "test10000": correct(runner, xt, test_y)}
+            rows[method] = {k: float(v.mean() * 100) for k, v in hits[method].items()} | {"chosen": chosen}
+        # auto against each single method, image by image (McNemar's exact test on the discordant images).
+        for method in METHODS[:-1]:
+            rows[method]["auto_vs"] = {k: paired(hits["auto"][k], hits[method][k]) for k in ("val2000", "test10000")}
         out["policies"][policy] = rows
     return out
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """Images classifier ``a`` gets right and ``b`` wrong, the reverse, and McNemar's exact two-sided p."""
+    from math import comb
+
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+    return {"only_auto": only_a, "only_other": only_b, "p": round(p, 3)}
 
 
 # ----------------------------------------------------------------------------- report
@@ -308,6 +325,17 @@ def render(res: dict[str, Any]) -> str:
             for m, r in rows.items():
                 chosen = ", ".join(f"{k} {v}" for k, v in sorted(r["chosen"].items())) if m == "auto" else ""
                 lines.append(f"| {policy} | {m} | {r['val2000']:.2f} | {r['test10000']:.2f} | {chosen} |")
+        lines += ["", "`auto` against each single method, image by image: images only `auto` classifies right / "
+                  "images only the other method does, and McNemar's exact two-sided p (a small p: a real difference).",
+                  "", "| policy | auto vs | val 2,000: only auto / only other (p) | test 10,000: only auto / only other (p) |",
+                  "|---|---|---:|---:|"]  # fmt: skip
+        for policy, rows in acc["policies"].items():
+            for m, r in rows.items():
+                if "auto_vs" not in r:
+                    continue
+                cells = [f"{d['only_auto']} / {d['only_other']} ({d['p']:.2f})" for d in (r["auto_vs"][k] for k in
+                         ("val2000", "test10000"))]  # fmt: skip
+                lines.append(f"| {policy} | {m} | {cells[0]} | {cells[1]} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -348,8 +376,7 @@ def main() -> None:
             (f"plain FP32 forward, {n}", "plain", {"data": data_n, "count": n}),
             (f"ours entropy, {n}", "ours", {"data": data_n, "count": n, "method": "entropy"}),
             (f"ours auto, {n}", "ours", {"data": data_n, "count": n, "method": "auto"}),
-            (f"ours entropy, every value histogrammed, {n}", "ours",
-             {"data": data_n, "count": n, "method": "entropy", "sample": None}),
+            (f"ours entropy, every value histogrammed, {n}", "ours", {"data": data_n, "count": n, "method": "entropy", "sample": None}),
             (f"ORT MinMax, {n}", "ort", {"data": data_n, "count": n, "ort_method": "MinMax"}),
             (f"plain FP32 forward, {h}", "plain", {"data": data_n, "count": h}),
             (f"ours entropy, {h}", "ours", {"data": data_n, "count": h, "method": "entropy"}),
