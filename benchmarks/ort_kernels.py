@@ -40,6 +40,7 @@ from topology import ROOT, load, quantize_static_model  # noqa: E402
 from rescompile.calibrate import collect_stats, compute_ranges  # noqa: E402
 from rescompile.export import ExportConfig, export_onnx  # noqa: E402
 from rescompile.graph.index import node_name  # noqa: E402
+from rescompile.quantize import insert_qdq  # noqa: E402
 from rescompile.quantize.policy_ort import plan_onnxruntime  # noqa: E402
 from rescompile.simplify import simplify  # noqa: E402
 
@@ -103,8 +104,6 @@ def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
     for variant, keep in (("onnxruntime", ()), ("onnxruntime, first conv FP32", (first_conv,))):
         plan = plan_onnxruntime(fp32, keep_fp=keep)
         ranges = compute_ranges(collect_stats(fp32, plan.calibrated_tensors, m["calib"]), "max")
-        from rescompile.quantize import insert_qdq
-
         paths[variant] = work / f"{name}.{len(paths)}.onnx"
         paths[variant].write_bytes(insert_qdq(fp32, plan, ranges).SerializeToString(deterministic=True))
     paths["quantize_static"] = work / f"{name}.qs.onnx"
