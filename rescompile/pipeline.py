@@ -133,6 +133,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from rescompile.quantize.policy import parse_policy
     from rescompile.simplify import SimplifyConfig, simplify
     from rescompile.validate.gates import check_build_gates
+    from rescompile.validate.notes import latency_notes
     from rescompile.validate.run import BuildValidator
 
     cfg = replace(cfg or BuildConfig(), **overrides)
@@ -222,6 +223,9 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights), "verify": proof.to_dict(),
             "policy": plan.policy, "qdq_biases": len(plan.biases), "kept_fp": plan.kept_fp,
         }  # fmt: skip
+        notes = latency_notes(int8, report["candidate"])
+        if notes:
+            report["notes"] = notes
         report["calibration"] = {"method": cfg.calib_method, "samples": calib.samples, "source": calib_src.name,
                                  "percentile": cfg.percentile, "reused": calib_run.reused,
                                  "methods_chosen": dict(sorted(Counter(r.method for r in calib.ranges.values()).items()))}

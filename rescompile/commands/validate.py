@@ -151,6 +151,7 @@ def validate(
     from rescompile.validate.console import print_summary
     from rescompile.validate.gates import evaluate_gates, resolve_gates
     from rescompile.validate.latency import LatencySettings
+    from rescompile.validate.notes import latency_notes
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.reference import save_reference as write_reference
     from rescompile.validate.run import ValidateSettings, compute_reference
@@ -207,11 +208,15 @@ def validate(
                                               meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
         report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
         report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label}
+        cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
+        notes = latency_notes(cand_onnx, report["candidate"])
+        if notes:
+            report["notes"] = notes
         if layerwise:
             from rescompile.validate.layerwise import layerwise_blame
 
             sample = inputs.head(layerwise_samples)
-            report["layerwise"] = layerwise_blame(fp32_model, load_onnx(cand_path), sample).to_dict()  # type: ignore[arg-type]
+            report["layerwise"] = layerwise_blame(fp32_model, cand_onnx, sample).to_dict()  # type: ignore[arg-type]
         results = evaluate_gates(report, gates)
         report["gates"] = [g.to_dict() for g in results]
         report["passed"] = all(g.passed for g in results)

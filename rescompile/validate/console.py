@@ -40,6 +40,8 @@ def summary_table(report: dict[str, Any], title: str) -> Table:
 def print_summary(console: Console, report: dict[str, Any], title: str) -> None:
     """The table, then ``PASS``/``FAIL`` lines for every gate (metric, value, threshold)."""
     console.print(summary_table(report, title))
+    for note in report.get("notes") or []:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     for g in report.get("gates", []):
         tag = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
         console.print(f"{tag} {g['name']}: {g['message']}", highlight=False)

@@ -62,6 +62,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         speed = report.get("speedup_int8_vs_fp32_p50") or {}
         if speed:
             lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
+    for note in report.get("notes") or []:
+        lines += ["", f"> **Note:** {note}"]
     lw = report.get("layerwise")
     if lw:
         lines += _layerwise_md(lw)

@@ -28,6 +28,8 @@ def test_demo_build_succeeds_and_prints_summary(demo_build):
     out, result = demo_build
     assert result.exit_code == 0, result.output
     assert "top-1" in result.output and "PASS" in result.output and str(out) in result.output
+    # The default (tensorrt) placement timed on ONNX Runtime's CPU provider: the summary says what that latency means.
+    assert "note:" in result.output
 
 
 def test_demo_report_numbers_are_sane(demo_build):
@@ -44,6 +46,7 @@ def test_demo_report_numbers_are_sane(demo_build):
     assert all(lat["p50_ms"] > 0 and lat["p90_ms"] >= lat["p50_ms"] for lat in report["latency"])
     assert report["stages"]["residual_adds"] == 9 and report["stages"]["verify"]["ok"]
     assert report["passed"] and report["gates"][0]["name"] == "max-top1-drop"
+    assert report["stages"]["policy"] == "tensorrt" and "--policy onnxruntime" in report["notes"][0]
 
 
 def test_demo_artifacts_and_manifest_hashes(demo_build):
@@ -94,3 +97,11 @@ def test_python_api_builds_demo(tmp_path):
     result = rescompile.build(out=tmp_path / "api", val_size=100, latency_runs=3, latency_batches=(1,))
     assert result.passed and (tmp_path / "api" / "model.int8.onnx").is_file()
     assert np.isfinite(result.report["agreement"]["cosine_mean"])
+
+
+def test_onnxruntime_policy_build_carries_no_latency_note(tmp_path):
+    import rescompile
+
+    result = rescompile.build(out=tmp_path / "ort", policy="onnxruntime", val_size=100, latency_runs=3, latency_batches=(1,))
+    assert result.passed and result.report["stages"]["policy"] == "onnxruntime"
+    assert "notes" not in result.report

@@ -24,6 +24,7 @@ from rescompile.validate.gates import evaluate_gates
 from rescompile.validate.html import SECTIONS, render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.layerwise import layerwise_blame
+from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes, signed_activation_quantizers
 from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.report import render_markdown
 from rescompile.validate.run import ValidateSettings, compute_reference, validate
@@ -46,6 +47,7 @@ def full_report(tiny_onnx, tiny_data):
     report = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8"), inputs,
                       baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), settings=settings)  # fmt: skip
     report["model"] = {"name": "tiny", "input_shape": [1, 16, 16], "num_classes": 4}
+    report["notes"] = latency_notes(int8, report["candidate"])
     report["layerwise"] = layerwise_blame(tiny_onnx, int8, tiny_data).to_dict()
     report["fallback"] = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, Gates(min_cosine=1.0), 1,
                                        policy="tensorrt", settings=settings).to_dict()  # fmt: skip
@@ -69,12 +71,37 @@ def test_report_validates_against_the_schema(full_report):
     (lambda r: r["latency"][0].update(role="other"), "latency/0/role"),
     (lambda r: r.update(schema="rescompile.report/0"), "schema"),
     (lambda r: r["gates"][0].update(passed="yes"), "gates/0/passed"),
+    (lambda r: r["notes"].append(3), "notes/1"),
 ])  # fmt: skip
 def test_schema_catches_broken_reports(full_report, mutate, where):
     broken = copy.deepcopy(full_report)
     mutate(broken)
     errors = schema_errors(broken)
     assert errors and any(e.startswith(where) for e in errors), errors
+
+
+def test_latency_note_only_for_a_tensorrt_placed_graph_timed_on_onnxruntime(tiny_onnx, tiny_data):
+    graphs = {}
+    for policy in (Policy.TENSORRT, Policy.ONNXRUNTIME):
+        plan = plan_qdq(tiny_onnx, policy)
+        graphs[policy] = insert_qdq(tiny_onnx, plan, compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors,
+                                                                                  [tiny_data]), "max"))  # fmt: skip
+    trt_plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+    assert signed_activation_quantizers(graphs[Policy.TENSORRT]) == len(trt_plan.activations) > 0
+    assert signed_activation_quantizers(graphs[Policy.ONNXRUNTIME]) == 0  # UINT8 activations
+    assert latency_notes(graphs[Policy.TENSORRT], "onnxruntime-int8") == [TENSORRT_GRAPH_ON_CPU]
+    assert latency_notes(graphs[Policy.TENSORRT], "tensorrt-int8") == []  # the engine runs it as INT8
+    assert latency_notes(graphs[Policy.ONNXRUNTIME], "onnxruntime-int8") == []
+    assert latency_notes(tiny_onnx, "onnxruntime-fp32") == []
+    assert latency_notes(None, "onnxruntime-int8") == []
+
+
+def test_the_latency_note_reaches_markdown_and_html(full_report):
+    assert full_report["notes"] == [TENSORRT_GRAPH_ON_CPU]
+    md = render_markdown(full_report)
+    assert f"> **Note:** {TENSORRT_GRAPH_ON_CPU}" in md
+    assert md.index("## Latency") < md.index("**Note:**")
+    assert "--policy onnxruntime" in render_html(full_report)
 
 
 def test_write_reports_writes_every_format(tmp_path, full_report):
