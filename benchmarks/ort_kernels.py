@@ -27,7 +27,7 @@ import re
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,35 @@ def profile(paths: dict[str, Path], x: np.ndarray, runs: int, work: Path, rounds
     return out
 
 
+def optimized(path: Path, out: Path) -> onnx.ModelProto:
+    """The graph ONNX Runtime actually runs (optimization level ALL), as it saves it."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.optimized_model_filepath = str(out)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return onnx.load(str(out))
+
+
+def kernel_signatures(model: onnx.ModelProto) -> Counter[str]:
+    """Each node as its kernel sees it, names left out: domain, op, attributes, and per input either
+    'activation' or the constant's dtype and shape. Counted, so node order does not matter."""
+    consts = {t.name: (onnx.TensorProto.DataType.Name(t.data_type), tuple(t.dims)) for t in model.graph.initializer}
+    sigs: Counter[str] = Counter()
+    for n in model.graph.node:
+        attrs = sorted((a.name, str(onnx.helper.get_attribute_value(a))) for a in n.attribute)
+        ins = [f"{consts[i][0]}{list(consts[i][1])}" if i in consts else "activation" for i in n.input if i]
+        sigs[f"{n.domain or 'ai.onnx'}.{n.op_type}({', '.join(ins)}) {attrs}"] += 1
+    return sigs
+
+
+def compare_kernels(a: onnx.ModelProto, b: onnx.ModelProto) -> dict[str, Any]:
+    sa, sb = kernel_signatures(a), kernel_signatures(b)
+    return {"nodes": [sum(sa.values()), sum(sb.values())], "identical": sum((sa & sb).values()),
+            "only_ours": sorted((sa - sb).elements()), "only_theirs": sorted((sb - sa).elements())}  # fmt: skip
+
+
 def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
     print(f"== {name}", flush=True)
     m = load(name)
@@ -112,6 +141,8 @@ def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"model": name, "input_shape": list(m["shape"]), "batch": batch, "runs": runs,
                            "first_conv": first_conv, "convs": [node_name(n) for n in fp32.graph.node if n.op_type == "Conv"],
                            "conv_names": conv_names(fp32), "variants": {}}  # fmt: skip
+    out["kernels_vs_quantize_static"] = compare_kernels(optimized(paths["onnxruntime"], work / f"{name}.a.opt.onnx"),
+                                                        optimized(paths["quantize_static"], work / f"{name}.b.opt.onnx"))
     out["variants"] = profile({v: paths[v] for v in VARIANTS}, x, runs, work)
     for variant, p in out["variants"].items():
         print(f"   {variant:30s} wall p50 {p['wall_p50_ms']:9.2f} ms, kernels {p['kernel_sum_ms']:9.2f} ms", flush=True)
@@ -193,11 +224,13 @@ def findings(models: list[dict[str, Any]]) -> list[str]:
     for r in models:
         v = r["variants"]
         a, b = v["onnxruntime"]["by_op"], v["quantize_static"]["by_op"]
-        same = sorted(set(a) - {"DequantizeLinear"}) == sorted(set(b) - {"DequantizeLinear"})
-        out.append(f"{r['model']}: the onnxruntime policy and quantize_static run "
-                   f"{'the same kernels' if same else 'different kernels'} (op types {', '.join(sorted(a))} vs "
-                   f"{', '.join(sorted(b))}); QLinearConv total {a.get('QLinearConv', 0):.2f} vs "
-                   f"{b.get('QLinearConv', 0):.2f} ms")  # fmt: skip
+        c = r["kernels_vs_quantize_static"]
+        diff = "; ".join([*(f"only ours: {x}" for x in c["only_ours"]), *(f"only theirs: {x}" for x in c["only_theirs"])])
+        out.append(f"{r['model']}: in the graphs ONNX Runtime runs (optimization ALL), the onnxruntime policy has "
+                   f"{c['nodes'][0]} nodes and quantize_static {c['nodes'][1]}; {c['identical']} are the same kernel "
+                   f"(op, domain, attributes, constant dtypes and shapes){': ' + diff if diff else ''}. "
+                   f"QLinearConv time {a.get('QLinearConv', 0):.2f} vs {b.get('QLinearConv', 0):.2f} ms, wall p50 "
+                   f"{v['onnxruntime']['wall_p50_ms']:.2f} vs {v['quantize_static']['wall_p50_ms']:.2f} ms")  # fmt: skip
         k = v["onnxruntime, first conv FP32"]["by_op"]
         first_int8 = align(v["onnxruntime"], r["conv_names"]).get(r["first_conv"], float("nan"))
         first_fp = align(v["onnxruntime, first conv FP32"], r["conv_names"]).get(r["first_conv"], float("nan"))
