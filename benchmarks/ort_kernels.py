@@ -141,8 +141,9 @@ def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"model": name, "input_shape": list(m["shape"]), "batch": batch, "runs": runs,
                            "first_conv": first_conv, "convs": [node_name(n) for n in fp32.graph.node if n.op_type == "Conv"],
                            "conv_names": conv_names(fp32), "variants": {}}  # fmt: skip
-    out["kernels_vs_quantize_static"] = compare_kernels(optimized(paths["onnxruntime"], work / f"{name}.a.opt.onnx"),
-                                                        optimized(paths["quantize_static"], work / f"{name}.b.opt.onnx"))
+    out["kernels_vs_quantize_static"] = compare_kernels(
+        optimized(paths["onnxruntime"], work / f"{name}.a.opt.onnx"), optimized(paths["quantize_static"], work / f"{name}.b.opt.onnx")
+    )
     out["variants"] = profile({v: paths[v] for v in VARIANTS}, x, runs, work)
     for variant, p in out["variants"].items():
         print(f"   {variant:30s} wall p50 {p['wall_p50_ms']:9.2f} ms, kernels {p['kernel_sum_ms']:9.2f} ms", flush=True)
