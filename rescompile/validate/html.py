@@ -92,10 +92,10 @@ def _latency(r: dict[str, Any]) -> str:
             + ".</p>") if speed else ""  # fmt: skip
     mem = r.get("memory", {}).get("peak_rss_mib")
     mem_note = f'<p class="note">Peak resident memory of the validating process: {mem:.0f} MiB.</p>' if mem else ""
-    mem_note += "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.get("notes") or [])
+    notes = "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.get("notes") or [])
     return (f'<div class="plots">{"".join(plots)}</div>'
             + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
-            + note + mem_note)  # fmt: skip
+            + note + mem_note + notes)  # fmt: skip
 
 
 def _per_class(r: dict[str, Any]) -> str:

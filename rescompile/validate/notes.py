@@ -5,11 +5,12 @@ from __future__ import annotations
 import onnx
 
 TENSORRT_GRAPH_ON_CPU = (
-    "The candidate is placed for TensorRT: signed INT8 activations with Q/DQ on op inputs only, which "
-    "TensorRT fuses into INT8 Conv+Add+ReLU kernels. ONNX Runtime's CPU provider has no INT8 kernel for "
-    "that form and runs it as DequantizeLinear + FP32 ops, so the INT8 latency here is not the engine's "
-    "and is expected to be slower than FP32; the accuracy numbers are what this run measures. For an "
-    "INT8 model that is fast on this CPU, build with --policy onnxruntime."
+    "The candidate quantizes activations to signed INT8, TensorRT's scheme (the tensorrt placement also "
+    "leaves Conv outputs unquantized so that TensorRT fuses Conv+Add+ReLU). ONNX Runtime's CPU kernels are "
+    "fast only with UINT8 activations in fused DequantizeLinear -> op -> QuantizeLinear groups, so this graph "
+    "runs there largely as DequantizeLinear + FP32 ops: its latency here is not a TensorRT engine's and is "
+    "usually slower than FP32. The accuracy numbers are what this run measures. For an INT8 model that is "
+    "fast on this CPU, build with --policy onnxruntime."
 )
 
 
@@ -28,7 +29,7 @@ def signed_activation_quantizers(model: onnx.ModelProto) -> int:
 
 
 def latency_notes(candidate: onnx.ModelProto | None, runner: str) -> list[str]:
-    """Caveats on the candidate's latency: a TensorRT-placed INT8 graph timed on ONNX Runtime's CPU provider."""
+    """Caveats on the candidate's latency: signed INT8 activations (TensorRT's scheme) timed on ONNX Runtime's CPU provider."""
     if candidate is None or not runner.startswith("onnxruntime"):
         return []
     return [TENSORRT_GRAPH_ON_CPU] if signed_activation_quantizers(candidate) else []
