@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -10,8 +13,10 @@ import pytest
 import torch
 from torch import nn
 
+from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.export import ExportConfig, export_onnx
 from rescompile.models.resnet_cifar import BasicBlock
+from rescompile.quantize import insert_qdq, plan_qdq
 from rescompile.simplify import simplify
 
 
@@ -63,6 +68,40 @@ def tiny_onnx(tiny_module: nn.Module) -> onnx.ModelProto:
 @pytest.fixture(scope="session")
 def tiny_data() -> np.ndarray:
     return np.random.default_rng(1).standard_normal((24, *TINY_SHAPE)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Quantized:
+    plan: Any  # QuantPlan
+    ranges: dict[str, Any]
+    model: onnx.ModelProto
+
+
+@pytest.fixture(scope="session")
+def quantize_tiny(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> Callable[..., Quantized]:
+    """The tiny ResNet quantized under a policy with ``max`` ranges from ``tiny_data``.
+
+    Computed once per policy; every call returns its own copy of the INT8 model, so a test may edit it.
+    """
+    cache: dict[str, tuple[Any, dict[str, Any], bytes]] = {}
+
+    def get(policy: str = "tensorrt") -> Quantized:
+        if policy not in cache:
+            plan = plan_qdq(tiny_onnx, policy)
+            ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data]), "max")
+            cache[policy] = (plan, ranges, insert_qdq(tiny_onnx, plan, ranges).SerializeToString())
+        plan, ranges, data = cache[policy]
+        return Quantized(plan, ranges, onnx.ModelProto.FromString(data))
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_path(quantize_tiny: Callable[..., Quantized], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ResNet's ``tensorrt`` INT8 Q/DQ model as a file."""
+    path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    onnx.save(quantize_tiny("tensorrt").model, str(path))
+    return path
 
 
 @pytest.fixture()

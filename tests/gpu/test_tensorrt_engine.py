@@ -24,14 +24,12 @@ _FOUND, _WHY = find_gpu(0)
 if _FOUND is None:
     pytest.skip(f"no CUDA GPU: {_WHY}", allow_module_level=True)
 
-from rescompile.calibrate import collect_stats, compute_ranges  # noqa: E402
 from rescompile.engine.settings import EngineOptions, parse_version  # noqa: E402
 from rescompile.engine.sidecar import DeviceInfo, sidecar_path  # noqa: E402
 from rescompile.engine.targets import Target, get_target  # noqa: E402
 from rescompile.engine.tensorrt import EngineBuild, build_engine, make_logger  # noqa: E402
 from rescompile.errors import GateFailed, UsageError  # noqa: E402
 from rescompile.graph.topology import find_residual_blocks  # noqa: E402
-from rescompile.quantize import insert_qdq, plan_qdq  # noqa: E402
 from rescompile.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -40,28 +38,19 @@ DEVICE: DeviceInfo = _FOUND  # type: ignore[assignment]  # not None: the module 
 
 
 @pytest.fixture(scope="module")
-def int8_path(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    plan = plan_qdq(tiny_onnx, "tensorrt")
-    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, iter([tiny_data])), "max")
-    path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    onnx.save(insert_qdq(tiny_onnx, plan, ranges), str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def built(int8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineBuild:
+def built(tiny_int8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineBuild:
     out = tmp_path_factory.mktemp("engine")
-    return build_engine(int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), out,
+    return build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), out,
                         timing_cache_dir=out / "cache")  # fmt: skip
 
 
-def test_plan_and_sidecar_are_written(built: EngineBuild, int8_path: Path) -> None:
+def test_plan_and_sidecar_are_written(built: EngineBuild, tiny_int8_path: Path) -> None:
     side = json.loads(built.sidecar.read_text())
     plan = built.plan.read_bytes()
     assert built.plan.name == "model.plan" and built.sidecar == sidecar_path(built.plan)
     assert side["tensorrt_version"] == trt.__version__
     assert side["gpu"]["name"] == DEVICE.name and tuple(side["gpu"]["compute_capability"]) == DEVICE.compute_capability
-    assert side["onnx_sha256"] == hashlib.sha256(int8_path.read_bytes()).hexdigest()
+    assert side["onnx_sha256"] == hashlib.sha256(tiny_int8_path.read_bytes()).hexdigest()
     assert side["plan_sha256"] == hashlib.sha256(plan).hexdigest()
     assert side["settings"]["profile"]["max"] == [16, 1, 16, 16]
 
@@ -77,18 +66,18 @@ def test_flags_follow_the_installed_major(built: EngineBuild) -> None:
     assert s.strongly_typed is (VERSION.major == 10)
 
 
-def test_layer_information_is_detailed_and_every_residual_add_is_fused_int8(built: EngineBuild, int8_path: Path) -> None:
+def test_layer_information_is_detailed_and_every_residual_add_is_fused_int8(built: EngineBuild, tiny_int8_path: Path) -> None:
     info = json.loads(built.layer_info.read_text())
     assert isinstance(info["Layers"][0], dict) and "LayerType" in info["Layers"][0]
-    blocks = find_residual_blocks(onnx.load(str(int8_path)))
+    blocks = find_residual_blocks(onnx.load(str(tiny_int8_path)))
     assert len(built.fusion.adds) == len(blocks) == 2
     assert built.fusion.detailed
     assert [a.status for a in built.fusion.adds] == ["fused-int8"] * 2, json.dumps(built.fusion.to_dict(), indent=1)
 
 
-def test_runner_matches_onnxruntime_on_the_same_qdq_graph(built: EngineBuild, int8_path: Path,
+def test_runner_matches_onnxruntime_on_the_same_qdq_graph(built: EngineBuild, tiny_int8_path: Path,
                                                           tiny_data: np.ndarray) -> None:  # fmt: skip
-    sess = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(tiny_int8_path), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"input": tiny_data})[0]
     r = TensorRTRunner(built.plan)
     got = r.infer(tiny_data)  # 24 > max batch 16: runs in chunks
@@ -109,27 +98,27 @@ def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(built: EngineBuild, 
             TensorRTRunner(plan)
 
 
-def test_timing_cache_is_written_and_reused(built: EngineBuild, int8_path: Path, tmp_path: Path) -> None:
+def test_timing_cache_is_written_and_reused(built: EngineBuild, tiny_int8_path: Path, tmp_path: Path) -> None:
     assert built.timing_cache is not None and built.timing_cache.is_file()
-    again = build_engine(int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), tmp_path,
+    again = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), tmp_path,
                          timing_cache_dir=built.timing_cache.parent)  # fmt: skip
     assert again.timing_cache == built.timing_cache and again.plan.is_file()
 
 
-def test_target_of_another_gpu_is_refused(int8_path: Path, tmp_path: Path) -> None:
+def test_target_of_another_gpu_is_refused(tiny_int8_path: Path, tmp_path: Path) -> None:
     other = next(t for t in ("rtx-turing", "rtx-ampere") if get_target(t).compute_capability != DEVICE.compute_capability)
     with pytest.raises(UsageError, match="not portable"):
-        build_engine(int8_path, get_target(other), EngineOptions(), tmp_path)
+        build_engine(tiny_int8_path, get_target(other), EngineOptions(), tmp_path)
 
 
-def test_dla_build_where_the_device_has_dla(int8_path: Path, tmp_path: Path) -> None:
+def test_dla_build_where_the_device_has_dla(tiny_int8_path: Path, tmp_path: Path) -> None:
     cores = trt.Runtime(make_logger(trt)).num_DLA_cores
     if cores == 0:
         pytest.skip("this GPU has no DLA")
     if VERSION.major >= 11 and not VERSION.at_least(11, 4, 1):
         pytest.skip(f"TensorRT {VERSION} has no DLA")
     local = Target("local-dla", "this Jetson", "jetson", DEVICE.compute_capability, dla_cores=cores, memory_gib=None)
-    built = build_engine(int8_path, local, EngineOptions(dla_core=0, batches=(1,)), tmp_path)
+    built = build_engine(tiny_int8_path, local, EngineOptions(dla_core=0, batches=(1,)), tmp_path)
     assert built.settings.dla_core == 0 and built.plan.is_file()
     side = json.loads(built.sidecar.read_text())
     assert (side["dla_ranges"] or 0) > 0 if VERSION.major == 10 else side["dla_ranges"] is None

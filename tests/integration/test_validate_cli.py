@@ -15,9 +15,8 @@ import pytest
 from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.cli import app
-from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize import Policy
 
 BROKEN = "/blocks/blocks.0/relu/Relu_output_0"  # read only by BLAMED
 BLAMED = "/blocks/blocks.0/conv2/Conv"
@@ -35,11 +34,10 @@ def _schema_errors(path: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_onnx, tiny_data):
+def models(tmp_path_factory, tiny_onnx, quantize_tiny):
     """FP32, INT8 and broken INT8 (one activation scale x100) ONNX files of the tiny ResNet."""
     folder = tmp_path_factory.mktemp("models")
-    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
-    int8 = insert_qdq(tiny_onnx, plan, compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data]), "max"))
+    int8 = quantize_tiny(Policy.TENSORRT).model
     broken = onnx.ModelProto.FromString(int8.SerializeToString())
     (scale,) = [t for t in broken.graph.initializer if t.name == f"{BROKEN}_scale"]
     scale.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(100), scale.name))

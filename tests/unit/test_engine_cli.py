@@ -5,17 +5,14 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 from typer.testing import CliRunner
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.calibrate.trt_cache import from_trt_cache
 from rescompile.cli import app
 from rescompile.commands.doctor import collect, cpu_flags
 from rescompile.engine.targets import target_names
-from rescompile.quantize import insert_qdq, plan_qdq
 
 HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 no_trt = pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here: the no-TensorRT path is not taken")
@@ -29,37 +26,28 @@ def run(args: list[str]) -> tuple[int, str, str]:
     return result.exit_code, result.output, " ".join(err.split())  # messages wrap at the terminal width
 
 
-@pytest.fixture(scope="module")
-def int8_path(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    plan = plan_qdq(tiny_onnx, "tensorrt")
-    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, iter([tiny_data])), "max")
-    path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
-    onnx.save(insert_qdq(tiny_onnx, plan, ranges), str(path))
-    return path
-
-
 @no_trt
-def test_engine_without_tensorrt_exits_3_with_the_trtexec_command(int8_path: Path, tmp_path: Path) -> None:
-    code, out, err = run(["engine", str(int8_path), "--target", "jetson-orin-nx", "--batch", "1,8,32",
+def test_engine_without_tensorrt_exits_3_with_the_trtexec_command(tiny_int8_path: Path, tmp_path: Path) -> None:
+    code, out, err = run(["engine", str(tiny_int8_path), "--target", "jetson-orin-nx", "--batch", "1,8,32",
                           "--out", str(tmp_path)])  # fmt: skip
     assert code == 3
     assert "rescompile[tensorrt]" in err and "build on the device" in err
     cmd = next(line for line in out.splitlines() if line.startswith("/usr/src/tensorrt/bin/trtexec"))
-    assert f"--onnx={int8_path}" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:2048" in cmd
+    assert f"--onnx={tiny_int8_path}" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:2048" in cmd
     assert "--minShapes=input:1x1x16x16" in cmd and "--optShapes=input:8x1x16x16" in cmd and "--int8" not in cmd
     assert not (tmp_path / "model.plan").exists()
 
 
 @no_trt
-def test_desktop_target_prints_commands_for_both_majors(int8_path: Path, tmp_path: Path) -> None:
-    code, out, _ = run(["engine", str(int8_path), "--target", "rtx-ada", "--out", str(tmp_path)])
+def test_desktop_target_prints_commands_for_both_majors(tiny_int8_path: Path, tmp_path: Path) -> None:
+    code, out, _ = run(["engine", str(tiny_int8_path), "--target", "rtx-ada", "--out", str(tmp_path)])
     lines = [line for line in out.splitlines() if line.startswith("trtexec ")]
     assert code == 3 and len(lines) == 2 and "--stronglyTyped" in lines[0] and "--stronglyTyped" not in lines[1]
 
 
 @no_trt
-def test_dla_on_jetpack_6_writes_plain_onnx_and_calibration_cache(int8_path: Path, tmp_path: Path) -> None:
-    code, out, _ = run(["engine", str(int8_path), "--target", "jetson-agx-orin", "--dla-core", "1",
+def test_dla_on_jetpack_6_writes_plain_onnx_and_calibration_cache(tiny_int8_path: Path, tmp_path: Path) -> None:
+    code, out, _ = run(["engine", str(tiny_int8_path), "--target", "jetson-agx-orin", "--dla-core", "1",
                         "--out", str(tmp_path)])  # fmt: skip
     assert code == 3
     cmd = next(line for line in out.splitlines() if "trtexec" in line and "--onnx" in line)
@@ -84,8 +72,8 @@ def test_dla_on_jetpack_6_writes_plain_onnx_and_calibration_cache(int8_path: Pat
         (["--batch", "0"], "between 1 and"),
     ],
 )
-def test_engine_usage_errors_exit_2(int8_path: Path, tmp_path: Path, args: list[str], needle: str) -> None:
-    code, _, err = run(["engine", str(int8_path), "--out", str(tmp_path), *args])
+def test_engine_usage_errors_exit_2(tiny_int8_path: Path, tmp_path: Path, args: list[str], needle: str) -> None:
+    code, _, err = run(["engine", str(tiny_int8_path), "--out", str(tmp_path), *args])
     assert code == 2 and needle in err
 
 

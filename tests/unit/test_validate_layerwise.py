@@ -9,10 +9,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.config import Gates
 from rescompile.errors import UsageError
-from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize import Policy, insert_qdq
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.fallback import auto_fallback, weighted_macs
 from rescompile.validate.layerwise import keep_fp_pattern, layerwise_blame, qdq_views
@@ -25,10 +24,9 @@ BLAMED = "/blocks/blocks.0/conv2/Conv"
 
 
 @pytest.fixture(scope="module")
-def quantized(tiny_onnx, tiny_data):
-    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
-    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data]), "max")
-    return plan, ranges, insert_qdq(tiny_onnx, plan, ranges)
+def quantized(quantize_tiny):
+    q = quantize_tiny(Policy.TENSORRT)
+    return q.plan, q.ranges, q.model
 
 
 def break_scale(model: onnx.ModelProto, tensor: str, factor: float = 100.0) -> onnx.ModelProto:

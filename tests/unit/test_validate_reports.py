@@ -14,9 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.config import Gates
-from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports
 from rescompile.validate.fallback import auto_fallback
@@ -35,11 +34,9 @@ jsonschema = pytest.importorskip("jsonschema")
 
 
 @pytest.fixture(scope="module")
-def full_report(tiny_onnx, tiny_data):
+def full_report(tiny_onnx, tiny_data, quantize_tiny):
     """A report with every optional section: labels, two batch sizes, layerwise, fallback, passing and failing gates."""
-    plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
-    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data]), "max")
-    int8 = insert_qdq(tiny_onnx, plan, ranges)
+    plan, ranges, int8 = (q := quantize_tiny(Policy.TENSORRT)).plan, q.ranges, q.model
     labels = np.arange(len(tiny_data)) % 4
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
     settings = ValidateSettings(batch_size=8, latency=replace(ValidateSettings().latency, batches=(1, 4), runs=5, warmup=1))
@@ -80,13 +77,9 @@ def test_schema_catches_broken_reports(full_report, mutate, where):
     assert errors and any(e.startswith(where) for e in errors), errors
 
 
-def test_latency_note_only_for_a_tensorrt_placed_graph_timed_on_onnxruntime(tiny_onnx, tiny_data):
-    graphs = {}
-    for policy in (Policy.TENSORRT, Policy.ONNXRUNTIME):
-        plan = plan_qdq(tiny_onnx, policy)
-        graphs[policy] = insert_qdq(tiny_onnx, plan, compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors,
-                                                                                  [tiny_data]), "max"))  # fmt: skip
-    trt_plan = plan_qdq(tiny_onnx, Policy.TENSORRT)
+def test_latency_note_only_for_a_tensorrt_placed_graph_timed_on_onnxruntime(tiny_onnx, quantize_tiny):
+    graphs = {p: quantize_tiny(p).model for p in (Policy.TENSORRT, Policy.ONNXRUNTIME)}
+    trt_plan = quantize_tiny(Policy.TENSORRT).plan
     assert signed_activation_quantizers(graphs[Policy.TENSORRT]) == len(trt_plan.activations) > 0
     assert signed_activation_quantizers(graphs[Policy.ONNXRUNTIME]) == 0  # UINT8 activations
     assert latency_notes(graphs[Policy.TENSORRT], "onnxruntime-int8") == [TENSORRT_GRAPH_ON_CPU]
