@@ -35,7 +35,7 @@ import numpy as np
 import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from topology import ROOT, load, quantize_static_model  # noqa: E402
+from topology import ROOT, load, quantize_static_model, write_results  # noqa: E402
 
 from rescompile.calibrate import collect_stats, compute_ranges  # noqa: E402
 from rescompile.export import ExportConfig, export_onnx  # noqa: E402
@@ -261,10 +261,7 @@ def main() -> None:
         for name in args.models.split(","):
             doc["models"].append(bench(name, args.batch, args.runs, Path(tmp)))
     doc["findings"] = findings(doc["models"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "ort_kernels.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "ort_kernels.md").write_text(render(doc))
-    print(render(doc))
+    write_results(args.out, "ort_kernels", doc, render)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import platform
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +326,15 @@ def targets(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def write_results(out: Path, stem: str, doc: dict[str, Any], render_md: Callable[[dict[str, Any]], str]) -> None:
+    """``<out>/<stem>.json`` and ``<stem>.md``, and the Markdown on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    md = render_md(doc)
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet18,resnet50,demo")
@@ -353,10 +363,7 @@ def main() -> None:
             doc["models"].append(bench_model(name, args.runs, args.budget_s, batches, Path(tmp)))
     doc["environment"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     doc["targets"] = targets(doc["models"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "topology.json").write_text(json.dumps(doc, indent=2) + "\n")
-    (args.out / "topology.md").write_text(render(doc))
-    print(render(doc))
+    write_results(args.out, "topology", doc, render)
 
 
 if __name__ == "__main__":
