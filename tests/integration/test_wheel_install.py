@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 import json
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def outer_site_dirs() -> list[str]:
+    """The site-packages folders of the interpreter running the tests (a venv's, or the system's).
+
+    ``python -m venv --system-site-packages`` run from inside a venv sees the *base* interpreter's
+    packages, not the outer venv's (where torch and onnxruntime live), so the inner venv gets
+    these folders through a .pth file instead: in a plain venv and in CI alike.
+    """
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    dirs += [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    return list(dict.fromkeys(d for d in dirs if Path(d).is_dir()))
 
 
 def test_wheel_install_runs_demo_build(tmp_path: Path):
@@ -20,8 +34,15 @@ def test_wheel_install_runs_demo_build(tmp_path: Path):
     for asset in ("demo_resnet20.pt", "demo_resnet20.json", "demo_calib.npz", "demo_val.npz"):
         assert f"rescompile/assets/{asset}" in names
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    inner_site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    # pip runs under the inner interpreter (so the console script's shebang is the inner python), before the
+    # outer packages become visible: it must not see, or touch, an outer rescompile.
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q", "--no-deps",
+                    str(wheel)], check=True, capture_output=True)  # fmt: skip
+    # Appended after the inner site-packages: the wheel's rescompile wins over an editable install outside.
+    (Path(inner_site) / "_outer_site.pth").write_text("\n".join(outer_site_dirs()) + "\n")
     where = subprocess.run([venv / "bin" / "python", "-c", "import rescompile; print(rescompile.__file__)"],
                            check=True, capture_output=True, text=True, cwd=tmp_path).stdout  # fmt: skip
     assert str(venv) in where  # the wheel's copy, not the source tree
