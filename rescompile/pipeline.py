@@ -163,15 +163,18 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     prepare_out(out)
 
     with staged(out) as stage:
+        opset_conversion = None
         with timer.stage("export"):
             if loaded.module is not None:
                 fp32, export_parity = export_onnx(loaded.module, loaded.input_shape,
                                                   ExportConfig(opset=cfg.opset, exporter=cfg.exporter))  # fmt: skip
                 export_err: float | None = export_parity.max_abs_error
             else:
-                from rescompile.models.onnx_source import read_onnx
+                from rescompile.models.onnx_source import read_onnx, upgrade_opset
 
-                fp32, export_err = read_onnx(loaded.onnx_path), None  # type: ignore[arg-type]
+                # below opset 13: converted and parity-checked on ONNX Runtime, or refused (exit 2)
+                fp32, opset_conversion = upgrade_opset(read_onnx(loaded.onnx_path), loaded.onnx_path, loaded.input_shape)  # type: ignore[arg-type]
+                export_err = None
             save_onnx(stage / "model.fp32.onnx", fp32)
         with timer.stage("simplify"):
             simp = simplify(fp32, loaded.input_shape, SimplifyConfig())
@@ -223,6 +226,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights), "verify": proof.to_dict(),
             "policy": plan.policy, "qdq_biases": len(plan.biases), "kept_fp": plan.kept_fp,
         }  # fmt: skip
+        if opset_conversion is not None:
+            report["stages"]["opset_conversion"] = opset_conversion.to_dict()
         notes = latency_notes(int8, report["candidate"])
         if notes:
             report["notes"] = notes

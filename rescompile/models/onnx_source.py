@@ -1,10 +1,41 @@
-"""ONNX files as a model source: read the input shape and class count, check it is a ResNet."""
+"""ONNX files as a model source: read the input shape and class count, check it is a ResNet.
+
+``build`` takes FP32 graphs only: a graph that already holds Q/DQ (or QLinear*/ConvInteger
+ops) is refused, and a graph below opset 13 (per-axis DequantizeLinear needs 13) is converted
+with onnx's version converter and parity-checked on ONNX Runtime, or refused.
+"""
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from rescompile.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+MIN_OPSET = 13  # per-axis (per-channel) DequantizeLinear, the weights' Q/DQ, exists from opset 13
+# Ops that mean the graph is already quantized (explicit Q/DQ, or ONNX Runtime's operator-oriented format).
+QUANTIZED_OPS = frozenset({
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
+    "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
+    "QLinearSigmoid", "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
+})  # fmt: skip
+CONVERTED_ATOL = 1e-4  # the converted graph must reproduce the original's outputs this closely (plus rtol)
+CONVERTED_RTOL = 1e-3
+
+
+@dataclass(frozen=True)
+class OpsetConversion:
+    """An ONNX graph below ``MIN_OPSET`` converted by onnx.version_converter, with its parity on ONNX Runtime."""
+
+    from_opset: int
+    to_opset: int
+    max_abs_error: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"from": self.from_opset, "to": self.to_opset, "max_abs_error": self.max_abs_error}
 
 
 def read_onnx(path: Path):  # type: ignore[no-untyped-def]
@@ -22,11 +53,83 @@ def read_onnx(path: Path):  # type: ignore[no-untyped-def]
     return model
 
 
+def default_opset(model) -> int:  # type: ignore[no-untyped-def]
+    """The graph's ``ai.onnx`` opset version (0 when it imports none)."""
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def refuse_quantized(model, path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Raise UsageError when ``model`` already holds Q/DQ or quantized ops: ``build`` starts from FP32."""
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in QUANTIZED_OPS})
+    if found:
+        raise UsageError(
+            f"{path} is already quantized (it holds {', '.join(found)}); build takes an FP32 model",
+            hint=f"to check it against its FP32 model: 'rescompile validate {path} --reference FP32.onnx' (accuracy) and "
+            f"'rescompile inspect FP32.onnx --int8 {path}' (topology proof); 'rescompile engine {path}' builds a "
+            "TensorRT engine from it; to build again, start from the FP32 model",
+        )  # fmt: skip
+
+
+def upgrade_opset(model, path: Path, input_shape: tuple[int, int, int]):  # type: ignore[no-untyped-def]
+    """Convert a graph below opset 13 with onnx's version converter and check it against the original.
+
+    Returns:
+        ``(model, None)`` when the opset is already 13 or above, else ``(converted, OpsetConversion)``.
+
+    Raises:
+        UsageError: the converter fails, or the converted graph's outputs on ONNX Runtime differ from
+            the original's beyond CONVERTED_ATOL + CONVERTED_RTOL * max|output|.
+    """
+    import numpy as np
+    import onnx
+    from onnx import version_converter
+
+    from rescompile.export import parity_inputs, run_onnx
+
+    opset = default_opset(model)
+    if opset >= MIN_OPSET:
+        return model, None
+    hint = "export it again with opset 13 or newer (torch.onnx.export(..., opset_version=17))"
+    try:
+        converted = version_converter.convert_version(model, MIN_OPSET)
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises several types (RuntimeError, ValidationError, ...)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} uses opset {opset}; rescompile needs {MIN_OPSET} (per-axis DequantizeLinear) "
+                         f"and onnx's version converter cannot convert it: {first}", hint=hint) from None  # fmt: skip
+    dims = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
+    batch_dim = dims.type.tensor_type.shape.dim[0]
+    batch = batch_dim.dim_value if batch_dim.HasField("dim_value") and batch_dim.dim_value > 0 else 2
+    x = parity_inputs(input_shape, batch)
+    try:
+        ref, got = run_onnx(model, x), run_onnx(converted, x)
+    except Exception as exc:  # ONNX Runtime rejects one of the graphs
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} (opset {opset}) converted to opset {MIN_OPSET} does not run on ONNX Runtime: {first}",
+                         hint=hint) from None  # fmt: skip
+    err = float(np.max(np.abs(ref - got))) if ref.shape == got.shape and ref.size else float("inf")
+    tol = CONVERTED_ATOL + CONVERTED_RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
+    if not np.isfinite(err) or err > tol:
+        raise UsageError(f"{path} (opset {opset}) converted to opset {MIN_OPSET} changes the outputs by {err:.3g} "
+                         f"(tolerance {tol:.3g})", hint=hint)  # fmt: skip
+    conversion = OpsetConversion(opset, MIN_OPSET, err)
+    log.info("%s: opset %d converted to %d by onnx's version converter (outputs match, max abs error %.3g)",
+             path, opset, MIN_OPSET, err)  # fmt: skip
+    return converted, conversion
+
+
 def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore[no-untyped-def]
+    """The input shape, classes and preset of an ONNX model file.
+
+    With ``require_residual`` (the ``build`` path) a graph that is already quantized, or has no
+    residual Add, is refused (UsageError).
+    """
     from rescompile.graph.topology import find_residual_blocks
     from rescompile.models.loader import LoadedModel
 
     model = read_onnx(path)
+    if require_residual:
+        refuse_quantized(model, path)
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:

@@ -70,3 +70,27 @@ def test_onnx_source_skips_export(tmp_path):
     assert report["reference"] == "onnxruntime-fp32"
     assert report["stages"]["export_max_abs_error"] is None
     assert report["agreement"]["cosine_mean"] > 0.99
+
+
+def test_onnx_below_opset_13_is_converted_and_builds(tmp_path):
+    from tests.conftest import TINY_SHAPE, tiny_resnet
+
+    model = tmp_path / "tiny_op11.onnx"
+    torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(model), opset_version=11, dynamo=False,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
+    data = npz(tmp_path, 1, 16, 4)
+    report = invoke(["build", str(model), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])
+    conversion = report["stages"]["opset_conversion"]
+    assert (conversion["from"], conversion["to"]) == (11, 13) and conversion["max_abs_error"] < 1e-4
+    assert report["stages"]["verify"]["ok"] and report["agreement"]["cosine_mean"] > 0.99
+
+
+def test_an_int8_model_is_refused_by_build_before_any_work(tiny_int8_path, tmp_path):
+    data = npz(tmp_path, 1, 16, 4)
+    out = tmp_path / "o"
+    result = runner.invoke(app, ["build", str(tiny_int8_path), "--calib", str(data), "--val", str(data), "--out", str(out), *FAST])
+    assert result.exit_code == 2, result.output + result.stderr
+    assert "already quantized" in result.stderr and "Traceback" not in result.output + result.stderr
+    for command in ("validate", "inspect", "engine"):
+        assert f"rescompile {command}" in " ".join(result.stderr.split())
+    assert not out.exists()
