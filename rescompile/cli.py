@@ -107,7 +107,8 @@ def _summary(result: Any) -> None:
     from rescompile.validate.console import print_summary
 
     r = result.report
-    print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} validation samples)")
+    kind = "in-sample " if (r.get("validation") or {}).get("in_sample") else ""
+    print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} {kind}validation samples)")
     console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, junit.xml, report.html, "
                   "manifest.json)", highlight=False)  # fmt: skip
 
@@ -121,7 +122,10 @@ def build(
     weights: WeightsOpt = None,
     out: OutOpt = None,
     calib: Annotated[str, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.")] = "demo-calib",
-    val: Annotated[str, typer.Option(help="Validation data: image folder (class subfolders), .npz with labels, or demo-val.")] = "demo-val",
+    val: Annotated[str | None, typer.Option(
+        help="Validation data: image folder (class subfolders), .npz with labels, or demo-val. Default: demo-val for the "
+        "demo model; else a seeded held-out 20% of --calib (>= 256 samples, not used for calibration), or, for a smaller "
+        "--calib, the calibration inputs themselves (in-sample, label-free).")] = None,
     calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N calibration samples.")] = None,
     val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
     calib_method: CalibMethodOpt = "max",

@@ -32,7 +32,7 @@ class BuildConfig:
     trust_checkpoint: bool = False
     out: Path | None = None  # default build/<model name>
     calib: str = "demo-calib"
-    val: str = "demo-val"
+    val: str | None = None  # None: demo-val for the demo model, else a held-out split of calib (rescompile.data.holdout)
     calib_size: int | None = None
     val_size: int | None = None
     layout: str = "nchw"

@@ -6,6 +6,7 @@ output folder holds a complete build or the previous one, never a half-written m
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -24,6 +25,8 @@ import onnx
 from rescompile.config import BuildConfig
 from rescompile.errors import GateFailed, UsageError, VerificationError
 from rescompile.io import _umask, save_onnx, sha256_file, write_bytes_atomic, write_json, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 ARTIFACTS = (
     "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "calib_stats.npz", "model.int8.onnx",
@@ -123,8 +126,9 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from dataclasses import replace
 
     from rescompile.calibrate.run import calibrate
+    from rescompile.data.holdout import check_label_gates, choose_data
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
-    from rescompile.data.sources import check_shape, open_source
+    from rescompile.data.sources import check_shape
     from rescompile.export import ExportConfig, export_onnx
     from rescompile.graph.verify import verify_int8
     from rescompile.models import load_model
@@ -148,15 +152,19 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         engine_target = preflight(cfg.target)
     timer = Timer()
     with timer.stage("load"):
+        recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
+        layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
+        # no --val: demo-val for the demo model, else a held-out split of --calib or (too small) in-sample
+        data = choose_data(cfg.model, cfg.calib, cfg.val, layout=layout, calib_size=cfg.calib_size,
+                           val_size=cfg.val_size, seed=cfg.seed)  # fmt: skip
+        check_label_gates(cfg.gates, data)  # --max-top1-drop without labels: exit 2 before any work
+        log.info("%s", data.describe())
+        calib_src, val_src = data.calibration, data.val
         loaded = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                             input_size=cfg.input_size, trust_checkpoint=cfg.trust_checkpoint)  # fmt: skip
-        recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
         pre = resolve_preprocess(loaded.preset, loaded.input_shape, preset=cfg.preset, recipe=recipe, size=cfg.pre_size,
                                  resize=cfg.resize, mean=cfg.mean, std=cfg.std, channels=cfg.pre_channels,
                                  channel_order=cfg.channel_order)  # fmt: skip
-        layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
-        calib_src = open_source(cfg.calib, layout=layout, limit=cfg.calib_size, seed=cfg.seed)
-        val_src = open_source(cfg.val, layout=layout, limit=cfg.val_size, seed=cfg.seed)
         for src in (calib_src, val_src):
             check_shape(src, pre, loaded.input_shape)
     out = Path(cfg.out) if cfg.out is not None else Path("build") / loaded.name
@@ -228,6 +236,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         }  # fmt: skip
         if opset_conversion is not None:
             report["stages"]["opset_conversion"] = opset_conversion.to_dict()
+        report["validation"] = data.to_dict()
         notes = latency_notes(int8, report["candidate"])
         if notes:
             report["notes"] = notes
@@ -255,7 +264,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             "preprocess": pre.to_dict(),
             "model_source": loaded.source,
             "data": {"calibration": calib_src.name, "validation": val_src.name,
-                     "calibration_sha256": calib.key["data_sha256"]},
+                     "calibration_sha256": calib.key["data_sha256"],
+                     "validation_choice": {**data.to_dict(), "layout": layout}},
             "timings_s": timer.stages,
         }  # fmt: skip
         write_json(stage / "manifest.json", manifest)

@@ -64,8 +64,8 @@ def _open_reference(spec: str, *, weights: Path | None, num_classes: int | None,
                       loaded.preset, spec)  # fmt: skip
 
 
-def _build_folder(folder: Path) -> tuple[Path, Path, Any, str | None]:
-    """A build folder's INT8 model, FP32 simplified model, preprocessing and validation data."""
+def _build_folder(folder: Path) -> tuple[Path, Path, Any, dict[str, Any]]:
+    """A build folder's INT8 model, FP32 simplified model, preprocessing and manifest."""
     import json
 
     from rescompile.data.preprocess import preprocess_from_dict
@@ -77,7 +77,41 @@ def _build_folder(folder: Path) -> tuple[Path, Path, Any, str | None]:
     doc = json.loads(manifest.read_text())
     pre_doc = doc.get("preprocess") or {}
     pre = preprocess_from_dict(pre_doc) if pre_doc else None
-    return folder / "model.int8.onnx", folder / "model.simplified.onnx", pre, doc.get("config", {}).get("val")
+    return folder / "model.int8.onnx", folder / "model.simplified.onnx", pre, doc
+
+
+def _validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str,
+                     val_size: int | None) -> Any:  # fmt: skip
+    """The validation data (a DataChoice) when no saved reference brings its own.
+
+    ``--val`` if given; else a build folder's own choice, re-created from its manifest (the same
+    held-out split of its calibration data, or its in-sample set); else demo-val for the demo
+    model; else a UsageError: a non-demo model needs ``--val``.
+    """
+    from rescompile.data.holdout import DEMO_MODEL, DEMO_VAL, DataChoice, choose_data
+    from rescompile.data.sources import open_source
+    from rescompile.errors import UsageError
+
+    if val is not None:
+        return DataChoice.validation_only("given", open_source(val, layout=layout, limit=val_size, seed=0))
+    if build is not None:
+        cfg = build.get("config", {})
+        seed = int(cfg.get("seed", 0))
+        size = val_size if val_size is not None else cfg.get("val_size")
+        if cfg.get("val") is not None or cfg.get("model") == DEMO_MODEL:  # its --val (or demo-val): no calibration data needed
+            spec = cfg.get("val") or DEMO_VAL
+            return DataChoice.validation_only("given" if cfg.get("val") else "demo",
+                                              open_source(spec, layout=layout, limit=size, seed=seed), seed)  # fmt: skip
+        built_layout = (build.get("data", {}).get("validation_choice") or {}).get("layout", cfg.get("layout", layout))
+        return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
+                           val_size=size, seed=seed)  # fmt: skip
+    if ref_spec == DEMO_MODEL:
+        return DataChoice.validation_only("demo", open_source(DEMO_VAL, layout=layout, limit=val_size, seed=0))
+    raise UsageError(
+        f"no validation data: --val is needed to validate against {ref_spec} (demo-val fits only the demo model)",
+        hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
+        "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
+    )  # fmt: skip
 
 
 def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> Any:
@@ -106,7 +140,9 @@ def validate(
     input_size: Annotated[int | None, typer.Option(min=8)] = None,
     trust_checkpoint: Annotated[bool, typer.Option(help="Allow unpickling arbitrary objects from --weights.")] = False,
     val: Annotated[str | None, typer.Option(help="Validation data: image folder, .npz with labels, or demo-val "
-                                                 "(default: demo-val; a saved reference brings its own).")] = None,
+                                                 "(default: a build folder's own validation data, the same held-out split "
+                                                 "or in-sample set; demo-val for the demo model; a saved reference brings "
+                                                 "its own; else required).")] = None,
     val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
     preset: Annotated[str | None, typer.Option(help="Preprocessing preset (default: the reference model's own).")] = None,
     layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
@@ -144,8 +180,9 @@ def validate(
     """
 
     from rescompile.config import Gates
+    from rescompile.data.holdout import DataChoice, check_label_gates
     from rescompile.data.preprocess import check_matches, get_preset
-    from rescompile.data.sources import check_shape, open_source
+    from rescompile.data.sources import DataSource, check_shape
     from rescompile.errors import GateFailed, UsageError
     from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
     from rescompile.validate.console import print_summary
@@ -169,12 +206,17 @@ def validate(
             raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
                              hint="add it with --latency-batch")  # fmt: skip
 
-        cand_path, ref_spec, fp32_path, build_pre, build_val = candidate, reference, fp32, None, None
+        cand_path, ref_spec, fp32_path, build_pre, build_doc = candidate, reference, fp32, None, None
         if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
-            cand_path, simplified, build_pre, build_val = _build_folder(candidate)
+            cand_path, simplified, build_pre, build_doc = _build_folder(candidate)
             ref_spec, fp32_path = ref_spec or str(simplified), fp32_path or simplified
         if ref_spec is None:
             raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
+        saved_ref = ref_spec.lower().endswith(".npz")
+        # the validation data, and gates that need labels it lacks (exit 2), are settled before any work
+        choice: Any = None if saved_ref else _validation_data(val, build_doc, ref_spec, layout, val_size)
+        if choice is not None:
+            check_label_gates(gates, choice)
         cand_runner = open_runner(cand_path, threads=threads)  # first: a missing TensorRT fails before any work
 
         ref = _open_reference(ref_spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
@@ -195,13 +237,15 @@ def validate(
             if save_reference is not None:
                 raise UsageError("--save-reference needs a model as --reference, not a saved reference")
             inputs, reference_out = ref.saved.as_inputs(), ref.saved
+            choice = DataChoice.validation_only("given", DataSource(ref_spec, len(ref.saved.logits), labels=ref.saved.labels))
+            check_label_gates(gates, choice)
         else:
             c, h, _ = ref.input_shape
             pre = get_preset(preset, size=h, channels=c) if preset else build_pre
             pre = pre or get_preset(ref.preset, size=h, channels=c)
             if build_pre is not None:  # the build was calibrated with its recipe: validate with the same one
                 check_matches(build_pre.to_dict(), pre)
-            src = open_source(val or build_val or "demo-val", layout=layout, limit=val_size, seed=0)
+            src = choice.val
             check_shape(src, pre, ref.input_shape)
             inputs = ValidationInputs.from_source(src, pre)
             reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
@@ -209,6 +253,7 @@ def validate(
         report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
         report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label}
         cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
+        report["validation"] = choice.to_dict()
         notes = latency_notes(cand_onnx, report["candidate"])
         if notes:
             report["notes"] = notes

@@ -281,21 +281,29 @@ def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = N
 
 def subset(src: DataSource, n: int, seed: int) -> DataSource:
     """A seeded subset of ``n`` samples, stratified by label when labels exist; order preserved."""
+    return take(src, subset_indices(src, n, seed), f"{src.name}[{n}]")
+
+
+def subset_indices(src: DataSource, n: int, seed: int) -> np.ndarray:
+    """Positions (ascending) of a seeded subset of ``n`` of ``src``'s samples, stratified by label when labels exist."""
     if n < 1:
         raise UsageError(f"a subset needs at least one sample, not {n}")
     rng = np.random.default_rng(seed)
     if src.labels is None:
-        idx = np.sort(rng.choice(src.count, n, replace=False))
-    else:
-        classes, counts = np.unique(src.labels, return_counts=True)
-        quota = np.floor(counts / src.count * n).astype(int)
-        for i in np.argsort(-(counts / src.count * n - quota), kind="stable")[: n - quota.sum()]:
-            quota[i] += 1
-        idx = np.sort(np.concatenate([rng.choice(np.flatnonzero(src.labels == c), q, replace=False)
-                                      for c, q in zip(classes, quota, strict=True)]))  # fmt: skip
+        return np.sort(rng.choice(src.count, n, replace=False))
+    classes, counts = np.unique(src.labels, return_counts=True)
+    quota = np.floor(counts / src.count * n).astype(int)
+    for i in np.argsort(-(counts / src.count * n - quota), kind="stable")[: n - quota.sum()]:
+        quota[i] += 1
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(src.labels == c), q, replace=False)
+                                   for c, q in zip(classes, quota, strict=True)]))  # fmt: skip
+
+
+def take(src: DataSource, idx: np.ndarray, name: str) -> DataSource:
+    """The samples of ``src`` at positions ``idx`` (ascending), named ``name``; arrays are not copied."""
     rows = idx if src.index is None else src.index[idx]
     return replace(
-        src, name=f"{src.name}[{n}]", count=n,
+        src, name=name, count=len(idx),
         index=rows if src.arrays is not None else None,
         files=[src.files[i] for i in idx] if src.files else [],
         labels=None if src.labels is None else src.labels[idx],

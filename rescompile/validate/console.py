@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from rescompile.validate.gates import latency_role
@@ -40,6 +41,10 @@ def summary_table(report: dict[str, Any], title: str) -> Table:
 def print_summary(console: Console, report: dict[str, Any], title: str) -> None:
     """The table, then ``PASS``/``FAIL`` lines for every gate (metric, value, threshold)."""
     console.print(summary_table(report, title))
+    choice = report.get("validation")
+    if choice and choice.get("description"):
+        style = "yellow" if choice.get("in_sample") else "dim"
+        console.print(f"[{style}]{escape(choice['description'])}[/]", highlight=False)
     for note in report.get("notes") or []:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for g in report.get("gates", []):

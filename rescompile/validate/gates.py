@@ -54,6 +54,7 @@ SPECS = (
     _Spec("min_speedup", "--min-speedup", ">=", 0.0, math.inf, "x", ".3f"),
 )
 ACCURACY_GATES = ("max_top1_drop", "min_agreement", "min_cosine")
+LABEL_GATES = ("max_top1_drop",)  # need labelled validation data (rescompile.data.holdout.check_label_gates)
 
 
 def check_thresholds(gates: Gates) -> None:

@@ -60,7 +60,18 @@ def _summary(r: dict[str, Any]) -> str:
     return (f"<p>{r['samples']} samples from <code>{escape(str(r['source']))}</code>. Reference "
             f"<code>{escape(str(r.get('reference')))}</code>, candidate <code>{escape(str(r.get('candidate')))}</code>"
             f"{', baseline <code>' + escape(str(r['baseline'])) + '</code>' if r.get('baseline') else ''}.</p>"
-            + _table(["metric", "reference", "candidate"], rows))  # fmt: skip
+            + _validation(r) + _table(["metric", "reference", "candidate"], rows))  # fmt: skip
+
+
+def _validation(r: dict[str, Any]) -> str:
+    """How the validation set was chosen; in-sample results are flagged."""
+    choice = r.get("validation") or {}
+    if not choice.get("description"):
+        return ""
+    if choice.get("in_sample"):
+        return f'<p class="note" id="in-sample"><strong>In-sample:</strong> {escape(choice["description"])}</p>'
+    return f'<p class="note">{escape(choice["description"])}</p>'
+
 
 
 def _gates(r: dict[str, Any]) -> str:

@@ -6,6 +6,15 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 
+def _validation(report: dict[str, Any]) -> list[tuple[str, Any]]:
+    """How the validation set was chosen: ``validation.mode`` (given, demo, held-out, in-sample) and more."""
+    choice = report.get("validation")
+    if not choice:
+        return []
+    return [("validation.mode", choice["mode"]), ("validation.in_sample", str(choice["in_sample"]).lower()),
+            ("validation.labelled", str(choice["labelled"]).lower()), ("validation", choice.get("description", ""))]  # fmt: skip
+
+
 def render_junit(report: dict[str, Any], suite: str = "rescompile.gates") -> str:
     """The report's gates as one JUnit test suite; metrics as suite properties."""
     gates = report.get("gates", [])
@@ -21,6 +30,7 @@ def render_junit(report: dict[str, Any], suite: str = "rescompile.gates") -> str
         ("candidate", report.get("candidate", "")), ("samples", report["samples"]),
         ("top1.reference", acc["reference"]["top1"]), ("top1.candidate", acc["candidate"]["top1"]),
         ("top1_drop", acc["top1_drop"]), ("agreement.top1", agr["top1"]), ("agreement.cosine_mean", agr["cosine_mean"]),
+        *_validation(report),
     ):  # fmt: skip
         shown = "n/a" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
         ET.SubElement(props, "property", name=key, value=shown)

@@ -21,6 +21,15 @@ def class_label(report: dict[str, Any], label: int) -> str:
     return f"{label} ({names[label]})" if 0 <= label < len(names) else str(label)
 
 
+def validation_lines(report: dict[str, Any]) -> list[str]:
+    """How the validation set was chosen (``report["validation"]``); in-sample results are flagged."""
+    choice = report.get("validation")
+    if not choice or not choice.get("description"):
+        return []
+    text = choice["description"]
+    return ["", f"> **In-sample:** {text}" if choice.get("in_sample") else text]
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     acc, agr = report["accuracy"], report["agreement"]
     model = report.get("model", {}).get("name", "model")
@@ -30,6 +39,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         f"Validation set: {report['samples']} samples from `{report['source']}`; reference "
         f"`{report.get('reference', 'FP32')}`, candidate `{report.get('candidate', 'INT8')}`.",
+        *validation_lines(report),
         "",
         "| metric | reference | candidate |",
         "|---|---|---|",
