@@ -128,6 +128,7 @@ def build(
         "--calib, the calibration inputs themselves (in-sample, label-free).")] = None,
     calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N calibration samples.")] = None,
     val_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.")] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.")] = 0,
     calib_method: CalibMethodOpt = "max",
     percentile: PercentileOpt = 99.99,
     policy: Annotated[str, typer.Option(help="Q/DQ placement policy: tensorrt | onnxruntime | auto.")] = "tensorrt",
@@ -183,7 +184,7 @@ def build(
         check_method(calib_method, percentile)
         log_to_stderr(quiet)
         cfg = BuildConfig(
-            model=model, weights=weights, out=out, calib=calib, val=val, calib_size=calib_size, val_size=val_size,
+            model=model, weights=weights, out=out, calib=calib, val=val, calib_size=calib_size, val_size=val_size, seed=seed,
             calib_method=calib_method, policy=policy, backend=backend, target=target, keep_fp=tuple(keep_fp or ()),
             keep_first_last=keep_first_last,
             preset=preset, layout=layout, num_classes=num_classes, in_channels=in_channels, input_size=input_size,
