@@ -72,23 +72,32 @@ def test_onnx_source_skips_export(tmp_path):
     assert report["agreement"]["cosine_mean"] > 0.99
 
 
-def test_onnx_below_opset_13_is_converted_and_builds(tmp_path):
+@pytest.fixture(scope="module")
+def opset11_build(tmp_path_factory) -> Path:
+    """A build of the tiny ResNet exported by torch.onnx at opset 11 (converted to 13 by the build)."""
     from tests.conftest import TINY_SHAPE, tiny_resnet
 
-    model = tmp_path / "tiny_op11.onnx"
+    tmp = tmp_path_factory.mktemp("op11")
+    model = tmp / "tiny_op11.onnx"
     torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(model), opset_version=11, dynamo=False,
                       input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
-    data = npz(tmp_path, 1, 16, 4)
-    report = invoke(["build", str(model), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])
+    data = npz(tmp, 1, 16, 4)
+    invoke(["build", str(model), "--calib", str(data), "--val", str(data), "--out", str(tmp / "o"), *FAST])
+    return tmp / "o"
+
+
+def test_onnx_below_opset_13_is_converted_and_builds(opset11_build):
+    report = json.loads((opset11_build / "report.json").read_text())
     conversion = report["stages"]["opset_conversion"]
     assert (conversion["from"], conversion["to"]) == (11, 13) and conversion["max_abs_error"] < 1e-4
     assert report["stages"]["verify"]["ok"] and report["agreement"]["cosine_mean"] > 0.99
 
 
-def test_an_int8_model_is_refused_by_build_before_any_work(tiny_int8_path, tmp_path):
+def test_an_int8_model_from_a_build_is_refused_by_build_before_any_work(opset11_build, tmp_path):
     data = npz(tmp_path, 1, 16, 4)
     out = tmp_path / "o"
-    result = runner.invoke(app, ["build", str(tiny_int8_path), "--calib", str(data), "--val", str(data), "--out", str(out), *FAST])
+    int8 = opset11_build / "model.int8.onnx"
+    result = runner.invoke(app, ["build", str(int8), "--calib", str(data), "--val", str(data), "--out", str(out), *FAST])
     assert result.exit_code == 2, result.output + result.stderr
     assert "already quantized" in result.stderr and "Traceback" not in result.output + result.stderr
     for command in ("validate", "inspect", "engine"):
