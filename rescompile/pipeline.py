@@ -171,17 +171,18 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     prepare_out(out)
 
     with staged(out) as stage:
-        opset_conversion = None
+        opset_conversion, batch_freed = None, None
         with timer.stage("export"):
             if loaded.module is not None:
                 fp32, export_parity = export_onnx(loaded.module, loaded.input_shape,
                                                   ExportConfig(opset=cfg.opset, exporter=cfg.exporter))  # fmt: skip
                 export_err: float | None = export_parity.max_abs_error
             else:
-                from rescompile.models.onnx_source import read_onnx, upgrade_opset
+                from rescompile.models.onnx_source import free_batch, read_onnx, upgrade_opset
 
-                # below opset 13: converted and parity-checked on ONNX Runtime, or refused (exit 2)
+                # below opset 13: converted; a fixed batch: made dynamic; each parity-checked on ONNX Runtime or refused (exit 2)
                 fp32, opset_conversion = upgrade_opset(read_onnx(loaded.onnx_path), loaded.onnx_path, loaded.input_shape)  # type: ignore[arg-type]
+                fp32, batch_freed = free_batch(fp32, loaded.onnx_path, loaded.input_shape)  # type: ignore[arg-type]
                 export_err = None
             save_onnx(stage / "model.fp32.onnx", fp32)
         with timer.stage("simplify"):
@@ -236,6 +237,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         }  # fmt: skip
         if opset_conversion is not None:
             report["stages"]["opset_conversion"] = opset_conversion.to_dict()
+        if batch_freed is not None:
+            report["stages"]["batch_made_dynamic"] = batch_freed.to_dict()
         report["validation"] = data.to_dict()
         notes = latency_notes(int8, report["candidate"])
         if notes:

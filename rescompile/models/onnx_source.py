@@ -118,6 +118,66 @@ def upgrade_opset(model, path: Path, input_shape: tuple[int, int, int]):  # type
     return converted, conversion
 
 
+@dataclass(frozen=True)
+class BatchFreed:
+    """A graph exported with a fixed batch size whose batch dimension was made dynamic, with its parity."""
+
+    fixed: int
+    max_abs_error: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {"fixed": self.fixed, "max_abs_error": self.max_abs_error}
+
+
+def free_batch(model, path: Path, input_shape: tuple[int, int, int]):  # type: ignore[no-untyped-def]
+    """Make a fixed batch dimension (``torch.onnx.export`` without ``dynamic_axes``) dynamic, and check it.
+
+    Calibration and validation run batches of many samples; a graph whose input says "batch 1"
+    is rewritten to a symbolic batch (intermediate shapes are dropped and re-inferred later), then
+    run on ONNX Runtime on two batches' worth of inputs at once and compared with the original run
+    batch by batch.
+
+    Returns:
+        ``(model, None)`` when the batch is already dynamic, else ``(rewritten, BatchFreed)``.
+
+    Raises:
+        UsageError: the graph depends on its fixed batch size (e.g. a Reshape to 1 x N).
+    """
+    import numpy as np
+    import onnx
+
+    from rescompile.export import parity_inputs, run_onnx
+
+    inits = {t.name for t in model.graph.initializer}
+    inp = next(i for i in model.graph.input if i.name not in inits)
+    dim0 = inp.type.tensor_type.shape.dim[0]
+    if not dim0.HasField("dim_value") or dim0.dim_value <= 0:
+        return model, None
+    fixed = int(dim0.dim_value)
+    freed = onnx.ModelProto.FromString(model.SerializeToString())
+    targets = [i for i in freed.graph.input if i.name == inp.name] + list(freed.graph.output)
+    for vi in targets:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value == fixed:
+            dims[0].dim_param = "batch"  # clears dim_value (a oneof)
+    del freed.graph.value_info[:]
+    hint = "export with a dynamic batch: torch.onnx.export(..., dynamic_axes={'input': {0: 'batch'}, 'output': {0: 'batch'}})"
+    x = parity_inputs(input_shape, 2 * fixed, seed=1)
+    try:
+        ref = np.concatenate([run_onnx(model, x[i : i + fixed]) for i in (0, fixed)])
+        got = run_onnx(freed, x)
+    except Exception as exc:  # ONNX Runtime rejects the rewritten graph: a shape in it depends on the batch
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"{path} has a fixed batch size of {fixed} that its graph depends on: {first[:200]}", hint=hint) from None
+    err = float(np.max(np.abs(ref - got))) if ref.shape == got.shape and ref.size else float("inf")
+    tol = CONVERTED_ATOL + CONVERTED_RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
+    if not np.isfinite(err) or err > tol:
+        raise UsageError(f"{path} has a fixed batch size of {fixed}; with a dynamic batch its outputs change by {err:.3g}",
+                         hint=hint)  # fmt: skip
+    log.info("%s: fixed batch size %d made dynamic (outputs match, max abs error %.3g)", path, fixed, err)
+    return freed, BatchFreed(fixed, err)
+
+
 def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore[no-untyped-def]
     """The input shape, classes and preset of an ONNX model file.
 

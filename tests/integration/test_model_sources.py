@@ -74,22 +74,22 @@ def test_onnx_source_skips_export(tmp_path):
 
 @pytest.fixture(scope="module")
 def opset11_build(tmp_path_factory) -> Path:
-    """A build of the tiny ResNet exported by torch.onnx at opset 11 (converted to 13 by the build)."""
+    """A build of the tiny ResNet exported as a newcomer would: opset 11, no dynamic_axes (batch fixed to 1)."""
     from tests.conftest import TINY_SHAPE, tiny_resnet
 
     tmp = tmp_path_factory.mktemp("op11")
     model = tmp / "tiny_op11.onnx"
-    torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(model), opset_version=11, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})  # fmt: skip
+    torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(model), opset_version=11, dynamo=False)
     data = npz(tmp, 1, 16, 4)
     invoke(["build", str(model), "--calib", str(data), "--val", str(data), "--out", str(tmp / "o"), *FAST])
     return tmp / "o"
 
 
-def test_onnx_below_opset_13_is_converted_and_builds(opset11_build):
+def test_onnx_below_opset_13_with_a_fixed_batch_is_converted_and_builds(opset11_build):
     report = json.loads((opset11_build / "report.json").read_text())
     conversion = report["stages"]["opset_conversion"]
     assert (conversion["from"], conversion["to"]) == (11, 13) and conversion["max_abs_error"] < 1e-4
+    assert report["stages"]["batch_made_dynamic"]["fixed"] == 1 and report["stages"]["batch_made_dynamic"]["max_abs_error"] < 1e-4
     assert report["stages"]["verify"]["ok"] and report["agreement"]["cosine_mean"] > 0.99
 
 

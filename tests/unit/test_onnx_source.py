@@ -12,7 +12,7 @@ from onnx import TensorProto, helper
 
 from rescompile.errors import UsageError
 from rescompile.export import parity_inputs, run_onnx
-from rescompile.models.onnx_source import MIN_OPSET, default_opset, describe_onnx, refuse_quantized, upgrade_opset
+from rescompile.models.onnx_source import MIN_OPSET, default_opset, describe_onnx, free_batch, refuse_quantized, upgrade_opset
 from tests.conftest import TINY_SHAPE, tiny_resnet
 
 
@@ -82,3 +82,31 @@ def test_operator_oriented_quantized_ops_are_refused(op: str):
     model = _single_node_model(13, helper.make_node(op, ["input"], ["y"]), ["n", *TINY_SHAPE])
     with pytest.raises(UsageError, match=op):
         refuse_quantized(model, Path("q.onnx"))
+
+
+def test_a_fixed_batch_export_is_made_dynamic_and_matches(tmp_path: Path):
+    path = tmp_path / "fixed.onnx"
+    torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(path), dynamo=False)  # no dynamic_axes: batch 1
+    model = onnx.load(str(path))
+    freed, info = free_batch(model, path, TINY_SHAPE)
+    assert info is not None and info.fixed == 1 and info.max_abs_error <= 1e-4
+    x = parity_inputs(TINY_SHAPE, 5, seed=2)
+    expected = np.concatenate([run_onnx(model, x[i : i + 1]) for i in range(5)])
+    np.testing.assert_allclose(run_onnx(freed, x), expected, atol=1e-5)
+
+
+def test_a_dynamic_batch_is_left_alone(tiny_onnx: onnx.ModelProto):
+    same, info = free_batch(tiny_onnx, Path("tiny.onnx"), TINY_SHAPE)
+    assert info is None and same is tiny_onnx
+
+
+def test_a_graph_that_depends_on_its_fixed_batch_is_refused():
+    # Reshape to [1, 256] hard-codes the batch: two samples cannot pass
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, *TINY_SHAPE])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])
+    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [1, 256])
+    node = helper.make_node("Reshape", ["input", "shape"], ["y"])
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y], [shape]), opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(UsageError, match="fixed batch size of 1") as exc:
+        free_batch(model, Path("flat.onnx"), TINY_SHAPE)
+    assert "dynamic_axes" in (exc.value.hint or "")
