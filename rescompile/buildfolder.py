@@ -54,7 +54,7 @@ class IntegrityError(UsageError):
 
 
 class ForeignManifest(UsageError):
-    """``manifest.json`` is valid JSON but not a rescompile manifest (another tool's file)."""
+    """``manifest.json`` is a JSON object without a rescompile schema: another tool's file, not a damaged build."""
 
 
 def failed_path(out: Path) -> Path:
@@ -80,7 +80,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path} is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})",
                          hint="rebuild into this folder, or remove it") from None  # fmt: skip
     if not isinstance(doc, dict):
-        raise ForeignManifest(f"{path} is not a rescompile manifest: a JSON object expected, found {_JSON_TYPES.get(type(doc), 'a value')}")
+        raise UsageError(f"{path} is not a rescompile manifest: a JSON object expected, found {_JSON_TYPES.get(type(doc), 'a value')}")
     schema = doc.get("schema")
     if not isinstance(schema, str) or not schema.startswith("rescompile.manifest/"):
         raise ForeignManifest(f"{path} is not a rescompile manifest (no 'schema': '{MANIFEST_SCHEMA}')")

@@ -1,7 +1,8 @@
 """The ``rescompile`` command: parse options, call the library, map errors to exit codes.
 
 Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad input or
-usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report).
+usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report);
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
