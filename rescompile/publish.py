@@ -31,7 +31,7 @@ from rescompile.io import _umask
 
 log = logging.getLogger("rescompile.publish")
 
-_KINDS = ("partial", "old")
+_KINDS = ("partial", "old", "probe")
 _SWAP_ATTEMPTS = 5  # concurrent builds into one --out: the last one to finish wins
 
 
@@ -95,8 +95,8 @@ def check_out(out: Path) -> Path:
         raise UsageError(f"cannot create --out {out}: {existing} is a file, not a folder", hint="choose another --out")
     _check_target(absolute, "--out")
     _check_target(failed_path(absolute), "the failed-build folder")
-    try:  # os.access is not enough: it says yes to root on a read-only mount, and no to nothing else we can't do
-        os.rmdir(tempfile.mkdtemp(prefix=f".{absolute.name}.probe-", dir=existing))
+    try:  # really create something: os.access() trusts mode bits that root ignores, and misjudges NFS root squash or ACLs
+        os.rmdir(tempfile.mkdtemp(prefix=f".{absolute.name}.probe-{os.getpid()}-", dir=existing))
     except OSError as exc:
         raise UsageError(f"cannot write --out {out}: {existing} is not writable ({exc.strerror or exc})",
                          hint="choose a folder you can write to") from None  # fmt: skip
