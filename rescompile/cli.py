@@ -1,12 +1,15 @@
 """The ``rescompile`` command: parse options, call the library, map errors to exit codes.
 
 Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad input or
-usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report).
+usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report);
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from rescompile.errors import RescompileError
+from rescompile.errors import RescompileError, Terminated
 
 app = typer.Typer(
     name="rescompile",
@@ -33,6 +36,13 @@ ModelArg = Annotated[
 ]  # fmt: skip
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<model>).")]
+# Reading a build folder (validate, inspect, engine, compare): integrity overrides, off by default.
+NoVerifyOpt = Annotated[bool, typer.Option(
+    "--no-verify-hashes", help="Use a build folder's artifacts without checking their sha256 against manifest.json "
+    "(for a model edited by hand; a warning, and recorded in the report).")]  # fmt: skip
+AllowFailedOpt = Annotated[bool, typer.Option(
+    "--allow-failed-build",
+    help="Accept a build whose gates failed (e.g. <out>.failed/); a warning, and recorded in the report.")]  # fmt: skip
 # Calibration and custom preprocessing (shared by build and calibrate).
 CalibMethodOpt = Annotated[
     str, typer.Option(help="Calibration method: max | percentile | entropy | mse | auto (per tensor, the least error).")
@@ -80,10 +90,62 @@ def log_to_stderr(quiet: bool) -> None:
     logger.setLevel(logging.INFO)
 
 
-def run_cli(fn: Any) -> Any:
-    """Call ``fn``; turn rescompile errors into one-line messages and exit codes."""
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (like Ctrl-C raises KeyboardInterrupt), so it cleans up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
     try:
-        return fn()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def warn(line: str) -> None:
+    """A one-line warning on stderr."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def open_build_checked(path: Path, *, no_verify_hashes: bool = False, allow_failed_build: bool = False) -> Any:
+    """``rescompile.buildfolder.open_build`` for a command: the overrides in effect are printed as warnings."""
+    from rescompile.buildfolder import open_build
+
+    build = open_build(path, verify=not no_verify_hashes, allow_failed=allow_failed_build)
+    for line in build.warnings():
+        warn(line)
+    return build
+
+
+def checked_path(path: Path, *, no_verify_hashes: bool = False, allow_failed_build: bool = False) -> tuple[Path, Any]:
+    """``(path, build)``: a file given on the command line, checked against its build's manifest when it is in one."""
+    from rescompile.buildfolder import build_of
+
+    build = build_of(path, verify=not no_verify_hashes, allow_failed=allow_failed_build)
+    if build is None:
+        return path, None
+    for line in build.warnings():
+        warn(line)
+    return build.file(path.name), build
+
+
+def run_cli(fn: Any) -> Any:
+    """Call ``fn``; turn rescompile errors into one-line messages and exit codes.
+
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal number, as shells report a process killed by it),
+    after the build's staging folder is removed.
+    """
+    try:
+        with _sigterm_raises():
+            return fn()
     except RescompileError as exc:
         # escape: messages and hints hold brackets ("pip install 'rescompile[tensorrt]'") that are not markup
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
@@ -93,6 +155,9 @@ def run_cli(fn: Any) -> Any:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         raise typer.Exit(130) from None
+    except Terminated:
+        err_console.print("terminated")
+        raise typer.Exit(143) from None
     except Exception:
         if os.environ.get("RESCOMPILE_DEBUG"):
             raise

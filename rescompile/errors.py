@@ -39,6 +39,13 @@ class VerificationError(RescompileError):
     exit_code = 1
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt (staging folders removed); the CLI exits 143.
+
+    A BaseException, like KeyboardInterrupt, so ``except Exception`` blocks do not swallow it.
+    """
+
+
 class MissingDependency(RescompileError):
     """The environment lacks something optional, e.g. TensorRT or a GPU (exit code 3)."""
 

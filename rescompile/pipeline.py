@@ -1,16 +1,14 @@
-"""Run the stages in order; own the output folder, manifest, timings and progress.
+"""Run the stages in order; write the manifest, timings and progress.
 
-The build is staged in a sibling temporary folder and moved into place at the end, so the
-output folder holds a complete build or the previous one, never a half-written mix.
+The build is staged in a sibling temporary folder and published whole at the end by
+:mod:`rescompile.publish` (a build that misses a gate goes to ``<out>.failed``); the folder
+layout and the manifest's reader are :mod:`rescompile.buildfolder`.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import platform
-import shutil
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -22,18 +20,24 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rescompile.buildfolder import (
+    ARTIFACTS,
+    CALIB_STATS,
+    ENGINE_ARTIFACTS,
+    MANIFEST,
+    MANIFEST_SCHEMA,
+    RANGES,
+    failed_path,
+    open_build,
+)  # fmt: skip
 from rescompile.config import BuildConfig
 from rescompile.errors import GateFailed, UsageError, VerificationError
-from rescompile.io import _umask, save_onnx, sha256_file, write_bytes_atomic, write_json, write_text_atomic
+from rescompile.io import save_onnx, sha256_file, write_bytes_atomic, write_json, write_text_atomic
+from rescompile.publish import check_out, staged
+
+__all__ = ["ARTIFACTS", "ENGINE_ARTIFACTS", "BuildResult", "build", "versions"]
 
 log = logging.getLogger(__name__)
-
-ARTIFACTS = (
-    "model.fp32.onnx", "model.simplified.onnx", "qdq_plan.json", "ranges.json", "calib_stats.npz", "model.int8.onnx",
-    "report.json", "report.md", "junit.xml", "report.html",
-)  # fmt: skip
-# Written only with backend "tensorrt" (rescompile.engine.tensorrt.ENGINE_ARTIFACTS; no TensorRT import here).
-ENGINE_ARTIFACTS = ("model.plan", "model.plan.json", "model.plan.layers.json")
 
 
 @dataclass
@@ -59,43 +63,19 @@ def versions() -> dict[str, str]:
     }  # fmt: skip
 
 
-def prepare_out(out: Path) -> None:
-    """Refuse an output path that is a file, or a folder holding something other than a build."""
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output path {out} is a file, not a folder", hint="choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").exists():
-        raise UsageError(f"output folder {out} is not empty and holds no rescompile build", hint="choose another --out")
-
-
-@contextmanager
-def staged(out: Path) -> Iterator[Path]:
-    """A temporary folder beside ``out`` that replaces ``out`` when the block ends without error.
-
-    GateFailed still publishes (the report is the point); any other error discards the stage.
-    """
-    prepare_out(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-
-    def publish() -> None:
-        os.chmod(stage, 0o777 & ~_umask())
-        old = None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "build")
-        os.replace(stage, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-
+def _previous_build(out: Path) -> Path | None:
+    """``out`` when it holds a build whose calibration files match its manifest (for cache reuse), else None."""
+    if not (out / MANIFEST).is_file():
+        return None
     try:
-        yield stage
-    except GateFailed:
-        publish()
-        raise
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
-    publish()
+        previous = open_build(out, allow_failed=True)
+        for name in (RANGES, CALIB_STATS):
+            if previous.has(name):
+                previous.file(name)
+    except UsageError as exc:
+        log.info("not reusing calibration from %s: %s", out, exc.message)
+        return None
+    return out
 
 
 class Timer:
@@ -150,6 +130,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         from rescompile.engine.tensorrt import preflight
 
         engine_target = preflight(cfg.target)
+    if cfg.out is not None:
+        check_out(Path(cfg.out))  # --out can be published to: exit 2 before any work (again, by staged(), at the end)
     timer = Timer()
     with timer.stage("load"):
         recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
@@ -168,7 +150,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         for src in (calib_src, val_src):
             check_shape(src, pre, loaded.input_shape)
     out = Path(cfg.out) if cfg.out is not None else Path("build") / loaded.name
-    prepare_out(out)
+    check_out(out)
 
     with staged(out) as stage:
         opset_conversion, batch_freed = None, None
@@ -195,7 +177,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             with progress("calibrate", calib_src.count, cfg.progress) as advance:
                 calib_run = calibrate(simp.model, plan.calibrated_tensors, calib_src, pre, method=cfg.calib_method,
                                       percentile=cfg.percentile, batch_size=cfg.batch_size, threads=cfg.threads,
-                                      previous=out if (out / "manifest.json").is_file() else None, on_batch=advance)
+                                      previous=_previous_build(out), on_batch=advance)
             calib = calib_run.result
             write_text_atomic(stage / "ranges.json", calib_run.ranges_json)
             write_bytes_atomic(stage / "calib_stats.npz", calib_run.stats_npz)
@@ -257,8 +239,9 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         report["gates"] = [g.to_dict() for g in gates]
         report["passed"] = all(g.passed for g in gates)
         write_reports(stage, report)  # report.json, report.md, junit.xml, report.html
+        failures = [g.line() for g in gates if not g.passed]  # "FAIL <gate>: <metric> = <value>, threshold <op> <t>"
         manifest = {
-            "schema": "rescompile.manifest/1",
+            "schema": MANIFEST_SCHEMA,
             "artifacts": {name: {"sha256": sha256_file(stage / name), "bytes": (stage / name).stat().st_size}
                           for name in ARTIFACTS + (ENGINE_ARTIFACTS if engine_section is not None else ())},
             "versions": versions(),
@@ -270,12 +253,13 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
                      "calibration_sha256": calib.key["data_sha256"],
                      "validation_choice": {**data.to_dict(), "layout": layout}},
             "timings_s": timer.stages,
+            "gates": {"passed": not failures, "failed": [g.name for g in gates if not g.passed]},
         }  # fmt: skip
-        write_json(stage / "manifest.json", manifest)
-    failures = [g.line() for g in gates if not g.passed]  # "FAIL <gate>: <metric> = <value>, threshold <op> <t>"
-    result = BuildResult(out, report, manifest, not failures, failures)
-    if failures:
-        err = GateFailed(f"{len(failures)} of {len(gates)} gate(s) failed:\n  " + "\n  ".join(failures))
-        err.result = result  # type: ignore[attr-defined]
-        raise err
-    return result
+        write_json(stage / MANIFEST, manifest)
+        if failures:  # published to <out>.failed by staged(); <out> keeps the previous passing build
+            result = BuildResult(failed_path(out), report, manifest, False, failures)
+            err = GateFailed(f"{len(failures)} of {len(gates)} gate(s) failed:\n  " + "\n  ".join(failures) +
+                             f"\nthis build is in {result.out}/ (report and model); {out}/ keeps the previous passing build")  # fmt: skip
+            err.result = result  # type: ignore[attr-defined]
+            raise err
+    return BuildResult(out, report, manifest, True, [])

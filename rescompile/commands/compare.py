@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import app, console, run_cli
+from rescompile.cli import NoVerifyOpt, app, console, run_cli, warn
 
 
 @app.command(
@@ -22,8 +22,12 @@ def compare(
     latency_tolerance: Annotated[float, typer.Option(help="Relative latency increase (0.1 = 10%) allowed.")] = 0.10,
     ignore_latency: Annotated[bool, typer.Option("--ignore-latency", help="Compare accuracy and gates only.")] = False,
     md: Annotated[Path | None, typer.Option("--md", help="Also write the comparison as Markdown here.")] = None,
+    no_verify_hashes: NoVerifyOpt = False,
 ) -> None:
     """Compare two reports metric by metric; exit 1 when anything regressed beyond its tolerance.
+
+    A report in a build folder is checked against its manifest.json first (exit 2 if it changed);
+    builds whose gates failed compare like any other (that is what a CI job compares after a failure).
 
     A regression: lower INT8 top-1 or agreement, a bigger top-1 drop, lower cosine, slower p50/p99,
     a smaller speedup, or a gate that passed before and fails now.
@@ -42,8 +46,22 @@ def compare(
         render_comparison_markdown,
     )
 
+    def report_path(path: Path) -> Path:
+        """A report.json of a build folder (or the folder) is checked against its manifest; failed builds compare fine."""
+        from rescompile.buildfolder import MANIFEST, REPORT_JSON, build_of, open_build
+
+        if path.is_dir():  # a build folder; a folder without a manifest (`validate --out`) holds a plain report.json
+            build = open_build(path, verify=not no_verify_hashes, allow_failed=True) if (path / MANIFEST).is_file() else None
+        else:
+            build = build_of(path, verify=not no_verify_hashes, allow_failed=True)
+        if build is None:
+            return path
+        for line in build.warnings(failed=False):
+            warn(line)
+        return build.file(REPORT_JSON if path.is_dir() else path.name)
+
     def go() -> Any:
-        a, b = load_report(old), load_report(new)
+        a, b = load_report(report_path(old)), load_report(report_path(new))
         changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
         warning = dataset_warning(a, b)
         t = Table(title=f"rescompile compare: {old} -> {new}")

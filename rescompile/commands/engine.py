@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from rescompile.cli import app, console, err_console, run_cli
+from rescompile.cli import AllowFailedOpt, NoVerifyOpt, app, checked_path, console, err_console, open_build_checked, run_cli
 
 
 def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any) -> list[str]:
@@ -60,7 +60,7 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1",
 )
 def engine(
-    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build.")],
+    onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
     target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.")] = "gpu",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).")] = None,
     workspace_mib: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit in MiB (default: the target's).")] = None,
@@ -71,8 +71,13 @@ def engine(
     timing_cache: Annotated[Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).")] = None,
     allow_unfused: Annotated[bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.")] = False,
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.")] = False,
+    no_verify_hashes: NoVerifyOpt = False,
+    allow_failed_build: AllowFailedOpt = False,
 ) -> None:
     """Build a TensorRT engine (model.plan + model.plan.json sidecar) from a Q/DQ INT8 ONNX.
+
+    A build folder's model.int8.onnx (or an ONNX in a build folder) is checked against its
+    manifest.json first; a changed file, or a build whose gates failed, is refused (exit 2).
 
     Build on the target device: engines only run on the GPU model and TensorRT version that built them.
 
@@ -83,17 +88,24 @@ def engine(
     from rescompile.errors import GateFailed, MissingDependency, UsageError
 
     def go() -> Any:
-        if not onnx_path.is_file():
-            raise UsageError(f"{onnx_path} does not exist or is not a file")
+        from rescompile.buildfolder import INT8_ONNX
+
+        overrides = {"no_verify_hashes": no_verify_hashes, "allow_failed_build": allow_failed_build}
+        if onnx_path.is_dir():
+            model_path = open_build_checked(onnx_path, **overrides).file(INT8_ONNX)
+        elif onnx_path.is_file():
+            model_path, _ = checked_path(onnx_path, **overrides)
+        else:
+            raise UsageError(f"{onnx_path} does not exist")
         tgt = get_target(target)
-        dest = out if out is not None else onnx_path.parent
+        dest = out if out is not None else model_path.parent
         options = EngineOptions(workspace_mib, dla_core, parse_batches(batch), opt_batch, optimization_level)
         try:
             from rescompile.engine.tensorrt import build_engine
 
-            result = build_engine(onnx_path, tgt, options, dest, timing_cache_dir=timing_cache, verbose=verbose)
+            result = build_engine(model_path, tgt, options, dest, timing_cache_dir=timing_cache, verbose=verbose)
         except MissingDependency as exc:
-            lines = _device_commands(onnx_path, dest, target, options)
+            lines = _device_commands(model_path, dest, target, options)
             console.print("Equivalent trtexec command, to run on the device:", highlight=False)
             for line in lines:
                 console.print(line, highlight=False, markup=False, soft_wrap=True)

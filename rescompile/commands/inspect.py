@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app, console, run_cli
+from rescompile.cli import NoVerifyOpt, app, console, run_cli, warn
 
 
 def block_table(blocks: list[Any], title: str) -> Table:
@@ -54,11 +54,15 @@ def inspect(
     int8: Annotated[Path | None, typer.Option("--int8", help="Q/DQ model made from MODEL: prove it keeps the topology.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="qdq_plan.json the INT8 model was made with.")] = None,
     policy: Annotated[str, typer.Option(help="tensorrt | onnxruntime | auto (the plan's, else detected from the INT8 types).")] = "auto",
+    no_verify_hashes: NoVerifyOpt = False,
 ) -> None:
     """Print every residual Add (main branch, shortcut, what follows) and, with --int8, the proof.
 
+    Files of a build folder are checked against its manifest.json first (exit 2 on a mismatch);
+    a build whose gates failed is inspected too (that is how to look into it).
     Exits 1 when the INT8 model breaks a rule (each violation names the node and the rule).
     """
+    from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, build_of, open_build
     from rescompile.errors import UsageError, VerificationError
     from rescompile.graph.topology import block_map, find_residual_blocks
     from rescompile.graph.verify import verify_int8
@@ -66,14 +70,24 @@ def inspect(
     from rescompile.models.onnx_source import read_onnx
     from rescompile.quantize.policy import Policy, QuantPlan
 
+    def checked(path: Path | None) -> Path | None:  # a file of a build folder: checked against its manifest
+        build = build_of(path, verify=not no_verify_hashes, allow_failed=True) if path is not None else None
+        return build.file(path.name) if build is not None and path is not None else path
+
     def go() -> None:
-        fp32_path, int8_path, plan_path = model, int8, plan
+        fp32_path, int8_path, plan_path = checked(model) or model, checked(int8), checked(plan)
         if model.is_dir():
-            fp32_path = model / "model.simplified.onnx"
-            if int8_path is None and (model / "model.int8.onnx").is_file():
-                int8_path = model / "model.int8.onnx"
-            if plan_path is None and (model / "qdq_plan.json").is_file():
-                plan_path = model / "qdq_plan.json"
+            build = open_build(model, verify=not no_verify_hashes, allow_failed=True)
+            for line in build.warnings(failed=False):  # inspecting a failed build needs no override: a note below
+                warn(line)
+            if build.passed is False:
+                console.print(f"note: {escape(str(model))} is a build whose gates failed "
+                              f"({', '.join(build.failed_gates) or 'see its report'})", highlight=False)  # fmt: skip
+            fp32_path = build.file(SIMPLIFIED_ONNX)
+            if int8_path is None and build.has(INT8_ONNX):
+                int8_path = build.file(INT8_ONNX)
+            if plan_path is None and build.has(QDQ_PLAN):
+                plan_path = build.file(QDQ_PLAN)
         if policy not in ("auto", *(p.value for p in Policy)):
             raise UsageError(f"unknown policy {policy!r}", hint="tensorrt, onnxruntime or auto")
         fp32 = read_onnx(fp32_path)

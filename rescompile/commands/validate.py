@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import app, console, run_cli
+from rescompile.cli import AllowFailedOpt, NoVerifyOpt, app, checked_path, console, open_build_checked, run_cli
 
 GATE_HELP = "Gates (exit 1 when missed): flags override --gates."
 
@@ -64,20 +64,19 @@ def _open_reference(spec: str, *, weights: Path | None, num_classes: int | None,
                       loaded.preset, spec)  # fmt: skip
 
 
-def _build_folder(folder: Path) -> tuple[Path, Path, Any, dict[str, Any]]:
-    """A build folder's INT8 model, FP32 simplified model, preprocessing and manifest."""
-    import json
-
+def _build_inputs(build: Any) -> tuple[Path, Path, Any, dict[str, Any]]:
+    """A build folder's INT8 model, FP32 simplified model (both checked against its manifest), preprocessing, manifest."""
+    from rescompile.buildfolder import INT8_ONNX, SIMPLIFIED_ONNX
     from rescompile.data.preprocess import preprocess_from_dict
     from rescompile.errors import UsageError
 
-    manifest = folder / "manifest.json"
-    if not manifest.is_file():
-        raise UsageError(f"{folder} is a folder but not a rescompile build (no manifest.json)")
-    doc = json.loads(manifest.read_text())
-    pre_doc = doc.get("preprocess") or {}
-    pre = preprocess_from_dict(pre_doc) if pre_doc else None
-    return folder / "model.int8.onnx", folder / "model.simplified.onnx", pre, doc
+    pre_doc = build.preprocess
+    try:
+        pre = preprocess_from_dict(pre_doc) if pre_doc else None
+    except UsageError as exc:
+        raise UsageError(f"{build.manifest_path}: 'preprocess' is {exc.message}") from None
+    doc = {**build.manifest, "config": build.config}  # build.config: a UsageError naming the manifest if not an object
+    return build.file(INT8_ONNX), build.file(SIMPLIFIED_ONNX), pre, doc
 
 
 def _validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str,
@@ -112,6 +111,12 @@ def _validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: st
         hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
         "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
     )  # fmt: skip
+def _reference_file(path: Path, no_verify_hashes: bool) -> Path:
+    """An FP32 reference file; checked against its build's manifest when it is in one (a failed build's FP32 is fine)."""
+    from rescompile.buildfolder import build_of
+
+    build = build_of(path, verify=not no_verify_hashes, allow_failed=True)
+    return build.file(path.name) if build is not None else path
 
 
 def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> Any:
@@ -173,8 +178,13 @@ def validate(
     out: Annotated[Path, typer.Option(
         "--out", "-o", help="Folder for report.json, report.md, junit.xml, report.html.")] = Path("validation"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    no_verify_hashes: NoVerifyOpt = False,
+    allow_failed_build: AllowFailedOpt = False,
 ) -> None:
     """Validate a candidate against FP32 on the same inputs: accuracy, agreement, latency, gates, reports.
+
+    A build folder (or a file in one) is checked against its manifest.json first: an artifact
+    changed after the build, or a build whose gates failed, is refused (exit 2).
 
     Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input, 3 a missing dependency (TensorRT for a plan).
     """
@@ -207,9 +217,17 @@ def validate(
                              hint="add it with --latency-batch")  # fmt: skip
 
         cand_path, ref_spec, fp32_path, build_pre, build_doc = candidate, reference, fp32, None, None
+        overrides = {"no_verify_hashes": no_verify_hashes, "allow_failed_build": allow_failed_build}
         if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
-            cand_path, simplified, build_pre, build_doc = _build_folder(candidate)
+            build = open_build_checked(candidate, **overrides)
+            cand_path, simplified, build_pre, build_doc = _build_inputs(build)
             ref_spec, fp32_path = ref_spec or str(simplified), fp32_path or simplified
+        else:
+            cand_path, build = checked_path(candidate, **overrides)
+        if fp32_path is not None:
+            fp32_path = _reference_file(fp32_path, no_verify_hashes)
+        if ref_spec is not None and ref_spec.lower().endswith(".onnx"):
+            ref_spec = str(_reference_file(Path(ref_spec), no_verify_hashes))
         if ref_spec is None:
             raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
         saved_ref = ref_spec.lower().endswith(".npz")
@@ -262,6 +280,11 @@ def validate(
 
             sample = inputs.head(layerwise_samples)
             report["layerwise"] = layerwise_blame(fp32_model, cand_onnx, sample).to_dict()  # type: ignore[arg-type]
+        if build is not None:  # which build was validated, and whether its integrity was checked
+            report["build"] = build.record()
+            report["notes"] = report.get("notes", []) + build.warnings()
+            if not report["notes"]:
+                del report["notes"]
         results = evaluate_gates(report, gates)
         report["gates"] = [g.to_dict() for g in results]
         report["passed"] = all(g.passed for g in results)

@@ -169,13 +169,14 @@ def test_build_gates_pass_and_fail_with_all_reports(models, tiny_npz, tmp_path):
                               "--layerwise", "--auto-fallback", "1", "--save-reference", str(ref)])  # fmt: skip
     assert bad.exit_code == 1, bad.output
     assert "PASS min-agreement" in bad.output and "FAIL min-cosine" in bad.output
-    report = json.loads((tmp_path / "bad" / "report.json").read_text())
+    failed = tmp_path / "bad.failed"  # a build that fails a gate is published beside --out
+    report = json.loads((failed / "report.json").read_text())
     assert report["fallback"]["limit"] == 1 and len(report["fallback"]["steps"]) == 1
     kept = report["fallback"]["kept_fp"][0]
-    plan = json.loads((tmp_path / "bad" / "qdq_plan.json").read_text())
+    plan = json.loads((failed / "qdq_plan.json").read_text())
     assert kept in plan["kept_fp"]  # the published plan and model are the fallback's
-    assert report["layerwise"]["layers"] and _schema_errors(tmp_path / "bad" / "report.json") == []
-    suite = ET.parse(tmp_path / "bad" / "junit.xml").getroot().find("testsuite")
+    assert report["layerwise"]["layers"] and _schema_errors(failed / "report.json") == []
+    suite = ET.parse(failed / "junit.xml").getroot().find("testsuite")
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
     assert ref.is_file()
     res = runner.invoke(app, [*common, "--out", str(tmp_path / "x"), "--auto-fallback", "2"])
