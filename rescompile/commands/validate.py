@@ -102,8 +102,12 @@ def _validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: st
             return DataChoice.validation_only("given" if cfg.get("val") else "demo",
                                               open_source(spec, layout=layout, limit=size, seed=seed), seed)  # fmt: skip
         built_layout = (build.get("data", {}).get("validation_choice") or {}).get("layout", cfg.get("layout", layout))
-        return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
-                           val_size=size, seed=seed)  # fmt: skip
+        try:  # the build validated on data taken from its --calib: the same seed re-creates the same split
+            return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
+                               val_size=size, seed=seed)  # fmt: skip
+        except UsageError as exc:
+            raise UsageError(f"cannot re-create the build's validation data from its --calib: {exc.message}",
+                             hint="run from the folder the build ran in, or pass --val") from None  # fmt: skip
     if ref_spec == DEMO_MODEL:
         return DataChoice.validation_only("demo", open_source(DEMO_VAL, layout=layout, limit=val_size, seed=0))
     raise UsageError(

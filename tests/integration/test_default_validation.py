@@ -165,3 +165,14 @@ def test_seed_option_moves_the_split(model, calib300, tmp_path):
     x = np.load(calib300[0])
     ranges = json.loads((out / "ranges.json").read_text())  # calibrated on exactly the seed-7 calibration rows
     assert ranges["tensors"]["input"]["amax"] == pytest.approx(float(np.abs(x[seven.calibration.index]).max()), rel=1e-6)
+
+
+def test_validate_a_build_folder_whose_calibration_data_is_gone_says_so(model, tmp_path):
+    data = tmp_path / "gone.npy"
+    np.save(data, np.random.default_rng(5).standard_normal((20, 1, 16, 16)).astype(np.float32))
+    out = tmp_path / "b"
+    assert runner.invoke(app, ["build", str(model), "--calib", str(data), "--out", str(out), *FAST]).exit_code == 0
+    data.unlink()
+    result = runner.invoke(app, ["validate", str(out), "--out", str(tmp_path / "v")])
+    assert result.exit_code == 2 and "cannot re-create the build's validation data" in result.stderr
+    assert "--val" in result.stderr
