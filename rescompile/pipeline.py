@@ -105,20 +105,11 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     """
     from dataclasses import replace
 
-    from rescompile.calibrate.run import calibrate
     from rescompile.data.holdout import check_label_gates, choose_data
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape
-    from rescompile.export import ExportConfig, export_onnx
-    from rescompile.graph.verify import verify_int8
-    from rescompile.models import load_model
-    from rescompile.progress import progress
-    from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.quantize.policy import parse_policy
-    from rescompile.simplify import SimplifyConfig, simplify
     from rescompile.validate.gates import check_build_gates
-    from rescompile.validate.notes import latency_notes
-    from rescompile.validate.run import BuildValidator
 
     cfg = replace(cfg or BuildConfig(), **overrides)
     policy = parse_policy(cfg.policy, cfg.backend)  # "auto": the backend's policy; checked before any work
@@ -132,16 +123,27 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         engine_target = preflight(cfg.target)
     if cfg.out is not None:
         check_out(Path(cfg.out))  # --out can be published to: exit 2 before any work (again, by staged(), at the end)
+    recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
+    layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
+    # no --val: demo-val for the demo model, else a held-out split of --calib or (too small) in-sample
+    data = choose_data(cfg.model, cfg.calib, cfg.val, layout=layout, calib_size=cfg.calib_size,
+                       val_size=cfg.val_size, seed=cfg.seed)  # fmt: skip
+    check_label_gates(cfg.gates, data)  # --max-top1-drop without labels: exit 2 before any work (and heavy imports)
+    log.info("%s", data.describe())
+    calib_src, val_src = data.calibration, data.val
+
+    from rescompile.calibrate.run import calibrate
+    from rescompile.export import ExportConfig, export_onnx
+    from rescompile.graph.verify import verify_int8
+    from rescompile.models import load_model
+    from rescompile.progress import progress
+    from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.simplify import SimplifyConfig, simplify
+    from rescompile.validate.notes import latency_notes
+    from rescompile.validate.run import BuildValidator
+
     timer = Timer()
     with timer.stage("load"):
-        recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
-        layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
-        # no --val: demo-val for the demo model, else a held-out split of --calib or (too small) in-sample
-        data = choose_data(cfg.model, cfg.calib, cfg.val, layout=layout, calib_size=cfg.calib_size,
-                           val_size=cfg.val_size, seed=cfg.seed)  # fmt: skip
-        check_label_gates(cfg.gates, data)  # --max-top1-drop without labels: exit 2 before any work
-        log.info("%s", data.describe())
-        calib_src, val_src = data.calibration, data.val
         loaded = load_model(cfg.model, weights=cfg.weights, num_classes=cfg.num_classes, in_channels=cfg.in_channels,
                             input_size=cfg.input_size, trust_checkpoint=cfg.trust_checkpoint)  # fmt: skip
         pre = resolve_preprocess(loaded.preset, loaded.input_shape, preset=cfg.preset, recipe=recipe, size=cfg.pre_size,
