@@ -129,7 +129,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     data = choose_data(cfg.model, cfg.calib, cfg.val, layout=layout, calib_size=cfg.calib_size,
                        val_size=cfg.val_size, seed=cfg.seed)  # fmt: skip
     check_label_gates(cfg.gates, data)  # --max-top1-drop without labels: exit 2 before any work (and heavy imports)
-    log.info("%s", data.describe())
+    log.info("validation: %s", data.describe())
     calib_src, val_src = data.calibration, data.val
 
     from rescompile.calibrate.run import calibrate

@@ -68,23 +68,23 @@ class DataChoice:
         return self.mode == "in-sample"
 
     def describe(self) -> str:
-        """One line for the console and the reports: what validates, and what that means."""
+        """What validates, and what that means (the console prints it after ``validation: ``)."""
         n = self.val.count
         if self.mode == "demo":
-            return f"validation: {DEMO_VAL}, the demo model's own labelled test set ({n} samples)"
+            return f"{DEMO_VAL}, the demo model's own labelled test set ({n} samples)"
         if self.mode == "given":
             labels = "labelled" if self.labelled else "no labels: top-1 agreement and cosine only"
-            return f"validation: {self.val.name} ({n} samples, {labels})"
+            return f"{self.val.name} ({n} samples, {labels})"
         if self.mode == "held-out":
             labels = "labelled" if self.labelled else "no labels: top-1 agreement and cosine only"
             used = self.calib_total - self.held_out
             kept = used if self.calib is None else self.calib.count
             calib = f"the other {used}" if kept == used else f"{kept} of the other {used}"
             sub = "" if n == self.held_out else f", {n} of them used"
-            return (f"validation: no --val, so a held-out split of {self.calib_spec}: {self.held_out} of "
+            return (f"no --val, so a held-out split of {self.calib_spec}: {self.held_out} of "
                     f"{self.calib_total} samples (seed {self.seed}{sub}; {labels}), not used for calibration; "
                     f"calibration uses {calib}")  # fmt: skip
-        return (f"validation: IN-SAMPLE, no --val and {self.calib_spec} has {self.calib_total} samples (a held-out split "
+        return (f"IN-SAMPLE: no --val and {self.calib_spec} has {self.calib_total} samples (a held-out split "
                 f"needs {SPLIT_MIN_SAMPLES}): INT8 is compared with FP32 on {n} of the calibration inputs themselves, "
                 "label-free (top-1 agreement, cosine), likely better than on unseen data; pass --val for an "
                 "independent check")  # fmt: skip

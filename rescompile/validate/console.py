@@ -44,7 +44,7 @@ def print_summary(console: Console, report: dict[str, Any], title: str) -> None:
     choice = report.get("validation")
     if choice and choice.get("description"):
         style = "yellow" if choice.get("in_sample") else "dim"
-        console.print(f"[{style}]{escape(choice['description'])}[/]", highlight=False)
+        console.print(f"[{style}]validation: {escape(choice['description'])}[/]", highlight=False)
     for note in report.get("notes") or []:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     for g in report.get("gates", []):

@@ -69,8 +69,8 @@ def _validation(r: dict[str, Any]) -> str:
     if not choice.get("description"):
         return ""
     if choice.get("in_sample"):
-        return f'<p class="note" id="in-sample"><strong>In-sample:</strong> {escape(choice["description"])}</p>'
-    return f'<p class="note">{escape(choice["description"])}</p>'
+        return f'<p class="note" id="in-sample"><strong>Validation: {escape(choice["description"])}</strong></p>'
+    return f'<p class="note">Validation: {escape(choice["description"])}</p>'
 
 
 

@@ -27,7 +27,7 @@ def validation_lines(report: dict[str, Any]) -> list[str]:
     if not choice or not choice.get("description"):
         return []
     text = choice["description"]
-    return ["", f"> **In-sample:** {text}" if choice.get("in_sample") else text]
+    return ["", f"> **Validation: {text}**" if choice.get("in_sample") else f"Validation: {text}"]
 
 
 def render_markdown(report: dict[str, Any]) -> str:

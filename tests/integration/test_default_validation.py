@@ -116,7 +116,7 @@ def test_small_calibration_set_validates_in_sample_and_says_so(model, tmp_path):
     assert report["samples"] == 16 and report["source"].endswith("(in-sample)")
     assert report["accuracy"]["candidate"]["top1"] is None and report["per_class"] == []  # label-free, labels dropped
     assert "in-sample validation samples" in " ".join(result.output.split()) and "IN-SAMPLE" in result.output
-    assert "**In-sample:**" in (out / "report.md").read_text()
+    assert "> **Validation: IN-SAMPLE:" in (out / "report.md").read_text()
     assert 'id="in-sample"' in (out / "report.html").read_text()
     assert _junit_props(out / "junit.xml")["validation.in_sample"] == "true"
     assert _schema_errors(report) == []
