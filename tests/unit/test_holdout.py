@@ -109,3 +109,19 @@ def test_given_val_is_used_as_is(tmp_path):
     assert choice.mode == "given" and choice.val.count == 30 and choice.calibration.count == 300
     with pytest.raises(UsageError, match=f"--val {val} has no labels"):
         check_label_gates(Gates(max_top1_drop=0.5), choice)
+
+
+def test_image_folder_split_keeps_files_and_labels_apart(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("cat", "dog"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(130):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(tmp_path / "imgs" / cls / f"{i}.png")
+    choice = choose_data("torchvision:resnet18", str(tmp_path / "imgs"), None)
+    assert choice.mode == "held-out" and choice.labelled and choice.val.count == 52
+    assert np.bincount(choice.val.labels).tolist() == [26, 26]
+    assert not set(choice.val.files) & set(choice.calibration.files)
+    assert len(choice.calibration.files) == 208 and choice.val.class_names == ["cat", "dog"]
+    assert all(f.parent.name == ["cat", "dog"][y] for f, y in zip(choice.val.files, choice.val.labels, strict=True))
