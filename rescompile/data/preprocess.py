@@ -95,7 +95,7 @@ def load_recipe(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: a recipe is a mapping of preprocessing keys (preset, size, mean, std, ...)")
     unknown = sorted(map(str, set(doc) - set(RECIPE_KEYS) - {"preset", "layout"}))
     if unknown:
-        raise UsageError(f"{path}: unknown recipe keys {short(unknown)}",
+        raise UsageError(f"{path}: unknown recipe keys {short(', '.join(unknown))[1:-1]}",
                          hint="allowed: preset, layout, " + ", ".join(RECIPE_KEYS))  # fmt: skip
     for key, value in doc.items():
         if value is None:
