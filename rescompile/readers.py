@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import reprlib
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -208,8 +209,8 @@ def load_npz(path: Path | str, what: str = ".npz archive") -> dict[str, np.ndarr
     except MemoryError:
         raise UsageError(f"{path}: its arrays do not fit in memory") from None
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError, NotImplementedError,
-            RuntimeError, SyntaxError, TypeError, OverflowError) as exc:  # fmt: skip
-        # zipfile and numpy's header parser (ast.literal_eval) raise these for corrupt archives
+            RuntimeError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as exc:  # fmt: skip
+        # zipfile and numpy's header parser (tokenize, ast.literal_eval) raise these for corrupt archives
         raise UsageError(f"{path} is not a readable {what} ({type(exc).__name__}: {first_line(exc)})") from None
 
 

@@ -184,19 +184,26 @@ def _check(p: Preprocess) -> None:
         raise UsageError(f"channel order must be rgb or bgr, not {p.channel_order!r}")
 
 
-def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
+def preprocess_from_dict(d: Any) -> Preprocess:
     """The inverse of ``Preprocess.to_dict()`` (as recorded in manifest.json and ranges.json).
 
     Raises:
-        UsageError: missing or unknown keys.
+        UsageError: not a mapping, missing keys, or values of the wrong type.
     """
+    from rescompile.readers import short
+
+    if not isinstance(d, dict):
+        raise UsageError(f"not a recorded preprocessing recipe (a {type(d).__name__}, not a mapping)")
+    for key, kinds in (("name", str), ("size", int), ("channels", int), ("resize", (int, type(None))), ("channel_order", str)):
+        if key in d and (isinstance(d[key], bool) or not isinstance(d[key], kinds)):
+            raise UsageError(f"recorded preprocessing: {key} is {short(d[key])}")
     names = {f.name for f in fields(Preprocess)}
     try:
         kw = {k: v for k, v in d.items() if k in names}
-        kw["mean"], kw["std"] = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        kw["mean"], kw["std"] = _floats(d["mean"], "recorded mean"), _floats(d["std"], "recorded std")
         p = Preprocess(**kw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"not a recorded preprocessing recipe ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"not a recorded preprocessing recipe ({type(exc).__name__}: {short(str(exc))})") from None
     _check(p)
     return p
 

@@ -40,7 +40,7 @@ class NpyFile:
                     raise ValueError(f"unsupported .npy format version {version}")
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = read(fh)
-            except (ValueError, SyntaxError, TypeError, EOFError, OverflowError) as exc:
+            except Exception as exc:  # numpy parses the header with ast/tokenize: any of their errors means a corrupt header
                 fh.seek(0)
                 head = fh.read(64)
                 if head.startswith(b"PK"):

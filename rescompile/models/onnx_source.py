@@ -204,6 +204,8 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
     if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[1:]):
         raise UsageError(f"{path}: input {inputs[0].name!r} must be N x C x H x W with fixed C, H, W")
     c, h, w = (d.dim_value for d in dims[1:])
+    if not model.graph.output:
+        raise UsageError(f"{path} has no graph output; rescompile takes image classifiers with one output (the logits)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else 0
     if require_residual and not find_residual_blocks(model):
