@@ -33,10 +33,12 @@ SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--la
 
 
 def png_header(width: int, height: int) -> bytes:
-    """A PNG signature and IHDR announcing ``width x height`` RGB pixels, and no pixel data."""
+    """A PNG announcing ``width x height`` RGB pixels in its header, with no pixel data."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    return b"\x89PNG\r\n\x1a\n" + chunk
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def make_fixtures(tmp: Path, tree: Path) -> dict[str, Path]:
@@ -110,6 +112,7 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
     no_candidate["accuracy"] = {}
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+    ranges_text = (b20 / "ranges.json").read_text()
     trt = ["calibrate", str(simplified), "--out", str(tmp / "out" / "r.json"), "--from-trt-cache"]
     quant = ["quantize", str(simplified), "--out", str(tmp / "out" / "m.onnx"), "--ranges"]
     return [
@@ -132,6 +135,7 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
         (".npy/.npz", "object array", build(calib=npz("obj.npz", images=np.array([{"a": 1}], dtype=object)))),
         (".npy/.npz", "no arrays", build(calib=npz("none.npz"))),
         ("image", "PNG header announcing 100000x100000", build(calib=folder_with("bomb", {"a.png": png_header(100000, 100000)}))),
+        ("image", "PNG header announcing 12000x12000", build(calib=folder_with("big", {"a.png": png_header(12000, 12000)}))),
         ("image", "empty .png", build(calib=folder_with("emptyimg", {"a.png": b""}))),
         ("image", "text named .jpg", build(calib=folder_with("textimg", {"a.jpg": b"hello"}))),
         ("YAML recipe", "binary garbage", build("--recipe", f("r1.yaml", os.urandom(64) + b"\xff\xfe"))),
@@ -147,6 +151,7 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
         ("ranges.json", "a JSON list", [*quant, f("r_list.json", "[1, 2]")]),
         ("ranges.json", "binary garbage", [*quant, f("r_bin.json", b"\xff\xfe\x00garbage")]),
         ("ranges.json", "deeply nested JSON", [*quant, f("r_deep.json", "[" * 100000)]),
+        ("ranges.json", "amax NaN", [*quant, f("r_nan.json", ranges_text.replace('"amax": ', '"amax": NaN, "x": ', 1))]),
         ("ranges.json", "tensors of another model", [*quant, f("r_other.json", (fx["resnet32"] / "ranges.json").read_text())]),
         ("calib_stats.npz", "garbage", ["calibrate", str(simplified), "--from-stats", f("s.npz", os.urandom(128)),
                                         "--out", str(tmp / "out" / "r.json")]),

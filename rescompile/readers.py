@@ -113,8 +113,11 @@ def read_text(path: Path | str, what: str, *, limit: int = MAX_TEXT_BYTES) -> st
     data = read_bytes(path, what, limit=limit)
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise UsageError(f"{path} is not a {what}: it is {describe(data[:64])}, not UTF-8 text") from None
+    except UnicodeDecodeError as exc:
+        kind = describe(data[:64])
+        if kind in ("a text file", "JSON text"):
+            raise UsageError(f"{path} is not a {what}: byte {exc.start} is not UTF-8 text (a binary or damaged file?)") from None
+        raise UsageError(f"{path} is not a {what}: it is {kind}") from None
     if "\x00" in text:
         raise UsageError(f"{path} is not a {what}: it holds NUL bytes ({describe(data[:64])})")
     return text

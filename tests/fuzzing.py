@@ -123,10 +123,24 @@ def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
+def _leaves(doc: Any) -> list[Any]:
+    if isinstance(doc, dict):
+        return [x for v in list(doc.values())[:50] for x in _leaves(v)]
+    if isinstance(doc, list):
+        return [x for v in doc[:20] for x in _leaves(v)]
+    return [doc]
+
+
 @st.composite
 def edited_json(draw: st.DrawFn, seeds: list[Any]) -> Any:
-    """A seed document with 1-3 values replaced, deleted, or given a wrong type (valid JSON, wrong content)."""
+    """A seed document with 1-3 values replaced, deleted, or given a wrong type (valid JSON, wrong content).
+
+    Half of the replacements keep the type (a tensor name swapped for another name of the same
+    document, a number for an odd number), so the edit gets past type checks into the code that
+    uses the content.
+    """
     doc = json.loads(json.dumps(draw(st.sampled_from(seeds))))
+    strings = [x for x in _leaves(doc) if isinstance(x, str)] or [""]
     for _ in range(draw(st.integers(1, 3))):
         path = draw(st.sampled_from(_paths(doc)))
         if not path:
@@ -136,8 +150,17 @@ def edited_json(draw: st.DrawFn, seeds: list[Any]) -> Any:
         for k in path[:-1]:
             parent = parent[k]
         key = path[-1]
-        if draw(st.booleans()) and isinstance(parent, dict):
+        old = parent[key]
+        how = draw(st.sampled_from(["delete", "any", "same_type", "same_type"]))
+        if how == "delete" and isinstance(parent, dict):
             del parent[key]
+        elif how == "same_type" and isinstance(old, str):
+            parent[key] = draw(st.sampled_from(strings))
+        elif how == "same_type" and isinstance(old, (int, float)) and not isinstance(old, bool):
+            pool = WEIRD_INTS[:6] if isinstance(old, int) else WEIRD_FLOATS
+            parent[key] = draw(st.sampled_from(pool + [old * 2, -old]))
+        elif how == "same_type" and isinstance(old, list) and old:
+            parent[key] = draw(st.sampled_from([old[:1], old * 2, old[::-1], []]))
         else:
             parent[key] = draw(json_values())
     return doc
@@ -185,8 +208,13 @@ def npy_files(draw: st.DrawFn) -> bytes:
 
 
 def png_header(width: int, height: int, mode: int = 2) -> bytes:
+    """A PNG announcing ``width x height`` pixels in its header, with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, mode, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 @st.composite
@@ -457,7 +485,8 @@ def targets(build: Path) -> list[Target]:
                lib_ranges, lambda p, out: ["quantize", str(simplified), "--ranges", str(p), "--out", str(out / "m.onnx")]),
         Target("calib_stats", ".npz", st.one_of(mutated([stats_bytes]), npz_files(["meta", "hist", "min", "max", "edge", "count",
                                                                                    "hist_count", "runs"]),
-                                                st.builds(_stats_with_meta, edited_json([json.loads(_stats_meta(stats_bytes))])),
+                                                st.builds(_stats_with_meta, st.just(stats_bytes),
+                                                          edited_json([json.loads(_stats_meta(stats_bytes))])),
                                                 random_bytes()),
                lib_stats, calib_cli("--from-stats")),
         Target("qdq_plan", ".json", st.one_of(edited_json([plan_doc]).map(dump_json), mutated([dump_json(plan_doc)]), random_bytes()),
@@ -483,11 +512,11 @@ def _stats_meta(stats_bytes: bytes) -> str:
         return z["meta"].tobytes().decode()
 
 
-def _stats_with_meta(meta: Any) -> bytes:
-    """calib_stats.npz arrays of one tensor with an edited 'meta' JSON."""
-    arrs = {"meta": np.frombuffer(json.dumps(meta, allow_nan=True).encode(), np.uint8), "hist": np.zeros((1, 4096), np.int64),
-            "min": np.zeros(1), "max": np.ones(1), "edge": np.ones(1), "count": np.ones(1, np.int64),
-            "hist_count": np.ones(1, np.int64), "runs": np.ones(1, np.int64)}  # fmt: skip
+def _stats_with_meta(stats_bytes: bytes, meta: Any) -> bytes:
+    """A real calib_stats.npz whose 'meta' JSON was edited (the arrays stay as they were)."""
+    with np.load(io.BytesIO(stats_bytes)) as z:
+        arrs = {k: z[k] for k in z.files}
+    arrs["meta"] = np.frombuffer(json.dumps(meta, allow_nan=True).encode(), np.uint8)
     return npz_bytes(arrs, False)
 
 

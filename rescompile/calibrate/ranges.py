@@ -65,7 +65,7 @@ class CalibrationResult:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> CalibrationResult:
+    def from_json(cls, text: str, source: str = "ranges.json") -> CalibrationResult:
         """Parse ranges.json (schema 1 or 2).
 
         Raises:
@@ -73,7 +73,7 @@ class CalibrationResult:
         """
         from rescompile.readers import parse_json
 
-        doc = parse_json(text, "ranges.json", "rescompile ranges.json")
+        doc = parse_json(text, source, "rescompile ranges.json")
         try:
             ranges, summary = {}, {}
             for k, v in doc["tensors"].items():
@@ -97,7 +97,7 @@ class CalibrationResult:
         from rescompile.readers import read_text
 
         try:
-            return cls.from_json(read_text(path, "ranges file"))
+            return cls.from_json(read_text(path, "ranges file"), str(path))
         except UsageError as exc:
             if str(path) in exc.message:
                 raise

@@ -288,8 +288,12 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
         arr = np.asarray(im, dtype=np.uint8)
     except UsageError:
         raise
-    except Image.DecompressionBombError as exc:
-        raise UsageError(f"image {path} is too large to decode ({exc})", hint=hint) from None
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (2x its warning) fires inside Image.open
+        import re
+
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise UsageError(f"image {path} announces {pixels.group(1) if pixels else 'too many'} pixels; rescompile reads images "
+                         f"of at most {MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint) from None
     except MemoryError:
         raise UsageError(f"image {path} does not fit in memory", hint=hint) from None
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...) for corrupt files

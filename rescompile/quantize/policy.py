@@ -156,10 +156,11 @@ class QuantPlan:
                    dict(d.get("scheme", {})), dict(d.get("rules", {})))  # fmt: skip
 
     @classmethod
-    def from_json(cls, text: str) -> QuantPlan:
+    def from_json(cls, text: str, source: str = "qdq_plan.json") -> QuantPlan:
+        """Parse the text of a plan; ``source`` names it in messages."""
         from rescompile.readers import parse_json
 
-        return cls.from_dict(parse_json(text, "qdq_plan.json", "rescompile qdq_plan.json"))
+        return cls.from_dict(parse_json(text, source, "rescompile qdq_plan.json"))
 
     @classmethod
     def read(cls, path: Any) -> QuantPlan:
@@ -167,7 +168,7 @@ class QuantPlan:
         from rescompile.readers import read_text
 
         try:
-            return cls.from_json(read_text(path, "plan file"))
+            return cls.from_json(read_text(path, "plan file"), str(path))
         except UsageError as exc:
             if str(path) in exc.message:
                 raise
