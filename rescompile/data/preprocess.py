@@ -263,29 +263,12 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
 
     hint = "remove or replace the file; rescompile reads JPEG, PNG, BMP and WebP"
     try:
+        # Pillow warns about decompression bombs (our limit below is lower and says more) and corrupt EXIF data;
+        # a bad file gets one error line, never a warning. (catch_warnings is not thread-safe: at worst a
+        # concurrent decode keeps these warnings silenced.)
         with warnings.catch_warnings():
-            # Pillow warns (DecompressionBombWarning) before its own limit; ours below is lower and says more
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            f = Image.open(path)
-        with f:
-            w, h = f.size
-            if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
-                raise UsageError(f"image {path} announces {w} x {h} pixels; rescompile reads images of at most "
-                                 f"{MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint)  # fmt: skip
-            im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
-        bilinear = Image.Resampling.BILINEAR
-        if pre.resize is not None:
-            w, h = im.size
-            s = pre.resize / min(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), bilinear)
-        w, h = im.size
-        if (w, h) != (pre.size, pre.size):
-            if min(w, h) < pre.size:
-                im = im.resize((pre.size, pre.size), bilinear)
-                w, h = im.size
-            left, top = (w - pre.size) // 2, (h - pre.size) // 2
-            im = im.crop((left, top, left + pre.size, top + pre.size))
-        arr = np.asarray(im, dtype=np.uint8)
+            warnings.simplefilter("ignore")
+            return _decode(path, pre, hint)
     except UsageError:
         raise
     except Image.DecompressionBombError as exc:  # Pillow's own limit (2x its warning) fires inside Image.open
@@ -301,4 +284,29 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
 
         reason = "truncated" if "truncated" in str(exc).lower() else first_line(exc)
         raise UsageError(f"cannot read image {path}: {reason}", hint=hint) from None
+
+
+def _decode(path: Any, pre: Preprocess, hint: str) -> np.ndarray:
+    """Decode, check the announced size, resize and crop (errors are turned into messages by :func:`load_image`)."""
+    from PIL import Image
+
+    with Image.open(path) as f:
+        w, h = f.size
+        if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
+            raise UsageError(f"image {path} announces {w} x {h} pixels; rescompile reads images of at most "
+                             f"{MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint)  # fmt: skip
+        im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
+    bilinear = Image.Resampling.BILINEAR
+    if pre.resize is not None:
+        w, h = im.size
+        s = pre.resize / min(w, h)
+        im = im.resize((max(1, round(w * s)), max(1, round(h * s))), bilinear)
+    w, h = im.size
+    if (w, h) != (pre.size, pre.size):
+        if min(w, h) < pre.size:
+            im = im.resize((pre.size, pre.size), bilinear)
+            w, h = im.size
+        left, top = (w - pre.size) // 2, (h - pre.size) // 2
+        im = im.crop((left, top, left + pre.size, top + pre.size))
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

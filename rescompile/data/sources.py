@@ -153,7 +153,8 @@ class DataSource:
                     if chunk.dtype == np.uint8:
                         x = normalize_pixels(chunk, pre)
                     else:
-                        x = np.ascontiguousarray(chunk, dtype=np.float32)
+                        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused below
+                            x = np.ascontiguousarray(chunk, dtype=np.float32)
                         _check_finite(x, self.name, start)
                 elif pool is not None:
                     x = normalize_pixels(np.stack(list(pool.map(lambda f: load_image(f, pre), self.files[start:stop]))), pre)
@@ -211,7 +212,9 @@ def _from_arrays(name: str, images: Arrays, labels: np.ndarray | None, layout: s
     if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
         for start in range(0, len(images), 4096):
             part = images[start : start + 4096]
-            _check_finite(np.asarray(part, np.float32), name, start)
+            with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused as such
+                part32 = np.asarray(part, np.float32)
+            _check_finite(part32, name, start)
     return DataSource(name, len(images), arrays=images, labels=labels, layout=layout)
 
 
