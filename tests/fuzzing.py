@@ -57,6 +57,10 @@ def make_build(folder: Path) -> Path:
 
     torch.manual_seed(0)
     torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), folder / "weights.pt")
+    res = CliRunner().invoke(app, ["validate", str(out / "model.int8.onnx"), "--reference", str(out / "model.simplified.onnx"),
+                                   "--val", str(data), "--no-baseline", "--latency-runs", "3", "--latency-batch", "1",
+                                   "--save-reference", str(folder / "ref.npz"), "--out", str(folder / "v"), "-q"])  # fmt: skip
+    assert res.exit_code == 0, res.output
     return out
 
 
@@ -389,6 +393,7 @@ def targets(build: Path) -> list[Target]:
     from rescompile.quantize.policy import QuantPlan
     from rescompile.validate.compare import compare_reports, load_report
     from rescompile.validate.gates import load_gates
+    from rescompile.validate.reference import load_reference
 
     simplified, int8 = build / "model.simplified.onnx", build / "model.int8.onnx"
     fp32 = read_onnx(simplified)
@@ -405,6 +410,7 @@ def targets(build: Path) -> list[Target]:
     cache_text = to_trt_cache(calib.ranges).encode()
     stats_bytes = (build / "calib_stats.npz").read_bytes()
     data_bytes = (build.parent / "fuzz-data.npz").read_bytes()
+    ref_bytes = (build.parent / "ref.npz").read_bytes()
 
     def lib_checkpoint(p: Path) -> None:
         from rescompile.models.loader import _read_checkpoint
@@ -501,6 +507,12 @@ def targets(build: Path) -> list[Target]:
                lib_plan, lambda p, out: ["inspect", str(simplified), "--int8", str(int8), "--plan", str(p), "--json", str(out / "p.json")]),
         Target("trt_cache", ".cache", st.one_of(trt_caches(calib_names), mutated([cache_text]), random_bytes()),
                lambda p: read_cache(p), calib_cli("--from-trt-cache")),
+        Target("reference", ".npz", st.one_of(mutated([ref_bytes]), npz_files(["inputs", "logits", "labels", "meta"]),
+                                              st.builds(_npz_with, st.just(ref_bytes), st.sampled_from(["inputs", "logits", "labels"]),
+                                                        arrays()), random_bytes()),
+               lambda p: load_reference(p),
+               lambda p, out: ["validate", str(int8), "--reference", str(p), "--no-baseline", "--latency-runs", "3",
+                               "--latency-batch", "1", "--out", str(out / "v"), "-q"]),
         Target("report", ".json", st.one_of(edited_json([report_doc]).map(dump_json), mutated([dump_json(report_doc)]), random_bytes()),
                lib_report, lambda p, out: ["compare", str(build / "report.json"), str(p), "--md", str(out / "c.md")]),
         Target("manifest", ".json", st.one_of(edited_json([manifest_doc]).map(dump_json), mutated([dump_json(manifest_doc)]),
@@ -513,6 +525,14 @@ def _npy(a: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, a)
     return buf.getvalue()
+
+
+def _npz_with(seed: bytes, key: str, arr: np.ndarray) -> bytes:
+    """A real archive with one array replaced (any dtype and shape)."""
+    with np.load(io.BytesIO(seed)) as z:
+        arrs = {k: z[k] for k in z.files}
+    arrs[key] = arr
+    return npz_bytes(arrs, True)
 
 
 def _stats_meta(stats_bytes: bytes) -> str:

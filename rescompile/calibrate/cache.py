@@ -129,9 +129,11 @@ def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: 
     path = folder / RANGES_FILE
     if not path.is_file():
         return None
-    text = path.read_text()
-    try:
-        old = CalibrationResult.from_json(text)
+    from rescompile.readers import read_text
+
+    try:  # a damaged previous ranges.json is not reused (and not an error: calibration runs again)
+        text = read_text(path, "ranges file")
+        old = CalibrationResult.from_json(text, str(path))
     except UsageError:
         return None
     same = old.key == key and old.method == method and old.params == params and sorted(old.ranges) == sorted(tensors)
