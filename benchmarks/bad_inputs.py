@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -202,6 +203,7 @@ def render(doc: dict[str, Any]) -> str:
         outs = [doc["runs"][lb]["cases"][i] if i < len(doc["runs"][lb]["cases"]) else None for lb in labels]
         cells = ["?" if o is None else f"{o['exit']}{' (traceback)' if o['traceback'] else ''}" for o in outs]
         msg = (first[i]["line"] + (" / " + first[i]["hint"] if first[i]["hint"] else "")).replace("|", "\\|")
+        msg = re.sub(r"/tmp/rescompile-badinput-\w+/", "", msg)
         lines.append(f"| {c['class']} | {c['what']} | `rescompile {c['command']}` | " + " | ".join(cells) + f" | {msg} |")
     return "\n".join(lines) + "\n"
 
