@@ -285,7 +285,10 @@ def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = N
         if not path.exists():
             raise UsageError(f"data path not found: {path}")
         if path.is_dir():
-            src = _load_folder(path)
+            try:
+                src = _load_folder(path)
+            except OSError as exc:  # an unreadable subfolder, a symlink loop
+                raise UsageError(f"cannot list images under {path}: {exc.strerror or exc} ({exc.filename})") from None
         elif path.suffix.lower() in (".npy", ".npz"):
             src = _load_arrays(path, layout)
         else:
