@@ -69,20 +69,58 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int,
     Raises:
         UsageError: the file is not a readable statistics file.
     """
+    from rescompile.readers import load_npz, parse_json, short
+
+    what = "rescompile calibration statistics file"
+    z = load_npz(path, what)
+    missing = [k for k in ("meta", "hist", "min", "max", "edge", "count", "hist_count", "runs") if k not in z]
+    if missing:
+        raise UsageError(f"{path} is not a {what} (no {', '.join(missing)} array)",
+                         hint="write one with rescompile calibrate --stats, or use a build's calib_stats.npz")  # fmt: skip
+    if z["meta"].dtype != np.uint8 or z["meta"].ndim != 1:
+        raise UsageError(f"{path} is not a {what} (its 'meta' is not JSON bytes)")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            hist, lo, hi, edge, count = z["hist"], z["min"], z["max"], z["edge"], z["count"]
-            hist_count, runs = z["hist_count"], z["runs"]
-        stats = {
-            n: TensorStats(n, int(meta["bins"]), float(lo[i]), float(hi[i]), int(count[i]), hist[i].astype(np.int64),
-                           float(edge[i]), int(hist_count[i]), int(runs[i]))
-            for i, n in enumerate(meta["names"])
-        }  # fmt: skip
-        sample = meta.get("sample")
-        return stats, dict(meta["key"]), int(meta["samples"]), None if sample is None else int(sample)
-    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile) as exc:
-        raise UsageError(f"{path} is not a rescompile calibration statistics file ({exc})") from None
+        meta_text = z["meta"].tobytes().decode()
+    except UnicodeDecodeError:
+        raise UsageError(f"{path} is not a {what} (its 'meta' is not UTF-8 text)") from None
+    meta = parse_json(meta_text, f"{path} 'meta'", what)
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path} is not a {what} ('meta' is not a JSON object)")
+    names: Any = meta.get("names")
+    bins: Any = meta.get("bins")
+    samples: Any = meta.get("samples")
+    sample: Any = meta.get("sample")
+    key: Any = meta.get("key")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)):
+        raise UsageError(f"{path}: 'names' must be a list of distinct tensor names, got {short(names)}")
+    for label, v, least in (("bins", bins, 1), ("samples", samples, 0), ("sample", sample, 1)):
+        if (v is not None or label != "sample") and (isinstance(v, bool) or not isinstance(v, int) or v < least or v > 1 << 40):
+            raise UsageError(f"{path}: '{label}' must be a whole number >= {least}, got {short(v)}")
+    if not (isinstance(key, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in key.items())):
+        raise UsageError(f"{path}: 'key' must map names to hashes, got {short(key)}")
+    n = len(names)
+    shapes = {"hist": (n, 2 * bins) if n else None, **{k: (n,) for k in ("min", "max", "edge", "count", "hist_count", "runs")}}
+    for k, shape in shapes.items():
+        arr: np.ndarray = z[k]
+        kind = "iu" if k in ("hist", "count", "hist_count", "runs") else "f"
+        if (shape is not None and arr.shape != shape) or arr.dtype.kind not in kind:
+            want = "integers" if kind == "iu" else "floats"
+            raise UsageError(f"{path}: array {k!r} is {arr.dtype} {arr.shape}, expected {shape} of {want} "
+                             f"for {n} tensors of {bins} bins")  # fmt: skip
+    lo, hi, edge = z["min"], z["max"], z["edge"]
+    z = {**z, **{k: z[k].astype(np.int64) for k in ("hist", "count", "hist_count", "runs")}}  # uint64 > 2^63 turns negative
+    counts = [z[k] for k in ("count", "hist_count", "runs", "hist")]
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and np.isfinite(edge).all()) or (lo > hi).any() or (edge < 0).any():
+        raise UsageError(f"{path}: min/max/edge must be finite numbers with min <= max and edge >= 0")
+    if any((c < 0).any() for c in counts):
+        raise UsageError(f"{path}: counts must not be negative")
+    hist = z["hist"]
+    stats = {
+        name: TensorStats(name, int(bins), float(lo[i]), float(hi[i]), int(z["count"][i]), hist[i], float(edge[i]),
+                          int(z["hist_count"][i]), int(z["runs"][i]))
+        for i, name in enumerate(names)
+    }  # fmt: skip
+    return stats, dict(key), int(samples), None if sample is None else int(sample)
 
 
 def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: str,
@@ -91,9 +129,11 @@ def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: 
     path = folder / RANGES_FILE
     if not path.is_file():
         return None
-    text = path.read_text()
-    try:
-        old = CalibrationResult.from_json(text)
+    from rescompile.readers import read_text
+
+    try:  # a damaged previous ranges.json is not reused (and not an error: calibration runs again)
+        text = read_text(path, "ranges file")
+        old = CalibrationResult.from_json(text, str(path))
     except UsageError:
         return None
     same = old.key == key and old.method == method and old.params == params and sorted(old.ranges) == sorted(tensors)

@@ -20,6 +20,7 @@ import numpy as np
 from rescompile.calibrate.collect import TensorStats
 from rescompile.calibrate.methods import entropy_amax, mse_amax, percentile_amax, quantization_error
 from rescompile.errors import UsageError
+from rescompile.readers import short
 
 METHODS = ("max", "percentile", "entropy", "mse", "auto")
 SINGLE_METHODS = METHODS[:-1]
@@ -64,14 +65,16 @@ class CalibrationResult:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> CalibrationResult:
+    def from_json(cls, text: str, source: str = "ranges.json") -> CalibrationResult:
         """Parse ranges.json (schema 1 or 2).
 
         Raises:
             UsageError: not a ranges.json, or a tensor without a finite positive amax.
         """
+        from rescompile.readers import parse_json
+
+        doc = parse_json(text, source, "rescompile ranges.json")
         try:
-            doc = json.loads(text)
             ranges, summary = {}, {}
             for k, v in doc["tensors"].items():
                 ranges[k] = TensorRange(float(v["amax"]), float(v["min"]), float(v["max"]), str(v["method"]))
@@ -79,12 +82,26 @@ class CalibrationResult:
                     summary[k] = v["summary"]
             result = cls(ranges, doc["method"], int(doc["samples"]), dict(doc.get("key", {})),
                          dict(doc.get("params", {})), summary, dict(doc.get("preprocess", {})))  # fmt: skip
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UsageError(f"not a rescompile ranges.json ({type(exc).__name__}: {exc})") from None
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
+            raise UsageError(f"not a rescompile ranges.json ({type(exc).__name__}: {short(exc.args[0] if exc.args else '')})") from None
         for k, r in result.ranges.items():
             if not (np.isfinite(r.amax) and r.amax > 0):
-                raise UsageError(f"ranges.json: tensor {k!r} has amax {r.amax}; it must be finite and positive")
+                raise UsageError(f"ranges.json: tensor {short(k)} has amax {r.amax}; it must be finite and positive")
+            if not (np.isfinite(r.min) and np.isfinite(r.max) and r.min <= r.max):
+                raise UsageError(f"ranges.json: tensor {short(k)} has min {r.min} and max {r.max}; they must be finite, min <= max")
         return result
+
+    @classmethod
+    def read(cls, path: Any) -> CalibrationResult:
+        """Parse a ranges.json file (see :meth:`from_json`); a missing or unreadable file is a UsageError too."""
+        from rescompile.readers import read_text
+
+        try:
+            return cls.from_json(read_text(path, "ranges file"), str(path))
+        except UsageError as exc:
+            if str(path) in exc.message:
+                raise
+            raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
 def check_method(method: str, percentile: float = DEFAULT_PERCENTILE) -> None:

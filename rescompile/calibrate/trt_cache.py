@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import re
 import struct
+from pathlib import Path
 
 import numpy as np
 
 from rescompile.calibrate.ranges import TensorRange
 from rescompile.errors import UsageError
+from rescompile.readers import short
 
 ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", "LegacyCalibration")
 DEFAULT_VERSION = "10.3.0"  # JetPack 6.1/6.2, the TensorRT that still runs DLA with implicit INT8
-_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+_HEADER = re.compile(r"^TRT-(\d{1,12})-(\w{1,64})$")
 
 
 def version_code(version: str) -> int:
@@ -60,6 +62,18 @@ def to_trt_cache(ranges: dict[str, TensorRange], *, version: str = DEFAULT_VERSI
     return "\n".join(lines) + "\n"
 
 
+def read_cache(path: Path | str) -> tuple[dict[str, TensorRange], int, str]:
+    """Read and parse a calibration-cache file (see :func:`from_trt_cache`); errors name the file."""
+    from rescompile.readers import read_text
+
+    try:
+        return from_trt_cache(read_text(path, "TensorRT calibration cache"))
+    except UsageError as exc:
+        if str(path) in exc.message:
+            raise
+        raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
+
+
 def from_trt_cache(text: str) -> tuple[dict[str, TensorRange], int, str]:
     """Parse a calibration cache: ``({tensor: TensorRange}, version code, algorithm)``.
 
@@ -79,7 +93,7 @@ def from_trt_cache(text: str) -> tuple[dict[str, TensorRange], int, str]:
         name, sep, value = line.rpartition(":")
         value = value.strip()
         if not sep or not name or not re.fullmatch(r"[0-9a-fA-F]{8}", value):
-            raise UsageError(f"calibration cache line {no} is not '<tensor>: <8 hex digits>': {line!r}")
+            raise UsageError(f"calibration cache line {no} is not '<tensor>: <8 hex digits>': {short(line)}")
         scale = hex_scale(value)
         if not (np.isfinite(scale) and scale > 0):
             raise UsageError(f"calibration cache line {no}: scale {scale} must be finite and positive")

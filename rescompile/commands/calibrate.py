@@ -67,8 +67,7 @@ def calibrate(
     """
     from rescompile.calibrate.cache import load_stats
     from rescompile.calibrate.ranges import CalibrationResult, calibration_result, check_method
-    from rescompile.calibrate.trt_cache import from_trt_cache as parse_cache
-    from rescompile.calibrate.trt_cache import to_trt_cache, version_code
+    from rescompile.calibrate.trt_cache import read_cache, to_trt_cache, version_code
     from rescompile.errors import UsageError
     from rescompile.io import write_bytes_atomic, write_text_atomic
 
@@ -81,14 +80,10 @@ def calibrate(
             raise UsageError("give exactly one of --calib, --from-stats, --from-trt-cache")
         stats_bytes = None
         if from_trt_cache is not None:
-            if not from_trt_cache.is_file():
-                raise UsageError(f"calibration cache not found: {from_trt_cache}")
-            ranges, code, algo = parse_cache(from_trt_cache.read_text())
+            ranges, code, algo = read_cache(from_trt_cache)
             result = CalibrationResult(ranges, "trt-cache", 0, params={"trt_version": code, "trt_algorithm": algo})
             how = f"imported {len(ranges)} tensors from {from_trt_cache} (TRT-{code}-{algo})"
         elif from_stats is not None:
-            if not from_stats.is_file():
-                raise UsageError(f"statistics file not found: {from_stats}")
             stats, key, samples, sample = load_stats(from_stats)
             result = calibration_result(stats, method, samples, percentile=percentile, key=key, sample=sample)
             how = f"{len(stats)} tensors from {from_stats} ({samples} samples), no model run"

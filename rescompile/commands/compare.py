@@ -23,6 +23,8 @@ def compare(
     ignore_latency: Annotated[bool, typer.Option("--ignore-latency", help="Compare accuracy and gates only.")] = False,
     md: Annotated[Path | None, typer.Option("--md", help="Also write the comparison as Markdown here.")] = None,
     no_verify_hashes: NoVerifyOpt = False,
+    allow_different_models: Annotated[bool, typer.Option(
+        "--allow-different-models", help="Compare reports of different models (name, input shape or classes) anyway.")] = False,
 ) -> None:
     """Compare two reports metric by metric; exit 1 when anything regressed beyond its tolerance.
 
@@ -30,11 +32,12 @@ def compare(
     builds whose gates failed compare like any other (that is what a CI job compares after a failure).
 
     A regression: lower INT8 top-1 or agreement, a bigger top-1 drop, lower cosine, slower p50/p99,
-    a smaller speedup, or a gate that passed before and fails now.
+    a smaller speedup, or a gate that passed before and fails now. Reports of two different models
+    (name, input shape or class count) are refused (exit 2) unless --allow-different-models.
     """
     from rich.table import Table
 
-    from rescompile.errors import GateFailed
+    from rescompile.errors import GateFailed, UsageError
     from rescompile.io import write_text_atomic
     from rescompile.validate.compare import (
         REGRESSED,
@@ -43,6 +46,7 @@ def compare(
         compare_reports,
         dataset_warning,
         load_report,
+        model_difference,
         render_comparison_markdown,
     )
 
@@ -62,6 +66,10 @@ def compare(
 
     def go() -> Any:
         a, b = load_report(report_path(old)), load_report(report_path(new))
+        differ = model_difference(a, b)
+        if differ and not allow_different_models:
+            raise UsageError(f"{old} and {new} are reports of different models ({differ}): their metrics are not comparable",
+                             hint="compare two builds of the same model, or pass --allow-different-models")  # fmt: skip
         changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
         warning = dataset_warning(a, b)
         t = Table(title=f"rescompile compare: {old} -> {new}")
@@ -74,10 +82,13 @@ def compare(
             t.add_row(c.metric, "n/a" if c.old is None else f"{c.old:.5g}", "n/a" if c.new is None else f"{c.new:.5g}",
                       "" if c.delta is None else f"{c.delta:+.4g}", f"[{style}]{status}[/]" if style else status)  # fmt: skip
         console.print(t)
+        if differ:
+            console.print(f"[yellow]warning:[/] different models ({differ}): changes are not regressions of one model",
+                          highlight=False)  # fmt: skip
         if warning:
             console.print(f"[yellow]warning:[/] {warning}", highlight=False)
         if md is not None:
-            write_text_atomic(md, render_comparison_markdown(changes, str(old), str(new)))
+            write_text_atomic(md, render_comparison_markdown(changes, str(old), str(new), note=differ and f"different models: {differ}"))
         regressed = [c for c in changes if c.status == REGRESSED]
         if regressed:
             lines = [f"{c.metric}: {c.old} -> {c.new} ({c.note})" for c in regressed]

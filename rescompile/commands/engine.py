@@ -21,17 +21,16 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     For DLA on TensorRT 10 (implicit INT8) also writes the plain ONNX and the calibration
     cache that the command reads (``model.dla.onnx``, ``model.dla.calib``).
     """
-    import onnx
-
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.calibrate.trt_cache import to_trt_cache
     from rescompile.engine.implicit import strip_qdq
     from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command
     from rescompile.engine.targets import get_target
     from rescompile.io import save_onnx, write_text_atomic
+    from rescompile.models.onnx_source import read_onnx
 
     target = get_target(target_name)
-    model = onnx.load(str(onnx_path))
+    model = read_onnx(onnx_path)
     spec = input_spec(model)
     versions: list[str] = [target.tensorrt_version] if target.tensorrt_version else ["10.0", "11.0"]
     lines = []

@@ -101,9 +101,7 @@ def inspect(
         if int8_path is not None:
             quant_plan = None
             if plan_path is not None:
-                if not plan_path.is_file():
-                    raise UsageError(f"plan not found: {plan_path}")
-                quant_plan = QuantPlan.from_json(plan_path.read_text())
+                quant_plan = QuantPlan.read(plan_path)
                 if policy != "auto" and policy != quant_plan.policy:
                     raise UsageError(f"--policy {policy} contradicts the plan's policy {quant_plan.policy}")
             report = verify_int8(fp32, read_onnx(int8_path), quant_plan, None if policy == "auto" else policy)

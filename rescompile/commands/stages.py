@@ -76,7 +76,7 @@ def quantize(
 ) -> None:
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult
-    from rescompile.errors import UsageError, VerificationError
+    from rescompile.errors import VerificationError
     from rescompile.graph.verify import verify_int8
     from rescompile.io import save_onnx, write_text_atomic
     from rescompile.models.onnx_source import read_onnx
@@ -85,12 +85,7 @@ def quantize(
 
     def go() -> Any:
         fp32 = read_onnx(model)
-        if not ranges.is_file():
-            raise UsageError(f"ranges file not found: {ranges}")
-        try:
-            calib = CalibrationResult.from_json(ranges.read_text())
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"{ranges} is not a rescompile ranges.json ({exc})") from None
+        calib = CalibrationResult.read(ranges)
         plan = plan_qdq(fp32, parse_policy(policy, "onnxruntime"), keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last)
         int8 = insert_qdq(fp32, plan, calib.ranges)
         proof = verify_int8(fp32, int8, plan)

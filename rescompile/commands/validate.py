@@ -222,6 +222,9 @@ def validate(
 
         cand_path, ref_spec, fp32_path, build_pre, build_doc = candidate, reference, fp32, None, None
         overrides = {"no_verify_hashes": no_verify_hashes, "allow_failed_build": allow_failed_build}
+        if not candidate.exists():
+            raise UsageError(f"candidate not found: {candidate}",
+                             hint="pass a model file (.onnx, a TensorRT plan) or a build folder")  # fmt: skip
         if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
             build = open_build_checked(candidate, **overrides)
             cand_path, simplified, build_pre, build_doc = _build_inputs(build)
@@ -273,7 +276,8 @@ def validate(
             reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
                                               meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
         report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
-        report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label}
+        report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label, "input_shape": list(ref.input_shape),
+                           "num_classes": int(reference_out.logits.shape[1])}  # fmt: skip
         cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
         report["validation"] = choice.to_dict()
         notes = latency_notes(cand_onnx, report["candidate"])

@@ -16,6 +16,7 @@ import numpy as np
 from rescompile.errors import UsageError
 
 CHANNEL_ORDERS = ("rgb", "bgr")
+MAX_SIZE = 8192  # pixels per side of a model input or of the resize before the crop
 
 
 @dataclass(frozen=True)
@@ -64,14 +65,16 @@ def get_preset(name: str, *, size: int | None = None, channels: int | None = Non
 
 
 def _floats(value: Any, what: str) -> tuple[float, ...]:
+    from rescompile.readers import short
+
     if isinstance(value, str):
         value = [v for v in value.replace(",", " ").split() if v]
     if isinstance(value, (int, float)):
         value = [value]
     try:
         out = tuple(float(v) for v in value)
-    except (TypeError, ValueError):
-        raise UsageError(f"{what} must be numbers, e.g. 0.485,0.456,0.406 (got {value!r})") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{what} must be numbers, e.g. 0.485,0.456,0.406 (got {short(value)})") from None
     if not out:
         raise UsageError(f"{what} is empty")
     return out
@@ -83,23 +86,30 @@ def load_recipe(path: Path) -> dict[str, Any]:
     Raises:
         UsageError: missing or unreadable file, unknown keys, or values of the wrong type.
     """
-    import yaml
+    from rescompile.readers import read_yaml, short
 
-    if not Path(path).is_file():
-        raise UsageError(f"recipe file not found: {path}")
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_yaml(path, "recipe file")
     if isinstance(doc, dict) and isinstance(doc.get("preprocess"), dict):
         doc = doc["preprocess"]
     if not isinstance(doc, dict):
         raise UsageError(f"{path}: a recipe is a mapping of preprocessing keys (preset, size, mean, std, ...)")
-    unknown = sorted(set(doc) - set(RECIPE_KEYS) - {"preset", "layout"})
+    unknown = sorted(map(str, set(doc) - set(RECIPE_KEYS) - {"preset", "layout"}))
     if unknown:
-        raise UsageError(f"{path}: unknown recipe keys {', '.join(unknown)}",
+        raise UsageError(f"{path}: unknown recipe keys {short(', '.join(unknown))[1:-1]}",
                          hint="allowed: preset, layout, " + ", ".join(RECIPE_KEYS))  # fmt: skip
-    return doc
+    for key, value in doc.items():
+        if value is None:
+            continue
+        if key in ("size", "resize", "channels") and (isinstance(value, bool) or not isinstance(value, int)
+                                                      or not 0 <= value <= MAX_SIZE):  # fmt: skip
+            raise UsageError(f"{path}: {key} must be a whole number in [0, {MAX_SIZE}], got {short(value)}")
+        if key in ("preset", "layout", "name", "channel_order") and not isinstance(value, str):
+            raise UsageError(f"{path}: {key} must be a word, got {short(value)}")
+        if key in ("mean", "std"):
+            _floats(value, f"{path}: {key}")
+    if doc.get("layout") is not None and doc["layout"] not in ("nchw", "nhwc"):
+        raise UsageError(f"{path}: layout must be nchw or nhwc, not {short(doc['layout'])}")
+    return dict(doc)
 
 
 def resolve_preprocess(
@@ -135,6 +145,9 @@ def resolve_preprocess(
             custom[key] = value
     want_channels = int(custom.get("channels", c))
     want_size = int(custom.get("size", h))
+    for key, v in (("size", want_size), ("resize", custom.get("resize") or 0), ("channels", want_channels)):
+        if not 0 <= int(v) <= MAX_SIZE:
+            raise UsageError(f"preprocessing {key} {v} is out of range [1, {MAX_SIZE}]")
     p = get_preset(base_name, size=want_size, channels=want_channels if want_channels in (1, 3) else None)
     if not custom:
         return p
@@ -158,6 +171,8 @@ def _check(p: Preprocess) -> None:
         raise UsageError(f"preprocessing makes 1 (grayscale) or 3 (colour) channels, not {p.channels}")
     if p.size < 1 or (p.resize is not None and p.resize < p.size):
         raise UsageError(f"preprocessing size {p.size} / resize {p.resize}: resize must be >= size >= 1")
+    if max(p.size, p.resize or 0) > MAX_SIZE:
+        raise UsageError(f"preprocessing size {p.size} / resize {p.resize}: at most {MAX_SIZE} pixels")
     for key, vals in (("mean", p.mean), ("std", p.std)):
         if len(vals) != p.channels:
             raise UsageError(f"--{key} has {len(vals)} values but the input has {p.channels} channels")
@@ -169,19 +184,26 @@ def _check(p: Preprocess) -> None:
         raise UsageError(f"channel order must be rgb or bgr, not {p.channel_order!r}")
 
 
-def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
+def preprocess_from_dict(d: Any) -> Preprocess:
     """The inverse of ``Preprocess.to_dict()`` (as recorded in manifest.json and ranges.json).
 
     Raises:
-        UsageError: missing or unknown keys.
+        UsageError: not a mapping, missing keys, or values of the wrong type.
     """
+    from rescompile.readers import short
+
+    if not isinstance(d, dict):
+        raise UsageError(f"not a recorded preprocessing recipe (a {type(d).__name__}, not a mapping)")
+    for key, kinds in (("name", str), ("size", int), ("channels", int), ("resize", (int, type(None))), ("channel_order", str)):
+        if key in d and (isinstance(d[key], bool) or not isinstance(d[key], kinds)):
+            raise UsageError(f"recorded preprocessing: {key} is {short(d[key])}")
     names = {f.name for f in fields(Preprocess)}
     try:
         kw = {k: v for k, v in d.items() if k in names}
-        kw["mean"], kw["std"] = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
+        kw["mean"], kw["std"] = _floats(d["mean"], "recorded mean"), _floats(d["std"], "recorded std")
         p = Preprocess(**kw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"not a recorded preprocessing recipe ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"not a recorded preprocessing recipe ({type(exc).__name__}: {short(str(exc))})") from None
     _check(p)
     return p
 
@@ -223,32 +245,68 @@ def normalize_pixels(pixels: np.ndarray, pre: Preprocess) -> np.ndarray:
     return x
 
 
+MAX_IMAGE_PIXELS = 64 << 20  # 8K x 8K: far above any calibration image, far below a decompression bomb
+
+
 def load_image(path: Any, pre: Preprocess) -> np.ndarray:
     """One image file -> uint8 C,H,W (RGB or gray) after resize and center crop (torchvision's order).
 
-    Raises:
-        UsageError: the file is not an image Pillow can decode, or it is truncated (named).
-    """
-    from PIL import Image, UnidentifiedImageError
+    The header is read first: an image announcing more than :data:`MAX_IMAGE_PIXELS` pixels
+    (a decompression bomb, or a corrupt header) is refused before any pixel is decoded.
 
+    Raises:
+        UsageError: the file is not an image Pillow can decode, it is truncated, or too large (named).
+    """
+    import warnings
+
+    from PIL import Image
+
+    hint = "remove or replace the file; rescompile reads JPEG, PNG, BMP and WebP"
     try:
-        with Image.open(path) as f:
-            im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
-        bilinear = Image.Resampling.BILINEAR
-        if pre.resize is not None:
-            w, h = im.size
-            s = pre.resize / min(w, h)
-            im = im.resize((max(1, round(w * s)), max(1, round(h * s))), bilinear)
+        # Pillow warns about decompression bombs (our limit below is lower and says more) and corrupt EXIF data;
+        # a bad file gets one error line, never a warning. (catch_warnings is not thread-safe: at worst a
+        # concurrent decode keeps these warnings silenced.)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(path, pre, hint)
+    except UsageError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit (2x its warning) fires inside Image.open
+        import re
+
+        pixels = re.search(r"\((\d+) pixels\)", str(exc))
+        raise UsageError(f"image {path} announces {pixels.group(1) if pixels else 'too many'} pixels; rescompile reads images "
+                         f"of at most {MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint) from None
+    except MemoryError:
+        raise UsageError(f"image {path} does not fit in memory", hint=hint) from None
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...) for corrupt files
+        from rescompile.readers import first_line
+
+        reason = "truncated" if "truncated" in str(exc).lower() else first_line(exc)
+        raise UsageError(f"cannot read image {path}: {reason}", hint=hint) from None
+
+
+def _decode(path: Any, pre: Preprocess, hint: str) -> np.ndarray:
+    """Decode, check the announced size, resize and crop (errors are turned into messages by :func:`load_image`)."""
+    from PIL import Image
+
+    with Image.open(path) as f:
+        w, h = f.size
+        if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
+            raise UsageError(f"image {path} announces {w} x {h} pixels; rescompile reads images of at most "
+                             f"{MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint)  # fmt: skip
+        im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
+    bilinear = Image.Resampling.BILINEAR
+    if pre.resize is not None:
         w, h = im.size
-        if (w, h) != (pre.size, pre.size):
-            if min(w, h) < pre.size:
-                im = im.resize((pre.size, pre.size), bilinear)
-                w, h = im.size
-            left, top = (w - pre.size) // 2, (h - pre.size) // 2
-            im = im.crop((left, top, left + pre.size, top + pre.size))
-        arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        reason = "truncated" if "truncated" in str(exc).lower() else str(exc).splitlines()[0]
-        raise UsageError(f"cannot read image {path}: {reason}",
-                         hint="remove or replace the file; rescompile reads JPEG, PNG, BMP and WebP") from None  # fmt: skip
+        s = pre.resize / min(w, h)
+        im = im.resize((max(1, round(w * s)), max(1, round(h * s))), bilinear)
+    w, h = im.size
+    if (w, h) != (pre.size, pre.size):
+        if min(w, h) < pre.size:
+            im = im.resize((pre.size, pre.size), bilinear)
+            w, h = im.size
+        left, top = (w - pre.size) // 2, (h - pre.size) // 2
+        im = im.crop((left, top, left + pre.size, top + pre.size))
+    arr = np.asarray(im, dtype=np.uint8)
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)

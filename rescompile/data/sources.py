@@ -30,14 +30,25 @@ class NpyFile:
     """A ``.npy`` array read row by row from disk (no pickle, no memory map, no full load)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+        from rescompile.readers import check_file, describe
+
+        self.path = check_file(path, "array file")
         with open(self.path, "rb") as fh:
             try:
                 version = np.lib.format.read_magic(fh)
+                if version not in ((1, 0), (2, 0)):
+                    raise ValueError(f"unsupported .npy format version {version}")
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, fortran, dtype = read(fh)
-            except ValueError as exc:
-                raise UsageError(f"cannot read {self.path}: {str(exc).splitlines()[0]}") from None
+            except Exception as exc:  # numpy parses the header with ast/tokenize: any of their errors means a corrupt header
+                fh.seek(0)
+                head = fh.read(64)
+                if head.startswith(b"PK"):
+                    raise UsageError(f"{self.path} is a zip archive (an .npz?), not a NumPy .npy array",
+                                     hint=f"rename it to {self.path.stem}.npz") from None  # fmt: skip
+                if not head.startswith(b"\x93NUMPY"):
+                    raise UsageError(f"{self.path} is not a NumPy .npy array: it is {describe(head)}") from None
+                raise UsageError(f"cannot read {self.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             self.offset = fh.tell()
         if dtype.hasobject:
             raise UsageError(f"{self.path} holds Python objects; rescompile loads arrays without pickle")
@@ -45,10 +56,12 @@ class NpyFile:
             raise UsageError(f"{self.path} is stored in Fortran order; save it with np.save(np.ascontiguousarray(a))")
         self.shape: tuple[int, ...] = tuple(shape)
         self.dtype = dtype
-        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize if shape else 0
-        expected = self.offset + self.row_bytes * (shape[0] if shape else 0)
+        # Python integers: a forged header's dimensions must not overflow into a small, plausible size
+        row_bytes = int(np.prod(shape[1:], dtype=object)) * dtype.itemsize if shape else 0
+        expected = self.offset + row_bytes * (shape[0] if shape else 0)
         if self.path.stat().st_size < expected:
             raise UsageError(f"{self.path} is truncated: {self.path.stat().st_size} bytes, the header promises {expected}")
+        self.row_bytes = row_bytes
 
     @property
     def ndim(self) -> int:
@@ -140,7 +153,8 @@ class DataSource:
                     if chunk.dtype == np.uint8:
                         x = normalize_pixels(chunk, pre)
                     else:
-                        x = np.ascontiguousarray(chunk, dtype=np.float32)
+                        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused below
+                            x = np.ascontiguousarray(chunk, dtype=np.float32)
                         _check_finite(x, self.name, start)
                 elif pool is not None:
                     x = normalize_pixels(np.stack(list(pool.map(lambda f: load_image(f, pre), self.files[start:stop]))), pre)
@@ -192,27 +206,31 @@ def _from_arrays(name: str, images: Arrays, labels: np.ndarray | None, layout: s
             raise UsageError(f"{name}: {len(images)} images but labels of shape {tuple(labels.shape)}")
         if not np.issubdtype(labels.dtype, np.integer):
             raise UsageError(f"{name}: labels must be integers, got {labels.dtype}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= 1 << 31):
+            raise UsageError(f"{name}: labels must be class indices 0..N-1, found {labels.min()}..{labels.max()}")
         labels = labels.astype(np.int64)
     if isinstance(images, np.ndarray) and np.issubdtype(images.dtype, np.floating):
         for start in range(0, len(images), 4096):
             part = images[start : start + 4096]
-            _check_finite(np.asarray(part, np.float32), name, start)
+            with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 become inf: refused as such
+                part32 = np.asarray(part, np.float32)
+            _check_finite(part32, name, start)
     return DataSource(name, len(images), arrays=images, labels=labels, layout=layout)
 
 
 def _load_arrays(path: Path, layout: str) -> DataSource:
     if path.suffix.lower() == ".npy":
         return _from_arrays(str(path), NpyFile(path), None, layout)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            keys = list(z.keys())
-            img_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
-            if img_key is None:
-                raise UsageError(f"{path}: no 'images' array (found {', '.join(keys) or 'none'})")
-            lab_key = next((k for k in _LABEL_KEYS if k in keys), None)
-            images, labels = z[img_key], None if lab_key is None else z[lab_key]
-    except (ValueError, OSError, EOFError) as exc:
-        raise UsageError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    from rescompile.readers import load_npz, short
+
+    arrays = load_npz(path, "images archive (.npz)")
+    keys = list(arrays)
+    img_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
+    if img_key is None:
+        raise UsageError(f"{path}: no 'images' array (found {short(keys) if keys else 'none'})",
+                         hint="name the images array 'images' (and the labels 'labels'): np.savez(p, images=x, labels=y)")  # fmt: skip
+    lab_key = next((k for k in _LABEL_KEYS if k in keys), None)
+    images, labels = arrays[img_key], None if lab_key is None else arrays[lab_key]
     return _from_arrays(str(path), images, labels, layout)
 
 
@@ -267,7 +285,10 @@ def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = N
         if not path.exists():
             raise UsageError(f"data path not found: {path}")
         if path.is_dir():
-            src = _load_folder(path)
+            try:
+                src = _load_folder(path)
+            except OSError as exc:  # an unreadable subfolder, a symlink loop
+                raise UsageError(f"cannot list images under {path}: {exc.strerror or exc} ({exc.filename})") from None
         elif path.suffix.lower() in (".npy", ".npz"):
             src = _load_arrays(path, layout)
         else:

@@ -7,7 +7,6 @@ metadata lives beside it. A plan runs only on the TensorRT version and GPU model
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,11 +53,10 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{plan} has no sidecar {path.name}: cannot tell which TensorRT and GPU built it",
                          hint="rebuild the engine with `rescompile engine`")  # fmt: skip
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+    from rescompile.readers import read_json_object
+
+    doc = read_json_object(path, "rescompile plan sidecar")
+    if doc.get("schema") != SCHEMA:
         raise UsageError(f"{path} is not a rescompile plan sidecar (schema {SCHEMA})")
     return doc
 

@@ -37,21 +37,63 @@ class LoadedModel:
 
 
 def _read_checkpoint(path: Path, trust: bool) -> Any:
+    """``torch.load`` of a checkpoint file; without ``trust`` only tensors and plain containers are unpickled.
+
+    Raises:
+        UsageError: missing, unreadable, not a ``torch.save`` file (what it is instead is named),
+            corrupt, or holding pickled Python objects while ``trust`` is off.
+    """
     import pickle
+    import warnings
 
     import torch
 
-    if not path.is_file():
-        raise UsageError(f"checkpoint not found: {path}")
+    from rescompile.readers import check_file, describe, first_line
+
+    path = check_file(path, "checkpoint")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    # torch.save writes a zip archive (PyTorch >= 1.6) or a pickle (protocol 2+: first byte 0x80)
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
+        raise UsageError(f"{path} is not a PyTorch checkpoint: it is {describe(head)}",
+                         hint="--weights takes a file written by torch.save (a state_dict)")  # fmt: skip
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about legacy formats; the error below says what matters
+            return torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
-        raise UsageError(
-            f"{path} is not a plain weights checkpoint and was not loaded ({str(exc).splitlines()[0]})",
-            hint="if you trust this file, pass --trust-checkpoint to unpickle it",
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UsageError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0]}") from None
+        if not trust and "Unsupported global" in str(exc):
+            glob = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in str(exc).splitlines() if "GLOBAL" in ln), "objects")
+            raise UsageError(
+                f"{path} holds pickled Python objects ({glob}), not only tensors; rescompile does not unpickle them",
+                hint="save only the weights: torch.save(model.state_dict(), 'weights.pt')",
+            ) from None
+        raise UsageError(f"{path} is a corrupt PyTorch checkpoint ({first_line(exc)[:120]})") from None
+    except MemoryError:
+        raise UsageError(f"checkpoint {path} does not fit in memory") from None
+    except Exception as exc:  # torch's readers (zip, pickle, storages) raise many types for a corrupt file
+        raise UsageError(f"{path} is a corrupt or truncated PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{first_line(exc)[:120]})") from None  # fmt: skip
+
+
+def _read_torchscript(path: Path) -> Any:
+    """``torch.jit.load`` of a TorchScript archive (a zip); anything else is a UsageError saying what it is."""
+    import torch
+
+    from rescompile.readers import check_file, describe, first_line
+
+    path = check_file(path, "model file")
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+    hint = "for a state_dict, name the architecture and pass the file with --weights"
+    if not head.startswith(b"PK\x03\x04"):
+        raise UsageError(f"{path} is not a TorchScript archive: it is {describe(head)}", hint=hint)
+    try:
+        return torch.jit.load(str(path), map_location="cpu")
+    except MemoryError:
+        raise UsageError(f"TorchScript model {path} does not fit in memory") from None
+    except Exception as exc:  # the archive reader and the TorchScript deserializer raise many types
+        raise UsageError(f"{path} is not a readable TorchScript archive ({first_line(exc)[:120]})", hint=hint) from None
 
 
 def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, Any]:
@@ -81,7 +123,9 @@ def extract_state_dict(obj: Any, path: Path | str = "checkpoint") -> dict[str, A
 
 
 def apply_state_dict(module: Any, state: dict[str, Any], path: Path | str, arch: str) -> None:
-    """Load ``state`` strictly; missing, unexpected or mis-shaped keys are a UsageError listing them."""
+    """Load ``state`` strictly; missing, unexpected, mis-shaped, mistyped or non-finite tensors are a UsageError."""
+    import torch
+
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -105,6 +149,13 @@ def apply_state_dict(module: Any, state: dict[str, Any], path: Path | str, arch:
             f"checkpoint {path} does not fit {arch}: " + "; ".join(problems),
             hint="check the architecture, --num-classes and --in-channels",
         )
+    for k in sorted(own):
+        want, got = own[k], state[k]
+        if want.is_floating_point() != got.is_floating_point():
+            raise UsageError(f"checkpoint {path}: {k} is {str(got.dtype).removeprefix('torch.')}, "
+                             f"{arch} needs {str(want.dtype).removeprefix('torch.')}")  # fmt: skip
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise UsageError(f"checkpoint {path}: {k} holds NaN or Inf", hint="a diverged training run? use an earlier checkpoint")
     module.load_state_dict(state, strict=True)
 
 
@@ -141,7 +192,6 @@ def load_model(
     Raises:
         UsageError: unknown spec, unreadable or mismatched checkpoint.
     """
-    import torch
 
     if spec == "demo":
         if weights is not None:
@@ -178,15 +228,7 @@ def load_model(
 
         return describe_onnx(path)
     if path.suffix.lower() in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
-        if not path.is_file():
-            raise UsageError(f"model file not found: {path}")
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as exc:
-            raise UsageError(
-                f"{path} is not a TorchScript archive ({str(exc).splitlines()[0]})",
-                hint="for a state_dict, name the architecture and pass the file with --weights",
-            ) from None
+        module = _read_torchscript(path)
         if input_size is None or in_channels is None or num_classes is None:
             raise UsageError("a TorchScript model needs --in-channels, --input-size and --num-classes")
         return LoadedModel(path.stem, module.eval(), None, (in_channels, input_size, input_size), num_classes,

@@ -42,12 +42,18 @@ def read_onnx(path: Path):  # type: ignore[no-untyped-def]
     """Load an ONNX file or raise UsageError naming the problem."""
     import onnx
 
-    if not path.is_file():
-        raise UsageError(f"ONNX file not found: {path}")
+    from rescompile.readers import check_file, describe, first_line
+
+    path = check_file(path, "ONNX file")
     try:
         model = onnx.load(str(path))
+    except MemoryError:
+        raise UsageError(f"ONNX file {path} does not fit in memory") from None
     except Exception as exc:  # protobuf raises several types for a corrupt file
-        raise UsageError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc})") from None
+        with open(path, "rb") as fh:
+            kind = describe(fh.read(64))
+        what = "" if kind == "binary data of an unknown kind" else f"it is {kind}; "
+        raise UsageError(f"{path} is not a readable ONNX model ({what}{type(exc).__name__}: {first_line(exc)})") from None
     if not model.graph.node:
         raise UsageError(f"{path} holds an empty ONNX graph")
     return model
@@ -198,6 +204,8 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
     if len(dims) != 4 or not all(d.HasField("dim_value") for d in dims[1:]):
         raise UsageError(f"{path}: input {inputs[0].name!r} must be N x C x H x W with fixed C, H, W")
     c, h, w = (d.dim_value for d in dims[1:])
+    if not model.graph.output:
+        raise UsageError(f"{path} has no graph output; rescompile takes image classifiers with one output (the logits)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else 0
     if require_residual and not find_residual_blocks(model):

@@ -25,6 +25,7 @@ import onnx
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.topology import ResidualBlock, constant_tensors, find_residual_blocks
+from rescompile.readers import short
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 # R7: ops whose output takes the input's scale (max, averages over a window and reshapes stay in range).
@@ -129,24 +130,49 @@ class QuantPlan:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> QuantPlan:
-        return cls(
-            d["policy"],
-            [ActivationQuant(**a) for a in d["activations"]],
-            [WeightQuant(**w) for w in d["weights"]],
-            [BlockPlan(**b) for b in d["residual_adds"]],
-            list(d["kept_fp"]),
-            [BiasQuant(**b) for b in d.get("biases", [])],
-            dict(d.get("scheme", {})),
-            dict(d.get("rules", {})),
-        )
+    def from_dict(cls, d: Any) -> QuantPlan:
+        """The inverse of :meth:`to_dict`; every record and field is type-checked (UsageError otherwise)."""
+        from rescompile.readers import from_mapping
+
+        what = "qdq_plan.json"
+        if not isinstance(d, dict):
+            raise UsageError(f"not a rescompile {what}: it holds a JSON {type(d).__name__}, not an object")
+        records = {"activations": ActivationQuant, "weights": WeightQuant, "residual_adds": BlockPlan, "biases": BiasQuant}
+        lists: dict[str, list[Any]] = {}
+        for key, kind in records.items():
+            items = d.get(key, [] if key == "biases" else None)
+            if not isinstance(items, list):
+                raise UsageError(f"not a rescompile {what}: {key!r} must be a list")
+            lists[key] = [from_mapping(kind, item, f"{what} {key}[{i}]") for i, item in enumerate(items)]
+        policy, kept = d.get("policy"), d.get("kept_fp")
+        if policy not in {p.value for p in Policy}:
+            raise UsageError(f"{what}: unknown policy {short(policy)}", hint="tensorrt or onnxruntime")
+        if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
+            raise UsageError(f"not a rescompile {what}: 'kept_fp' must be a list of node names")
+        for key in ("scheme", "rules"):
+            if not isinstance(d.get(key, {}), dict):
+                raise UsageError(f"not a rescompile {what}: {key!r} must be an object")
+        return cls(policy, lists["activations"], lists["weights"], lists["residual_adds"], list(kept), lists["biases"],
+                   dict(d.get("scheme", {})), dict(d.get("rules", {})))  # fmt: skip
 
     @classmethod
-    def from_json(cls, text: str) -> QuantPlan:
+    def from_json(cls, text: str, source: str = "qdq_plan.json") -> QuantPlan:
+        """Parse the text of a plan; ``source`` names it in messages."""
+        from rescompile.readers import parse_json
+
+        return cls.from_dict(parse_json(text, source, "rescompile qdq_plan.json"))
+
+    @classmethod
+    def read(cls, path: Any) -> QuantPlan:
+        """Parse a qdq_plan.json file; missing, unreadable or malformed is a UsageError naming it."""
+        from rescompile.readers import read_text
+
         try:
-            return cls.from_dict(json.loads(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"not a rescompile qdq_plan.json: {type(exc).__name__}: {exc}") from None
+            return cls.from_json(read_text(path, "plan file"), str(path))
+        except UsageError as exc:
+            if str(path) in exc.message:
+                raise
+            raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
 def _matches(node: onnx.NodeProto, pattern: str) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -46,24 +45,84 @@ class Change:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    """Read a report.json; UsageError if it is missing, not JSON, or not a rescompile report."""
+    """Read a report.json; UsageError if it is missing, not JSON, or not a rescompile report.
+
+    Every field the comparison reads is checked for its type here, so a hand-edited or
+    truncated report is a clear error, never a crash halfway through the comparison.
+    """
+    from rescompile.readers import read_json_object, short
+
     path = Path(path)
     if path.is_dir():
         path = path / "report.json"
-    if not path.is_file():
-        raise UsageError(f"report not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or not str(doc.get("schema", "")).startswith("rescompile.report/"):
+        if not path.is_file():
+            raise UsageError(f"{path.parent} is a folder without a report.json", hint="pass a build folder or a report.json")
+    doc = read_json_object(path, "rescompile report")
+    if not str(doc.get("schema", "")).startswith("rescompile.report/"):
         raise UsageError(f"{path} is not a rescompile report (no 'schema': 'rescompile.report/N')")
     if doc["schema"] != "rescompile.report/1":
-        raise UsageError(f"{path}: report schema {doc['schema']!r} is not supported", hint="upgrade rescompile")
+        raise UsageError(f"{path}: report schema {short(doc['schema'])} is not supported", hint="upgrade rescompile")
     for key in ("accuracy", "agreement", "latency"):
         if key not in doc:
             raise UsageError(f"{path}: report has no {key!r} section")
+
+    def bad(where: str, want: str) -> UsageError:
+        return UsageError(f"{path}: {where} must be {want} (a damaged or hand-edited report?)")
+
+    def number(v: Any, where: str, optional: bool = True) -> None:
+        if (v is None and optional) or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return
+        raise bad(where, "a number")
+
+    acc, agr = doc["accuracy"], doc["agreement"]
+    if not isinstance(acc, dict) or not isinstance(acc.get("candidate"), dict) or "top1" not in acc["candidate"]:
+        raise bad("accuracy", "an object with candidate.top1")
+    number(acc["candidate"]["top1"], "accuracy.candidate.top1")
+    number(acc.get("top1_drop"), "accuracy.top1_drop")
+    if not isinstance(agr, dict) or "top1" not in agr or "cosine_mean" not in agr:
+        raise bad("agreement", "an object with top1 and cosine_mean")
+    for k in ("top1", "cosine_mean", "cosine_min", "max_abs_error"):
+        number(agr.get(k), f"agreement.{k}", optional=k not in ("top1", "cosine_mean"))
+    if not isinstance(doc["latency"], list):
+        raise bad("latency", "a list")
+    for i, r in enumerate(doc["latency"]):
+        if not isinstance(r, dict) or isinstance(r.get("batch"), bool) or not isinstance(r.get("batch"), int):
+            raise bad(f"latency[{i}]", "an object with an integer batch")
+        if not isinstance(r.get("role") or r.get("runner"), str):
+            raise bad(f"latency[{i}]", "an object with a role or runner")
+        for k in ("p50_ms", "p99_ms"):
+            number(r.get(k), f"latency[{i}].{k}")
+    speedup = doc.get("speedup_int8_vs_fp32_p50", {})
+    if not isinstance(speedup, dict) or not all(str(k).isdigit() and len(str(k)) < 10 for k in speedup):
+        raise bad("speedup_int8_vs_fp32_p50", "an object keyed by batch size")
+    for k, v in speedup.items():
+        number(v, f"speedup_int8_vs_fp32_p50.{k}")
+    gates = doc.get("gates", [])
+    if not isinstance(gates, list):
+        raise bad("gates", "a list")
+    for i, g in enumerate(gates):
+        if not isinstance(g, dict) or not isinstance(g.get("name"), str) or not isinstance(g.get("passed"), bool):
+            raise bad(f"gates[{i}]", "an object with a name and passed")
+        number(g.get("value"), f"gates[{i}].value")
+    if not isinstance(doc.get("model", {}), dict):
+        raise bad("model", "an object")
     return doc
+
+
+MODEL_KEYS = ("name", "input_shape", "num_classes")
+
+
+def model_identity(report: dict[str, Any]) -> dict[str, Any]:
+    """What identifies the model a report measured: its name, input shape and class count (where recorded)."""
+    model = report.get("model") or {}
+    return {k: model[k] for k in MODEL_KEYS if model.get(k) is not None}
+
+
+def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """How the two reports' models differ (``name resnet20 vs resnet32``), or None when they are the same model."""
+    a, b = model_identity(old), model_identity(new)
+    diffs = [f"{k} {a[k]} vs {b[k]}" for k in MODEL_KEYS if k in a and k in b and a[k] != b[k]]
+    return "; ".join(diffs) or None
 
 
 def _judge(metric: str, old: float | None, new: float | None, higher_is_better: bool, tol: float,
@@ -128,10 +187,11 @@ def dataset_warning(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return None
 
 
-def render_comparison_markdown(changes: list[Change], old_name: str, new_name: str) -> str:
+def render_comparison_markdown(changes: list[Change], old_name: str, new_name: str, note: str | None = None) -> str:
     regressed = [c for c in changes if c.status == REGRESSED]
     head = f"# rescompile compare: {len(regressed)} regression(s)" if regressed else "# rescompile compare: no regression"
-    lines = [head, "", f"`{old_name}` -> `{new_name}`", "", "| metric | old | new | delta | status |", "|---|---|---|---|---|"]
+    lines = [head, "", f"`{old_name}` -> `{new_name}`", *(["", f"**Warning:** {note}"] if note else []), "",
+             "| metric | old | new | delta | status |", "|---|---|---|---|---|"]  # fmt: skip
 
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.5g}"

@@ -59,19 +59,21 @@ LABEL_GATES = ("max_top1_drop",)  # need labelled validation data (rescompile.da
 
 def check_thresholds(gates: Gates) -> None:
     """Raise UsageError for thresholds that make no sense (NaN, out of range, not a number)."""
+    from rescompile.readers import short
+
     for s in SPECS:
         value = getattr(gates, s.field)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise UsageError(f"{s.flag} must be a number, got {value!r}")
+            raise UsageError(f"{s.flag} must be a number, got {short(value)}")
         strict_lo = s.field in ("max_p99_ms", "min_speedup")
         if value < s.lo or value > s.hi or (strict_lo and value <= s.lo):
             bounds = f"> {s.lo:g}" if math.isinf(s.hi) else f"in [{s.lo:g}, {s.hi:g}]"
             raise UsageError(f"{s.flag} {value:g} is out of range: it must be {bounds}")
     if gates.latency_batch is not None and (isinstance(gates.latency_batch, bool)
                                             or not isinstance(gates.latency_batch, int) or gates.latency_batch < 1):  # fmt: skip
-        raise UsageError(f"the gates' latency batch must be a positive integer, got {gates.latency_batch!r}")
+        raise UsageError(f"the gates' latency batch must be a positive integer, got {short(gates.latency_batch)}")
 
 
 def check_build_gates(cfg: Any) -> None:
@@ -108,15 +110,10 @@ def load_gates(path: Path) -> Gates:
     Raises:
         UsageError: unreadable file, unknown key, or a value that is not a number.
     """
-    import yaml
+    from rescompile.readers import read_yaml, short
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"gates file not found: {path}")
-    try:
-        doc = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    doc = read_yaml(path, "gates file")
     if isinstance(doc, dict) and isinstance(doc.get("gates"), dict):
         doc = doc["gates"]
     if not isinstance(doc, dict) or not doc:
@@ -126,9 +123,9 @@ def load_gates(path: Path) -> Gates:
     for key, value in doc.items():
         name = str(key).replace("-", "_")
         if name not in known:
-            raise UsageError(f"{path}: unknown gate {key!r}", hint="one of: " + ", ".join(k.replace("_", "-") for k in sorted(known)))
+            raise UsageError(f"{path}: unknown gate {short(key)}", hint="one of: " + ", ".join(k.replace("_", "-") for k in sorted(known)))
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise UsageError(f"{path}: gate {key!r} must be a number, got {value!r}")
+            raise UsageError(f"{path}: gate {short(key)} must be a number, got {short(value)}")
         values[name] = value
     gates = Gates(**values)
     check_thresholds(gates)

@@ -115,23 +115,33 @@ def load_reference(path: Path) -> ReferenceOutputs:
     Raises:
         UsageError: missing or unreadable file, wrong schema, inconsistent arrays.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"reference file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            missing = [k for k in ("inputs", "logits", "meta") if k not in z]
-            if missing:
-                raise UsageError(f"{path} is not a rescompile reference (missing {', '.join(missing)})",
-                                 hint="write one with --save-reference ref.npz")  # fmt: skip
-            meta = json.loads(str(z["meta"]))
-            inputs, logits = z["inputs"].astype(np.float32), z["logits"].astype(np.float32)
-            labels = z["labels"].astype(np.int64) if "labels" in z else None
-    except (ValueError, OSError, EOFError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read reference {path}: {str(exc).splitlines()[0]}") from None
+    from rescompile.readers import load_npz, parse_json
+
+    z = load_npz(path, "rescompile reference (.npz)")
+    missing = [k for k in ("inputs", "logits", "meta") if k not in z]
+    if missing:
+        raise UsageError(f"{path} is not a rescompile reference (missing {', '.join(missing)})",
+                         hint="write one with --save-reference ref.npz")  # fmt: skip
+    if z["meta"].dtype.kind != "U" or z["meta"].ndim != 0:
+        raise UsageError(f"{path} is not a rescompile reference ('meta' is not a JSON string)")
+    meta = parse_json(str(z["meta"]), f"{path} 'meta'", "rescompile reference")
+    if not isinstance(meta, dict):
+        raise UsageError(f"{path} is not a rescompile reference ('meta' is not a JSON object)")
+    for k, kinds in (("inputs", "fiu"), ("logits", "fiu"), ("labels", "iu")):
+        if k in z and z[k].dtype.kind not in kinds:
+            raise UsageError(f"{path}: array {k!r} is {z[k].dtype}, expected numbers")
+    inputs, logits = z["inputs"].astype(np.float32), z["logits"].astype(np.float32)
+    labels = z["labels"].astype(np.int64) if "labels" in z else None
     if meta.get("schema") != REFERENCE_SCHEMA:
         raise UsageError(f"{path}: reference schema {meta.get('schema')!r}, expected {REFERENCE_SCHEMA!r}")
-    if inputs.ndim != 4 or logits.ndim != 2 or len(inputs) != len(logits) or (labels is not None and len(labels) != len(logits)):
+    shapes_ok = inputs.ndim == 4 and logits.ndim == 2 and len(inputs) == len(logits)
+    if not shapes_ok or (labels is not None and (labels.ndim != 1 or len(labels) != len(logits))):
         raise UsageError(f"{path}: inconsistent arrays (inputs {inputs.shape}, logits {logits.shape})")
+    if not (np.isfinite(inputs).all() and np.isfinite(logits).all()):
+        raise UsageError(f"{path}: inputs or logits hold NaN or Inf")
+    if len(logits) == 0 or logits.shape[1] == 0:
+        raise UsageError(f"{path}: the reference holds no samples")
+    if labels is not None and len(labels) and (labels.min() < 0 or labels.max() >= logits.shape[1]):
+        raise UsageError(f"{path}: labels must be class indices 0..{logits.shape[1] - 1}")
     meta.pop("schema")
     return ReferenceOutputs(logits, labels, inputs, meta)
