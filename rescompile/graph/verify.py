@@ -33,11 +33,9 @@ import onnx
 from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.ops import QDQ_OPS, SAME_SCALE_OPS, WEIGHTED_OPS
 from rescompile.graph.topology import find_residual_blocks
 
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-_WEIGHTED = ("Conv", "Gemm", "MatMul")
-_SAME_SCALE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
 POLICIES = ("tensorrt", "onnxruntime")
 
 RULES = {
@@ -213,7 +211,7 @@ def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None =
         return report
     view = QdqView(int8)
     report.violations.extend(view.broken)
-    report.checks["pairs"] = sum(n.op_type in _QDQ for n in int8.graph.node)
+    report.checks["pairs"] = sum(n.op_type in QDQ_OPS for n in int8.graph.node)
     _check_topology(fp32, int8, view, report)
     _check_scheme(int8, view, report, policy)
     _check_residuals(fp32, int8, view, report, policy, kept)
@@ -224,7 +222,7 @@ def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None =
 
 
 def _stripped(int8: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in int8.graph.node if n.op_type not in _QDQ]
+    return [n for n in int8.graph.node if n.op_type not in QDQ_OPS]
 
 
 def _check_topology(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
@@ -295,7 +293,7 @@ def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, po
     v, c = report.violations, report.checks
     relu_outputs = {n.output[0] for n in int8.graph.node if n.op_type == "Relu"}
     for n in int8.graph.node:
-        if n.op_type not in _QDQ:
+        if n.op_type not in QDQ_OPS:
             continue
         scale, zp, zp_type = view.qparams(n)
         c["scale"] += 1
@@ -333,7 +331,7 @@ def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, po
                                    "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)"))  # fmt: skip
     # Same-scale ops (max pooling, reshapes): a quantized input and output share one scale.
     for n in int8.graph.node:
-        if n.op_type not in _SAME_SCALE:
+        if n.op_type not in SAME_SCALE_OPS:
             continue
         qin = view.act_qparams(n.input[0])
         qout = view.q_of.get(n.output[0])
@@ -359,7 +357,7 @@ def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.No
     c["dtype"] += 1
     if zp is not None and np.any(zp != 0):
         v.append(Violation("zero-point", node_name(n), "weight/bias zero point must be 0 (symmetric)"))
-    if consumer.op_type in _WEIGHTED and index == 2:
+    if consumer.op_type in WEIGHTED_OPS and index == 2:
         report.bias_dq += 1
         if policy == "tensorrt":
             v.append(Violation("dtype", node_name(n), f"bias of {node_name(consumer)} is quantized; R2 keeps biases float"))
@@ -376,7 +374,7 @@ def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.No
         if x[0] is None or ws is None or np.shape(ws) != np.shape(scale) or not np.allclose(scale, x[0] * ws, rtol=1e-5, atol=0):
             v.append(Violation("scale", node_name(n), "bias scale must equal input scale x weight scale (O8)"))
         return
-    if consumer.op_type not in _WEIGHTED or index != 1:
+    if consumer.op_type not in WEIGHTED_OPS or index != 1:
         return
     report.weight_dq += 1
     if q.dtype != np.int8:
@@ -435,7 +433,7 @@ def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, po
     idx = view.idx
     shortcuts = {b.shortcut for b in find_residual_blocks(fp32)}
     for n in idx.graph.node:
-        if n.op_type not in _WEIGHTED or len(n.input) < 2:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
             continue
         weight_q = n.input[1] in view.const_dq
         name = node_name(n)
@@ -453,8 +451,7 @@ def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, po
             rule = "R4" if policy == "tensorrt" else "O1"
             v.append(Violation("fusion", name, f"input {n.input[0]} is not quantized ({rule})"))
         if policy == "tensorrt":
-            if out in view.q_of and out not in shortcuts:
-                v.append(Violation("fusion", name, f"output {out} is quantized; R4 leaves outputs of weighted ops float"))
+            _check_trt_output(view, report, n, shortcuts)
             continue
         relu = consumers[0][0] if len(consumers) == 1 and consumers[0][0].op_type == "Relu" else None
         relu_behind_qdq = None
@@ -472,6 +469,25 @@ def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, po
             v.append(Violation("fusion", name, f"output {out} is not quantized; ONNX Runtime runs it in float (O2)"))
         if len(n.input) > 2 and n.input[2] and n.input[2] not in view.const_dq:
             v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
+
+
+def _check_trt_output(view: QdqView, report: VerifyReport, n: onnx.NodeProto, shortcuts: set[str]) -> None:
+    """R4: a weighted op's output is quantized only for consumers that need a quantized input.
+
+    Those are weighted ops (a linear-bottleneck Conv feeding the next Conv: TensorRT fuses the Q
+    into the producer as an INT8 output) and residual Adds reading it as their shortcut (R5).
+    Any other consumer of that Q/DQ (a ReLU, a Concat ...) would split the producer's fusion.
+    """
+    out = n.output[0]
+    for q in view.q_of.get(out, []):
+        for dq, _ in view.idx.consumers.get(q.output[0], []):
+            for c, i in view.idx.consumers.get(dq.output[0], []):
+                needs = (c.op_type in WEIGHTED_OPS and i == 0) or (c.op_type in ("Add", "Sum") and out in shortcuts)
+                if not needs:
+                    report.violations.append(Violation(
+                        "fusion", node_name(n), f"output {out} is quantized for {node_name(c)} ({c.op_type}), which does "
+                        "not need a quantized input; R4 quantizes a weighted op's output only for a weighted op or a "
+                        "residual shortcut (R5)"))  # fmt: skip
 
 
 def _check_plan(plan: Any, view: QdqView, report: VerifyReport) -> None:

@@ -1,6 +1,6 @@
 """Placement policies: which tensors get Q/DQ, with which scheme, and why — per target runtime.
 
-``tensorrt`` follows rules R1-R8 of shared/DESIGN.md: per-channel symmetric INT8 weights;
+``tensorrt`` follows rules R1-R8 (docs/placement-rules.md): per-channel symmetric INT8 weights;
 symmetric per-tensor INT8 activations on the inputs of weighted ops; on each residual Add
 the shortcut input is quantized and the main-branch input is not, so TensorRT fuses
 Conv+Add(+ReLU) into one INT8 kernel; one shared Q/DQ per tensor at fan-outs; pooling and
@@ -24,18 +24,14 @@ import onnx
 
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.ops import CONTROL_FLOW_OPS, SCALE_PRESERVING_OPS, STANDARD_DOMAINS, WEIGHTED_OPS
 from rescompile.graph.topology import ResidualBlock, constant_tensors, find_residual_blocks
-
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-# R7: ops whose output takes the input's scale (max, averages over a window and reshapes stay in range).
-SCALE_PRESERVING_OPS = (
-    "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-)  # fmt: skip
 
 TENSORRT_RULES = {
     "R2": "weights: per-channel symmetric INT8 (axis = output channels), zero point 0; bias stays float",
     "R3": "activations: per-tensor symmetric INT8, zero point 0",
-    "R4": "input of a weighted op (Conv/Gemm/MatMul); their outputs are not quantized",
+    "R4": "input of a weighted op (Conv/Gemm/MatMul); a weighted op's output only where a weighted op reads it "
+    "(TensorRT fuses that Q into the producer), never on the main-branch edge into a residual Add",
     "R5": "residual Add: the shortcut input is quantized, the main-branch input is not (Conv+Add+ReLU fusion)",
     "R6": "one shared Q/DQ at a fan-out: one scale for every consumer",
     "R7": "pooling and reshapes take the scale of their input",
@@ -164,6 +160,23 @@ def weighted_nodes(model: onnx.ModelProto, idx: GraphIndex | None = None) -> lis
     ]  # fmt: skip
 
 
+def check_supported(model: onnx.ModelProto) -> None:
+    """Refuse graphs placement cannot reason about (rule G1), naming the first such node and its op.
+
+    Raises:
+        UsageError: a control-flow node (If/Loop/Scan: its subgraphs would stay unseen) or an op
+            outside the standard ONNX domain (its inputs and fusions are unknown).
+    """
+    for n in model.graph.node:
+        if n.op_type in CONTROL_FLOW_OPS:
+            raise UsageError(f"node {node_name(n)!r} is a {n.op_type}: rescompile does not quantize control flow (G1)",
+                             hint="export the model without data-dependent control flow (trace it with a fixed input)")  # fmt: skip
+        if n.domain not in STANDARD_DOMAINS:
+            raise UsageError(f"node {node_name(n)!r} is {n.domain}.{n.op_type}, not a standard ONNX op: rescompile cannot "
+                             "place Q/DQ around it (G1)", hint="export the plain FP32 model, before any runtime-specific "
+                             "optimization")  # fmt: skip
+
+
 def kept_nodes(model: onnx.ModelProto, keep_fp: tuple[str, ...], keep_first_last: bool) -> set[str]:
     """Names of the nodes the user keeps in higher precision.
 
@@ -264,12 +277,14 @@ def plan_qdq(
         A QuantPlan: every quantized tensor with its consumers and the rule that put it there.
 
     Raises:
-        UsageError: an unknown policy, or a ``keep_fp`` pattern that matches no node.
+        UsageError: an unknown policy, a ``keep_fp`` pattern that matches no node, or a node placement
+            does not support (control flow, non-standard ops: rule G1).
     """
     try:
         policy = Policy(policy)
     except ValueError:
         raise UsageError(f"unknown policy {policy!r}", hint="tensorrt or onnxruntime") from None
+    check_supported(model)
     if policy is Policy.ONNXRUNTIME:
         from rescompile.quantize.policy_ort import plan_onnxruntime
 
@@ -278,7 +293,7 @@ def plan_qdq(
 
 
 def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
-    """The ``tensorrt`` placement (rules R2-R8 of shared/DESIGN.md); see plan_qdq."""
+    """The ``tensorrt`` placement (rules R2-R8, docs/placement-rules.md); see plan_qdq."""
     idx = GraphIndex.build(model.graph)
     kept = kept_nodes(model, keep_fp, keep_first_last)
     plan = QuantPlan(
@@ -304,7 +319,8 @@ def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep
         fused = b.main_producer_op == "Conv" and b.main_producer not in kept and b.add not in kept
         plan.residual_adds.append(_block_plan(
             b, quantized, fused, None,
-            "Conv+Add" + ("+ReLU" if b.follower else "") + " fused INT8 kernel" if fused else "not fused (kept or no Conv)",
+            "Conv+Add" + ("+ReLU" if b.follower else "") + " fused INT8 kernel" if fused
+            else f"not fused: {'kept in FP' if b.main_producer in kept or b.add in kept else b.main_producer_op + ' before the Add'}",
             "R5: shortcut quantized, main branch not" if b.add not in kept else "R8: Add kept in higher precision",
         ))  # fmt: skip
     plan.activations = req.ordered(model)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import onnx
 
 from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.ops import RESHAPE_OPS, SAME_SCALE_OPS
 from rescompile.graph.topology import constant_tensors, find_residual_blocks
 from rescompile.quantize.policy import (
     BiasQuant,
@@ -44,9 +45,7 @@ KERNELS = {
 }  # fmt: skip
 BINARY_OPS = ("Add", "Mul")
 POOL_OPS = ("GlobalAveragePool", "AveragePool")
-# Ops the runtime runs on uint8 data (or drops a Q/DQ pair around) when input and output share a scale.
-SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-PASS_THROUGH_OPS = SAME_SCALE_OPS[1:]
+PASS_THROUGH_OPS = RESHAPE_OPS
 FUSABLE_ACTIVATIONS = ("Relu",)
 
 ORT_RULES = {
