@@ -114,14 +114,14 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from rescompile.models import load_model
     from rescompile.progress import progress
     from rescompile.quantize import insert_qdq, plan_qdq
-    from rescompile.quantize.policy import parse_policy
+    from rescompile.quantize.registry import parse_policy
     from rescompile.simplify import SimplifyConfig, simplify
     from rescompile.validate.gates import check_build_gates
     from rescompile.validate.notes import latency_notes
     from rescompile.validate.run import BuildValidator
 
     cfg = replace(cfg or BuildConfig(), **overrides)
-    policy = parse_policy(cfg.policy, cfg.backend)  # "auto": the backend's policy; checked before any work
+    policy = parse_policy(cfg.policy, cfg.backend).name  # "auto": the backend's policy; checked before any work
     check_build_gates(cfg)  # thresholds, gate batch, auto-fallback and reference options: exit 2 before any work
     if cfg.backend not in ("onnxruntime", "tensorrt"):
         raise UsageError(f"unknown backend {cfg.backend!r}", hint="onnxruntime or tensorrt")

@@ -26,3 +26,12 @@ def test_every_cited_rule_code_is_defined_in_the_docs() -> None:
     missing = {c: where for c, where in cited.items() if c not in defined}
     assert not missing, f"rule codes cited but not defined in docs/placement-rules.md: {missing}"
 
+
+
+def test_every_policy_rule_text_names_a_defined_code() -> None:
+    from rescompile.quantize.registry import all_policies
+
+    doc = (ROOT / "docs" / "placement-rules.md").read_text(encoding="utf-8")
+    for policy in all_policies():
+        for code in policy.rules:
+            assert f"**{code}**" in doc, f"{policy.name} cites {code}, not defined in docs/placement-rules.md"

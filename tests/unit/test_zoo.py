@@ -1,5 +1,8 @@
-"""The model zoo: residual families beyond ResNet build under every placement policy, pass the proof,
-have their residual Adds found, and stay close to FP32 (random weights, fixed seed, 3x32x32 inputs)."""
+"""The model zoo, and the conformance test of every registered placement policy over it.
+
+Residual families beyond ResNet build under every policy in the registry, pass the proof, have
+their residual Adds found, and stay close to FP32 (random weights, fixed seed, 3x32x32 inputs).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ from onnx import helper
 from rescompile.errors import UsageError
 from rescompile.graph.topology import block_map, find_residual_blocks
 from rescompile.quantize import plan_qdq
+from rescompile.quantize.registry import policy_names
 from tests import zoo
 
 SIZE = 32
-POLICIES = ("tensorrt", "onnxruntime")
 BY_NAME = {e.name: e for e in zoo.SMALL}
 
 
@@ -34,13 +37,14 @@ def zoo_onnx() -> Callable[[str], onnx.ModelProto]:
 
 
 @pytest.mark.parametrize("name", list(BY_NAME))
-def test_zoo_model_builds_under_every_policy(name: str, zoo_onnx) -> None:  # type: ignore[no-untyped-def]
+def test_every_registered_policy_builds_the_zoo_model(name: str, zoo_onnx) -> None:  # type: ignore[no-untyped-def]
     entry, fp32 = BY_NAME[name], zoo_onnx(name)
     blocks = find_residual_blocks(fp32)
     assert len(blocks) == entry.residual_adds, [b.add for b in blocks]
     assert block_map(fp32)["residual_adds"] == entry.residual_adds  # what `rescompile inspect` names
     calib, val = zoo.zoo_inputs(SIZE, 8, 0), zoo.zoo_inputs(SIZE, 8, 1)
-    for policy in POLICIES:
+    assert {"tensorrt", "onnxruntime"} <= set(policy_names())
+    for policy in policy_names():
         r = zoo.quantize_and_compare(fp32, policy, calib, val)
         assert r.report.ok, f"{policy}: " + "; ".join(map(str, r.report.violations[:3]))
         assert r.report.residual_adds == entry.residual_adds
@@ -122,3 +126,58 @@ def test_cli_build_refuses_an_unsupported_op_with_exit_2(zoo_onnx, tmp_path) -> 
     result = CliRunner().invoke(app, ["build", str(path), "--calib", "x.npy", "--val", "x.npz", "-q"])
     assert result.exit_code == 2, result.output
     assert "odd_node" in result.output and "com.microsoft.FusedConv" in result.output and "Traceback" not in result.output
+
+
+def test_main_branch_qdq_in_mobilenet_v2_fails_the_proof(zoo_onnx) -> None:  # type: ignore[no-untyped-def]
+    """The relaxed R4 still rejects a Q/DQ on the main-branch Conv -> residual Add edge."""
+    from test_verify import add_qdq
+
+    from rescompile.graph.verify import verify_int8
+
+    fp32 = zoo_onnx("mobilenet_v2")
+    r = zoo.quantize_and_compare(fp32, "tensorrt", zoo.zoo_inputs(SIZE, 4, 0), zoo.zoo_inputs(SIZE, 4, 1))
+    block = r.plan.residual_adds[0]  # type: ignore[attr-defined]
+    add = next(n for n in r.int8.graph.node if n.name == block.add)  # type: ignore[attr-defined]
+    report = verify_int8(fp32, add_qdq(r.int8, block.add, list(add.input).index(block.main)), r.plan)
+    rules = {(v.rule, v.node) for v in report.violations}
+    assert ("residual", block.add) in rules and ("fusion", block.main_producer) in rules
+
+
+def test_a_new_policy_is_one_registered_object(zoo_onnx, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A policy registered by name is planned, proven and taken by the CLI without touching other modules."""
+    from typer.testing import CliRunner
+
+    from rescompile.cli import app
+    from rescompile.quantize import registry
+    from rescompile.quantize.policy_trt import TensorRTPolicy
+
+    class StemInFP(TensorRTPolicy):
+        name = "tensorrt-fp-stem"
+        summary = "tensorrt, with the first weighted layer kept in FP"
+
+        def plan(self, model, *, keep_fp=(), keep_first_last=False):  # type: ignore[no-untyped-def]
+            from rescompile.quantize.policy import weighted_nodes
+
+            plan = super().plan(model, keep_fp=(*keep_fp, weighted_nodes(model)[0].name), keep_first_last=keep_first_last)
+            plan.policy = self.name
+            return plan
+
+    registry.register(StemInFP())
+    try:
+        assert "tensorrt-fp-stem" in policy_names()
+        fp32 = zoo_onnx("resnet_d")
+        r = zoo.quantize_and_compare(fp32, "tensorrt-fp-stem", zoo.zoo_inputs(SIZE, 4, 0), zoo.zoo_inputs(SIZE, 4, 1))
+        assert r.report.ok and r.report.policy == "tensorrt-fp-stem" and len(r.plan.kept_fp) == 1  # type: ignore[attr-defined]
+        onnx.save(fp32, str(tmp_path / "m.onnx"))
+        np.save(tmp_path / "calib.npy", zoo.zoo_inputs(SIZE, 4, 0))
+        m, ranges, out = str(tmp_path / "m.onnx"), str(tmp_path / "ranges.json"), str(tmp_path / "int8.onnx")
+        runner = CliRunner()
+        calib = runner.invoke(app, ["calibrate", m, "--calib", str(tmp_path / "calib.npy"), "--policy", "tensorrt-fp-stem",
+                                    "--preset", "cifar", "-o", ranges])  # fmt: skip
+        assert calib.exit_code == 0, calib.output
+        quant = runner.invoke(app, ["quantize", m, "--ranges", ranges, "--policy", "tensorrt-fp-stem", "--out", out])
+        assert quant.exit_code == 0 and "tensorrt-fp-stem" in quant.output, quant.output
+    finally:
+        registry._REGISTRY.pop("tensorrt-fp-stem", None)
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--policy", "no-such-policy"])
+    assert result.exit_code == 2 and "tensorrt" in result.output and "onnxruntime" in result.output
