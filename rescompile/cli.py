@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from rescompile.errors import RescompileError, Terminated
+from rescompile.quantize.registry import policy_help
 
 app = typer.Typer(
     name="rescompile",
@@ -196,7 +197,7 @@ def build(
     seed: Annotated[int, typer.Option(min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.")] = 0,
     calib_method: CalibMethodOpt = "max",
     percentile: PercentileOpt = 99.99,
-    policy: Annotated[str, typer.Option(help="Q/DQ placement policy: tensorrt | onnxruntime | auto.")] = "tensorrt",
+    policy: Annotated[str, typer.Option(help="Q/DQ placement policy: " + policy_help("the --backend's"))] = "tensorrt",
     backend: Annotated[str, typer.Option(help="onnxruntime | tensorrt (also builds model.plan; needs TensorRT, a GPU).")] = "onnxruntime",
     target: Annotated[str, typer.Option(help="TensorRT target profile for --backend tensorrt (rescompile targets).")] = "gpu",
     keep_fp: Annotated[list[str] | None, typer.Option("--keep-fp", help="Keep nodes (name glob or op type) in FP; repeatable.")] = None,

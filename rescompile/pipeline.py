@@ -108,11 +108,11 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from rescompile.data.holdout import check_label_gates, choose_data
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape
-    from rescompile.quantize.policy import parse_policy
+    from rescompile.quantize.registry import parse_policy
     from rescompile.validate.gates import check_build_gates
 
     cfg = replace(cfg or BuildConfig(), **overrides)
-    policy = parse_policy(cfg.policy, cfg.backend)  # "auto": the backend's policy; checked before any work
+    policy = parse_policy(cfg.policy, cfg.backend).name  # "auto": the backend's policy; checked before any work
     check_build_gates(cfg)  # thresholds, gate batch, auto-fallback and reference options: exit 2 before any work
     if cfg.backend not in ("onnxruntime", "tensorrt"):
         raise UsageError(f"unknown backend {cfg.backend!r}", hint="onnxruntime or tensorrt")

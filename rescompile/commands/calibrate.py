@@ -23,6 +23,7 @@ from rescompile.cli import (
     log_to_stderr,
     run_cli,
 )  # fmt: skip
+from rescompile.quantize.registry import policy_help
 
 
 @app.command(
@@ -44,7 +45,7 @@ def calibrate(
     trt_version: Annotated[str, typer.Option(help="TensorRT version written in the cache header.")] = "10.3.0",
     trt_algorithm: Annotated[str, typer.Option(help="Algorithm written in the cache header.")] = "EntropyCalibration2",
     tensors: Annotated[str, typer.Option(help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).")] = "plan",
-    policy: Annotated[str, typer.Option(help="Placement policy whose tensors to calibrate: tensorrt | onnxruntime.")] = "tensorrt",
+    policy: Annotated[str, typer.Option(help="Placement policy whose tensors to calibrate: " + policy_help())] = "tensorrt",
     calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N samples.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
     batch_size: Annotated[int, typer.Option(min=1, help="Images read and preprocessed per batch.")] = 64,
@@ -143,9 +144,9 @@ def _collect(model_path: Path, calib: str, method: str, percentile: float, tenso
         names = activation_tensors(onnx_model)
     else:
         from rescompile.quantize import plan_qdq
-        from rescompile.quantize.policy import parse_policy
+        from rescompile.quantize.registry import parse_policy
 
-        names = plan_qdq(onnx_model, parse_policy(policy, "onnxruntime")).calibrated_tensors
+        names = plan_qdq(onnx_model, parse_policy(policy, "onnxruntime").name).calibrated_tensors
     with progress("calibrate", src.count, not quiet) as advance:
         run = run_calibration(onnx_model, names, src, pre, method=method, percentile=percentile, batch_size=batch_size,
                               threads=threads, on_batch=advance)  # fmt: skip

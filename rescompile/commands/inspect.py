@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from rescompile.cli import NoVerifyOpt, app, console, run_cli, warn
+from rescompile.quantize.registry import policy_help
 
 
 def block_table(blocks: list[Any], title: str) -> Table:
@@ -53,7 +54,7 @@ def inspect(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the block map (and the proof) as JSON.")] = None,
     int8: Annotated[Path | None, typer.Option("--int8", help="Q/DQ model made from MODEL: prove it keeps the topology.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="qdq_plan.json the INT8 model was made with.")] = None,
-    policy: Annotated[str, typer.Option(help="tensorrt | onnxruntime | auto (the plan's, else detected from the INT8 types).")] = "auto",
+    policy: Annotated[str, typer.Option(help=policy_help("the plan's, else detected from the Q/DQ"))] = "auto",
     no_verify_hashes: NoVerifyOpt = False,
 ) -> None:
     """Print every residual Add (main branch, shortcut, what follows) and, with --int8, the proof.
@@ -68,7 +69,8 @@ def inspect(
     from rescompile.graph.verify import verify_int8
     from rescompile.io import write_json
     from rescompile.models.onnx_source import read_onnx
-    from rescompile.quantize.policy import Policy, QuantPlan
+    from rescompile.quantize.policy import QuantPlan
+    from rescompile.quantize.registry import get_policy
 
     def checked(path: Path | None) -> Path | None:  # a file of a build folder: checked against its manifest
         build = build_of(path, verify=not no_verify_hashes, allow_failed=True) if path is not None else None
@@ -88,8 +90,8 @@ def inspect(
                 int8_path = build.file(INT8_ONNX)
             if plan_path is None and build.has(QDQ_PLAN):
                 plan_path = build.file(QDQ_PLAN)
-        if policy not in ("auto", *(p.value for p in Policy)):
-            raise UsageError(f"unknown policy {policy!r}", hint="tensorrt, onnxruntime or auto")
+        if policy != "auto":
+            get_policy(policy)  # an unknown name: exit 2 listing the registered ones
         fp32 = read_onnx(fp32_path)
         blocks = find_residual_blocks(fp32)
         doc: dict[str, Any] = {"model": str(fp32_path), "block_map": block_map(fp32)}

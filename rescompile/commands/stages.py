@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from rescompile.cli import app, console, run_cli
+from rescompile.quantize.registry import policy_help
 
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
 
@@ -69,7 +70,7 @@ def quantize(
     model: Annotated[Path, typer.Argument(help="Simplified FP32 ONNX model.")],
     ranges: Annotated[Path, typer.Option(help="ranges.json from `rescompile calibrate` (same model).")],
     out: OutFile = Path("model.int8.onnx"),
-    policy: Annotated[str, typer.Option(help="tensorrt | onnxruntime | auto (= onnxruntime)")] = "tensorrt",
+    policy: Annotated[str, typer.Option(help=policy_help("onnxruntime"))] = "tensorrt",
     keep_fp: Annotated[list[str] | None, typer.Option("--keep-fp", help="Node-name glob or op type to keep in FP; repeatable.")] = None,
     keep_first_last: Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.")] = False,
     plan_out: Annotated[Path | None, typer.Option(help="Also write the placement plan (qdq_plan.json).")] = None,
@@ -81,12 +82,12 @@ def quantize(
     from rescompile.io import save_onnx, write_text_atomic
     from rescompile.models.onnx_source import read_onnx
     from rescompile.quantize import insert_qdq, plan_qdq
-    from rescompile.quantize.policy import parse_policy
+    from rescompile.quantize.registry import parse_policy
 
     def go() -> Any:
         fp32 = read_onnx(model)
         calib = CalibrationResult.read(ranges)
-        plan = plan_qdq(fp32, parse_policy(policy, "onnxruntime"), keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last)
+        plan = plan_qdq(fp32, parse_policy(policy, "onnxruntime").name, keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last)
         int8 = insert_qdq(fp32, plan, calib.ranges)
         proof = verify_int8(fp32, int8, plan)
         if not proof.ok:

@@ -20,11 +20,10 @@ from typing import Any
 import onnx
 
 from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.ops import ADD_OPS, LINEAR_OPS, POOL_OPS
 
 # Ancestors visited per Add input: the block input is a few nodes away, this only bounds odd graphs.
 _MAX_SEARCH_NODES = 400
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_POOL_OPS = ("AveragePool", "MaxPool")
 
 
 @dataclass(frozen=True)
@@ -116,10 +115,10 @@ class _Topo:
 def _shortcut_kind(ops: list[str]) -> str:
     if not ops:
         return "identity"
-    weighted = [o for o in ops if o in WEIGHTED_OPS]
-    if weighted and all(o in (*WEIGHTED_OPS, "BatchNormalization") for o in ops):
+    weighted = [o for o in ops if o in LINEAR_OPS]
+    if weighted and all(o in (*LINEAR_OPS, "BatchNormalization") for o in ops):
         return "projection"
-    if weighted and all(o in (*WEIGHTED_OPS, "BatchNormalization", *_POOL_OPS) for o in ops):
+    if weighted and all(o in (*LINEAR_OPS, "BatchNormalization", *POOL_OPS) for o in ops):
         return "pooled-projection"
     return "other"
 
@@ -137,7 +136,7 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
     idx = topo.idx
     blocks: list[ResidualBlock] = []
     for node in model.graph.node:
-        if node.op_type not in ("Add", "Sum") or len(node.input) != 2:
+        if node.op_type not in ADD_OPS or len(node.input) != 2:
             continue
         a, b = node.input
         if not (topo.is_activation(a) and topo.is_activation(b)) or a == b:
@@ -173,7 +172,7 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
                 follower_node=node_name(follower) if follower is not None else None,
                 main_ops=tuple(n.op_type for n in main_path),
                 shortcut_ops=tuple(short_ops),
-                main_conv=next((node_name(n) for n in reversed(main_path) if n.op_type in WEIGHTED_OPS), None),
+                main_conv=next((node_name(n) for n in reversed(main_path) if n.op_type in LINEAR_OPS), None),
             )
         )
     return blocks

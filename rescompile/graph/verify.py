@@ -1,6 +1,7 @@
 """Proof that an INT8 graph keeps the FP32 topology and follows its placement policy.
 
-Each check has a rule name; a violation names the rule, the node and what is wrong:
+Each check has a rule name; a violation names the rule, the node and what is wrong. This module
+holds the generic proofs, the same for every policy:
 
 - ``pairs``: every DequantizeLinear is fed by a QuantizeLinear (same scale and zero point)
   or by a quantized initializer; a QuantizeLinear feeds only DequantizeLinear nodes.
@@ -8,19 +9,16 @@ Each check has a rule name; a violation names the rule, the node and what is wro
   (op, attributes, outputs) and edge for edge (each input reads the same tensor, directly
   or through a Q/DQ pair); float initializers unchanged.
 - ``weight-values``: a dequantized weight or bias is the FP32 one within half a step.
-- ``scale``/``zero-point``/``dtype``/``weight-axis``: scales finite and > 0; the policy's
-  scheme (tensorrt: INT8, zero point 0 everywhere; onnxruntime: UINT8 activations, zero
-  point 0 after a ReLU, INT32 biases with scale = input scale x weight scale); weights
-  INT8 with zero point 0, per channel on the output-channel axis.
-- ``fan-out``: one QuantizeLinear per tensor, so one scale at a fan-out (onnxruntime: every
-  consumer reads it).
-- ``residual``: every residual Add's inputs quantized as the policy says (tensorrt:
-  shortcut yes, main branch no; onnxruntime: both, and the output); no Q/DQ between the
-  Add and its ReLU.
-- ``fusion``: per weighted op (tensorrt: input quantized, output not, except a projection
-  shortcut; onnxruntime: input, weight, bias and output (after a ReLU) quantized, nothing
-  between the Conv and its ReLU); layers kept in FP have float weights.
+- ``scale``/``zero-point``/``dtype``/``weight-axis``: scales finite and > 0, activation scales
+  per tensor; weights INT8 with zero point 0, per channel on the output-channel axis.
+- ``fan-out``: one QuantizeLinear per tensor, so one scale at a fan-out.
+- ``residual``: every residual Add is still there, nothing between an Add and its ReLU.
 - ``plan``: when the plan is given, the graph quantizes exactly the planned tensors.
+
+Each placement policy (rescompile/quantize/registry.py) adds its own checks through its
+``check`` method — activation type and zero points, biases, which inputs of a residual Add and
+which outputs of weighted ops are quantized — with the helpers below; their rule codes are
+defined in docs/placement-rules.md.
 """
 
 from __future__ import annotations
@@ -30,15 +28,10 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.topology import find_residual_blocks
-
-_QDQ = ("QuantizeLinear", "DequantizeLinear")
-_WEIGHTED = ("Conv", "Gemm", "MatMul")
-_SAME_SCALE = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-POLICIES = ("tensorrt", "onnxruntime")
+from rescompile.graph.ops import QDQ_OPS, SAME_SCALE_OPS, WEIGHTED_OPS
+from rescompile.graph.topology import ResidualBlock, find_residual_blocks
 
 RULES = {
     "pairs": "Q/DQ come in pairs with one scale and zero point; DQ of weights read quantized initializers",
@@ -166,12 +159,11 @@ class QdqView:
 
 
 def detect_policy(int8: onnx.ModelProto) -> str:
-    """``onnxruntime`` when activations are quantized to UINT8, else ``tensorrt``."""
+    """The first registered policy (the default last) whose ``detect`` recognises the graph's Q/DQ."""
+    from rescompile.quantize.registry import DEFAULT_POLICY, all_policies
+
     view = QdqView(int8)
-    for qs in view.q_of.values():
-        if qs and view.qparams(qs[0])[2] == TensorProto.UINT8:
-            return "onnxruntime"
-    return "tensorrt"
+    return next((p.name for p in all_policies() if p.name != DEFAULT_POLICY and p.detect(view)), DEFAULT_POLICY)
 
 
 def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
@@ -199,32 +191,37 @@ def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None =
         fp32: the simplified FP32 model the INT8 model was made from.
         int8: the Q/DQ model.
         plan: the QuantPlan used: its policy, kept layers and quantized tensors are checked too.
-        policy: ``tensorrt`` or ``onnxruntime`` when no plan is given (default: detected from
-            the activation type, UINT8 meaning onnxruntime).
+        policy: a registered policy name when no plan is given (default: detected from the
+            Q/DQ, e.g. UINT8 activations meaning onnxruntime).
 
     Returns:
         A VerifyReport; ``ok`` is False when any rule is violated.
     """
-    policy = getattr(plan, "policy", None) or policy or detect_policy(int8)
+    from rescompile.errors import UsageError
+    from rescompile.quantize.registry import get_policy
+
+    name = getattr(plan, "policy", None) or policy or detect_policy(int8)
     kept = set(getattr(plan, "kept_fp", []) or [])
-    report = VerifyReport(policy)
-    if policy not in POLICIES:
-        report.violations.append(Violation("plan", "graph", f"unknown policy {policy!r}"))
+    report = VerifyReport(name)
+    try:
+        placement = get_policy(name)
+    except UsageError:
+        report.violations.append(Violation("plan", "graph", f"unknown policy {name!r}"))
         return report
     view = QdqView(int8)
     report.violations.extend(view.broken)
-    report.checks["pairs"] = sum(n.op_type in _QDQ for n in int8.graph.node)
+    report.checks["pairs"] = sum(n.op_type in QDQ_OPS for n in int8.graph.node)
     _check_topology(fp32, int8, view, report)
-    _check_scheme(int8, view, report, policy)
-    _check_residuals(fp32, int8, view, report, policy, kept)
-    _check_fusion(fp32, view, report, policy, kept)
+    _check_scheme(int8, view, report)
+    report.residual_adds = len(find_residual_blocks(fp32))
+    placement.check(fp32, view, report, kept)
     if plan is not None:
         _check_plan(plan, view, report)
     return report
 
 
 def _stripped(int8: onnx.ModelProto) -> list[onnx.NodeProto]:
-    return [n for n in int8.graph.node if n.op_type not in _QDQ]
+    return [n for n in int8.graph.node if n.op_type not in QDQ_OPS]
 
 
 def _check_topology(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
@@ -291,11 +288,11 @@ def _consumer_role(view: QdqView, dq_out: str) -> tuple[onnx.NodeProto, int] | N
     return cons[0] if cons else None
 
 
-def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, policy: str) -> None:
+def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
+    """Generic scheme checks: finite positive scales, per-tensor activation scales, weights, one Q per tensor."""
     v, c = report.violations, report.checks
-    relu_outputs = {n.output[0] for n in int8.graph.node if n.op_type == "Relu"}
     for n in int8.graph.node:
-        if n.op_type not in _QDQ:
+        if n.op_type not in QDQ_OPS:
             continue
         scale, zp, zp_type = view.qparams(n)
         c["scale"] += 1
@@ -303,52 +300,52 @@ def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport, po
             v.append(Violation("scale", node_name(n), "scale must be a finite constant > 0"))
         if n.op_type == "QuantizeLinear":
             report.qdq_pairs += 1
-            c["zero-point"] += 1
-            c["dtype"] += 1
             if scale is not None and np.ndim(scale) != 0:
                 v.append(Violation("scale", node_name(n), "activation scale must be per-tensor (a scalar)"))
-            if policy == "tensorrt":
-                if zp_type not in (None, TensorProto.INT8):
-                    v.append(Violation("dtype", node_name(n), "activations must be INT8 (R3)"))
-                if zp is not None and np.any(zp != 0):
-                    v.append(Violation("zero-point", node_name(n), f"zero point {int(np.ravel(zp)[0])}, must be 0 "
-                                       "(R3: symmetric INT8, as TensorRT requires)"))  # fmt: skip
-            else:
-                if zp_type != TensorProto.UINT8:
-                    v.append(Violation("dtype", node_name(n), "activations must be UINT8 (ONNX Runtime's fast u8s8 kernels)"))
-                if n.input[0] in relu_outputs and zp is not None and np.any(zp != 0):
-                    v.append(Violation("zero-point", node_name(n), f"zero point {int(np.ravel(zp)[0])} after a ReLU, "
-                                       "must be 0 so ONNX Runtime folds the ReLU (O3)"))  # fmt: skip
         elif n.output[0] in view.const_dq:
-            _check_const_dq(view, report, policy, n, scale, zp, zp_type)
+            _check_weight_dq(view, report, n, scale, zp)
     for t, qs in view.q_of.items():
         c["fan-out"] += 1
         if len(qs) > 1:
             v.append(Violation("fan-out", t, f"{len(qs)} QuantizeLinear nodes ({', '.join(node_name(q) for q in qs)}); "
                                "one shared Q/DQ expected"))  # fmt: skip
-        if policy == "onnxruntime":
-            floats = [x for x, _ in view.idx.consumers.get(t, []) if x.op_type != "QuantizeLinear"]
-            if floats:
-                v.append(Violation("fan-out", node_name(floats[0]), f"reads float {t} while {t} is quantized; every consumer "
-                                   "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)"))  # fmt: skip
-    # Same-scale ops (max pooling, reshapes): a quantized input and output share one scale.
-    for n in int8.graph.node:
-        if n.op_type not in _SAME_SCALE:
+
+
+def activation_quantizers(view: QdqView) -> list[tuple[onnx.NodeProto, np.ndarray | None, np.ndarray | None, int | None]]:
+    """Every activation QuantizeLinear with its scale, zero point and zero-point type (for policy checks)."""
+    return [(q, *view.qparams(q)) for qs in view.q_of.values() for q in qs]
+
+
+def bias_dequantizers(view: QdqView) -> list[tuple[onnx.NodeProto, onnx.NodeProto, np.ndarray, np.ndarray | None]]:
+    """Every DequantizeLinear feeding a weighted op's bias: (DQ, the weighted op, stored values, scale)."""
+    out = []
+    for dq_out, n in view.const_dq.items():
+        role = _consumer_role(view, dq_out)
+        q = view.idx.constant_value(n.input[0])
+        if role is not None and q is not None and role[0].op_type in WEIGHTED_OPS and role[1] == 2:
+            out.append((n, role[0], q, view.qparams(n)[0]))
+    return out
+
+
+def check_same_scale(view: QdqView, report: VerifyReport, rule: str) -> None:
+    """Same-scale ops (max pooling, reshapes): a quantized input and output share one scale and zero point."""
+    for n in view.idx.graph.node:
+        if n.op_type not in SAME_SCALE_OPS:
             continue
         qin = view.act_qparams(n.input[0])
         qout = view.q_of.get(n.output[0])
         if qin is None or not qout:
             continue
-        c["scale"] += 1
+        report.checks["scale"] += 1
         sout, zout, _ = view.qparams(qout[0])
         same = all(a is not None and b is not None and np.array_equal(a, b) for a, b in ((qin[0], sout), (qin[1], zout)))
         if not same:
-            rule = "R7" if policy == "tensorrt" else "O5"
-            v.append(Violation("scale", node_name(n), f"{n.op_type} output scale differs from its input's ({rule})"))
+            report.violations.append(Violation("scale", node_name(n), f"{n.op_type} output scale differs from its input's ({rule})"))
 
 
-def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.NodeProto,
-                    scale: np.ndarray | None, zp: np.ndarray | None, zp_type: int | None) -> None:  # fmt: skip
+def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, scale: np.ndarray | None,
+                     zp: np.ndarray | None) -> None:  # fmt: skip
+    """Weights and biases: zero point 0 (both policies); weights INT8, per channel on the output-channel axis."""
     v, c = report.violations, report.checks
     role = _consumer_role(view, n.output[0])
     q = view.idx.constant_value(n.input[0])
@@ -356,29 +353,15 @@ def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.No
         return
     consumer, index = role
     c["zero-point"] += 1
-    c["dtype"] += 1
     if zp is not None and np.any(zp != 0):
         v.append(Violation("zero-point", node_name(n), "weight/bias zero point must be 0 (symmetric)"))
-    if consumer.op_type in _WEIGHTED and index == 2:
-        report.bias_dq += 1
-        if policy == "tensorrt":
-            v.append(Violation("dtype", node_name(n), f"bias of {node_name(consumer)} is quantized; R2 keeps biases float"))
-            return
-        if q.dtype != np.int32:
-            v.append(Violation("dtype", node_name(n), f"bias of {node_name(consumer)} is {q.dtype}, must be INT32 (O8)"))
-        x = view.act_qparams(consumer.input[0])
-        w = view.const_dq.get(consumer.input[1])
-        if x is None or w is None or scale is None:
-            v.append(Violation("fusion", node_name(consumer), "an INT32 bias needs a quantized input and weight (O8)"))
-            return
-        ws = view.qparams(w)[0]
-        c["scale"] += 1
-        if x[0] is None or ws is None or np.shape(ws) != np.shape(scale) or not np.allclose(scale, x[0] * ws, rtol=1e-5, atol=0):
-            v.append(Violation("scale", node_name(n), "bias scale must equal input scale x weight scale (O8)"))
+    if consumer.op_type in WEIGHTED_OPS and index == 2:
+        report.bias_dq += 1  # the policy checks its type and scale
         return
-    if consumer.op_type not in _WEIGHTED or index != 1:
+    if consumer.op_type not in WEIGHTED_OPS or index != 1:
         return
     report.weight_dq += 1
+    c["dtype"] += 1
     if q.dtype != np.int8:
         v.append(Violation("dtype", node_name(n), f"weight of {node_name(consumer)} is {q.dtype}, must be INT8"))
     c["weight-axis"] += 1
@@ -394,84 +377,51 @@ def _check_const_dq(view: QdqView, report: VerifyReport, policy: str, n: onnx.No
                            f"axis {want} with {q.shape[want]} scales"))  # fmt: skip
 
 
-def _check_residuals(fp32: onnx.ModelProto, int8: onnx.ModelProto, view: QdqView, report: VerifyReport,
-                     policy: str, kept: set[str]) -> None:  # fmt: skip
+@dataclass
+class ResidualView:
+    """One residual Add of the FP32 graph as found in the INT8 graph (for the policies' residual checks)."""
+
+    block: ResidualBlock
+    add: onnx.NodeProto
+    quantized: set[str]  # FP32 tensors the Add reads through a Q/DQ
+    follower: onnx.NodeProto | None  # its ReLU, unless kept in FP
+
+
+def residual_views(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, kept: set[str]) -> list[ResidualView]:
+    """Residual Adds not kept in FP; reports (generic ``residual``) a missing Add or a Q/DQ between Add and ReLU."""
     v = report.violations
-    blocks = find_residual_blocks(fp32)
-    report.residual_adds = len(blocks)
-    nodes = {node_name(n): n for n in _stripped(int8)}
-    for b in blocks:
+    nodes = {node_name(n): n for n in view.idx.graph.node if n.op_type not in QDQ_OPS}
+    out = []
+    for b in find_residual_blocks(fp32):
         report.checks["residual"] += 1
         add = nodes.get(b.add)
         if add is None:
             v.append(Violation("residual", b.add, "residual Add missing from the INT8 graph"))
             continue
-        quantized = {view.origin(i) for i in add.input if i in view.act_dq}
         follower = nodes.get(b.follower_node) if b.follower_node and b.follower_node not in kept else None
         if follower is not None and follower.input[0] != b.output:
             v.append(Violation("residual", b.add, f"a Q/DQ sits between the Add and its ReLU {b.follower_node}; "
                                "the runtime cannot fuse them"))  # fmt: skip
-        if b.add in kept:
-            continue
-        if policy == "tensorrt":
-            if b.main in quantized:
-                v.append(Violation("residual", b.add, f"main-branch input {b.main} (from {b.main_producer}) is quantized; "
-                                   "the tensorrt policy leaves it float so Conv+Add fuse (R5)"))  # fmt: skip
-            if b.shortcut not in quantized:
-                v.append(Violation("residual", b.add, f"shortcut input {b.shortcut} is not quantized; "
-                                   "the tensorrt policy quantizes it (R5)"))  # fmt: skip
-        else:
-            for t, role in ((b.shortcut, "shortcut"), (b.main, "main-branch")):
-                if t not in quantized:
-                    v.append(Violation("residual", b.add, f"{role} input {t} is not quantized; the onnxruntime policy "
-                                       "quantizes both inputs (O4: QLinearAdd)"))  # fmt: skip
-            out = follower.output[0] if follower is not None else b.output
-            if out not in view.q_of:
-                v.append(Violation("residual", b.add, f"{out} is not quantized; ONNX Runtime runs the Add in float (O4)"))
+        if b.add not in kept:
+            out.append(ResidualView(b, add, {view.origin(i) for i in add.input if i in view.act_dq}, follower))
+    return out
 
 
-def _check_fusion(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, policy: str, kept: set[str]) -> None:
-    v = report.violations
-    idx = view.idx
-    shortcuts = {b.shortcut for b in find_residual_blocks(fp32)}
-    for n in idx.graph.node:
-        if n.op_type not in _WEIGHTED or len(n.input) < 2:
+def quantized_weighted_ops(view: QdqView, report: VerifyReport, kept: set[str]) -> list[onnx.NodeProto]:
+    """Weighted ops with a quantized weight, not kept in FP; reports (R8) a kept op whose weight is quantized."""
+    out = []
+    for n in view.idx.graph.node:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
             continue
         weight_q = n.input[1] in view.const_dq
-        name = node_name(n)
-        if name in kept:
+        if node_name(n) in kept:
             report.checks["fusion"] += 1
             if weight_q:
-                v.append(Violation("fusion", name, "kept in higher precision, but its weight is quantized (R8)"))
-            continue
-        if not weight_q:
-            continue  # not a weighted layer of this graph (activation x activation MatMul)
-        report.checks["fusion"] += 1
-        out = n.output[0]
-        consumers = idx.consumers.get(out, [])
-        if n.input[0] not in view.act_dq:
-            rule = "R4" if policy == "tensorrt" else "O1"
-            v.append(Violation("fusion", name, f"input {n.input[0]} is not quantized ({rule})"))
-        if policy == "tensorrt":
-            if out in view.q_of and out not in shortcuts:
-                v.append(Violation("fusion", name, f"output {out} is quantized; R4 leaves outputs of weighted ops float"))
-            continue
-        relu = consumers[0][0] if len(consumers) == 1 and consumers[0][0].op_type == "Relu" else None
-        relu_behind_qdq = None
-        for q in view.q_of.get(out, []):
-            for dq, _ in idx.consumers.get(q.output[0], []):
-                relu_behind_qdq = relu_behind_qdq or next((c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
-        if relu_behind_qdq is not None and node_name(relu_behind_qdq) not in kept:
-            v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
-                               "quantize after the ReLU (O3)"))  # fmt: skip
-        elif relu is not None:
-            if relu.output[0] not in view.q_of:
-                v.append(Violation("fusion", name, f"{node_name(relu)} output is not quantized; ONNX Runtime runs "
-                                   f"{name} in float (O3)"))  # fmt: skip
-        elif out not in view.q_of and n.op_type == "Conv":
-            v.append(Violation("fusion", name, f"output {out} is not quantized; ONNX Runtime runs it in float (O2)"))
-        if len(n.input) > 2 and n.input[2] and n.input[2] not in view.const_dq:
-            v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
+                report.violations.append(Violation("fusion", node_name(n), "kept in higher precision, but its weight is quantized (R8)"))
+        elif weight_q:  # else not a weighted layer of this graph (activation x activation MatMul)
+            report.checks["fusion"] += 1
+            out.append(n)
+    return out
 
 
 def _check_plan(plan: Any, view: QdqView, report: VerifyReport) -> None:

@@ -184,18 +184,28 @@ def free_batch(model, path: Path, input_shape: tuple[int, int, int]):  # type: i
     return freed, BatchFreed(fixed, err)
 
 
+def _has_weighted_op(model) -> bool:  # type: ignore[no-untyped-def]
+    """Networks without a residual Add (DenseNet, ShuffleNet) build too; one weighted op is the minimum."""
+    from rescompile.graph.ops import WEIGHTED_OPS
+
+    inits = {t.name for t in model.graph.initializer}
+    return any(n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in inits for n in model.graph.node)
+
+
 def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore[no-untyped-def]
     """The input shape, classes and preset of an ONNX model file.
 
-    With ``require_residual`` (the ``build`` path) a graph that is already quantized, or has no
-    residual Add, is refused (UsageError).
+    With ``require_residual`` (the ``build`` path) a graph that is already quantized, holds a node
+    placement cannot handle (rule G1: control flow, non-standard ops), or has no weighted op to
+    quantize is refused (UsageError). A graph without residual Adds (DenseNet, ShuffleNet) builds.
     """
-    from rescompile.graph.topology import find_residual_blocks
     from rescompile.models.loader import LoadedModel
+    from rescompile.quantize.policy import check_supported
 
     model = read_onnx(path)
     if require_residual:
         refuse_quantized(model, path)
+        check_supported(model)  # control flow or non-standard ops: exit 2 naming the node, before any work
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     if len(inputs) != 1:
@@ -208,10 +218,10 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
         raise UsageError(f"{path} has no graph output; rescompile takes image classifiers with one output (the logits)")
     out_dims = model.graph.output[0].type.tensor_type.shape.dim
     num_classes = out_dims[-1].dim_value if out_dims and out_dims[-1].HasField("dim_value") else 0
-    if require_residual and not find_residual_blocks(model):
+    if require_residual and not _has_weighted_op(model):
         raise UsageError(
-            f"{path} has no residual Add: rescompile quantizes residual networks (ResNet family)",
-            hint="export a ResNet, or check that this is the model you meant",
+            f"{path} has no Conv, Gemm or MatMul with a weight initializer: nothing for rescompile to quantize",
+            hint="export the model with its weights as initializers (torch.onnx.export does by default)",
         )
     preset = "imagenet" if (c, h) == (3, 224) else ("cifar" if c == 3 else "grayscale")
     return LoadedModel(path.stem, None, path, (c, h, w), num_classes, preset, {"spec": str(path)})

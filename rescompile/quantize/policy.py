@@ -1,14 +1,9 @@
-"""Placement policies: which tensors get Q/DQ, with which scheme, and why — per target runtime.
+"""What every placement policy shares: the QuantPlan it returns, op-level helpers, and ``plan_qdq``.
 
-``tensorrt`` follows rules R1-R8 of shared/DESIGN.md: per-channel symmetric INT8 weights;
-symmetric per-tensor INT8 activations on the inputs of weighted ops; on each residual Add
-the shortcut input is quantized and the main-branch input is not, so TensorRT fuses
-Conv+Add(+ReLU) into one INT8 kernel; one shared Q/DQ per tensor at fan-outs; pooling and
-reshapes take their input's scale. ``onnxruntime`` (policy_ort.py) places Q/DQ around every
-op ONNX Runtime's CPU provider fuses into a QLinear kernel, with UINT8 asymmetric activations.
-
-The result is a QuantPlan: every quantized tensor with its consumers and the rules that put it
-there, every residual Add and how it is quantized; saved as ``qdq_plan.json``.
+A QuantPlan lists every quantized tensor with its consumers and the rules that put it there, and
+every residual Add and how it is quantized; saved as ``qdq_plan.json``. The policies themselves
+(``tensorrt`` in policy_trt.py, ``onnxruntime`` in policy_ort.py) are found by name in
+registry.py; their rule codes are defined in docs/placement-rules.md.
 """
 
 from __future__ import annotations
@@ -17,34 +12,20 @@ import fnmatch
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any
 
 import onnx
 
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.topology import ResidualBlock, constant_tensors, find_residual_blocks
+from rescompile.graph.ops import CONTROL_FLOW_OPS, SCALE_PRESERVING_OPS, STANDARD_DOMAINS, WEIGHTED_OPS
+from rescompile.graph.topology import ResidualBlock, constant_tensors
 from rescompile.readers import short
 
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-# R7: ops whose output takes the input's scale (max, averages over a window and reshapes stay in range).
-SCALE_PRESERVING_OPS = (
-    "MaxPool", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose",
-)  # fmt: skip
 
-TENSORRT_RULES = {
-    "R2": "weights: per-channel symmetric INT8 (axis = output channels), zero point 0; bias stays float",
-    "R3": "activations: per-tensor symmetric INT8, zero point 0",
-    "R4": "input of a weighted op (Conv/Gemm/MatMul); their outputs are not quantized",
-    "R5": "residual Add: the shortcut input is quantized, the main-branch input is not (Conv+Add+ReLU fusion)",
-    "R6": "one shared Q/DQ at a fan-out: one scale for every consumer",
-    "R7": "pooling and reshapes take the scale of their input",
-    "R8": "kept in higher precision (--keep-fp / --keep-first-last): no Q/DQ on its inputs, float weights",
-}
+class Policy:
+    """Names of the built-in policies, for code that spells them (the registry knows every policy)."""
 
-
-class Policy(str, Enum):
     TENSORRT = "tensorrt"
     ONNXRUNTIME = "onnxruntime"
 
@@ -190,6 +171,23 @@ def weighted_nodes(model: onnx.ModelProto, idx: GraphIndex | None = None) -> lis
     ]  # fmt: skip
 
 
+def check_supported(model: onnx.ModelProto) -> None:
+    """Refuse graphs placement cannot reason about (rule G1), naming the first such node and its op.
+
+    Raises:
+        UsageError: a control-flow node (If/Loop/Scan: its subgraphs would stay unseen) or an op
+            outside the standard ONNX domain (its inputs and fusions are unknown).
+    """
+    for n in model.graph.node:
+        if n.op_type in CONTROL_FLOW_OPS:
+            raise UsageError(f"node {node_name(n)!r} is a {n.op_type}: rescompile does not quantize control flow (G1)",
+                             hint="export the model without data-dependent control flow (trace it with a fixed input)")  # fmt: skip
+        if n.domain not in STANDARD_DOMAINS:
+            raise UsageError(f"node {node_name(n)!r} is {n.domain}.{n.op_type}, not a standard ONNX op: rescompile cannot "
+                             "place Q/DQ around it (G1)", hint="export the plain FP32 model, before any runtime-specific "
+                             "optimization")  # fmt: skip
+
+
 def kept_nodes(model: onnx.ModelProto, keep_fp: tuple[str, ...], keep_first_last: bool) -> set[str]:
     """Names of the nodes the user keeps in higher precision.
 
@@ -274,7 +272,7 @@ class Requests:
 
 def plan_qdq(
     model: onnx.ModelProto,
-    policy: Policy | str = Policy.TENSORRT,
+    policy: str = Policy.TENSORRT,
     *,
     keep_fp: tuple[str, ...] = (),
     keep_first_last: bool = False,
@@ -282,7 +280,7 @@ def plan_qdq(
     """Decide Q/DQ placement for ``model`` (FP32, simplified, BatchNorm folded).
 
     Args:
-        policy: the target runtime's placement and scheme (``tensorrt`` or ``onnxruntime``).
+        policy: a registered placement policy (``rescompile.quantize.registry``), e.g. ``tensorrt``.
         keep_fp: node-name globs or op types to leave in higher precision.
         keep_first_last: keep the first and the last weighted layer in higher precision.
 
@@ -290,68 +288,16 @@ def plan_qdq(
         A QuantPlan: every quantized tensor with its consumers and the rule that put it there.
 
     Raises:
-        UsageError: an unknown policy, or a ``keep_fp`` pattern that matches no node.
+        UsageError: an unknown policy, a ``keep_fp`` pattern that matches no node, or a node placement
+            does not support (control flow, non-standard ops: rule G1).
     """
-    try:
-        policy = Policy(policy)
-    except ValueError:
-        raise UsageError(f"unknown policy {policy!r}", hint="tensorrt or onnxruntime") from None
-    if policy is Policy.ONNXRUNTIME:
-        from rescompile.quantize.policy_ort import plan_onnxruntime
+    from rescompile.quantize.registry import get_policy
 
-        return plan_onnxruntime(model, keep_fp=keep_fp, keep_first_last=keep_first_last)
-    return plan_tensorrt(model, keep_fp=keep_fp, keep_first_last=keep_first_last)
+    placement = get_policy(str(policy))
+    check_supported(model)
+    return placement.plan(model, keep_fp=keep_fp, keep_first_last=keep_first_last)
 
 
-def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
-    """The ``tensorrt`` placement (rules R2-R8 of shared/DESIGN.md); see plan_qdq."""
-    idx = GraphIndex.build(model.graph)
-    kept = kept_nodes(model, keep_fp, keep_first_last)
-    plan = QuantPlan(
-        Policy.TENSORRT.value, kept_fp=sorted(kept),
-        scheme={"activations": "int8, symmetric per-tensor (zero point 0)",
-                "weights": "int8, symmetric per-channel (zero point 0)", "bias": "float"},
-        rules=dict(TENSORRT_RULES),
-    )  # fmt: skip
-    req = Requests(idx, SCALE_PRESERVING_OPS, symmetric=True, dtype="int8")
-    for node in weighted_nodes(model, idx):
-        if node_name(node) in kept:
-            continue
-        req.add(node.input[0], "R4: input of weighted op", node, 0)
-        plan.weights.append(WeightQuant(node.input[1], node_name(node), node.op_type, weight_axis(node)))
-
-    by_name = {node_name(n): n for n in model.graph.node}
-    for b in find_residual_blocks(model):
-        add = by_name[b.add]
-        quantized: list[str] = []
-        if b.add not in kept:
-            req.add(b.shortcut, "R5: residual shortcut input", add, list(add.input).index(b.shortcut))
-            quantized.append(b.shortcut)
-        fused = b.main_producer_op == "Conv" and b.main_producer not in kept and b.add not in kept
-        plan.residual_adds.append(_block_plan(
-            b, quantized, fused, None,
-            "Conv+Add" + ("+ReLU" if b.follower else "") + " fused INT8 kernel" if fused else "not fused (kept or no Conv)",
-            "R5: shortcut quantized, main branch not" if b.add not in kept else "R8: Add kept in higher precision",
-        ))  # fmt: skip
-    plan.activations = req.ordered(model)
-    for q in plan.activations:
-        if len(q.consumers) > 1:
-            q.rules.append("R6: one shared Q/DQ at a fan-out")
-        if q.scale_from != q.tensor:
-            q.rules.append(f"R7: scale taken from {q.scale_from}, the input of a scale-preserving op")
-    return plan
-
-
-def _block_plan(b: ResidualBlock, quantized: list[str], fused: bool, output: str | None, kernel: str, rule: str) -> BlockPlan:
+def block_plan(b: ResidualBlock, quantized: list[str], fused: bool, output: str | None, kernel: str, rule: str) -> BlockPlan:
     return BlockPlan(b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused,
                      output, kernel, rule, b.output)  # fmt: skip
-
-
-def parse_policy(value: str, backend: str) -> Policy:
-    """``auto`` picks the policy of the backend: tensorrt for TensorRT, onnxruntime for the CPU."""
-    if value == "auto":
-        return Policy.TENSORRT if backend == "tensorrt" else Policy.ONNXRUNTIME
-    try:
-        return Policy(value)
-    except ValueError:
-        raise UsageError(f"unknown policy {value!r}", hint="tensorrt, onnxruntime or auto") from None

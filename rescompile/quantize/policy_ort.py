@@ -1,4 +1,6 @@
-"""The ``onnxruntime`` placement policy: Q/DQ where ONNX Runtime's CPU provider fuses QLinear kernels.
+"""The ``onnxruntime`` placement policy: Q/DQ where ONNX Runtime's CPU provider fuses QLinear kernels, and its proof checks.
+
+Rules O1-O8 (docs/placement-rules.md).
 
 ONNX Runtime turns a ``DequantizeLinear -> op -> QuantizeLinear`` group into one INT8 kernel
 (QLinearConv, QGemm, QLinearAdd, QLinearGlobalAveragePool, QLinearAveragePool, NhwcMaxPool
@@ -20,14 +22,18 @@ goes into a QuantizeLinear. So, unlike ``tensorrt``, op *outputs* are quantized 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+import numpy as np
 import onnx
+from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.ops import RESHAPE_OPS, SAME_SCALE_OPS
 from rescompile.graph.topology import constant_tensors, find_residual_blocks
 from rescompile.quantize.policy import (
     BiasQuant,
     BlockPlan,
-    Policy,
     QuantPlan,
     Requests,
     WeightQuant,
@@ -35,6 +41,10 @@ from rescompile.quantize.policy import (
     weight_axis,
     weighted_nodes,
 )
+from rescompile.quantize.registry import register
+
+if TYPE_CHECKING:
+    from rescompile.graph.verify import QdqView, VerifyReport
 
 # Ops the CPU provider runs as INT8 kernels in a DQ -> op -> Q group, by kind.
 KERNELS = {
@@ -44,9 +54,7 @@ KERNELS = {
 }  # fmt: skip
 BINARY_OPS = ("Add", "Mul")
 POOL_OPS = ("GlobalAveragePool", "AveragePool")
-# Ops the runtime runs on uint8 data (or drops a Q/DQ pair around) when input and output share a scale.
-SAME_SCALE_OPS = ("MaxPool", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose")
-PASS_THROUGH_OPS = SAME_SCALE_OPS[1:]
+PASS_THROUGH_OPS = RESHAPE_OPS
 FUSABLE_ACTIVATIONS = ("Relu",)
 
 ORT_RULES = {
@@ -87,7 +95,7 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
     const = constant_tensors(idx)
     kept = kept_nodes(model, keep_fp, keep_first_last)
     plan = QuantPlan(
-        Policy.ONNXRUNTIME.value, kept_fp=sorted(kept),
+        "onnxruntime", kept_fp=sorted(kept),
         scheme={"activations": "uint8, asymmetric per-tensor (zero point from min/max)",
                 "weights": "int8, symmetric per-channel (zero point 0)",
                 "bias": "int32, zero point 0, scale = input scale x weight scale"},
@@ -172,3 +180,101 @@ def _is_int8_candidate(node: onnx.NodeProto, weighted: dict[str, onnx.NodeProto]
     if node.op_type in BINARY_OPS:
         return len(acts) == 2
     return node.op_type in (*POOL_OPS, "MaxPool", *FUSABLE_ACTIVATIONS, *PASS_THROUGH_OPS)
+
+
+class OnnxRuntimePolicy:
+    """QDQ for ONNX Runtime's CPU provider (QLinear kernels, u8s8)."""
+
+    name = "onnxruntime"
+    summary = "Q/DQ around every op ONNX Runtime's CPU provider runs as a QLinear kernel; UINT8 activations"
+    backend = "onnxruntime"
+    scheme = {"activations": "uint8, asymmetric per-tensor (zero point from min/max)",
+              "weights": "int8, symmetric per-channel (zero point 0)",
+              "bias": "int32, zero point 0, scale = input scale x weight scale"}  # fmt: skip
+    rules = ORT_RULES
+
+    def plan(self, model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
+        return plan_onnxruntime(model, keep_fp=keep_fp, keep_first_last=keep_first_last)
+
+    def detect(self, view: QdqView) -> bool:
+        """UINT8 activations."""
+        return any(view.qparams(q)[2] == TensorProto.UINT8 for qs in view.q_of.values() for q in qs)
+
+    def check(self, fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, kept: set[str]) -> None:
+        from rescompile.graph.verify import (
+            Violation,
+            activation_quantizers,
+            bias_dequantizers,
+            check_same_scale,
+            quantized_weighted_ops,
+            residual_views,
+        )  # fmt: skip
+
+        v, c, idx = report.violations, report.checks, view.idx
+        relu_outputs = {n.output[0] for n in idx.graph.node if n.op_type == "Relu"}
+        for q, _, zp, zp_type in activation_quantizers(view):
+            c["zero-point"] += 1
+            c["dtype"] += 1
+            if zp_type != TensorProto.UINT8:
+                v.append(Violation("dtype", node_name(q), "activations must be UINT8 (ONNX Runtime's fast u8s8 kernels)"))
+            if q.input[0] in relu_outputs and zp is not None and np.any(zp != 0):
+                v.append(Violation("zero-point", node_name(q), f"zero point {int(np.ravel(zp)[0])} after a ReLU, "
+                                   "must be 0 so ONNX Runtime folds the ReLU (O3)"))  # fmt: skip
+        for t in view.q_of:
+            floats = [x for x, _ in idx.consumers.get(t, []) if x.op_type != "QuantizeLinear"]
+            if floats:
+                v.append(Violation("fan-out", node_name(floats[0]), f"reads float {t} while {t} is quantized; every consumer "
+                                   "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)"))  # fmt: skip
+        for dq, consumer, stored, scale in bias_dequantizers(view):
+            c["dtype"] += 1
+            if stored.dtype != np.int32:
+                v.append(Violation("dtype", node_name(dq), f"bias of {node_name(consumer)} is {stored.dtype}, must be INT32 (O8)"))
+            x = view.act_qparams(consumer.input[0])
+            w = view.const_dq.get(consumer.input[1])
+            if x is None or w is None or scale is None:
+                v.append(Violation("fusion", node_name(consumer), "an INT32 bias needs a quantized input and weight (O8)"))
+                continue
+            ws = view.qparams(w)[0]
+            c["scale"] += 1
+            if x[0] is None or ws is None or np.shape(ws) != np.shape(scale) or not np.allclose(scale, x[0] * ws, rtol=1e-5, atol=0):
+                v.append(Violation("scale", node_name(dq), "bias scale must equal input scale x weight scale (O8)"))
+        check_same_scale(view, report, "O5")
+        for r in residual_views(fp32, view, report, kept):
+            b = r.block
+            for t, role in ((b.shortcut, "shortcut"), (b.main, "main-branch")):
+                if t not in r.quantized:
+                    v.append(Violation("residual", b.add, f"{role} input {t} is not quantized; the onnxruntime policy "
+                                       "quantizes both inputs (O4: QLinearAdd)"))  # fmt: skip
+            out = r.follower.output[0] if r.follower is not None else b.output
+            if out not in view.q_of:
+                v.append(Violation("residual", b.add, f"{out} is not quantized; ONNX Runtime runs the Add in float (O4)"))
+        for n in quantized_weighted_ops(view, report, kept):
+            _check_kernel(view, report, n, kept)
+
+
+def _check_kernel(view: QdqView, report: VerifyReport, n: onnx.NodeProto, kept: set[str]) -> None:
+    """O1/O2/O3/O8: a weighted op's input, output (after its ReLU) and bias quantized; nothing between it and its ReLU."""
+    from rescompile.graph.verify import Violation
+
+    v, idx, name, out = report.violations, view.idx, node_name(n), n.output[0]
+    consumers = idx.consumers.get(out, [])
+    if n.input[0] not in view.act_dq:
+        v.append(Violation("fusion", name, f"input {n.input[0]} is not quantized (O1)"))
+    relu = consumers[0][0] if len(consumers) == 1 and consumers[0][0].op_type == "Relu" else None
+    relu_behind_qdq = None
+    for q in view.q_of.get(out, []):
+        for dq, _ in idx.consumers.get(q.output[0], []):
+            relu_behind_qdq = relu_behind_qdq or next((c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
+    if relu_behind_qdq is not None and node_name(relu_behind_qdq) not in kept:
+        v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
+                           "quantize after the ReLU (O3)"))  # fmt: skip
+    elif relu is not None:
+        if relu.output[0] not in view.q_of:
+            v.append(Violation("fusion", name, f"{node_name(relu)} output is not quantized; ONNX Runtime runs {name} in float (O3)"))
+    elif out not in view.q_of and n.op_type == "Conv":
+        v.append(Violation("fusion", name, f"output {out} is not quantized; ONNX Runtime runs it in float (O2)"))
+    if len(n.input) > 2 and n.input[2] and n.input[2] not in view.const_dq:
+        v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
+
+
+POLICY = register(OnnxRuntimePolicy())

@@ -18,6 +18,7 @@ import onnx
 from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.graph.index import node_name
+from rescompile.graph.ops import WEIGHTED_OPS
 from rescompile.validate.gates import accuracy_gates, any_gate, evaluate_gates
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.metrics import compare_outputs
@@ -82,7 +83,7 @@ def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
     idx = GraphIndex.build(model.graph)
     out: dict[str, int] = {}
     for n in model.graph.node:
-        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+        if n.op_type not in WEIGHTED_OPS or len(n.input) < 2:
             continue
         w = idx.constant_value(n.input[1])
         y = shapes.get(n.output[0])

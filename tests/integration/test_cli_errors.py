@@ -73,18 +73,22 @@ def test_prefixed_state_dict_loads(tmp_path, data):
     assert code == 0, text
 
 
-def test_non_resnet_onnx(tmp_path, data):
+def test_onnx_without_residual_add_builds_and_without_weights_is_refused(tmp_path, data):
+    """A plain CNN (no residual Add, like DenseNet) builds; a graph with nothing to quantize exits 2."""
+    import onnx
+
     from rescompile.export import export_onnx
 
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4))
     plain(torch.zeros(1, 1, 16, 16))
-    model, _ = export_onnx(plain.eval(), (1, 16, 16))
-    import onnx
-
-    path = tmp_path / "plain.onnx"
-    onnx.save(model, path)
-    code, text = run(["build", str(path), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), "-q"])
-    assert code == 2 and "no residual Add" in text
+    pooled = torch.nn.Sequential(torch.nn.AvgPool2d(4), torch.nn.Flatten())
+    for name, module, want in (("plain", plain, 0), ("pooled", pooled, 2)):
+        model, _ = export_onnx(module.eval(), (1, 16, 16))
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(model, path)
+        code, text = run(["build", str(path), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / name), "-q"])
+        assert code == want, text
+    assert "nothing for rescompile to quantize" in text
 
 
 def test_empty_calibration_folder(tmp_path, data):

@@ -17,7 +17,7 @@ from rescompile.export import run_onnx
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, QuantPlan, insert_qdq, plan_qdq
-from rescompile.quantize.policy import parse_policy
+from rescompile.quantize.registry import parse_policy
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]
 
@@ -78,7 +78,7 @@ def test_int8_kernels_in_onnxruntime(policy, tmp_path):
     model = torchvision_onnx("resnet18")
     plan, int8 = quantize(model, policy)
     ops = ort_optimized(int8, tmp_path)
-    if policy is Policy.ONNXRUNTIME:
+    if policy == Policy.ONNXRUNTIME:
         assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QGemm"] == 1
         assert ops["QLinearGlobalAveragePool"] == 1 and ops["NhwcMaxPool"] == 1
         assert ops["Conv"] + ops["FusedConv"] + ops["Add"] + ops["DequantizeLinear"] == 0
@@ -106,7 +106,7 @@ def test_policies_on_preactivation_and_resnet_d(name, exporter, policy):
     ref, got = run_onnx(model, x), run_onnx(int8, x)
     assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.98
     for b in plan.residual_adds:
-        if policy is Policy.TENSORRT:
+        if policy == Policy.TENSORRT:
             assert b.quantized == [b.shortcut]
         else:
             assert sorted(b.quantized) == sorted([b.main, b.shortcut])
@@ -128,7 +128,7 @@ def test_keep_fp_globs_and_op_types(tiny_onnx, policy):
     assert verify_int8(tiny_onnx, int8, plan).ok
     float_weights = [t for t in int8.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) >= 2]
     assert len(float_weights) == 3  # the kept Gemm and block 1's two convs keep float weights
-    if policy is Policy.TENSORRT:
+    if policy == Policy.TENSORRT:
         assert block1.quantized == []  # a kept Add gets no shortcut Q/DQ
 
 
@@ -138,7 +138,7 @@ def test_keep_first_last(tiny_onnx, policy, tmp_path):
     assert plan.kept_fp == sorted(["/stem/stem.0/Conv", "/head/head.2/Gemm"])
     assert {w.node for w in plan.weights}.isdisjoint(plan.kept_fp) and len(plan.weights) == 5
     assert verify_int8(tiny_onnx, int8, plan).ok
-    if policy is Policy.ONNXRUNTIME:
+    if policy == Policy.ONNXRUNTIME:
         ops = ort_optimized(int8, tmp_path)
         assert ops["QLinearConv"] == 5 and ops["QGemm"] == 0 and ops["Gemm"] == 1  # first and last run float
         assert plan.activation("input") is None
@@ -153,7 +153,7 @@ def test_keep_fp_pattern_matching_nothing_is_an_error(tiny_onnx):
 def test_plan_json_is_readable_and_round_trips(tiny_onnx, policy):
     plan = plan_qdq(tiny_onnx, policy)
     doc = json.loads(plan.to_json())
-    assert doc["policy"] == policy.value and doc["scheme"]["activations"] and doc["rules"]
+    assert doc["policy"] == policy and doc["scheme"]["activations"] and doc["rules"]
     nodes = {node_name(n): n for n in tiny_onnx.graph.node}
     for a in doc["activations"]:
         assert a["rules"] and all(r.split(":")[0] in doc["rules"] for r in a["rules"])  # every "why" is a known rule
@@ -181,9 +181,9 @@ def test_identical_inputs_give_byte_identical_outputs(tiny_onnx, policy):
 
 
 def test_parse_policy_auto_follows_the_backend():
-    assert parse_policy("auto", "tensorrt") is Policy.TENSORRT
-    assert parse_policy("auto", "onnxruntime") is Policy.ONNXRUNTIME
-    assert parse_policy("onnxruntime", "tensorrt") is Policy.ONNXRUNTIME
+    assert parse_policy("auto", "tensorrt").name == Policy.TENSORRT
+    assert parse_policy("auto", "onnxruntime").name == Policy.ONNXRUNTIME
+    assert parse_policy("onnxruntime", "tensorrt").name == Policy.ONNXRUNTIME
     with pytest.raises(UsageError, match="unknown policy"):
         parse_policy("fastest", "onnxruntime")
     with pytest.raises(UsageError, match="unknown policy"):
@@ -201,6 +201,6 @@ def test_resnet_d_pooled_shortcut_runs_int8_in_onnxruntime(tmp_path):
 def test_keeping_relus_moves_the_onnxruntime_q_before_them(tiny_onnx, policy):
     plan, int8 = quantize(tiny_onnx, policy, keep_fp=("Relu",))
     assert verify_int8(tiny_onnx, int8, plan).ok
-    if policy is Policy.ONNXRUNTIME:
+    if policy == Policy.ONNXRUNTIME:
         # With the ReLU kept in float, the Conv/Add group closes at its own output.
         assert all(b.output_quantized == b.add_output for b in plan.residual_adds)
