@@ -126,8 +126,10 @@ class QuantPlan:
                 raise UsageError(f"not a rescompile {what}: {key!r} must be a list")
             lists[key] = [from_mapping(kind, item, f"{what} {key}[{i}]") for i, item in enumerate(items)]
         policy, kept = d.get("policy"), d.get("kept_fp")
-        if policy not in {p.value for p in Policy}:
-            raise UsageError(f"{what}: unknown policy {short(policy)}", hint="tensorrt or onnxruntime")
+        from rescompile.quantize.registry import policy_names
+
+        if policy not in policy_names():
+            raise UsageError(f"{what}: unknown policy {short(policy)}", hint=", ".join(policy_names()))
         if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
             raise UsageError(f"not a rescompile {what}: 'kept_fp' must be a list of node names")
         for key in ("scheme", "rules"):
