@@ -123,7 +123,10 @@ def test_cli_build_refuses_an_unsupported_op_with_exit_2(zoo_onnx, tmp_path) -> 
     fp32.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     path = tmp_path / "odd.onnx"
     onnx.save(fp32, str(path))
-    result = CliRunner().invoke(app, ["build", str(path), "--calib", "x.npy", "--val", "x.npz", "-q"])
+    np.save(tmp_path / "calib.npy", zoo.zoo_inputs(SIZE, 4, 0))
+    np.savez(tmp_path / "val.npz", images=zoo.zoo_inputs(SIZE, 4, 1), labels=np.arange(4))
+    result = CliRunner().invoke(app, ["build", str(path), "--calib", str(tmp_path / "calib.npy"),
+                                      "--val", str(tmp_path / "val.npz"), "--out", str(tmp_path / "out"), "-q"])  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "odd_node" in result.output and "com.microsoft.FusedConv" in result.output and "Traceback" not in result.output
 
