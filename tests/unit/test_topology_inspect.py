@@ -10,6 +10,7 @@ from test_topology import simplified
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from rescompile.io import sha256_file
 from rescompile.quantize import Policy
 
 runner = CliRunner()
@@ -36,6 +37,9 @@ def test_proof_passes_for_a_build_folder(tiny_onnx, tmp_path):
     onnx.save(tiny_onnx, tmp_path / "model.simplified.onnx")
     onnx.save(int8, tmp_path / "model.int8.onnx")
     (tmp_path / "qdq_plan.json").write_text(plan.to_json())
+    names = ("model.simplified.onnx", "model.int8.onnx", "qdq_plan.json")
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "rescompile.manifest/1", "artifacts": {
+        n: {"sha256": sha256_file(tmp_path / n), "bytes": (tmp_path / n).stat().st_size} for n in names}}))  # fmt: skip
     result = runner.invoke(app, ["inspect", str(tmp_path), "--json", str(tmp_path / "p.json")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "proof (onnxruntime policy): PASS" in result.output
