@@ -192,3 +192,14 @@ def test_compare_names_a_damaged_report_field(tmp_path: Path) -> None:
     p.write_text(json.dumps(doc))
     res = CliRunner().invoke(app, ["compare", str(p), str(_report(tmp_path, "resnet20", 91.0))])
     assert res.exit_code == 2 and "accuracy must be an object with candidate.top1" in res.output
+
+
+def test_plan_with_an_input_index_out_of_range(tiny_onnx) -> None:  # found by benchmarks/fuzz.py (IndexError in verify)
+    from rescompile.quantize import Policy, plan_qdq
+    from rescompile.quantize.policy import QuantPlan
+
+    doc = plan_qdq(tiny_onnx, Policy.TENSORRT).to_dict()
+    assert QuantPlan.from_dict(json.loads(json.dumps(doc))).weights  # the plan itself round-trips
+    doc["weights"][0]["input_index"] = -(2**63)
+    with pytest.raises(UsageError, match=r"weights\[0\]: input_index .* out of range"):
+        QuantPlan.from_dict(doc)
