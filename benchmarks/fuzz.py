@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -76,26 +77,34 @@ def _record(stats: dict[str, Any], key: str, payload: bytes, failures_dir: Path,
         (failures_dir / f"{stem}.txt").write_text(key + "\n\n" + "".join(traceback.format_exception(exc))[-4000:])
 
 
-def render(doc: dict[str, Any]) -> str:
+def render(runs: dict[str, Any]) -> str:
     lines = [
         "# Fuzzing every parser the CLI exposes",
-        "",
-        f"`{doc['command']}` on {doc['date']} ({doc['environment']['cpu']}, {doc['environment']['cores']} cores, under nice, "
-        f"shared with other jobs), {doc['minutes_run']:.1f} minutes, {doc['total_cases']} cases.",
         "",
         "Each case is one generated input (hostile bytes or structurally valid but wrong content, see tests/fuzzing.py).",
         "*library*: the parser's own function (and the step that uses its result) returned (`ok`) or raised a",
         "RescompileError with that exit code; *CLI*: every few cases the same input also went through the real command",
         "(exit code counted; no traceback, one error line, nothing left in the output folder). A failure is anything else.",
-        "",
-        "| parser | cases | library outcomes | CLI runs: exit codes | failures |",
-        "|---|---:|---|---|---|",
     ]
-    for name, s in doc["targets"].items():
-        lib = ", ".join(f"{k}: {v}" for k, v in sorted(s["library"].items()))
-        cli = ", ".join(f"exit {k}: {v}" for k, v in sorted(s["cli"].items()))
-        fails = "; ".join(f"{k} ({v})" for k, v in s["failures"].items()) or "none"
-        lines.append(f"| {name} | {s['cases']} | {lib} | {cli} | {fails} |")
+    for label, doc in runs.items():
+        lines += [
+            "",
+            f"## {label}",
+            "",
+            f"`{doc['command']}` at commit {doc['commit']} on {doc['date']} ({doc['environment']['cpu']}, "
+            f"{doc['environment']['cores']} cores shared with other jobs): {doc['minutes_run']:.1f} minutes, "
+            f"{doc['total_cases']} cases, {doc['total_cli']} of them also through the CLI.",
+            "",
+            "| parser | cases | library outcomes | CLI runs: exit codes | failures |",
+            "|---|---:|---|---|---|",
+        ]
+        for name, s in doc["targets"].items():
+            lib = ", ".join(f"{k}: {v}" for k, v in sorted(s["library"].items()))
+            cli = ", ".join(f"exit {k}: {v}" for k, v in sorted(s["cli"].items()))
+            fails = "; ".join(f"{k} ({v})" for k, v in s["failures"].items()) or "none"
+            lines.append(f"| {name} | {s['cases']} | {lib} | {cli} | {fails} |")
+        if doc.get("note"):
+            lines += ["", doc["note"]]
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +114,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=20, help="inputs per target per round")
     ap.add_argument("--cli-every", type=int, default=5, help="run the CLI on every N-th input")
     ap.add_argument("--only", default="", help="comma-separated target names")
+    ap.add_argument("--label", default="run", help="name of this run in fuzz.json/fuzz.md (runs of other labels are kept)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     ap.add_argument("--failures", type=Path, default=Path("/tmp/rescompile-fuzz-failures"))
     args = ap.parse_args()
@@ -130,8 +140,7 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
     doc = {
-        "schema": "rescompile.bench.fuzz/1",
-        "command": "nice python benchmarks/fuzz.py " + " ".join(a for a in sys.argv[1:]),
+        "command": "nice python benchmarks/fuzz.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()},
         "minutes_run": (time.monotonic() - start) / 60,
@@ -139,9 +148,14 @@ def main() -> None:
         "targets": {n: {"cases": s["cases"], "library": dict(s["library"]), "cli": dict(s["cli"]), "failures": dict(s["failures"])}
                     for n, s in stats.items()},
     }  # fmt: skip
+    doc["total_cli"] = sum(sum(t["cli"].values()) for t in doc["targets"].values())
+    doc["commit"] = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True).stdout.strip()
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fuzz.json").write_text(json.dumps(doc, indent=2) + "\n")
-    md = render(doc)
+    path = args.out / "fuzz.json"
+    runs = json.loads(path.read_text())["runs"] if path.is_file() else {}
+    runs[args.label] = doc
+    path.write_text(json.dumps({"schema": "rescompile.bench.fuzz/2", "runs": runs}, indent=2) + "\n")
+    md = render(runs)
     (args.out / "fuzz.md").write_text(md)
     print(md)
 

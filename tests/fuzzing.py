@@ -13,7 +13,6 @@ a library call and a CLI command. The contract checked for every input:
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import math
@@ -33,8 +32,6 @@ from hypothesis.extra import numpy as hnp
 
 from rescompile.errors import RescompileError
 
-# The build-folder reader (manifest.json, sha256 checks) of issue 10 point 1; before it lands, validate's own reading.
-HAVE_BUILD_READER = importlib.util.find_spec("rescompile.buildfolder") is not None
 SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--latency-runs", "3", "-q"]
 
 
@@ -365,6 +362,7 @@ class Target:
     library: Callable[[Path], Any]
     cli: Callable[[Path, Path], list[str]]  # (input file, output folder) -> args
     folder_input: bool = False  # the file goes into a folder that is passed instead (images)
+    prepare: Callable[[Path], Path] | None = None  # turns the written file into what is passed (a build folder)
 
 
 @dataclass
@@ -449,21 +447,20 @@ def targets(build: Path) -> list[Target]:
         compare_reports(good_report, load_report(p))
         compare_reports(load_report(p), good_report)
 
-    def lib_manifest(p: Path) -> None:
+    def build_with_manifest(p: Path) -> Path:
+        """A copy of the build folder (artifacts linked) whose manifest.json is the input."""
         folder = p.parent / "build"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir()
         for f in build.iterdir():
-            if f.name != "manifest.json" and not (folder / f.name).exists():
+            if f.name != "manifest.json":
                 (folder / f.name).symlink_to(f)
-        shutil.copyfile(p, folder / "manifest.json")
-        if HAVE_BUILD_READER:
-            from rescompile.buildfolder import open_build  # type: ignore[import-not-found]
+        shutil.move(p, folder / "manifest.json")
+        return folder
 
-            open_build(folder)
-        else:
-            from rescompile.commands.validate import _build_folder
+    def lib_manifest(folder: Path) -> None:
+        from rescompile.buildfolder import open_build
 
-            _build_folder(folder)
+        open_build(folder)
 
     def calib_cli(*extra: str) -> Callable[[Path, Path], list[str]]:
         return lambda p, out: ["calibrate", str(simplified), *extra, str(p), "--out", str(out / "ranges.json"), "-q"]
@@ -517,7 +514,7 @@ def targets(build: Path) -> list[Target]:
                lib_report, lambda p, out: ["compare", str(build / "report.json"), str(p), "--md", str(out / "c.md")]),
         Target("manifest", ".json", st.one_of(edited_json([manifest_doc]).map(dump_json), mutated([dump_json(manifest_doc)]),
                                               random_bytes()),
-               lib_manifest, lambda p, out: ["inspect", str(p.parent / "build"), "--json", str(out / "b.json")]),
+               lib_manifest, lambda p, out: ["inspect", str(p), "--json", str(out / "b.json")], prepare=build_with_manifest),
     ]  # fmt: skip
 
 
@@ -561,7 +558,7 @@ def write_input(target: Target, data: bytes, work: Path) -> Path:
         return work / "images"
     p = work / f"input{target.suffix}"
     p.write_bytes(data)
-    return p
+    return target.prepare(p) if target.prepare is not None else p
 
 
 def check_library(target: Target, data: bytes, work: Path) -> str:

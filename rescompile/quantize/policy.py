@@ -125,6 +125,10 @@ class QuantPlan:
             if not isinstance(items, list):
                 raise UsageError(f"not a rescompile {what}: {key!r} must be a list")
             lists[key] = [from_mapping(kind, item, f"{what} {key}[{i}]") for i, item in enumerate(items)]
+        for key in ("weights", "biases"):  # indices into a node's inputs and a weight's dims: small, non-negative
+            for i, rec in enumerate(lists[key]):
+                if not (0 <= rec.input_index < 16 and -8 <= rec.axis < 8):
+                    raise UsageError(f"{what} {key}[{i}]: input_index {rec.input_index} / axis {rec.axis} out of range")
         policy, kept = d.get("policy"), d.get("kept_fp")
         from rescompile.quantize.registry import policy_names
 

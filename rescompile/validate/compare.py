@@ -113,9 +113,14 @@ MODEL_KEYS = ("name", "input_shape", "num_classes")
 
 
 def model_identity(report: dict[str, Any]) -> dict[str, Any]:
-    """What identifies the model a report measured: its name, input shape and class count (where recorded)."""
+    """What identifies the model a report measured: input shape and class count, and the model's name for a build.
+
+    A ``validate`` report's name is its candidate's file name (``model.int8``), not the model's,
+    so it is left out there (such reports carry a ``reference``).
+    """
     model = report.get("model") or {}
-    return {k: model[k] for k in MODEL_KEYS if model.get(k) is not None}
+    keys = MODEL_KEYS[1:] if "reference" in model else MODEL_KEYS
+    return {k: model[k] for k in keys if model.get(k) is not None}
 
 
 def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:

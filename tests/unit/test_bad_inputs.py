@@ -172,6 +172,17 @@ def test_compare_refuses_reports_of_different_models_unless_told(tmp_path: Path)
     assert "different models" in (tmp_path / "c.md").read_text()
     same = CliRunner().invoke(app, ["compare", str(old), str(_report(tmp_path, "resnet20", 91.0))])
     assert same.exit_code == 0 and "different models" not in same.output
+    # validate reports are named after the candidate file: only shape and classes identify their model
+    a, b = (json.loads(p.read_text()) for p in (old, new))
+    for doc, stem in ((a, "model.int8"), (b, "other.int8")):
+        doc["model"].update(name=stem, reference="model.simplified.onnx")
+    old.write_text(json.dumps(a))
+    new.write_text(json.dumps(b))
+    assert CliRunner().invoke(app, ["compare", str(old), str(new)]).exit_code == 1  # a regression, same model
+    b["model"]["num_classes"] = 10
+    new.write_text(json.dumps(b))
+    res = CliRunner().invoke(app, ["compare", str(old), str(new)])
+    assert res.exit_code == 2 and "num_classes 4 vs 10" in res.output
 
 
 def test_compare_names_a_damaged_report_field(tmp_path: Path) -> None:
@@ -181,3 +192,14 @@ def test_compare_names_a_damaged_report_field(tmp_path: Path) -> None:
     p.write_text(json.dumps(doc))
     res = CliRunner().invoke(app, ["compare", str(p), str(_report(tmp_path, "resnet20", 91.0))])
     assert res.exit_code == 2 and "accuracy must be an object with candidate.top1" in res.output
+
+
+def test_plan_with_an_input_index_out_of_range(tiny_onnx) -> None:  # found by benchmarks/fuzz.py (IndexError in verify)
+    from rescompile.quantize import Policy, plan_qdq
+    from rescompile.quantize.policy import QuantPlan
+
+    doc = plan_qdq(tiny_onnx, Policy.TENSORRT).to_dict()
+    assert QuantPlan.from_dict(json.loads(json.dumps(doc))).weights  # the plan itself round-trips
+    doc["weights"][0]["input_index"] = -(2**63)
+    with pytest.raises(UsageError, match=r"weights\[0\]: input_index .* out of range"):
+        QuantPlan.from_dict(doc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fuzzing import HAVE_BUILD_READER, check_cli, check_library, make_build, targets
+from fuzzing import check_cli, check_library, make_build, targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,15 +30,9 @@ def fuzz_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     return found
 
 
-def _target(fuzz_targets: dict, name: str):  # type: ignore[no-untyped-def]
-    if name == "manifest" and not HAVE_BUILD_READER:
-        pytest.skip("manifest.json is read by rescompile/buildfolder.py (issue 10 point 1), not merged into this branch yet")
-    return fuzz_targets[name]
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_parser_survives_hostile_input(name: str, fuzz_targets: dict, tmp_path: Path) -> None:
-    target = _target(fuzz_targets, name)
+    target = fuzz_targets[name]
     outcomes = []
 
     @settings(settings.get_profile("suite"))
@@ -52,7 +46,7 @@ def test_parser_survives_hostile_input(name: str, fuzz_targets: dict, tmp_path: 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_survives_hostile_input(name: str, fuzz_targets: dict, tmp_path: Path) -> None:
-    target = _target(fuzz_targets, name)
+    target = fuzz_targets[name]
     codes = []
 
     @CLI
