@@ -5,23 +5,62 @@ with ``ProfilingVerbosity.DETAILED``: ``{"Layers": [{"Name", "LayerType", "Input
 "Format/Datatype"}], "Outputs": [...], "Metadata"?, "Origin"?, "TacticName"?}], "Bindings" (10.x)
 | "I/O Tensors" (11.x)}``. With lower verbosity ``Layers`` is a list of names only.
 
+Schema facts this module relies on (sources in docs/tensorrt-layer-info.md):
+
+- 8.x/10.x tensors carry one joined ``Format/Datatype`` string; TensorRT 11 splits it into
+  separate fields (TensorRT 10.x-to-11.x IEngineInspector migration guide), read here as
+  ``Format`` + ``DataType``. A tensor without a readable format (no field, ``"N/A due to dynamic
+  shapes"`` when no execution context was attached, ``"Unknown format"``) is *unknown*, never float.
+- Reformat layers (``LayerType: "Reformat"``, names ``Reformatting CopyNode for Input Tensor 1 to
+  <consumer name>``) repeat the name of the layer they feed: they are never the Add's layer.
+- A DLA (or Myelin) subgraph is one layer named ``{ForeignNode[<first>...<last>]}``: an Add inside
+  it is found through the ONNX node order, and on a DLA build it is judged by the subgraph's I/O.
+
 A residual Add counts as fused into an INT8 layer when one engine layer carries both the Add
 and the main-branch Conv (by name or ONNX-layer metadata) and every input of that layer (the
 Conv's input and the residual) is INT8.
-How TensorRT names fused layers (" + " between the parts) is documented nowhere we could find;
-so names are matched as whole tokens in the layer name and in its metadata.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from rescompile.graph.topology import ResidualBlock
 
 _META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
+_FOREIGN = re.compile(r"^\{ForeignNode\[(.+?)\.\.\.(.+)\]\}$")
+_NO_FORMAT = ("n/a", "unknown", "none")
+
+# Statuses an Add can get; only the first two pass the gate.
+OK_STATUSES = frozenset({"fused-int8", "dla-int8"})
+
+
+def tensor_format(tensor: Any) -> str:
+    """One tensor's format text: 10.x ``Format/Datatype``, or 11.x ``Format`` and ``DataType`` joined."""
+    if not isinstance(tensor, dict):
+        return ""
+    if "Format/Datatype" in tensor:
+        return str(tensor["Format/Datatype"]).strip()
+    parts = [str(tensor[k]).strip() for k in ("Format", "DataType", "Datatype") if k in tensor]
+    return " / ".join(p for p in parts if p)
+
+
+def precision(fmt: str) -> str:
+    """``"int8"``, ``"float"`` (FP32/FP16/BF16/TF32), ``"other"`` or ``"unknown"`` (nothing readable)."""
+    f = fmt.strip().lower()
+    if not f or f.startswith(_NO_FORMAT) or "unknown format" in f:
+        return "unknown"
+    if "uint8" in f:
+        return "other"
+    if "int8" in f:
+        return "int8"
+    if any(k in f for k in ("fp32", "fp16", "float", "half", "bf16", "tf32")):
+        return "float"
+    return "other"
 
 
 @dataclass(frozen=True)
@@ -33,14 +72,37 @@ class Layer:
     origins: frozenset[str]  # ONNX node names this layer came from (name parts + metadata)
 
     @property
+    def reformat(self) -> bool:
+        """A layout/precision copy TensorRT inserted; its name repeats the consumer's name."""
+        return self.layer_type.lower() == "reformat" or self.name.startswith("Reformatting CopyNode")
+
+    @property
+    def foreign(self) -> tuple[str, str] | None:
+        """(first, last) ONNX node of a ``{ForeignNode[first...last]}`` subgraph layer (DLA or Myelin)."""
+        m = _FOREIGN.match(self.name)
+        return (m.group(1), m.group(2)) if m else None
+
+    @property
+    def input_precision(self) -> str:
+        """``int8`` when every input is INT8; ``float`` when any is float/other; else ``unknown``."""
+        return _combine([precision(f) for f in self.input_formats])
+
+    @property
     def int8_in(self) -> bool:
         """Every input (data and residual) is INT8; a float shortcut makes the fused output float."""
-        formats = [f for f in self.input_formats if f]
-        return bool(formats) and all("int8" in f.lower() for f in formats)
+        return self.input_precision == "int8"
 
     @property
     def int8_out(self) -> bool:
-        return any("int8" in f.lower() for f in self.output_formats)
+        return any(precision(f) == "int8" for f in self.output_formats)
+
+
+def _combine(precisions: list[str]) -> str:
+    if any(p in ("float", "other") for p in precisions):
+        return "float"
+    if precisions and all(p == "int8" for p in precisions):
+        return "int8"
+    return "unknown"
 
 
 @dataclass(frozen=True)
@@ -49,14 +111,17 @@ class AddFusion:
 
     add: str
     main_conv: str
-    status: str  # "fused-int8" | "fused-float" | "unfused" | "not-found" | "unknown"
+    # "fused-int8" | "fused-float" | "unfused" | "not-found" | "unknown" (no readable format or
+    # names-only information) | "dla-int8" | "dla-float" | "dla-unknown" (inside a DLA subgraph)
+    status: str
     layer: str | None
     layer_type: str | None
     input_formats: tuple[str, ...] = ()
+    note: str = ""
 
     @property
     def ok(self) -> bool:
-        return self.status == "fused-int8"
+        return self.status in OK_STATUSES
 
 
 @dataclass(frozen=True)
@@ -68,15 +133,22 @@ class FusionReport:
     def ok(self) -> bool:
         return self.detailed and all(a.ok for a in self.adds)
 
+    def counts(self) -> dict[str, int]:
+        """How many Adds got each status."""
+        out: dict[str, int] = {}
+        for a in self.adds:
+            out[a.status] = out.get(a.status, 0) + 1
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return {"detailed": self.detailed, "ok": self.ok,
+        return {"detailed": self.detailed, "ok": self.ok, "counts": self.counts(),
                 "adds": [asdict(a) | {"ok": a.ok} for a in self.adds]}  # fmt: skip
 
 
 def _formats(tensors: Any) -> tuple[str, ...]:
     if not isinstance(tensors, list):
         return ()
-    return tuple(str(t.get("Format/Datatype", "")) for t in tensors if isinstance(t, dict))
+    return tuple(tensor_format(t) for t in tensors if isinstance(t, dict))
 
 
 def _origins(name: str, layer: dict[str, Any]) -> frozenset[str]:
@@ -114,38 +186,83 @@ def parse_layers(info: str | dict[str, Any]) -> tuple[list[Layer], bool]:
 
 
 def _find(layers: list[Layer], node: str) -> Layer | None:
-    for layer in layers:
+    """The compute layer that carries ONNX node ``node``; reformat copies never count."""
+    candidates = [la for la in layers if not la.reformat]
+    for layer in candidates:
         if node in layer.origins:
             return layer
     # Fallback: the node name as a whole token inside a longer layer name.
     token = re.compile(r"(?<![\w./-])" + re.escape(node) + r"(?![\w./-])")
-    for layer in layers:
+    for layer in candidates:
         if token.search(layer.name):
             return layer
     return None
 
 
-def check_residual_fusion(info: str | dict[str, Any], blocks: list[ResidualBlock]) -> FusionReport:
+def _find_foreign(layers: list[Layer], node: str, order: dict[str, int]) -> Layer | None:
+    """The ``{ForeignNode[first...last]}`` layer whose ONNX node range holds ``node``."""
+    for layer in layers:
+        span = layer.foreign
+        if span is None:
+            continue
+        if node in span:
+            return layer
+        lo, hi, at = order.get(span[0]), order.get(span[1]), order.get(node)
+        if lo is not None and hi is not None and at is not None and lo <= at <= hi:
+            return layer
+    return None
+
+
+def _dla_status(layer: Layer) -> tuple[str, str]:
+    """A DLA subgraph hides its internal fusions: judge it by the precision it reads and writes.
+
+    DLA runs Conv+Add fused inside its own loadable; what the inspector can show is whether the
+    subgraph's inputs and outputs are INT8 (an FP16 boundary means the Add ran in FP16 there).
+    """
+    p = _combine([precision(f) for f in layer.input_formats + layer.output_formats])
+    note = "inside a DLA subgraph (fusion inside DLA is not shown); judged by its I/O formats"
+    return f"dla-{p}", note
+
+
+def check_residual_fusion(info: str | dict[str, Any], blocks: list[ResidualBlock], *,
+                          node_order: Sequence[str] = (), dla: bool = False) -> FusionReport:  # fmt: skip
     """For each residual Add: is it fused with its main-branch Conv into a layer reading INT8?
 
     Args:
         info: engine-inspector JSON (``LayerInformationFormat.JSON``).
         blocks: the residual blocks of the ONNX the engine was built from.
+        node_order: the ONNX graph's node names in order, to place Adds inside
+            ``{ForeignNode[first...last]}`` subgraph layers.
+        dla: the engine was built for a DLA core: an Add inside a foreign subgraph runs on DLA.
     """
     layers, detailed = parse_layers(info)
+    order = {n: i for i, n in enumerate(node_order)}
     adds = []
     for b in blocks:
         layer = _find(layers, b.add)
+        note = ""
         if not detailed:
-            status = "unknown"
+            status, note = "unknown", "names-only layer information (build with ProfilingVerbosity.DETAILED)"
         elif layer is None:
-            status = "not-found"
+            foreign = _find_foreign(layers, b.add, order)
+            if foreign is not None and (dla or foreign.layer_type.lower().startswith("dla")):
+                layer = foreign
+                status, note = _dla_status(foreign)
+            elif foreign is not None:
+                layer = foreign
+                status, note = "unfused", "inside a foreign (Myelin) subgraph layer"
+            else:
+                status = "not-found"
         elif b.main_producer and (b.main_producer in layer.origins or _find([layer], b.main_producer)):
-            status = "fused-int8" if layer.int8_in else "fused-float"
+            p = layer.input_precision
+            status = {"int8": "fused-int8", "float": "fused-float"}.get(p, "unknown")
+            if status == "unknown":
+                note = ("no readable tensor format in the layer information (dynamic shapes inspected "
+                        "without an execution context?)")  # fmt: skip
         else:
             status = "unfused"
         adds.append(AddFusion(b.add, b.main_producer, status, layer.name if layer else None,
-                              layer.layer_type if layer else None, layer.input_formats if layer else ()))  # fmt: skip
+                              layer.layer_type if layer else None, layer.input_formats if layer else (), note))  # fmt: skip
     return FusionReport(detailed, tuple(adds))
 
 
