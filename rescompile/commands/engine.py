@@ -70,6 +70,7 @@ def engine(
     timing_cache: Annotated[Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).")] = None,
     allow_unfused: Annotated[bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.")] = False,
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.")] = False,
+    device: Annotated[int, typer.Option(min=0, help="CUDA device to build on (the sidecar names it).")] = 0,
     no_verify_hashes: NoVerifyOpt = False,
     allow_failed_build: AllowFailedOpt = False,
 ) -> None:
@@ -102,7 +103,8 @@ def engine(
         try:
             from rescompile.engine.tensorrt import build_engine
 
-            result = build_engine(model_path, tgt, options, dest, timing_cache_dir=timing_cache, verbose=verbose)
+            result = build_engine(model_path, tgt, options, dest, timing_cache_dir=timing_cache, device_index=device,
+                                  verbose=verbose)  # fmt: skip
         except MissingDependency as exc:
             lines = _device_commands(model_path, dest, target, options)
             console.print("Equivalent trtexec command, to run on the device:", highlight=False)

@@ -172,3 +172,35 @@ def check_source(source: str, table: ApiTable, module_alias: str = "trt") -> lis
             problems.append(f"line {call.line}: {call.name}() is reached on TensorRT "
                             f"{', '.join(f'{m}.x' for m in sorted(call.majors - allowed))} without a version check")  # fmt: skip
     return problems
+
+
+# CUDA calls made through cuda-python (``cuda.bindings.runtime`` as ``cudart``, ``cuda.bindings.driver``).
+# Source for each: the CUDA Runtime / Driver API reference (docs.nvidia.com/cuda/cuda-runtime-api,
+# cuda-driver-api), which cuda-python exposes under the same names in 12.x and 13.x, each call
+# returning ``(err, value...)``; the host-memory pair is what NVIDIA's TensorRT Python samples use
+# for copies (samples/python/common_runtime.py: cudaMallocHost / cudaFreeHost).
+# tests/unit/test_trt_api.py checks every name used against this list and the list against the
+# installed cuda-bindings.
+CUDA_RUNTIME_NAMES = frozenset({
+    "cudaError_t", "cudaGetErrorString", "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice",
+    "cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaMemcpyAsync", "cudaMemcpyKind",
+    "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize",
+})  # fmt: skip
+CUDA_DRIVER_NAMES = frozenset({"cuDriverGetVersion", "CUresult"})
+
+# TensorRT calls that report failure by returning False (or None): their result must be used.
+CHECKED_RESULTS = frozenset({"set_input_shape", "set_tensor_address", "set_timing_cache", "execute_async_v3",
+                             "parse", "create_execution_context", "deserialize_cuda_engine",
+                             "build_serialized_network"})  # fmt: skip
+
+
+def discarded_results(source: str, names: frozenset[str] = CHECKED_RESULTS) -> list[Use]:
+    """Calls of ``names`` whose result is thrown away (a bare expression statement)."""
+    tree = ast.parse(source)
+    parents = _parents(tree)
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in names:
+            if isinstance(parents.get(node), ast.Expr):
+                out.append(Use(node.func.attr, node.lineno, _reach(node, parents)))
+    return out

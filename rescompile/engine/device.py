@@ -87,3 +87,74 @@ def find_gpu(index: int = 0) -> tuple[DeviceInfo | None, str]:
             return info, how
         reasons.append(f"{probe.__name__[5:]}: {how}")
     return None, "; ".join(reasons)
+
+
+def select_device(index: int) -> str:
+    """Make CUDA device ``index`` current for this thread, so TensorRT builds and runs on it.
+
+    TensorRT uses the calling thread's current CUDA device; without this a ``--device 1`` build
+    would run on device 0 while the sidecar names device 1. Returns how it was set.
+
+    Raises:
+        MissingDependency: neither cuda-python nor torch can set the device, or CUDA refuses.
+    """
+    from rescompile.errors import MissingDependency
+
+    try:
+        cudart = cudart_module()
+    except ImportError:
+        cudart = None
+    if cudart is not None:
+        (err,) = cudart.cudaSetDevice(index)
+        if err != cudart.cudaError_t.cudaSuccess:
+            raise MissingDependency(f"cudaSetDevice({index}) failed: {err.name} ({int(err)})")
+        return "cuda-python"
+    try:
+        import torch
+
+        torch.cuda.set_device(index)
+        return "torch"
+    except Exception as exc:  # no torch CUDA either
+        raise MissingDependency(f"cannot select CUDA device {index}: {exc}", hint="pip install 'rescompile[tensorrt]'") from None
+
+
+def parse_driver_version(value: int) -> tuple[int, int]:
+    """``cuDriverGetVersion``'s integer (1000*major + 10*minor, e.g. 12060) -> (12, 6)."""
+    return value // 1000, (value % 1000) // 10
+
+
+def cuda_python_problem(bindings_version: str, driver_version: int | None) -> str | None:
+    """Why cuda-python ``bindings_version`` cannot run on a driver of ``driver_version``, or None.
+
+    cuda-python/cuda-bindings N.x is built against CUDA N: its runtime calls fail on a driver that
+    supports only CUDA < N (e.g. cuda-python 13 on JetPack 6, whose driver is CUDA 12.6). The fix is
+    the extra for the platform, which pins cuda-python to the driver's major.
+    """
+    m = re.match(r"\s*(\d+)", bindings_version)
+    if m is None or driver_version is None:
+        return None
+    major = int(m.group(1))
+    drv_major, drv_minor = parse_driver_version(driver_version)
+    if major <= drv_major:
+        return None
+    return (f"cuda-python {bindings_version} needs a CUDA {major} driver, but this driver supports CUDA "
+            f"{drv_major}.{drv_minor}: pip install 'cuda-python>={drv_major},<{drv_major + 1}' (or "
+            f"rescompile[{extra_for_driver(drv_major)}])")  # fmt: skip
+
+
+def extra_for_driver(driver_major: int) -> str:
+    """The pip extra that pins cuda-python to a driver's CUDA major (see pyproject.toml)."""
+    return {12: "tensorrt-cu12", 13: "tensorrt-cu13"}.get(driver_major, "tensorrt")
+
+
+def driver_version() -> int | None:
+    """The NVIDIA driver's CUDA version (``cuDriverGetVersion``), or None when no driver is loaded."""
+    try:
+        from cuda.bindings import driver
+    except ImportError:
+        return None
+    try:
+        err, value = driver.cuDriverGetVersion()
+    except Exception:  # libcuda.so missing: no driver
+        return None
+    return int(value) if err == driver.CUresult.CUDA_SUCCESS else None

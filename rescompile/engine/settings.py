@@ -383,9 +383,25 @@ def trtexec_command(settings: EngineSettings, target: Target, onnx_path: str, pl
         cmd.append(f"--calib={calib_cache}")
     if settings.optimization_level != 3 and version.at_least(8, 6):
         cmd.append(f"--builderOptimizationLevel={settings.optimization_level}")
-    cmd += ["--profilingVerbosity=detailed", "--dumpLayerInfo", f"--exportLayerInfo={plan_path}.layers.json",
-            "--skipInference" if version.at_least(8, 6) else "--buildOnly"]  # fmt: skip
+    # Layer information is exported from an execution context with input shapes set, so tensor
+    # formats of a dynamic-shape engine are shown: trtexec prints it after setting up inference
+    # (samples/trtexec/trtexec.cpp: printLayerInfo(..., contexts.front())), which --skipInference /
+    # --buildOnly never reach. So run one short inference at the optimization shape instead.
+    cmd += ["--profilingVerbosity=detailed", "--dumpLayerInfo", f"--exportLayerInfo={plan_path}.layers.json"]
+    if dynamic:
+        cmd.append(f"--shapes={settings.input_name}:{_shape(inspection_shape(settings))}")
+    cmd += ["--warmUp=0", "--duration=0", "--iterations=1"]
     return cmd
+
+
+def inspection_shape(settings: EngineSettings) -> tuple[int, ...]:
+    """The input shape the engine inspector's execution context gets: the profile's ``opt``.
+
+    Without an execution context whose input shapes are set, the inspector leaves tensor formats
+    out of a dynamic-shape engine's layer information ("N/A due to dynamic shapes"), and no Add
+    could be judged INT8 (IEngineInspector::setExecutionContext, NvInferRuntime.h).
+    """
+    return settings.profile.opt
 
 
 def format_command(cmd: list[str]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from rescompile.engine.device import find_gpu
+from rescompile.engine.device import find_gpu, select_device
 from rescompile.engine.implicit import strip_qdq
 from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
 from rescompile.engine.settings import (
@@ -30,6 +30,7 @@ from rescompile.engine.settings import (
     TrtVersion,
     compute_settings,
     input_spec,
+    inspection_shape,
     parse_version,
     require_buildable,
     timing_cache_key,
@@ -138,18 +139,36 @@ def _timing_cache(config: Any, path: Path | None) -> Any:
     if path is None:
         return None
     cache = config.create_timing_cache(path.read_bytes() if path.is_file() else b"")
-    config.set_timing_cache(cache, False)  # ignore_mismatch=False: a cache from elsewhere is refused
+    if cache is None:
+        raise EngineBuildError(f"TensorRT could not read the timing cache {path}", hint="delete it; it is rebuilt")
+    # ignore_mismatch=False: a cache from another device or TensorRT is refused (set_timing_cache -> False).
+    if not config.set_timing_cache(cache, False):
+        raise EngineBuildError(f"TensorRT refused the timing cache {path} (written by another GPU or TensorRT version)",
+                               hint="delete it, or pass another --timing-cache folder")  # fmt: skip
     return cache
 
 
-def engine_layer_info(trt: Any, plan: bytes, logger: Any) -> str:
-    """The engine inspector's layer information as JSON text (detailed if the plan was built so)."""
+def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape: tuple[int, ...]) -> str:
+    """The engine inspector's layer information as JSON text (detailed if the plan was built so).
+
+    An execution context with the input shape set is attached to the inspector: without one, a
+    dynamic-shape engine's layer information has no tensor formats (IEngineInspector::
+    setExecutionContext, NvInferRuntime.h; Polygraphy's inspect does the same).
+    """
     runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineBuildError("TensorRT could not deserialize the plan it just built")
+    context = engine.create_execution_context()
+    if context is None:
+        raise EngineBuildError("TensorRT could not create an execution context for the plan it just built")
+    if not context.set_input_shape(input_name, shape):
+        raise EngineBuildError(f"TensorRT refused input shape {list(shape)} for {input_name!r} on its own plan")
     inspector = engine.create_engine_inspector()
-    return str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    inspector.execution_context = context
+    info = str(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    del inspector, context  # before the engine they belong to
+    return info
 
 
 def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_dir: Path, *,
@@ -174,6 +193,7 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     version = tensorrt_version(trt)
     require_buildable(version)
     device = require_gpu(device_index)
+    select_device(device_index)  # TensorRT builds on the current device: make it the one the sidecar names
     onnx_bytes = Path(onnx_path).read_bytes()
     model = onnx.load_from_string(onnx_bytes)
     settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
@@ -211,8 +231,9 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
         write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     del parser
 
-    info = engine_layer_info(trt, plan, logger)
-    fusion = check_residual_fusion(info, blocks)
+    info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings))
+    fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node],
+                                   dla=settings.dla_core is not None)  # fmt: skip
     out_dir = Path(out_dir)
     plan_path = out_dir / PLAN_NAME
     layers_path = out_dir / f"{PLAN_NAME}.layers.json"

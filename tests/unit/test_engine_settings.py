@@ -14,6 +14,7 @@ from rescompile.engine.settings import (
     flag_plan,
     format_command,
     input_spec,
+    inspection_shape,
     optimization_profile,
     parse_batches,
     parse_version,
@@ -177,14 +178,22 @@ def test_trtexec_command_per_major() -> None:
     t10 = _cmd("jetson-orin-nx", "10.3", batches=(1, 8, 32))
     assert t10[0] == "/usr/src/tensorrt/bin/trtexec" and "--stronglyTyped" in t10
     assert "--minShapes=input:1x3x224x224" in t10 and "--maxShapes=input:32x3x224x224" in t10
-    assert "--memPoolSize=workspace:2048" in t10 and "--skipInference" in t10
+    assert "--memPoolSize=workspace:2048" in t10
+    # Layer info must come from an execution context with shapes set: never build-only.
+    assert not {"--skipInference", "--buildOnly"} & set(t10) and "--shapes=input:8x3x224x224" in t10
+    assert {"--iterations=1", "--warmUp=0", "--duration=0"} <= set(t10)
     t11 = _cmd("rtx-ada", "11.4")
     assert t11[0] == "trtexec" and not {"--int8", "--fp16", "--best", "--stronglyTyped"} & set(t11)
     t8 = _cmd("jetson-xavier-nx", "8.5")
-    assert "--int8" in t8 and "--buildOnly" in t8 and "--stronglyTyped" not in t8
+    assert "--int8" in t8 and "--buildOnly" not in t8 and "--stronglyTyped" not in t8
     dla = trtexec_command(compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=0),
                                            parse_version("10.3")), get_target("jetson-agx-orin"), "p.onnx", "p.plan",
                           calib_cache="p.calib")  # fmt: skip
     assert {"--int8", "--fp16", "--allowGPUFallback", "--useDLACore=0", "--calib=p.calib"} <= set(dla)
     assert "--stronglyTyped" not in dla
     assert format_command(["a b", "c"]) == "'a b' c"
+
+
+def test_inspection_shape_is_the_profile_opt_shape() -> None:
+    s = compute_settings(get_target("gpu"), SPEC, EngineOptions(batches=(1, 4, 16)), parse_version("10.3"))
+    assert inspection_shape(s) == s.profile.opt == (4, 3, 224, 224)

@@ -15,7 +15,16 @@ import pytest
 
 import rescompile.engine.tensorrt as engine_trt
 import rescompile.runtime.tensorrt_runner as runner
-from rescompile.engine.api_names import ApiTable, attribute_uses, check_source, load_table, member_uses
+from rescompile.engine.api_names import (
+    CUDA_DRIVER_NAMES,
+    CUDA_RUNTIME_NAMES,
+    ApiTable,
+    attribute_uses,
+    check_source,
+    discarded_results,
+    load_table,
+    member_uses,
+)
 
 SOURCES = {name: Path(mod.__file__).read_text() for name, mod in (("tensorrt.py", engine_trt), ("runner", runner))}  # type: ignore[arg-type]
 
@@ -143,6 +152,7 @@ TRT_MEMBERS = {
     "get_tensor_dtype": "ICudaEngine", "get_tensor_profile_shape": "ICudaEngine",
     "get_tensor_shape": "IExecutionContext", "set_input_shape": "IExecutionContext",
     "set_tensor_address": "IExecutionContext", "execute_async_v3": "IExecutionContext",
+    "execution_context": "EngineInspector",
 }  # fmt: skip
 # Attributes of our own objects, numpy, pathlib, json, onnx, time: not TensorRT.
 NOT_TRT = {
@@ -153,6 +163,8 @@ NOT_TRT = {
     "_in", "_logger", "_out", "_run", "_runtime", "_stream", "_trt", "ascontiguousarray", "close", "concatenate",
     "context", "ctypes", "data", "decode", "dtype", "dynamic", "empty", "engine", "ensure", "free", "input",
     "input_dtype", "max_batch", "min_batch", "nbytes", "ndarray", "output", "output_dtype", "ptr", "zeros",
+    "_h_in", "_h_out", "c_byte", "copy", "copyto", "from_address", "frombuffer", "itemsize", "prod", "reshape", "view",
+    "graph", "node",
 }  # fmt: skip
 
 
@@ -188,3 +200,46 @@ def test_cuda_runtime_names_exist_in_the_installed_cuda_bindings() -> None:
         obj = cudart
         for part in use.name.split("."):
             obj = getattr(obj, part)  # AttributeError names the missing part
+
+
+def _device_src() -> str:
+    return Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
+
+
+def test_every_cuda_name_used_is_in_the_sourced_table() -> None:
+    uses = attribute_uses(SOURCES["runner"], "cudart", depth=1) + attribute_uses(_device_src(), "cudart", depth=1)
+    used = {u.name for u in uses}
+    assert {"cudaMallocHost", "cudaFreeHost", "cudaSetDevice"} <= used  # pinned host copies, device selection
+    assert used <= CUDA_RUNTIME_NAMES
+    assert {u.name for u in attribute_uses(_device_src(), "driver", depth=1)} <= CUDA_DRIVER_NAMES
+
+
+def test_cuda_name_table_exists_in_the_installed_cuda_bindings() -> None:
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    driver = pytest.importorskip("cuda.bindings.driver")
+    assert [n for n in sorted(CUDA_RUNTIME_NAMES) if not hasattr(runtime, n)] == []
+    assert [n for n in sorted(CUDA_DRIVER_NAMES) if not hasattr(driver, n)] == []
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_tensorrt_calls_that_fail_by_returning_false_are_checked(source: str) -> None:
+    assert discarded_results(SOURCES[source]) == []
+
+
+def test_discarded_result_check_finds_an_unchecked_call() -> None:
+    src = "def f(ctx, n, s):\n    ctx.set_input_shape(n, s)\n    if not ctx.set_tensor_address(n, 0):\n        raise E\n"
+    assert [u.name for u in discarded_results(src)] == ["set_input_shape"]
+
+
+def test_device_is_selected_before_the_builder_and_the_inspector_gets_a_context() -> None:
+    import ast
+
+    tree = ast.parse(SOURCES["tensorrt.py"])
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "build_engine")
+    calls = [(n.lineno, ast.unparse(n.func)) for n in ast.walk(fn) if isinstance(n, ast.Call)]
+    select = min(line for line, f in calls if f == "select_device")
+    assert select < min(line for line, f in calls if f == "trt.Builder")
+    info = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "engine_layer_info")
+    text = ast.unparse(info)
+    assert "inspector.execution_context = context" in text and "set_input_shape" in text
+    assert text.index("execution_context = context") < text.index("get_engine_information")
