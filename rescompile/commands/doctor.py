@@ -69,6 +69,21 @@ def _gpu() -> str:
             + (f", L4T {info.l4t}" if info.l4t else ""))  # fmt: skip
 
 
+def _cuda_python() -> str:
+    """cuda-python against the driver: cuda-python N.x needs a driver for CUDA N (fails at the first call otherwise)."""
+    from rescompile.engine.device import cuda_python_problem, driver_version, parse_driver_version
+
+    version = _module_version("cuda.bindings")
+    drv = driver_version()
+    if drv is None:
+        raise _Absent(f"cuda-python {version}; no NVIDIA driver loaded, nothing to check it against")
+    problem = cuda_python_problem(version, drv)
+    if problem is not None:
+        raise _Absent(problem)
+    major, minor = parse_driver_version(drv)
+    return f"cuda-python {version} runs on this driver (CUDA {major}.{minor})"
+
+
 def _cpu() -> str:
     text = Path("/proc/cpuinfo").read_text(errors="replace")
     flags = cpu_flags(text)
@@ -93,7 +108,8 @@ def collect() -> list[tuple[str, bool, str]]:
     for name in ("rescompile", "numpy", "torch", "onnx", "onnxruntime", "onnxsim", "cuda.bindings"):
         ok, detail = _probe(lambda n=name: _module_version(n))  # type: ignore[misc]
         rows.append((name, ok, detail))
-    for item, fn in (("tensorrt", _tensorrt), ("trtexec", _trtexec), ("CUDA GPU", _gpu), ("CPU", _cpu)):
+    for item, fn in (("tensorrt", _tensorrt), ("trtexec", _trtexec), ("CUDA GPU", _gpu),
+                     ("cuda-python vs driver", _cuda_python), ("CPU", _cpu)):  # fmt: skip
         ok, detail = _probe(fn)
         rows.append((item, ok, detail))
     return rows

@@ -81,7 +81,7 @@ class _PinnedBuffer:
             self.ptr = int(_ok(cudart.cudaMallocHost(nbytes)))
             self.nbytes = nbytes
         raw = (ctypes.c_byte * nbytes).from_address(self.ptr)
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        return np.frombuffer(memoryview(raw), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
 
     def free(self) -> None:
         cudart = cudart_module()

@@ -124,8 +124,9 @@ def test_tensorrt_runner_without_tensorrt_is_a_missing_dependency(tmp_path: Path
 
 def test_cuda_results_are_unpacked_or_raised() -> None:
     cudart = pytest.importorskip("cuda.bindings.runtime")
-    from rescompile.runtime.tensorrt_runner import _ok
+    from rescompile.runtime.tensorrt_runner import EngineRunError, _ok
 
     assert _ok((cudart.cudaError_t.cudaSuccess, 7)) == 7 and _ok((cudart.cudaError_t.cudaSuccess,)) is None
-    with pytest.raises(RuntimeError, match="CUDA error 1: invalid argument"):
+    with pytest.raises(EngineRunError, match="CUDA error 1: invalid argument") as info:
         _ok((cudart.cudaError_t.cudaErrorInvalidValue,))
+    assert info.value.exit_code == 4
