@@ -5,7 +5,7 @@ with ``ProfilingVerbosity.DETAILED``: ``{"Layers": [{"Name", "LayerType", "Input
 "Format/Datatype"}], "Outputs": [...], "Metadata"?, "Origin"?, "TacticName"?}], "Bindings" (10.x)
 | "I/O Tensors" (11.x)}``. With lower verbosity ``Layers`` is a list of names only.
 
-Schema facts this module relies on (sources in docs/tensorrt-layer-info.md):
+Schema facts this module relies on (sources in docs/tensorrt.md):
 
 - 8.x/10.x tensors carry one joined ``Format/Datatype`` string; TensorRT 11 splits it into
   separate fields (TensorRT 10.x-to-11.x IEngineInspector migration guide), read here as

@@ -137,3 +137,51 @@ def test_pipeline_builds_the_engine_with_backend_tensorrt(tiny_npz: Path, tmp_pa
     assert {"model.plan", "model.plan.json"} <= set(result.manifest["artifacts"])
     assert result.report["engine"]["tensorrt_version"] == trt.__version__
     assert any(g["name"] == "engine_residual_fusion" for g in result.report["gates"])
+
+
+def test_inspector_context_gives_every_add_layer_a_readable_format(built: EngineBuild, tiny_int8_path: Path) -> None:
+    """The dynamic-batch engine's layer info, read with an execution context, has formats; without one it would not."""
+    from rescompile.engine.layerinfo import check_residual_fusion, parse_layers, precision
+
+    layers, detailed = parse_layers(built.layer_info.read_text())
+    assert detailed and all(precision(f) != "unknown" for la in layers if not la.reformat for f in la.input_formats)
+    # The same plan inspected the way it was before issue 14 (no context): formats are missing and
+    # the parser must say "unknown", never "fused-float".
+    engine = trt.Runtime(make_logger(trt)).deserialize_cuda_engine(built.plan.read_bytes())
+    bare = engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON)
+    blocks = find_residual_blocks(onnx.load(str(tiny_int8_path)))
+    statuses = {a.status for a in check_residual_fusion(bare, blocks).adds}
+    assert "fused-float" not in statuses, bare[:2000]
+
+
+def test_sidecar_names_the_device_that_built_the_plan(tiny_int8_path: Path, tmp_path: Path) -> None:
+    from rescompile.engine.device import find_gpu
+
+    for index in range(2):
+        device, _ = find_gpu(index)
+        if device is None:
+            continue
+        out = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1,)), tmp_path / str(index),
+                           device_index=index)  # fmt: skip
+        side = json.loads(out.sidecar.read_text())
+        assert side["gpu"]["name"] == device.name and out.device == device
+
+
+def test_doctor_finds_cuda_python_matching_the_driver() -> None:
+    from rescompile.commands.doctor import collect
+
+    rows = {item: (ok, detail) for item, ok, detail in collect()}
+    ok, detail = rows["cuda-python vs driver"]
+    assert ok, detail  # a GPU test machine must have a cuda-python its driver can run
+
+
+def test_runner_reuses_pinned_buffers_across_batch_sizes(built: EngineBuild, tiny_data: np.ndarray) -> None:
+    r = TensorRTRunner(built.plan)
+    a = r.infer(tiny_data[:16])
+    b = r.infer(tiny_data[:2])
+    c = r.infer(tiny_data[:16])
+    np.testing.assert_allclose(a, c, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(a[:2], b, rtol=1e-2, atol=1e-2)
+    assert r._h_in.ptr != 0 and r._h_out.ptr != 0  # pinned host staging, not pageable numpy copies
+    r.close()
+    assert r._h_in.ptr == 0
