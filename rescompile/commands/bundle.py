@@ -1,0 +1,58 @@
+"""``rescompile bundle``: a build folder -> one deterministic file (``model.rcb``) for a device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescompile.cli import AllowFailedOpt, app, console, run_cli, warn
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile bundle build/demo -o demo.rcb\n\n"
+    "  rescompile bundle build/resnet50 -o resnet50.rcb --reference-size 500 --min-agreement 98",
+)
+def bundle(
+    build: Annotated[Path, typer.Argument(metavar="BUILD", help="A build folder (tensorrt placement policy).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The bundle file to write (e.g. model.rcb).")],
+    reference_size: Annotated[int, typer.Option(min=1, help="Reference inputs (with labels and FP32 logits) to bundle.")] = 256,
+    val: Annotated[str | None, typer.Option(help="Data for the reference inputs (default: the build's validation data).")] = None,
+    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images given with --val: nchw | nhwc.")] = "nchw",
+    gates_file: Annotated[Path | None, typer.Option("--gates", help="YAML recipe of accuracy gates; overrides the build's.")] = None,
+    max_top1_drop: Annotated[float | None, typer.Option(help="Gate on the device: most top-1 points lost vs FP32.")] = None,
+    min_agreement: Annotated[float | None, typer.Option(help="Gate on the device: minimum top-1 agreement, percent.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Gate on the device: minimum mean logit cosine.")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.")] = None,
+    allow_failed_build: AllowFailedOpt = False,
+) -> None:
+    """Bundle a build for a device: INT8 ONNX, block map, ranges, TensorRT calibration cache, preprocessing,
+    gates, reference inputs with labels and FP32 logits, and the sha256 of every member.
+
+    The build's artifacts are checked against its manifest.json; a build whose gates failed, or one
+    made with the onnxruntime placement policy, is refused (exit 2). Same build, same options: same bytes.
+    """
+    from rescompile.config import Gates
+    from rescompile.deploy.bundle import BundleOptions, make_bundle
+    from rescompile.errors import UsageError
+    from rescompile.validate.gates import resolve_gates
+
+    def go() -> Any:
+        if layout not in ("nchw", "nhwc"):
+            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        flags = Gates(max_top1_drop, min_agreement, min_cosine)
+        gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
+        if allow_failed_build:
+            warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
+        return make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads))
+
+    doc = run_cli(go)
+    size = out.stat().st_size
+    gates = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
+    console.print(f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
+                  f"Adds, {doc['reference']['samples']} reference inputs"
+                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gates}", highlight=False)  # fmt: skip
+    if gates == "none":
+        warn("the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
+             "(add --min-agreement / --min-cosine / --max-top1-drop)")  # fmt: skip

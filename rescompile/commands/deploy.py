@@ -1,0 +1,165 @@
+"""``rescompile deploy``: a bundle on this device, or over SSH on one device (``--host``) or a fleet (``--hosts``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from rescompile.cli import app, console, err_console, run_cli
+
+_REMOTE = "Remote (SSH)"
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile deploy model.rcb                      (on the device: TensorRT)\n\n"
+    "  rescompile deploy model.rcb --backend onnxruntime  (any CPU)\n\n"
+    "  rescompile deploy model.rcb --host nvidia@orin-01 --fetch-plan\n\n"
+    "  rescompile deploy model.rcb --hosts fleet.yaml --parallel 8",
+)
+def deploy(
+    bundle: Annotated[Path, typer.Argument(metavar="BUNDLE.rcb", help="A bundle written by `rescompile bundle`.")],
+    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or auto: this machine's GPU.")] = "auto",
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (GPU fallback on).")] = None,
+    backend: Annotated[str, typer.Option(help="tensorrt (build the engine here) | onnxruntime (the same flow on a CPU).")] = "tensorrt",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Deploy on this device over ssh: user@host or an ssh config Host.", rich_help_panel=_REMOTE)
+    ] = None,  # fmt: skip
+    hosts: Annotated[
+        Path | None, typer.Option(help="Deploy on every device of a fleet YAML file, in parallel.", rich_help_panel=_REMOTE)
+    ] = None,  # fmt: skip
+    ssh_config: Annotated[
+        Path | None, typer.Option(help="ssh config file (ssh -F); default: ssh's own (~/.ssh/config).", rich_help_panel=_REMOTE)
+    ] = None,  # fmt: skip
+    remote_cmd: Annotated[str, typer.Option(help="How the device runs rescompile (shell words).", rich_help_panel=_REMOTE)] = "rescompile",
+    remote_dir: Annotated[
+        str, typer.Option(help="Folder on the device (relative: under its home).", rich_help_panel=_REMOTE)
+    ] = "rescompile-deploy",  # fmt: skip
+    fetch_plan: Annotated[bool, typer.Option(help="Also copy the built plan and its sidecar back.", rich_help_panel=_REMOTE)] = False,
+    parallel: Annotated[int, typer.Option(min=1, help="Hosts deployed at once (--hosts).", rich_help_panel=_REMOTE)] = 4,
+    connect_timeout: Annotated[int, typer.Option(min=1, help="ssh ConnectTimeout, seconds.", rich_help_panel=_REMOTE)] = 10,
+    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds allowed for one host's deploy.", rich_help_panel=_REMOTE)] = None,
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE),
+    ] = None,  # fmt: skip
+) -> None:
+    """Build and validate a bundle's model on a device, like CI: exit 0 passed, 1 a gate failed.
+
+    On the device: unpacks the bundle (every member hash-checked), builds the TensorRT engine for
+    the detected or named target, checks the residual fusions, validates the engine's logits on
+    the bundled reference inputs against the bundled FP32 logits under the bundled gates, and
+    writes the plan, its sidecar, deploy.json, deploy.md and junit.xml. Without TensorRT it exits 3;
+    --backend onnxruntime runs the same flow on a CPU. Needs neither PyTorch nor onnxsim.
+
+    With --host or --hosts, copies the bundle with the system's ssh/scp (your keys, agent and ssh
+    config; BatchMode, never a password prompt), runs `rescompile deploy` there, streams its output,
+    copies the reports back to <out>/<host>/ and exits with the device's exit code (a fleet: 1 if any
+    host failed).
+    """
+    from rescompile.errors import UsageError
+
+    if host is not None or hosts is not None:
+        if host is not None and hosts is not None:
+
+            def both() -> None:
+                raise UsageError("give --host or --hosts, not both")
+
+            run_cli(both)
+        _remote(bundle, host, hosts, locals())
+        return
+
+    def go() -> Any:
+        from rescompile.deploy.device import DeployOptions
+        from rescompile.deploy.device import deploy as run_deploy
+        from rescompile.errors import RescompileError
+
+        try:
+            return run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads))
+        except RescompileError as exc:
+            result = getattr(exc, "result", None)
+            if result is not None:
+                _print_local(result)
+            raise
+
+    _print_local(run_cli(go))
+
+
+def _print_local(result: Any) -> None:
+    r = result.report
+    agr, acc = r["agreement"], r["accuracy"]
+    top1 = acc["candidate"]["top1"]
+    console.print(f"deploy {r['model']['name']} ({r['backend']}, {r['candidate']}): {r['samples']} reference inputs, "
+                  f"agreement {agr['top1']:.2f}%, cosine {agr['cosine_mean']:.5f}"
+                  + (f", top-1 {top1:.2f}%" if top1 is not None else ""), highlight=False)  # fmt: skip
+    for g in r["gates"]:
+        console.print(("PASS " if g["passed"] else "[red]FAIL[/] ") + escape(f"{g['name']}: {g['message']}"), highlight=False)
+    if not r["gates"]:
+        console.print("no gates bundled: nothing to fail on", highlight=False)
+    console.print(f"{'passed' if result.passed else 'FAILED'}: {result.out}/ (deploy.json, deploy.md, junit.xml)", highlight=False)
+
+
+def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str, Any]) -> None:
+    from rescompile.deploy import remote
+    from rescompile.readers import check_file
+
+    def prepare() -> Any:
+        remote.check_tools()
+        check_file(bundle, "bundle")
+        if a["ssh_config"] is not None:
+            check_file(a["ssh_config"], "ssh config")
+        defaults: dict[str, Any] = {}
+        if hosts_file is not None:
+            specs, defaults = remote.load_fleet(hosts_file)
+        else:
+            remote.check_destination(host or "")
+            specs = [remote.HostSpec(host or "")]
+        out = a["out"] if a["out"] is not None else bundle.with_suffix(".deploy")
+        opts = remote.RemoteOptions(
+            remote_cmd=a["remote_cmd"] if a["remote_cmd"] != "rescompile" else defaults.get("remote_cmd", "rescompile"),
+            remote_dir=defaults.get("remote_dir", a["remote_dir"]), ssh_config=a["ssh_config"],
+            connect_timeout=int(defaults.get("connect_timeout", a["connect_timeout"])),
+            backend=defaults.get("backend", a["backend"]) if a["backend"] == "tensorrt" else a["backend"],
+            target=defaults.get("target", a["target"]) if a["target"] == "auto" else a["target"],
+            dla_core=a["dla_core"] if a["dla_core"] is not None else defaults.get("dla_core"),
+            fetch_plan=a["fetch_plan"], out=out, timeout=a["timeout"],
+        )  # fmt: skip
+        return specs, opts
+
+    specs, opts = run_cli(prepare)
+    if hosts_file is None:
+        (spec,) = specs
+        console.print(f"deploying {bundle.name} on {spec.destination} ...", highlight=False)
+        res = remote.deploy_host(bundle, spec, opts, on_line=lambda line: console.print(line, markup=False, highlight=False,
+                                                                                      soft_wrap=True))  # fmt: skip
+        _host_line(res)
+        raise typer.Exit(res.exit_code)
+
+    console.print(f"deploying {bundle.name} on {len(specs)} hosts, {a['parallel']} at a time", highlight=False)
+    results = remote.deploy_fleet(bundle, specs, opts, parallel=a["parallel"], on_done=_host_line)
+    t = Table(title=f"fleet: {sum(r.exit_code == 0 for r in results)} of {len(results)} passed", title_justify="left")
+    for col in ("host", "exit", "stage", "agreement", "seconds", "message"):
+        t.add_column(col, overflow="fold")
+    for r in results:
+        t.add_row(escape(r.host), str(r.exit_code), r.stage, "-" if r.agreement_top1 is None else f"{r.agreement_top1:.2f}%",
+                  f"{r.seconds:.1f}", escape(r.message))  # fmt: skip
+    console.print(t)
+    doc = {"schema": "rescompile.fleet/1", "bundle": str(bundle), "passed": all(r.exit_code == 0 for r in results),
+           "hosts": [r.to_dict() for r in results]}  # fmt: skip
+    path = a["json_out"] or Path(opts.out) / "fleet.json"
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    console.print(f"results: {path}", highlight=False)
+    raise typer.Exit(0 if doc["passed"] else 1)
+
+
+def _host_line(r: Any) -> None:
+    status = "PASS" if r.exit_code == 0 else f"FAIL (exit {r.exit_code})"
+    line = f"{r.host}: {status} in {r.seconds:.1f} s, {r.stage}: {r.message}"
+    (console if r.exit_code == 0 else err_console).print(line, markup=False, highlight=False, soft_wrap=True)

@@ -1,0 +1,225 @@
+"""``rescompile deploy`` on the device: bundle -> engine (or an ONNX Runtime session) -> validated like CI.
+
+The flow: unpack and hash-check the bundle (:func:`rescompile.deploy.bundle.open_bundle`);
+with ``backend="tensorrt"`` build the engine for the detected or named target with
+:func:`rescompile.engine.tensorrt.build_engine` (which also checks that every residual Add is
+fused into an INT8 layer) and run it with the TensorRT runner; with ``backend="onnxruntime"``
+run the bundled INT8 ONNX on ONNX Runtime's CPU provider instead. Either way the candidate's
+logits on the bundled reference inputs are compared with the bundled FP32 logits under the
+bundled gates, and ``deploy.json`` / ``deploy.md`` / ``junit.xml`` and a sidecar are written.
+
+Nothing here imports torch or onnxsim (``tests/integration/test_deploy.py`` runs it with
+those imports made to fail): a Jetson image has TensorRT, numpy and onnx, rarely PyTorch.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rescompile.errors import GateFailed, UsageError
+
+BACKENDS = ("tensorrt", "onnxruntime")
+REPORT = "deploy.json"
+REPORT_MD = "deploy.md"
+JUNIT = "junit.xml"
+ORT_SIDECAR = "model.int8.onnx.json"
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What ``rescompile deploy`` takes on the device."""
+
+    backend: str = "tensorrt"
+    target: str = "auto"  # auto: the GPU this machine has (generic profile of its compute capability)
+    dla_core: int | None = None
+    out: Path | None = None  # default: <bundle>.deploy/ beside the bundle
+    threads: int | None = None
+    batch: int = 32
+
+
+@dataclass
+class DeployResult:
+    out: Path
+    report: dict[str, Any]
+    passed: bool
+    failures: list[str] = field(default_factory=list)
+
+
+def default_out(bundle: Path) -> Path:
+    """``model.rcb`` -> ``model.deploy/`` beside it."""
+    return Path(bundle).with_suffix(".deploy")
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+    for dist in ("rescompile", "onnx", "onnxruntime", "tensorrt"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def resolve_target(name: str) -> Any:
+    """``auto``: the generic profile of this GPU's compute capability (``sm_XY``); else a named target."""
+    from rescompile.engine.targets import get_target
+
+    if name != "auto":
+        return get_target(name)
+    from rescompile.engine.tensorrt import require_gpu
+
+    cc = require_gpu().compute_capability
+    return get_target(f"sm_{cc[0]}{cc[1]}")
+
+
+def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], Any]:
+    """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
+    from rescompile.engine.settings import EngineOptions
+    from rescompile.engine.tensorrt import build_engine, load_tensorrt
+    from rescompile.errors import MissingDependency
+    from rescompile.validate.gates import GateResult
+
+    try:
+        load_tensorrt()  # exit 3 before anything else
+    except MissingDependency as exc:
+        raise MissingDependency(f"TensorRT is not available on this machine: {exc.message}",
+                                hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime "
+                                "to run the same flow on this CPU") from None  # fmt: skip
+    target = resolve_target(opts.target)
+    batches = tuple(sorted({1, opts.batch}))
+    result = build_engine(bundle.file("model.int8.onnx"), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
+    unfused = [a.add for a in result.fusion.adds if not a.ok]
+    gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
+                      result.fusion.ok, f"{len(unfused)} of {len(result.fusion.adds)} residual Adds not fused into an "
+                      "INT8 TensorRT layer" + (f": {', '.join(unfused[:5])}" if unfused else ""))  # fmt: skip
+    from rescompile.runtime.tensorrt_runner import TensorRTRunner
+
+    section = {"tensorrt_version": result.tensorrt_version, "gpu": result.device.to_dict(), "target": target.name,
+               "settings": result.settings.to_dict(), "residual_fusion": result.fusion.to_dict(),
+               "build_seconds": result.build_seconds, "plan": result.plan.name}  # fmt: skip
+    return TensorRTRunner(result.plan), section, gate
+
+
+def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], None]:
+    from rescompile.errors import MissingDependency
+
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependency(f"onnxruntime cannot be imported ({exc})", hint="pip install onnxruntime") from None
+    from rescompile.runtime.runners import OnnxRuntimeRunner
+
+    model = out / "model.int8.onnx"
+    shutil.copyfile(bundle.file("model.int8.onnx"), model)
+    runner = OnnxRuntimeRunner(str(model), "onnxruntime-int8", opts.threads)
+    return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, None
+
+
+def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult:
+    """Build (or open) the model of a bundle on this machine and validate it against the bundled FP32 logits.
+
+    Args:
+        bundle_path: the ``.rcb`` file.
+        opts: backend, target, DLA core, output folder.
+
+    Returns:
+        The DeployResult (reports already written).
+
+    Raises:
+        UsageError: an unsafe or damaged bundle, an unknown backend or target (exit 2).
+        MissingDependency: ``backend="tensorrt"`` without TensorRT or a GPU (exit 3).
+        GateFailed: a bundled gate (or the residual-fusion check) failed; reports are written first (exit 1).
+    """
+    from rescompile.deploy.bundle import open_bundle
+    from rescompile.io import sha256_file, write_json, write_text_atomic
+    from rescompile.validate.gates import evaluate_gates
+    from rescompile.validate.junit import render_junit
+    from rescompile.validate.metrics import compare_outputs
+
+    opts = opts or DeployOptions()
+    if opts.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {opts.backend!r}", hint="tensorrt (on the device) or onnxruntime (CPU)")
+    if opts.dla_core is not None and opts.backend != "tensorrt":
+        raise UsageError("--dla-core needs --backend tensorrt")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="rescompile-bundle-") as tmp:
+        bundle = open_bundle(Path(bundle_path), Path(tmp))
+        gates = bundle.gates
+        ref = bundle.reference()
+        timings["unpack"] = round(time.perf_counter() - t0, 3)
+        out = Path(opts.out) if opts.out is not None else default_out(Path(bundle_path))
+        out.mkdir(parents=True, exist_ok=True)
+        t1 = time.perf_counter()
+        run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
+        runner, engine, fusion_gate = run(bundle, opts, out)
+        timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
+        x = ref.inputs
+        logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
+        timings["validate"] = round(time.perf_counter() - t2, 3)
+        manifest = bundle.manifest
+        onnx_sha = manifest["members"]["model.int8.onnx"]["sha256"]
+    report: dict[str, Any] = {
+        "schema": "rescompile.deploy/1",
+        "model": manifest["model"],
+        "bundle": {"file": Path(bundle_path).name, "sha256": bundle.sha256, "build": manifest.get("build", {})},
+        "backend": opts.backend,
+        "reference": ref.runner,
+        "candidate": runner.name,
+        "samples": int(len(logits)),
+        **compare_outputs(ref.logits, logits.astype(np.float32), ref.labels),
+        "engine": engine,
+        "host": {"name": platform.node(), **_versions()},
+        "timings_s": timings,
+    }  # fmt: skip
+    results = evaluate_gates(report, gates) + ([fusion_gate] if fusion_gate is not None else [])
+    report["gates"] = [g.to_dict() for g in results]
+    report["passed"] = all(g.passed for g in results)
+    failures = [g.line() for g in results if not g.passed]
+    write_json(out / REPORT, report)
+    write_text_atomic(out / REPORT_MD, render_deploy_md(report))
+    write_text_atomic(out / JUNIT, render_junit(report, suite="rescompile.deploy"))
+    if opts.backend == "onnxruntime":
+        write_json(out / ORT_SIDECAR, {"schema": "rescompile.ortmodel/1", "onnx_sha256": onnx_sha,
+                                       "onnx_sha256_checked": sha256_file(out / "model.int8.onnx") == onnx_sha,
+                                       "bundle_sha256": bundle.sha256, "runtime": engine, "host": report["host"]})  # fmt: skip
+    result = DeployResult(out, report, not failures, failures)
+    if failures:
+        err = GateFailed(f"{len(failures)} of {len(results)} gate(s) failed on this device:\n  " + "\n  ".join(failures)
+                         + f"\nreport: {out / REPORT}")  # fmt: skip
+        err.result = result  # type: ignore[attr-defined]
+        raise err
+    return result
+
+
+def render_deploy_md(r: dict[str, Any]) -> str:
+    """A short Markdown summary of a deploy report."""
+    acc, agr = r["accuracy"], r["agreement"]
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f}%"
+
+    lines = [f"# rescompile deploy: {r['model']['name']} on {r['host']['name']} ({r['backend']})", "",
+             f"**{'PASSED' if r['passed'] else 'FAILED'}** — {r['samples']} bundled reference inputs, "
+             f"candidate {r['candidate']} vs {r['reference']}", "",
+             "| metric | value |", "|---|---|",
+             f"| top-1 FP32 (bundled) | {pct(acc['reference']['top1'])} |",
+             f"| top-1 candidate | {pct(acc['candidate']['top1'])} |",
+             f"| top-1 agreement | {pct(agr['top1'])} |",
+             f"| logit cosine mean / min | {agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f} |",
+             f"| max abs error | {agr['max_abs_error']:.4g} |", "", "## Gates", ""]  # fmt: skip
+    lines += [f"- {'PASS' if g['passed'] else 'FAIL'} {g['name']}: {g['message']}" for g in r["gates"]] or ["- none bundled"]
+    lines += ["", f"bundle sha256 `{r['bundle']['sha256']}`", "", "```json", json.dumps(r["host"], indent=1), "```", ""]
+    return "\n".join(lines)
