@@ -34,11 +34,11 @@ def unwrap(result: tuple[str, Any]) -> Any:
     from rescompile import errors
 
     name, code, message, hint = value
-    cls = getattr(errors, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, RescompileError)):
-        cls = type(name, (RescompileError,), {"exit_code": code})
-    exc = cls.__new__(cls)
+    found = getattr(errors, name, None)
+    cls: type[RescompileError] = found if isinstance(found, type) and issubclass(found, RescompileError) else RescompileError
+    exc = RescompileError.__new__(cls)
     RescompileError.__init__(exc, message, hint=hint)
+    exc.exit_code = code
     raise exc
 
 
