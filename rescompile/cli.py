@@ -59,7 +59,7 @@ StdOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-chan
 ChannelsOpt = Annotated[int | None, typer.Option("--channels", help="Custom preprocessing: 1 (grayscale) or 3 (colour).")]
 ChannelOrderOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: channel order of the model input, rgb | bgr.")]
 # Scale-out on Ray (the optional extra [ray]; docs/scale.md), shared by build, calibrate and validate.
-RayOpt = Annotated[bool, typer.Option("--ray", help="Run data shards as tasks on a local Ray started here (pip install 'rescompile[ray]').")]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run data shards as tasks on a local Ray started here (extra [ray]).")]
 RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Run data shards on the Ray cluster at this address.")]
 ShardsOpt = Annotated[int | None, typer.Option("--shards", min=1, help="Shards per data set with --ray (default: one per CPU).")]
 

@@ -60,7 +60,8 @@ def test_calibrate_cli_with_ray_writes_identical_ranges(tiny_onnx: onnx.ModelPro
               "--mean", "0.5", "--std", "0.25"]  # fmt: skip
     a = runner.invoke(app, [*common, "--out", str(tmp_path / "one.json"), "--stats", str(tmp_path / "one.npz")])
     assert a.exit_code == 0, a.output
-    b = runner.invoke(app, [*common, "--ray", "--shards", "4", "--out", str(tmp_path / "ray.json"), "--stats", str(tmp_path / "ray.npz")], env={"COLUMNS": "300"})
+    b = runner.invoke(app, [*common, "--ray", "--shards", "4", "--out", str(tmp_path / "ray.json"), "--stats", str(tmp_path / "ray.npz")],
+                      env={"COLUMNS": "300"})  # fmt: skip
     assert b.exit_code == 0, b.output
     assert "local Ray" in b.output
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "one.json").read_bytes()
