@@ -58,6 +58,10 @@ MeanOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-cha
 StdOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: per-channel std, e.g. 0.229,0.224,0.225.")]
 ChannelsOpt = Annotated[int | None, typer.Option("--channels", help="Custom preprocessing: 1 (grayscale) or 3 (colour).")]
 ChannelOrderOpt = Annotated[str | None, typer.Option(help="Custom preprocessing: channel order of the model input, rgb | bgr.")]
+# Scale-out on Ray (the optional extra [ray]; docs/scale.md), shared by build, calibrate and validate.
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run data shards as tasks on a local Ray started here (extra [ray]).")]
+RayAddressOpt = Annotated[str | None, typer.Option("--ray-address", help="Run data shards on the Ray cluster at this address.")]
+ShardsOpt = Annotated[int | None, typer.Option("--shards", min=1, help="Shards per data set with --ray (default: one per CPU).")]
 
 
 def floats_opt(value: str | None, flag: str) -> tuple[float, ...] | None:
@@ -232,6 +236,9 @@ def build(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
     latency_runs: Annotated[int, typer.Option(min=3, help="Timed runs per batch size.")] = 30,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Build an INT8 model end to end: load, export, simplify, calibrate, quantize, verify, validate.
 
@@ -260,7 +267,9 @@ def build(
             layerwise=layerwise, auto_fallback=auto_fallback, save_reference=save_reference,
             progress=not quiet, percentile=percentile, recipe=recipe, pre_size=size, resize=resize,
             mean=floats_opt(mean, "--mean"), std=floats_opt(std, "--std"), pre_channels=channels, channel_order=channel_order,
+            ray=ray, ray_address=ray_address, ray_shards=shards,
         )  # fmt: skip
+        cfg.ray_settings()  # a bad --ray-address/--shards is refused before any work
         try:  # run_build checks gates and options before any work (exit 2)
             return run_build(cfg)
         except RescompileError as exc:

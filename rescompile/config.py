@@ -65,6 +65,18 @@ class BuildConfig:
     seed: int = 0
     gates: Gates = field(default_factory=Gates)
     progress: bool = False
+    # Where the work runs, not what is built: left out of to_dict (the manifest and a sweep's config key).
+    ray: bool = False  # calibration and validation shards on a local Ray started in-process
+    ray_address: str | None = None  # ... or on the Ray cluster at this address
+    ray_shards: int | None = None  # shards per data set (default: one per CPU of the cluster)
+
+    def ray_settings(self) -> Any:
+        """The :class:`rescompile.scale.cluster.RaySettings` of ``ray``/``ray_address``/``ray_shards``, or None."""
+        if not self.ray and self.ray_address is None:
+            return None
+        from rescompile.scale.cluster import ray_settings
+
+        return ray_settings(self.ray, self.ray_address, self.ray_shards)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -73,5 +85,6 @@ class BuildConfig:
                 d[k] = str(v)
             elif isinstance(v, tuple):
                 d[k] = list(v)
-        d.pop("progress")
+        for k in ("progress", "ray", "ray_address", "ray_shards"):
+            d.pop(k)
         return d

@@ -179,7 +179,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             with progress("calibrate", calib_src.count, cfg.progress) as advance:
                 calib_run = calibrate(simp.model, plan.calibrated_tensors, calib_src, pre, method=cfg.calib_method,
                                       percentile=cfg.percentile, batch_size=cfg.batch_size, threads=cfg.threads,
-                                      previous=_previous_build(out), on_batch=advance)
+                                      previous=_previous_build(out), on_batch=advance, ray=cfg.ray_settings())
             calib = calib_run.result
             write_text_atomic(stage / "ranges.json", calib_run.ranges_json)
             write_bytes_atomic(stage / "calib_stats.npz", calib_run.stats_npz)

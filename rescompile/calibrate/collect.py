@@ -11,9 +11,15 @@ are written into two preallocated buffer sets (ONNX Runtime I/O binding) while a
 thread histograms the previous chunk, so model and statistics overlap and memory stays at
 two chunks of activations, sized by ``memory_budget``. Min, max and count see every value;
 the histogram of a large tensor takes every k-th value (at most ``sample`` per image, the
-phase rotating from run to run; ``sample=None`` takes all), which keeps the statistics cheap
+phase rotating from image to image; ``sample=None`` takes all), which keeps the statistics cheap
 next to the forward pass (measured in benchmarks/calibration.py) at millions of values per
 tensor over a calibration set.
+
+The statistics are a function of the set of images alone, never of how they were batched or
+split, so shards collected apart merge exactly (:mod:`rescompile.calibrate.merge`): a value's
+bin is ``floor(x * bins / edge)`` computed exactly (float64), so binning at a small edge and
+merging bins later equals binning at the final edge; the sampled values of image ``n`` are
+fixed by ``n`` (phase ``n mod k``), not by the run that saw it; zeros are stored as +0.0.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ MIN_EDGE = 2.0**-60
 _SLICE = 1 << 18  # elements histogrammed per step: keeps the index buffers in cache
 DEFAULT_MEMORY_BUDGET = 64 << 20  # bytes of exposed activations per buffer set (small runs measured faster)
 # Histogram values per tensor per image: larger tensors are histogrammed on every k-th value (the phase
-# rotates from run to run); min, max and count always see every value. None: every value. 4,096 values x 512
+# rotates from image to image); min, max and count always see every value. None: every value. 4,096 values x 512
 # images is 2M values per tensor, ample for 2,048 bins and the 99.99th percentile; at 16,384 the statistics
 # thread took twice the CPU on ResNet-50 (200 vs 103 ms per 32 images), taken from the forward pass on 2 cores.
 DEFAULT_SAMPLE = 1 << 12
@@ -44,7 +50,7 @@ class Workspace:
     """Scratch buffers for histogramming, reused across tensors and batches (one per thread)."""
 
     def __init__(self, size: int = _SLICE) -> None:
-        self.f = np.empty(size, np.float32)
+        self.f = np.empty(size, np.float64)  # exact: x * 2**k and its floor need no rounding in float64
         self.i = np.empty(size, np.intp)
 
 
@@ -60,11 +66,16 @@ class TensorStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # 2 * bins counts
     edge: float = 0.0
     hist_count: int = 0  # values in the histogram (every ``stride``-th value of large tensors)
-    runs: int = 0
+    runs: int = 0  # images seen (the sampling phase of the next image is ``runs mod stride``)
     nonnegative: bool = False  # produced by Relu: the minimum is 0 as soon as one value is 0
 
-    def update(self, x: np.ndarray, work: Workspace | None = None, stride: int = 1) -> None:
-        """Add the values of ``x``; the histogram takes every ``stride``-th value, min/max every value.
+    def update(self, x: np.ndarray, work: Workspace | None = None, stride: int = 1, first: int | None = None) -> None:
+        """Add the values of ``x`` (batch-major: one row per image); min/max see every value, the histogram
+        every ``stride``-th value of each image, from offset ``n mod stride`` for image ``n``.
+
+        Args:
+            first: the index of ``x``'s first image in the whole data set (default: the images seen so far),
+                which fixes the sampled values whatever the batching or sharding.
 
         Raises:
             UsageError: ``x`` holds NaN or Inf (the tensor is named).
@@ -72,11 +83,13 @@ class TensorStats:
         flat = x.reshape(-1)
         if flat.size == 0:
             return
-        sample = flat[self.runs % stride :: stride] if stride > 1 else flat
-        hi = float(flat.max())  # NaN propagates through max
+        first = self.runs if first is None else first
+        sample = _sampled(x, stride, first) if stride > 1 else flat
+        hi = float(flat.max()) + 0.0  # NaN propagates through max; + 0.0 makes -0.0 a +0.0 (same bytes in any order)
         lo = float(sample.min()) if self.nonnegative else math.nan
         if lo != 0.0:  # a Relu output with a 0 in the sample has minimum 0 exactly; otherwise look at every value
             lo = float(flat.min())
+        lo += 0.0
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise UsageError(
                 f"activation {self.name!r} holds NaN or Inf during calibration",
@@ -85,21 +98,21 @@ class TensorStats:
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += flat.size
         flat = sample
-        self.runs += 1
+        self.runs = max(self.runs, first + (len(x) if x.ndim > 1 else 1))
         self.hist_count += flat.size
         self._fit(max(abs(lo), abs(hi)))
         work = work or Workspace()
         b = self.bins
-        scale = np.float32(b / self.edge)  # a power of two: x * scale is exact
-        acc = np.zeros(2 * b + 1, np.int64)
+        scale = b / self.edge  # a power of two: x * scale is exact in float64, and so is its floor
+        acc = np.zeros(2 * b, np.int64)
         for s in range(0, flat.size, work.f.size):
             part = flat[s : s + work.f.size]
             f, i = work.f[: part.size], work.i[: part.size]
             np.multiply(part, scale, out=f)
-            np.add(f, np.float32(b), out=i, casting="unsafe")  # non-negative, so truncation is floor
-            acc += np.bincount(i, minlength=2 * b + 1)
-        acc[2 * b - 1] += acc[2 * b]  # values a float32 rounding step below edge
-        self.hist += acc[: 2 * b]
+            np.floor(f, out=f)  # in [-b, b): |x| < edge
+            np.add(f, float(b), out=i, casting="unsafe")  # a whole number already: the cast is exact
+            acc += np.bincount(i, minlength=2 * b)
+        self.hist += acc
 
     def _fit(self, amax: float) -> None:
         """Make ``edge`` a power of two strictly above ``amax``, merging bins when it grows."""
@@ -123,6 +136,19 @@ class TensorStats:
     @property
     def width(self) -> float:
         return self.edge / self.bins
+
+
+def _sampled(x: np.ndarray, stride: int, first: int) -> np.ndarray:
+    """Every ``stride``-th value of each image of ``x``, image ``first + j`` from offset ``(first + j) mod stride``."""
+    if x.ndim < 2:  # not batch-major: one sample of the whole tensor
+        return x.reshape(-1)[first % stride :: stride]
+    rows = x.reshape(len(x), -1)
+    per = rows.shape[1] // stride  # values per image (the same for every phase)
+    if per == 0:
+        return rows[:, :0].reshape(-1)
+    phase = (first + np.arange(len(x))) % stride
+    cols = phase[:, None] + stride * np.arange(per)[None, :]
+    return rows[np.arange(len(x))[:, None], cols].reshape(-1)
 
 
 def rebin(hist: np.ndarray, factor: int) -> np.ndarray:
@@ -200,6 +226,7 @@ def collect_stats(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     sample: int | None = DEFAULT_SAMPLE,
     model_bytes: bytes | None = None,
+    start: int = 0,
 ) -> dict[str, TensorStats]:
     """Run ``model`` on ONNX Runtime over ``batches`` once, collecting statistics of ``tensors``.
 
@@ -214,6 +241,8 @@ def collect_stats(
         sample: histogram at most this many values per tensor per image (every k-th value;
             min/max see all values); None histograms every value.
         model_bytes: ``model`` already serialized (saves a copy of a large model).
+        start: the index of the first image of ``batches`` in the whole data set (a shard's offset), which
+            fixes the sampled histogram values; statistics of shards merge exactly (:mod:`rescompile.calibrate.merge`).
 
     Returns:
         ``{tensor: TensorStats}`` in the order of ``tensors``.
@@ -232,7 +261,7 @@ def collect_stats(
     relu_outputs = {o for n in model.graph.node if n.op_type == "Relu" for o in n.output}
     stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs) for t in tensors}
     run = _Runner(_session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats,
-                  memory_budget, sample)  # fmt: skip
+                  memory_budget, sample, start)  # fmt: skip
     seen = 0
     try:
         for x in batches:
@@ -267,9 +296,10 @@ class _Runner:
     """Feeds chunks to the session and hands finished output buffers to the statistics thread."""
 
     def __init__(self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int,
-                 sample: int | None) -> None:  # fmt: skip
+                 sample: int | None, start: int = 0) -> None:  # fmt: skip
         self.sess, self.input_name, self.tensors, self.stats, self.budget = sess, input_name, tensors, stats, budget
         self.sample = sample
+        self.next = start  # data-set index of the next image fed
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rescompile-stats")
         self.work = Workspace()
         self.sets: list[_Buffers] = []
@@ -282,15 +312,19 @@ class _Runner:
         per_image = v[0].size if v.ndim > 1 and len(v) else v.size
         return 1 if self.sample is None else max(1, -(-per_image // self.sample))
 
-    def _update(self, outs: dict[str, np.ndarray], x: np.ndarray) -> None:
+    def _update(self, outs: dict[str, np.ndarray], x: np.ndarray, first: int) -> None:
         if self.input_name in self.stats:
-            self.stats[self.input_name].update(x, self.work, self._stride(x))
+            self.stats[self.input_name].update(x, self.work, self._stride(x), first)
         for t in self.tensors:
-            self.stats[t].update(outs[t], self.work, self._stride(outs[t]))
+            self.stats[t].update(outs[t], self.work, self._stride(outs[t]), first)
+
+    def _take(self, n: int) -> int:
+        first, self.next = self.next, self.next + n
+        return first
 
     def feed(self, x: np.ndarray) -> None:
         if self.sess is None:  # nothing to expose: the input's statistics need no model run
-            self._update({}, x)
+            self._update({}, x, self._take(len(x)))
             return
         start = 0
         while start < len(x):
@@ -300,13 +334,13 @@ class _Runner:
                 self._first(part)
             elif not self.bound:
                 outs = self.sess.run(self.tensors, {self.input_name: part})
-                self._update(dict(zip(self.tensors, outs, strict=True)), part)
+                self._update(dict(zip(self.tensors, outs, strict=True)), part, self._take(len(part)))
             else:
                 self._bound_run(part)
 
     def _first(self, part: np.ndarray) -> None:
         outs = dict(zip(self.tensors, self.sess.run(self.tensors, {self.input_name: part}), strict=True))
-        self._update(outs, part)
+        self._update(outs, part, self._take(len(part)))
         n = len(part)
         self.bound = all(v.dtype == np.float32 and v.ndim >= 1 and v.shape[0] == n for v in outs.values())
         per_image = {t: tuple(v.shape[1:]) for t, v in outs.items()}
@@ -328,7 +362,7 @@ class _Runner:
         for t, v in views.items():
             binding.bind_output(t, "cpu", 0, np.float32, list(v.shape), v.ctypes.data)
         self.sess.run_with_iobinding(binding)
-        self.pending[k] = self.pool.submit(self._update, views, part)
+        self.pending[k] = self.pool.submit(self._update, views, part, self._take(len(part)))
 
     def finish(self) -> None:
         for f in self.pending:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import onnx
 
@@ -53,6 +54,7 @@ def calibrate(
     sample: int | None = DEFAULT_SAMPLE,
     previous: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
+    ray: Any = None,
 ) -> CalibrationRun:
     """Calibrate ``tensors`` of ``model`` on ``source``.
 
@@ -65,6 +67,8 @@ def calibrate(
         sample: histogram values per tensor per image (see :func:`collect_stats`); part of the cache key.
         previous: a folder holding an earlier ranges.json / calib_stats.npz to reuse when their key matches.
         on_batch: progress callback (never called when a cache is reused).
+        ray: a :class:`rescompile.scale.cluster.RaySettings`: collect the statistics on Ray, one task per
+            shard, merged exactly (the same ranges as without it).
 
     Raises:
         UsageError: an unknown method, bad data, NaN/Inf in an activation.
@@ -89,9 +93,15 @@ def calibrate(
                                         preprocess=pre.to_dict(), sample=sample)  # fmt: skip
             return CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics",
                                   time.perf_counter() - t0, stats)  # fmt: skip
-    stats = collect_stats(model, tensors, (x for x, _ in source.batches(pre, batch_size)), bins=bins,
-                          on_batch=on_batch, threads=threads, memory_budget=memory_budget, sample=sample,
-                          model_bytes=model_bytes)  # fmt: skip
+    if ray is not None:
+        from rescompile.scale.ray_calibrate import collect_on_ray
+
+        stats = collect_on_ray(model, tensors, source, pre, ray, batch_size=batch_size, bins=bins, memory_budget=memory_budget,
+                               sample=sample, model_bytes=model_bytes, on_batch=on_batch)  # fmt: skip
+    else:
+        stats = collect_stats(model, tensors, (x for x, _ in source.batches(pre, batch_size)), bins=bins,
+                              on_batch=on_batch, threads=threads, memory_budget=memory_budget, sample=sample,
+                              model_bytes=model_bytes)  # fmt: skip
     result = calibration_result(stats, method, source.count, percentile=percentile, key=key, preprocess=pre.to_dict(),
                                 sample=sample)  # fmt: skip
     return CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None,

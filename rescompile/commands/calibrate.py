@@ -13,8 +13,11 @@ from rescompile.cli import (
     ChannelsOpt,
     MeanOpt,
     PercentileOpt,
+    RayAddressOpt,
+    RayOpt,
     RecipeOpt,
     ResizeOpt,
+    ShardsOpt,
     SizeOpt,
     StdOpt,
     app,
@@ -60,6 +63,9 @@ def calibrate(
     channel_order: ChannelOrderOpt = None,
     threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Collect activation statistics in one ONNX Runtime pass and write ranges by a calibration method.
 
@@ -73,8 +79,11 @@ def calibrate(
     from rescompile.io import write_bytes_atomic, write_text_atomic
 
     def go() -> Any:
+        from rescompile.scale.cluster import ray_settings
+
         check_method(method, percentile)
         version_code(trt_version)
+        scale = ray_settings(ray, ray_address, shards)
         log_to_stderr(quiet)
         sources = [s for s in (calib, from_stats, from_trt_cache) if s is not None]
         if len(sources) != 1:
@@ -91,7 +100,7 @@ def calibrate(
         else:
             result, stats_bytes, how = _collect(model, calib or "", method, percentile, tensors, policy, calib_size,
                                                 seed, batch_size, preset, layout, recipe, size, resize, mean, std,
-                                                channels, channel_order, threads, quiet)  # fmt: skip
+                                                channels, channel_order, threads, quiet, scale)  # fmt: skip
         write_text_atomic(out, result.to_json())
         console.print(f"wrote {out}: {how}; method {result.method}", highlight=False)
         if method == "auto" and result.summary:
@@ -116,7 +125,7 @@ def _collect(model_path: Path, calib: str, method: str, percentile: float, tenso
              calib_size: int | None, seed: int, batch_size: int, preset: str | None, layout: str,
              recipe: Path | None, size: int | None, resize: int | None, mean: str | None, std: str | None,
              channels: int | None, channel_order: str | None, threads: int | None,
-             quiet: bool) -> tuple[Any, bytes, str]:  # fmt: skip
+             quiet: bool, scale: Any = None) -> tuple[Any, bytes, str]:  # fmt: skip
     from rescompile.calibrate.collect import activation_tensors
     from rescompile.calibrate.run import calibrate as run_calibration
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
@@ -149,5 +158,6 @@ def _collect(model_path: Path, calib: str, method: str, percentile: float, tenso
         names = plan_qdq(onnx_model, parse_policy(policy, "onnxruntime").name).calibrated_tensors
     with progress("calibrate", src.count, not quiet) as advance:
         run = run_calibration(onnx_model, names, src, pre, method=method, percentile=percentile, batch_size=batch_size,
-                              threads=threads, on_batch=advance)  # fmt: skip
-    return run.result, run.stats_npz, f"{len(names)} tensors, {src.count} samples of {src.name} in {run.seconds:.1f} s"
+                              threads=threads, on_batch=advance, ray=scale)  # fmt: skip
+    where = "" if scale is None else f" on {scale.where()}"
+    return run.result, run.stats_npz, f"{len(names)} tensors, {src.count} samples of {src.name}{where} in {run.seconds:.1f} s"

@@ -1,0 +1,1 @@
+"""Scale-out on Ray: sharded calibration and validation, sweeps of builds (optional extra ``[ray]``)."""

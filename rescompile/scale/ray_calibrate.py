@@ -1,0 +1,68 @@
+"""Calibration statistics on Ray: one task per shard of the calibration set, merged exactly.
+
+Each task runs :func:`rescompile.calibrate.collect.collect_stats` over its contiguous shard
+(``start`` fixes the sampled histogram values by image index) and returns the statistics;
+:func:`rescompile.calibrate.merge.merge_stats` adds them up. The ranges are those of one
+process over the whole set, bit for bit, for every method.
+
+Data: the :class:`DataSource` goes to Ray's object store once. In-memory arrays (``.npz``,
+the demo sets) travel inside it; image folders and ``.npy`` files travel as paths, which
+every node must be able to read (a shared file system).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, TensorStats, collect_stats
+from rescompile.calibrate.merge import merge_stats
+from rescompile.data.preprocess import Preprocess
+from rescompile.data.sources import DataSource, take
+from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, shard_bounds
+from rescompile.scale.tasks import gather, task_result
+
+
+def collect_shard(model_bytes: bytes, tensors: list[str], source: DataSource, pre: Preprocess, start: int, stop: int,
+                  batch_size: int, bins: int, threads: int, memory_budget: int,
+                  sample: int | None) -> dict[str, TensorStats]:  # fmt: skip
+    """Statistics of images ``start:stop`` of ``source`` (what one Ray task computes; callable without Ray)."""
+    shard = take(source, np.arange(start, stop), source.name)
+    model = onnx.load_from_string(model_bytes)
+    return collect_stats(model, tensors, (x for x, _ in shard.batches(pre, batch_size)), bins=bins, threads=threads,
+                         memory_budget=memory_budget, sample=sample, model_bytes=model_bytes, start=start)  # fmt: skip
+
+
+def collect_on_ray(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    source: DataSource,
+    pre: Preprocess,
+    settings: RaySettings,
+    *,
+    batch_size: int = 64,
+    bins: int = DEFAULT_BINS,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    sample: int | None = DEFAULT_SAMPLE,
+    model_bytes: bytes | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, TensorStats]:
+    """The statistics of ``collect_stats`` over ``source``, collected by Ray tasks, one per shard.
+
+    Raises:
+        MissingDependency: Ray is not installed.
+        UsageError: bad data in any shard (the first failing shard's message), or an unreachable cluster.
+    """
+    ray = connect(settings)
+    bounds = shard_bounds(source.count, settings.shards or cluster_cpus(ray), batch_size)
+    model_ref = ray.put(model_bytes or model.SerializeToString(deterministic=True))
+    source_ref = ray.put(source)
+    task = ray.remote(task_result(collect_shard)).options(num_cpus=1, max_retries=0)
+    refs = [task.remote(model_ref, list(tensors), source_ref, pre, a, b, batch_size, bins, settings.threads,
+                        memory_budget, sample) for a, b in bounds]  # fmt: skip
+    sizes = [b - a for a, b in bounds]
+    parts: list[Any] = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
+    return merge_stats(parts)
