@@ -31,12 +31,15 @@ def test_model_without_residual_add(tmp_path):
     assert result.exit_code == 0 and "no residual Add" in result.output
 
 
-def test_proof_passes_for_a_build_folder(tiny_onnx, tmp_path):
+def test_proof_passes_for_the_files_of_a_build(tiny_onnx, tmp_path):
+    """The simplified model, INT8 model and plan given one by one (a build folder is covered by test_build_integrity)."""
     plan, int8 = quantize(tiny_onnx, Policy.ONNXRUNTIME)
     onnx.save(tiny_onnx, tmp_path / "model.simplified.onnx")
     onnx.save(int8, tmp_path / "model.int8.onnx")
     (tmp_path / "qdq_plan.json").write_text(plan.to_json())
-    result = runner.invoke(app, ["inspect", str(tmp_path), "--json", str(tmp_path / "p.json")], env={"COLUMNS": "200"})
+    args = [str(tmp_path / "model.simplified.onnx"), "--int8", str(tmp_path / "model.int8.onnx"),
+            "--plan", str(tmp_path / "qdq_plan.json")]  # fmt: skip
+    result = runner.invoke(app, ["inspect", *args, "--json", str(tmp_path / "p.json")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "proof (onnxruntime policy): PASS" in result.output
     proof = json.loads((tmp_path / "p.json").read_text())["proof"]
