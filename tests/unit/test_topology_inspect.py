@@ -32,7 +32,8 @@ def test_model_without_residual_add(tmp_path):
     assert result.exit_code == 0 and "no residual Add" in result.output
 
 
-def test_proof_passes_for_a_build_folder(tiny_onnx, tmp_path):
+def test_proof_passes_for_the_files_of_a_build(tiny_onnx, tmp_path):
+    """The simplified model, INT8 model and plan given one by one (a build folder is covered by test_build_integrity)."""
     plan, int8 = quantize(tiny_onnx, Policy.ONNXRUNTIME)
     onnx.save(tiny_onnx, tmp_path / "model.simplified.onnx")
     onnx.save(int8, tmp_path / "model.int8.onnx")
