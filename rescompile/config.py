@@ -55,9 +55,9 @@ class BuildConfig:
     exporter: str = "torchscript"
     batch_size: int = 64
     latency_batches: tuple[int, ...] = (1, 32)
-    latency_runs: int = 30
+    latency_runs: int | None = None  # exactly this many timed runs per batch size [default: a time budget, see latency.py]
     latency_warmup: int = 5
-    latency_budget_s: float | None = None  # time each batch size this long instead of latency_runs
+    latency_budget_s: float | None = None  # seconds per batch size and runner, warm-up included, instead of the default
     layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
     auto_fallback: int = 0  # keep up to N worst layers in FP until the accuracy gates pass (0 = off)
     save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz

@@ -210,7 +210,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
                 engine_section, engine_gate = build_for_pipeline(
                     stage / "model.int8.onnx", engine_target, (*cfg.latency_batches, cfg.batch_size), stage)
         with timer.stage("validate"):
-            report = validator.validate(int8)
+            report = validator.validate(int8, other_s=sum(timer.stages.values()))
         report["model"] = {"name": loaded.name, "input_shape": list(loaded.input_shape), "num_classes": loaded.num_classes}
         report["stages"] = {
             "export_max_abs_error": export_err, "simplify_max_abs_error": simp.max_abs_error,
@@ -227,6 +227,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         notes = latency_notes(int8, report["candidate"])
         if notes:
             report["notes"] = notes
+        report["warnings"] = [w.to_dict() for w in calib_run.warnings]  # degenerate-data findings (calibrate/checks.py)
         report["calibration"] = {"method": cfg.calib_method, "samples": calib.samples, "source": calib_src.name,
                                  "percentile": cfg.percentile, "reused": calib_run.reused,
                                  "methods_chosen": dict(sorted(Counter(r.method for r in calib.ranges.values()).items()))}

@@ -40,7 +40,8 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
         raise UsageError("all tensors of one calibration must use the same number of bins")
     arrays = {
         "meta": np.frombuffer(
-            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample}, sort_keys=True).encode(),
+            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample,
+                        "graph_inputs": [n for n, s in stats.items() if s.graph_input]}, sort_keys=True).encode(),
             np.uint8,
         ),  # fmt: skip
         "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
@@ -115,9 +116,12 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int,
     if any((c < 0).any() for c in counts):
         raise UsageError(f"{path}: counts must not be negative")
     hist = z["hist"]
+    inputs = meta.get("graph_inputs", [])  # absent in files written before the entropy rule: no graph input known
+    if not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
+        raise UsageError(f"{path}: 'graph_inputs' must be a list of tensor names, got {short(inputs)}")
     stats = {
         name: TensorStats(name, int(bins), float(lo[i]), float(hi[i]), int(z["count"][i]), hist[i], float(edge[i]),
-                          int(z["hist_count"][i]), int(z["runs"][i]))
+                          int(z["hist_count"][i]), int(z["runs"][i]), graph_input=name in inputs)
         for i, name in enumerate(names)
     }  # fmt: skip
     return stats, dict(key), int(samples), None if sample is None else int(sample)

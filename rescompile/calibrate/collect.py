@@ -68,6 +68,7 @@ class TensorStats:
     hist_count: int = 0  # values in the histogram (every ``stride``-th value of large tensors)
     runs: int = 0  # images seen (the sampling phase of the next image is ``runs mod stride``)
     nonnegative: bool = False  # produced by Relu: the minimum is 0 as soon as one value is 0
+    graph_input: bool = False  # the model's input: preprocessed data, not an activation (see ranges.entropy_rule)
 
     def update(self, x: np.ndarray, work: Workspace | None = None, stride: int = 1, first: int | None = None) -> None:
         """Add the values of ``x`` (batch-major: one row per image); min/max see every value, the histogram
@@ -259,7 +260,7 @@ def collect_stats(
     input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     exposed = [t for t in tensors if t != input_name]  # the input itself is read from the batch
     relu_outputs = {o for n in model.graph.node if n.op_type == "Relu" for o in n.output}
-    stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs) for t in tensors}
+    stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs, graph_input=t == input_name) for t in tensors}
     run = _Runner(_session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats,
                   memory_budget, sample, start)  # fmt: skip
     seen = 0

@@ -13,7 +13,8 @@ LEVELS = 128  # quantized levels of |x| for symmetric INT8 (TensorRT's entropy c
 MIN_BINS = 128  # the smallest clip candidate, in bins (TensorRT starts its KL search there)
 
 
-def _used(hist: np.ndarray) -> int:
+def used_bins(hist: np.ndarray) -> int:
+    """Bins up to and including the last non-empty one."""
     nz = np.flatnonzero(hist)
     return int(nz[-1]) + 1 if nz.size else 0
 
@@ -40,7 +41,7 @@ def entropy_divergences(hist: np.ndarray, levels: int = LEVELS, start: int = MIN
     Returns:
         ``(candidates i, divergence)``; ``inf`` where Q is 0 where P is not.
     """
-    n = _used(hist)
+    n = used_bins(hist)
     if n <= start:
         return np.asarray([n], np.int64), np.zeros(1)
     h = hist[:n].astype(np.float64)
@@ -115,7 +116,7 @@ def expected_mse(hist: np.ndarray, width: float, amax: np.ndarray | float, level
 
 def mse_amax(hist: np.ndarray, width: float, amax: float) -> float:
     """The clip value among bin edges (from ``MIN_BINS`` bins up) with the least expected squared error."""
-    n = _used(hist)
+    n = used_bins(hist)
     if n <= MIN_BINS:
         return amax
     cands = np.append(np.arange(MIN_BINS, n + 1) * width, amax)
@@ -132,7 +133,7 @@ def quantization_error(hist: np.ndarray, width: float, amax: np.ndarray | float,
     ``auto`` to compare the methods' clips.
     """
     a = np.atleast_1d(np.asarray(amax, np.float64))
-    n = _used(hist)
+    n = used_bins(hist)
     h = hist[:n].astype(np.float64)
     total = max(h.sum(), 1.0)
     x = ((np.arange(n)[:, None] + (np.arange(samples)[None, :] + 0.5) / samples) * width).reshape(-1)

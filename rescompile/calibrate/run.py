@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from rescompile.calibrate.cache import (
     RANGES_FILE,
     STATS_FILE,
     calibration_key,
+    load_stats,
     reuse_ranges,
     reuse_stats,
     stats_to_bytes,
 )  # fmt: skip
+from rescompile.calibrate.checks import CalibrationWarning, InputRange, check_inputs, check_ranges, check_samples
 from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, TensorStats, collect_stats
-from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, CalibrationResult, calibration_result, check_method
+from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, ENTROPY_VERSION, CalibrationResult, calibration_result, check_method
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource
 
@@ -37,6 +40,47 @@ class CalibrationRun:
     reused: str | None
     seconds: float
     stats: dict[str, TensorStats] | None = None
+    warnings: list[CalibrationWarning] = field(default_factory=list)  # see rescompile.calibrate.checks
+
+
+class _InputWatch:
+    """Min/max/count of the model inputs as they stream by (when the input itself is not calibrated)."""
+
+    def __init__(self) -> None:
+        self.stats = TensorStats("input")
+
+    def watch(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for x in batches:
+            if x.size:
+                lo, hi = float(np.min(x)), float(np.max(x))
+                self.stats.min, self.stats.max = min(self.stats.min, lo), max(self.stats.max, hi)
+                self.stats.count += int(x.size)
+            yield x
+
+
+def input_stats(model: onnx.ModelProto, stats: dict[str, TensorStats]) -> TensorStats | None:
+    """The statistics of ``model``'s input among ``stats``, if it was calibrated."""
+    inits = {t.name for t in model.graph.initializer}
+    name = next((i.name for i in model.graph.input if i.name not in inits), None)
+    return stats.get(name) if name is not None else None
+
+
+def checked(run: CalibrationRun, source: DataSource, pre: Preprocess, inputs: TensorStats | None) -> CalibrationRun:
+    """``run`` with the findings of :mod:`rescompile.calibrate.checks`, each logged as a warning.
+
+    Raises:
+        UsageError: constant inputs, non-finite or absurd inputs or ranges.
+    """
+    float_data = source.arrays is not None and np.dtype(source.arrays.dtype) != np.uint8
+    found: list[CalibrationWarning] = []
+    if inputs is not None and inputs.count:
+        found += check_inputs(InputRange.from_stats(inputs, float_data), pre, source.name)
+    found += check_ranges(run.stats or {}, run.result.ranges)
+    found += check_samples(run.result.samples, source.name)
+    run.warnings = found
+    for w in found:
+        log.warning("warning: %s", w.message)
+    return run
 
 
 def calibrate(
@@ -71,19 +115,23 @@ def calibrate(
             shard, merged exactly (the same ranges as without it).
 
     Raises:
-        UsageError: an unknown method, bad data, NaN/Inf in an activation.
+        UsageError: an unknown method, bad data, NaN/Inf in an activation; constant, non-finite or absurd
+            calibration inputs or ranges (:mod:`rescompile.calibrate.checks`; milder findings are
+            ``CalibrationRun.warnings``).
     """
     check_method(method, percentile)
     t0 = time.perf_counter()
     model_bytes = model.SerializeToString(deterministic=True)
     key = calibration_key(model_bytes, source.fingerprint(), pre.to_dict())
-    params = {"percentile": percentile, "bins": bins, "levels": 128, "sample": sample}
+    params = {"percentile": percentile, "bins": bins, "levels": 128, "sample": sample, "entropy": ENTROPY_VERSION}
     if previous is not None:
         text = reuse_ranges(previous, key, tensors, method, params)
         if text is not None and (previous / STATS_FILE).is_file():
             log.info("reusing calibration ranges from %s (same model, data and preprocessing)", previous / RANGES_FILE)
-            return CalibrationRun(CalibrationResult.from_json(text), text, (previous / STATS_FILE).read_bytes(),
-                                  "ranges", time.perf_counter() - t0)  # fmt: skip
+            old = {t: s for t, s in load_stats(previous / STATS_FILE)[0].items() if t in set(tensors)}
+            run = CalibrationRun(CalibrationResult.from_json(text), text, (previous / STATS_FILE).read_bytes(), "ranges",
+                                 time.perf_counter() - t0, old)  # fmt: skip
+            return checked(run, source, pre, input_stats(model, old))
         found = reuse_stats(previous, key, tensors, bins, sample)
         if found is not None:
             stats, samples = found
@@ -91,18 +139,23 @@ def calibrate(
                      previous / STATS_FILE, method)  # fmt: skip
             result = calibration_result(stats, method, samples, percentile=percentile, key=key,
                                         preprocess=pre.to_dict(), sample=sample)  # fmt: skip
-            return CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics",
-                                  time.perf_counter() - t0, stats)  # fmt: skip
+            run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics",
+                                 time.perf_counter() - t0, stats)  # fmt: skip
+            return checked(run, source, pre, input_stats(model, stats))
+    watch = _InputWatch()
     if ray is not None:
         from rescompile.scale.ray_calibrate import collect_on_ray
 
         stats = collect_on_ray(model, tensors, source, pre, ray, batch_size=batch_size, bins=bins, memory_budget=memory_budget,
                                sample=sample, model_bytes=model_bytes, on_batch=on_batch)  # fmt: skip
+        seen = input_stats(model, stats)  # the data stream ran on the workers: the input's own statistics, if calibrated
     else:
-        stats = collect_stats(model, tensors, (x for x, _ in source.batches(pre, batch_size)), bins=bins,
+        stats = collect_stats(model, tensors, watch.watch(x for x, _ in source.batches(pre, batch_size)), bins=bins,
                               on_batch=on_batch, threads=threads, memory_budget=memory_budget, sample=sample,
                               model_bytes=model_bytes)  # fmt: skip
+        seen = watch.stats
     result = calibration_result(stats, method, source.count, percentile=percentile, key=key, preprocess=pre.to_dict(),
                                 sample=sample)  # fmt: skip
-    return CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None,
-                          time.perf_counter() - t0, stats)  # fmt: skip
+    run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None,
+                         time.perf_counter() - t0, stats)  # fmt: skip
+    return checked(run, source, pre, seen)

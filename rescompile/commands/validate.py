@@ -170,9 +170,10 @@ def validate(
     gate_batch: GateBatch = None,
     latency_batch: Annotated[list[int] | None, typer.Option(
         "--latency-batch", min=1, help="Batch size to time; repeatable (default: 1 and 32).")] = None,
-    latency_runs: Annotated[int, typer.Option(min=3, help="Timed runs per batch size.")] = 30,
+    latency_runs: Annotated[int | None, typer.Option(
+        min=3, help="Exactly N timed runs per batch size and runner (default: a time budget of a fifth of the run).")] = None,
     latency_budget: Annotated[float | None, typer.Option(
-        help="Time each batch size for this many seconds instead of --latency-runs.")] = None,
+        help="Seconds to time each batch size and runner, warm-up included (instead of the default budget).")] = None,
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs before timing.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the accuracy pass.")] = 64,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
@@ -214,7 +215,8 @@ def validate(
         if layout not in ("nchw", "nhwc"):
             raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
         settings = ValidateSettings(batch_size, LatencySettings(tuple(latency_batch or (1, 32)), warmup, latency_runs,
-                                                                latency_budget), threads, not quiet, layerwise_samples)  # fmt: skip
+                                                                latency_budget, required=() if gates.latency_batch is None else
+                                                                (gates.latency_batch,)), threads, not quiet, layerwise_samples)  # fmt: skip
         settings.latency.check()
         if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
             raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
@@ -275,10 +277,14 @@ def validate(
             inputs = ValidationInputs.from_source(src, pre)
             reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
                                               meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
+        cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
+        if latency_notes(cand_onnx, cand_runner.name):  # CPU latency not representative: timed briefly by default
+            from dataclasses import replace
+
+            settings = replace(settings, latency=replace(settings.latency, brief=True))
         report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
         report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label, "input_shape": list(ref.input_shape),
                            "num_classes": int(reference_out.logits.shape[1])}  # fmt: skip
-        cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
         report["validation"] = choice.to_dict()
         notes = latency_notes(cand_onnx, report["candidate"])
         if notes:

@@ -47,6 +47,8 @@ def print_summary(console: Console, report: dict[str, Any], title: str) -> None:
         console.print(f"[{style}]validation: {escape(choice['description'])}[/]", highlight=False)
     for note in report.get("notes") or []:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    for w in report.get("warnings") or []:
+        console.print(f"[bold yellow]warning ({escape(w['code'])}):[/] {escape(w['message'])}", highlight=False)
     for g in report.get("gates", []):
         tag = "[green]PASS[/]" if g["passed"] else "[red]FAIL[/]"
         console.print(f"{tag} {g['name']}: {g['message']}", highlight=False)

@@ -104,6 +104,8 @@ def _latency(r: dict[str, Any]) -> str:
     mem = r.get("memory", {}).get("peak_rss_mib")
     mem_note = f'<p class="note">Peak resident memory of the validating process: {mem:.0f} MiB.</p>' if mem else ""
     notes = "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.get("notes") or [])
+    notes += "".join(f'<p class="note"><b>Warning ({escape(w["code"])}):</b> {escape(w["message"])}</p>'
+                     for w in r.get("warnings") or [])
     return (f'<div class="plots">{"".join(plots)}</div>'
             + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
             + note + mem_note + notes)  # fmt: skip

@@ -1,4 +1,17 @@
-"""Latency after warm-up: a fixed number of timed runs or a time budget; percentiles, throughput, peak RSS."""
+"""Latency after warm-up: percentiles, throughput, peak RSS; timed within a budget unless told otherwise.
+
+Three modes (:attr:`LatencySettings.mode`):
+
+- ``auto`` (the default): the whole latency measurement gets a quarter of the time the rest of the
+  build or validation took (so it is at most a fifth of the total), clamped to [1 s, 60 s]. Each
+  batch size and runner gets an equal share (warm-up included) and is timed until its share is
+  spent (3 to 30 runs). Batch sizes after the smallest are skipped, and the report says so, when
+  three runs of them are estimated not to fit in what is left. ``brief`` (a graph whose latency
+  on this runtime is not representative, e.g. signed INT8 activations on ONNX Runtime's CPU
+  provider): the smallest batch size only, one warm-up and 3 timed runs.
+- ``runs`` (``--latency-runs N``): exactly N timed runs after ``warmup`` calls, every batch size.
+- ``budget`` (``--latency-budget S``): S seconds per batch size and runner, warm-up included.
+"""
 
 from __future__ import annotations
 
@@ -14,26 +27,44 @@ from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
 
 MAX_KEPT_SAMPLES = 2000  # per measurement, for the distribution plot; percentiles use every run
+AUTO_FRACTION = 0.25  # auto: latency takes a quarter of the rest of the work, i.e. at most a fifth of the total
+MIN_BUDGET_S = 1.0
+MAX_BUDGET_S = 60.0
+MIN_RUNS = 3
+MAX_RUNS = 30
 
 
 @dataclass(frozen=True)
 class LatencySettings:
-    """How latency is measured: ``warmup`` untimed calls, then ``runs`` timed calls or ``budget_s`` seconds."""
+    """How latency is measured: ``warmup`` untimed calls, then timed calls by :attr:`mode` (see the module)."""
 
     batches: tuple[int, ...] = (1, 32)
     warmup: int = 5
-    runs: int = 30
-    budget_s: float | None = None  # when set: time until the budget is spent (at least 3 runs), ignore ``runs``
+    runs: int | None = None  # explicit: exactly this many timed runs per batch size and runner
+    budget_s: float | None = None  # explicit: seconds per batch size and runner, warm-up included
+    brief: bool = False  # auto only: the smallest batch size, one warm-up, MIN_RUNS runs
+    required: tuple[int, ...] = ()  # batch sizes timed whatever the budget (a latency gate reads them)
+
+    @property
+    def mode(self) -> str:
+        return "runs" if self.runs is not None else "budget" if self.budget_s is not None else "auto"
 
     def check(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
             raise UsageError(f"latency batch sizes must be >= 1, got {list(self.batches)}")
         if self.warmup < 0:
             raise UsageError(f"warm-up runs must be >= 0, got {self.warmup}")
-        if self.runs < 3:
-            raise UsageError(f"timed runs must be >= 3, got {self.runs}")
+        if self.runs is not None and self.runs < MIN_RUNS:
+            raise UsageError(f"timed runs must be >= {MIN_RUNS}, got {self.runs}")
         if self.budget_s is not None and not self.budget_s > 0:
             raise UsageError(f"the latency time budget must be > 0 seconds, got {self.budget_s}")
+        if self.runs is not None and self.budget_s is not None:
+            raise UsageError("give --latency-runs or --latency-budget, not both")
+
+
+def auto_budget(other_s: float) -> float:
+    """The whole latency budget in ``auto`` mode: a quarter of ``other_s`` (the rest of the work), clamped."""
+    return float(min(MAX_BUDGET_S, max(MIN_BUDGET_S, AUTO_FRACTION * max(other_s, 0.0))))
 
 
 @dataclass
@@ -72,22 +103,26 @@ def measure_latency(
     warmup: int = 5,
     runs: int = 30,
     budget_s: float | None = None,
+    max_runs: int | None = None,
     on_run: Callable[[], None] | None = None,
 ) -> Latency:
     """Time ``runner.infer`` on a batch built from ``sample`` (tiled to ``batch``).
 
     Args:
-        warmup: untimed calls first (allocations, lazy initialization, caches).
-        runs: timed calls, unless ``budget_s`` is given: then calls continue until the budget
-            is spent (at least 3).
+        warmup: untimed calls first (allocations, lazy initialization, caches); with ``budget_s``
+            the warm-up stops after its first call once a quarter of the budget is spent.
+        runs: timed calls, unless ``budget_s`` is given: then calls continue until the budget,
+            warm-up included, is spent (at least 3 timed calls, at most ``max_runs``).
         on_run: called after each timed call (progress display).
     """
     x = tile_batch(sample, batch)
     reset_peak_rss()
-    for _ in range(warmup):
-        runner.infer(x)
-    times: list[float] = []
     start = time.perf_counter()
+    warmed = 0
+    while warmed < warmup and not (warmed and budget_s is not None and time.perf_counter() - start >= budget_s / 4):
+        runner.infer(x)
+        warmed += 1
+    times: list[float] = []
     while True:
         t0 = time.perf_counter()
         runner.infer(x)
@@ -97,11 +132,68 @@ def measure_latency(
         if budget_s is None:
             if len(times) >= runs:
                 break
-        elif len(times) >= 3 and time.perf_counter() - start >= budget_s:
+        elif len(times) >= MIN_RUNS and (time.perf_counter() - start >= budget_s or len(times) >= (max_runs or 1 << 62)):
             break
     arr = np.asarray(times)
     p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
     return Latency(
-        runner.name, role, batch, len(arr), warmup, p50, p90, p99, float(arr.mean()), float(arr.min()),
+        runner.name, role, batch, len(arr), warmed, p50, p90, p99, float(arr.mean()), float(arr.min()),
         float(arr.max()), batch / (p50 / 1000.0), peak_rss_mib(), [round(t, 4) for t in times[:MAX_KEPT_SAMPLES]],
     )  # fmt: skip
+
+
+def measure_runners(
+    runners: list[tuple[Runner, str]],
+    sample: np.ndarray,
+    settings: LatencySettings,
+    *,
+    other_s: float = 0.0,
+    on_run: Callable[[], None] | None = None,
+) -> tuple[list[Latency], dict[str, Any]]:
+    """Time every ``(runner, role)`` at each batch size by ``settings.mode``.
+
+    Args:
+        other_s: seconds the rest of the build or validation took (``auto`` takes a quarter of it).
+        on_run: called after each measurement (progress display).
+
+    Returns:
+        The measurements and the plan the report records: mode, budget, seconds spent,
+        ``brief``, and the batch sizes skipped with the reason.
+    """
+    settings.check()
+    mode, brief = settings.mode, settings.brief and settings.mode == "auto"
+    batches = sorted(set(settings.batches))
+    if brief:
+        batches = sorted({batches[0], *(b for b in settings.required if b in batches)})
+    budget = auto_budget(other_s) if mode == "auto" else None
+    start = time.perf_counter()
+    records: list[Latency] = []
+    skipped: list[dict[str, Any]] = []
+    per_sample: dict[str, float] = {}  # seconds per sample of each role at the last batch size
+    for i, batch in enumerate(batches):
+        if budget is not None and not brief and i and batch not in settings.required:
+            left = budget - (time.perf_counter() - start)
+            need = (1 + MIN_RUNS) * batch * sum(per_sample.values())  # one warm-up and MIN_RUNS runs, every runner
+            if need > left:
+                skipped.append({"batch": batch, "reason": f"{MIN_RUNS} runs estimated at {need:.1f} s; {max(left, 0):.1f} s "
+                                f"of the {budget:.1f} s latency budget left"})  # fmt: skip
+                continue
+        for j, (runner, role) in enumerate(runners):
+            if mode == "runs":
+                r = measure_latency(runner, sample, batch, role=role, warmup=settings.warmup, runs=settings.runs or MIN_RUNS)
+            elif mode == "budget":
+                r = measure_latency(runner, sample, batch, role=role, warmup=settings.warmup, budget_s=settings.budget_s)
+            elif brief:
+                r = measure_latency(runner, sample, batch, role=role, warmup=min(settings.warmup, 1), runs=MIN_RUNS)
+            else:
+                left = (budget or MIN_BUDGET_S) - (time.perf_counter() - start)
+                remaining = (len(batches) - i) * len(runners) - j  # measurements still to make, this one included
+                r = measure_latency(runner, sample, batch, role=role, warmup=settings.warmup,
+                                    budget_s=max(left / remaining, 1e-3), max_runs=MAX_RUNS)  # fmt: skip
+            per_sample[role] = r.p50_ms / 1000.0 / batch
+            records.append(r)
+            if on_run is not None:
+                on_run()
+    plan = {"mode": mode, "budget_s": None if budget is None else round(budget, 3),
+            "spent_s": round(time.perf_counter() - start, 3), "brief": brief, "skipped": skipped}  # fmt: skip
+    return records, plan

@@ -9,8 +9,9 @@ TENSORRT_GRAPH_ON_CPU = (
     "leaves Conv outputs unquantized so that TensorRT fuses Conv+Add+ReLU). ONNX Runtime's CPU kernels are "
     "fast only with UINT8 activations in fused DequantizeLinear -> op -> QuantizeLinear groups, so this graph "
     "runs there largely as DequantizeLinear + FP32 ops: its latency here is not a TensorRT engine's and is "
-    "usually slower than FP32. The accuracy numbers are what this run measures. For an INT8 model that is "
-    "fast on this CPU, build with --policy onnxruntime."
+    "usually slower than FP32, so by default it is timed only briefly (the smallest batch size, 3 runs). The "
+    "accuracy numbers are what this run measures. For an INT8 model that is fast on this CPU, build with "
+    "--policy onnxruntime."
 )
 
 

@@ -74,6 +74,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
     for note in report.get("notes") or []:
         lines += ["", f"> **Note:** {note}"]
+    for w in report.get("warnings") or []:
+        lines += ["", f"> **Warning ({w['code']}):** {w['message']}"]
     lw = report.get("layerwise")
     if lw:
         lines += _layerwise_md(lw)

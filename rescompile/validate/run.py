@@ -8,7 +8,7 @@ serves ``rescompile build`` (auto-fallback, then validation with layerwise blame
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from rescompile.data.sources import DataSource
 from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
-from rescompile.validate.latency import LatencySettings, measure_latency
+from rescompile.validate.latency import LatencySettings, measure_runners
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, save_reference
 
@@ -38,7 +38,9 @@ class ValidateSettings:
 
     @classmethod
     def from_config(cls, cfg: BuildConfig) -> ValidateSettings:
-        lat = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s)
+        gate = () if cfg.gates.latency_batch is None else (cfg.gates.latency_batch,)
+        lat = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s,
+                              required=gate)  # fmt: skip
         return cls(cfg.batch_size, lat, cfg.threads, cfg.progress)
 
 
@@ -76,29 +78,23 @@ def compute_reference(
 
 
 def measure_all(
-    candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: ValidateSettings
-) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Latency of the baseline and the candidate at each batch size; speedup = baseline p50 / candidate p50."""
+    candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: ValidateSettings, other_s: float = 0.0,
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:  # fmt: skip
+    """Latency of the baseline and the candidate at each batch size (:func:`measure_runners`);
+    speedup = baseline p50 / candidate p50; and the latency plan (mode, budget, skipped batch sizes)."""
     lat = settings.latency
     runners = [(baseline, "baseline")] if baseline is not None else []
     runners.append((candidate, "candidate"))
-    per = 1 if lat.budget_s is not None else lat.runs
-    records: list[dict[str, Any]] = []
-    with progress("latency", per * len(lat.batches) * len(runners), settings.progress) as advance:
-        for batch in lat.batches:
-            for runner, role in runners:
-                r = measure_latency(runner, sample, batch, role=role, warmup=lat.warmup, runs=lat.runs,
-                                    budget_s=lat.budget_s, on_run=None if lat.budget_s else (lambda: advance(1)))  # fmt: skip
-                if lat.budget_s:
-                    advance(1)
-                records.append(r.to_dict())
+    with progress("latency", len(lat.batches) * len(runners), settings.progress) as advance:
+        measured, plan = measure_runners(runners, sample, lat, other_s=other_s, on_run=lambda: advance(1))
+    records = [r.to_dict() for r in measured]
     speedup = {}
     if baseline is not None:
-        for batch in lat.batches:
+        for batch in sorted({r["batch"] for r in records}):
             b = next(r for r in records if r["batch"] == batch and r["role"] == "baseline")
             c = next(r for r in records if r["batch"] == batch and r["role"] == "candidate")
             speedup[str(batch)] = b["p50_ms"] / c["p50_ms"]
-    return records, speedup
+    return records, speedup, plan
 
 
 def validate(
@@ -108,6 +104,7 @@ def validate(
     *,
     baseline: Runner | None = None,
     settings: ValidateSettings | None = None,
+    other_s: float = 0.0,
 ) -> dict[str, Any]:
     """Accuracy, agreement and latency of ``candidate`` against ``reference`` on ``inputs``.
 
@@ -116,6 +113,8 @@ def validate(
         candidate: the model under test (INT8 ONNX on ONNX Runtime, a TensorRT plan, FP16 ...).
         inputs: the same preprocessed inputs the reference saw.
         baseline: an FP32 runner timed in the same run (for the speedup); None skips it.
+        other_s: seconds of work before this call (the build's stages); latency's default budget is a
+            quarter of it plus this validation's own inference time.
 
     Returns:
         The report (``rescompile.report/1``) without gates.
@@ -145,7 +144,8 @@ def validate(
         report["class_names"] = list(inputs.class_names)
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
-    latency, speedup = measure_all(candidate, baseline, sample, settings)
+    other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
+    latency, speedup, plan = measure_all(candidate, baseline, sample, settings, other)
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     report["latency"] = latency
     report["speedup_int8_vs_fp32_p50"] = speedup
@@ -153,7 +153,7 @@ def validate(
     lat = settings.latency
     report["settings"] = {
         "batch_size": settings.batch_size, "latency_batches": list(lat.batches), "latency_warmup": lat.warmup,
-        "latency_runs": lat.runs, "latency_budget_s": lat.budget_s, "threads": settings.threads,
+        "latency_runs": lat.runs, "latency_budget_s": lat.budget_s, "threads": settings.threads, "latency_plan": plan,
     }  # fmt: skip
     report["timings_s"] = timings
     return report
@@ -216,13 +216,22 @@ class BuildValidator:
         )  # fmt: skip
         return self.fallback_result
 
-    def validate(self, int8: onnx.ModelProto) -> dict[str, Any]:
-        """The report (without gates) of ``int8`` against the reference; FP32 ONNX timed as the baseline."""
+    def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> dict[str, Any]:
+        """The report (without gates) of ``int8`` against the reference; FP32 ONNX timed as the baseline.
+
+        ``other_s``: seconds the build took so far (the default latency budget is a share of the whole).
+        A candidate whose CPU latency is not representative (:func:`latency_notes`) is timed briefly.
+        """
         from rescompile.validate.layerwise import layerwise_blame
+        from rescompile.validate.notes import latency_notes
 
         threads = self.cfg.threads
-        report = validate(self.reference, OnnxRuntimeRunner(int8, "onnxruntime-int8", threads), self.inputs,
-                          baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads), settings=self.settings)  # fmt: skip
+        cand = OnnxRuntimeRunner(int8, "onnxruntime-int8", threads)
+        settings = self.settings
+        if latency_notes(int8, cand.name):
+            settings = replace(settings, latency=replace(settings.latency, brief=True))
+        report = validate(self.reference, cand, self.inputs, baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
+                          settings=settings, other_s=other_s)  # fmt: skip
         if self.cfg.layerwise:
             t0 = time.perf_counter()
             report["layerwise"] = layerwise_blame(self.fp32, int8, self.inputs.head(self.settings.layerwise_samples)).to_dict()
