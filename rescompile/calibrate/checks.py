@@ -66,16 +66,16 @@ def check_inputs(inputs: InputRange, pre: Preprocess, source: str) -> list[Calib
         return []
     if not (math.isfinite(inputs.min) and math.isfinite(inputs.max)):
         raise UsageError(f"{source}: the calibration inputs hold NaN or Inf")
-    if inputs.min == inputs.max:
-        raise UsageError(
-            f"{source}: every calibration input value is {inputs.min:g}: constant data give no range to calibrate",
-            hint="calibrate on real samples of what the model will see (a few hundred images)",
-        )
     peak = max(abs(inputs.min), abs(inputs.max))
     if peak > ABSURD_AMAX:
         raise UsageError(
             f"{source}: calibration inputs reach |x| = {peak:.3g}; INT8 ranges from such data are meaningless",
             hint="check the data's units and preprocessing (images normalized to a few units around 0)",
+        )
+    if inputs.min == inputs.max:
+        raise UsageError(
+            f"{source}: every calibration input value is {inputs.min:g}: constant data give no range to calibrate",
+            hint="calibrate on real samples of what the model will see (a few hundred images)",
         )
     bound = recipe_bound(pre)
     if inputs.float_data and inputs.min >= 0.0 and PIXEL_FACTOR * bound < inputs.max <= 255.0 * (1 + 1e-6):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.calibrate.collect import TensorStats
-from rescompile.calibrate.methods import entropy_amax, mse_amax, percentile_amax, quantization_error, used_bins
+from rescompile.calibrate.methods import entropy_amax, mse_amax, percentile_amax, quantization_error
 from rescompile.errors import UsageError
 from rescompile.readers import short
 
@@ -31,8 +31,8 @@ SINGLE_METHODS = METHODS[:-1]
 DEFAULT_PERCENTILE = 99.99
 SCHEMA = "rescompile.ranges/2"
 _EPS = 1e-8
-# entropy: KL is trusted only on a dense histogram (at least this share of the bins up to the largest value
-# hold values) and only while it clips at most MAX_CLIP_SHARE of the values; see entropy_rule.
+# entropy: KL is trusted only on a dense histogram (at least this share of the bins holding 99% of the values
+# are non-empty) and only while it clips at most MAX_CLIP_SHARE of the values; see entropy_rule.
 MIN_DENSITY = 0.5
 MAX_CLIP_SHARE = 0.01
 ENTROPY_VERSION = 2  # in ranges.json params: ranges made by the earlier, unguarded search are not reused
@@ -140,8 +140,9 @@ def entropy_rule(stats: TensorStats) -> tuple[float, str]:
     - ``graph-input``: the model's input is preprocessed data, bounded by its own recipe;
       on the demo, KL clipped the Fashion-MNIST input at 0.81 (the background level) and cut
       30% of the pixels: 11 points of top-1 lost on the 10,000 test images;
-    - ``sparse``: fewer than half of the bins up to the largest value hold values (data with
-      few distinct levels, e.g. pixels, or too few values to estimate a distribution);
+    - ``sparse``: fewer than half of the bins holding the lower 99% of the values are non-empty
+      (few distinct levels, e.g. pixels, or too few values to estimate a distribution; the
+      tail is left out: a long tail is sparse in any histogram, and clipping it is KL's job);
     - ``kl-clip-guard``: the KL minimum would clip more than 1% of the values — a clip that
       large is mass, not outliers; the clip is raised to the 99th percentile.
 
@@ -150,8 +151,10 @@ def entropy_rule(stats: TensorStats) -> tuple[float, str]:
     h, w, amax = stats.abs_hist(), stats.width, stats.amax
     if stats.graph_input:
         return amax, "graph-input"
-    used = used_bins(h)
-    if used == 0 or np.count_nonzero(h[:used]) < MIN_DENSITY * used:
+    if h.sum() == 0:
+        return amax, "sparse"
+    bulk = int(np.searchsorted(np.cumsum(h), 0.99 * h.sum(), side="left")) + 1  # bins holding 99% of the values
+    if np.count_nonzero(h[:bulk]) < MIN_DENSITY * bulk:
         return amax, "sparse"
     a = entropy_amax(h, w, amax)
     if clipped_share(h, w, a) > MAX_CLIP_SHARE:
