@@ -156,3 +156,29 @@ def test_load_reference_rejects_other_npz(tmp_path):
     np.savez(path, images=np.zeros((2, 1, 4, 4), np.uint8))
     with pytest.raises(UsageError, match="not a rescompile reference"):
         load_reference(path)
+
+
+def test_latency_auto_mode_stays_in_its_budget_and_says_what_it_skipped(tiny_onnx, tiny_data):
+    from rescompile.validate.latency import MIN_BUDGET_S, measure_runners
+
+    runner = OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32", threads=1)
+    runners = [(runner, "candidate")]
+    huge = 20000  # three runs of this cannot fit in what batch 1 leaves of the minimum budget
+    recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, huge)), other_s=0.0)
+    assert plan["mode"] == "auto" and plan["budget_s"] == MIN_BUDGET_S and not plan["brief"]
+    assert [r.batch for r in recs] == [1] and 3 <= recs[0].runs <= 30
+    assert plan["skipped"][0]["batch"] == huge and "latency budget" in plan["skipped"][0]["reason"]
+    assert plan["spent_s"] <= MIN_BUDGET_S * 1.5  # the skipped batch cost nothing
+    # Explicit runs: exactly N at every batch size; brief: the smallest batch, 3 runs, one warm-up.
+    recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(2, 1), runs=4, warmup=0))
+    assert plan["mode"] == "runs" and [(r.batch, r.runs) for r in recs] == [(1, 4), (2, 4)]
+    recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, 8), brief=True), other_s=100.0)
+    assert plan["brief"] and [(r.batch, r.runs, r.warmup) for r in recs] == [(1, 3, 1)]
+    # A batch size a latency gate reads is timed whatever the budget or brevity.
+    recs, _ = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, 8), brief=True, required=(8,)))
+    assert [r.batch for r in recs] == [1, 8]
+
+
+def test_latency_runs_and_budget_are_exclusive():
+    with pytest.raises(UsageError, match="not both"):
+        LatencySettings(runs=5, budget_s=1.0).check()
