@@ -232,11 +232,9 @@ def build(
     auto_fallback: Annotated[int, typer.Option(min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.")] = 0,
     save_reference: Annotated[Path | None, typer.Option(help="Save inputs, labels and FP32 logits to this .npz.")] = None,
     latency_batch: Annotated[list[int] | None, typer.Option("--latency-batch", min=1, help="Batch size to time (default: 1, 32).")] = None,
-    latency_budget: Annotated[float | None, typer.Option(
-        help="Seconds to time each batch size and runner, warm-up included (instead of the default budget).")] = None,
+    latency_budget: Annotated[float | None, typer.Option(help="Seconds per batch size and runner, warm-up included.")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
-    latency_runs: Annotated[int | None, typer.Option(
-        min=3, help="Exactly N timed runs per batch size and runner (default: a time budget of a fifth of the run).")] = None,
+    latency_runs: Annotated[int | None, typer.Option(min=3, help="Exactly N timed runs per batch size (default: a time budget).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     ray: RayOpt = False,
     ray_address: RayAddressOpt = None,

@@ -38,12 +38,10 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
     bins = {s.bins for s in stats.values()} or {0}
     if len(bins) != 1:
         raise UsageError("all tensors of one calibration must use the same number of bins")
+    meta = {"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample,
+            "graph_inputs": [n for n, s in stats.items() if s.graph_input]}  # fmt: skip
     arrays = {
-        "meta": np.frombuffer(
-            json.dumps({"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample,
-                        "graph_inputs": [n for n, s in stats.items() if s.graph_input]}, sort_keys=True).encode(),
-            np.uint8,
-        ),  # fmt: skip
+        "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
         "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
         "min": np.asarray([s.min for s in stats.values()], np.float64),
         "max": np.asarray([s.max for s in stats.values()], np.float64),

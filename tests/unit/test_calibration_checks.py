@@ -130,7 +130,9 @@ def test_calibrate_stage_refuses_zeros_and_huge_data_and_warns_on_pixels(tmp_pat
     pixels = np.random.default_rng(0).integers(0, 256, shape)
     run = calibrate(tiny_onnx, tensors, open_source(_npy(tmp_path, "px.npy", pixels)), RAW)
     assert [w.code for w in run.warnings] == ["raw-pixels"]
-    tiny = calibrate(tiny_onnx, tensors, open_source(_npy(tmp_path, "few.npy", np.random.default_rng(1).standard_normal((4, 1, 16, 16)))), RAW)
+    tiny = calibrate(
+        tiny_onnx, tensors, open_source(_npy(tmp_path, "few.npy", np.random.default_rng(1).standard_normal((4, 1, 16, 16)))), RAW
+    )
     assert [w.code for w in tiny.warnings] == ["tiny-calibration-set"]
     # The findings come back when a rebuild reuses the cached ranges.
     (tmp_path / "ranges.json").write_text(run.ranges_json)
