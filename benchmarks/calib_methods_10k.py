@@ -4,7 +4,10 @@ Each cell is a real ``rescompile.build`` of the demo (shipped 512-image calibrat
 the 10,000 test images, read from the Debian package (not shipped with rescompile):
 
     apt-get install -y dataset-fashion-mnist       # /usr/share/datasets/fashion-mnist/t10k-*.gz
-    python benchmarks/calib_methods_10k.py          # writes benchmarks/results/calib_methods_10k.{md,json}
+    PYTHONPATH=. python benchmarks/calib_methods_10k.py   # writes benchmarks/results/calib_methods_10k.{md,json}
+
+(``PYTHONPATH=.``: a script's own folder, not the working directory, comes first on ``sys.path``, so
+without it an installed rescompile would be measured instead of this checkout.)
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ def main() -> None:
             })  # fmt: skip
             print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"title": args.title, "rescompile": rescompile.__version__, "samples": int(len(labels)), "rows": rows}
+    doc = {"title": args.title, "rescompile": rescompile.__version__, "code": str(Path(rescompile.__file__).parent),
+           "samples": int(len(labels)), "rows": rows}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     lines = [
         f"# Demo top-1 per calibration method, full 10,000-image Fashion-MNIST test set{' — ' + args.title if args.title else ''}",

@@ -72,6 +72,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         speed = report.get("speedup_int8_vs_fp32_p50") or {}
         if speed:
             lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
+        plan = (report.get("settings") or {}).get("latency_plan")
+        if plan:
+            modes = {"auto": f"within a budget of {plan['budget_s']} s", "runs": "a fixed number of runs",
+                     "budget": "a budget per batch size"}  # fmt: skip
+            brief = ", briefly (not representative here)" if plan["brief"] else ""
+            lines += ["", f"Timed {modes[plan['mode']]}{brief}: {plan['spent_s']:.1f} s spent."]
+            lines += [f"Batch {x['batch']} not timed: {x['reason']}." for x in plan["skipped"]]  # fmt: skip
     for note in report.get("notes") or []:
         lines += ["", f"> **Note:** {note}"]
     for w in report.get("warnings") or []:
