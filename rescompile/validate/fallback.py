@@ -131,7 +131,7 @@ def auto_fallback(
     """
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.runtime.runners import OnnxRuntimeRunner
-    from rescompile.validate.latency import measure_latency
+    from rescompile.validate.latency import MIN_RUNS, measure_latency
     from rescompile.validate.run import ValidateSettings, run_outputs
 
     settings = settings or ValidateSettings()
@@ -146,12 +146,14 @@ def auto_fallback(
     sample = inputs.head(settings.layerwise_samples)
     batch = min(settings.latency.batches)
     lat_sample = inputs.head(batch)
+    fallback_runs = settings.latency.runs or MIN_RUNS  # default: a cost estimate per step, not a benchmark
+    warmup = settings.latency.warmup if settings.latency.runs else min(settings.latency.warmup, 1)
 
     def state(model: onnx.ModelProto, p: Any) -> FallbackState:
         runner = OnnxRuntimeRunner(model, "onnxruntime-int8", settings.threads)
         metrics = compare_outputs(reference.logits, run_outputs(runner, inputs, settings, "auto-fallback"), reference.labels)
         results = evaluate_gates(metrics, acc_gates)
-        lat = measure_latency(runner, lat_sample, batch, warmup=settings.latency.warmup, runs=settings.latency.runs)
+        lat = measure_latency(runner, lat_sample, batch, warmup=warmup, runs=fallback_runs, budget_s=settings.latency.budget_s)
         quantized = _quantized_weight_nodes(p)
         fp_share = sum(v for k, v in macs.items() if k not in quantized) / total_macs
         acc = metrics["accuracy"]
