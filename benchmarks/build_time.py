@@ -5,8 +5,10 @@ Runs ``python -m rescompile.cli build`` from the checkout this script lives in, 
 (the machine is shared), and records the wall time, the manifest's stage split (``timings_s``), the
 validation report's own split and the latency runs actually made:
 
-    flock /tmp/rescompile-bench.lock python benchmarks/build_time.py --label after
-    # writes benchmarks/results/build_time_<label>.json; build_time.md is written by hand from those
+    flock /tmp/rescompile-bench.lock python benchmarks/build_time.py --label after --work /tmp/bt
+    python benchmarks/build_time.py --summarize before after   # build_time.md from build_time_<label>.json
+
+``--root`` runs another checkout (e.g. ``git archive main | tar -x -C /tmp/before`` for a "before").
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="Folder for the model, data and build (default: a temp folder).")
+    ap.add_argument("--summarize", nargs="+", metavar="LABEL", help="Write build_time.md from these labels' JSON files.")
     args = ap.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     work = args.work or Path(tempfile.mkdtemp(prefix="rescompile-build-time-"))
     work.mkdir(parents=True, exist_ok=True)
     model = work / "resnet50.onnx"
@@ -75,6 +81,30 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"build_time_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+
+
+def summarize(labels: list[str]) -> None:
+    runs = [json.loads((RESULTS / f"build_time_{label}.json").read_text()) for label in labels]
+    stages = list(dict.fromkeys(k for r in runs for k in r["timings_s"]))
+    lines = [
+        "# Build time of a default ResNet-50 build (`benchmarks/build_time.py`)", "",
+        "torchvision resnet50, random weights, 224x224, 64 random calibration and 64 random validation inputs "
+        "(`.npy`), every option at its default, 2 CPU cores shared with other jobs (timed under the benchmark lock).", "",
+        "| stage (manifest `timings_s`, s) | " + " | ".join(r["label"] for r in runs) + " |",
+        "|---|" + "---|" * len(runs),
+        *[f"| {k} | " + " | ".join(f"{r['timings_s'].get(k, 0):.1f}" for r in runs) + " |" for k in stages],
+        "| of which latency (report `timings_s.latency_s`) | "
+        + " | ".join(f"{r['validate_timings_s'].get('latency_s', 0):.1f}" for r in runs) + " |",
+        "| **wall** | " + " | ".join(f"**{r['wall_s']:.1f}**" for r in runs) + " |",
+        "| latency share of the wall time | "
+        + " | ".join(f"{100 * r['validate_timings_s'].get('latency_s', 0) / r['wall_s']:.0f}%" for r in runs) + " |",
+        "", "Latency runs made:", "",
+    ]  # fmt: skip
+    for r in runs:
+        made = ", ".join(f"{x['role']} batch {x['batch']}: {x['runs']} runs + {x['warmup']} warm-up" for x in r["latency"])
+        lines.append(f"- {r['label']}: {made}; settings {json.dumps(r['latency_settings'])}")
+    (RESULTS / "build_time.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
