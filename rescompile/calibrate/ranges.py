@@ -162,8 +162,12 @@ def entropy_rule(stats: TensorStats) -> tuple[float, str]:
     return a, "kl"
 
 
-def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[str, float]:
-    """The clip value of every single method for one tensor (floored at a tiny positive value)."""
+def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE,
+                   entropy: tuple[float, str] | None = None) -> dict[str, float]:  # fmt: skip
+    """The clip value of every single method for one tensor (floored at a tiny positive value).
+
+    ``entropy``: :func:`entropy_rule`'s result when the caller has it already.
+    """
     amax = stats.amax
     if stats.count == 0 or amax <= 0:
         return dict.fromkeys(SINGLE_METHODS, _EPS)
@@ -171,7 +175,7 @@ def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -
     out = {
         "max": amax,
         "percentile": percentile_amax(h, w, percentile, amax),
-        "entropy": entropy_rule(stats)[0],
+        "entropy": (entropy or entropy_rule(stats))[0],
         "mse": mse_amax(h, w, amax),
     }
     return {k: max(float(v), _EPS) for k, v in out.items()}
@@ -179,7 +183,8 @@ def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -
 
 def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[str, Any]:
     """Every method's clip and quantization error for one tensor, and the histogram's summary."""
-    cands = candidate_amax(stats, percentile)
+    rule = entropy_rule(stats) if stats.count and stats.amax > 0 else None
+    cands = candidate_amax(stats, percentile, rule)
     errs = quantization_error(stats.abs_hist(), stats.width, np.asarray([cands[m] for m in SINGLE_METHODS])) if stats.count else (
         np.zeros(len(SINGLE_METHODS)))  # fmt: skip
     errors = {m: float(e) for m, e in zip(SINGLE_METHODS, errs, strict=True)}
@@ -199,7 +204,7 @@ def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[
         "amax": cands,
         "error": errors,  # mean squared INT8 error of each method's clip on the histogram
         "auto": best,
-        "entropy_rule": entropy_rule(stats)[1] if stats.count and stats.amax > 0 else "empty",
+        "entropy_rule": rule[1] if rule is not None else "empty",
     }
 
 
