@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="Folder for the model, data and build (default: a temp folder).")
+    ap.add_argument("--policy", default=None, help="Pass --policy to the build (default: the build's default).")
     ap.add_argument("--summarize", nargs="+", metavar="LABEL", help="Write build_time.md from these labels' JSON files.")
     args = ap.parse_args()
     if args.summarize:
@@ -63,6 +64,8 @@ def main() -> None:
     out = work / f"build-{args.label}"
     cmd = [sys.executable, "-m", "rescompile.cli", "build", str(model), "--calib", str(work / "calib.npy"),
            "--val", str(work / "val.npy"), "--out", str(out), "-q"]  # fmt: skip
+    if args.policy:
+        cmd += ["--policy", args.policy]
     env = {**os.environ, "PYTHONPATH": str(args.root)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=args.root, env=env, capture_output=True, text=True)

@@ -72,7 +72,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         speed = report.get("speedup_int8_vs_fp32_p50") or {}
         if speed:
             lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
-        plan = (report.get("settings") or {}).get("latency_plan")
+        plan = report.get("latency_plan")
         if plan:
             modes = {"auto": f"within a budget of {plan['budget_s']} s", "runs": "a fixed number of runs",
                      "budget": "a budget per batch size"}  # fmt: skip

@@ -57,7 +57,7 @@ def test_float_raw_pixels_warn_in_console_and_report(tmp_path, demo_pixels):
     assert schema_errors(report) == []
     md = (tmp_path / "o" / "report.md").read_text()
     assert "Warning (raw-pixels)" in md and "briefly (not representative here)" in md
-    plan = report["settings"]["latency_plan"]
+    plan = report["latency_plan"]
     assert plan["mode"] == "auto" and plan["brief"]  # the tensorrt placement on ONNX Runtime's CPU provider
     assert [(r["batch"], r["runs"]) for r in report["latency"]] == [(1, 3), (1, 3)]
 
