@@ -48,9 +48,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="Folder for the model, data and build (default: a temp folder).")
     ap.add_argument("--policy", default=None, help="Pass --policy to the build (default: the build's default).")
     ap.add_argument("--summarize", nargs="+", metavar="LABEL", help="Write build_time.md from these labels' JSON files.")
+    ap.add_argument("--note", default="", help="A paragraph for build_time.md (e.g. the machine's load).")
     args = ap.parse_args()
     if args.summarize:
-        summarize(args.summarize)
+        summarize(args.summarize, args.note)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="rescompile-build-time-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def main() -> None:
     print(json.dumps(result, indent=2))
 
 
-def summarize(labels: list[str]) -> None:
+def summarize(labels: list[str], note: str = "") -> None:
     runs = [json.loads((RESULTS / f"build_time_{label}.json").read_text()) for label in labels]
     stages = list(dict.fromkeys(k for r in runs for k in r["timings_s"]))
     lines = [
@@ -106,6 +107,8 @@ def summarize(labels: list[str]) -> None:
     for r in runs:
         made = ", ".join(f"{x['role']} batch {x['batch']}: {x['runs']} runs + {x['warmup']} warm-up" for x in r["latency"])
         lines.append(f"- {r['label']}: {made}; settings {json.dumps(r['latency_settings'])}")
+    if note:
+        lines += ["", note]
     (RESULTS / "build_time.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
