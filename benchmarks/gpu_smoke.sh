@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 LOG="$OUT/smoke.log"
 PY=${PYTHON:-python}
 BATCHES=${BATCHES:-1,8,32}
-cli() { "$PY" -m rescompile.cli "$@"; }
+cli() { "$PY" -c "from rescompile.cli import main; main()" "$@"; }  # this checkout's rescompile (run from its root)
 say() { echo "== $*" | tee -a "$LOG"; }
 exec > >(tee -a "$LOG") 2>&1
 
