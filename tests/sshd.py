@@ -93,9 +93,8 @@ def start_lab(root: Path, aliases: list[str], *, remote_path: str = "/usr/bin:/b
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\n"
             f"PidFile {root / ('sshd_' + alias + '.pid')}\nSetEnv PATH={remote_path}\nLogLevel ERROR\nSubsystem sftp {SFTP}\n"
         )  # fmt: skip
-        proc = subprocess.Popen(
-            [SSHD, "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=open(root / f"sshd_{alias}.log", "wb")
-        )
+        with open(root / f"sshd_{alias}.log", "wb") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=log)
         lab.servers.append(Server(alias, port, proc))
         known.append(f"[127.0.0.1]:{port} {host_pub}")
         client.append(f"Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {root / 'client_key'}\n")
