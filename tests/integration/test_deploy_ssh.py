@@ -12,12 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sshd import SSHD, SshLab, free_port, keygen, start_lab
 from typer.testing import CliRunner
 
 from rescompile.cli import app
-
-sys.path.insert(0, str(Path(__file__).parents[1]))
-from sshd import SSHD, SshLab, free_port, keygen, start_lab  # noqa: E402
 
 pytestmark = pytest.mark.skipif(SSHD is None, reason="OpenSSH server (sshd) not installed: apt-get install openssh-server")
 runner = CliRunner()
