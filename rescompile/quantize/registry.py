@@ -11,6 +11,7 @@ the ``rescompile.policies`` entry-point group (``name = "package.module:POLICY"`
 
 from __future__ import annotations
 
+import functools
 import importlib
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -59,7 +60,9 @@ def register(policy: PlacementPolicy) -> PlacementPolicy:
     return policy
 
 
+@functools.cache
 def _entry_points() -> dict[str, Any]:
+    """Installed ``rescompile.policies`` entry points, scanned once per process."""
     from importlib.metadata import entry_points
 
     return {ep.name: ep for ep in entry_points(group=_ENTRY_POINTS)}
