@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -140,7 +141,7 @@ def main() -> None:
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
     doc = {
-        "command": "nice python benchmarks/fuzz.py " + " ".join(sys.argv[1:]),
+        "command": "nice python benchmarks/fuzz.py " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()},
         "minutes_run": (time.monotonic() - start) / 60,
