@@ -63,6 +63,7 @@ def test_bundle_is_deterministic_and_holds_everything(small_demo_build: Path, de
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(small_demo_build / "model.simplified.onnx"), providers=["CPUExecutionProvider"])
+    assert doc["reference"]["dtype"] == "float16"  # stored as float16: the logits are the FP32 model's on those values
     fp32 = sess.run(None, {sess.get_inputs()[0].name: ref.inputs})[0]
     np.testing.assert_allclose(ref.logits, fp32, rtol=1e-4, atol=1e-4)
 
