@@ -24,6 +24,12 @@ def bundle(
     max_top1_drop: Annotated[float | None, typer.Option(help="Gate on the device: most top-1 points lost vs FP32.")] = None,
     min_agreement: Annotated[float | None, typer.Option(help="Gate on the device: minimum top-1 agreement, percent.")] = None,
     min_cosine: Annotated[float | None, typer.Option(help="Gate on the device: minimum mean logit cosine.")] = None,
+    reference_dtype: Annotated[
+        str,
+        typer.Option(
+            help="Store reference inputs as float16 (half the size; the FP32 logits are computed on the stored values) or float32."
+        ),
+    ] = "float16",  # fmt: skip
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.")] = None,
     allow_failed_build: AllowFailedOpt = False,
 ) -> None:
@@ -45,7 +51,7 @@ def bundle(
         gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
         if allow_failed_build:
             warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
-        return make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads))
+        return make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads, reference_dtype))
 
     doc = run_cli(go)
     size = out.stat().st_size

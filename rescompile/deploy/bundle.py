@@ -109,6 +109,7 @@ class BundleOptions:
     allow_failed: bool = False
     gates: Any = None  # rescompile.config.Gates overriding the build's accuracy gates (None: the build's)
     threads: int | None = None
+    reference_dtype: str = "float16"  # how reference inputs are stored: float16 (half the size) or float32
 
 
 def reference_set(build: Any, pre: Any, opts: BundleOptions) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
@@ -188,8 +189,14 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
     blocks = [b.to_dict() for b in find_residual_blocks(int8)]
 
     x, y, class_names, source = reference_set(build, pre, opts)
+    if opts.reference_dtype == "float16":
+        # Stored as float16 (half the bytes; finer than the 8-bit pixels they came from), and the FP32
+        # logits are computed on exactly those rounded inputs, so the pair stays consistent.
+        x = x.astype(np.float16)
+    elif opts.reference_dtype != "float32":
+        raise UsageError(f"--reference-dtype must be float16 or float32, not {opts.reference_dtype!r}")
     fp32 = OnnxRuntimeRunner(str(build.file(SIMPLIFIED_ONNX)), "onnxruntime-fp32", opts.threads)
-    logits = np.concatenate([fp32.infer(x[s : s + 64]) for s in range(0, len(x), 64)]).astype(np.float32)
+    logits = np.concatenate([fp32.infer(x[s : s + 64].astype(np.float32)) for s in range(0, len(x), 64)]).astype(np.float32)
     source_doc = build.manifest.get("model_source")
     model_doc: dict[str, Any] = source_doc if isinstance(source_doc, dict) else {}
     name = str(build.config.get("model") or model_doc.get("name") or build.path.name)
@@ -215,7 +222,7 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
                   "residual_adds": len(blocks)},
         "policy": policy,
         "gates": gates,
-        "reference": {"samples": int(len(x)), "labelled": y is not None, "source": source},
+        "reference": {"samples": int(len(x)), "labelled": y is not None, "source": source, "dtype": str(x.dtype)},
         "calibration_cache": {"tensorrt_version": DEFAULT_VERSION, "tensors": len(implicit.ranges)},
         "build": {"manifest_sha256": hashlib.sha256(build.manifest_path.read_bytes()).hexdigest(),
                   "gates_passed": build.passed, "overrides": build.overrides,

@@ -25,7 +25,7 @@ HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 BLOCKER = """import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "onnxsim", "torchvision"):
+        if name.split(".")[0] in BLOCKED:
             raise ImportError(f"{name} is blocked: the device-side path must not import it")
         return None
 sys.meta_path.insert(0, _Block())
@@ -63,6 +63,7 @@ def test_bundle_is_deterministic_and_holds_everything(small_demo_build: Path, de
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(small_demo_build / "model.simplified.onnx"), providers=["CPUExecutionProvider"])
+    assert doc["reference"]["dtype"] == "float16"  # stored as float16: the logits are the FP32 model's on those values
     fp32 = sess.run(None, {sess.get_inputs()[0].name: ref.inputs})[0]
     np.testing.assert_allclose(ref.logits, fp32, rtol=1e-4, atol=1e-4)
 
@@ -131,10 +132,7 @@ def test_deploy_without_tensorrt_exits_3(demo_bundle: Path, tmp_path: Path) -> N
 
 
 def test_device_side_needs_neither_torch_nor_onnxsim(demo_bundle: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "blocker"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(BLOCKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(REPO)])}
+    env = _blocked_env(tmp_path / "blocker", ("torch", "onnxsim", "torchvision"))
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
     cmd = [sys.executable, "-c", "from rescompile.cli import main; main()", "deploy", str(demo_bundle), "--backend",
@@ -142,6 +140,15 @@ def test_device_side_needs_neither_torch_nor_onnxsim(demo_bundle: Path, tmp_path
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "d" / "deploy.json").read_text())["passed"] is True
-    no_trt = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "e")], env=env, capture_output=True, text=True, timeout=300,
-                            cwd=tmp_path)  # fmt: skip
+    # --backend tensorrt on a Jetson-like image: no torch, no onnxsim, no ONNX Runtime either.
+    jetson_env = _blocked_env(tmp_path / "blocker2", ("torch", "onnxsim", "torchvision", "onnxruntime"))
+    no_trt = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "e")], env=jetson_env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)  # fmt: skip
     assert no_trt.returncode == (0 if HAS_TENSORRT else 3), no_trt.stdout + no_trt.stderr
+    assert HAS_TENSORRT or "TensorRT is not available" in " ".join(no_trt.stderr.split())
+
+
+def _blocked_env(folder: Path, blocked: tuple[str, ...]) -> dict[str, str]:
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(f"BLOCKED = {blocked!r}\n" + BLOCKER)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
