@@ -135,3 +135,34 @@ def test_reference_logits_of_a_pytorch_module_are_sharded_in_order(tiny_data: np
                                 keep_inputs=True)  # fmt: skip
     assert np.array_equal(sharded.logits, local.logits) and np.array_equal(sharded.labels, labels)  # type: ignore[arg-type]
     assert np.array_equal(sharded.inputs, tiny_data)  # type: ignore[arg-type]
+
+
+def test_sweep_builds_a_grid_on_ray_resumes_and_isolates_failures(tmp_path: Path) -> None:
+    import json
+
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(data, images=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 16))
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"""
+base: {{in_channels: 1, input_size: 16, num_classes: 4, calib: {data}, val: {data}, latency_runs: 3,
+        latency_batches: [1], threads: 1}}
+grid:
+  model: [resnet20, no-such-model]
+  policy: [tensorrt, onnxruntime]
+""")
+    out = tmp_path / "sw"
+    first = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
+    assert first.exit_code == 1, first.output  # two builds failed: the sweep says so, after the others finished
+    doc = json.loads((out / "sweep.json").read_text())
+    status = {(r["params"]["model"], r["params"]["policy"]): r["status"] for r in doc["results"]}
+    assert status == {("resnet20", "tensorrt"): "ok", ("resnet20", "onnxruntime"): "ok",
+                      ("no-such-model", "tensorrt"): "error", ("no-such-model", "onnxruntime"): "error"}  # fmt: skip
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    assert all((Path(r["folder"]) / "report.json").is_file() and r["p50_ms"] > 0 and r["top1"] is not None for r in ok)
+    assert len({Path(r["folder"]).name for r in ok}) == 2 and any(r["pareto"] for r in ok)
+    assert "<svg" in (out / "sweep.html").read_text() and 'class="pareto"' in (out / "sweep.html").read_text()
+    assert "no-such-model" in (out / "sweep.md").read_text()
+    again = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
+    assert again.exit_code == 1, again.output
+    assert again.output.count("reused") == 2 and again.output.count(" error: ") == 2  # finished builds skipped, failed ones retried
