@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 from rescompile.calibrate.ranges import METHODS, calibration_result  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
+from rescompile.config import Gates  # noqa: E402
 from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
@@ -137,32 +138,52 @@ def test_reference_logits_of_a_pytorch_module_are_sharded_in_order(tiny_data: np
     assert np.array_equal(sharded.inputs, tiny_data)  # type: ignore[arg-type]
 
 
-def test_sweep_builds_a_grid_on_ray_resumes_and_isolates_failures(tmp_path: Path) -> None:
+def test_sweep_on_ray_resumes_isolates_failures_and_build_with_ray_matches(tmp_path: Path) -> None:
     import json
 
     data = tmp_path / "data.npz"
     rng = np.random.default_rng(0)
     np.savez_compressed(data, images=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 16))
+    import torch
+
+    from rescompile.models.resnet_cifar import cifar_resnet
+
+    torch.manual_seed(0)  # fixed weights: a build without --weights would start from a fresh random model in each process
+    torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), tmp_path / "weights.pt")
     spec = tmp_path / "sweep.yaml"
     spec.write_text(f"""
-base: {{in_channels: 1, input_size: 16, num_classes: 4, calib: {data}, val: {data}, latency_runs: 3,
-        latency_batches: [1], threads: 1}}
+base: {{in_channels: 1, input_size: 16, num_classes: 4, calib: {data}, val: {data}, latency_runs: 3, weights: {tmp_path / "weights.pt"},
+        latency_batches: [1], threads: 1, batch_size: 4}}
 grid:
   model: [resnet20, no-such-model]
-  policy: [tensorrt, onnxruntime]
+  policy: [onnxruntime]
 """)
     out = tmp_path / "sw"
     first = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
-    assert first.exit_code == 1, first.output  # two builds failed: the sweep says so, after the others finished
+    assert first.exit_code == 1, first.output  # one build failed: the sweep says so, after the other finished
     doc = json.loads((out / "sweep.json").read_text())
-    status = {(r["params"]["model"], r["params"]["policy"]): r["status"] for r in doc["results"]}
-    assert status == {("resnet20", "tensorrt"): "ok", ("resnet20", "onnxruntime"): "ok",
-                      ("no-such-model", "tensorrt"): "error", ("no-such-model", "onnxruntime"): "error"}  # fmt: skip
-    ok = [r for r in doc["results"] if r["status"] == "ok"]
-    assert all((Path(r["folder"]) / "report.json").is_file() and r["p50_ms"] > 0 and r["top1"] is not None for r in ok)
-    assert len({Path(r["folder"]).name for r in ok}) == 2 and any(r["pareto"] for r in ok)
+    status = {r["params"]["model"]: r["status"] for r in doc["results"]}
+    assert status == {"resnet20": "ok", "no-such-model": "error"}
+    (ok,) = [r for r in doc["results"] if r["status"] == "ok"]
+    built = Path(ok["folder"])
+    assert (built / "report.json").is_file() and ok["p50_ms"] > 0 and ok["top1"] is not None and ok["pareto"]
+    assert built.parent == out / "builds" and built.name == ok["key"][:12]
     assert "<svg" in (out / "sweep.html").read_text() and 'class="pareto"' in (out / "sweep.html").read_text()
     assert "no-such-model" in (out / "sweep.md").read_text()
     again = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
     assert again.exit_code == 1, again.output
-    assert again.output.count("reused") == 2 and again.output.count(" error: ") == 2  # finished builds skipped, failed ones retried
+    assert again.output.count("reused") == 1 and again.output.count(" error: ") == 1  # finished build skipped, failed one retried
+
+    # The same build with its calibration and validation sharded on Ray: the same ranges and metrics.
+    from rescompile.config import BuildConfig
+    from rescompile.pipeline import build
+
+    cfg = json.loads((built / "manifest.json").read_text())["config"]
+    build(BuildConfig(**{**cfg, "out": tmp_path / "b", "ray": True, "ray_shards": 3, "keep_fp": tuple(cfg["keep_fp"]),
+                         "weights": Path(cfg["weights"]), "latency_batches": tuple(cfg["latency_batches"]),
+                         "gates": Gates(**cfg["gates"])}))  # fmt: skip
+    assert (tmp_path / "b" / "ranges.json").read_bytes() == (built / "ranges.json").read_bytes()
+    one, sharded = json.loads((built / "report.json").read_text()), json.loads((tmp_path / "b" / "report.json").read_text())
+    for k in ("accuracy", "agreement", "per_class", "samples"):
+        assert sharded[k] == one[k]
+    assert sharded["scale"]["latency_measured_on"]["host"]
