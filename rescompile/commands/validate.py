@@ -8,7 +8,18 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import AllowFailedOpt, NoVerifyOpt, app, checked_path, console, open_build_checked, run_cli
+from rescompile.cli import (
+    AllowFailedOpt,
+    NoVerifyOpt,
+    RayAddressOpt,
+    RayOpt,
+    ShardsOpt,
+    app,
+    checked_path,
+    console,
+    open_build_checked,
+    run_cli,
+)
 
 GATE_HELP = "Gates (exit 1 when missed): flags override --gates."
 
@@ -185,6 +196,9 @@ def validate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     no_verify_hashes: NoVerifyOpt = False,
     allow_failed_build: AllowFailedOpt = False,
+    ray: RayOpt = False,
+    ray_address: RayAddressOpt = None,
+    shards: ShardsOpt = None,
 ) -> None:
     """Validate a candidate against FP32 on the same inputs: accuracy, agreement, latency, gates, reports.
 
@@ -200,6 +214,7 @@ def validate(
     from rescompile.data.sources import DataSource, check_shape
     from rescompile.errors import GateFailed, UsageError
     from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
+    from rescompile.scale.cluster import ray_settings
     from rescompile.validate.console import print_summary
     from rescompile.validate.gates import evaluate_gates, resolve_gates
     from rescompile.validate.latency import LatencySettings
@@ -216,7 +231,8 @@ def validate(
             raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
         settings = ValidateSettings(batch_size, LatencySettings(tuple(latency_batch or (1, 32)), warmup, latency_runs,
                                                                 latency_budget, required=() if gates.latency_batch is None else
-                                                                (gates.latency_batch,)), threads, not quiet, layerwise_samples)  # fmt: skip
+                                                                (gates.latency_batch,)), threads, not quiet, layerwise_samples,
+                                    ray_settings(ray, ray_address, shards))  # fmt: skip
         settings.latency.check()
         if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
             raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",

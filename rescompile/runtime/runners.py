@@ -52,7 +52,7 @@ def onnx_precision(model: onnx.ModelProto) -> str:
 class OnnxRuntimeRunner:
     """An ONNX model on ONNX Runtime's CPU provider with full graph optimization."""
 
-    def __init__(self, model: onnx.ModelProto | str, name: str = "onnxruntime", threads: int | None = None,
+    def __init__(self, model: onnx.ModelProto | str | bytes, name: str = "onnxruntime", threads: int | None = None,
                  optimized_path: str | None = None) -> None:  # fmt: skip
         import onnxruntime as ort
 
@@ -64,7 +64,8 @@ class OnnxRuntimeRunner:
             opts.inter_op_num_threads = 1
         if optimized_path:
             opts.optimized_model_filepath = optimized_path
-        data = model if isinstance(model, str) else model.SerializeToString()
+        data = model if isinstance(model, str | bytes) else model.SerializeToString()
+        self.model_data = data  # rebuilds this runner elsewhere (a Ray task: rescompile.scale.ray_validate)
         self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         first = self.session.get_inputs()[0]
         self.input_name = first.name

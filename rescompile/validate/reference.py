@@ -32,11 +32,18 @@ class ValidationInputs:
     count: int
     batches: Callable[[int], Batches]
     class_names: list[str] = field(default_factory=list)
+    part: Callable[[int, int], ValidationInputs] | None = None  # samples start:stop (a shard, for Ray tasks)
 
     @classmethod
     def from_source(cls, source: Any, pre: Any) -> ValidationInputs:
         """From a DataSource and its Preprocess (images are decoded and normalized per batch)."""
-        return cls(source.name, source.count, lambda bs: source.batches(pre, bs), list(source.class_names))
+
+        def part(start: int, stop: int) -> ValidationInputs:
+            from rescompile.data.sources import take
+
+            return cls.from_source(take(source, np.arange(start, stop), source.name), pre)
+
+        return cls(source.name, source.count, lambda bs: source.batches(pre, bs), list(source.class_names), part)
 
     @classmethod
     def from_arrays(cls, name: str, inputs: np.ndarray, labels: np.ndarray | None) -> ValidationInputs:
@@ -44,7 +51,10 @@ class ValidationInputs:
             for s in range(0, len(inputs), bs):
                 yield inputs[s : s + bs], None if labels is None else labels[s : s + bs]
 
-        return cls(name, len(inputs), batches)
+        def part(start: int, stop: int) -> ValidationInputs:
+            return cls.from_arrays(name, inputs[start:stop], None if labels is None else labels[start:stop])
+
+        return cls(name, len(inputs), batches, part=part)
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` inputs (fewer when the set is smaller)."""

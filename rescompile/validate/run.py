@@ -35,17 +35,32 @@ class ValidateSettings:
     threads: int | None = None
     progress: bool = False
     layerwise_samples: int = 64  # inputs run through both graphs with every tensor exposed
+    ray: Any = None  # RaySettings: reference and candidate over shards on Ray, latency in one Ray task
 
     @classmethod
     def from_config(cls, cfg: BuildConfig) -> ValidateSettings:
         gate = () if cfg.gates.latency_batch is None else (cfg.gates.latency_batch,)
         lat = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s,
                               required=gate)  # fmt: skip
-        return cls(cfg.batch_size, lat, cfg.threads, cfg.progress)
+        return cls(cfg.batch_size, lat, cfg.threads, cfg.progress, ray=cfg.ray_settings())
+
+
+def _sharded(runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str,
+             keep_inputs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:  # fmt: skip
+    """Outputs over shards on Ray (rescompile.scale.ray_validate) when ``settings.ray`` is set and the runner can go there."""
+    if settings.ray is None:
+        return None
+    from rescompile.scale.ray_validate import outputs_on_ray
+
+    with progress(f"{label} on {settings.ray.where()}", inputs.count, settings.progress) as advance:
+        return outputs_on_ray(runner, inputs, settings.ray, settings.batch_size, keep_inputs=keep_inputs, on_batch=advance)
 
 
 def run_outputs(runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str) -> np.ndarray:
     """``runner``'s logits on every input, in order, with a progress bar."""
+    sharded = _sharded(runner, inputs, settings, label)
+    if sharded is not None:
+        return sharded[0]
     out = []
     with progress(label, inputs.count, settings.progress) as advance:
         for x, _ in inputs.batches(settings.batch_size):
@@ -61,8 +76,11 @@ def compute_reference(
     """Run the FP32 reference over ``inputs``; keep the inputs too when they will be saved."""
     logits, labels, kept = [], [], []
     t0 = time.perf_counter()
-    with progress(f"reference ({runner.name})", inputs.count, settings.progress) as advance:
-        for x, y in inputs.batches(settings.batch_size):
+    sharded = _sharded(runner, inputs, settings, f"reference ({runner.name})", keep_inputs)
+    if sharded is not None:
+        logits, labels, kept = [sharded[0]], [] if sharded[1] is None else [sharded[1]], [] if sharded[2] is None else [sharded[2]]
+    with progress(f"reference ({runner.name})", 0 if sharded is not None else inputs.count, settings.progress) as advance:
+        for x, y in inputs.batches(settings.batch_size) if sharded is None else ():
             logits.append(runner.infer(x))
             if y is not None:
                 labels.append(y)
@@ -145,7 +163,16 @@ def validate(
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
     other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
-    latency, speedup, plan = measure_all(candidate, baseline, sample, settings, other)
+    timed = None
+    if settings.ray is not None:
+        from rescompile.scale.ray_validate import latency_on_ray
+
+        timed = latency_on_ray(candidate, baseline, sample, settings, settings.ray, other)
+    if timed is None:
+        latency, speedup, plan = measure_all(candidate, baseline, sample, settings, other)
+    else:
+        latency, speedup, plan, where = timed
+        report["scale"] = {"ray": settings.ray.where(), "shards": settings.ray.shards, "latency_measured_on": where}
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     report["latency"] = latency
     report["speedup_int8_vs_fp32_p50"] = speedup

@@ -15,6 +15,7 @@ ray = pytest.importorskip("ray")
 from rescompile.calibrate.ranges import METHODS, calibration_result  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
+from rescompile.config import Gates  # noqa: E402
 from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
@@ -77,3 +78,112 @@ def test_bad_data_in_a_shard_is_the_usual_one_line_error(tiny_onnx: onnx.ModelPr
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     with pytest.raises(UsageError, match="NaN or Inf"):
         calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4, ray=RaySettings(shards=3))
+
+
+def _tiny_models(tmp_path: Path, tiny_onnx: onnx.ModelProto, quantize_tiny) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
+    fp32, int8 = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(tiny_onnx, str(fp32))
+    model = quantize_tiny("tensorrt").model
+    for t in model.graph.initializer:  # a far coarser activation scale: the INT8 model really disagrees
+        if t.name == "/blocks/blocks.0/relu/Relu_output_0_scale":
+            t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * np.float32(100), t.name))
+    onnx.save(model, str(int8))
+    return fp32, int8
+
+
+_TIMED = ("latency", "speedup_int8_vs_fp32_p50", "memory", "timings_s", "settings", "scale")
+
+
+def test_sharded_validation_on_ray_gives_every_metric_of_one_process(tiny_onnx: onnx.ModelProto, quantize_tiny,  # type: ignore[no-untyped-def]
+                                                                     tiny_npz: Path, tmp_path: Path) -> None:  # fmt: skip
+    import json
+
+    fp32, int8 = _tiny_models(tmp_path, tiny_onnx, quantize_tiny)
+    common = ["validate", str(int8), "--reference", str(fp32), "--val", str(tiny_npz), "--batch-size", "6",
+              "--latency-batch", "1", "--latency-runs", "3", "-q"]  # fmt: skip
+    a = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])
+    assert a.exit_code == 0, a.output
+    b = runner.invoke(app, [*common, "--ray", "--shards", "3", "--out", str(tmp_path / "ray")])
+    assert b.exit_code == 0, b.output
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    sharded = json.loads((tmp_path / "ray" / "report.json").read_text())
+    assert one["agreement"]["cosine_min"] < 0.999 and one["agreement"]["max_abs_error"] > 0.01  # real INT8 errors to reproduce
+    assert {k: v for k, v in sharded.items() if k not in _TIMED} == {k: v for k, v in one.items() if k not in _TIMED}
+    where = sharded["scale"]["latency_measured_on"]
+    assert sharded["scale"]["ray"] == "local Ray" and where["host"] and where["worker_pid"] and "scale" not in one
+    assert [r["role"] for r in sharded["latency"]] == [r["role"] for r in one["latency"]]
+    from rescompile.validate.schema import schema_errors
+
+    assert schema_errors(sharded) == []
+
+
+def test_reference_logits_of_a_pytorch_module_are_sharded_in_order(tiny_data: np.ndarray) -> None:
+    import torch
+    from torch import nn
+
+    from rescompile.runtime.runners import TorchRunner
+
+    torch.manual_seed(0)  # built from torch.nn only: Ray workers unpickle it without the tests' conftest
+    tiny_module = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                                nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
+    from rescompile.validate.reference import ValidationInputs
+    from rescompile.validate.run import ValidateSettings, compute_reference
+
+    labels = np.arange(len(tiny_data)) % 4
+    inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
+    local = compute_reference(TorchRunner(tiny_module), inputs, ValidateSettings(batch_size=5), keep_inputs=True)
+    sharded = compute_reference(TorchRunner(tiny_module), inputs, ValidateSettings(batch_size=5, ray=RaySettings(shards=4)),
+                                keep_inputs=True)  # fmt: skip
+    assert np.array_equal(sharded.logits, local.logits) and np.array_equal(sharded.labels, labels)  # type: ignore[arg-type]
+    assert np.array_equal(sharded.inputs, tiny_data)  # type: ignore[arg-type]
+
+
+def test_sweep_on_ray_resumes_isolates_failures_and_build_with_ray_matches(tmp_path: Path) -> None:
+    import json
+
+    data = tmp_path / "data.npz"
+    rng = np.random.default_rng(0)
+    np.savez_compressed(data, images=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 16))
+    import torch
+
+    from rescompile.models.resnet_cifar import cifar_resnet
+
+    torch.manual_seed(0)  # fixed weights: a build without --weights would start from a fresh random model in each process
+    torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), tmp_path / "weights.pt")
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"""
+base: {{in_channels: 1, input_size: 16, num_classes: 4, calib: {data}, val: {data}, latency_runs: 3, weights: {tmp_path / "weights.pt"},
+        latency_batches: [1], threads: 1, batch_size: 4}}
+grid:
+  model: [resnet20, no-such-model]
+  policy: [onnxruntime]
+""")
+    out = tmp_path / "sw"
+    first = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
+    assert first.exit_code == 1, first.output  # one build failed: the sweep says so, after the other finished
+    doc = json.loads((out / "sweep.json").read_text())
+    status = {r["params"]["model"]: r["status"] for r in doc["results"]}
+    assert status == {"resnet20": "ok", "no-such-model": "error"}
+    (ok,) = [r for r in doc["results"] if r["status"] == "ok"]
+    built = Path(ok["folder"])
+    assert (built / "report.json").is_file() and ok["p50_ms"] > 0 and ok["top1"] is not None and ok["pareto"]
+    assert built.parent == out / "builds" and built.name == ok["key"][:12]
+    assert "<svg" in (out / "sweep.html").read_text() and 'class="pareto"' in (out / "sweep.html").read_text()
+    assert "no-such-model" in (out / "sweep.md").read_text()
+    again = runner.invoke(app, ["sweep", str(spec), "--out", str(out)], env={"COLUMNS": "300"})
+    assert again.exit_code == 1, again.output
+    assert again.output.count("reused") == 1 and again.output.count(" error: ") == 1  # finished build skipped, failed one retried
+
+    # The same build with its calibration and validation sharded on Ray: the same ranges and metrics.
+    from rescompile.config import BuildConfig
+    from rescompile.pipeline import build
+
+    cfg = json.loads((built / "manifest.json").read_text())["config"]
+    build(BuildConfig(**{**cfg, "out": tmp_path / "b", "ray": True, "ray_shards": 3, "keep_fp": tuple(cfg["keep_fp"]),
+                         "weights": Path(cfg["weights"]), "latency_batches": tuple(cfg["latency_batches"]),
+                         "gates": Gates(**cfg["gates"])}))  # fmt: skip
+    assert (tmp_path / "b" / "ranges.json").read_bytes() == (built / "ranges.json").read_bytes()
+    one, sharded = json.loads((built / "report.json").read_text()), json.loads((tmp_path / "b" / "report.json").read_text())
+    for k in ("accuracy", "agreement", "per_class", "samples"):
+        assert sharded[k] == one[k]
+    assert sharded["scale"]["latency_measured_on"]["host"]

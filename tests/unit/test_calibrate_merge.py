@@ -86,3 +86,23 @@ def test_ray_settings_from_flags() -> None:
     for bad in [(False, None, 2), (True, None, 0), (False, " ", None)]:
         with pytest.raises(UsageError):
             ray_settings(*bad)
+
+
+def test_without_ray_the_ray_flags_exit_3_naming_the_extra(tiny_onnx: onnx.ModelProto, tiny_npz, tmp_path,  # type: ignore[no-untyped-def]
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    from typer.testing import CliRunner
+
+    from rescompile.cli import app
+    from rescompile.errors import MissingDependency
+    from rescompile.scale.cluster import RaySettings, connect
+
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed: `import ray` fails
+    with pytest.raises(MissingDependency) as err:
+        connect(RaySettings())
+    assert err.value.exit_code == 3 and err.value.hint == "pip install 'rescompile[ray]'"
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_onnx, str(model))
+    args = ["calibrate", str(model), "--calib", str(tiny_npz), "--mean", "0.5", "--std", "0.25", "-q", "--out", str(tmp_path / "r.json")]
+    res = CliRunner().invoke(app, [*args, "--ray"], env={"COLUMNS": "300"})
+    assert res.exit_code == 3 and "rescompile[ray]" in res.output and "Traceback" not in res.output
+    assert CliRunner().invoke(app, args).exit_code == 0  # without --ray nothing needs it

@@ -1,0 +1,113 @@
+"""Validation on Ray: the FP32 reference and the candidate run over shards of the validation set as Ray tasks.
+
+Each task rebuilds the runner (an ONNX model on ONNX Runtime, or the PyTorch module) and returns
+the logits (and labels) of its contiguous shard; shards start on batch boundaries, so every batch
+is the single-process run's batch, and the logits are concatenated in order. Every metric is then
+computed once on the driver from the same arrays: identical to the single-process report.
+
+Latency is not sharded: one Ray task, alone (the shards have finished, and it asks for every CPU
+of a node), times the baseline and the candidate; the report's ``scale`` section says on which
+host and worker. Data travels as in :mod:`rescompile.scale.ray_calibrate` (object store for
+in-memory arrays, paths for image folders and ``.npy`` files: a file system every node sees).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_label, shard_bounds
+from rescompile.scale.tasks import gather, task_result
+
+Recipe = tuple[str, Any, str]  # (kind, model bytes or torch module, runner name)
+
+
+def recipe_of(runner: Any) -> Recipe | None:
+    """How a Ray task rebuilds ``runner``; None for a runner that stays here (TensorRT on this GPU, a custom one)."""
+    from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
+
+    if isinstance(runner, OnnxRuntimeRunner) and getattr(runner, "model_data", None) is not None:
+        return ("onnxruntime", runner.model_data, runner.name)
+    if isinstance(runner, TorchRunner):
+        return ("torch", runner.module, runner.name)
+    return None
+
+
+def make_runner(recipe: Recipe, threads: int | None) -> Any:
+    from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
+
+    kind, model, name = recipe
+    return OnnxRuntimeRunner(model, name, threads) if kind == "onnxruntime" else TorchRunner(model, name, threads)
+
+
+def shard_outputs(recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int, threads: int,
+                  keep_inputs: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    """Logits, labels and (when kept) inputs of samples ``start:stop`` (what one Ray task computes)."""
+    runner = make_runner(recipe, threads)
+    logits, labels, kept = [], [], []
+    for x, y in inputs.part(start, stop).batches(batch_size):
+        logits.append(runner.infer(x))
+        if y is not None:
+            labels.append(y)
+        if keep_inputs:
+            kept.append(np.asarray(x, np.float32))
+    return (np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
+            np.concatenate(kept) if kept else None)  # fmt: skip
+
+
+def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: int, *, keep_inputs: bool = False,
+                   on_batch: Callable[[int], None] | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:  # fmt: skip
+    """``runner``'s logits (labels, inputs) over ``inputs``, sharded on Ray; None when it cannot run there.
+
+    Raises:
+        MissingDependency: Ray is not installed.
+        UsageError: bad data in a shard (the usual one-line message).
+    """
+    recipe = recipe_of(runner)
+    if recipe is None or getattr(inputs, "part", None) is None:
+        return None
+    ray = connect(settings)
+    bounds = shard_bounds(inputs.count, settings.shards or cluster_cpus(ray), batch_size)
+    recipe_ref, inputs_ref = ray.put(recipe), ray.put(inputs)
+    task = ray.remote(task_result(shard_outputs)).options(num_cpus=1, max_retries=0)
+    refs = [task.remote(recipe_ref, inputs_ref, a, b, batch_size, settings.threads, keep_inputs) for a, b in bounds]
+    sizes = [b - a for a, b in bounds]
+    parts = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
+    logits = np.concatenate([p[0] for p in parts])
+    labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
+    kept = None if not keep_inputs else np.concatenate([p[2] for p in parts])
+    return logits, labels, kept
+
+
+def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, settings: Any,
+           other_s: float) -> tuple[Any, Any, Any, dict[str, str]]:  # fmt: skip
+    import ray
+
+    from rescompile.validate.run import measure_all
+
+    cand = make_runner(candidate, settings.threads)
+    base = None if baseline is None else make_runner(baseline, settings.threads)
+    records, speedup, plan = measure_all(cand, base, sample, settings, other_s)
+    return records, speedup, plan, node_label(ray)
+
+
+def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, settings: Any, ray_settings: RaySettings,
+                   other_s: float = 0.0) -> tuple[list[dict[str, Any]], dict[str, float], Any, dict[str, str]] | None:  # fmt: skip
+    """:func:`rescompile.validate.run.measure_all` in one Ray task that holds every CPU of a node (so it runs alone).
+
+    Returns ``(records, speedup, latency plan, where)``; None when a runner cannot run on Ray (then time it here).
+    """
+    cand = recipe_of(candidate)
+    base = None if baseline is None else recipe_of(baseline)
+    if cand is None or (baseline is not None and base is None):
+        return None
+    ray = connect(ray_settings)
+    cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
+    task = ray.remote(task_result(_timed)).options(num_cpus=max(1, int(cpus)), max_retries=0)
+    quiet = dataclasses.replace(settings, progress=False, ray=None)
+    records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, quiet, other_s)])[0]
+    return records, speedup, plan, where
