@@ -80,6 +80,7 @@ def main() -> None:
         "timings_s": manifest["timings_s"], "validate_timings_s": report.get("timings_s", {}),
         "latency": [{k: r[k] for k in ("runner", "role", "batch", "runs", "warmup", "p50_ms")} for r in report["latency"]],
         "latency_settings": {k: v for k, v in report["settings"].items() if k.startswith("latency")},
+        "latency_plan": report.get("latency_plan"),
         "notes": report.get("notes", []), "versions": manifest["versions"], "cpus": os.cpu_count(),
     }  # fmt: skip
     RESULTS.mkdir(exist_ok=True)
@@ -106,7 +107,11 @@ def summarize(labels: list[str], note: str = "") -> None:
     ]  # fmt: skip
     for r in runs:
         made = ", ".join(f"{x['role']} batch {x['batch']}: {x['runs']} runs + {x['warmup']} warm-up" for x in r["latency"])
-        lines.append(f"- {r['label']}: {made}; settings {json.dumps(r['latency_settings'])}")
+        plan = r.get("latency_plan") or r["latency_settings"].get("latency_plan")
+        lines.append(
+            f"- {r['label']}: {made}; settings {json.dumps(r['latency_settings'])}"
+            + (f"; plan {json.dumps(plan)}" if plan and "latency_plan" not in r["latency_settings"] else "")
+        )
     if note:
         lines += ["", note]
     (RESULTS / "build_time.md").write_text("\n".join(lines) + "\n")
