@@ -58,6 +58,9 @@ def make_build(folder: Path) -> Path:
                                    "--val", str(data), "--no-baseline", "--latency-runs", "3", "--latency-batch", "1",
                                    "--save-reference", str(folder / "ref.npz"), "--out", str(folder / "v"), "-q"])  # fmt: skip
     assert res.exit_code == 0, res.output
+    from rescompile.deploy.bundle import make_bundle
+
+    make_bundle(out, folder / "model.rcb")
     return out
 
 
@@ -409,6 +412,7 @@ def targets(build: Path) -> list[Target]:
     stats_bytes = (build / "calib_stats.npz").read_bytes()
     data_bytes = (build.parent / "fuzz-data.npz").read_bytes()
     ref_bytes = (build.parent / "ref.npz").read_bytes()
+    bundle_bytes = (build.parent / "model.rcb").read_bytes()
 
     def lib_checkpoint(p: Path) -> None:
         from rescompile.models.loader import _read_checkpoint
@@ -462,6 +466,13 @@ def targets(build: Path) -> list[Target]:
 
         open_build(folder)
 
+    def lib_bundle(p: Path) -> None:
+        from rescompile.deploy.bundle import open_bundle
+
+        b = open_bundle(p, p.parent / "unpacked")
+        b.gates  # noqa: B018 - parsing the gates is the check
+        b.reference()
+
     def calib_cli(*extra: str) -> Callable[[Path, Path], list[str]]:
         return lambda p, out: ["calibrate", str(simplified), *extra, str(p), "--out", str(out / "ranges.json"), "-q"]
 
@@ -510,6 +521,8 @@ def targets(build: Path) -> list[Target]:
                lambda p: load_reference(p),
                lambda p, out: ["validate", str(int8), "--reference", str(p), "--no-baseline", "--latency-runs", "3",
                                "--latency-batch", "1", "--out", str(out / "v"), "-q"]),
+        Target("bundle", ".rcb", st.one_of(mutated([bundle_bytes]), repacked_bundles(bundle_bytes), random_bytes()),
+               lib_bundle, lambda p, out: ["deploy", str(p), "--backend", "onnxruntime", "--out", str(out / "d")]),
         Target("report", ".json", st.one_of(edited_json([report_doc]).map(dump_json), mutated([dump_json(report_doc)]), random_bytes()),
                lib_report, lambda p, out: ["compare", str(build / "report.json"), str(p), "--md", str(out / "c.md")]),
         Target("manifest", ".json", st.one_of(edited_json([manifest_doc]).map(dump_json), mutated([dump_json(manifest_doc)]),
@@ -530,6 +543,36 @@ def _npz_with(seed: bytes, key: str, arr: np.ndarray) -> bytes:
         arrs = {k: z[k] for k in z.files}
     arrs[key] = arr
     return npz_bytes(arrs, True)
+
+
+def _bundle_parts(seed: bytes) -> tuple[dict[str, bytes], dict[str, Any]]:
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(seed), mode="r:") as tar:
+        parts = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}  # type: ignore[union-attr]
+    meta = json.loads(parts.pop("bundle.json"))
+    meta.pop("members")
+    return parts, meta
+
+
+@st.composite
+def repacked_bundles(draw: st.DrawFn, seed: bytes) -> bytes:
+    """A bundle re-packed with consistent hashes (what anyone can make) around one hostile member or manifest field."""
+    from rescompile.deploy.bundle import pack
+
+    parts, meta = _bundle_parts(seed)
+    name = draw(st.sampled_from(sorted(parts) + ["bundle.json"]))
+    if name == "bundle.json":
+        meta = draw(edited_json([meta]))
+        meta = meta if isinstance(meta, dict) else {"x": meta}
+    elif name.endswith(".json"):
+        parts[name] = dump_json(draw(edited_json([json.loads(parts[name])])))
+    elif name.endswith(".npz"):
+        parts[name] = draw(st.one_of(st.builds(_npz_with, st.just(parts[name]), st.sampled_from(["inputs", "logits", "labels"]),
+                                               arrays()), mutated([parts[name]])))  # fmt: skip
+    else:
+        parts[name] = draw(st.one_of(mutated([parts[name]]), random_bytes()))
+    return pack(parts, {k: v for k, v in meta.items() if k not in ("schema", "members")})
 
 
 def _stats_meta(stats_bytes: bytes) -> str:

@@ -118,12 +118,26 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
         import onnxruntime
     except ImportError as exc:
         raise MissingDependency(f"onnxruntime cannot be imported ({exc})", hint="pip install onnxruntime") from None
-    from rescompile.runtime.runners import OnnxRuntimeRunner
+    from rescompile.runtime.runners import open_runner
 
-    model = out / "model.int8.onnx"
-    shutil.copyfile(bundle.file("model.int8.onnx"), model)
-    runner = OnnxRuntimeRunner(str(model), "onnxruntime-int8", opts.threads)
+    # the bundle's own copy first: a damaged model (anyone can re-make the hashes) is exit 2 before anything is written
+    runner = open_runner(bundle.file("model.int8.onnx"), threads=opts.threads, name="onnxruntime-int8")
+    shutil.copyfile(bundle.file("model.int8.onnx"), out / "model.int8.onnx")
     return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, None
+
+
+def _check_reference_fits(bundle: Any, ref: Any) -> None:
+    """The bundled model reads and takes the bundled reference inputs (C, H, W); else a UsageError before any work."""
+    from rescompile.models.onnx_source import read_onnx
+
+    model = read_onnx(bundle.file("model.int8.onnx"))
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    want, got = dims[1:], list(ref.inputs.shape[1:])
+    if len(inputs) != 1 or len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True)):
+        raise UsageError(f"{bundle.source}: the reference inputs are {got} (C, H, W) but the model takes {want}",
+                         hint="recreate the bundle with `rescompile bundle`")  # fmt: skip
 
 
 def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult:
@@ -158,6 +172,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         bundle = open_bundle(Path(bundle_path), Path(tmp))
         gates = bundle.gates
         ref = bundle.reference()
+        _check_reference_fits(bundle, ref)
         timings["unpack"] = round(time.perf_counter() - t0, 3)
         out = Path(opts.out) if opts.out is not None else default_out(Path(bundle_path))
         out.mkdir(parents=True, exist_ok=True)

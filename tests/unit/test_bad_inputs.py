@@ -203,3 +203,17 @@ def test_plan_with_an_input_index_out_of_range(tiny_onnx) -> None:  # found by b
     doc["weights"][0]["input_index"] = -(2**63)
     with pytest.raises(UsageError, match=r"weights\[0\]: input_index .* out of range"):
         QuantPlan.from_dict(doc)
+
+
+def test_deploy_of_a_bundle_whose_model_is_damaged(tmp_path: Path) -> None:  # found by benchmarks/fuzz.py (exit 4)
+    from fuzzing import _bundle_parts, make_build
+
+    from rescompile.deploy.bundle import pack
+
+    make_build(tmp_path / "b")
+    parts, meta = _bundle_parts((tmp_path / "b" / "model.rcb").read_bytes())
+    parts["model.int8.onnx"] = b'{"not": "onnx"}'  # the hashes in bundle.json are re-made: only the content is wrong
+    (tmp_path / "bad.rcb").write_bytes(pack(parts, meta))
+    res = CliRunner().invoke(app, ["deploy", str(tmp_path / "bad.rcb"), "--backend", "onnxruntime", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "is not a readable ONNX model (it is JSON text" in res.output
+    assert not (tmp_path / "d").exists()

@@ -19,7 +19,7 @@ settings.register_profile(
 )  # fmt: skip
 CLI = settings(settings.get_profile("suite"), max_examples=4)
 NAMES = ["checkpoint", "onnx", "npy", "npz", "image", "recipe", "gates", "ranges", "calib_stats", "qdq_plan", "trt_cache",
-         "reference", "report", "manifest"]  # fmt: skip
+         "reference", "bundle", "report", "manifest"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
