@@ -72,7 +72,10 @@ def deploy(
                 raise UsageError("give --host or --hosts, not both")
 
             run_cli(both)
-        _remote(bundle, host, hosts, locals())
+        flags = {"out": out, "ssh_config": ssh_config, "remote_cmd": remote_cmd, "remote_dir": remote_dir,
+                 "connect_timeout": connect_timeout, "backend": backend, "target": target, "dla_core": dla_core,
+                 "fetch_plan": fetch_plan, "timeout": timeout, "parallel": parallel, "json_out": json_out}  # fmt: skip
+        _remote(bundle, host, hosts, flags)
         return
 
     def go() -> Any:

@@ -260,10 +260,10 @@ class Bundle:
     @property
     def gates(self) -> Any:
         from rescompile.config import Gates
-        from rescompile.readers import from_mapping
+        from rescompile.readers import from_mapping, read_json_object
         from rescompile.validate.gates import check_thresholds
 
-        doc = json.loads(self.file(GATES).read_bytes())
+        doc = read_json_object(self.file(GATES), f"bundle {GATES}")
         gates = from_mapping(Gates, doc, f"{self.source} {GATES}")
         check_thresholds(gates)
         return gates

@@ -97,7 +97,7 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
                                 hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime "
                                 "to run the same flow on this CPU") from None  # fmt: skip
     target = resolve_target(opts.target)
-    batches = tuple(sorted({1, opts.batch}))
+    batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
     result = build_engine(bundle.file("model.int8.onnx"), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
     unfused = [a.add for a in result.fusion.adds if not a.ok]
     gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
@@ -166,6 +166,10 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         raise UsageError(f"unknown backend {opts.backend!r}", hint="tensorrt (on the device) or onnxruntime (CPU)")
     if opts.dla_core is not None and opts.backend != "tensorrt":
         raise UsageError("--dla-core needs --backend tensorrt")
+    if opts.dla_core is not None and opts.target == "auto":
+        # The compute capability does not tell Orin modules apart (AGX Orin and Orin NX have DLA, Orin Nano has none).
+        raise UsageError("--dla-core needs a named Jetson target, e.g. --target jetson-agx-orin",
+                         hint="rescompile targets lists them with their DLA cores")  # fmt: skip
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rescompile-bundle-") as tmp:

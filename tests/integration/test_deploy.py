@@ -152,3 +152,19 @@ def _blocked_env(folder: Path, blocked: tuple[str, ...]) -> dict[str, str]:
     folder.mkdir()
     (folder / "sitecustomize.py").write_text(f"BLOCKED = {blocked!r}\n" + BLOCKER)
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(REPO)])}
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--dla-core", "0"], "--dla-core needs a named Jetson target"),
+        (["--dla-core", "0", "--backend", "onnxruntime"], "--dla-core needs --backend tensorrt"),
+        (["--backend", "cuda"], "unknown backend 'cuda'"),
+        (["--host", "h1", "--hosts", "fleet.yaml"], "give --host or --hosts, not both"),
+    ],
+)
+def test_deploy_usage_errors_exit_2_before_any_work(demo_bundle: Path, tmp_path: Path, extra: list[str], said: str) -> None:
+    result = runner.invoke(app, ["deploy", str(demo_bundle), "--out", str(tmp_path / "d"), *extra])
+    assert result.exit_code == 2, result.output
+    assert said in " ".join(result.output.split())
+    assert not (tmp_path / "d").exists()

@@ -164,3 +164,15 @@ def test_truncated_bundle_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         open_bundle(path, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("gates", "said"), [(b"not json", "not valid JSON"), (b'{"min_agreement": "high"}', "field 'min_agreement'"),
+                        (b'{"min_agreement": 150}', "out of range"), (b"[1]", "not an object")]
+)  # fmt: skip
+def test_bundled_gates_are_checked_like_any_input(tmp_path: Path, gates: bytes, said: str) -> None:
+    path = tmp_path / "m.rcb"
+    path.write_bytes(pack({**MEMBER_BYTES, "gates.json": gates}, {}))  # hashes match: the content itself is wrong
+    with pytest.raises(UsageError) as err:
+        _ = open_bundle(path, tmp_path / "o").gates
+    assert said in str(err.value)
