@@ -72,7 +72,7 @@ class BuildConfig:
 
     def ray_settings(self) -> Any:
         """The :class:`rescompile.scale.cluster.RaySettings` of ``ray``/``ray_address``/``ray_shards``, or None."""
-        if not self.ray and self.ray_address is None:
+        if not self.ray and self.ray_address is None and self.ray_shards is None:
             return None
         from rescompile.scale.cluster import ray_settings
 

@@ -146,9 +146,8 @@ def calibrate(
     if ray is not None:
         from rescompile.scale.ray_calibrate import collect_on_ray
 
-        stats = collect_on_ray(model, tensors, source, pre, ray, batch_size=batch_size, bins=bins, memory_budget=memory_budget,
-                               sample=sample, model_bytes=model_bytes, on_batch=on_batch)  # fmt: skip
-        seen = input_stats(model, stats)  # the data stream ran on the workers: the input's own statistics, if calibrated
+        stats, seen = collect_on_ray(model, tensors, source, pre, ray, batch_size=batch_size, bins=bins,
+                                     memory_budget=memory_budget, sample=sample, model_bytes=model_bytes, on_batch=on_batch)  # fmt: skip
     else:
         stats = collect_stats(model, tensors, watch.watch(x for x, _ in source.batches(pre, batch_size)), bins=bins,
                               on_batch=on_batch, threads=threads, memory_budget=memory_budget, sample=sample,

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, TensorStats, collect_stats
-from rescompile.calibrate.merge import merge_stats
+from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource, take
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, shard_bounds
@@ -28,12 +28,18 @@ from rescompile.scale.tasks import gather, task_result
 
 def collect_shard(model_bytes: bytes, tensors: list[str], source: DataSource, pre: Preprocess, start: int, stop: int,
                   batch_size: int, bins: int, threads: int, memory_budget: int,
-                  sample: int | None) -> dict[str, TensorStats]:  # fmt: skip
-    """Statistics of images ``start:stop`` of ``source`` (what one Ray task computes; callable without Ray)."""
+                  sample: int | None) -> tuple[dict[str, TensorStats], TensorStats]:  # fmt: skip
+    """Statistics of images ``start:stop`` of ``source``, and the min/max/count of the inputs (for the data checks of
+    :mod:`rescompile.calibrate.checks`): what one Ray task computes; callable without Ray."""
+    from rescompile.calibrate.run import _InputWatch  # the single-process run's own input watch
+
     shard = take(source, np.arange(start, stop), source.name)
     model = onnx.load_from_string(model_bytes)
-    return collect_stats(model, tensors, (x for x, _ in shard.batches(pre, batch_size)), bins=bins, threads=threads,
-                         memory_budget=memory_budget, sample=sample, model_bytes=model_bytes, start=start)  # fmt: skip
+    watch = _InputWatch()
+    stats = collect_stats(model, tensors, watch.watch(x for x, _ in shard.batches(pre, batch_size)), bins=bins,
+                          threads=threads, memory_budget=memory_budget, sample=sample, model_bytes=model_bytes,
+                          start=start)  # fmt: skip
+    return stats, watch.stats
 
 
 def collect_on_ray(
@@ -49,8 +55,9 @@ def collect_on_ray(
     sample: int | None = DEFAULT_SAMPLE,
     model_bytes: bytes | None = None,
     on_batch: Callable[[int], None] | None = None,
-) -> dict[str, TensorStats]:
-    """The statistics of ``collect_stats`` over ``source``, collected by Ray tasks, one per shard.
+) -> tuple[dict[str, TensorStats], TensorStats]:
+    """The statistics of ``collect_stats`` over ``source``, collected by Ray tasks, one per shard, and the
+    min/max/count of the inputs (as the single-process run's input watch sees them).
 
     Raises:
         MissingDependency: Ray is not installed.
@@ -65,4 +72,4 @@ def collect_on_ray(
                         memory_budget, sample) for a, b in bounds]  # fmt: skip
     sizes = [b - a for a, b in bounds]
     parts: list[Any] = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
-    return merge_stats(parts)
+    return merge_stats([p[0] for p in parts]), merge_tensor([p[1] for p in parts])

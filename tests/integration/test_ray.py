@@ -54,6 +54,18 @@ def test_sharded_calibration_on_ray_gives_the_same_ranges_for_every_method(tiny_
         assert calibration_result(sharded.stats, method, src.count, sample=64).to_json() == a
 
 
+def test_data_checks_see_the_same_inputs_on_ray(tiny_onnx: onnx.ModelProto, tmp_path: Path) -> None:
+    x = np.random.default_rng(3).uniform(0, 255, (20, 1, 16, 16)).astype(np.float32)  # floats that look like raw pixels
+    np.save(tmp_path / "raw.npy", x)
+    src = open_source(tmp_path / "raw.npy")
+    tensors = [t for t in plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors if t != tiny_onnx.graph.input[0].name]
+    one = calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4)
+    sharded = calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4, ray=RaySettings(shards=3))
+    assert any("raw" in w.message for w in one.warnings)  # seen by the input watch (the input itself is not calibrated)
+    assert [w.message for w in sharded.warnings] == [w.message for w in one.warnings]
+    assert sharded.ranges_json == one.ranges_json
+
+
 def test_calibrate_cli_with_ray_writes_identical_ranges(tiny_onnx: onnx.ModelProto, tiny_npz: Path, tmp_path: Path) -> None:
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_onnx, str(model))
@@ -91,7 +103,7 @@ def _tiny_models(tmp_path: Path, tiny_onnx: onnx.ModelProto, quantize_tiny) -> t
     return fp32, int8
 
 
-_TIMED = ("latency", "speedup_int8_vs_fp32_p50", "memory", "timings_s", "settings", "scale")
+_TIMED = ("latency", "latency_plan", "speedup_int8_vs_fp32_p50", "memory", "timings_s", "settings", "scale")
 
 
 def test_sharded_validation_on_ray_gives_every_metric_of_one_process(tiny_onnx: onnx.ModelProto, quantize_tiny,  # type: ignore[no-untyped-def]

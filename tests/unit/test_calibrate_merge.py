@@ -86,6 +86,12 @@ def test_ray_settings_from_flags() -> None:
     for bad in [(False, None, 2), (True, None, 0), (False, " ", None)]:
         with pytest.raises(UsageError):
             ray_settings(*bad)
+    from rescompile.config import BuildConfig
+
+    assert BuildConfig().ray_settings() is None and BuildConfig(ray=True).ray_settings().address is None  # type: ignore[union-attr]
+    with pytest.raises(UsageError, match="--shards needs --ray"):
+        BuildConfig(ray_shards=2).ray_settings()
+    assert "ray" not in BuildConfig(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
 
 
 def test_without_ray_the_ray_flags_exit_3_naming_the_extra(tiny_onnx: onnx.ModelProto, tiny_npz, tmp_path,  # type: ignore[no-untyped-def]
