@@ -17,12 +17,15 @@ import reprlib
 import tokenize
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from rescompile.errors import UsageError
+
+T = TypeVar("T")
 
 MAX_TEXT_BYTES = 64 << 20  # JSON, YAML and calibration-cache text: far above any real one
 _NPY_MAGIC = b"\x93NUMPY"
@@ -121,6 +124,16 @@ def read_text(path: Path | str, what: str, *, limit: int = MAX_TEXT_BYTES) -> st
     if "\x00" in text:
         raise UsageError(f"{path} is not a {what}: it holds NUL bytes ({describe(data[:64])})")
     return text
+
+
+def parse_text_file(path: Path | str, what: str, parse: Callable[[str], T]) -> T:
+    """Read ``path`` as text and ``parse`` it; every UsageError names the file (once)."""
+    try:
+        return parse(read_text(path, what))
+    except UsageError as exc:
+        if str(path) in exc.message:
+            raise
+        raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
 
 
 def _no_constant(name: str) -> Any:

@@ -103,14 +103,9 @@ class CalibrationResult:
     @classmethod
     def read(cls, path: Any) -> CalibrationResult:
         """Parse a ranges.json file (see :meth:`from_json`); a missing or unreadable file is a UsageError too."""
-        from rescompile.readers import read_text
+        from rescompile.readers import parse_text_file
 
-        try:
-            return cls.from_json(read_text(path, "ranges file"), str(path))
-        except UsageError as exc:
-            if str(path) in exc.message:
-                raise
-            raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
+        return parse_text_file(path, "ranges file", lambda text: cls.from_json(text, str(path)))
 
 
 def check_method(method: str, percentile: float = DEFAULT_PERCENTILE) -> None:

@@ -64,14 +64,9 @@ def to_trt_cache(ranges: dict[str, TensorRange], *, version: str = DEFAULT_VERSI
 
 def read_cache(path: Path | str) -> tuple[dict[str, TensorRange], int, str]:
     """Read and parse a calibration-cache file (see :func:`from_trt_cache`); errors name the file."""
-    from rescompile.readers import read_text
+    from rescompile.readers import parse_text_file
 
-    try:
-        return from_trt_cache(read_text(path, "TensorRT calibration cache"))
-    except UsageError as exc:
-        if str(path) in exc.message:
-            raise
-        raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
+    return parse_text_file(path, "TensorRT calibration cache", from_trt_cache)
 
 
 def from_trt_cache(text: str) -> tuple[dict[str, TensorRange], int, str]:

@@ -152,14 +152,9 @@ class QuantPlan:
     @classmethod
     def read(cls, path: Any) -> QuantPlan:
         """Parse a qdq_plan.json file; missing, unreadable or malformed is a UsageError naming it."""
-        from rescompile.readers import read_text
+        from rescompile.readers import parse_text_file
 
-        try:
-            return cls.from_json(read_text(path, "plan file"), str(path))
-        except UsageError as exc:
-            if str(path) in exc.message:
-                raise
-            raise UsageError(f"{path}: {exc.message}", hint=exc.hint) from None
+        return parse_text_file(path, "plan file", lambda text: cls.from_json(text, str(path)))
 
 
 def _matches(node: onnx.NodeProto, pattern: str) -> bool:
