@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import inspect
 import textwrap
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -21,6 +23,7 @@ from rescompile.engine.api_names import (
 from rescompile.errors import MissingDependency, UsageError
 from rescompile.runtime import cuda_libs
 from rescompile.runtime.cuda_libs import CHOICES, LIBS, graph_note, resolve_cuda_lib
+from rescompile.validate.latency import measure_latency
 
 NONE = dict.fromkeys(LIBS, False)
 
@@ -95,6 +98,10 @@ def test_pycuda_names_used_are_in_the_table_from_its_docs() -> None:
     members = {u.name for u in member_uses(src, ("cuda", "np")) if u.name not in own}
     assert members <= {m.split(".")[-1] for m in PYCUDA_MEMBERS}, members - {m.split(".")[-1] for m in PYCUDA_MEMBERS}
     assert {"pop", "free", "handle", "synchronize", "make_context"} <= members
+    device_src = (Path(cuda_libs.__file__).parent.parent / "engine" / "device.py").read_text()
+    probe = {u.name for u in attribute_uses(device_src, "cuda", depth=2)}  # the pycuda GPU probe of find_gpu
+    assert {"Device.count", "init"} <= probe and {p.split(".")[0] for p in probe} <= PYCUDA_DRIVER_NAMES
+    assert {p for p in probe if "." in p} <= PYCUDA_MEMBERS
 
 
 def test_torch_names_used_are_in_the_table() -> None:
@@ -117,3 +124,53 @@ def test_torch_name_table_exists_in_the_installed_torch(name: str) -> None:
 def test_pycuda_table_has_no_graph_api() -> None:
     assert not any("graph" in n.lower() for n in PYCUDA_DRIVER_NAMES | PYCUDA_MEMBERS)
     assert cuda_libs.PyCuda.has_graphs is False and cuda_libs.CudaPython.has_graphs and cuda_libs.TorchCuda.has_graphs
+
+
+class _GraphRunner:
+    """A runner that follows the TensorRT runner's graph protocol (enable_graph / graph_info / drop_graph)."""
+
+    name = "graph-protocol"
+
+    def __init__(self, note: dict[str, object]) -> None:
+        self.note = note
+        self.calls: list[str] = []
+        self.graph_info: dict[str, object] | None = None
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.calls.append("infer")
+        return x
+
+    def enable_graph(self) -> None:
+        self.calls.append("enable")
+        self.graph_info = self.note
+
+    def drop_graph(self) -> None:
+        self.calls.append("drop")
+        self.graph_info = None
+
+
+@pytest.mark.parametrize("note", [graph_note("cuda-python", None), graph_note("cuda-python", "CudaError: 900"),
+                                  graph_note("pycuda", None)])  # fmt: skip
+def test_latency_enables_the_graph_after_warm_up_and_records_what_happened(note: dict[str, object]) -> None:
+    r = _GraphRunner(note)
+    lat = measure_latency(r, np.zeros((1, 3, 8, 8), np.float32), 2, warmup=2, runs=3)
+    assert r.calls == ["infer", "infer", "enable", "infer", "infer", "infer", "infer", "drop"]  # capture call untimed
+    assert lat.runs == 3 and lat.cuda_graph == note and lat.to_dict()["cuda_graph"] == note
+    assert r.graph_info is None  # later (accuracy) calls enqueue plainly
+
+
+def test_latency_of_a_runner_without_graphs_records_none() -> None:
+    class Plain:
+        name = "plain"
+
+        def infer(self, x: np.ndarray) -> np.ndarray:
+            return x
+
+    assert measure_latency(Plain(), np.zeros((1, 3, 8, 8), np.float32), 1, warmup=1, runs=3).cuda_graph is None
+
+
+def test_remote_deploy_forwards_a_chosen_cuda_lib_only() -> None:
+    from rescompile.deploy.remote import HostSpec, RemoteOptions, remote_deploy_command
+
+    assert "--cuda-lib" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")
+    assert remote_deploy_command(HostSpec("h"), RemoteOptions(cuda_lib="pycuda"), "f").endswith("--cuda-lib pycuda")
