@@ -5,6 +5,7 @@ driver reference, as pycuda does not install here; torch: against the installed 
 from __future__ import annotations
 
 import inspect
+import json
 import textwrap
 from pathlib import Path
 
@@ -174,3 +175,13 @@ def test_remote_deploy_forwards_a_chosen_cuda_lib_only() -> None:
 
     assert "--cuda-lib" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")
     assert remote_deploy_command(HostSpec("h"), RemoteOptions(cuda_lib="pycuda"), "f").endswith("--cuda-lib pycuda")
+
+
+@pytest.mark.parametrize("note", [graph_note(lib, err) for lib in LIBS for err in (None, "CudaError: 900")] + [None])
+def test_what_latency_records_about_graphs_fits_the_report_schema(note: dict[str, object] | None) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((Path(cuda_libs.__file__).parent.parent / "schemas" / "report.schema.json").read_text())
+    sub = schema["$defs"]["latency"]["properties"]["cuda_graph"]
+    jsonschema.validate(note, sub)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"used": "yes", "library": "cupy", "reason": ""}, sub)
