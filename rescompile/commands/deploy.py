@@ -28,6 +28,7 @@ def deploy(
     backend: Annotated[str, typer.Option(help="tensorrt (build the engine here) | onnxruntime (the same flow on a CPU).")] = "tensorrt",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None,
+    cuda_lib: Annotated[str, typer.Option(help="Device buffers for the TensorRT run: auto | cuda-python | pycuda | torch.")] = "auto",
     host: Annotated[
         str | None, typer.Option(help="Deploy on this device over ssh: user@host or an ssh config Host.", rich_help_panel=_REMOTE)
     ] = None,  # fmt: skip
@@ -73,7 +74,7 @@ def deploy(
 
             run_cli(both)
         flags = {"out": out, "ssh_config": ssh_config, "remote_cmd": remote_cmd, "remote_dir": remote_dir,
-                 "connect_timeout": connect_timeout, "backend": backend, "target": target, "dla_core": dla_core,
+                 "connect_timeout": connect_timeout, "backend": backend, "target": target, "dla_core": dla_core, "cuda_lib": cuda_lib,
                  "fetch_plan": fetch_plan, "timeout": timeout, "parallel": parallel, "json_out": json_out}  # fmt: skip
         _remote(bundle, host, hosts, flags)
         return
@@ -82,9 +83,10 @@ def deploy(
         from rescompile.deploy.device import DeployOptions
         from rescompile.deploy.device import deploy as run_deploy
         from rescompile.errors import RescompileError
+        from rescompile.runtime.cuda_libs import check_choice
 
         try:
-            return run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads))
+            return run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads, cuda_lib=check_choice(cuda_lib)))
         except RescompileError as exc:
             result = getattr(exc, "result", None)
             if result is not None:
@@ -111,6 +113,7 @@ def _print_local(result: Any) -> None:
 def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str, Any]) -> None:
     from rescompile.deploy import remote
     from rescompile.readers import check_file
+    from rescompile.runtime.cuda_libs import check_choice
 
     def prepare() -> Any:
         remote.check_tools()
@@ -131,6 +134,7 @@ def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str
             backend=defaults.get("backend", a["backend"]) if a["backend"] == "tensorrt" else a["backend"],
             target=defaults.get("target", a["target"]) if a["target"] == "auto" else a["target"],
             dla_core=a["dla_core"] if a["dla_core"] is not None else defaults.get("dla_core"),
+            cuda_lib=check_choice(a["cuda_lib"] if a["cuda_lib"] != "auto" else str(defaults.get("cuda_lib", "auto"))),
             fetch_plan=a["fetch_plan"], out=out, timeout=a["timeout"],
         )  # fmt: skip
         return specs, opts

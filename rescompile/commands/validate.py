@@ -188,6 +188,7 @@ def validate(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs before timing.")] = 5,
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the accuracy pass.")] = 64,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).")] = None,
+    cuda_lib: Annotated[str, typer.Option(help="TensorRT plans: device buffers from auto | cuda-python | pycuda | torch.")] = "auto",
     layerwise: Annotated[bool, typer.Option(
         "--layerwise", help="Compare FP32 and INT8 tensor by tensor; blame the layers that add most error.")] = False,
     layerwise_samples: Annotated[int, typer.Option(min=1, help="Inputs used by --layerwise.")] = 64,
@@ -213,6 +214,7 @@ def validate(
     from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import DataSource, check_shape
     from rescompile.errors import GateFailed, UsageError
+    from rescompile.runtime.cuda_libs import check_choice
     from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
     from rescompile.scale.cluster import ray_settings
     from rescompile.validate.console import print_summary
@@ -260,7 +262,7 @@ def validate(
         choice: Any = None if saved_ref else _validation_data(val, build_doc, ref_spec, layout, val_size)
         if choice is not None:
             check_label_gates(gates, choice)
-        cand_runner = open_runner(cand_path, threads=threads)  # first: a missing TensorRT fails before any work
+        cand_runner = open_runner(cand_path, threads=threads, cuda_lib=check_choice(cuda_lib))  # first: no TensorRT fails early
 
         ref = _open_reference(ref_spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
                               input_size=input_size, trust_checkpoint=trust_checkpoint, threads=threads)  # fmt: skip

@@ -44,6 +44,7 @@ class DeployOptions:
     out: Path | None = None  # default: <bundle>.deploy/ beside the bundle
     threads: int | None = None
     batch: int = 32
+    cuda_lib: str = "auto"  # device buffers for the TensorRT runner: auto | cuda-python | pycuda | torch
 
 
 @dataclass
@@ -108,7 +109,7 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
     section = {"tensorrt_version": result.tensorrt_version, "gpu": result.device.to_dict(), "target": target.name,
                "settings": result.settings.to_dict(), "residual_fusion": result.fusion.to_dict(),
                "build_seconds": result.build_seconds, "plan": result.plan.name}  # fmt: skip
-    return TensorRTRunner(result.plan), section, gate
+    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, gate
 
 
 def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], None]:

@@ -65,6 +65,7 @@ class RemoteOptions:
     backend: str = "tensorrt"
     target: str = "auto"
     dla_core: int | None = None
+    cuda_lib: str = "auto"
     fetch_plan: bool = False
     out: Path = Path("deploy")
     timeout: float | None = None  # seconds for the remote deploy of one host
@@ -123,6 +124,8 @@ def remote_deploy_command(host: HostSpec, opts: RemoteOptions, folder: str) -> s
     args = ["deploy", f"{folder}/model.rcb", "--out", f"{folder}/out", "--backend", backend, "--target", target]
     if dla is not None:
         args += ["--dla-core", str(dla)]
+    if opts.cuda_lib != "auto":
+        args += ["--cuda-lib", opts.cuda_lib]
     return f"{host.remote_cmd or opts.remote_cmd} " + " ".join(shlex.quote(a) for a in args)
 
 
@@ -269,7 +272,7 @@ def load_fleet(path: Path) -> tuple[list[HostSpec], dict[str, Any]]:
     if unknown:
         raise UsageError(f"{path}: unknown key(s) {', '.join(unknown)} (expected hosts, defaults)")
     defaults = doc.get("defaults") or {}
-    allowed = {"remote_cmd", "remote_dir", "backend", "target", "dla_core", "connect_timeout"}
+    allowed = {"remote_cmd", "remote_dir", "backend", "target", "dla_core", "cuda_lib", "connect_timeout"}
     if not isinstance(defaults, dict) or any(str(k).replace("-", "_") not in allowed for k in defaults):
         raise UsageError(f"{path}: 'defaults' takes {', '.join(sorted(allowed))}")
     hosts = [_host_from(e, f"{path} host {i + 1}") for i, e in enumerate(doc["hosts"])]

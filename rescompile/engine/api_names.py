@@ -185,6 +185,33 @@ CUDA_RUNTIME_NAMES = frozenset({
     "cudaError_t", "cudaGetErrorString", "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice",
     "cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaMemcpyAsync", "cudaMemcpyKind",
     "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize",
+    # CUDA graphs (runtime API "Graph Management" / "Stream Management"; TensorRT developer guide "CUDA Graphs")
+    "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaStreamCaptureMode", "cudaGraphInstantiate",
+    "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
+})  # fmt: skip
+
+# PyCUDA (``import pycuda.driver as cuda``), written from its driver reference,
+# https://documen.tician.de/pycuda/driver.html (pycuda is not installable here without the CUDA
+# toolkit, so this table is the check): module functions and classes, then the members called on
+# the objects they return (Device.make_context -> Context.pop; mem_alloc -> DeviceAllocation.free;
+# Stream.handle is the CUstream as an int, Stream.synchronize).
+PYCUDA_DRIVER_NAMES = frozenset({
+    "init", "Device", "mem_alloc", "pagelocked_empty", "Stream", "memcpy_htod_async", "memcpy_dtoh_async",
+})  # fmt: skip
+PYCUDA_MEMBERS = frozenset({
+    "Device.make_context", "Device.count", "Device.name", "Device.compute_capability", "Context.pop",
+    "DeviceAllocation.free", "Stream.handle", "Stream.synchronize",
+})  # fmt: skip
+
+# torch's CUDA names the runner calls (torch docs: torch.cuda, "CUDA semantics", torch.Tensor);
+# tests/unit/test_trt_api.py checks each against the installed torch (they exist without a GPU).
+TORCH_CUDA_NAMES = frozenset({
+    "empty", "uint8", "device", "cuda.set_device", "cuda.Stream", "cuda.stream", "cuda.CUDAGraph", "cuda.graph",
+    "cuda.is_available",
+})  # fmt: skip
+TORCH_MEMBERS = frozenset({
+    "Tensor.data_ptr", "Tensor.pin_memory", "Tensor.numpy", "Tensor.copy_", "cuda.Stream.cuda_stream",
+    "cuda.Stream.synchronize", "cuda.CUDAGraph.replay",
 })  # fmt: skip
 CUDA_DRIVER_NAMES = frozenset({"cuDriverGetVersion", "CUresult"})
 

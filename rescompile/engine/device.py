@@ -2,7 +2,7 @@
 
 Asks CUDA through cuda-python (``cuda.bindings.runtime``; each call returns ``(err, value)``,
 and without a GPU ``cudaGetDeviceCount`` fails, e.g. error 35), or through torch when
-cuda-python is missing. Never raises for "no GPU": returns None with the reason.
+cuda-python is missing, or through pycuda. Never raises for "no GPU": returns None with the reason.
 """
 
 from __future__ import annotations
@@ -71,10 +71,22 @@ def _via_torch(index: int) -> tuple[DeviceInfo | None, str]:
     return DeviceInfo(torch.cuda.get_device_name(index), (major, minor), l4t_release()), "torch"
 
 
+def _via_pycuda(index: int) -> tuple[DeviceInfo | None, str]:
+    import pycuda.driver as cuda  # what many Jetson images carry instead of cuda-python
+
+    cuda.init()
+    count = cuda.Device.count()
+    if count <= index:
+        return None, f"{count} CUDA device(s), no device {index}"
+    dev = cuda.Device(index)
+    major, minor = dev.compute_capability()
+    return DeviceInfo(str(dev.name()), (int(major), int(minor)), l4t_release()), "pycuda"
+
+
 def find_gpu(index: int = 0) -> tuple[DeviceInfo | None, str]:
     """The CUDA device ``index`` and how it was found, or (None, why not)."""
     reasons = []
-    for probe in (_via_cudart, _via_torch):
+    for probe in (_via_cudart, _via_torch, _via_pycuda):
         try:
             info, how = probe(index)
         except ImportError as exc:

@@ -87,8 +87,10 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     return read_onnx(Path(path))
 
 
-def open_runner(path: Path, *, threads: int | None = None, name: str | None = None) -> Runner:
+def open_runner(path: Path, *, threads: int | None = None, name: str | None = None, cuda_lib: str = "auto") -> Runner:
     """A runner for a model file: ``.onnx`` on ONNX Runtime, a TensorRT plan where TensorRT exists.
+
+    A plan's buffers come from ``cuda_lib`` (auto, cuda-python, pycuda, torch: ``rescompile.runtime.cuda_libs``).
 
     Raises:
         UsageError: the file is missing, unreadable or of an unknown kind.
@@ -104,7 +106,7 @@ def open_runner(path: Path, *, threads: int | None = None, name: str | None = No
         require("tensorrt", extra="tensorrt")
         from rescompile.runtime import tensorrt_runner  # written beside this module; imports tensorrt
 
-        return tensorrt_runner.TensorRTRunner(path)  # type: ignore[no-any-return]
+        return tensorrt_runner.TensorRTRunner(path, cuda_lib=cuda_lib)  # type: ignore[no-any-return]
     if suffix != ".onnx":
         raise UsageError(f"{path}: expected an .onnx model or a TensorRT plan ({', '.join(TENSORRT_SUFFIXES)})")
     model = load_onnx(path)

@@ -1,41 +1,25 @@
-"""Run a TensorRT plan: name-based I/O, cuda-python buffers, pinned host memory, one non-default stream.
+"""Run a TensorRT plan: name-based I/O, device buffers, pinned host memory, one non-default stream.
 
 Before loading, the plan's sidecar (``model.plan.json``) is compared with this machine: a
 plan built by another TensorRT version or on another GPU model is refused with a message
 that says what differs, instead of failing deep inside TensorRT (or, worse, silently).
-Buffers come from cuda-python (``cuda.bindings.runtime``), as in NVIDIA's current samples:
-device memory from ``cudaMalloc``, host staging memory from ``cudaMallocHost`` (page-locked;
-copies from pageable numpy memory are synchronous staging copies and distort latency), and
+Buffers and the stream come from ``--cuda-lib`` (``rescompile.runtime.cuda_libs``): cuda-python
+by default, as in NVIDIA's current samples, else pycuda, else torch with CUDA; host staging
+memory is page-locked (copies from pageable numpy memory are synchronous staging copies and
+distort latency). Latency runs may replay ``execute_async_v3`` from a CUDA graph, and
 every TensorRT call that reports failure by returning False is checked.
 """
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rescompile.engine.device import cudart_module, select_device
 from rescompile.engine.sidecar import compatibility_problems, read_sidecar
-from rescompile.errors import MissingDependency, RescompileError, UsageError
-
-
-class EngineRunError(RescompileError):
-    """TensorRT or CUDA refused a call while running a plan (a bug or a broken install: exit 4)."""
-
-    exit_code = 4
-
-
-def _ok(result: Any) -> Any:
-    """Unpack a cuda-python ``(err, value...)`` result; raise on an error code."""
-    cudart = cudart_module()
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if err != cudart.cudaError_t.cudaSuccess:
-        _, text = cudart.cudaGetErrorString(err)
-        raise EngineRunError(f"CUDA error {int(err)}: {text.decode() if isinstance(text, bytes) else text}")
-    return values[0] if len(values) == 1 else (tuple(values) or None)
+from rescompile.errors import RescompileError, UsageError
+from rescompile.runtime.cuda_libs import EngineRunError, graph_note, open_cuda_lib
 
 
 def _check(done: bool, what: str) -> None:
@@ -45,69 +29,63 @@ def _check(done: bool, what: str) -> None:
 
 
 class _DeviceBuffer:
-    """A device allocation that grows on demand."""
+    """A device allocation (from the chosen CUDA library) that grows on demand."""
 
-    def __init__(self) -> None:
-        self.ptr = 0
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.buf: Any = None
         self.nbytes = 0
 
     def ensure(self, nbytes: int) -> int:
-        cudart = cudart_module()
         if nbytes > self.nbytes:
             self.free()
-            self.ptr = int(_ok(cudart.cudaMalloc(nbytes)))
+            self.buf = self.lib.alloc_device(nbytes)
             self.nbytes = nbytes
-        return self.ptr
+        return int(self.lib.device_ptr(self.buf))
 
     def free(self) -> None:
-        cudart = cudart_module()
-        if self.ptr:
-            _ok(cudart.cudaFree(self.ptr))
-        self.ptr, self.nbytes = 0, 0
+        if self.buf is not None:
+            self.lib.free_device(self.buf)
+        self.buf, self.nbytes = None, 0
 
 
 class _PinnedBuffer:
-    """Page-locked host memory (``cudaMallocHost``) that grows on demand, viewed as numpy arrays."""
+    """Page-locked host memory (from the chosen CUDA library) that grows on demand, viewed as numpy arrays."""
 
-    def __init__(self) -> None:
-        self.ptr = 0
+    def __init__(self, lib: Any) -> None:
+        self.lib = lib
+        self.buf: Any = None
         self.nbytes = 0
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        nbytes = int(np.prod(shape)) * dtype.itemsize
+        count = int(np.prod(shape))
+        nbytes = count * dtype.itemsize
         if nbytes > self.nbytes:
             self.free()
-            cudart = cudart_module()
-            self.ptr = int(_ok(cudart.cudaMallocHost(nbytes)))
+            self.buf = self.lib.alloc_host(nbytes)
             self.nbytes = nbytes
-        raw = (ctypes.c_byte * nbytes).from_address(self.ptr)
-        return np.frombuffer(memoryview(raw), dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        raw = self.lib.host_array(self.buf, self.nbytes)
+        return raw[:nbytes].view(dtype)[:count].reshape(shape)
 
     def free(self) -> None:
-        cudart = cudart_module()
-        if self.ptr:
-            _ok(cudart.cudaFreeHost(self.ptr))
-        self.ptr, self.nbytes = 0, 0
+        if self.buf is not None:
+            self.lib.free_host(self.buf)
+        self.buf, self.nbytes = None, 0
 
 
 class TensorRTRunner:
     """A TensorRT engine with one input and one output; ``infer(x)`` splits x into profile-sized chunks."""
 
     def __init__(self, plan: Path | str, name: str = "tensorrt-int8", check_compatibility: bool = True,
-                 device_index: int = 0) -> None:  # fmt: skip
+                 device_index: int = 0, cuda_lib: str = "auto") -> None:  # fmt: skip
         from rescompile.engine.tensorrt import load_tensorrt, make_logger, require_gpu
 
         trt = load_tensorrt()
-        try:
-            cudart = cudart_module()
-        except ImportError:
-            raise MissingDependency("cuda-python is not installed", hint="pip install 'rescompile[tensorrt]'") from None
-
         plan = Path(plan)
         if not plan.is_file():
             raise UsageError(f"engine {plan} does not exist")
         device = require_gpu(device_index)
-        select_device(device_index)
+        self.cuda = open_cuda_lib(cuda_lib, device_index)  # makes the device current; exit 3 when no library
         if check_compatibility:
             problems = compatibility_problems(read_sidecar(plan), str(trt.__version__), device)
             if problems:
@@ -139,15 +117,19 @@ class TensorRTRunner:
         else:
             self.max_batch = self.min_batch = int(shape[0])
         self.dynamic = shape[0] < 0
-        self._stream = _ok(cudart.cudaStreamCreate())
-        self._in = _DeviceBuffer()
-        self._out = _DeviceBuffer()
-        self._h_in = _PinnedBuffer()
-        self._h_out = _PinnedBuffer()
+        self._in = _DeviceBuffer(self.cuda)
+        self._out = _DeviceBuffer(self.cuda)
+        self._h_in = _PinnedBuffer(self.cuda)
+        self._h_out = _PinnedBuffer(self.cuda)
+        self.use_graphs = False  # set by enable_graph(); latency runs only
+        self._graph: Any = None
+        self._graph_key: tuple[Any, ...] | None = None
+        self.graph_info: dict[str, Any] | None = None
+
+    def _enqueue(self) -> None:
+        _check(self.context.execute_async_v3(self.cuda.stream_handle()), "execute_async_v3")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        cudart = cudart_module()
-
         if self.dynamic:
             _check(self.context.set_input_shape(self.input, tuple(x.shape)), f"input shape {list(x.shape)}")
         out_shape = tuple(self.context.get_tensor_shape(self.output))
@@ -157,11 +139,16 @@ class TensorRTRunner:
         d_in, d_out = self._in.ensure(h_in.nbytes), self._out.ensure(h_out.nbytes)
         _check(self.context.set_tensor_address(self.input, d_in), f"the address of {self.input!r}")
         _check(self.context.set_tensor_address(self.output, d_out), f"the address of {self.output!r}")
-        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        _ok(cudart.cudaMemcpyAsync(d_in, self._h_in.ptr, h_in.nbytes, h2d, self._stream))
-        _check(self.context.execute_async_v3(int(self._stream)), "execute_async_v3")
-        _ok(cudart.cudaMemcpyAsync(self._h_out.ptr, d_out, h_out.nbytes, d2h, self._stream))
-        _ok(cudart.cudaStreamSynchronize(self._stream))
+        self.cuda.h2d(self._in.buf, self._h_in.buf, h_in.nbytes)
+        key = (tuple(x.shape), d_in, d_out)
+        if self._graph is not None and key == self._graph_key:
+            self.cuda.launch(self._graph)
+        else:
+            self._enqueue()
+        self.cuda.d2h(self._h_out.buf, self._out.buf, h_out.nbytes)
+        self.cuda.sync()
+        if self.use_graphs and self._graph is None and self.graph_info is None:
+            self._capture(key)  # after one plain enqueue with these shapes and addresses (TensorRT's rule)
         return h_out.copy()  # the pinned buffer is reused by the next call
 
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -180,16 +167,37 @@ class TensorRTRunner:
             parts.append(self._run(chunk)[:n])
         return np.concatenate(parts)
 
-    def close(self) -> None:
-        cudart = cudart_module()
+    def _capture(self, key: tuple[Any, ...]) -> None:
+        error = None
+        if self.cuda.has_graphs:
+            try:
+                self._graph = self.cuda.capture(self._enqueue)
+                self._graph_key = key
+            except Exception as exc:  # capture is an optimization: any failure falls back to plain enqueue
+                self._graph, error = None, f"{type(exc).__name__}: {exc}"
+        self.graph_info = graph_note(self.cuda.name, error)
 
+    def enable_graph(self) -> None:
+        """Latency runs: capture ``execute_async_v3`` into a CUDA graph at the next call, launch it after.
+
+        The graph replays only for the shape and buffers it was captured with; other calls enqueue
+        plainly. ``graph_info`` then records whether a graph is used and why not.
+        """
+        self.drop_graph()
+        self.use_graphs = True
+
+    def drop_graph(self) -> None:
+        if self._graph is not None:
+            self.cuda.free_graph(self._graph)
+        self._graph, self._graph_key, self.graph_info, self.use_graphs = None, None, None, False
+
+    def close(self) -> None:
+        self.drop_graph()
         self._in.free()
         self._out.free()
         self._h_in.free()
         self._h_out.free()
-        if self._stream is not None:
-            _ok(cudart.cudaStreamDestroy(self._stream))
-            self._stream = None
+        self.cuda.close()
 
     def __del__(self) -> None:
         try:

@@ -83,6 +83,7 @@ class Latency:
     throughput: float  # samples per second at p50
     peak_rss_mib: float  # peak resident memory of the process during these runs
     samples_ms: list[float] = field(default_factory=list)
+    cuda_graph: dict[str, Any] | None = None  # TensorRT runners: whether launches replayed a CUDA graph, and why not
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +123,10 @@ def measure_latency(
     while warmed < warmup and not (warmed and budget_s is not None and time.perf_counter() - start >= budget_s / 4):
         runner.infer(x)
         warmed += 1
+    graphs = getattr(runner, "enable_graph", None)
+    if graphs is not None:  # TensorRT: capture after warm-up (one call that captures, untimed)
+        graphs()
+        runner.infer(x)
     times: list[float] = []
     while True:
         t0 = time.perf_counter()
@@ -134,11 +139,16 @@ def measure_latency(
                 break
         elif len(times) >= MIN_RUNS and (time.perf_counter() - start >= budget_s or len(times) >= (max_runs or 1 << 62)):
             break
+    graph_info = None
+    if graphs is not None:
+        graph_info = getattr(runner, "graph_info", None)
+        runner.drop_graph()  # type: ignore[attr-defined]  # later calls (accuracy) enqueue plainly
     arr = np.asarray(times)
     p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
     return Latency(
         runner.name, role, batch, len(arr), warmed, p50, p90, p99, float(arr.mean()), float(arr.min()),
         float(arr.max()), batch / (p50 / 1000.0), peak_rss_mib(), [round(t, 4) for t in times[:MAX_KEPT_SAMPLES]],
+        graph_info,
     )  # fmt: skip
 
 

@@ -161,6 +161,7 @@ def _blocked_env(folder: Path, blocked: tuple[str, ...]) -> dict[str, str]:
         (["--dla-core", "0", "--backend", "onnxruntime"], "--dla-core needs --backend tensorrt"),
         (["--backend", "cuda"], "unknown backend 'cuda'"),
         (["--host", "h1", "--hosts", "fleet.yaml"], "give --host or --hosts, not both"),
+        (["--cuda-lib", "cupy"], "--cuda-lib 'cupy': expected one of auto, cuda-python, pycuda, torch"),
     ],
 )
 def test_deploy_usage_errors_exit_2_before_any_work(demo_bundle: Path, tmp_path: Path, extra: list[str], said: str) -> None:

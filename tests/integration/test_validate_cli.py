@@ -181,3 +181,13 @@ def test_build_gates_pass_and_fail_with_all_reports(models, tiny_npz, tmp_path):
     assert ref.is_file()
     res = runner.invoke(app, [*common, "--out", str(tmp_path / "x"), "--auto-fallback", "2"])
     assert res.exit_code == 2 and "needs an accuracy gate" in res.output
+
+
+def test_unknown_cuda_lib_is_a_usage_error_before_any_work(models, tiny_npz, tmp_path):
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"\0" * 16)
+    res = runner.invoke(app, ["validate", str(plan), "--reference", str(models["fp32"]), "--val", str(tiny_npz),
+                              "--out", str(tmp_path / "val"), "--cuda-lib", "cupy"])  # fmt: skip
+    assert res.exit_code == 2, res.output
+    assert "--cuda-lib 'cupy': expected one of auto, cuda-python, pycuda, torch" in " ".join(res.output.split())
+    assert not (tmp_path / "val").exists()

@@ -124,7 +124,8 @@ def test_tensorrt_runner_without_tensorrt_is_a_missing_dependency(tmp_path: Path
 
 def test_cuda_results_are_unpacked_or_raised() -> None:
     cudart = pytest.importorskip("cuda.bindings.runtime")
-    from rescompile.runtime.tensorrt_runner import EngineRunError, _ok
+    from rescompile.runtime.cuda_libs import EngineRunError
+    from rescompile.runtime.cuda_libs import cuda_ok as _ok
 
     assert _ok((cudart.cudaError_t.cudaSuccess, 7)) == 7 and _ok((cudart.cudaError_t.cudaSuccess,)) is None
     with pytest.raises(EngineRunError, match="CUDA error 1: invalid argument") as info:

@@ -164,7 +164,11 @@ NOT_TRT = {
     "context", "ctypes", "data", "decode", "dtype", "dynamic", "empty", "engine", "ensure", "free", "input",
     "input_dtype", "max_batch", "min_batch", "nbytes", "ndarray", "output", "output_dtype", "ptr", "zeros",
     "_h_in", "_h_out", "c_byte", "copy", "copyto", "from_address", "frombuffer", "itemsize", "prod", "reshape", "view",
-    "graph", "node",
+    "graph", "node", "__name__",
+    # the runner's CUDA-library protocol (rescompile.runtime.cuda_libs, checked below per library)
+    "lib", "cuda", "buf", "alloc_device", "alloc_host", "device_ptr", "host_array", "h2d", "d2h", "launch", "sync",
+    "stream_handle", "capture", "free_graph", "free_device", "free_host", "has_graphs", "use_graphs", "graph_info",
+    "_graph", "_graph_key", "_enqueue", "_capture", "drop_graph",
 }  # fmt: skip
 
 
@@ -194,7 +198,7 @@ def test_every_method_called_on_a_tensorrt_object_is_known(table: ApiTable, sour
 def test_cuda_runtime_names_exist_in_the_installed_cuda_bindings() -> None:
     cudart = pytest.importorskip("cuda.bindings.runtime")
     device_src = Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
-    uses = attribute_uses(SOURCES["runner"], "cudart", depth=3) + attribute_uses(device_src, "cudart", depth=3)
+    uses = attribute_uses(_libs_src(), "cudart", depth=3) + attribute_uses(device_src, "cudart", depth=3)
     assert {u.name.split(".")[0] for u in uses} >= {"cudaMalloc", "cudaMemcpyAsync", "cudaStreamCreate"}
     for use in uses:
         obj = cudart
@@ -202,14 +206,20 @@ def test_cuda_runtime_names_exist_in_the_installed_cuda_bindings() -> None:
             obj = getattr(obj, part)  # AttributeError names the missing part
 
 
+def _libs_src() -> str:
+    return Path(runner.__file__).with_name("cuda_libs.py").read_text()  # type: ignore[arg-type]
+
+
 def _device_src() -> str:
     return Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
 
 
 def test_every_cuda_name_used_is_in_the_sourced_table() -> None:
-    uses = attribute_uses(SOURCES["runner"], "cudart", depth=1) + attribute_uses(_device_src(), "cudart", depth=1)
+    uses = attribute_uses(_libs_src(), "cudart", depth=1) + attribute_uses(_device_src(), "cudart", depth=1)
     used = {u.name for u in uses}
     assert {"cudaMallocHost", "cudaFreeHost", "cudaSetDevice"} <= used  # pinned host copies, device selection
+    assert {"cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch"} <= used
+    assert attribute_uses(SOURCES["runner"], "cudart") == []  # the runner goes through cuda_libs only
     assert used <= CUDA_RUNTIME_NAMES
     assert {u.name for u in attribute_uses(_device_src(), "driver", depth=1)} <= CUDA_DRIVER_NAMES
 
