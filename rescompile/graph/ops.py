@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the op tables import without onnx
+    import onnx
+
 # Ops with a weight initializer that placement quantizes per channel (rule R2/O7).
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 # Linear ops that make a shortcut a projection (ConvTranspose stays float: not quantized).
@@ -19,3 +24,13 @@ QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
 # G1: ops whose subgraphs or semantics placement cannot see through: refused with exit 2, never guessed.
 CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
 STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+def weight_axis(node: onnx.NodeProto) -> int:
+    """The output-channel axis of a weighted op's weight: 0 for Conv, for Gemm 0 with transB else 1, 1 for MatMul."""
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    return 1  # MatMul: W is K x N

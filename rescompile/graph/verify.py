@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.ops import QDQ_OPS, SAME_SCALE_OPS, WEIGHTED_OPS
+from rescompile.graph.ops import QDQ_OPS, SAME_SCALE_OPS, WEIGHTED_OPS, weight_axis
 from rescompile.graph.topology import ResidualBlock, find_residual_blocks
 
 RULES = {
@@ -365,11 +365,7 @@ def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, sca
     if q.dtype != np.int8:
         v.append(Violation("dtype", node_name(n), f"weight of {node_name(consumer)} is {q.dtype}, must be INT8"))
     c["weight-axis"] += 1
-    want = 0
-    if consumer.op_type == "Gemm":
-        want = 0 if _attr_i(consumer, "transB", 0) else 1
-    elif consumer.op_type == "MatMul":
-        want = 1
+    want = weight_axis(consumer)  # the axis placement quantized per channel (R2/O7)
     axis = _attr_i(n, "axis", 1)
     if scale is None or np.ndim(scale) != 1 or axis != want or scale.shape[0] != q.shape[want]:
         got = "per-tensor" if scale is None or np.ndim(scale) == 0 else f"axis {axis} with {scale.shape[0]} scales"

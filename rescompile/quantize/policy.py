@@ -214,16 +214,6 @@ def kept_nodes(model: onnx.ModelProto, keep_fp: tuple[str, ...], keep_first_last
     return kept
 
 
-def weight_axis(node: onnx.NodeProto) -> int:
-    """The output-channel axis of a weighted op's weight."""
-    if node.op_type == "Conv":
-        return 0
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return 0 if trans_b else 1
-    return 1  # MatMul: W is K x N
-
-
 def scale_source(idx: GraphIndex, tensor: str, through: tuple[str, ...] = SCALE_PRESERVING_OPS) -> str:
     """Follow producers of op types ``through`` back to the tensor whose range sets the scale."""
     const = constant_tensors(idx)

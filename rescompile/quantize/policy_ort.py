@@ -29,7 +29,7 @@ import onnx
 from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.ops import RESHAPE_OPS, SAME_SCALE_OPS
+from rescompile.graph.ops import RESHAPE_OPS, SAME_SCALE_OPS, weight_axis
 from rescompile.graph.topology import constant_tensors, find_residual_blocks
 from rescompile.quantize.policy import (
     BiasQuant,
@@ -38,7 +38,6 @@ from rescompile.quantize.policy import (
     Requests,
     WeightQuant,
     kept_nodes,
-    weight_axis,
     weighted_nodes,
 )
 from rescompile.quantize.registry import register

@@ -16,9 +16,9 @@ import onnx
 from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.ops import ADD_OPS, SCALE_PRESERVING_OPS, WEIGHTED_OPS
+from rescompile.graph.ops import ADD_OPS, SCALE_PRESERVING_OPS, WEIGHTED_OPS, weight_axis
 from rescompile.graph.topology import find_residual_blocks
-from rescompile.quantize.policy import QuantPlan, Requests, WeightQuant, block_plan, kept_nodes, weight_axis, weighted_nodes
+from rescompile.quantize.policy import QuantPlan, Requests, WeightQuant, block_plan, kept_nodes, weighted_nodes
 from rescompile.quantize.registry import register
 
 if TYPE_CHECKING:
