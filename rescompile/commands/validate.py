@@ -90,42 +90,6 @@ def _build_inputs(build: Any) -> tuple[Path, Path, Any, dict[str, Any]]:
     return build.file(INT8_ONNX), build.file(SIMPLIFIED_ONNX), pre, doc
 
 
-def _validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str,
-                     val_size: int | None) -> Any:  # fmt: skip
-    """The validation data (a DataChoice) when no saved reference brings its own.
-
-    ``--val`` if given; else a build folder's own choice, re-created from its manifest (the same
-    held-out split of its calibration data, or its in-sample set); else demo-val for the demo
-    model; else a UsageError: a non-demo model needs ``--val``.
-    """
-    from rescompile.data.holdout import DEMO_MODEL, DEMO_VAL, DataChoice, choose_data
-    from rescompile.data.sources import open_source
-    from rescompile.errors import UsageError
-
-    if val is not None:
-        return DataChoice.validation_only("given", open_source(val, layout=layout, limit=val_size, seed=0))
-    if build is not None:
-        cfg = build.get("config", {})
-        seed = int(cfg.get("seed", 0))
-        size = val_size if val_size is not None else cfg.get("val_size")
-        if cfg.get("val") is not None or cfg.get("model") == DEMO_MODEL:  # its --val (or demo-val): no calibration data needed
-            spec = cfg.get("val") or DEMO_VAL
-            return DataChoice.validation_only("given" if cfg.get("val") else "demo",
-                                              open_source(spec, layout=layout, limit=size, seed=seed), seed)  # fmt: skip
-        built_layout = (build.get("data", {}).get("validation_choice") or {}).get("layout", cfg.get("layout", layout))
-        try:  # the build validated on data taken from its --calib: the same seed re-creates the same split
-            return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
-                               val_size=size, seed=seed)  # fmt: skip
-        except UsageError as exc:
-            raise UsageError(f"cannot re-create the build's validation data from its --calib: {exc.message}",
-                             hint="run from the folder the build ran in, or pass --val") from None  # fmt: skip
-    if ref_spec == DEMO_MODEL:
-        return DataChoice.validation_only("demo", open_source(DEMO_VAL, layout=layout, limit=val_size, seed=0))
-    raise UsageError(
-        f"no validation data: --val is needed to validate against {ref_spec} (demo-val fits only the demo model)",
-        hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
-        "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
-    )  # fmt: skip
 def _reference_file(path: Path, no_verify_hashes: bool) -> Path:
     """An FP32 reference file; checked against its build's manifest when it is in one (a failed build's FP32 is fine)."""
     from rescompile.buildfolder import build_of
@@ -210,7 +174,7 @@ def validate(
     """
 
     from rescompile.config import Gates
-    from rescompile.data.holdout import DataChoice, check_label_gates
+    from rescompile.data.holdout import DataChoice, check_label_gates, validation_data
     from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import DataSource, check_shape
     from rescompile.errors import GateFailed, UsageError
@@ -259,7 +223,7 @@ def validate(
             raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
         saved_ref = ref_spec.lower().endswith(".npz")
         # the validation data, and gates that need labels it lacks (exit 2), are settled before any work
-        choice: Any = None if saved_ref else _validation_data(val, build_doc, ref_spec, layout, val_size)
+        choice: Any = None if saved_ref else validation_data(val, build_doc, ref_spec, layout, val_size)
         if choice is not None:
             check_label_gates(gates, choice)
         cand_runner = open_runner(cand_path, threads=threads, cuda_lib=check_choice(cuda_lib))  # first: no TensorRT fails early

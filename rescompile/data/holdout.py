@@ -155,6 +155,40 @@ def choose_data(
     return DataChoice(mode, calib_src, val_src, str(calib), seed, full.count, n_held)
 
 
+def validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str,
+                     val_size: int | None) -> DataChoice:  # fmt: skip
+    """The validation data (a DataChoice) when no saved reference brings its own.
+
+    ``--val`` if given; else a build folder's own choice, re-created from its manifest (the same
+    held-out split of its calibration data, or its in-sample set); else demo-val for the demo
+    model; else a UsageError: a non-demo model needs ``--val``.
+    """
+    if val is not None:
+        return DataChoice.validation_only("given", open_source(val, layout=layout, limit=val_size, seed=0))
+    if build is not None:
+        cfg = build.get("config", {})
+        seed = int(cfg.get("seed", 0))
+        size = val_size if val_size is not None else cfg.get("val_size")
+        if cfg.get("val") is not None or cfg.get("model") == DEMO_MODEL:  # its --val (or demo-val): no calibration data needed
+            spec = cfg.get("val") or DEMO_VAL
+            return DataChoice.validation_only("given" if cfg.get("val") else "demo",
+                                              open_source(spec, layout=layout, limit=size, seed=seed), seed)  # fmt: skip
+        built_layout = (build.get("data", {}).get("validation_choice") or {}).get("layout", cfg.get("layout", layout))
+        try:  # the build validated on data taken from its --calib: the same seed re-creates the same split
+            return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
+                               val_size=size, seed=seed)  # fmt: skip
+        except UsageError as exc:
+            raise UsageError(f"cannot re-create the build's validation data from its --calib: {exc.message}",
+                             hint="run from the folder the build ran in, or pass --val") from None  # fmt: skip
+    if ref_spec == DEMO_MODEL:
+        return DataChoice.validation_only("demo", open_source(DEMO_VAL, layout=layout, limit=val_size, seed=0))
+    raise UsageError(
+        f"no validation data: --val is needed to validate against {ref_spec} (demo-val fits only the demo model)",
+        hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
+        "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
+    )  # fmt: skip
+
+
 def check_label_gates(gates: Any, choice: DataChoice) -> None:
     """Raise UsageError (exit 2) when a gate that needs labels is set but the validation data has none."""
     from rescompile.validate.gates import LABEL_GATES, SPECS

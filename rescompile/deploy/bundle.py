@@ -114,11 +114,11 @@ class BundleOptions:
 
 def reference_set(build: Any, pre: Any, opts: BundleOptions) -> tuple[np.ndarray, np.ndarray | None, list[str], str]:
     """``opts.reference_size`` preprocessed inputs (seeded, stratified), their labels, class names, source name."""
-    from rescompile.commands.validate import _validation_data
+    from rescompile.data.holdout import validation_data
     from rescompile.validate.reference import ValidationInputs
 
     doc = {**build.manifest, "config": build.config}
-    choice = _validation_data(opts.val, doc, "", opts.layout, opts.reference_size)
+    choice = validation_data(opts.val, doc, "", opts.layout, opts.reference_size)
     inputs = ValidationInputs.from_source(choice.val, pre)
     xs, ys = [], []
     for x, y in inputs.batches(64):
