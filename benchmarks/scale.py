@@ -8,7 +8,10 @@ rescompile; synthetic seeded uint8 noise images in a .npy file (a path every wor
   with 2 ONNX Runtime threads, then Ray with 2 shards of 1 thread each (local Ray, 2 CPUs, started
   before the clock: its start-up is reported apart); the ranges must be byte-identical.
 - validation of ``--val`` images: the FP32 reference (PyTorch) and the INT8 candidate (ONNX
-  Runtime) logits, the same two ways; the logits must be identical.
+  Runtime) logits: one process with 2 threads (the time to beat), one process with 1 thread, and
+  Ray with 2 shards whose runners have 1 thread; the Ray logits must be bit-identical to the
+  1-thread process (a shard runs with its runner's thread count, and float reductions are ordered
+  by the thread count, so 1 and 2 threads differ in the last bits on resnet50).
 - merge cost: ``merge_stats`` of N copies of the collected statistics, for N = 2, 8, 32.
 
 The estimate for N nodes: ``T(N) = per-image cost of one 1-thread worker x images / N + merge(N)
@@ -118,12 +121,17 @@ def main() -> None:
         local = ValidateSettings(batch_size=args.batch_size, threads=2)
         remote = ValidateSettings(batch_size=args.batch_size, ray=scale)
         t0 = time.perf_counter()
-        ref = compute_reference(TorchRunner(module, threads=2), inputs, local)
-        cand = run_outputs(OnnxRuntimeRunner(int8, "onnxruntime-int8", 2), inputs, local, "candidate")
+        compute_reference(TorchRunner(module, threads=2), inputs, local)
+        run_outputs(OnnxRuntimeRunner(int8, "onnxruntime-int8", 2), inputs, local, "candidate")
         out["val_one_process_s"] = round(time.perf_counter() - t0, 2)
+        # the shards run with their runner's thread count (1 here): the single-process run to match is the 1-thread one
         t0 = time.perf_counter()
-        ref_r = compute_reference(TorchRunner(module, threads=2), inputs, remote)
-        cand_r = run_outputs(OnnxRuntimeRunner(int8, "onnxruntime-int8", 2), inputs, remote, "candidate")
+        ref = compute_reference(TorchRunner(module, threads=1), inputs, local)
+        cand = run_outputs(OnnxRuntimeRunner(int8, "onnxruntime-int8", 1), inputs, local, "candidate")
+        out["val_one_process_1thread_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        ref_r = compute_reference(TorchRunner(module, threads=1), inputs, remote)
+        cand_r = run_outputs(OnnxRuntimeRunner(int8, "onnxruntime-int8", 1), inputs, remote, "candidate")
         out["val_ray_2x1_s"] = round(time.perf_counter() - t0, 2)
         out["val_logits_identical"] = bool(np.array_equal(ref.logits, ref_r.logits) and np.array_equal(cand, cand_r))
         ray.shutdown()
@@ -146,7 +154,8 @@ def markdown(r: dict[str, Any]) -> str:
     calib = (f"| calibration, {r['calib_images']} images, `auto`, batch {r['batch_size']} | {r['calib_one_process_s']} s | "
              f"{r['calib_ray_2x1_s']} s | ranges.json and calib_stats.npz bytes: {r['calib_ranges_identical']} |")
     val = (f"| validation, {r['val_images']} images: FP32 reference (PyTorch) + INT8 candidate logits (ONNX Runtime) | "
-           f"{r['val_one_process_s']} s | {r['val_ray_2x1_s']} s | logits: {r['val_logits_identical']} |")
+           f"{r['val_one_process_s']} s | {r['val_ray_2x1_s']} s | logits bit-identical to the same run in one 1-thread process "
+           f"({r['val_one_process_1thread_s']} s): {r['val_logits_identical']} |")
     return f"""# Scale-out on Ray: {r['model']} (random weights, 224x224), this {r['machine']['cpus']}-core machine
 
 Command: `flock /tmp/rescompile-bench.lock nice -n 10 python benchmarks/scale.py --model {r['model']}`

@@ -2,7 +2,8 @@
 
 Each task rebuilds the runner (an ONNX model on ONNX Runtime, or the PyTorch module) and returns
 the logits (and labels) of its contiguous shard; shards start on batch boundaries, so every batch
-is the single-process run's batch, and the logits are concatenated in order. Every metric is then
+is the single-process run's batch, each task runs with the runner's own intra-op thread count (float
+reductions are ordered by it), and the logits are concatenated in order. Every metric is then
 computed once on the driver from the same arrays: identical to the single-process report.
 
 Latency is not sharded: one Ray task, alone (the shards have finished, and it asks for every CPU
@@ -22,7 +23,7 @@ import numpy as np
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_label, shard_bounds
 from rescompile.scale.tasks import gather, task_result
 
-Recipe = tuple[str, Any, str]  # (kind, model bytes or torch module, runner name)
+Recipe = tuple[str, Any, str, int]  # (kind, model bytes or torch module, runner name, intra-op threads)
 
 
 def recipe_of(runner: Any) -> Recipe | None:
@@ -30,23 +31,24 @@ def recipe_of(runner: Any) -> Recipe | None:
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
     if isinstance(runner, OnnxRuntimeRunner) and getattr(runner, "model_data", None) is not None:
-        return ("onnxruntime", runner.model_data, runner.name)
+        return ("onnxruntime", runner.model_data, runner.name, runner.threads)
     if isinstance(runner, TorchRunner):
-        return ("torch", runner.module, runner.name)
+        return ("torch", runner.module, runner.name, runner.threads)
     return None
 
 
-def make_runner(recipe: Recipe, threads: int | None) -> Any:
+def make_runner(recipe: Recipe) -> Any:
+    """The runner again, in a Ray worker, with the driver's thread count."""
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
-    kind, model, name = recipe
+    kind, model, name, threads = recipe
     return OnnxRuntimeRunner(model, name, threads) if kind == "onnxruntime" else TorchRunner(model, name, threads)
 
 
-def shard_outputs(recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int, threads: int,
+def shard_outputs(recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int,
                   keep_inputs: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """Logits, labels and (when kept) inputs of samples ``start:stop`` (what one Ray task computes)."""
-    runner = make_runner(recipe, threads)
+    runner = make_runner(recipe)
     logits, labels, kept = [], [], []
     for x, y in inputs.part(start, stop).batches(batch_size):
         logits.append(runner.infer(x))
@@ -73,8 +75,9 @@ def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: 
     ray = connect(settings)
     bounds = shard_bounds(inputs.count, settings.shards or cluster_cpus(ray), batch_size)
     recipe_ref, inputs_ref = ray.put(recipe), ray.put(inputs)
-    task = ray.remote(task_result(shard_outputs)).options(num_cpus=1, max_retries=0)
-    refs = [task.remote(recipe_ref, inputs_ref, a, b, batch_size, settings.threads, keep_inputs) for a, b in bounds]
+    # as many CPUs as the task has threads (no oversubscription), but never more than a node has
+    task = ray.remote(task_result(shard_outputs)).options(num_cpus=min(recipe[3], _node_cpus(ray)), max_retries=0)
+    refs = [task.remote(recipe_ref, inputs_ref, a, b, batch_size, keep_inputs) for a, b in bounds]
     sizes = [b - a for a, b in bounds]
     parts = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
     logits = np.concatenate([p[0] for p in parts])
@@ -83,14 +86,19 @@ def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: 
     return logits, labels, kept
 
 
+def _node_cpus(ray: Any) -> int:
+    """CPUs of the largest live node (at least 1)."""
+    return max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)))
+
+
 def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, settings: Any,
            other_s: float) -> tuple[Any, Any, Any, dict[str, str]]:  # fmt: skip
     import ray
 
     from rescompile.validate.run import measure_all
 
-    cand = make_runner(candidate, settings.threads)
-    base = None if baseline is None else make_runner(baseline, settings.threads)
+    cand = make_runner(candidate)
+    base = None if baseline is None else make_runner(baseline)
     records, speedup, plan = measure_all(cand, base, sample, settings, other_s)
     return records, speedup, plan, node_label(ray)
 
@@ -106,8 +114,7 @@ def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, settings: 
     if cand is None or (baseline is not None and base is None):
         return None
     ray = connect(ray_settings)
-    cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)
-    task = ray.remote(task_result(_timed)).options(num_cpus=max(1, int(cpus)), max_retries=0)
+    task = ray.remote(task_result(_timed)).options(num_cpus=_node_cpus(ray), max_retries=0)
     quiet = dataclasses.replace(settings, progress=False, ray=None)
     records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, quiet, other_s)])[0]
     return records, speedup, plan, where

@@ -172,7 +172,8 @@ def validate(
         latency, speedup, plan = measure_all(candidate, baseline, sample, settings, other)
     else:
         latency, speedup, plan, where = timed
-        report["scale"] = {"ray": settings.ray.where(), "shards": settings.ray.shards, "latency_measured_on": where}
+        report["scale"] = {"ray": settings.ray.where(), "shards": settings.ray.shards,
+                           "threads_per_shard": getattr(candidate, "threads", None) or 1, "latency_measured_on": where}
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     report["latency"] = latency
     report["speedup_int8_vs_fp32_p50"] = speedup

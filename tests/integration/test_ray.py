@@ -199,3 +199,37 @@ grid:
     for k in ("accuracy", "agreement", "per_class", "samples"):
         assert sharded[k] == one[k]
     assert sharded["scale"]["latency_measured_on"]["host"]
+
+
+def test_shards_run_with_the_thread_count_of_one_process(tiny_data: np.ndarray) -> None:
+    """Float reductions are ordered by the thread count (resnet50: 3e-5 apart between 1 and 2 threads), so every
+    shard must run with the single-process runner's count, given or default, for the logits to be bit-identical."""
+    import sys
+
+    import torch
+    from ray import cloudpickle
+
+    from rescompile.runtime.runners import TorchRunner, default_threads
+    from rescompile.validate.reference import ValidationInputs
+    from rescompile.validate.run import ValidateSettings, compute_reference
+
+    class Probe(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.full((x.shape[0], 1), float(torch.get_num_threads()))
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    inputs = ValidationInputs.from_arrays("tiny", tiny_data, None)
+    for threads in (None, 1):
+        local = compute_reference(TorchRunner(Probe(), threads=threads), inputs, ValidateSettings(batch_size=5))
+        sharded = compute_reference(TorchRunner(Probe(), threads=threads), inputs,
+                                    ValidateSettings(batch_size=5, ray=RaySettings(shards=3)))  # fmt: skip
+        assert set(local.logits.ravel()) == {float(threads or default_threads())}
+        assert np.array_equal(sharded.logits, local.logits)
+
+
+def test_onnx_runtime_runners_name_their_thread_count_explicitly(tiny_onnx: onnx.ModelProto) -> None:
+    from rescompile.runtime.runners import OnnxRuntimeRunner, default_threads
+
+    for given, want in ((None, default_threads()), (1, 1)):
+        r = OnnxRuntimeRunner(tiny_onnx, threads=given)
+        assert r.threads == want and r.session.get_session_options().intra_op_num_threads == want
