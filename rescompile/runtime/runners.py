@@ -17,17 +17,25 @@ _DEFAULT_THREADS: list[int] = []
 
 
 def default_threads() -> int:
-    """The intra-op thread count a runner uses when none is given: PyTorch's default on this machine (its physical cores).
+    """The intra-op thread count a runner uses when none is given.
 
-    Read once, before any runner changes it, and given explicitly to both PyTorch and ONNX Runtime, so a
-    run's results never depend on which library picked the count (a float reduction's order follows the
-    thread count: resnet50's logits differ by ~3e-5 between 1 and 2 threads). Ray shards run with the same
-    count (rescompile.scale.ray_validate), which makes them bit-identical to one process.
+    PyTorch's default (its physical cores) when PyTorch is already loaded, else the CPUs this process may
+    run on (the device side runs without PyTorch, and must not import it just to count). Read once per
+    process, before any runner changes it, and given explicitly to both PyTorch and ONNX Runtime, so a run's
+    results never depend on which library picked the count (a float reduction's order follows the thread
+    count: resnet50's logits differ by ~3e-5 between 1 and 2 threads). Ray shards get the driver's count
+    (rescompile.scale.ray_validate), which makes them bit-identical to one process.
     """
     if not _DEFAULT_THREADS:
-        import torch
+        import os
+        import sys
 
-        _DEFAULT_THREADS.append(max(1, torch.get_num_threads()))
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            count = torch.get_num_threads()
+        else:
+            count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        _DEFAULT_THREADS.append(max(1, count))
     return _DEFAULT_THREADS[0]
 
 
