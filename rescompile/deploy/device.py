@@ -78,7 +78,7 @@ def resolve_target(name: str) -> Any:
 
     if name != "auto":
         return get_target(name)
-    from rescompile.engine.tensorrt import require_gpu
+    from rescompile.engine.device import require_gpu
 
     cc = require_gpu().compute_capability
     return get_target(f"sm_{cc[0]}{cc[1]}")
@@ -86,8 +86,9 @@ def resolve_target(name: str) -> Any:
 
 def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], Any]:
     """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
+    from rescompile.engine.device import load_tensorrt
     from rescompile.engine.settings import EngineOptions
-    from rescompile.engine.tensorrt import build_engine, load_tensorrt
+    from rescompile.engine.tensorrt import build_engine
     from rescompile.errors import MissingDependency
     from rescompile.validate.gates import GateResult
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import onnx
 
-from rescompile.engine.device import find_gpu, select_device
+from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
 from rescompile.engine.implicit import strip_qdq
 from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
 from rescompile.engine.settings import (
@@ -37,7 +37,7 @@ from rescompile.engine.settings import (
 )
 from rescompile.engine.sidecar import DeviceInfo, make_sidecar, sidecar_path
 from rescompile.engine.targets import Target
-from rescompile.errors import MissingDependency, RescompileError, require
+from rescompile.errors import RescompileError
 from rescompile.graph.topology import find_residual_blocks
 from rescompile.io import sha256_bytes, write_bytes_atomic, write_json, write_text_atomic
 
@@ -48,25 +48,8 @@ class EngineBuildError(RescompileError):
     """TensorRT could not parse the ONNX or build the engine (exit code 2): the log says why."""
 
 
-def load_tensorrt() -> Any:
-    """``import tensorrt`` or raise MissingDependency saying how to get it (exit code 3)."""
-    return require("tensorrt", extra="tensorrt")
-
-
 def tensorrt_version(trt: Any) -> TrtVersion:
     return parse_version(str(trt.__version__))
-
-
-def require_gpu(index: int = 0) -> DeviceInfo:
-    """This machine's CUDA device, or MissingDependency."""
-    device, why = find_gpu(index)
-    if device is None:
-        raise MissingDependency(f"no CUDA GPU is visible ({why})", hint="build on the device or a GPU machine")
-    return device
-
-
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 @dataclass(frozen=True)
