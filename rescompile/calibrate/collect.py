@@ -25,7 +25,7 @@ fixed by ``n`` (phase ``n mod k``), not by the run that saw it; zeros are stored
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,6 +165,24 @@ def rebin(hist: np.ndarray, factor: int) -> np.ndarray:
     out[b - g : b] = hist[:b].reshape(g, factor).sum(axis=1)
     out[b : b + g] = hist[b:].reshape(g, factor).sum(axis=1)
     return out
+
+
+class InputWatch:
+    """Min/max/count of the model inputs as they stream by (when the input itself is not calibrated).
+
+    One per calibration run: the single-process run and each Ray shard (scale/ray_calibrate.py) watch alike.
+    """
+
+    def __init__(self) -> None:
+        self.stats = TensorStats("input")
+
+    def watch(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for x in batches:
+            if x.size:
+                lo, hi = float(np.min(x)), float(np.max(x))
+                self.stats.min, self.stats.max = min(self.stats.min, lo), max(self.stats.max, hi)
+                self.stats.count += int(x.size)
+            yield x
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
