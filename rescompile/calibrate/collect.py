@@ -298,17 +298,12 @@ def collect_stats(
 
 
 def _session(model: onnx.ModelProto, model_bytes: bytes | None, exposed: list[str], threads: int | None) -> Any:
-    import onnxruntime as ort
+    from rescompile.runtime.sessions import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
     existing = {o.name for o in model.graph.output}
     probe = probe_bytes(model_bytes or model.SerializeToString(), [t for t in exposed if t not in existing])
-    return ort.InferenceSession(probe, opts, providers=["CPUExecutionProvider"])
+    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
+    return ort_session(probe, optimize=True, threads=threads, spinning=False)
 
 
 class _Runner:
