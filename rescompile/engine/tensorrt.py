@@ -21,6 +21,7 @@ from typing import Any
 
 import onnx
 
+from rescompile.buildfolder import PLAN, PLAN_LAYERS
 from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
 from rescompile.engine.implicit import strip_qdq
 from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
@@ -40,8 +41,6 @@ from rescompile.engine.targets import Target
 from rescompile.errors import RescompileError
 from rescompile.graph.topology import find_residual_blocks
 from rescompile.io import sha256_bytes, write_bytes_atomic, write_json, write_text_atomic
-
-PLAN_NAME = "model.plan"
 
 
 class EngineBuildError(RescompileError):
@@ -218,8 +217,8 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node],
                                    dla=settings.dla_core is not None)  # fmt: skip
     out_dir = Path(out_dir)
-    plan_path = out_dir / PLAN_NAME
-    layers_path = out_dir / f"{PLAN_NAME}.layers.json"
+    plan_path = out_dir / PLAN
+    layers_path = out_dir / PLAN_LAYERS
     write_bytes_atomic(plan_path, plan)
     write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
     sidecar = make_sidecar(
@@ -231,9 +230,6 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     write_json(sidecar_path(plan_path), sidecar)
     return EngineBuild(plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__),
                        fusion, cache_path, build_seconds)  # fmt: skip
-
-
-ENGINE_ARTIFACTS = (PLAN_NAME, f"{PLAN_NAME}.json", f"{PLAN_NAME}.layers.json")
 
 
 def preflight(target_name: str, device_index: int = 0) -> Target:

@@ -17,6 +17,7 @@ from typing import Any
 
 import onnx
 
+from rescompile.buildfolder import QDQ_PLAN
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.ops import CONTROL_FLOW_OPS, SCALE_PRESERVING_OPS, STANDARD_DOMAINS, WEIGHTED_OPS
@@ -117,7 +118,7 @@ class QuantPlan:
         """The inverse of :meth:`to_dict`; every record and field is type-checked (UsageError otherwise)."""
         from rescompile.readers import from_mapping
 
-        what = "qdq_plan.json"
+        what = QDQ_PLAN
         if not isinstance(d, dict):
             raise UsageError(f"not a rescompile {what}: it holds a JSON {type(d).__name__}, not an object")
         records = {"activations": ActivationQuant, "weights": WeightQuant, "residual_adds": BlockPlan, "biases": BiasQuant}
@@ -143,7 +144,7 @@ class QuantPlan:
                    dict(d.get("scheme", {})), dict(d.get("rules", {})))  # fmt: skip
 
     @classmethod
-    def from_json(cls, text: str, source: str = "qdq_plan.json") -> QuantPlan:
+    def from_json(cls, text: str, source: str = QDQ_PLAN) -> QuantPlan:
         """Parse the text of a plan; ``source`` names it in messages."""
         from rescompile.readers import parse_json
 
