@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.data.layout import check_layout
 from rescompile.errors import UsageError
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -133,8 +134,8 @@ def load_recipe(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path}: {key} must be a word, got {short(value)}")
         if key in ("mean", "std"):
             _floats(value, f"{path}: {key}")
-    if doc.get("layout") is not None and doc["layout"] not in ("nchw", "nhwc"):
-        raise UsageError(f"{path}: layout must be nchw or nhwc, not {short(doc['layout'])}")
+    if doc.get("layout") is not None:
+        check_layout(doc["layout"], f"{path}: layout")
     return dict(doc)
 
 
