@@ -25,6 +25,7 @@ MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "rescompile.manifest/1"
 MAX_MANIFEST_BYTES = 16 << 20  # a manifest is a few KB; anything this big is not one
 
+# Every artifact name, once: the stages that write them, the bundle, deploy and the readers import these.
 FP32_ONNX = "model.fp32.onnx"
 SIMPLIFIED_ONNX = "model.simplified.onnx"
 QDQ_PLAN = "qdq_plan.json"
@@ -35,10 +36,18 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 JUNIT_XML = "junit.xml"
 REPORT_HTML = "report.html"
-ARTIFACTS = (FP32_ONNX, SIMPLIFIED_ONNX, QDQ_PLAN, RANGES, CALIB_STATS, INT8_ONNX, REPORT_JSON, REPORT_MD, JUNIT_XML,
-             REPORT_HTML)  # fmt: skip
-# Written only with backend "tensorrt" (rescompile.engine.tensorrt.ENGINE_ARTIFACTS; no TensorRT import here).
-ENGINE_ARTIFACTS = ("model.plan", "model.plan.json", "model.plan.layers.json")
+REPORT_FILES = (REPORT_JSON, REPORT_MD, JUNIT_XML, REPORT_HTML)  # written by rescompile.validate.write
+ARTIFACTS = (FP32_ONNX, SIMPLIFIED_ONNX, QDQ_PLAN, RANGES, CALIB_STATS, INT8_ONNX, *REPORT_FILES)
+# Written only with backend "tensorrt", by rescompile.engine.tensorrt (the sidecar is PLAN + ".json": engine.sidecar).
+PLAN = "model.plan"
+PLAN_SIDECAR = f"{PLAN}.json"
+PLAN_LAYERS = f"{PLAN}.layers.json"
+ENGINE_ARTIFACTS = (PLAN, PLAN_SIDECAR, PLAN_LAYERS)
+# What `deploy` writes on the device (rescompile.deploy.device) and fetches back over ssh (deploy.remote).
+DEPLOY_REPORT = "deploy.json"
+DEPLOY_REPORT_MD = "deploy.md"
+ORT_SIDECAR = f"{INT8_ONNX}.json"  # the ONNX Runtime deployment's sidecar beside its model.int8.onnx
+DEPLOY_FETCHED = (DEPLOY_REPORT, DEPLOY_REPORT_MD, JUNIT_XML)
 
 FAILED_SUFFIX = ".failed"  # a build that misses a gate is published to <out>.failed/, beside the passing one
 NO_VERIFY_FLAG = "--no-verify-hashes"

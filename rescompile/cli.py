@@ -245,15 +245,14 @@ def build(
     With no arguments, builds the embedded demo (ResNet-20 trained on Fashion-MNIST).
     """
     from rescompile.config import BuildConfig, Gates
-    from rescompile.errors import UsageError
+    from rescompile.data.layout import check_layout
     from rescompile.pipeline import build as run_build
 
     def go() -> Any:
         from rescompile.calibrate.ranges import check_method
         from rescompile.validate.gates import resolve_gates
 
-        if layout not in ("nchw", "nhwc"):
-            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        check_layout(layout, "--layout")
         check_method(calib_method, percentile)
         log_to_stderr(quiet)
         cfg = BuildConfig(

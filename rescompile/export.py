@@ -40,12 +40,9 @@ def parity_inputs(shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.
 
 def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """Run a model once on ONNX Runtime's CPU provider with graph optimizations off."""
-    import onnxruntime as ort
+    from rescompile.runtime.sessions import ort_session
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = ort_session(model, optimize=False)
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
 
 

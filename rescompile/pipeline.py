@@ -106,6 +106,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     from dataclasses import replace
 
     from rescompile.data.holdout import check_label_gates, choose_data
+    from rescompile.data.layout import data_layout
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape
     from rescompile.quantize.registry import parse_policy
@@ -124,7 +125,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     if cfg.out is not None:
         check_out(Path(cfg.out))  # --out can be published to: exit 2 before any work (again, by staged(), at the end)
     recipe = load_recipe(cfg.recipe) if cfg.recipe is not None else {}
-    layout = recipe.get("layout", cfg.layout) if cfg.layout == "nchw" else cfg.layout
+    layout = data_layout(cfg.layout, recipe)
     # no --val: demo-val for the demo model, else a held-out split of --calib or (too small) in-sample
     data = choose_data(cfg.model, cfg.calib, cfg.val, layout=layout, calib_size=cfg.calib_size,
                        val_size=cfg.val_size, seed=cfg.seed)  # fmt: skip

@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.buildfolder import CALIB_STATS, RANGES
 from rescompile.calibrate.collect import TensorStats
 from rescompile.calibrate.ranges import CalibrationResult
 from rescompile.errors import UsageError
 from rescompile.io import sha256_bytes
 
-STATS_FILE = "calib_stats.npz"
-RANGES_FILE = "ranges.json"
+STATS_FILE = CALIB_STATS  # the build folder's names, kept when calibration reuses a previous build
+RANGES_FILE = RANGES
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so identical statistics give identical bytes
 
 

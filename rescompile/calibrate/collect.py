@@ -25,7 +25,7 @@ fixed by ``n`` (phase ``n mod k``), not by the run that saw it; zeros are stored
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,6 +167,24 @@ def rebin(hist: np.ndarray, factor: int) -> np.ndarray:
     return out
 
 
+class InputWatch:
+    """Min/max/count of the model inputs as they stream by (when the input itself is not calibrated).
+
+    One per calibration run: the single-process run and each Ray shard (scale/ray_calibrate.py) watch alike.
+    """
+
+    def __init__(self) -> None:
+        self.stats = TensorStats("input")
+
+    def watch(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+        for x in batches:
+            if x.size:
+                lo, hi = float(np.min(x)), float(np.max(x))
+                self.stats.min, self.stats.max = min(self.stats.min, lo), max(self.stats.max, hi)
+                self.stats.count += int(x.size)
+            yield x
+
+
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also returns the tensors ``names``."""
     out = onnx.ModelProto.FromString(model.SerializeToString())
@@ -280,17 +298,12 @@ def collect_stats(
 
 
 def _session(model: onnx.ModelProto, model_bytes: bytes | None, exposed: list[str], threads: int | None) -> Any:
-    import onnxruntime as ort
+    from rescompile.runtime.sessions import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if threads:
-        opts.intra_op_num_threads = threads
     existing = {o.name for o in model.graph.output}
     probe = probe_bytes(model_bytes or model.SerializeToString(), [t for t in exposed if t not in existing])
-    return ort.InferenceSession(probe, opts, providers=["CPUExecutionProvider"])
+    # Idle ONNX Runtime threads sleep instead of spinning, so the statistics thread gets their cycles.
+    return ort_session(probe, optimize=True, threads=threads, spinning=False)
 
 
 class _Runner:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.buildfolder import RANGES
 from rescompile.calibrate.collect import TensorStats
 from rescompile.calibrate.methods import entropy_amax, mse_amax, percentile_amax, quantization_error
 from rescompile.errors import UsageError
@@ -74,7 +75,7 @@ class CalibrationResult:
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
-    def from_json(cls, text: str, source: str = "ranges.json") -> CalibrationResult:
+    def from_json(cls, text: str, source: str = RANGES) -> CalibrationResult:
         """Parse ranges.json (schema 1 or 2).
 
         Raises:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from rescompile.calibrate.cache import (
     stats_to_bytes,
 )  # fmt: skip
 from rescompile.calibrate.checks import CalibrationWarning, InputRange, check_inputs, check_ranges, check_samples
-from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, TensorStats, collect_stats
+from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, InputWatch, TensorStats, collect_stats
 from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, ENTROPY_VERSION, CalibrationResult, calibration_result, check_method
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource
@@ -41,21 +41,6 @@ class CalibrationRun:
     seconds: float
     stats: dict[str, TensorStats] | None = None
     warnings: list[CalibrationWarning] = field(default_factory=list)  # see rescompile.calibrate.checks
-
-
-class _InputWatch:
-    """Min/max/count of the model inputs as they stream by (when the input itself is not calibrated)."""
-
-    def __init__(self) -> None:
-        self.stats = TensorStats("input")
-
-    def watch(self, batches: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-        for x in batches:
-            if x.size:
-                lo, hi = float(np.min(x)), float(np.max(x))
-                self.stats.min, self.stats.max = min(self.stats.min, lo), max(self.stats.max, hi)
-                self.stats.count += int(x.size)
-            yield x
 
 
 def input_stats(model: onnx.ModelProto, stats: dict[str, TensorStats]) -> TensorStats | None:
@@ -142,7 +127,7 @@ def calibrate(
             run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics",
                                  time.perf_counter() - t0, stats)  # fmt: skip
             return checked(run, source, pre, input_stats(model, stats))
-    watch = _InputWatch()
+    watch = InputWatch()
     if ray is not None:
         from rescompile.scale.ray_calibrate import collect_on_ray
 

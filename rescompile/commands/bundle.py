@@ -40,13 +40,12 @@ def bundle(
     made with the onnxruntime placement policy, is refused (exit 2). Same build, same options: same bytes.
     """
     from rescompile.config import Gates
+    from rescompile.data.layout import check_layout
     from rescompile.deploy.bundle import BundleOptions, make_bundle
-    from rescompile.errors import UsageError
     from rescompile.validate.gates import resolve_gates
 
     def go() -> Any:
-        if layout not in ("nchw", "nhwc"):
-            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        check_layout(layout, "--layout")
         flags = Gates(max_top1_drop, min_agreement, min_cosine)
         gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
         if allow_failed_build:

@@ -128,14 +128,14 @@ def _collect(model_path: Path, calib: str, method: str, percentile: float, tenso
              quiet: bool, scale: Any = None) -> tuple[Any, bytes, str]:  # fmt: skip
     from rescompile.calibrate.collect import activation_tensors
     from rescompile.calibrate.run import calibrate as run_calibration
+    from rescompile.data.layout import check_layout, data_layout
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import UsageError
     from rescompile.models.onnx_source import describe_onnx, read_onnx
     from rescompile.progress import progress
 
-    if layout not in ("nchw", "nhwc"):
-        raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+    check_layout(layout, "--layout")
     if tensors not in ("plan", "all"):
         raise UsageError(f"--tensors must be plan or all, not {tensors!r}")
     info = describe_onnx(model_path, require_residual=False)
@@ -147,7 +147,7 @@ def _collect(model_path: Path, calib: str, method: str, percentile: float, tenso
     pre = resolve_preprocess(info.preset, info.input_shape, preset=preset, recipe=rec, size=size, resize=resize,
                              mean=floats_opt(mean, "--mean"), std=floats_opt(std, "--std"), channels=channels,
                              channel_order=channel_order)  # fmt: skip
-    src = open_source(calib, layout=rec.get("layout", layout) if layout == "nchw" else layout, limit=calib_size, seed=seed)
+    src = open_source(calib, layout=data_layout(layout, rec), limit=calib_size, seed=seed)
     check_shape(src, pre, info.input_shape)
     if tensors == "all":
         names = activation_tensors(onnx_model)

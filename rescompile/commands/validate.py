@@ -175,6 +175,7 @@ def validate(
 
     from rescompile.config import Gates
     from rescompile.data.holdout import DataChoice, check_label_gates, validation_data
+    from rescompile.data.layout import check_layout
     from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import DataSource, check_shape
     from rescompile.errors import GateFailed, UsageError
@@ -193,8 +194,7 @@ def validate(
 
     def go() -> dict[str, Any]:
         gates = resolve_gates(gates_file, Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch))
-        if layout not in ("nchw", "nhwc"):
-            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
+        check_layout(layout, "--layout")
         settings = ValidateSettings(batch_size, LatencySettings(tuple(latency_batch or (1, 32)), warmup, latency_runs,
                                                                 latency_budget, required=() if gates.latency_batch is None else
                                                                 (gates.latency_batch,)), threads, not quiet, layerwise_samples,

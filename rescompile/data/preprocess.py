@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.data.layout import check_layout
 from rescompile.errors import UsageError
 
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -43,6 +44,32 @@ PRESETS: dict[str, Preprocess] = {
     "grayscale": Preprocess("grayscale", 28, None, (0.5,), (0.5,), 1),
     "fashion-mnist": Preprocess("fashion-mnist", 28, None, (0.2860,), (0.3530,), 1),
 }
+# The preset a model family was trained with: the demo on Fashion-MNIST, torchvision's ResNets on ImageNet
+# (also with --in-channels 1: get_preset averages ImageNet's mean/std). resnet20..110 are CIFAR ResNets.
+FAMILY_PRESETS = {"demo": "fashion-mnist", "torchvision": "imagenet"}
+
+
+def default_preset(channels: int, size: int, *, family: str | None = None) -> str:
+    """The preprocessing preset a model gets when the user names none: the one rule for every model source.
+
+    Args:
+        channels: the model's input channels.
+        size: the model's input height.
+        family: where the model comes from: ``demo`` and ``torchvision`` have their training preset
+            (:data:`FAMILY_PRESETS`); ``cifar`` (resnet20..110) is ``cifar`` in colour; any other
+            (a TorchScript or ONNX file) is guessed from the input.
+
+    Returns:
+        ``imagenet`` for a 3 x 224 input (of unknown family), ``cifar`` for another colour input,
+        ``grayscale`` for anything else.
+    """
+    if family in FAMILY_PRESETS:
+        return FAMILY_PRESETS[family]
+    if channels != 3:
+        return "grayscale"
+    return "imagenet" if size == 224 and family != "cifar" else "cifar"
+
+
 # Keys a YAML recipe may hold (besides ``preset`` and the data ``layout``).
 RECIPE_KEYS = ("name", "size", "resize", "mean", "std", "channels", "channel_order")
 
@@ -107,8 +134,8 @@ def load_recipe(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path}: {key} must be a word, got {short(value)}")
         if key in ("mean", "std"):
             _floats(value, f"{path}: {key}")
-    if doc.get("layout") is not None and doc["layout"] not in ("nchw", "nhwc"):
-        raise UsageError(f"{path}: layout must be nchw or nhwc, not {short(doc['layout'])}")
+    if doc.get("layout") is not None:
+        check_layout(doc["layout"], f"{path}: layout")
     return dict(doc)
 
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.data.layout import check_layout
 from rescompile.data.preprocess import Preprocess, load_image, normalize_pixels
 from rescompile.errors import UsageError
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-LAYOUTS = ("nchw", "nhwc")
 _IMAGE_KEYS = ("images", "inputs", "x", "data")
 _LABEL_KEYS = ("labels", "y", "targets")
 
@@ -195,8 +195,7 @@ def _check_finite(x: np.ndarray, name: str, start: int) -> None:
 
 
 def _from_arrays(name: str, images: Arrays, labels: np.ndarray | None, layout: str) -> DataSource:
-    if layout not in LAYOUTS:
-        raise UsageError(f"layout must be nchw or nhwc, not {layout!r}")
+    check_layout(layout)
     if images.ndim not in (3, 4):
         raise UsageError(f"{name}: expected images of shape N,C,H,W or N,H,W,C (or N,H,W), got {tuple(images.shape)}")
     if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):

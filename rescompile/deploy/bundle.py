@@ -32,14 +32,12 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, RANGES
 from rescompile.errors import UsageError
 
 SCHEMA = "rescompile.bundle/1"
 MANIFEST = "bundle.json"
-INT8_ONNX = "model.int8.onnx"
-QDQ_PLAN = "qdq_plan.json"
 BLOCKS = "blocks.json"
-RANGES = "ranges.json"
 CALIB_CACHE = "calib.cache"  # TensorRT calibration cache: DLA on TensorRT 10 needs implicit INT8 ranges
 PREPROCESS = "preprocess.json"
 GATES = "gates.json"

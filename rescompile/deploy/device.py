@@ -25,13 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.buildfolder import DEPLOY_REPORT, DEPLOY_REPORT_MD, INT8_ONNX, JUNIT_XML, ORT_SIDECAR
 from rescompile.errors import GateFailed, UsageError
 
 BACKENDS = ("tensorrt", "onnxruntime")
-REPORT = "deploy.json"
-REPORT_MD = "deploy.md"
-JUNIT = "junit.xml"
-ORT_SIDECAR = "model.int8.onnx.json"
 
 
 @dataclass(frozen=True)
@@ -78,7 +75,7 @@ def resolve_target(name: str) -> Any:
 
     if name != "auto":
         return get_target(name)
-    from rescompile.engine.tensorrt import require_gpu
+    from rescompile.engine.device import require_gpu
 
     cc = require_gpu().compute_capability
     return get_target(f"sm_{cc[0]}{cc[1]}")
@@ -86,8 +83,9 @@ def resolve_target(name: str) -> Any:
 
 def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], Any]:
     """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
+    from rescompile.engine.device import load_tensorrt
     from rescompile.engine.settings import EngineOptions
-    from rescompile.engine.tensorrt import build_engine, load_tensorrt
+    from rescompile.engine.tensorrt import build_engine
     from rescompile.errors import MissingDependency
     from rescompile.validate.gates import GateResult
 
@@ -99,7 +97,7 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
                                 "to run the same flow on this CPU") from None  # fmt: skip
     target = resolve_target(opts.target)
     batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
-    result = build_engine(bundle.file("model.int8.onnx"), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
+    result = build_engine(bundle.file(INT8_ONNX), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
     unfused = [a.add for a in result.fusion.adds if not a.ok]
     gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
                       result.fusion.ok, f"{len(unfused)} of {len(result.fusion.adds)} residual Adds not fused into an "
@@ -122,8 +120,8 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
     from rescompile.runtime.runners import open_runner
 
     # the bundle's own copy first: a damaged model (anyone can re-make the hashes) is exit 2 before anything is written
-    runner = open_runner(bundle.file("model.int8.onnx"), threads=opts.threads, name="onnxruntime-int8")
-    shutil.copyfile(bundle.file("model.int8.onnx"), out / "model.int8.onnx")
+    runner = open_runner(bundle.file(INT8_ONNX), threads=opts.threads, name="onnxruntime-int8")
+    shutil.copyfile(bundle.file(INT8_ONNX), out / INT8_ONNX)
     return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, None
 
 
@@ -131,7 +129,7 @@ def _check_reference_fits(bundle: Any, ref: Any) -> None:
     """The bundled model reads and takes the bundled reference inputs (C, H, W); else a UsageError before any work."""
     from rescompile.models.onnx_source import read_onnx
 
-    model = read_onnx(bundle.file("model.int8.onnx"))
+    model = read_onnx(bundle.file(INT8_ONNX))
     inits = {t.name for t in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
@@ -190,7 +188,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
         timings["validate"] = round(time.perf_counter() - t2, 3)
         manifest = bundle.manifest
-        onnx_sha = manifest["members"]["model.int8.onnx"]["sha256"]
+        onnx_sha = manifest["members"][INT8_ONNX]["sha256"]
     report: dict[str, Any] = {
         "schema": "rescompile.deploy/1",
         "model": manifest["model"],
@@ -208,17 +206,17 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     report["gates"] = [g.to_dict() for g in results]
     report["passed"] = all(g.passed for g in results)
     failures = [g.line() for g in results if not g.passed]
-    write_json(out / REPORT, report)
-    write_text_atomic(out / REPORT_MD, render_deploy_md(report))
-    write_text_atomic(out / JUNIT, render_junit(report, suite="rescompile.deploy"))
+    write_json(out / DEPLOY_REPORT, report)
+    write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))
+    write_text_atomic(out / JUNIT_XML, render_junit(report, suite="rescompile.deploy"))
     if opts.backend == "onnxruntime":
         write_json(out / ORT_SIDECAR, {"schema": "rescompile.ortmodel/1", "onnx_sha256": onnx_sha,
-                                       "onnx_sha256_checked": sha256_file(out / "model.int8.onnx") == onnx_sha,
+                                       "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
                                        "bundle_sha256": bundle.sha256, "runtime": engine, "host": report["host"]})  # fmt: skip
     result = DeployResult(out, report, not failures, failures)
     if failures:
         err = GateFailed(f"{len(failures)} of {len(results)} gate(s) failed on this device:\n  " + "\n  ".join(failures)
-                         + f"\nreport: {out / REPORT}")  # fmt: skip
+                         + f"\nreport: {out / DEPLOY_REPORT}")  # fmt: skip
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result

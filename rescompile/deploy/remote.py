@@ -27,13 +27,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rescompile.buildfolder import DEPLOY_FETCHED, DEPLOY_REPORT, ENGINE_ARTIFACTS, PLAN
 from rescompile.errors import MissingDependency, UsageError
 
 SSH_FAILED = 255  # OpenSSH: "ssh exits with the exit status of the remote command or with 255 if an error occurred"
 UNREACHABLE = 2  # a host that cannot be reached or refuses the key: the user's input (host, key) is wrong
 NOT_INSTALLED = 3  # rescompile is not on the remote PATH: a missing dependency on the device
-FETCHED = ("deploy.json", "deploy.md", "junit.xml")
-PLAN_FILES = ("model.plan", "model.plan.json", "model.plan.layers.json")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -198,17 +197,17 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
         return done(NOT_INSTALLED, "deploy", f"{(host.remote_cmd or opts.remote_cmd).split()[0]!r} not found on {dest} "
                     f"(remote exit {code}: {_first_error(chr(10).join(tail))})")  # fmt: skip
 
-    wanted = FETCHED + (PLAN_FILES if opts.fetch_plan else ())
+    wanted = DEPLOY_FETCHED + (ENGINE_ARTIFACTS if opts.fetch_plan else ())
     fetched: list[str] = []
     for name in wanted:
         proc = _run([*ssh_base(opts, host.port, scp=True), "--", f"{dest}:{folder}/out/{name}", str(local / name)], 120)
         if proc.returncode == 0:
             fetched.append(name)
     report, passed, top1 = None, None, None
-    if "deploy.json" in fetched:
-        report = str(local / "deploy.json")
-        passed, top1 = _summary(local / "deploy.json")
-    missing_plan = opts.fetch_plan and "model.plan" not in fetched and code == 0
+    if DEPLOY_REPORT in fetched:
+        report = str(local / DEPLOY_REPORT)
+        passed, top1 = _summary(local / DEPLOY_REPORT)
+    missing_plan = opts.fetch_plan and PLAN not in fetched and code == 0
     message = _first_error(chr(10).join(tail)) if code != 0 else "passed" + (" (no plan to fetch)" if missing_plan else "")
     return done(code, "done", message, report=report, passed=passed, agreement_top1=top1, fetched=fetched)
 

@@ -1,4 +1,7 @@
-"""Which NVIDIA GPU this machine has: name, compute capability, and the L4T release on Jetson.
+"""Which NVIDIA GPU this machine has (name, compute capability, L4T release on Jetson), and TensorRT itself.
+
+The engine builder and the runtime both start here: ``load_tensorrt``, ``require_gpu`` and
+``make_logger`` are what a TensorRT runner needs without importing the builder.
 
 Asks CUDA through cuda-python (``cuda.bindings.runtime``; each call returns ``(err, value)``,
 and without a GPU ``cudaGetDeviceCount`` fails, e.g. error 35), or through torch when
@@ -99,6 +102,27 @@ def find_gpu(index: int = 0) -> tuple[DeviceInfo | None, str]:
             return info, how
         reasons.append(f"{probe.__name__[5:]}: {how}")
     return None, "; ".join(reasons)
+
+
+def load_tensorrt() -> Any:
+    """``import tensorrt`` or raise MissingDependency saying how to get it (exit code 3)."""
+    from rescompile.errors import require
+
+    return require("tensorrt", extra="tensorrt")
+
+
+def make_logger(trt: Any, verbose: bool = False) -> Any:
+    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+
+
+def require_gpu(index: int = 0) -> DeviceInfo:
+    """This machine's CUDA device, or MissingDependency."""
+    from rescompile.errors import MissingDependency
+
+    device, why = find_gpu(index)
+    if device is None:
+        raise MissingDependency(f"no CUDA GPU is visible ({why})", hint="build on the device or a GPU machine")
+    return device
 
 
 def select_device(index: int) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 
 import onnx
 
-from rescompile.engine.device import find_gpu, select_device
+from rescompile.buildfolder import PLAN, PLAN_LAYERS
+from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
 from rescompile.engine.implicit import strip_qdq
 from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
 from rescompile.engine.settings import (
@@ -37,36 +38,17 @@ from rescompile.engine.settings import (
 )
 from rescompile.engine.sidecar import DeviceInfo, make_sidecar, sidecar_path
 from rescompile.engine.targets import Target
-from rescompile.errors import MissingDependency, RescompileError, require
+from rescompile.errors import RescompileError
 from rescompile.graph.topology import find_residual_blocks
 from rescompile.io import sha256_bytes, write_bytes_atomic, write_json, write_text_atomic
-
-PLAN_NAME = "model.plan"
 
 
 class EngineBuildError(RescompileError):
     """TensorRT could not parse the ONNX or build the engine (exit code 2): the log says why."""
 
 
-def load_tensorrt() -> Any:
-    """``import tensorrt`` or raise MissingDependency saying how to get it (exit code 3)."""
-    return require("tensorrt", extra="tensorrt")
-
-
 def tensorrt_version(trt: Any) -> TrtVersion:
     return parse_version(str(trt.__version__))
-
-
-def require_gpu(index: int = 0) -> DeviceInfo:
-    """This machine's CUDA device, or MissingDependency."""
-    device, why = find_gpu(index)
-    if device is None:
-        raise MissingDependency(f"no CUDA GPU is visible ({why})", hint="build on the device or a GPU machine")
-    return device
-
-
-def make_logger(trt: Any, verbose: bool = False) -> Any:
-    return trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
 
 
 @dataclass(frozen=True)
@@ -235,8 +217,8 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node],
                                    dla=settings.dla_core is not None)  # fmt: skip
     out_dir = Path(out_dir)
-    plan_path = out_dir / PLAN_NAME
-    layers_path = out_dir / f"{PLAN_NAME}.layers.json"
+    plan_path = out_dir / PLAN
+    layers_path = out_dir / PLAN_LAYERS
     write_bytes_atomic(plan_path, plan)
     write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
     sidecar = make_sidecar(
@@ -248,9 +230,6 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     write_json(sidecar_path(plan_path), sidecar)
     return EngineBuild(plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__),
                        fusion, cache_path, build_seconds)  # fmt: skip
-
-
-ENGINE_ARTIFACTS = (PLAN_NAME, f"{PLAN_NAME}.json", f"{PLAN_NAME}.layers.json")
 
 
 def preflight(target_name: str, device_index: int = 0) -> Target:

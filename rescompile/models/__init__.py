@@ -11,8 +11,12 @@ __all__ = ["LoadedModel", "load_model"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from rescompile.models import loader
+    if name == "LoadedModel":
+        from rescompile.models.loaded import LoadedModel
 
-        return getattr(loader, name)
+        return LoadedModel
+    if name == "load_model":
+        from rescompile.models.loader import load_model
+
+        return load_model
     raise AttributeError(name)

@@ -6,11 +6,12 @@ Checkpoints load with ``torch.load(weights_only=True)``; full pickles need ``tru
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rescompile.data.preprocess import default_preset
 from rescompile.errors import MissingDependency, UsageError
+from rescompile.models.loaded import LoadedModel
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -21,19 +22,6 @@ TORCHVISION_ARCHS = (
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
 )  # fmt: skip
-
-
-@dataclass
-class LoadedModel:
-    """A model ready for export (``module``) or already ONNX (``onnx_path``)."""
-
-    name: str
-    module: Any | None  # torch.nn.Module in eval mode, or None for ONNX sources
-    onnx_path: Path | None
-    input_shape: tuple[int, int, int]  # C, H, W
-    num_classes: int
-    preset: str  # default preprocessing preset for this model
-    source: dict[str, Any] = field(default_factory=dict)
 
 
 def _read_checkpoint(path: Path, trust: bool) -> Any:
@@ -204,14 +192,15 @@ def load_model(
         info = json.loads(DEMO_INFO.read_text())
         module = cifar_resnet("resnet20", num_classes=10, in_channels=1)
         apply_state_dict(module, extract_state_dict(_read_checkpoint(DEMO_CHECKPOINT, False)), DEMO_CHECKPOINT, "resnet20")
-        return LoadedModel("demo", module.eval(), None, (1, 28, 28), 10, "fashion-mnist", {"spec": "demo", **info})
+        preset = default_preset(1, 28, family="demo")
+        return LoadedModel("demo", module.eval(), None, (1, 28, 28), 10, preset, {"spec": "demo", **info})
 
     if spec in DEPTHS:
         nc, ic, size = num_classes or 10, in_channels or 3, input_size or 32
         module = cifar_resnet(spec, num_classes=nc, in_channels=ic)
         if weights is not None:
             apply_state_dict(module, extract_state_dict(_read_checkpoint(weights, trust_checkpoint), weights), weights, spec)
-        preset = "cifar" if ic == 3 else "grayscale"
+        preset = default_preset(ic, size, family="cifar")
         return LoadedModel(spec, module.eval(), None, (ic, size, size), nc, preset, {"spec": spec, "weights": str(weights)})
 
     if spec.startswith("torchvision:"):
@@ -220,7 +209,8 @@ def load_model(
         module = _build_torchvision(arch, nc, ic)
         if weights is not None:
             apply_state_dict(module, extract_state_dict(_read_checkpoint(weights, trust_checkpoint), weights), weights, arch)
-        return LoadedModel(arch, module.eval(), None, (ic, size, size), nc, "imagenet", {"spec": spec, "weights": str(weights)})
+        preset = default_preset(ic, size, family="torchvision")
+        return LoadedModel(arch, module.eval(), None, (ic, size, size), nc, preset, {"spec": spec, "weights": str(weights)})
 
     path = Path(spec)
     if path.suffix.lower() == ".onnx":
@@ -232,7 +222,7 @@ def load_model(
         if input_size is None or in_channels is None or num_classes is None:
             raise UsageError("a TorchScript model needs --in-channels, --input-size and --num-classes")
         return LoadedModel(path.stem, module.eval(), None, (in_channels, input_size, input_size), num_classes,
-                           "imagenet" if in_channels == 3 else "grayscale", {"spec": spec})
+                           default_preset(in_channels, input_size), {"spec": spec})  # fmt: skip
     raise UsageError(
         f"unknown model {spec!r}",
         hint="use demo, resnet20..resnet110, torchvision:<arch>, a TorchScript file or an .onnx file",

@@ -199,7 +199,8 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
     placement cannot handle (rule G1: control flow, non-standard ops), or has no weighted op to
     quantize is refused (UsageError). A graph without residual Adds (DenseNet, ShuffleNet) builds.
     """
-    from rescompile.models.loader import LoadedModel
+    from rescompile.data.preprocess import default_preset
+    from rescompile.models.loaded import LoadedModel
     from rescompile.quantize.policy import check_supported
 
     model = read_onnx(path)
@@ -223,5 +224,4 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
             f"{path} has no Conv, Gemm or MatMul with a weight initializer: nothing for rescompile to quantize",
             hint="export the model with its weights as initializers (torch.onnx.export does by default)",
         )
-    preset = "imagenet" if (c, h) == (3, 224) else ("cifar" if c == 3 else "grayscale")
-    return LoadedModel(path.stem, None, path, (c, h, w), num_classes, preset, {"spec": str(path)})
+    return LoadedModel(path.stem, None, path, (c, h, w), num_classes, default_preset(c, h), {"spec": str(path)})

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rescompile.quantize.insert import insert_qdq
-    from rescompile.quantize.policy import Policy, QuantPlan, plan_qdq
+    from rescompile.quantize.policy import Policy, QuantPlan
+    from rescompile.quantize.registry import plan_qdq
 
 __all__ = ["Policy", "QuantPlan", "insert_qdq", "plan_qdq"]
 
@@ -20,7 +21,11 @@ def __getattr__(name: str) -> Any:
         from rescompile.quantize.insert import insert_qdq
 
         return insert_qdq
-    if name in ("Policy", "QuantPlan", "plan_qdq"):
+    if name == "plan_qdq":
+        from rescompile.quantize.registry import plan_qdq
+
+        return plan_qdq
+    if name in ("Policy", "QuantPlan"):
         from rescompile.quantize import policy
 
         return getattr(policy, name)

@@ -1,9 +1,10 @@
-"""What every placement policy shares: the QuantPlan it returns, op-level helpers, and ``plan_qdq``.
+"""What every placement policy shares: the QuantPlan it returns and op-level helpers.
 
 A QuantPlan lists every quantized tensor with its consumers and the rules that put it there, and
 every residual Add and how it is quantized; saved as ``qdq_plan.json``. The policies themselves
 (``tensorrt`` in policy_trt.py, ``onnxruntime`` in policy_ort.py) are found by name in
-registry.py; their rule codes are defined in docs/placement-rules.md.
+registry.py, which also holds ``plan_qdq`` (plan with the policy of a given name); their rule codes
+are defined in docs/placement-rules.md.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from typing import Any
 
 import onnx
 
+from rescompile.buildfolder import QDQ_PLAN
 from rescompile.errors import UsageError
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.ops import CONTROL_FLOW_OPS, SCALE_PRESERVING_OPS, STANDARD_DOMAINS, WEIGHTED_OPS
 from rescompile.graph.topology import ResidualBlock, constant_tensors
+from rescompile.quantize.catalog import policy_names
 from rescompile.readers import short
 
 
@@ -115,7 +118,7 @@ class QuantPlan:
         """The inverse of :meth:`to_dict`; every record and field is type-checked (UsageError otherwise)."""
         from rescompile.readers import from_mapping
 
-        what = "qdq_plan.json"
+        what = QDQ_PLAN
         if not isinstance(d, dict):
             raise UsageError(f"not a rescompile {what}: it holds a JSON {type(d).__name__}, not an object")
         records = {"activations": ActivationQuant, "weights": WeightQuant, "residual_adds": BlockPlan, "biases": BiasQuant}
@@ -130,8 +133,6 @@ class QuantPlan:
                 if not (0 <= rec.input_index < 16 and -8 <= rec.axis < 8):
                     raise UsageError(f"{what} {key}[{i}]: input_index {rec.input_index} / axis {rec.axis} out of range")
         policy, kept = d.get("policy"), d.get("kept_fp")
-        from rescompile.quantize.registry import policy_names
-
         if policy not in policy_names():
             raise UsageError(f"{what}: unknown policy {short(policy)}", hint=", ".join(policy_names()))
         if not isinstance(kept, list) or not all(isinstance(k, str) for k in kept):
@@ -143,7 +144,7 @@ class QuantPlan:
                    dict(d.get("scheme", {})), dict(d.get("rules", {})))  # fmt: skip
 
     @classmethod
-    def from_json(cls, text: str, source: str = "qdq_plan.json") -> QuantPlan:
+    def from_json(cls, text: str, source: str = QDQ_PLAN) -> QuantPlan:
         """Parse the text of a plan; ``source`` names it in messages."""
         from rescompile.readers import parse_json
 
@@ -259,34 +260,6 @@ class Requests:
 
     def ordered(self, model: onnx.ModelProto) -> list[ActivationQuant]:
         return [self.by_tensor[t] for t in sorted(self.by_tensor, key=tensor_order(model))]
-
-
-def plan_qdq(
-    model: onnx.ModelProto,
-    policy: str = Policy.TENSORRT,
-    *,
-    keep_fp: tuple[str, ...] = (),
-    keep_first_last: bool = False,
-) -> QuantPlan:
-    """Decide Q/DQ placement for ``model`` (FP32, simplified, BatchNorm folded).
-
-    Args:
-        policy: a registered placement policy (``rescompile.quantize.registry``), e.g. ``tensorrt``.
-        keep_fp: node-name globs or op types to leave in higher precision.
-        keep_first_last: keep the first and the last weighted layer in higher precision.
-
-    Returns:
-        A QuantPlan: every quantized tensor with its consumers and the rule that put it there.
-
-    Raises:
-        UsageError: an unknown policy, a ``keep_fp`` pattern that matches no node, or a node placement
-            does not support (control flow, non-standard ops: rule G1).
-    """
-    from rescompile.quantize.registry import get_policy
-
-    placement = get_policy(str(policy))
-    check_supported(model)
-    return placement.plan(model, keep_fp=keep_fp, keep_first_last=keep_first_last)
 
 
 def block_plan(b: ResidualBlock, quantized: list[str], fused: bool, output: str | None, kernel: str, rule: str) -> BlockPlan:

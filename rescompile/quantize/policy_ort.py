@@ -22,14 +22,22 @@ goes into a QuantizeLinear. So, unlike ``tensorrt``, op *outputs* are quantized 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.ops import RESHAPE_OPS, SAME_SCALE_OPS, weight_axis
+from rescompile.graph.qdq import (
+    QdqView,
+    VerifyReport,
+    Violation,
+    activation_quantizers,
+    bias_dequantizers,
+    check_same_scale,
+    quantized_weighted_ops,
+    residual_views,
+)
 from rescompile.graph.topology import constant_tensors, find_residual_blocks
 from rescompile.quantize.policy import (
     BiasQuant,
@@ -40,10 +48,6 @@ from rescompile.quantize.policy import (
     kept_nodes,
     weighted_nodes,
 )
-from rescompile.quantize.registry import register
-
-if TYPE_CHECKING:
-    from rescompile.graph.verify import QdqView, VerifyReport
 
 # Ops the CPU provider runs as INT8 kernels in a DQ -> op -> Q group, by kind.
 KERNELS = {
@@ -200,15 +204,6 @@ class OnnxRuntimePolicy:
         return any(view.qparams(q)[2] == TensorProto.UINT8 for qs in view.q_of.values() for q in qs)
 
     def check(self, fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, kept: set[str]) -> None:
-        from rescompile.graph.verify import (
-            Violation,
-            activation_quantizers,
-            bias_dequantizers,
-            check_same_scale,
-            quantized_weighted_ops,
-            residual_views,
-        )  # fmt: skip
-
         v, c, idx = report.violations, report.checks, view.idx
         relu_outputs = {n.output[0] for n in idx.graph.node if n.op_type == "Relu"}
         for q, _, zp, zp_type in activation_quantizers(view):
@@ -253,8 +248,6 @@ class OnnxRuntimePolicy:
 
 def _check_kernel(view: QdqView, report: VerifyReport, n: onnx.NodeProto, kept: set[str]) -> None:
     """O1/O2/O3/O8: a weighted op's input, output (after its ReLU) and bias quantized; nothing between it and its ReLU."""
-    from rescompile.graph.verify import Violation
-
     v, idx, name, out = report.violations, view.idx, node_name(n), n.output[0]
     consumers = idx.consumers.get(out, [])
     if n.input[0] not in view.act_dq:
@@ -276,4 +269,4 @@ def _check_kernel(view: QdqView, report: VerifyReport, n: onnx.NodeProto, kept: 
         v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
 
 
-POLICY = register(OnnxRuntimePolicy())
+POLICY = OnnxRuntimePolicy()  # what registry.get_policy("onnxruntime") registers

@@ -9,20 +9,24 @@ INT8 kernel; one shared Q/DQ per tensor at fan-outs; pooling and reshapes take t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import onnx
 from onnx import TensorProto
 
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.ops import ADD_OPS, SCALE_PRESERVING_OPS, WEIGHTED_OPS, weight_axis
+from rescompile.graph.qdq import (
+    QdqView,
+    VerifyReport,
+    Violation,
+    activation_quantizers,
+    bias_dequantizers,
+    check_same_scale,
+    quantized_weighted_ops,
+    residual_views,
+)
 from rescompile.graph.topology import find_residual_blocks
 from rescompile.quantize.policy import QuantPlan, Requests, WeightQuant, block_plan, kept_nodes, weighted_nodes
-from rescompile.quantize.registry import register
-
-if TYPE_CHECKING:
-    from rescompile.graph.verify import QdqView, VerifyReport
 
 RULES = {
     "R2": "weights: per-channel symmetric INT8 (axis = output channels), zero point 0; bias stays float",
@@ -94,15 +98,6 @@ class TensorRTPolicy:
         return all(view.qparams(q)[2] in (None, TensorProto.INT8) for qs in view.q_of.values() for q in qs)
 
     def check(self, fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, kept: set[str]) -> None:
-        from rescompile.graph.verify import (
-            Violation,
-            activation_quantizers,
-            bias_dequantizers,
-            check_same_scale,
-            quantized_weighted_ops,
-            residual_views,
-        )  # fmt: skip
-
         v, c = report.violations, report.checks
         for q, _, zp, zp_type in activation_quantizers(view):
             c["zero-point"] += 1
@@ -138,8 +133,6 @@ def _check_output(view: QdqView, report: VerifyReport, n: onnx.NodeProto, shortc
     into the producer as an INT8 output) and residual Adds reading it as their shortcut (R5).
     Any other consumer of that Q/DQ (a ReLU, a Concat ...) would split the producer's fusion.
     """
-    from rescompile.graph.verify import Violation
-
     out = n.output[0]
     for q in view.q_of.get(out, []):
         for dq, _ in view.idx.consumers.get(q.output[0], []):
@@ -152,4 +145,4 @@ def _check_output(view: QdqView, report: VerifyReport, n: onnx.NodeProto, shortc
                         "residual shortcut (R5)"))  # fmt: skip
 
 
-POLICY = register(TensorRTPolicy())
+POLICY = TensorRTPolicy()  # what registry.get_policy("tensorrt") registers

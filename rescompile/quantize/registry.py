@@ -5,28 +5,29 @@ A placement policy is one module under ``rescompile/quantize/`` (``policy_trt.py
 scheme and rule texts (codes defined in docs/placement-rules.md), its plan, its own proof checks
 and how to recognise a graph it placed. The CLI's ``--policy`` choices and help come from here.
 
-Built-in policies are imported on first use; others register with :func:`register` or through
-the ``rescompile.policies`` entry-point group (``name = "package.module:POLICY"``).
+Built-in policies are imported on first use (their module's ``POLICY``); others register with
+:func:`register` or through the ``rescompile.policies`` entry-point group
+(``name = "package.module:POLICY"``). The registry sits above the policies: a policy module never
+imports it. The table of names it fills is ``catalog.py`` (below the policies and the plan types).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from rescompile.errors import UsageError
+from rescompile.quantize.catalog import DEFAULT_POLICY, REGISTERED, entry_points, policy_help, policy_names
 
 if TYPE_CHECKING:
     import onnx
 
-    from rescompile.graph.verify import QdqView, VerifyReport
+    from rescompile.graph.qdq import QdqView, VerifyReport
     from rescompile.quantize.policy import QuantPlan
 
-DEFAULT_POLICY = "tensorrt"
-_BUILTINS = {"tensorrt": "rescompile.quantize.policy_trt", "onnxruntime": "rescompile.quantize.policy_ort"}
-_REGISTRY: dict[str, PlacementPolicy] = {}
-_ENTRY_POINTS = "rescompile.policies"
+__all__ = ["DEFAULT_POLICY", "PlacementPolicy", "all_policies", "get_policy", "parse_policy", "plan_qdq", "policy_help",
+           "policy_names", "register"]  # fmt: skip
+_BUILTINS = {"tensorrt": "rescompile.quantize.policy_trt", "onnxruntime": "rescompile.quantize.policy_ort"}  # catalog.BUILTIN
 
 
 @runtime_checkable
@@ -56,22 +57,8 @@ def register(policy: PlacementPolicy) -> PlacementPolicy:
     """Add ``policy`` under its name (replacing one of the same name); returns it, so it can decorate."""
     if not isinstance(policy, PlacementPolicy):
         raise TypeError(f"{policy!r} does not implement PlacementPolicy")
-    _REGISTRY[policy.name] = policy
+    REGISTERED[policy.name] = policy
     return policy
-
-
-@functools.cache
-def _entry_points() -> dict[str, Any]:
-    """Installed ``rescompile.policies`` entry points, scanned once per process."""
-    from importlib.metadata import entry_points
-
-    return {ep.name: ep for ep in entry_points(group=_ENTRY_POINTS)}
-
-
-def policy_names() -> list[str]:
-    """Every known policy name: the built-ins first, then registered and entry-point ones."""
-    names = [*_BUILTINS, *(n for n in _REGISTRY if n not in _BUILTINS)]
-    return names + sorted(n for n in _entry_points() if n not in names)
 
 
 def get_policy(name: str) -> PlacementPolicy:
@@ -80,14 +67,15 @@ def get_policy(name: str) -> PlacementPolicy:
     Raises:
         UsageError: no policy has that name (the hint lists the known ones).
     """
-    if name not in _REGISTRY:
+    if name not in REGISTERED:
         if name in _BUILTINS:
-            importlib.import_module(_BUILTINS[name])  # the module registers its policy
-        elif name in (eps := _entry_points()):
+            register(importlib.import_module(_BUILTINS[name]).POLICY)
+        elif name in (eps := entry_points()):
             register(eps[name].load())
-    if name not in _REGISTRY:
+    if name not in REGISTERED:
         raise UsageError(f"unknown policy {name!r}", hint=f"one of: {', '.join(policy_names())}")
-    return _REGISTRY[name]
+    policy: PlacementPolicy = REGISTERED[name]
+    return policy
 
 
 def all_policies() -> list[PlacementPolicy]:
@@ -101,6 +89,29 @@ def parse_policy(value: str, backend: str) -> PlacementPolicy:
     return get_policy(value)
 
 
-def policy_help(auto: str = "") -> str:
-    """``tensorrt | onnxruntime | auto`` for option help, from the registry (no policy module imported)."""
-    return " | ".join(policy_names()) + (f" | auto ({auto})" if auto else "")
+def plan_qdq(
+    model: onnx.ModelProto,
+    policy: str = DEFAULT_POLICY,
+    *,
+    keep_fp: tuple[str, ...] = (),
+    keep_first_last: bool = False,
+) -> QuantPlan:
+    """Decide Q/DQ placement for ``model`` (FP32, simplified, BatchNorm folded).
+
+    Args:
+        policy: a registered placement policy (``rescompile.quantize.registry``), e.g. ``tensorrt``.
+        keep_fp: node-name globs or op types to leave in higher precision.
+        keep_first_last: keep the first and the last weighted layer in higher precision.
+
+    Returns:
+        A QuantPlan: every quantized tensor with its consumers and the rule that put it there.
+
+    Raises:
+        UsageError: an unknown policy, a ``keep_fp`` pattern that matches no node, or a node placement
+            does not support (control flow, non-standard ops: rule G1).
+    """
+    from rescompile.quantize.policy import check_supported
+
+    placement = get_policy(str(policy))
+    check_supported(model)
+    return placement.plan(model, keep_fp=keep_fp, keep_first_last=keep_first_last)

@@ -80,19 +80,12 @@ class OnnxRuntimeRunner:
 
     def __init__(self, model: onnx.ModelProto | str | bytes, name: str = "onnxruntime", threads: int | None = None,
                  optimized_path: str | None = None) -> None:  # fmt: skip
-        import onnxruntime as ort
+        from rescompile.runtime.sessions import ort_session
 
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = threads or default_threads()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        if optimized_path:
-            opts.optimized_model_filepath = optimized_path
         data = model if isinstance(model, str | bytes) else model.SerializeToString()
         self.model_data = data  # rebuilds this runner elsewhere (a Ray task: rescompile.scale.ray_validate)
-        self.session = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        self.session = ort_session(data, optimize=True, threads=self.threads, inter_op_threads=1, optimized_path=optimized_path)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
         self.input_dtype = np.float16 if first.type == "tensor(float16)" else np.float32

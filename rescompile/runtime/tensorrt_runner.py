@@ -78,7 +78,7 @@ class TensorRTRunner:
 
     def __init__(self, plan: Path | str, name: str = "tensorrt-int8", check_compatibility: bool = True,
                  device_index: int = 0, cuda_lib: str = "auto") -> None:  # fmt: skip
-        from rescompile.engine.tensorrt import load_tensorrt, make_logger, require_gpu
+        from rescompile.engine.device import load_tensorrt, make_logger, require_gpu
 
         trt = load_tensorrt()
         plan = Path(plan)

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, TensorStats, collect_stats
+from rescompile.calibrate.collect import (
+    DEFAULT_BINS,
+    DEFAULT_MEMORY_BUDGET,
+    DEFAULT_SAMPLE,
+    InputWatch,
+    TensorStats,
+    collect_stats,
+)
 from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource, take
@@ -31,11 +38,9 @@ def collect_shard(model_bytes: bytes, tensors: list[str], source: DataSource, pr
                   sample: int | None) -> tuple[dict[str, TensorStats], TensorStats]:  # fmt: skip
     """Statistics of images ``start:stop`` of ``source``, and the min/max/count of the inputs (for the data checks of
     :mod:`rescompile.calibrate.checks`): what one Ray task computes; callable without Ray."""
-    from rescompile.calibrate.run import _InputWatch  # the single-process run's own input watch
-
     shard = take(source, np.arange(start, stop), source.name)
     model = onnx.load_from_string(model_bytes)
-    watch = _InputWatch()
+    watch = InputWatch()
     stats = collect_stats(model, tensors, watch.watch(x for x, _ in shard.batches(pre, batch_size)), bins=bins,
                           threads=threads, memory_budget=memory_budget, sample=sample, model_bytes=model_bytes,
                           start=start)  # fmt: skip

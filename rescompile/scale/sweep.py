@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rescompile.buildfolder import FAILED_SUFFIX
 from rescompile.config import BuildConfig, Gates
 from rescompile.errors import UsageError
 from rescompile.scale.cluster import RaySettings, connect
@@ -138,7 +139,7 @@ def finished(point: SweepPoint) -> dict[str, Any] | None:
     """The recorded result of ``point`` when its folder holds one with the same key that need not run again."""
     path = Path(point.config.out or "") / RESULT_FILE
     if not path.is_file():
-        path = Path(str(point.config.out) + ".failed") / RESULT_FILE
+        path = Path(str(point.config.out) + FAILED_SUFFIX) / RESULT_FILE
     if not path.is_file():
         return None
     try:

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rescompile.buildfolder import REPORT_JSON
 from rescompile.errors import UsageError
 from rescompile.validate.gates import latency_role
 
@@ -54,7 +55,7 @@ def load_report(path: Path) -> dict[str, Any]:
 
     path = Path(path)
     if path.is_dir():
-        path = path / "report.json"
+        path = path / REPORT_JSON
         if not path.is_file():
             raise UsageError(f"{path.parent} is a folder without a report.json", hint="pass a build folder or a report.json")
     doc = read_json_object(path, "rescompile report")

@@ -122,15 +122,10 @@ class _Acc:
 
 
 def _session(model: onnx.ModelProto, outputs: Iterable[str]) -> Any:
-    import onnxruntime as ort
-
     from rescompile.calibrate.collect import with_outputs
+    from rescompile.runtime.sessions import ort_session
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    probe = with_outputs(model, outputs)
-    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort_session(with_outputs(model, outputs), optimize=False)
 
 
 def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: np.ndarray, *,

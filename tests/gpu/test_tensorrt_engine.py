@@ -24,10 +24,11 @@ _FOUND, _WHY = find_gpu(0)
 if _FOUND is None:
     pytest.skip(f"no CUDA GPU: {_WHY}", allow_module_level=True)
 
+from rescompile.engine.device import make_logger  # noqa: E402
 from rescompile.engine.settings import EngineOptions, parse_version  # noqa: E402
 from rescompile.engine.sidecar import DeviceInfo, sidecar_path  # noqa: E402
 from rescompile.engine.targets import Target, get_target  # noqa: E402
-from rescompile.engine.tensorrt import EngineBuild, build_engine, make_logger  # noqa: E402
+from rescompile.engine.tensorrt import EngineBuild, build_engine  # noqa: E402
 from rescompile.errors import GateFailed, UsageError  # noqa: E402
 from rescompile.graph.topology import find_residual_blocks  # noqa: E402
 from rescompile.runtime.tensorrt_runner import TensorRTRunner  # noqa: E402

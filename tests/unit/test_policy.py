@@ -204,3 +204,18 @@ def test_keeping_relus_moves_the_onnxruntime_q_before_them(tiny_onnx, policy):
     if policy == Policy.ONNXRUNTIME:
         # With the ReLU kept in float, the Conv/Add group closes at its own output.
         assert all(b.output_quantized == b.add_output for b in plan.residual_adds)
+
+
+def test_the_registry_loads_each_builtin_from_its_module_and_the_catalog_names_them_without_loading():
+    import subprocess
+    import sys
+
+    from rescompile.quantize import catalog, policy_ort, policy_trt, registry
+
+    assert tuple(registry._BUILTINS) == catalog.BUILTIN == (Policy.TENSORRT, Policy.ONNXRUNTIME)
+    assert registry.get_policy("tensorrt") is policy_trt.POLICY and registry.get_policy("onnxruntime") is policy_ort.POLICY
+    assert catalog.REGISTERED["tensorrt"] is policy_trt.POLICY
+    code = ("import sys; from rescompile.quantize.catalog import policy_names; from rescompile.quantize.policy import QuantPlan; "
+            "print(policy_names(), sorted(m for m in sys.modules if m.startswith('rescompile.quantize.')))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("['tensorrt', 'onnxruntime'] ['rescompile.quantize.catalog', 'rescompile.quantize.policy']")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+import rescompile.engine.device as engine_device
 import rescompile.engine.tensorrt as engine_trt
 import rescompile.runtime.tensorrt_runner as runner
 from rescompile.engine.api_names import (
@@ -98,6 +99,12 @@ def test_execute_async_v2_is_gone(table: ApiTable) -> None:
 @pytest.mark.parametrize("source", sorted(SOURCES))
 def test_every_trt_name_exists_where_its_code_path_runs(table: ApiTable, source: str) -> None:
     assert check_source(SOURCES[source], table) == []
+
+
+def test_the_trt_names_of_the_shared_device_helpers_exist_in_both_majors(table: ApiTable) -> None:
+    src = Path(engine_device.__file__).read_text()  # type: ignore[arg-type]  # load_tensorrt, make_logger: builder and runner
+    assert {u.name for u in attribute_uses(src, "trt")} == {"Logger", "Logger.VERBOSE", "Logger.WARNING"}
+    assert check_source(src, table) == []
 
 
 def test_the_builder_uses_version_specific_names_only_on_10x() -> None:

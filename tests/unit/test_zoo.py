@@ -151,7 +151,7 @@ def test_a_new_policy_is_one_registered_object(zoo_onnx, tmp_path) -> None:  # t
     from typer.testing import CliRunner
 
     from rescompile.cli import app
-    from rescompile.quantize import registry
+    from rescompile.quantize import catalog, registry
     from rescompile.quantize.policy_trt import TensorRTPolicy
 
     class StemInFP(TensorRTPolicy):
@@ -181,6 +181,6 @@ def test_a_new_policy_is_one_registered_object(zoo_onnx, tmp_path) -> None:  # t
         quant = runner.invoke(app, ["quantize", m, "--ranges", ranges, "--policy", "tensorrt-fp-stem", "--out", out])
         assert quant.exit_code == 0 and "tensorrt-fp-stem" in quant.output, quant.output
     finally:
-        registry._REGISTRY.pop("tensorrt-fp-stem", None)
+        catalog.REGISTERED.pop("tensorrt-fp-stem", None)
     result = CliRunner().invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--policy", "no-such-policy"])
     assert result.exit_code == 2 and "tensorrt" in result.output and "onnxruntime" in result.output
