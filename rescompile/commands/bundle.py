@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from rescompile.cli import AllowFailedOpt, app, console, run_cli, warn
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, warn
 
 
 @app.command(
@@ -31,7 +32,7 @@ def bundle(
         ),
     ] = "float16",  # fmt: skip
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.")] = None,
-    allow_failed_build: AllowFailedOpt = False,
+    allow_failed_build: o.AllowFailedOpt = False,
 ) -> None:
     """Bundle a build for a device: INT8 ONNX, block map, ranges, TensorRT calibration cache, preprocessing,
     gates, reference inputs with labels and FP32 logits, and the sha256 of every member.
@@ -41,24 +42,19 @@ def bundle(
     """
     from rescompile.config import Gates
     from rescompile.deploy.bundle import BundleOptions, make_bundle
-    from rescompile.errors import UsageError
     from rescompile.validate.gates import resolve_gates
 
-    def go() -> Any:
-        if layout not in ("nchw", "nhwc"):
-            raise UsageError(f"--layout must be nchw or nhwc, not {layout!r}")
-        flags = Gates(max_top1_drop, min_agreement, min_cosine)
-        gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
-        if allow_failed_build:
-            warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
-        return make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads, reference_dtype))
-
-    doc = run_cli(go)
+    o.check_layout(layout)
+    flags = Gates(max_top1_drop, min_agreement, min_cosine)
+    gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
+    if allow_failed_build:
+        warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
+    doc = make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads, reference_dtype))
     size = out.stat().st_size
-    gates = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
+    gate_text = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
     console.print(f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
                   f"Adds, {doc['reference']['samples']} reference inputs"
-                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gates}", highlight=False)  # fmt: skip
-    if gates == "none":
+                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gate_text}", highlight=False)  # fmt: skip
+    if gate_text == "none":
         warn("the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
              "(add --min-agreement / --min-cosine / --max-top1-drop)")  # fmt: skip

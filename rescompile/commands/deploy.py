@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app, console, err_console, run_cli
+from rescompile.commands.base import app, console, err_console, show_failed_result
 
 _REMOTE = "Remote (SSH)"
 
@@ -68,32 +68,19 @@ def deploy(
 
     if host is not None or hosts is not None:
         if host is not None and hosts is not None:
-
-            def both() -> None:
-                raise UsageError("give --host or --hosts, not both")
-
-            run_cli(both)
+            raise UsageError("give --host or --hosts, not both")
         flags = {"out": out, "ssh_config": ssh_config, "remote_cmd": remote_cmd, "remote_dir": remote_dir,
                  "connect_timeout": connect_timeout, "backend": backend, "target": target, "dla_core": dla_core, "cuda_lib": cuda_lib,
                  "fetch_plan": fetch_plan, "timeout": timeout, "parallel": parallel, "json_out": json_out}  # fmt: skip
         _remote(bundle, host, hosts, flags)
         return
+    from rescompile.deploy.device import DeployOptions
+    from rescompile.deploy.device import deploy as run_deploy
+    from rescompile.runtime.cuda_libs import check_choice
 
-    def go() -> Any:
-        from rescompile.deploy.device import DeployOptions
-        from rescompile.deploy.device import deploy as run_deploy
-        from rescompile.errors import RescompileError
-        from rescompile.runtime.cuda_libs import check_choice
-
-        try:
-            return run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads, cuda_lib=check_choice(cuda_lib)))
-        except RescompileError as exc:
-            result = getattr(exc, "result", None)
-            if result is not None:
-                _print_local(result)
-            raise
-
-    _print_local(run_cli(go))
+    with show_failed_result(_print_local):  # a failed gate still shows the run (exit 1)
+        result = run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads, cuda_lib=check_choice(cuda_lib)))
+    _print_local(result)
 
 
 def _print_local(result: Any) -> None:
@@ -112,34 +99,8 @@ def _print_local(result: Any) -> None:
 
 def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str, Any]) -> None:
     from rescompile.deploy import remote
-    from rescompile.readers import check_file
-    from rescompile.runtime.cuda_libs import check_choice
 
-    def prepare() -> Any:
-        remote.check_tools()
-        check_file(bundle, "bundle")
-        if a["ssh_config"] is not None:
-            check_file(a["ssh_config"], "ssh config")
-        defaults: dict[str, Any] = {}
-        if hosts_file is not None:
-            specs, defaults = remote.load_fleet(hosts_file)
-        else:
-            remote.check_destination(host or "")
-            specs = [remote.HostSpec(host or "")]
-        out = a["out"] if a["out"] is not None else bundle.with_suffix(".deploy")
-        opts = remote.RemoteOptions(
-            remote_cmd=a["remote_cmd"] if a["remote_cmd"] != "rescompile" else defaults.get("remote_cmd", "rescompile"),
-            remote_dir=defaults.get("remote_dir", a["remote_dir"]), ssh_config=a["ssh_config"],
-            connect_timeout=int(defaults.get("connect_timeout", a["connect_timeout"])),
-            backend=defaults.get("backend", a["backend"]) if a["backend"] == "tensorrt" else a["backend"],
-            target=defaults.get("target", a["target"]) if a["target"] == "auto" else a["target"],
-            dla_core=a["dla_core"] if a["dla_core"] is not None else defaults.get("dla_core"),
-            cuda_lib=check_choice(a["cuda_lib"] if a["cuda_lib"] != "auto" else str(defaults.get("cuda_lib", "auto"))),
-            fetch_plan=a["fetch_plan"], out=out, timeout=a["timeout"],
-        )  # fmt: skip
-        return specs, opts
-
-    specs, opts = run_cli(prepare)
+    specs, opts = _remote_options(bundle, host, hosts_file, a)
     if hosts_file is None:
         (spec,) = specs
         console.print(f"deploying {bundle.name} on {spec.destination} ...", highlight=False)
@@ -170,3 +131,33 @@ def _host_line(r: Any) -> None:
     status = "PASS" if r.exit_code == 0 else f"FAIL (exit {r.exit_code})"
     line = f"{r.host}: {status} in {r.seconds:.1f} s, {r.stage}: {r.message}"
     (console if r.exit_code == 0 else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _remote_options(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str, Any]) -> tuple[list[Any], Any]:
+    """The hosts and the :class:`rescompile.deploy.remote.RemoteOptions`: the fleet file's defaults under the flags."""
+    from rescompile.deploy import remote
+    from rescompile.readers import check_file
+    from rescompile.runtime.cuda_libs import check_choice
+
+    remote.check_tools()
+    check_file(bundle, "bundle")
+    if a["ssh_config"] is not None:
+        check_file(a["ssh_config"], "ssh config")
+    defaults: dict[str, Any] = {}
+    if hosts_file is not None:
+        specs, defaults = remote.load_fleet(hosts_file)
+    else:
+        remote.check_destination(host or "")
+        specs = [remote.HostSpec(host or "")]
+    out = a["out"] if a["out"] is not None else bundle.with_suffix(".deploy")
+    opts = remote.RemoteOptions(
+        remote_cmd=a["remote_cmd"] if a["remote_cmd"] != "rescompile" else defaults.get("remote_cmd", "rescompile"),
+        remote_dir=defaults.get("remote_dir", a["remote_dir"]), ssh_config=a["ssh_config"],
+        connect_timeout=int(defaults.get("connect_timeout", a["connect_timeout"])),
+        backend=defaults.get("backend", a["backend"]) if a["backend"] == "tensorrt" else a["backend"],
+        target=defaults.get("target", a["target"]) if a["target"] == "auto" else a["target"],
+        dla_core=a["dla_core"] if a["dla_core"] is not None else defaults.get("dla_core"),
+        cuda_lib=check_choice(a["cuda_lib"] if a["cuda_lib"] != "auto" else str(defaults.get("cuda_lib", "auto"))),
+        fetch_plan=a["fetch_plan"], out=out, timeout=a["timeout"],
+    )  # fmt: skip
+    return specs, opts
