@@ -8,8 +8,21 @@ Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad inp
 
 from __future__ import annotations
 
-# The order of the imports is the order of `rescompile --help`'s command list.
-from rescompile.commands import build, bundle, calibrate, compare, deploy, doctor, engine, inspect, stages, sweep, validate, version  # noqa: F401  (build, version)  # noqa: F401  # noqa: F401  (stages: export, simplify, quantize)
+# Importing a command module registers its command(s) on app; `rescompile --help` lists them in this order.
+from rescompile.commands import (  # noqa: F401
+    build,
+    bundle,
+    calibrate,
+    compare,
+    deploy,
+    doctor,
+    engine,
+    inspect,
+    stages,  # export, simplify, quantize
+    sweep,
+    validate,
+    version,
+)
 from rescompile.commands.base import app
 
 __all__ = ["app", "main"]
