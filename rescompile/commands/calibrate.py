@@ -44,15 +44,15 @@ class CalibrateSettings(OptionGroup):
 
 @dataclass(frozen=True)
 class CalibrateOutput(OptionGroup):
-    out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.", rich_help_panel=o.OUTPUT)] = Path("ranges.json")
-    stats_out: Annotated[Path | None, typer.Option(
-        "--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
     trt_cache: Annotated[Path | None, typer.Option(
         help="Also write a TensorRT calibration cache (implicit INT8, DLA).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
     trt_version: Annotated[str, typer.Option(
         help="TensorRT version written in the cache header.", rich_help_panel=o.TENSORRT)] = "10.3.0"  # fmt: skip
     trt_algorithm: Annotated[str, typer.Option(
         help="Algorithm written in the cache header.", rich_help_panel=o.TENSORRT)] = "EntropyCalibration2"  # fmt: skip
+    out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.", rich_help_panel=o.OUTPUT)] = Path("ranges.json")
+    stats_out: Annotated[Path | None, typer.Option(
+        "--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=o.OUTPUT)] = False
 
 
@@ -66,8 +66,8 @@ def calibrate(
     model: Annotated[Path, typer.Argument(help="The simplified FP32 ONNX model (BatchNorm folded), e.g. build/x/model.simplified.onnx")],
     *,
     data: CalibrateData,
-    how: CalibrateSettings,
     preprocess: o.PreprocessOptions,
+    how: CalibrateSettings,
     output: CalibrateOutput,
     scale: o.RayOptions,
 ) -> None:
