@@ -74,3 +74,18 @@ def test_python_dash_m_runs_every_command():
     """`python -m rescompile.cli` registers the commands too (they live on base.app, not on __main__)."""
     out = subprocess.run([sys.executable, "-m", "rescompile.cli", "targets"], capture_output=True, text=True, check=True)
     assert "jetson" in out.stdout.lower()
+
+
+def test_command_modules_never_import_the_entry_point():
+    """cli.py imports every command module; a command module importing rescompile.cli back would close a cycle."""
+    import ast
+    from pathlib import Path
+
+    import rescompile.commands
+
+    for path in Path(rescompile.commands.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            assert not any(n == "rescompile.cli" or n.startswith("rescompile.cli.") for n in names), path.name
