@@ -82,13 +82,15 @@ class EngineBuild(OptionGroup):
 )
 def engine(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
-    target: Annotated[str, typer.Option(
-        help="Target profile (rescompile targets), or sm_XY, or gpu.", rich_help_panel=o.TENSORRT)] = "gpu",  # fmt: skip
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output folder (default: beside the ONNX).", rich_help_panel=o.OUTPUT)] = None,  # fmt: skip
-    allow_unfused: Annotated[bool, typer.Option(
-        help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.",
-        rich_help_panel=o.VALIDATION)] = False,  # fmt: skip
+    target: Annotated[
+        str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.", rich_help_panel=o.TENSORRT)
+    ] = "gpu",  # fmt: skip
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).", rich_help_panel=o.OUTPUT)
+    ] = None,  # fmt: skip
+    allow_unfused: Annotated[
+        bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.", rich_help_panel=o.VALIDATION)
+    ] = False,  # fmt: skip
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.", rich_help_panel=o.OUTPUT)] = False,
     *,
     builder: EngineBuild,
