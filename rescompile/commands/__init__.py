@@ -1,10 +1,4 @@
-"""CLI command groups: every module here registers its commands on ``rescompile.cli.app``.
+"""The CLI's commands: ``base`` (the app, consoles, exit codes), ``options`` (shared option groups), one module per command group.
 
-A module is imported by its presence; it uses ``from rescompile.cli import app, run_cli``.
+``rescompile.cli`` imports each command module, which registers its command(s) on ``base.app``.
 """
-
-import importlib
-import pkgutil
-
-for _mod in sorted(m.name for m in pkgutil.iter_modules(__path__)):
-    importlib.import_module(f"{__name__}.{_mod}")

@@ -2,12 +2,52 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import AllowFailedOpt, app, console, run_cli, warn
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, warn
+from rescompile.commands.groups import OptionGroup
+
+
+@dataclass(frozen=True)
+class BundleReference(OptionGroup):
+    """The reference inputs bundled with their labels and FP32 logits."""
+
+    reference_size: Annotated[int, typer.Option(
+        min=1, help="Reference inputs (with labels and FP32 logits) to bundle.", rich_help_panel=o.DATA)] = 256  # fmt: skip
+    val: Annotated[str | None, typer.Option(
+        help="Data for the reference inputs (default: the build's validation data).", rich_help_panel=o.DATA)] = None  # fmt: skip
+    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images given with --val: nchw | nhwc.", rich_help_panel=o.DATA)] = "nchw"
+    reference_dtype: Annotated[str, typer.Option(
+        help="Store reference inputs as float16 (half the size; the FP32 logits are computed on the stored values) or float32.",
+        rich_help_panel=o.DATA)] = "float16"  # fmt: skip
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.", rich_help_panel=o.DATA)] = None
+
+
+@dataclass(frozen=True)
+class DeviceGates(OptionGroup):
+    """The accuracy gates `rescompile deploy` applies on the device."""
+
+    gates_file: Annotated[Path | None, typer.Option(
+        "--gates", help="YAML recipe of accuracy gates; overrides the build's.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
+    max_top1_drop: Annotated[float | None, typer.Option(
+        help="Gate on the device: most top-1 points lost vs FP32.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
+    min_agreement: Annotated[float | None, typer.Option(
+        help="Gate on the device: minimum top-1 agreement, percent.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
+    min_cosine: Annotated[float | None, typer.Option(
+        help="Gate on the device: minimum mean logit cosine.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
+
+    def resolve(self) -> Any:
+        """The gates to bundle (None: the build's own)."""
+        from rescompile.config import Gates
+        from rescompile.validate.gates import resolve_gates
+
+        flags = Gates(self.max_top1_drop, self.min_agreement, self.min_cosine)
+        return resolve_gates(self.gates_file, flags) if self.gates_file is not None or flags != Gates() else None
 
 
 @app.command(
@@ -16,22 +56,11 @@ from rescompile.cli import AllowFailedOpt, app, console, run_cli, warn
 )
 def bundle(
     build: Annotated[Path, typer.Argument(metavar="BUILD", help="A build folder (tensorrt placement policy).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="The bundle file to write (e.g. model.rcb).")],
-    reference_size: Annotated[int, typer.Option(min=1, help="Reference inputs (with labels and FP32 logits) to bundle.")] = 256,
-    val: Annotated[str | None, typer.Option(help="Data for the reference inputs (default: the build's validation data).")] = None,
-    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images given with --val: nchw | nhwc.")] = "nchw",
-    gates_file: Annotated[Path | None, typer.Option("--gates", help="YAML recipe of accuracy gates; overrides the build's.")] = None,
-    max_top1_drop: Annotated[float | None, typer.Option(help="Gate on the device: most top-1 points lost vs FP32.")] = None,
-    min_agreement: Annotated[float | None, typer.Option(help="Gate on the device: minimum top-1 agreement, percent.")] = None,
-    min_cosine: Annotated[float | None, typer.Option(help="Gate on the device: minimum mean logit cosine.")] = None,
-    reference_dtype: Annotated[
-        str,
-        typer.Option(
-            help="Store reference inputs as float16 (half the size; the FP32 logits are computed on the stored values) or float32."
-        ),
-    ] = "float16",  # fmt: skip
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.")] = None,
-    allow_failed_build: AllowFailedOpt = False,
+    out: Annotated[Path, typer.Option("--out", "-o", help="The bundle file to write (e.g. model.rcb).", rich_help_panel=o.OUTPUT)],
+    *,
+    reference: BundleReference,
+    device_gates: DeviceGates,
+    allow_failed_build: o.AllowFailedOpt = False,
 ) -> None:
     """Bundle a build for a device: INT8 ONNX, block map, ranges, TensorRT calibration cache, preprocessing,
     gates, reference inputs with labels and FP32 logits, and the sha256 of every member.
@@ -39,25 +68,19 @@ def bundle(
     The build's artifacts are checked against its manifest.json; a build whose gates failed, or one
     made with the onnxruntime placement policy, is refused (exit 2). Same build, same options: same bytes.
     """
-    from rescompile.config import Gates
-    from rescompile.data.layout import check_layout
     from rescompile.deploy.bundle import BundleOptions, make_bundle
-    from rescompile.validate.gates import resolve_gates
 
-    def go() -> Any:
-        check_layout(layout, "--layout")
-        flags = Gates(max_top1_drop, min_agreement, min_cosine)
-        gates = resolve_gates(gates_file, flags) if gates_file is not None or flags != Gates() else None
-        if allow_failed_build:
-            warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
-        return make_bundle(build, out, BundleOptions(reference_size, val, layout, allow_failed_build, gates, threads, reference_dtype))
-
-    doc = run_cli(go)
+    r = reference
+    o.check_layout(r.layout)
+    gates = device_gates.resolve()
+    if allow_failed_build:
+        warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
+    doc = make_bundle(build, out, BundleOptions(r.reference_size, r.val, r.layout, allow_failed_build, gates, r.threads, r.reference_dtype))
     size = out.stat().st_size
-    gates = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
+    gate_text = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
     console.print(f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
                   f"Adds, {doc['reference']['samples']} reference inputs"
-                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gates}", highlight=False)  # fmt: skip
-    if gates == "none":
+                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gate_text}", highlight=False)  # fmt: skip
+    if gate_text == "none":
         warn("the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
              "(add --min-agreement / --min-cosine / --max-top1-drop)")  # fmt: skip

@@ -2,31 +2,58 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import (
-    CalibMethodOpt,
-    ChannelOrderOpt,
-    ChannelsOpt,
-    MeanOpt,
-    PercentileOpt,
-    RayAddressOpt,
-    RayOpt,
-    RecipeOpt,
-    ResizeOpt,
-    ShardsOpt,
-    SizeOpt,
-    StdOpt,
-    app,
-    console,
-    floats_opt,
-    log_to_stderr,
-    run_cli,
-)  # fmt: skip
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, log_to_stderr
+from rescompile.commands.groups import OptionGroup
 from rescompile.quantize.registry import policy_help
+
+
+@dataclass(frozen=True)
+class CalibrateData(OptionGroup):
+    calib: Annotated[str | None, typer.Option(
+        help="Calibration data: image folder, .npy/.npz, or demo-calib.", rich_help_panel=o.DATA)] = None  # fmt: skip
+    calib_size: Annotated[int | None, typer.Option(
+        min=1, help="Use a seeded, stratified subset of N samples.", rich_help_panel=o.DATA)] = None  # fmt: skip
+    seed: Annotated[int, typer.Option(help="Seed of the subset.", rich_help_panel=o.DATA)] = 0
+    batch_size: Annotated[int, typer.Option(min=1, help="Images read and preprocessed per batch.", rich_help_panel=o.DATA)] = 64
+    layout: o.LayoutOpt = "nchw"
+
+
+@dataclass(frozen=True)
+class CalibrateSettings(OptionGroup):
+    method: Annotated[str, typer.Option(help=o.METHOD_HELP, rich_help_panel=o.CALIBRATION)] = "max"
+    percentile: o.PercentileOpt = 99.99
+    from_stats: Annotated[Path | None, typer.Option(
+        help="Ranges from saved histograms (calib_stats.npz): no data, no model run.", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
+    from_trt_cache: Annotated[Path | None, typer.Option(
+        help="Import a TensorRT calibration cache as ranges.json.", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
+    tensors: Annotated[str, typer.Option(
+        help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).",
+        rich_help_panel=o.CALIBRATION)] = "plan"  # fmt: skip
+    policy: Annotated[str, typer.Option(
+        help="Placement policy whose tensors to calibrate: " + policy_help(), rich_help_panel=o.CALIBRATION)] = "tensorrt"  # fmt: skip
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="ONNX Runtime threads (default: all cores).", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CalibrateOutput(OptionGroup):
+    trt_cache: Annotated[Path | None, typer.Option(
+        help="Also write a TensorRT calibration cache (implicit INT8, DLA).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    trt_version: Annotated[str, typer.Option(
+        help="TensorRT version written in the cache header.", rich_help_panel=o.TENSORRT)] = "10.3.0"  # fmt: skip
+    trt_algorithm: Annotated[str, typer.Option(
+        help="Algorithm written in the cache header.", rich_help_panel=o.TENSORRT)] = "EntropyCalibration2"  # fmt: skip
+    out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.", rich_help_panel=o.OUTPUT)] = Path("ranges.json")
+    stats_out: Annotated[Path | None, typer.Option(
+        "--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=o.OUTPUT)] = False
 
 
 @app.command(
@@ -37,35 +64,12 @@ from rescompile.quantize.registry import policy_help
 )
 def calibrate(
     model: Annotated[Path, typer.Argument(help="The simplified FP32 ONNX model (BatchNorm folded), e.g. build/x/model.simplified.onnx")],
-    calib: Annotated[str | None, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.")] = None,
-    method: CalibMethodOpt = "max",
-    percentile: PercentileOpt = 99.99,
-    out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.")] = Path("ranges.json"),
-    stats_out: Annotated[Path | None, typer.Option("--stats", help="Also write the histograms (.npz) for --from-stats.")] = None,
-    from_stats: Annotated[Path | None, typer.Option(help="Ranges from saved histograms (calib_stats.npz): no data, no model run.")] = None,
-    from_trt_cache: Annotated[Path | None, typer.Option(help="Import a TensorRT calibration cache as ranges.json.")] = None,
-    trt_cache: Annotated[Path | None, typer.Option(help="Also write a TensorRT calibration cache (implicit INT8, DLA).")] = None,
-    trt_version: Annotated[str, typer.Option(help="TensorRT version written in the cache header.")] = "10.3.0",
-    trt_algorithm: Annotated[str, typer.Option(help="Algorithm written in the cache header.")] = "EntropyCalibration2",
-    tensors: Annotated[str, typer.Option(help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).")] = "plan",
-    policy: Annotated[str, typer.Option(help="Placement policy whose tensors to calibrate: " + policy_help())] = "tensorrt",
-    calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N samples.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the subset.")] = 0,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images read and preprocessed per batch.")] = 64,
-    preset: Annotated[str | None, typer.Option(help="imagenet | cifar | grayscale | fashion-mnist (default: by input shape).")] = None,
-    layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.")] = "nchw",
-    recipe: RecipeOpt = None,
-    size: SizeOpt = None,
-    resize: ResizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    channels: ChannelsOpt = None,
-    channel_order: ChannelOrderOpt = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
-    ray: RayOpt = False,
-    ray_address: RayAddressOpt = None,
-    shards: ShardsOpt = None,
+    *,
+    data: CalibrateData,
+    preprocess: o.PreprocessOptions,
+    how: CalibrateSettings,
+    output: CalibrateOutput,
+    scale: o.RayOptions,
 ) -> None:
     """Collect activation statistics in one ONNX Runtime pass and write ranges by a calibration method.
 
@@ -78,86 +82,78 @@ def calibrate(
     from rescompile.errors import UsageError
     from rescompile.io import write_bytes_atomic, write_text_atomic
 
-    def go() -> Any:
-        from rescompile.scale.cluster import ray_settings
+    check_method(how.method, how.percentile)
+    version_code(output.trt_version)
+    ray = scale.settings()
+    log_to_stderr(output.quiet)
+    sources = [s for s in (data.calib, how.from_stats, how.from_trt_cache) if s is not None]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --calib, --from-stats, --from-trt-cache")
+    stats_bytes = None
+    if how.from_trt_cache is not None:
+        ranges, code, algo = read_cache(how.from_trt_cache)
+        result = CalibrationResult(ranges, "trt-cache", 0, params={"trt_version": code, "trt_algorithm": algo})
+        told = f"imported {len(ranges)} tensors from {how.from_trt_cache} (TRT-{code}-{algo})"
+    elif how.from_stats is not None:
+        stats, key, samples, sample = load_stats(how.from_stats)
+        result = calibration_result(stats, how.method, samples, percentile=how.percentile, key=key, sample=sample)
+        told = f"{len(stats)} tensors from {how.from_stats} ({samples} samples), no model run"
+    else:
+        result, stats_bytes, told = _collect(model, data, how, preprocess, output.quiet, ray)
+    write_text_atomic(output.out, result.to_json())
+    console.print(f"wrote {output.out}: {told}; method {result.method}", highlight=False)
+    if how.method == "auto" and result.summary:
+        from collections import Counter
 
-        check_method(method, percentile)
-        version_code(trt_version)
-        scale = ray_settings(ray, ray_address, shards)
-        log_to_stderr(quiet)
-        sources = [s for s in (calib, from_stats, from_trt_cache) if s is not None]
-        if len(sources) != 1:
-            raise UsageError("give exactly one of --calib, --from-stats, --from-trt-cache")
-        stats_bytes = None
-        if from_trt_cache is not None:
-            ranges, code, algo = read_cache(from_trt_cache)
-            result = CalibrationResult(ranges, "trt-cache", 0, params={"trt_version": code, "trt_algorithm": algo})
-            how = f"imported {len(ranges)} tensors from {from_trt_cache} (TRT-{code}-{algo})"
-        elif from_stats is not None:
-            stats, key, samples, sample = load_stats(from_stats)
-            result = calibration_result(stats, method, samples, percentile=percentile, key=key, sample=sample)
-            how = f"{len(stats)} tensors from {from_stats} ({samples} samples), no model run"
-        else:
-            result, stats_bytes, how = _collect(model, calib or "", method, percentile, tensors, policy, calib_size,
-                                                seed, batch_size, preset, layout, recipe, size, resize, mean, std,
-                                                channels, channel_order, threads, quiet, scale)  # fmt: skip
-        write_text_atomic(out, result.to_json())
-        console.print(f"wrote {out}: {how}; method {result.method}", highlight=False)
-        if method == "auto" and result.summary:
-            from collections import Counter
-
-            chosen = Counter(r.method for r in result.ranges.values())
-            console.print("auto chose: " + ", ".join(f"{m} {n}" for m, n in sorted(chosen.items())), highlight=False)
-        if stats_out is not None:
-            if stats_bytes is None:
-                raise UsageError("--stats needs --calib (statistics are collected from data)")
-            write_bytes_atomic(stats_out, stats_bytes)
-            console.print(f"wrote {stats_out}", highlight=False)
-        if trt_cache is not None:
-            write_text_atomic(trt_cache, to_trt_cache(result.ranges, version=trt_version, algorithm=trt_algorithm))
-            console.print(f"wrote {trt_cache} (TRT-{version_code(trt_version)}-{trt_algorithm}, scale = amax/127)",
-                          highlight=False)  # fmt: skip
-
-    run_cli(go)
+        chosen = Counter(r.method for r in result.ranges.values())
+        console.print("auto chose: " + ", ".join(f"{m} {n}" for m, n in sorted(chosen.items())), highlight=False)
+    if output.stats_out is not None:
+        if stats_bytes is None:
+            raise UsageError("--stats needs --calib (statistics are collected from data)")
+        write_bytes_atomic(output.stats_out, stats_bytes)
+        console.print(f"wrote {output.stats_out}", highlight=False)
+    if output.trt_cache is not None:
+        write_text_atomic(output.trt_cache, to_trt_cache(result.ranges, version=output.trt_version, algorithm=output.trt_algorithm))
+        console.print(f"wrote {output.trt_cache} (TRT-{version_code(output.trt_version)}-{output.trt_algorithm}, "
+                      "scale = amax/127)", highlight=False)  # fmt: skip
 
 
-def _collect(model_path: Path, calib: str, method: str, percentile: float, tensors: str, policy: str,
-             calib_size: int | None, seed: int, batch_size: int, preset: str | None, layout: str,
-             recipe: Path | None, size: int | None, resize: int | None, mean: str | None, std: str | None,
-             channels: int | None, channel_order: str | None, threads: int | None,
-             quiet: bool, scale: Any = None) -> tuple[Any, bytes, str]:  # fmt: skip
+def _collect(model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_opts: o.PreprocessOptions, quiet: bool,
+             scale: Any = None) -> tuple[Any, bytes, str]:  # fmt: skip
     from rescompile.calibrate.collect import activation_tensors
     from rescompile.calibrate.run import calibrate as run_calibration
-    from rescompile.data.layout import check_layout, data_layout
+    from rescompile.data.layout import data_layout
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import UsageError
     from rescompile.models.onnx_source import describe_onnx, read_onnx
     from rescompile.progress import progress
 
-    check_layout(layout, "--layout")
-    if tensors not in ("plan", "all"):
-        raise UsageError(f"--tensors must be plan or all, not {tensors!r}")
+    layout = o.check_layout(data.layout)
+    if how.tensors not in ("plan", "all"):
+        raise UsageError(f"--tensors must be plan or all, not {how.tensors!r}")
     info = describe_onnx(model_path, require_residual=False)
     onnx_model = read_onnx(model_path)
     if any(n.op_type == "BatchNormalization" for n in onnx_model.graph.node):
         raise UsageError(f"{model_path} still has BatchNormalization nodes; calibrate the simplified model",
                          hint=f"rescompile simplify {model_path} --out model.simplified.onnx")  # fmt: skip
-    rec = load_recipe(recipe) if recipe is not None else {}
-    pre = resolve_preprocess(info.preset, info.input_shape, preset=preset, recipe=rec, size=size, resize=resize,
-                             mean=floats_opt(mean, "--mean"), std=floats_opt(std, "--std"), channels=channels,
-                             channel_order=channel_order)  # fmt: skip
-    src = open_source(calib, layout=data_layout(layout, rec), limit=calib_size, seed=seed)
+    p = pre_opts
+    rec = load_recipe(p.recipe) if p.recipe is not None else {}
+    pre = resolve_preprocess(info.preset, info.input_shape, preset=p.preset, recipe=rec, size=p.size, resize=p.resize,
+                             mean=p.mean_values(), std=p.std_values(), channels=p.channels,
+                             channel_order=p.channel_order)  # fmt: skip
+    src = open_source(data.calib or "", layout=data_layout(layout, rec),
+                      limit=data.calib_size, seed=data.seed)  # fmt: skip
     check_shape(src, pre, info.input_shape)
-    if tensors == "all":
+    if how.tensors == "all":
         names = activation_tensors(onnx_model)
     else:
         from rescompile.quantize import plan_qdq
         from rescompile.quantize.registry import parse_policy
 
-        names = plan_qdq(onnx_model, parse_policy(policy, "onnxruntime").name).calibrated_tensors
+        names = plan_qdq(onnx_model, parse_policy(how.policy, "onnxruntime").name).calibrated_tensors
     with progress("calibrate", src.count, not quiet) as advance:
-        run = run_calibration(onnx_model, names, src, pre, method=method, percentile=percentile, batch_size=batch_size,
-                              threads=threads, on_batch=advance, ray=scale)  # fmt: skip
+        run = run_calibration(onnx_model, names, src, pre, method=how.method, percentile=how.percentile,
+                              batch_size=data.batch_size, threads=how.threads, on_batch=advance, ray=scale)  # fmt: skip
     where = "" if scale is None else f" on {scale.where()}"
     return run.result, run.stats_npz, f"{len(names)} tensors, {src.count} samples of {src.name}{where} in {run.seconds:.1f} s"

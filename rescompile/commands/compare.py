@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import NoVerifyOpt, app, console, run_cli, warn
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, warn
 
 
 @app.command(
@@ -22,7 +23,7 @@ def compare(
     latency_tolerance: Annotated[float, typer.Option(help="Relative latency increase (0.1 = 10%) allowed.")] = 0.10,
     ignore_latency: Annotated[bool, typer.Option("--ignore-latency", help="Compare accuracy and gates only.")] = False,
     md: Annotated[Path | None, typer.Option("--md", help="Also write the comparison as Markdown here.")] = None,
-    no_verify_hashes: NoVerifyOpt = False,
+    no_verify_hashes: o.NoVerifyOpt = False,
     allow_different_models: Annotated[bool, typer.Option(
         "--allow-different-models", help="Compare reports of different models (name, input shape or classes) anyway.")] = False,
 ) -> None:
@@ -35,13 +36,10 @@ def compare(
     a smaller speedup, or a gate that passed before and fails now. Reports of two different models
     (name, input shape or class count) are refused (exit 2) unless --allow-different-models.
     """
-    from rich.table import Table
-
     from rescompile.errors import GateFailed, UsageError
     from rescompile.io import write_text_atomic
     from rescompile.validate.compare import (
         REGRESSED,
-        SAME,
         Tolerances,
         compare_reports,
         dataset_warning,
@@ -50,49 +48,56 @@ def compare(
         render_comparison_markdown,
     )
 
-    def report_path(path: Path) -> Path:
-        """A report.json of a build folder (or the folder) is checked against its manifest; failed builds compare fine."""
-        from rescompile.buildfolder import MANIFEST, REPORT_JSON, build_of, open_build
+    a, b = load_report(_report_path(old, no_verify_hashes)), load_report(_report_path(new, no_verify_hashes))
+    differ = model_difference(a, b)
+    if differ and not allow_different_models:
+        raise UsageError(f"{old} and {new} are reports of different models ({differ}): their metrics are not comparable",
+                         hint="compare two builds of the same model, or pass --allow-different-models")  # fmt: skip
+    changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
+    warning = dataset_warning(a, b)
+    console.print(_table(changes, f"rescompile compare: {old} -> {new}"))
+    if differ:
+        console.print(f"[yellow]warning:[/] different models ({differ}): changes are not regressions of one model",
+                      highlight=False)  # fmt: skip
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if md is not None:
+        write_text_atomic(md, render_comparison_markdown(changes, str(old), str(new), note=differ and f"different models: {differ}"))
+    regressed = [c for c in changes if c.status == REGRESSED]
+    if regressed:
+        lines = [f"{c.metric}: {c.old} -> {c.new} ({c.note})" for c in regressed]
+        raise GateFailed(f"{len(regressed)} regression(s):\n  " + "\n  ".join(lines))
+    console.print("no regression", highlight=False)
 
-        if path.is_dir():  # a build folder; a folder without a manifest (`validate --out`) holds a plain report.json
-            build = open_build(path, verify=not no_verify_hashes, allow_failed=True) if (path / MANIFEST).is_file() else None
-        else:
-            build = build_of(path, verify=not no_verify_hashes, allow_failed=True)
-        if build is None:
-            return path
-        for line in build.warnings(failed=False):
-            warn(line)
-        return build.file(REPORT_JSON if path.is_dir() else path.name)
 
-    def go() -> Any:
-        a, b = load_report(report_path(old)), load_report(report_path(new))
-        differ = model_difference(a, b)
-        if differ and not allow_different_models:
-            raise UsageError(f"{old} and {new} are reports of different models ({differ}): their metrics are not comparable",
-                             hint="compare two builds of the same model, or pass --allow-different-models")  # fmt: skip
-        changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
-        warning = dataset_warning(a, b)
-        t = Table(title=f"rescompile compare: {old} -> {new}")
-        for col, just in (("metric", "left"), ("old", "right"), ("new", "right"), ("delta", "right"), ("status", "left")):
-            t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
-        colors = {REGRESSED: "red", "improved": "green", SAME: "dim"}
-        for c in changes:
-            style = colors.get(c.status, "")
-            status = c.status + (f" ({c.note})" if c.note and c.status != SAME else "")
-            t.add_row(c.metric, "n/a" if c.old is None else f"{c.old:.5g}", "n/a" if c.new is None else f"{c.new:.5g}",
-                      "" if c.delta is None else f"{c.delta:+.4g}", f"[{style}]{status}[/]" if style else status)  # fmt: skip
-        console.print(t)
-        if differ:
-            console.print(f"[yellow]warning:[/] different models ({differ}): changes are not regressions of one model",
-                          highlight=False)  # fmt: skip
-        if warning:
-            console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-        if md is not None:
-            write_text_atomic(md, render_comparison_markdown(changes, str(old), str(new), note=differ and f"different models: {differ}"))
-        regressed = [c for c in changes if c.status == REGRESSED]
-        if regressed:
-            lines = [f"{c.metric}: {c.old} -> {c.new} ({c.note})" for c in regressed]
-            raise GateFailed(f"{len(regressed)} regression(s):\n  " + "\n  ".join(lines))
-        console.print("no regression", highlight=False)
+def _report_path(path: Path, no_verify_hashes: bool) -> Path:
+    """A report.json of a build folder (or the folder) is checked against its manifest; failed builds compare fine."""
+    from rescompile.buildfolder import MANIFEST, REPORT_JSON, build_of, open_build
 
-    run_cli(go)
+    if path.is_dir():  # a build folder; a folder without a manifest (`validate --out`) holds a plain report.json
+        build = open_build(path, verify=not no_verify_hashes, allow_failed=True) if (path / MANIFEST).is_file() else None
+    else:
+        build = build_of(path, verify=not no_verify_hashes, allow_failed=True)
+    if build is None:
+        return path
+    for line in build.warnings(failed=False):
+        warn(line)
+    return build.file(REPORT_JSON if path.is_dir() else path.name)
+
+
+def _table(changes: list[Any], title: str) -> Any:
+    """The comparison as a rich table: one row per metric, regressions in red."""
+    from rich.table import Table
+
+    from rescompile.validate.compare import REGRESSED, SAME
+
+    t = Table(title=title)
+    for col, just in (("metric", "left"), ("old", "right"), ("new", "right"), ("delta", "right"), ("status", "left")):
+        t.add_column(col, justify=just, overflow="fold")  # type: ignore[arg-type]
+    colors = {REGRESSED: "red", "improved": "green", SAME: "dim"}
+    for c in changes:
+        style = colors.get(c.status, "")
+        status = c.status + (f" ({c.note})" if c.note and c.status != SAME else "")
+        t.add_row(c.metric, "n/a" if c.old is None else f"{c.old:.5g}", "n/a" if c.new is None else f"{c.new:.5g}",
+                  "" if c.delta is None else f"{c.delta:+.4g}", f"[{style}]{status}[/]" if style else status)  # fmt: skip
+    return t

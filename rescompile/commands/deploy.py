@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,9 +11,49 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app, console, err_console, run_cli
+from rescompile.commands.base import app, console, err_console, show_failed_result
+from rescompile.commands.groups import OptionGroup
 
 _REMOTE = "Remote (SSH)"
+
+
+@dataclass(frozen=True)
+class DeployDevice(OptionGroup):
+    """Where and how the bundle's model is built and run (on this device, or on each remote one)."""
+
+    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or auto: this machine's GPU.")] = "auto"
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (GPU fallback on).")] = None
+    backend: Annotated[str, typer.Option(help="tensorrt (build the engine here) | onnxruntime (the same flow on a CPU).")] = "tensorrt"
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None
+    cuda_lib: Annotated[str, typer.Option(help="Device buffers for the TensorRT run: auto | cuda-python | pycuda | torch.")] = "auto"
+
+
+@dataclass(frozen=True)
+class RemoteFlags(OptionGroup):
+    """Deploying over SSH on one device (--host) or a fleet (--hosts)."""
+
+    host: Annotated[
+        str | None, typer.Option(help="Deploy on this device over ssh: user@host or an ssh config Host.", rich_help_panel=_REMOTE)
+    ] = None  # fmt: skip
+    hosts: Annotated[
+        Path | None, typer.Option(help="Deploy on every device of a fleet YAML file, in parallel.", rich_help_panel=_REMOTE)
+    ] = None  # fmt: skip
+    ssh_config: Annotated[
+        Path | None, typer.Option(help="ssh config file (ssh -F); default: ssh's own (~/.ssh/config).", rich_help_panel=_REMOTE)
+    ] = None  # fmt: skip
+    remote_cmd: Annotated[str, typer.Option(help="How the device runs rescompile (shell words).", rich_help_panel=_REMOTE)] = "rescompile"
+    remote_dir: Annotated[
+        str, typer.Option(help="Folder on the device (relative: under its home).", rich_help_panel=_REMOTE)
+    ] = "rescompile-deploy"  # fmt: skip
+    fetch_plan: Annotated[bool, typer.Option(help="Also copy the built plan and its sidecar back.", rich_help_panel=_REMOTE)] = False
+    parallel: Annotated[int, typer.Option(min=1, help="Hosts deployed at once (--hosts).", rich_help_panel=_REMOTE)] = 4
+    connect_timeout: Annotated[int, typer.Option(min=1, help="ssh ConnectTimeout, seconds.", rich_help_panel=_REMOTE)] = 10
+    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds allowed for one host's deploy.", rich_help_panel=_REMOTE)] = None
+    json_out: Annotated[
+        Path | None,
+        typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE)
+    ] = None  # fmt: skip
 
 
 @app.command(
@@ -23,33 +64,9 @@ _REMOTE = "Remote (SSH)"
 )
 def deploy(
     bundle: Annotated[Path, typer.Argument(metavar="BUNDLE.rcb", help="A bundle written by `rescompile bundle`.")],
-    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or auto: this machine's GPU.")] = "auto",
-    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core (GPU fallback on).")] = None,
-    backend: Annotated[str, typer.Option(help="tensorrt (build the engine here) | onnxruntime (the same flow on a CPU).")] = "tensorrt",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None,
-    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None,
-    cuda_lib: Annotated[str, typer.Option(help="Device buffers for the TensorRT run: auto | cuda-python | pycuda | torch.")] = "auto",
-    host: Annotated[
-        str | None, typer.Option(help="Deploy on this device over ssh: user@host or an ssh config Host.", rich_help_panel=_REMOTE)
-    ] = None,  # fmt: skip
-    hosts: Annotated[
-        Path | None, typer.Option(help="Deploy on every device of a fleet YAML file, in parallel.", rich_help_panel=_REMOTE)
-    ] = None,  # fmt: skip
-    ssh_config: Annotated[
-        Path | None, typer.Option(help="ssh config file (ssh -F); default: ssh's own (~/.ssh/config).", rich_help_panel=_REMOTE)
-    ] = None,  # fmt: skip
-    remote_cmd: Annotated[str, typer.Option(help="How the device runs rescompile (shell words).", rich_help_panel=_REMOTE)] = "rescompile",
-    remote_dir: Annotated[
-        str, typer.Option(help="Folder on the device (relative: under its home).", rich_help_panel=_REMOTE)
-    ] = "rescompile-deploy",  # fmt: skip
-    fetch_plan: Annotated[bool, typer.Option(help="Also copy the built plan and its sidecar back.", rich_help_panel=_REMOTE)] = False,
-    parallel: Annotated[int, typer.Option(min=1, help="Hosts deployed at once (--hosts).", rich_help_panel=_REMOTE)] = 4,
-    connect_timeout: Annotated[int, typer.Option(min=1, help="ssh ConnectTimeout, seconds.", rich_help_panel=_REMOTE)] = 10,
-    timeout: Annotated[float | None, typer.Option(min=1, help="Seconds allowed for one host's deploy.", rich_help_panel=_REMOTE)] = None,
-    json_out: Annotated[
-        Path | None,
-        typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE),
-    ] = None,  # fmt: skip
+    *,
+    device: DeployDevice,
+    remote: RemoteFlags,
 ) -> None:
     """Build and validate a bundle's model on a device, like CI: exit 0 passed, 1 a gate failed.
 
@@ -66,34 +83,19 @@ def deploy(
     """
     from rescompile.errors import UsageError
 
-    if host is not None or hosts is not None:
-        if host is not None and hosts is not None:
-
-            def both() -> None:
-                raise UsageError("give --host or --hosts, not both")
-
-            run_cli(both)
-        flags = {"out": out, "ssh_config": ssh_config, "remote_cmd": remote_cmd, "remote_dir": remote_dir,
-                 "connect_timeout": connect_timeout, "backend": backend, "target": target, "dla_core": dla_core, "cuda_lib": cuda_lib,
-                 "fetch_plan": fetch_plan, "timeout": timeout, "parallel": parallel, "json_out": json_out}  # fmt: skip
-        _remote(bundle, host, hosts, flags)
+    if remote.host is not None or remote.hosts is not None:
+        if remote.host is not None and remote.hosts is not None:
+            raise UsageError("give --host or --hosts, not both")
+        _remote(bundle, device, remote)
         return
+    from rescompile.deploy.device import DeployOptions
+    from rescompile.deploy.device import deploy as run_deploy
+    from rescompile.runtime.cuda_libs import check_choice
 
-    def go() -> Any:
-        from rescompile.deploy.device import DeployOptions
-        from rescompile.deploy.device import deploy as run_deploy
-        from rescompile.errors import RescompileError
-        from rescompile.runtime.cuda_libs import check_choice
-
-        try:
-            return run_deploy(bundle, DeployOptions(backend, target, dla_core, out, threads, cuda_lib=check_choice(cuda_lib)))
-        except RescompileError as exc:
-            result = getattr(exc, "result", None)
-            if result is not None:
-                _print_local(result)
-            raise
-
-    _print_local(run_cli(go))
+    with show_failed_result(_print_local):  # a failed gate still shows the run (exit 1)
+        result = run_deploy(bundle, DeployOptions(device.backend, device.target, device.dla_core, device.out, device.threads,
+                                                  cuda_lib=check_choice(device.cuda_lib)))  # fmt: skip
+    _print_local(result)
 
 
 def _print_local(result: Any) -> None:
@@ -110,37 +112,11 @@ def _print_local(result: Any) -> None:
     console.print(f"{'passed' if result.passed else 'FAILED'}: {result.out}/ (deploy.json, deploy.md, junit.xml)", highlight=False)
 
 
-def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str, Any]) -> None:
+def _remote(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> None:
     from rescompile.deploy import remote
-    from rescompile.readers import check_file
-    from rescompile.runtime.cuda_libs import check_choice
 
-    def prepare() -> Any:
-        remote.check_tools()
-        check_file(bundle, "bundle")
-        if a["ssh_config"] is not None:
-            check_file(a["ssh_config"], "ssh config")
-        defaults: dict[str, Any] = {}
-        if hosts_file is not None:
-            specs, defaults = remote.load_fleet(hosts_file)
-        else:
-            remote.check_destination(host or "")
-            specs = [remote.HostSpec(host or "")]
-        out = a["out"] if a["out"] is not None else bundle.with_suffix(".deploy")
-        opts = remote.RemoteOptions(
-            remote_cmd=a["remote_cmd"] if a["remote_cmd"] != "rescompile" else defaults.get("remote_cmd", "rescompile"),
-            remote_dir=defaults.get("remote_dir", a["remote_dir"]), ssh_config=a["ssh_config"],
-            connect_timeout=int(defaults.get("connect_timeout", a["connect_timeout"])),
-            backend=defaults.get("backend", a["backend"]) if a["backend"] == "tensorrt" else a["backend"],
-            target=defaults.get("target", a["target"]) if a["target"] == "auto" else a["target"],
-            dla_core=a["dla_core"] if a["dla_core"] is not None else defaults.get("dla_core"),
-            cuda_lib=check_choice(a["cuda_lib"] if a["cuda_lib"] != "auto" else str(defaults.get("cuda_lib", "auto"))),
-            fetch_plan=a["fetch_plan"], out=out, timeout=a["timeout"],
-        )  # fmt: skip
-        return specs, opts
-
-    specs, opts = run_cli(prepare)
-    if hosts_file is None:
+    specs, opts = _remote_options(bundle, device, flags)
+    if flags.hosts is None:
         (spec,) = specs
         console.print(f"deploying {bundle.name} on {spec.destination} ...", highlight=False)
         res = remote.deploy_host(bundle, spec, opts, on_line=lambda line: console.print(line, markup=False, highlight=False,
@@ -148,8 +124,8 @@ def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str
         _host_line(res)
         raise typer.Exit(res.exit_code)
 
-    console.print(f"deploying {bundle.name} on {len(specs)} hosts, {a['parallel']} at a time", highlight=False)
-    results = remote.deploy_fleet(bundle, specs, opts, parallel=a["parallel"], on_done=_host_line)
+    console.print(f"deploying {bundle.name} on {len(specs)} hosts, {flags.parallel} at a time", highlight=False)
+    results = remote.deploy_fleet(bundle, specs, opts, parallel=flags.parallel, on_done=_host_line)
     t = Table(title=f"fleet: {sum(r.exit_code == 0 for r in results)} of {len(results)} passed", title_justify="left")
     for col in ("host", "exit", "stage", "agreement", "seconds", "message"):
         t.add_column(col, overflow="fold")
@@ -159,7 +135,7 @@ def _remote(bundle: Path, host: str | None, hosts_file: Path | None, a: dict[str
     console.print(t)
     doc = {"schema": "rescompile.fleet/1", "bundle": str(bundle), "passed": all(r.exit_code == 0 for r in results),
            "hosts": [r.to_dict() for r in results]}  # fmt: skip
-    path = a["json_out"] or Path(opts.out) / "fleet.json"
+    path = flags.json_out or Path(opts.out) / "fleet.json"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     console.print(f"results: {path}", highlight=False)
@@ -170,3 +146,33 @@ def _host_line(r: Any) -> None:
     status = "PASS" if r.exit_code == 0 else f"FAIL (exit {r.exit_code})"
     line = f"{r.host}: {status} in {r.seconds:.1f} s, {r.stage}: {r.message}"
     (console if r.exit_code == 0 else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> tuple[list[Any], Any]:
+    """The hosts and the :class:`rescompile.deploy.remote.RemoteOptions`: the fleet file's defaults under the flags."""
+    from rescompile.deploy import remote
+    from rescompile.readers import check_file
+    from rescompile.runtime.cuda_libs import check_choice
+
+    remote.check_tools()
+    check_file(bundle, "bundle")
+    if flags.ssh_config is not None:
+        check_file(flags.ssh_config, "ssh config")
+    defaults: dict[str, Any] = {}
+    if flags.hosts is not None:
+        specs, defaults = remote.load_fleet(flags.hosts)
+    else:
+        remote.check_destination(flags.host or "")
+        specs = [remote.HostSpec(flags.host or "")]
+    out = device.out if device.out is not None else bundle.with_suffix(".deploy")
+    opts = remote.RemoteOptions(
+        remote_cmd=flags.remote_cmd if flags.remote_cmd != "rescompile" else defaults.get("remote_cmd", "rescompile"),
+        remote_dir=defaults.get("remote_dir", flags.remote_dir), ssh_config=flags.ssh_config,
+        connect_timeout=int(defaults.get("connect_timeout", flags.connect_timeout)),
+        backend=defaults.get("backend", device.backend) if device.backend == "tensorrt" else device.backend,
+        target=defaults.get("target", device.target) if device.target == "auto" else device.target,
+        dla_core=device.dla_core if device.dla_core is not None else defaults.get("dla_core"),
+        cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
+        fetch_plan=flags.fetch_plan, out=out, timeout=flags.timeout,
+    )  # fmt: skip
+    return specs, opts

@@ -15,7 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import app, console
+from rescompile.commands.base import app, console
 
 # CPU flags that matter for INT8 on ONNX Runtime's x86 kernels.
 INT8_CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")

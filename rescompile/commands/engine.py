@@ -6,13 +6,16 @@ builds the same engine on the device.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
-from rescompile.cli import AllowFailedOpt, NoVerifyOpt, app, checked_path, console, err_console, open_build_checked, run_cli
+from rescompile.commands import options as o
+from rescompile.commands.base import app, checked_path, console, err_console, open_build_checked
+from rescompile.commands.groups import OptionGroup
 
 
 def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any) -> list[str]:
@@ -54,25 +57,44 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     return lines
 
 
+@dataclass(frozen=True)
+class EngineBuild(OptionGroup):
+    """How TensorRT builds the engine (the profile, limits and the device)."""
+
+    workspace_mib: Annotated[int | None, typer.Option(
+        min=1, help="Builder workspace limit in MiB (default: the target's).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    dla_core: Annotated[int | None, typer.Option(
+        min=0, help="Build for this DLA core, with GPU fallback.", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    batch: Annotated[str, typer.Option(
+        help="Batch sizes to support, e.g. 1,8,32: min/max of the profile.", rich_help_panel=o.TENSORRT)] = "1"  # fmt: skip
+    opt_batch: Annotated[int | None, typer.Option(
+        min=1, help="Batch TensorRT tunes for (default: the median listed).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    optimization_level: Annotated[int, typer.Option(
+        min=0, max=5, help="TensorRT builder optimization level.", rich_help_panel=o.TENSORRT)] = 3  # fmt: skip
+    timing_cache: Annotated[Path | None, typer.Option(
+        help="Folder for timing caches (keyed by TensorRT version and GPU).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    device: Annotated[int, typer.Option(min=0, help="CUDA device to build on (the sidecar names it).", rich_help_panel=o.TENSORRT)] = 0
+
+
 @app.command(
     epilog="Examples:\n\n  rescompile engine build/demo/model.int8.onnx --target jetson-orin-nx --batch 1,8,32 "
     "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1",
 )
 def engine(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
-    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.")] = "gpu",
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).")] = None,
-    workspace_mib: Annotated[int | None, typer.Option(min=1, help="Builder workspace limit in MiB (default: the target's).")] = None,
-    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core, with GPU fallback.")] = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes to support, e.g. 1,8,32: min/max of the profile.")] = "1",
-    opt_batch: Annotated[int | None, typer.Option(min=1, help="Batch TensorRT tunes for (default: the median listed).")] = None,
-    optimization_level: Annotated[int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.")] = 3,
-    timing_cache: Annotated[Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).")] = None,
-    allow_unfused: Annotated[bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.")] = False,
-    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.")] = False,
-    device: Annotated[int, typer.Option(min=0, help="CUDA device to build on (the sidecar names it).")] = 0,
-    no_verify_hashes: NoVerifyOpt = False,
-    allow_failed_build: AllowFailedOpt = False,
+    target: Annotated[
+        str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.", rich_help_panel=o.TENSORRT)
+    ] = "gpu",  # fmt: skip
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).", rich_help_panel=o.OUTPUT)
+    ] = None,  # fmt: skip
+    allow_unfused: Annotated[
+        bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.", rich_help_panel=o.VALIDATION)
+    ] = False,  # fmt: skip
+    verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.", rich_help_panel=o.OUTPUT)] = False,
+    *,
+    builder: EngineBuild,
+    checks: o.BuildFolderOptions,
 ) -> None:
     """Build a TensorRT engine (model.plan + model.plan.json sidecar) from a Q/DQ INT8 ONNX.
 
@@ -85,37 +107,46 @@ def engine(
     """
     from rescompile.engine.settings import EngineOptions, parse_batches
     from rescompile.engine.targets import get_target
-    from rescompile.errors import GateFailed, MissingDependency, UsageError
+    from rescompile.errors import GateFailed, MissingDependency
 
-    def go() -> Any:
-        from rescompile.buildfolder import INT8_ONNX
+    model_path = _model_path(onnx_path, checks)
+    tgt = get_target(target)
+    dest = out if out is not None else model_path.parent
+    options = EngineOptions(builder.workspace_mib, builder.dla_core, parse_batches(builder.batch), builder.opt_batch,
+                            builder.optimization_level)  # fmt: skip
+    try:
+        from rescompile.engine.tensorrt import build_engine
 
-        overrides = {"no_verify_hashes": no_verify_hashes, "allow_failed_build": allow_failed_build}
-        if onnx_path.is_dir():
-            model_path = open_build_checked(onnx_path, **overrides).file(INT8_ONNX)
-        elif onnx_path.is_file():
-            model_path, _ = checked_path(onnx_path, **overrides)
-        else:
-            raise UsageError(f"{onnx_path} does not exist")
-        tgt = get_target(target)
-        dest = out if out is not None else model_path.parent
-        options = EngineOptions(workspace_mib, dla_core, parse_batches(batch), opt_batch, optimization_level)
-        try:
-            from rescompile.engine.tensorrt import build_engine
+        result = build_engine(model_path, tgt, options, dest, timing_cache_dir=builder.timing_cache, device_index=builder.device,
+                              verbose=verbose)  # fmt: skip
+    except MissingDependency as exc:
+        console.print("Equivalent trtexec command, to run on the device:", highlight=False)
+        for line in _device_commands(model_path, dest, target, options):
+            console.print(line, highlight=False, markup=False, soft_wrap=True)
+        raise MissingDependency(f"cannot build a TensorRT engine here: {exc.message}",
+                                hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
+                                "device (JetPack ships TensorRT) with the trtexec command above") from None  # fmt: skip
+    _print_engine(result, tgt)
+    bad = [a for a in result.fusion.adds if not a.ok]
+    if (bad or not result.fusion.detailed) and not allow_unfused:
+        err_console.print(f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
+                          "into an INT8 layer (see model.plan.layers.json)")  # fmt: skip
+        raise typer.Exit(GateFailed.exit_code)
 
-            result = build_engine(model_path, tgt, options, dest, timing_cache_dir=timing_cache, device_index=device,
-                                  verbose=verbose)  # fmt: skip
-        except MissingDependency as exc:
-            lines = _device_commands(model_path, dest, target, options)
-            console.print("Equivalent trtexec command, to run on the device:", highlight=False)
-            for line in lines:
-                console.print(line, highlight=False, markup=False, soft_wrap=True)
-            raise MissingDependency(f"cannot build a TensorRT engine here: {exc.message}",
-                                    hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
-                                    "device (JetPack ships TensorRT) with the trtexec command above") from None  # fmt: skip
-        return result, GateFailed, tgt
 
-    result, gate_failed, tgt = run_cli(go)
+def _model_path(onnx_path: Path, checks: o.BuildFolderOptions) -> Path:
+    """The INT8 ONNX to build: a build folder's (checked against its manifest), or a file (checked if in a build)."""
+    from rescompile.buildfolder import INT8_ONNX
+    from rescompile.errors import UsageError
+
+    if onnx_path.is_dir():
+        return open_build_checked(onnx_path, **checks.overrides()).file(INT8_ONNX)  # type: ignore[no-any-return]
+    if onnx_path.is_file():
+        return checked_path(onnx_path, **checks.overrides())[0]
+    raise UsageError(f"{onnx_path} does not exist")
+
+
+def _print_engine(result: Any, tgt: Any) -> None:
     s = result.settings
     console.print(f"built {result.plan} for {tgt.name} on {result.device.name} (sm_{''.join(map(str, result.device.compute_capability))}), "
                   f"TensorRT {result.tensorrt_version}, {result.build_seconds:.1f} s", highlight=False)  # fmt: skip
@@ -124,13 +155,8 @@ def engine(
                   + (f", DLA core {s.dla_core}" if s.dla_core is not None else ""), highlight=False)  # fmt: skip
     for note in s.notes:
         console.print(f"note: {note}", highlight=False)
-    bad = [a for a in result.fusion.adds if not a.ok]
     for a in result.fusion.adds:
         console.print(f"{'[green]fused INT8[/]' if a.ok else '[red]' + a.status + '[/]'}  {a.add}  ({a.layer or '-'})")
-    if (bad or not result.fusion.detailed) and not allow_unfused:
-        err_console.print(f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
-                          "into an INT8 layer (see model.plan.layers.json)")  # fmt: skip
-        raise typer.Exit(gate_failed.exit_code)
 
 
 @app.command()

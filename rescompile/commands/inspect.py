@@ -9,7 +9,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from rescompile.cli import NoVerifyOpt, app, console, run_cli, warn
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, warn
 from rescompile.quantize.registry import policy_help
 
 
@@ -55,7 +56,7 @@ def inspect(
     int8: Annotated[Path | None, typer.Option("--int8", help="Q/DQ model made from MODEL: prove it keeps the topology.")] = None,
     plan: Annotated[Path | None, typer.Option("--plan", help="qdq_plan.json the INT8 model was made with.")] = None,
     policy: Annotated[str, typer.Option(help=policy_help("the plan's, else detected from the Q/DQ"))] = "auto",
-    no_verify_hashes: NoVerifyOpt = False,
+    no_verify_hashes: o.NoVerifyOpt = False,
 ) -> None:
     """Print every residual Add (main branch, shortcut, what follows) and, with --int8, the proof.
 
@@ -63,7 +64,7 @@ def inspect(
     a build whose gates failed is inspected too (that is how to look into it).
     Exits 1 when the INT8 model breaks a rule (each violation names the node and the rule).
     """
-    from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, build_of, open_build
+    from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, open_build
     from rescompile.errors import UsageError, VerificationError
     from rescompile.graph.topology import block_map, find_residual_blocks
     from rescompile.graph.verify import verify_int8
@@ -72,53 +73,55 @@ def inspect(
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.registry import get_policy
 
-    def checked(path: Path | None) -> Path | None:  # a file of a build folder: checked against its manifest
-        build = build_of(path, verify=not no_verify_hashes, allow_failed=True) if path is not None else None
-        return build.file(path.name) if build is not None and path is not None else path
+    fp32_path = _checked(model, no_verify_hashes) or model
+    int8_path, plan_path = _checked(int8, no_verify_hashes), _checked(plan, no_verify_hashes)
+    if model.is_dir():
+        build = open_build(model, verify=not no_verify_hashes, allow_failed=True)
+        for line in build.warnings(failed=False):  # inspecting a failed build needs no override: a note below
+            warn(line)
+        if build.passed is False:
+            console.print(f"note: {escape(str(model))} is a build whose gates failed "
+                          f"({', '.join(build.failed_gates) or 'see its report'})", highlight=False)  # fmt: skip
+        fp32_path = build.file(SIMPLIFIED_ONNX)
+        if int8_path is None and build.has(INT8_ONNX):
+            int8_path = build.file(INT8_ONNX)
+        if plan_path is None and build.has(QDQ_PLAN):
+            plan_path = build.file(QDQ_PLAN)
+    if policy != "auto":
+        get_policy(policy)  # an unknown name: exit 2 listing the registered ones
+    fp32 = read_onnx(fp32_path)
+    blocks = find_residual_blocks(fp32)
+    doc: dict[str, Any] = {"model": str(fp32_path), "block_map": block_map(fp32)}
+    if blocks:
+        console.print(block_table(blocks, f"{fp32_path}: {len(blocks)} residual Adds"))
+    else:
+        console.print(f"{escape(str(fp32_path))}: no residual Add (no block map)", highlight=False)
+    report = None
+    if int8_path is not None:
+        quant_plan = None
+        if plan_path is not None:
+            quant_plan = QuantPlan.read(plan_path)
+            if policy != "auto" and policy != quant_plan.policy:
+                raise UsageError(f"--policy {policy} contradicts the plan's policy {quant_plan.policy}")
+        report = verify_int8(fp32, read_onnx(int8_path), quant_plan, None if policy == "auto" else policy)
+        doc["int8"] = str(int8_path)
+        doc["proof"] = report.to_dict()
+        console.print(proof_table(report))
+        for v in report.violations[:30]:
+            console.print(f"[red]✗[/] {escape(str(v))}", highlight=False)
+        if len(report.violations) > 30:
+            console.print(f"... and {len(report.violations) - 30} more (all of them in --json)")
+    if json_out is not None:
+        write_json(json_out, doc)
+        console.print(f"wrote {escape(str(json_out))}", highlight=False)
+    if report is not None and not report.ok:
+        raise VerificationError(f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; "
+                                f"first: {report.violations[0]}")  # fmt: skip
 
-    def go() -> None:
-        fp32_path, int8_path, plan_path = checked(model) or model, checked(int8), checked(plan)
-        if model.is_dir():
-            build = open_build(model, verify=not no_verify_hashes, allow_failed=True)
-            for line in build.warnings(failed=False):  # inspecting a failed build needs no override: a note below
-                warn(line)
-            if build.passed is False:
-                console.print(f"note: {escape(str(model))} is a build whose gates failed "
-                              f"({', '.join(build.failed_gates) or 'see its report'})", highlight=False)  # fmt: skip
-            fp32_path = build.file(SIMPLIFIED_ONNX)
-            if int8_path is None and build.has(INT8_ONNX):
-                int8_path = build.file(INT8_ONNX)
-            if plan_path is None and build.has(QDQ_PLAN):
-                plan_path = build.file(QDQ_PLAN)
-        if policy != "auto":
-            get_policy(policy)  # an unknown name: exit 2 listing the registered ones
-        fp32 = read_onnx(fp32_path)
-        blocks = find_residual_blocks(fp32)
-        doc: dict[str, Any] = {"model": str(fp32_path), "block_map": block_map(fp32)}
-        if blocks:
-            console.print(block_table(blocks, f"{fp32_path}: {len(blocks)} residual Adds"))
-        else:
-            console.print(f"{escape(str(fp32_path))}: no residual Add (no block map)", highlight=False)
-        report = None
-        if int8_path is not None:
-            quant_plan = None
-            if plan_path is not None:
-                quant_plan = QuantPlan.read(plan_path)
-                if policy != "auto" and policy != quant_plan.policy:
-                    raise UsageError(f"--policy {policy} contradicts the plan's policy {quant_plan.policy}")
-            report = verify_int8(fp32, read_onnx(int8_path), quant_plan, None if policy == "auto" else policy)
-            doc["int8"] = str(int8_path)
-            doc["proof"] = report.to_dict()
-            console.print(proof_table(report))
-            for v in report.violations[:30]:
-                console.print(f"[red]✗[/] {escape(str(v))}", highlight=False)
-            if len(report.violations) > 30:
-                console.print(f"... and {len(report.violations) - 30} more (all of them in --json)")
-        if json_out is not None:
-            write_json(json_out, doc)
-            console.print(f"wrote {escape(str(json_out))}", highlight=False)
-        if report is not None and not report.ok:
-            raise VerificationError(f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; "
-                                    f"first: {report.violations[0]}")  # fmt: skip
 
-    run_cli(go)
+def _checked(path: Path | None, no_verify_hashes: bool) -> Path | None:
+    """A file of a build folder, checked against its manifest (a failed build is fine); any other file as given."""
+    from rescompile.buildfolder import build_of
+
+    build = build_of(path, verify=not no_verify_hashes, allow_failed=True) if path is not None else None
+    return build.file(path.name) if build is not None and path is not None else path

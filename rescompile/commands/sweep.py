@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import RayAddressOpt, app, console, log_to_stderr, run_cli
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, log_to_stderr
 
 
 @app.command(
@@ -17,7 +18,7 @@ from rescompile.cli import RayAddressOpt, app, console, log_to_stderr, run_cli
 def sweep(
     spec: Annotated[Path, typer.Argument(help="Sweep file (YAML): base settings and a grid of lists (docs/scale.md).")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Sweep folder (default: the file's 'out', else sweeps/<name>).")] = None,
-    ray_address: RayAddressOpt = None,
+    ray_address: o.RayAddressOpt = None,
     cpus_per_build: Annotated[int, typer.Option(min=1, help="CPUs each build's Ray task asks for.")] = 1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No line per finished build.")] = False,
 ) -> None:
@@ -31,25 +32,21 @@ def sweep(
     from rescompile.scale.sweep import load_sweep, run_sweep
     from rescompile.scale.sweep_report import write_summary
 
-    def go() -> Any:
-        log_to_stderr(True)
-        plan = load_sweep(spec, out)
-        settings = RaySettings(address=ray_address)
-        console.print(f"sweep: {len(plan.points)} builds in {plan.out} on {settings.where()}", highlight=False)
+    log_to_stderr(True)
+    plan = load_sweep(spec, out)
+    settings = RaySettings(address=ray_address)
+    console.print(f"sweep: {len(plan.points)} builds in {plan.out} on {settings.where()}", highlight=False)
 
-        def line(r: dict[str, Any]) -> None:
-            if not quiet:
-                tag = "reused" if r.get("skipped") else r["status"]
-                console.print(f"  {r['key'][:12]} {tag}: " + ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()),
-                              highlight=False, markup=False)  # fmt: skip
+    def line(r: dict[str, Any]) -> None:
+        if not quiet:
+            tag = "reused" if r.get("skipped") else r["status"]
+            console.print(f"  {r['key'][:12]} {tag}: " + ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()),
+                          highlight=False, markup=False)  # fmt: skip
 
-        results = run_sweep(plan, settings, cpus_per_build=cpus_per_build, on_done=line)
-        doc = write_summary(plan.out, results)
-        c = doc["counts"]
-        console.print(f"wrote {plan.out}/sweep.md, sweep.json, sweep.html: {c['ok']} ok, {c['gate-failed']} missed a gate, "
-                      f"{c['error']} failed", highlight=False)  # fmt: skip
-        return doc
-
-    doc = run_cli(go)
+    results = run_sweep(plan, settings, cpus_per_build=cpus_per_build, on_done=line)
+    doc = write_summary(plan.out, results)
+    c = doc["counts"]
+    console.print(f"wrote {plan.out}/sweep.md, sweep.json, sweep.html: {c['ok']} ok, {c['gate-failed']} missed a gate, "
+                  f"{c['error']} failed", highlight=False)  # fmt: skip
     if doc["counts"]["error"] or doc["counts"]["gate-failed"]:
         raise typer.Exit(1)

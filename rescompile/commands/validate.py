@@ -8,18 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from rescompile.cli import (
-    AllowFailedOpt,
-    NoVerifyOpt,
-    RayAddressOpt,
-    RayOpt,
-    ShardsOpt,
-    app,
-    checked_path,
-    console,
-    open_build_checked,
-    run_cli,
-)
+from rescompile.commands.base import app, checked_path, console, open_build_checked, run_cli
+from rescompile.commands.options import AllowFailedOpt, NoVerifyOpt, RayAddressOpt, RayOpt, ShardsOpt
 
 GATE_HELP = "Gates (exit 1 when missed): flags override --gates."
 

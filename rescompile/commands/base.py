@@ -1,0 +1,186 @@
+"""The Typer app every command registers on, its consoles, and the one place errors become exit codes.
+
+Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad input or
+usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report);
+130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+
+``app.command()`` registers a command whose body runs under :func:`exit_codes`, whose
+option-group parameters (``rescompile.commands.groups``) are expanded for Typer, and whose
+``--help`` is laid out by ``rescompile.commands.helpformat`` (panels, 80 columns). So a
+command's body only turns options into the library's settings and calls the library.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from rescompile.commands.groups import expand_groups
+from rescompile.commands.helpformat import HelpCommand
+from rescompile.errors import RescompileError, Terminated
+
+F = TypeVar("F", bound=Callable[..., Any])
+# Already an exit, or click's own usage error: not ours to map (click is vendored by recent Typer, hence the lookup).
+_CLICK_EXITS: tuple[type[BaseException], ...] = (
+    typer.Exit, typer.Abort, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))  # fmt: skip
+
+
+class App(typer.Typer):
+    """A Typer app whose commands map errors to exit codes, take option groups and print panelled help."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[F], F]:  # type: ignore[override]
+        kwargs.setdefault("cls", HelpCommand)
+        register = super().command(*args, **kwargs)
+
+        def decorator(fn: F) -> F:
+            register(_mapped(expand_groups(fn)))
+            return fn
+
+        return decorator
+
+
+def _mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def call(**kwargs: Any) -> Any:
+        with exit_codes():
+            return fn(**kwargs)
+
+    return call
+
+
+app = App(
+    name="rescompile",
+    help="Compile trained ResNets to INT8 that keeps the skip-add topology: ONNX -> Q/DQ -> TensorRT / ONNX Runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """While a command runs, SIGTERM raises Terminated (like Ctrl-C raises KeyboardInterrupt), so it cleans up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def exit_codes() -> Iterator[None]:
+    """Run the body; turn rescompile errors into one-line messages and exit codes (``typer.Exit``).
+
+    Ctrl-C exits 130 and SIGTERM 143 (128 + the signal number, as shells report a process killed by it),
+    after the build's staging folder is removed. Anything else is a bug: traceback and exit 4
+    (re-raised when RESCOMPILE_DEBUG is set).
+    """
+    try:
+        with _sigterm_raises():
+            yield
+    except _CLICK_EXITS:
+        raise
+    except RescompileError as exc:
+        # escape: messages and hints hold brackets ("pip install 'rescompile[tensorrt]'") that are not markup
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+    except Terminated:
+        err_console.print("terminated")
+        raise typer.Exit(143) from None
+    except Exception:
+        if os.environ.get("RESCOMPILE_DEBUG"):
+            raise
+        import traceback
+
+        traceback.print_exc()
+        err_console.print("[bold red]internal error[/] (a bug in rescompile): please report it with the traceback above.")
+        raise typer.Exit(4) from None
+
+
+def run_cli(fn: Callable[[], Any]) -> Any:
+    """``fn()`` under :func:`exit_codes` (commands registered on ``app`` already run under it)."""
+    with exit_codes():
+        return fn()
+
+
+@contextmanager
+def show_failed_result(show: Callable[[Any], None]) -> Iterator[None]:
+    """A failure that carries its result (``exc.result``, e.g. a build whose gates failed) shows it, then propagates."""
+    try:
+        yield
+    except RescompileError as exc:
+        result = getattr(exc, "result", None)
+        if result is not None:
+            show(result)
+        raise
+
+
+def warn(line: str) -> None:
+    """A one-line warning on stderr."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
+def log_to_stderr(quiet: bool) -> None:
+    """Show rescompile's INFO messages (e.g. "reusing calibration ranges") on stderr unless ``quiet``."""
+    import logging
+
+    logger = logging.getLogger("rescompile")
+    if quiet or any(getattr(h, "_rescompile", False) for h in logger.handlers):
+        return
+
+    class _ToStderr(logging.Handler):  # resolves stderr at each message (it may be swapped, e.g. by tests)
+        _rescompile = True
+
+        def emit(self, record: logging.LogRecord) -> None:
+            err_console.print(self.format(record), highlight=False, markup=False, soft_wrap=True)
+
+    handler = _ToStderr()
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
+def open_build_checked(path: Path, *, no_verify_hashes: bool = False, allow_failed_build: bool = False) -> Any:
+    """``rescompile.buildfolder.open_build`` for a command: the overrides in effect are printed as warnings."""
+    from rescompile.buildfolder import open_build
+
+    build = open_build(path, verify=not no_verify_hashes, allow_failed=allow_failed_build)
+    for line in build.warnings():
+        warn(line)
+    return build
+
+
+def checked_path(path: Path, *, no_verify_hashes: bool = False, allow_failed_build: bool = False) -> tuple[Path, Any]:
+    """``(path, build)``: a file given on the command line, checked against its build's manifest when it is in one."""
+    from rescompile.buildfolder import build_of
+
+    build = build_of(path, verify=not no_verify_hashes, allow_failed=allow_failed_build)
+    if build is None:
+        return path, None
+    for line in build.warnings():
+        warn(line)
+    return build.file(path.name), build

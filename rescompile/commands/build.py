@@ -1,0 +1,121 @@
+"""``rescompile build``: options -> one :class:`rescompile.config.BuildConfig` -> ``rescompile.pipeline.build``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from rescompile.commands import options as o
+from rescompile.commands.base import app, console, log_to_stderr, show_failed_result
+from rescompile.commands.groups import OptionGroup
+from rescompile.quantize.registry import policy_help
+
+VAL_HELP = ("Validation data: image folder (class subfolders), .npz with labels, or demo-val. Default: demo-val for the "
+            "demo model; else a seeded held-out 20% of --calib (>= 256 samples, not used for calibration), or, for a "
+            "smaller --calib, the calibration inputs themselves (in-sample, label-free).")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildData(OptionGroup):
+    calib: o.CalibOpt = "demo-calib"
+    val: Annotated[str | None, typer.Option(help=VAL_HELP, rich_help_panel=o.DATA)] = None
+    calib_size: o.CalibSizeOpt = None
+    val_size: o.ValSizeOpt = None
+    seed: Annotated[int, typer.Option(
+        min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.", rich_help_panel=o.DATA)] = 0  # fmt: skip
+    layout: o.LayoutOpt = "nchw"
+
+
+@dataclass(frozen=True)
+class BuildQuantization(OptionGroup):
+    policy: Annotated[str, typer.Option(
+        help="Q/DQ placement policy: " + policy_help("the --backend's"), rich_help_panel=o.QUANTIZATION)] = "tensorrt"  # fmt: skip
+    keep_fp: o.KeepFpOpt = None
+    keep_first_last: o.KeepFirstLastOpt = False
+    auto_fallback: Annotated[int, typer.Option(
+        min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.", rich_help_panel=o.QUANTIZATION)] = 0  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildValidation(OptionGroup):
+    layerwise: o.LayerwiseOpt = False
+    threads: o.ThreadsOpt = None
+
+
+@dataclass(frozen=True)
+class BuildEngine(OptionGroup):
+    backend: Annotated[str, typer.Option(
+        help="onnxruntime | tensorrt (also builds model.plan; needs TensorRT, a GPU).",
+        rich_help_panel=o.TENSORRT)] = "onnxruntime"  # fmt: skip
+    target: Annotated[str, typer.Option(
+        help="TensorRT target profile for --backend tensorrt (rescompile targets).", rich_help_panel=o.TENSORRT)] = "gpu"  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BuildOutput(OptionGroup):
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output folder (default: build/<model>).", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
+    save_reference: o.SaveReferenceOpt = None
+    quiet: o.QuietOpt = False
+
+
+def _summary(result: Any) -> None:
+    from rescompile.validate.console import print_summary
+
+    r = result.report
+    kind = "in-sample " if (r.get("validation") or {}).get("in_sample") else ""
+    print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} {kind}validation samples)")
+    console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, junit.xml, report.html, "
+                  "manifest.json)", highlight=False)  # fmt: skip
+
+
+@app.command(
+    epilog="Examples:\n\n  rescompile build\n\n  rescompile build torchvision:resnet50 --weights ckpt.pth "
+    "--calib data/calib --val data/val --max-top1-drop 0.5 --out build/resnet50",
+)
+def build(
+    model: o.ModelArg = "demo",
+    *,
+    loading: o.ModelOptions,
+    onnx_export: o.ExportOptions,
+    data: BuildData,
+    preprocess: o.PreprocessOptions,
+    calibration: o.CalibrationOptions,
+    quantization: BuildQuantization,
+    gates: o.GateOptions,
+    latency: o.LatencyOptions,
+    validation: BuildValidation,
+    engine: BuildEngine,
+    output: BuildOutput,
+    scale: o.RayOptions,
+) -> None:
+    """Build an INT8 model end to end: load, export, simplify, calibrate, quantize, verify, validate.
+
+    With no arguments, builds the embedded demo (ResNet-20 trained on Fashion-MNIST).
+    """
+    from rescompile.config import BuildConfig
+    from rescompile.pipeline import build as run_build
+
+    o.check_layout(data.layout)
+    calibration.check()
+    log_to_stderr(output.quiet)
+    cfg = BuildConfig(
+        model=model, **loading.load_kwargs(), out=output.out, calib=data.calib, val=data.val, calib_size=data.calib_size,
+        val_size=data.val_size, seed=data.seed, calib_method=calibration.calib_method, policy=quantization.policy,
+        backend=engine.backend, target=engine.target, keep_fp=tuple(quantization.keep_fp or ()),
+        keep_first_last=quantization.keep_first_last, preset=preprocess.preset, layout=data.layout,
+        exporter=onnx_export.exporter, opset=onnx_export.opset, threads=validation.threads, latency_runs=latency.latency_runs,
+        latency_batches=latency.batches, latency_budget_s=latency.latency_budget, gates=gates.resolve(),
+        layerwise=validation.layerwise, auto_fallback=quantization.auto_fallback, save_reference=output.save_reference,
+        progress=not output.quiet, percentile=calibration.percentile, recipe=preprocess.recipe, pre_size=preprocess.size,
+        resize=preprocess.resize, mean=preprocess.mean_values(), std=preprocess.std_values(),
+        pre_channels=preprocess.channels, channel_order=preprocess.channel_order,
+        ray=scale.ray, ray_address=scale.ray_address, ray_shards=scale.shards,
+    )  # fmt: skip
+    cfg.ray_settings()  # a bad --ray-address/--shards is refused before any work
+    with show_failed_result(_summary):  # a build whose gates failed still shows its summary (exit 1)
+        result = run_build(cfg)  # checks gates and options before any work (exit 2)
+    _summary(result)
