@@ -48,6 +48,7 @@ def _name_lines(names: str) -> Text:
     text = Text()
     for i, part in enumerate(names.split(" / ")):
         name, sep, kind = part.partition(" <")
+        kind = kind.replace(" range>", ">")  # "<int range>": the range itself is in the help ("[x>=1]")
         if i:
             text.append("\n")
         text.append(name, style="bold cyan")
