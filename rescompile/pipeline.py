@@ -242,7 +242,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
                 gates.append(engine_gate)
         report["gates"] = [g.to_dict() for g in gates]
         report["passed"] = all(g.passed for g in gates)
-        write_reports(stage, report)  # report.json, report.md, junit.xml, report.html
+        write_reports(stage, report, config=cfg.to_dict())  # report.json, report.md, junit.xml, report.html
         failures = [g.line() for g in gates if not g.passed]  # "FAIL <gate>: <metric> = <value>, threshold <op> <t>"
         manifest = {
             "schema": MANIFEST_SCHEMA,

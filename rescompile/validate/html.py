@@ -1,20 +1,25 @@
 """report.html: one static page (inline CSS and SVG, no scripts, nothing fetched) with the report's plots.
 
-Sections (each an element id): ``summary``, ``gates``, ``latency``, ``per-class``,
-``layerwise``, ``fallback``, ``details``. Plots: latency distribution of the FP32 baseline
-and the candidate per batch size, per-class accuracy delta, per-layer error.
+Sections (each an element id): ``summary``, ``gates``, ``blocks``, ``latency``, ``per-class``,
+``layerwise``, ``fallback``, ``details``. Plots: the residual blocks (where each Q/DQ sits and
+why, what fuses, what stays in FP: ``validate/blocks_svg.py``), latency distribution of the FP32
+baseline and the candidate per batch size, per-class accuracy delta, per-layer error.
 """
 
 from __future__ import annotations
 
 import json
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from rescompile.validate.blocks_svg import blocks_section
 from rescompile.validate.report import class_label
 from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars
 
-SECTIONS = ("summary", "gates", "latency", "per-class", "layerwise", "fallback", "details")
+if TYPE_CHECKING:
+    from rescompile.validate.blocks import BlockPicture
+
+SECTIONS = ("summary", "gates", "blocks", "latency", "per-class", "layerwise", "fallback", "details")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:24px auto;max-width:980px;color:#222}
@@ -26,6 +31,8 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}code{font-size:12px}
 .badge.pass{background:#2b7a2b;color:#fff}.badge.fail{background:#c0392b;color:#fff}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666;font-size:13px}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
+.blocks{max-height:720px;overflow:auto;border:1px solid #ddd;padding:2px 0}.blocks svg{display:block}
+.blocks svg:nth-child(even){background:#fafafa}table.rules td{font-size:12px}
 """
 
 
@@ -169,13 +176,19 @@ def _details(r: dict[str, Any]) -> str:
     return f"<pre>{escape(json.dumps(keep, indent=2, sort_keys=True, default=str))}</pre>"
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The whole page as a string (UTF-8, self-contained)."""
+def render_html(report: dict[str, Any], blocks: BlockPicture | None = None) -> str:
+    """The whole page as a string (UTF-8, self-contained).
+
+    Args:
+        report: the report (report.json's content).
+        blocks: the build's residual blocks (``validate/blocks.py``); None: the section says it has none.
+    """
     passed = report.get("passed", True)
     model = report.get("model", {}).get("name", "model")
     title = f"rescompile: {model} {report.get('candidate', '')}"
     parts = {
         "summary": ("Summary", _summary(report)), "gates": ("Gates", _gates(report)),
+        "blocks": ("Residual blocks: Q/DQ placement and fusion", blocks_section(blocks)),
         "latency": ("Latency", _latency(report)), "per-class": ("Per-class accuracy", _per_class(report)),
         "layerwise": ("Layerwise blame", _layerwise(report)), "fallback": ("Auto-fallback", _fallback(report)),
         "details": ("Details", _details(report)),

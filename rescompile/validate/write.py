@@ -1,24 +1,99 @@
-"""Write a report in every format CI reads: report.json, report.md, junit.xml, report.html."""
+"""Write a report in every format CI reads: report.json, report.md, junit.xml, report.html.
+
+report.html's block picture is drawn from the build's own files (model.int8.onnx, qdq_plan.json
+and, on a GPU build, model.plan.layers.json): those of the folder being written, or of the build
+folder the report names (``rescompile validate <build>``). The report itself does not change.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rescompile.buildfolder import JUNIT_XML, REPORT_FILES, REPORT_HTML, REPORT_JSON, REPORT_MD
+from rescompile.buildfolder import (
+    INT8_ONNX,
+    JUNIT_XML,
+    MANIFEST,
+    PLAN_LAYERS,
+    PLAN_SIDECAR,
+    QDQ_PLAN,
+    REPORT_FILES,
+    REPORT_HTML,
+    REPORT_JSON,
+    REPORT_MD,
+)
 from rescompile.io import write_json, write_text_atomic
 from rescompile.validate.html import render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.report import render_markdown
 
-__all__ = ["REPORT_FILES", "write_reports"]
+if TYPE_CHECKING:
+    from rescompile.validate.blocks import BlockPicture
+
+__all__ = ["REPORT_FILES", "read_block_picture", "write_reports"]
+log = logging.getLogger(__name__)
 
 
-def write_reports(folder: Path, report: dict[str, Any]) -> list[Path]:
-    """Write the four report files into ``folder`` (each atomically); return their paths."""
+def _build_folder(folder: Path, report: dict[str, Any]) -> Path | None:
+    """Where the build's INT8 model and plan are: ``folder``, else the build folder the report records."""
+    recorded = (report.get("build") or {}).get("folder") if isinstance(report.get("build"), dict) else None
+    for cand in (folder, Path(recorded) if isinstance(recorded, str) else None):
+        if cand is not None and all((cand / n).is_file() for n in (INT8_ONNX, QDQ_PLAN)):
+            return cand
+    return None
+
+
+def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str, Any] | None = None) -> BlockPicture | None:
+    """The block picture of the build behind ``report`` (a ``BlockPicture``), or None when its files are not there.
+
+    Args:
+        folder: the folder the report is written to.
+        report: the report (its ``fallback`` steps and ``build`` record are read).
+        config: the build's config (``keep_fp``, ``keep_first_last``); default: the build's manifest.json.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons
+
+    src = _build_folder(Path(folder), report)
+    if src is None:
+        return None
+    try:
+        int8 = onnx.load(str(src / INT8_ONNX), load_external_data=False)
+        plan = json.loads((src / QDQ_PLAN).read_text())
+        if config is None and (src / MANIFEST).is_file():
+            config = json.loads((src / MANIFEST).read_text()).get("config")
+        config = config if isinstance(config, Mapping) else {}
+        steps = (report.get("fallback") or {}).get("steps") or []
+        why = kept_reasons(int8, plan.get("kept_fp") or [], keep_fp=tuple(config.get("keep_fp") or ()),
+                           keep_first_last=bool(config.get("keep_first_last")),
+                           fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s])  # fmt: skip
+        engine = None
+        if (src / PLAN_LAYERS).is_file():
+            sidecar = src / PLAN_SIDECAR
+            settings = json.loads(sidecar.read_text()).get("settings", {}) if sidecar.is_file() else {}
+            engine = engine_layers((src / PLAN_LAYERS).read_text(), int8, dla=settings.get("dla_core") is not None)
+        return describe_blocks(int8, plan, kept_why=why, engine=engine)
+    except (OSError, ValueError, KeyError, AttributeError, DecodeError) as err:  # a damaged side file: the report is still written
+        log.warning("report.html: no block picture (%s: %s)", type(err).__name__, err)
+        return None
+
+
+def write_reports(folder: Path, report: dict[str, Any], *, config: Mapping[str, Any] | None = None) -> list[Path]:
+    """Write the four report files into ``folder`` (each atomically); return their paths.
+
+    Args:
+        folder: the output folder.
+        report: the report.
+        config: the build's config, for the reasons layers were kept in FP in the block picture.
+    """
     folder = Path(folder)
     write_json(folder / REPORT_JSON, report)
     write_text_atomic(folder / REPORT_MD, render_markdown(report))
     write_text_atomic(folder / JUNIT_XML, render_junit(report))
-    write_text_atomic(folder / REPORT_HTML, render_html(report))
+    write_text_atomic(folder / REPORT_HTML, render_html(report, read_block_picture(folder, report, config)))
     return [folder / name for name in REPORT_FILES]
