@@ -214,7 +214,7 @@ def _detail(node: onnx.NodeProto | None) -> str:
 def block_label(add: str) -> str:
     """A short name for a residual Add: ``/layer1/layer1.0/Add`` -> ``layer1.0``."""
     parts = [p for p in add.split("/") if p]
-    if len(parts) >= 2 and parts[-1].split("_")[0] in ("Add", "Sum"):
+    if len(parts) >= 2 and parts[-1].split("_")[0].lower() in ("add", "sum"):
         return parts[-2]
     return parts[-1] if parts else add
 

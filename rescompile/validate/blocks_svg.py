@@ -23,7 +23,7 @@ FONT = "font-family:system-ui,sans-serif;font-size:10px"
 INT8, FLOAT, KEPT, QDQ, FUSE, EDGE = "#4e79a7", "#e9e9e9", "#f28e2b", "#8e44ad", "#2e8b3a", "#555"
 ENGINE_OK = ("fused-int8", "dla-int8")
 BW, BH, GAP, R = 66, 22, 44, 10  # box width/height, gap between boxes (room for a Q/DQ), Add radius
-LABEL_W, MAIN_Y, SHORT_Y = 118, 34, 76  # label column, lane centres
+LABEL_W, MAIN_Y, SHORT_Y = 118, 30, 70  # label column, lane centres
 SHORT_NAMES = {"GlobalAveragePool": "GAP", "AveragePool": "AvgPool", "BatchNormalization": "BN",
                "HardSigmoid": "HSigmoid", "HardSwish": "HSwish", "ConvTranspose": "ConvT"}  # fmt: skip
 
@@ -73,9 +73,10 @@ class _Row:
     def box(self, x: int, y: int, op: Op) -> None:
         fill, ink = {"int8": (INT8, "#fff"), "fp": (KEPT, "#fff"), "float": (FLOAT, "#222")}[op.precision]
         label = _box_text(op) + (" FP" if op.kept else "")
+        fit = f' textLength="{BW - 6}" lengthAdjust="spacingAndGlyphs"' if len(label) > 11 else ""  # squeezed, never spilled
         self.out.append(f'<g class="op {op.precision}"><title>{escape(_op_title(op))}</title>'
                         f'<rect x="{x}" y="{y - BH // 2}" width="{BW}" height="{BH}" rx="3" fill="{fill}" stroke="#333" '
-                        f'stroke-width="0.6"/><text x="{x + BW // 2}" y="{y + 4}" text-anchor="middle" fill="{ink}">'
+                        f'stroke-width="0.6"/><text x="{x + BW // 2}" y="{y + 4}" text-anchor="middle" fill="{ink}"{fit}>'
                         f"{escape(label)}</text></g>")  # fmt: skip
         self.boxes[op.node] = (x + BW // 2, y)
 
@@ -149,11 +150,11 @@ class _Row:
             ys = [y for _, y, _ in pts]
             y0, y1 = min(ys) - BH // 2 - 5, max(ys) + BH // 2 + 5
             label = f.kernel if len(f.kernel) <= (x1 - x0) // 5 else f.kernel.split(" (")[0]
-            above = y0 - 3
+            label_y = y1 + 10 if min(ys) == SHORT_Y else y0 - 3  # a shortcut kernel is named under it, clear of the main lane
             self.out.append(f'<g class="fusion"><title>{escape(f.kernel)}: {escape(", ".join(f.nodes))}</title>'
                             f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="6" fill="none" '
                             f'stroke="{FUSE}" stroke-dasharray="4 2"/>'
-                            f'<text x="{x0 + 3}" y="{above}" fill="{FUSE}" font-size="9">{escape(label)}</text></g>')  # fmt: skip
+                            f'<text x="{x0 + 3}" y="{label_y}" fill="{FUSE}" font-size="9">{escape(label)}</text></g>')  # fmt: skip
 
 
 def _engine_line(b: Block, y: int) -> str:
@@ -173,14 +174,14 @@ def block_svg(b: Block, rules: dict[str, str], add_x: int, index: int) -> str:
     row = _Row(b, rules, add_x)
     body = row.draw()
     width = add_x + R + GAP // 2 + BW + GAP + 16
-    height = SHORT_Y + 32 + (16 if b.engine is not None else 0)
+    height = SHORT_Y + 28 + (18 if b.engine is not None else 0)
     title = f"{b.add}: {b.shortcut_kind} shortcut, {b.kernel}"
     head = (f'<text x="4" y="{MAIN_Y + 4}" font-weight="bold">{escape(b.label[:20])}</text>'
             f'<text x="4" y="{MAIN_Y + 18}" fill="#666">{escape(b.shortcut_kind)}</text>'
             f'<text x="4" y="{SHORT_Y + 4}" fill="#888" font-size="9">#{index}</text>')  # fmt: skip
     return (f'<svg class="block" id="block-{index}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
             f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" style="{FONT}">'
-            f"<title>{escape(title)}</title>{head}{''.join(body)}{_engine_line(b, SHORT_Y + 42)}</svg>")  # fmt: skip
+            f"<title>{escape(title)}</title>{head}{''.join(body)}{_engine_line(b, SHORT_Y + 41)}</svg>")  # fmt: skip
 
 
 def legend_svg() -> str:
