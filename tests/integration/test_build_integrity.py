@@ -61,12 +61,13 @@ def test_two_builds_are_byte_identical_but_for_measured_times(first: Path):
     from rescompile.validate.html import render_html
     from rescompile.validate.junit import render_junit
     from rescompile.validate.report import render_markdown
+    from rescompile.validate.write import read_block_picture
 
     a, b = json.loads((first / REPORT_JSON).read_text()), json.loads((out / REPORT_JSON).read_text())
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= set(MEASURED_REPORT)
     b.update({k: a[k] for k in MEASURED_REPORT})  # b with a's times renders a's exact bytes
     rendered = {"report.json": json.dumps(b, indent=2, sort_keys=True, default=str) + "\n", "report.md": render_markdown(b),
-                "junit.xml": render_junit(b), "report.html": render_html(b)}  # fmt: skip
+                "junit.xml": render_junit(b), "report.html": render_html(b, read_block_picture(first, b))}  # fmt: skip
     for name in ARTIFACTS:
         if name in rendered:
             assert rendered[name].encode() == (first / name).read_bytes(), name
