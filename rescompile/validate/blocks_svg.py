@@ -174,7 +174,7 @@ def block_svg(b: Block, rules: dict[str, str], add_x: int, index: int) -> str:
     row = _Row(b, rules, add_x)
     body = row.draw()
     width = add_x + R + GAP // 2 + BW + GAP + 16
-    height = SHORT_Y + 28 + (18 if b.engine is not None else 0)
+    height = SHORT_Y + 32 + (18 if b.engine is not None else 0)
     title = f"{b.add}: {b.shortcut_kind} shortcut, {b.kernel}"
     head = (f'<text x="4" y="{MAIN_Y + 4}" font-weight="bold">{escape(b.label[:20])}</text>'
             f'<text x="4" y="{MAIN_Y + 18}" fill="#666">{escape(b.shortcut_kind)}</text>'
@@ -240,7 +240,7 @@ def blocks_section(pic: BlockPicture | None) -> str:
         return f'<p class="note">No residual Add in this model ({escape(pic.policy)} policy): nothing to draw.</p>'
     most = max(len(b.main) for b in pic.blocks)
     add_x = LABEL_W + GAP + most * (GAP + BW) + GAP + R
-    rows = "".join(block_svg(b, pic.rules, add_x, i) for i, b in enumerate(pic.blocks))
+    rows = "".join(f"<div>{block_svg(b, pic.rules, add_x, i)}</div>" for i, b in enumerate(pic.blocks))
     outside = ""
     if pic.kept_outside:
         outside = ('<p class="note">Kept in floating point outside the blocks: ' + ", ".join(

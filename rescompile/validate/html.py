@@ -32,7 +32,7 @@ th{background:#f4f4f4}td.l,th.l{text-align:left}code{font-size:12px}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.note{color:#666;font-size:13px}
 pre{background:#f7f7f7;padding:8px;overflow:auto;font-size:12px}
 .blocks{max-height:720px;overflow:auto;border:1px solid #ddd;padding:2px 0}.blocks svg{display:block}
-.blocks svg:nth-child(even){background:#fafafa}table.rules td{font-size:12px}
+.blocks>div:nth-child(even){background:#f6f6f6}table.rules td{font-size:12px}
 """
 
 
