@@ -235,7 +235,7 @@ def blocks_section(pic: BlockPicture | None) -> str:
     """The ``blocks`` section's HTML: summary, legend, one SVG per residual block, the rules they cite."""
     if pic is None:
         return ('<p class="note">No block picture: the report was written without the build\'s model.int8.onnx '
-                "and qdq_plan.json next to it.</p>")  # fmt: skip
+                "and qdq_plan.json next to it (or they could not be read: see the log).</p>")  # fmt: skip
     if not pic.blocks:
         return f'<p class="note">No residual Add in this model ({escape(pic.policy)} policy): nothing to draw.</p>'
     most = max(len(b.main) for b in pic.blocks)
