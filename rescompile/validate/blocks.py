@@ -114,11 +114,9 @@ class Block:
     def marks(self) -> list[tuple[str, Mark]]:
         """Every Q/DQ of the block with where it sits: ``main:<node>``, ``shortcut:<node>``, ``main->add``,
         ``shortcut->add`` or ``output`` (the block input's Q/DQ is on the first edge of each branch)."""
-        out = [(f"main:{o.node}", o.qdq_in) for o in self.main if o.qdq_in]
-        out += [(f"shortcut:{o.node}", o.qdq_in) for o in self.shortcut if o.qdq_in]
-        out += [(k, m) for k, m in (("main->add", self.main_into_add), ("shortcut->add", self.shortcut_into_add),
-                                    ("output", self.output_mark)) if m is not None]  # fmt: skip
-        return out  # type: ignore[return-value]
+        edges = [(f"main:{o.node}", o.qdq_in) for o in self.main] + [(f"shortcut:{o.node}", o.qdq_in) for o in self.shortcut]
+        edges += [("main->add", self.main_into_add), ("shortcut->add", self.shortcut_into_add), ("output", self.output_mark)]
+        return [(where, m) for where, m in edges if m is not None]
 
 
 @dataclass(frozen=True)
@@ -230,11 +228,14 @@ class _Describer:
         self.engine = engine
 
     def mark(self, node: str, tensor: str) -> Mark | None:
+        """The Q/DQ pair ``node`` reads ``tensor`` through, if any, with the plan's rules for it."""
         q = self.g.quantized_edge(node, tensor)
-        if q is None:
-            return None
-        entry = self.acts.get(q, {})
-        return Mark(q, tuple(str(r) for r in entry.get("rules", [])), str(entry.get("dtype", "")), self.g.dq_readers(q))
+        return None if q is None else self.pair(q)
+
+    def pair(self, quantized: str) -> Mark:
+        entry = self.acts.get(quantized, {})
+        return Mark(quantized, tuple(str(r) for r in entry.get("rules", [])), str(entry.get("dtype", "")),
+                    self.g.dq_readers(quantized))  # fmt: skip
 
     def ops(self, path: Sequence[str], start: str) -> list[Op]:
         out, prev = [], start
@@ -278,11 +279,7 @@ class _Describer:
         if b.follower_node:
             follower = Op(b.follower_node, "Relu", kept=self.kept.get(b.follower_node))
         out_tensor = self.g.nodes[b.follower_node].output[0] if b.follower_node else b.output
-        output_mark = None
-        if self.g.output_quantized(out_tensor):
-            entry_out = self.acts.get(out_tensor, {})
-            output_mark = Mark(out_tensor, tuple(str(r) for r in entry_out.get("rules", [])), str(entry_out.get("dtype", "")),
-                               self.g.dq_readers(out_tensor))  # fmt: skip
+        output_mark = self.pair(out_tensor) if self.g.output_quantized(out_tensor) else None
         return Block(
             add=b.add, label=block_label(b.add), block_input=b.block_input, main=tuple(main),
             main_into_add=self.mark(b.add, b.main), shortcut_kind=b.shortcut_kind, shortcut=tuple(short),
