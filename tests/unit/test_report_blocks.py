@@ -315,3 +315,20 @@ def test_damaged_side_file_leaves_the_report_without_a_picture(demo, tmp_path: P
     onnx.save(int8, str(tmp_path / "model.int8.onnx"))
     (tmp_path / "qdq_plan.json").write_text("{not json")
     assert read_block_picture(tmp_path, {}) is None
+
+
+def test_kept_reasons_come_from_the_build_config_and_the_fallback_steps(demo_fp32, tmp_path: Path):
+    """What write_reports passes (the pipeline's config) or finds (a build's manifest.json, for validate)."""
+    kept = ("/layers/layers.2/conv1/Conv", "/layers/layers.6/conv2/Conv")
+    int8, plan = _quantize(demo_fp32, "onnxruntime", keep_fp=kept)
+    onnx.save(int8, str(tmp_path / "model.int8.onnx"))
+    (tmp_path / "qdq_plan.json").write_text(json.dumps(plan))
+    report = {"fallback": {"steps": [{"layer": kept[1]}]}}
+    passed = read_block_picture(tmp_path, report, {"keep_fp": ["/layers/layers.2/*/Conv"], "keep_first_last": False})
+    (tmp_path / "manifest.json").write_text(json.dumps({"config": {"keep_fp": ["/layers/layers.2/*/Conv"]}}))
+    for pic in (passed, read_block_picture(tmp_path, report)):
+        assert pic is not None
+        ops = {o.node: o for b in pic.blocks for o in b.main}
+        assert ops[kept[0]].kept == "keep-fp" and ops[kept[1]].kept == "auto-fallback"
+        assert ops[kept[0]].precision == ops[kept[1]].precision == "fp"
+        assert {o.precision for n, o in ops.items() if n not in kept and o.op == "Conv"} == {"int8"}
