@@ -194,7 +194,7 @@ class _Graph:
 
 
 def _detail(node: onnx.NodeProto | None) -> str:
-    """Kernel size and stride of a Conv or pool: ``3x3``, ``1x1/2``."""
+    """Kernel size, stride and groups of a Conv or pool: ``3x3``, ``1x1/2``, ``3x3 g32``."""
     if node is None:
         return ""
     attrs = {a.name: list(a.ints) for a in node.attribute if a.ints}
@@ -206,7 +206,7 @@ def _detail(node: onnx.NodeProto | None) -> str:
     if max(strides) > 1:
         text += f"/{max(strides)}"
     group = next((a.i for a in node.attribute if a.name == "group"), 1)
-    return text + (" dw" if group > 1 else "")
+    return text + (f" g{group}" if group > 1 else "")  # grouped (g = channels: depthwise)
 
 
 def block_label(add: str) -> str:
@@ -260,14 +260,14 @@ class _Describer:
             out.append(Fusion(add_group, str(entry.get("kernel", ""))))
         for branch in (main, short):
             for i, o in enumerate(branch):
-                if o.op not in WEIGHTED_OPS or o.precision != "int8" or o.node in add_group:
-                    continue
+                if o.op not in WEIGHTED_OPS or o.precision != "int8" or o.qdq_in is None or o.node in add_group:
+                    continue  # an INT8 kernel reads INT8 weights and a quantized input
                 relu = branch[i + 1] if i + 1 < len(branch) and branch[i + 1].op == "Relu" else None
                 last = self.g.nodes[(relu or o).node].output[0]
                 if self.policy == "tensorrt":
                     out.append(Fusion((o.node, *((relu.node,) if relu else ())),
                                       f"INT8 {o.op}" + ("+ReLU" if relu else "")))  # fmt: skip
-                elif self.g.output_quantized(last) and o.qdq_in is not None:
+                elif self.g.output_quantized(last):
                     out.append(Fusion((o.node, *((relu.node,) if relu else ())),
                                       KERNELS.get(o.op, o.op) + (" (ReLU folded into its Q)" if relu else "")))  # fmt: skip
         return out
