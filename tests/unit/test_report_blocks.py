@@ -332,3 +332,14 @@ def test_kept_reasons_come_from_the_build_config_and_the_fallback_steps(demo_fp3
         assert ops[kept[0]].kept == "keep-fp" and ops[kept[1]].kept == "auto-fallback"
         assert ops[kept[0]].precision == ops[kept[1]].precision == "fp"
         assert {o.precision for n, o in ops.items() if n not in kept and o.op == "Conv"} == {"int8"}
+
+
+def test_node_names_are_escaped(demo):
+    int8, plan = demo["tensorrt"]
+    first = find_residual_blocks(int8)[0]
+    int8, plan = _renamed(int8, plan, {first.add: "/x/<script>alert(1)</script>/Add", first.main_producer: 'c"><b>'})
+    html = blocks_section(describe_blocks(int8, plan))
+    assert "<script>" not in html and "&lt;script&gt;" in html and '"><b>' not in html
+    page = _Page()
+    page.feed(html)
+    assert page.errors == [] and page.stack == []
