@@ -11,9 +11,9 @@ from onnx import numpy_helper
 
 from rescompile.config import Gates
 from rescompile.errors import UsageError
+from rescompile.pipeline.fallback import auto_fallback, weighted_macs
 from rescompile.quantize import Policy, insert_qdq
 from rescompile.runtime.runners import OnnxRuntimeRunner
-from rescompile.validate.fallback import auto_fallback, weighted_macs
 from rescompile.validate.layerwise import keep_fp_pattern, layerwise_blame, qdq_views
 from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.run import ValidateSettings, compute_reference

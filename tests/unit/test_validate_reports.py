@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from rescompile.config import Gates
+from rescompile.pipeline.fallback import auto_fallback
 from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports
-from rescompile.validate.fallback import auto_fallback
 from rescompile.validate.gates import evaluate_gates
 from rescompile.validate.html import SECTIONS, render_html
 from rescompile.validate.junit import render_junit

@@ -10,7 +10,7 @@ the share of multiply-accumulates now in FP and the measured latency.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -20,9 +20,15 @@ from rescompile.errors import UsageError
 from rescompile.graph.index import node_name
 from rescompile.graph.ops import WEIGHTED_OPS
 from rescompile.validate.gates import accuracy_gates, any_gate, evaluate_gates
+from rescompile.validate.latency import MIN_RUNS, measure_latency
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
+from rescompile.validate.run import ValidateSettings, run_outputs
+
+if TYPE_CHECKING:
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.quantize.policy import QuantPlan
 
 
 @dataclass
@@ -55,7 +61,7 @@ class FallbackStep:
 @dataclass
 class Fallback:
     model: onnx.ModelProto
-    plan: Any
+    plan: QuantPlan
     limit: int
     initial: FallbackState
     steps: list[FallbackStep] = field(default_factory=list)
@@ -97,15 +103,15 @@ def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _quantized_weight_nodes(plan: Any) -> set[str]:
+def _quantized_weight_nodes(plan: QuantPlan) -> set[str]:
     return {w.node for w in plan.weights}
 
 
 def auto_fallback(
     fp32: onnx.ModelProto,
     int8: onnx.ModelProto,
-    plan: Any,
-    ranges: dict[str, Any],
+    plan: QuantPlan,
+    ranges: dict[str, TensorRange],
     reference: ReferenceOutputs,
     inputs: ValidationInputs,
     gates: Gates,
@@ -114,7 +120,7 @@ def auto_fallback(
     policy: str,
     keep_fp: tuple[str, ...] = (),
     keep_first_last: bool = False,
-    settings: Any = None,
+    settings: ValidateSettings | None = None,
 ) -> Fallback:
     """Keep layers in FP, worst first, until the accuracy gates pass or ``limit`` layers are kept.
 
@@ -131,8 +137,6 @@ def auto_fallback(
     """
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.runtime.runners import OnnxRuntimeRunner
-    from rescompile.validate.latency import MIN_RUNS, measure_latency
-    from rescompile.validate.run import ValidateSettings, run_outputs
 
     settings = settings or ValidateSettings()
     acc_gates = accuracy_gates(gates)
@@ -149,7 +153,7 @@ def auto_fallback(
     fallback_runs = settings.latency.runs or MIN_RUNS  # default: a cost estimate per step, not a benchmark
     warmup = settings.latency.warmup if settings.latency.runs else min(settings.latency.warmup, 1)
 
-    def state(model: onnx.ModelProto, p: Any) -> FallbackState:
+    def state(model: onnx.ModelProto, p: QuantPlan) -> FallbackState:
         runner = OnnxRuntimeRunner(model, "onnxruntime-int8", settings.threads)
         metrics = compare_outputs(reference.logits, run_outputs(runner, inputs, settings, "auto-fallback"), reference.labels)
         results = evaluate_gates(metrics, acc_gates)
