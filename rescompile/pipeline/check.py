@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from rescompile.data.preprocess import Preprocess
     from rescompile.runtime.runners import Runner
     from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
-    from rescompile.validate.run import ValidateSettings
+    from rescompile.validate.run import Measurement, ValidateSettings
 
 log = logging.getLogger("rescompile.validate")
 
@@ -307,7 +307,7 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     return Checked(report, verdict, files, found.candidate)
 
 
-def _report(req: ValidateRequest, measured: dict[str, Any], found: _Inputs, ref: _Reference, reference: ReferenceOutputs,
+def _report(req: ValidateRequest, measured: Measurement, found: _Inputs, ref: _Reference, reference: ReferenceOutputs,
             choice: DataChoice, cand_onnx: onnx.ModelProto | None, fp32_model: onnx.ModelProto | None,
             inputs: ValidationInputs) -> Report:  # fmt: skip
     model = ModelSection(Path(str(found.candidate)).stem, ref.input_shape, int(reference.logits.shape[1]), ref.label)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rescompile.validate.gates import GateResult
+from rescompile.validate.run import Measurement
 
 if TYPE_CHECKING:
     import onnx
@@ -97,11 +98,11 @@ class EngineSection:
 class Report:
     """``report.json`` of ``build`` or ``validate``.
 
-    ``measurement`` is :func:`rescompile.validate.run.validate`'s record (schema, source, samples,
-    runners, accuracy, agreement, per-class, latency, speedup, memory, settings, timings, scale).
+    ``measurement`` is what :func:`rescompile.validate.run.validate` measured (source, samples, runners,
+    accuracy, agreement, per-class, latency, speedup, memory, settings, timings, scale).
     """
 
-    measurement: dict[str, Any]
+    measurement: Measurement
     model: ModelSection
     validation: DataChoice
     notes: list[str] = field(default_factory=list)
@@ -117,15 +118,15 @@ class Report:
 
     @property
     def candidate(self) -> str:
-        return str(self.measurement["candidate"])
+        return self.measurement.candidate
 
     @property
     def samples(self) -> int:
-        return int(self.measurement["samples"])
+        return self.measurement.samples
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document (``rescompile.report/1``)."""
-        d = dict(self.measurement)
+        d = self.measurement.to_dict()
         d["model"] = self.model.to_dict()
         d["validation"] = self.validation.to_dict()
         sections: dict[str, Any] = {
@@ -144,13 +145,13 @@ class Report:
         return d
 
 
-def make_report(measurement: dict[str, Any], model: ModelSection, validation: DataChoice, candidate: onnx.ModelProto | None,
+def make_report(measurement: Measurement, model: ModelSection, validation: DataChoice, candidate: onnx.ModelProto | None,
                 *, notes: list[str] | None = None, **sections: Any) -> Report:  # fmt: skip
     """The report of a measurement: the notes on what its numbers mean (:func:`latency_notes` of the
     candidate, then ``notes``) and the given sections (``stages``, ``calibration``, ``layerwise``, ...)."""
     from rescompile.validate.notes import latency_notes
 
-    all_notes = latency_notes(candidate, measurement["candidate"]) + list(notes or [])
+    all_notes = latency_notes(candidate, measurement.candidate) + list(notes or [])
     return Report(measurement, model, validation, all_notes, **sections)
 
 

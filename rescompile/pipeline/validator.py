@@ -17,7 +17,7 @@ from rescompile.pipeline.fallback import Fallback, auto_fallback
 from rescompile.pipeline.settings import ValidatorSettings
 from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, save_reference
-from rescompile.validate.run import compute_reference, validate
+from rescompile.validate.run import Measurement, compute_reference, validate
 
 if TYPE_CHECKING:
     from rescompile.calibrate.ranges import TensorRange
@@ -32,12 +32,12 @@ if TYPE_CHECKING:
 class Validated:
     """The INT8 model's measurement (:func:`rescompile.validate.run.validate`), its layerwise blame and auto-fallback."""
 
-    measurement: dict[str, Any]
+    measurement: Measurement
     layerwise: Layerwise | None = None
     fallback: Fallback | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        d = dict(self.measurement)
+        d = self.measurement.to_dict()
         if self.layerwise is not None:
             d["layerwise"] = self.layerwise.to_dict()
         if self.fallback is not None:
@@ -119,7 +119,7 @@ class BuildValidator:
         if s.layerwise:
             t0 = time.perf_counter()
             result.layerwise = layerwise_blame(self.fp32, int8, self.inputs.head(s.validate.layerwise_samples))
-            measured["timings_s"]["layerwise_s"] = round(time.perf_counter() - t0, 3)
+            measured.timings["layerwise_s"] = round(time.perf_counter() - t0, 3)
         if s.save_reference is not None:
             save_reference(Path(s.save_reference), self.reference)
         return result

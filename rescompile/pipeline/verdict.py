@@ -67,6 +67,6 @@ def judge(report: Report, gates: Gates, extra: Sequence[GateResult] = ()) -> Ver
     Raises:
         UsageError: nonsense thresholds (exit 2).
     """
-    verdict = Verdict([*evaluate_gates(report.measurement, gates), *extra])
+    verdict = Verdict([*evaluate_gates(report.measurement.to_dict(), gates), *extra])
     report.gates, report.passed = list(verdict.gates), verdict.passed
     return verdict

@@ -84,6 +84,43 @@ def compute_reference(
     )  # fmt: skip
 
 
+@dataclass
+class Measurement:
+    """What :func:`validate` measured: the part of report.json that ``build`` and ``validate`` share."""
+
+    source: str
+    samples: int
+    reference: str  # the runner that produced the FP32 logits
+    candidate: str  # the runner under test
+    baseline: str | None  # the FP32 runner timed in the same run, if any
+    accuracy: dict[str, Any]  # top-1/top-5 of both and the top-1 drop (rescompile.validate.metrics)
+    agreement: dict[str, Any]  # top-1 agreement, logit cosine, abs errors
+    per_class: list[dict[str, Any]]
+    class_names: list[str] = field(default_factory=list)
+    latency: list[dict[str, Any]] = field(default_factory=list)  # one record per runner and batch size
+    speedup: dict[str, float] = field(default_factory=dict)  # baseline p50 / candidate p50, by batch size
+    peak_rss_mib: float = 0.0
+    settings: dict[str, Any] = field(default_factory=dict)  # batch size, latency options, threads
+    latency_plan: dict[str, Any] = field(default_factory=dict)  # how latency was timed
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the validation
+    scale: dict[str, Any] | None = None  # where a run on Ray ran
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": REPORT_SCHEMA, "source": self.source, "samples": self.samples, "reference": self.reference,
+            "candidate": self.candidate, "baseline": self.baseline, "accuracy": self.accuracy,
+            "agreement": self.agreement, "per_class": self.per_class,
+        }  # fmt: skip
+        if self.class_names:
+            d["class_names"] = list(self.class_names)
+        d.update({"latency": self.latency, "speedup_int8_vs_fp32_p50": self.speedup,
+                  "memory": {"peak_rss_mib": self.peak_rss_mib}, "settings": self.settings,
+                  "latency_plan": self.latency_plan, "timings_s": self.timings})  # fmt: skip
+        if self.scale is not None:
+            d["scale"] = self.scale
+        return d
+
+
 def validate(
     reference: ReferenceOutputs,
     candidate: Runner,
@@ -92,7 +129,7 @@ def validate(
     baseline: Runner | None = None,
     settings: ValidateSettings | None = None,
     other_s: float = 0.0,
-) -> dict[str, Any]:
+) -> Measurement:
     """Accuracy, agreement and latency of ``candidate`` against ``reference`` on ``inputs``.
 
     Args:
@@ -104,7 +141,7 @@ def validate(
             quarter of it plus this validation's own inference time.
 
     Returns:
-        The report (``rescompile.report/1``) without gates.
+        The Measurement (``to_dict``: the report, ``rescompile.report/1``, without gates).
     """
     settings = settings or ValidateSettings()
     settings.latency.check()
@@ -118,17 +155,10 @@ def validate(
     cand = run_outputs(candidate, inputs, settings, f"candidate ({candidate.name})")
     timings["candidate_s"] = round(time.perf_counter() - t0, 3)
     peak = peak_rss_mib()
-    report: dict[str, Any] = {
-        "schema": REPORT_SCHEMA,
-        "source": inputs.name,
-        "samples": int(len(cand)),
-        "reference": reference.runner,
-        "candidate": candidate.name,
-        "baseline": None if baseline is None else baseline.name,
-        **compare_outputs(reference.logits, cand, reference.labels),
-    }
-    if inputs.class_names:
-        report["class_names"] = list(inputs.class_names)
+    metrics = compare_outputs(reference.logits, cand, reference.labels)
+    result = Measurement(inputs.name, int(len(cand)), reference.runner, candidate.name,
+                         None if baseline is None else baseline.name, metrics["accuracy"], metrics["agreement"],
+                         metrics["per_class"], list(inputs.class_names))  # fmt: skip
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
     other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
@@ -142,17 +172,16 @@ def validate(
                                              show_progress=settings.progress)  # fmt: skip
     else:
         latency, speedup, plan, where = timed
-        report["scale"] = {"ray": ray.where(), "shards": ray.shards,
-                           "threads_per_shard": getattr(candidate, "threads", None) or 1, "latency_measured_on": where}
+        result.scale = {"ray": ray.where(), "shards": ray.shards,
+                        "threads_per_shard": getattr(candidate, "threads", None) or 1, "latency_measured_on": where}
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
-    report["latency"] = latency
-    report["speedup_int8_vs_fp32_p50"] = speedup
-    report["memory"] = {"peak_rss_mib": max([peak] + [r["peak_rss_mib"] for r in latency])}
+    result.latency, result.speedup = latency, speedup
+    result.peak_rss_mib = max([peak] + [r["peak_rss_mib"] for r in latency])
     lat = settings.latency
-    report["settings"] = {
+    result.settings = {
         "batch_size": settings.batch_size, "latency_batches": list(lat.batches), "latency_warmup": lat.warmup,
         "latency_runs": lat.runs, "latency_budget_s": lat.budget_s, "threads": settings.threads,
     }  # fmt: skip
-    report["latency_plan"] = plan  # measured: the budget follows the run's own times
-    report["timings_s"] = timings
-    return report
+    result.latency_plan = plan  # measured: the budget follows the run's own times
+    result.timings = timings
+    return result
