@@ -160,9 +160,9 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             data, quantized.model, stages=StagesSection(exported, simplified, quantized),
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
             warnings=calibrated.run.warnings, layerwise=validated.layerwise, fallback=validated.fallback,
-            engine=None if engine is None or s.engine is None else EngineSection(engine, s.engine.target.name),
+            engine=None if engine is None else EngineSection(engine),
         )  # fmt: skip
-        verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.fusion)])
+        verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])
         write_report(folder, report)  # report.json, report.md, junit.xml, report.html
         manifest = _manifest(cfg, s.data.layout, folder, report, loaded, calibrated, timer.stages, verdict)
         write_json(folder / MANIFEST, manifest)

@@ -21,9 +21,8 @@ if TYPE_CHECKING:
 
     from rescompile.calibrate.checks import CalibrationWarning
     from rescompile.data.holdout import DataChoice
-    from rescompile.engine.tensorrt import EngineBuild
     from rescompile.pipeline.fallback import Fallback
-    from rescompile.pipeline.stages import Calibrated, Exported, Quantized, Simplified
+    from rescompile.pipeline.stages import Calibrated, Engine, Exported, Quantized, Simplified
     from rescompile.validate.layerwise import Layerwise
 
 
@@ -85,12 +84,11 @@ class CalibrationSection:
 class EngineSection:
     """The TensorRT engine the build made (``backend="tensorrt"``)."""
 
-    build: EngineBuild
-    target: str
+    engine: Engine
 
     def to_dict(self) -> dict[str, Any]:
-        b = self.build
-        return {"tensorrt_version": b.tensorrt_version, "gpu": b.device.to_dict(), "target": self.target,
+        b = self.engine.build
+        return {"tensorrt_version": b.tensorrt_version, "gpu": b.device.to_dict(), "target": self.engine.target,
                 "settings": b.settings.to_dict(), "residual_fusion": b.fusion.to_dict(), "build_seconds": b.build_seconds}  # fmt: skip
 
 

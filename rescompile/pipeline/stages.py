@@ -7,7 +7,7 @@ reads as the sequence of stages. Every stage is usable alone from Python.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from rescompile.graph.verify import VerifyReport
     from rescompile.models.loader import LoadedModel
     from rescompile.models.onnx_source import BatchFreed, OpsetConversion
-    from rescompile.pipeline.fallback import Fallback
     from rescompile.pipeline.validator import BuildValidator
     from rescompile.quantize.policy import QuantPlan
     from rescompile.simplify import SimplifyResult
@@ -169,7 +168,6 @@ class Quantized:
     model: onnx.ModelProto
     plan: QuantPlan
     proof: VerifyReport
-    fallback: Fallback | None = None  # auto-fallback's record, when it ran
 
     def write(self, folder: Path) -> Quantized:
         save_onnx(folder / INT8_ONNX, self.model)
@@ -199,17 +197,25 @@ def quantize(simplified: Simplified, planned: Planned, calibrated: Calibrated) -
     return proven(simplified.model, insert_qdq(simplified.model, planned.plan, calibrated.ranges), planned.plan)
 
 
-def engine(int8_path: Path, settings: EngineStageSettings, folder: Path) -> EngineBuild:
+@dataclass
+class Engine:
+    """The TensorRT plan written for ``target``; ``build.fusion`` is the engine's fusion report (data, not a gate)."""
+
+    build: EngineBuild
+    target: str
+
+
+def engine(int8_path: Path, settings: EngineStageSettings, folder: Path) -> Engine:
     """The TensorRT plan of ``int8_path`` for the target, with the engine's fusion report (on a GPU only)."""
     from rescompile.engine.tensorrt import build_for_pipeline
 
-    return build_for_pipeline(int8_path, settings.target, settings.batches, folder)
+    return Engine(build_for_pipeline(int8_path, settings.target, settings.batches, folder), settings.target.name)
 
 
 def fall_back(validator: BuildValidator, simplified: Simplified, quantized: Quantized, calibrated: Calibrated) -> Quantized:
     """Auto-fallback (before the engine stage: the engine is built from the final model): keep the worst layers
-    in FP until the accuracy gates pass; the final model, proven again, with the search's record."""
+    in FP until the accuracy gates pass; the final model, proven again (the search's record: ``validator.fallback_result``)."""
     fallback = validator.fallback(quantized.model, quantized.plan, calibrated.ranges)
-    if fallback.steps:
-        quantized = proven(simplified.model, fallback.model, fallback.plan, "the INT8 graph after auto-fallback")
-    return replace(quantized, fallback=fallback)
+    if not fallback.steps:
+        return quantized
+    return proven(simplified.model, fallback.model, fallback.plan, "the INT8 graph after auto-fallback")

@@ -25,6 +25,10 @@ from rescompile.validate.run import ValidateSettings, compute_reference, validat
 jsonschema = pytest.importorskip("jsonschema")
 
 
+def _json(doc: dict) -> dict:
+    return json.loads(json.dumps(doc))
+
+
 def _fusion(doc: dict) -> object:
     return check_residual_fusion(doc, blocks(doc))
 
@@ -107,3 +111,32 @@ def test_the_engine_gate_is_judged_after_the_thresholds(measured):
     assert error is not None and error.message.startswith("1 of 2 gate(s) failed:\n  FAIL engine_residual_fusion: ")
     assert error.message.endswith("\nafter")
     assert judge(report, Gates(min_agreement=0)).failure() is None and report.to_dict()["passed"] is True
+
+
+def test_engine_section_and_gate_of_a_gpu_build(measured, tmp_path):
+    """What a ``backend="tensorrt"`` build reports, without a GPU: the engine's data (settings computed by the pure
+    engine layer, the fusion of a published dump) becomes the report's engine section and its last gate."""
+    from rescompile.engine.settings import EngineOptions, InputSpec, compute_settings, parse_version
+    from rescompile.engine.sidecar import DeviceInfo
+    from rescompile.engine.targets import get_target
+    from rescompile.engine.tensorrt import EngineBuild
+    from rescompile.pipeline.report import EngineSection
+    from rescompile.pipeline.stages import Engine
+    from rescompile.validate.schema import schema_errors
+
+    target = get_target("jetson-orin-nx-8gb")
+    settings = compute_settings(target, InputSpec("input", None, (1, 16, 16)), EngineOptions(batches=(1, 8)),
+                                parse_version("10.3"))  # fmt: skip
+    fusion = _fusion(load(PUBLISHED[1]))
+    built = EngineBuild(tmp_path / "model.plan", tmp_path / "model.plan.json", tmp_path / "model.plan.layers.json",
+                        settings, DeviceInfo("Orin", (8, 7), "36.4.0"), "10.3.0", fusion, None, 12.5)  # fmt: skip
+    m, int8, choice = measured
+    report = make_report(m, ModelSection("tiny", (1, 16, 16), 4), choice, int8, warnings=[],
+                         engine=EngineSection(Engine(built, target.name)))  # fmt: skip
+    verdict = judge(report, Gates(min_agreement=0), [fusion_gate(fusion)])
+    doc = json.loads(json.dumps(report.to_dict()))
+    assert schema_errors(doc) == [] and verdict.passed and doc["gates"][-1]["name"] == FUSION_GATE
+    assert doc["engine"] == {"tensorrt_version": "10.3.0", "target": "jetson-orin-nx-8gb", "build_seconds": 12.5,
+                             "gpu": {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0"},
+                             "settings": _json(settings.to_dict()), "residual_fusion": _json(fusion.to_dict())}  # fmt: skip
+    assert doc["engine"]["residual_fusion"]["ok"] and doc["engine"]["settings"]["profile"]["max"][0] == 8
