@@ -25,7 +25,7 @@ docs/placement-rules.md.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import onnx

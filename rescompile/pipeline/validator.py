@@ -92,10 +92,8 @@ class BuildValidator:
             from rescompile.errors import UsageError
 
             raise UsageError("auto-fallback is off (limit 0)")
-        self.fallback_result = auto_fallback(
-            self.fp32, int8, plan, ranges, self.reference, self.inputs, fb.gates, fb.limit, policy=plan.policy,
-            keep_fp=fb.keep_fp, keep_first_last=fb.keep_first_last, settings=self.settings.validate,
-        )  # fmt: skip
+        self.fallback_result = auto_fallback(self.fp32, int8, plan, ranges, self.reference, self.inputs, fb,
+                                             self.settings.validate)  # fmt: skip
         return self.fallback_result
 
     def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> Validated:

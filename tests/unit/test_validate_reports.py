@@ -19,6 +19,7 @@ from rescompile.data.holdout import DataChoice
 from rescompile.data.sources import DataSource
 from rescompile.pipeline.fallback import auto_fallback
 from rescompile.pipeline.report import ModelSection, make_report
+from rescompile.pipeline.settings import FallbackSettings
 from rescompile.pipeline.verdict import judge
 from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
@@ -50,8 +51,8 @@ def full_report(tiny_onnx, tiny_data, quantize_tiny):
         measured, ModelSection("tiny", (1, 16, 16), 4),
         DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)), int8,
         layerwise=layerwise_blame(tiny_onnx, int8, tiny_data),
-        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, Gates(min_cosine=1.0), 1, policy="tensorrt",
-                               settings=settings),
+        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)),
+                               settings),
     )  # fmt: skip
     judge(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
     return json.loads(json.dumps(report.to_dict()))  # exactly what report.json holds
