@@ -2,14 +2,14 @@
 
 ``rescompile.build(...)`` runs every stage; each stage is also its own function
 (``load_model``, ``export_onnx``, ``simplify``, ``plan_qdq``, ``collect_stats``,
-``insert_qdq``, ``verify_int8``, ``validate_models``).
+``insert_qdq``, ``verify_int8``, ``rescompile.pipeline.validate_models``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from rescompile._version import __version__
 
 
 def build(cfg: Any = None, **overrides: Any) -> Any:

@@ -1,10 +1,17 @@
-"""Typed build configuration: every user choice in one frozen value, recorded in the manifest."""
+"""Typed build configuration: every user choice in one frozen value, recorded in the manifest.
+
+The pipeline splits it into each stage's own settings (:mod:`rescompile.pipeline.settings`); no stage,
+the validator or the gates read the whole of it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rescompile.scale.cluster import RaySettings
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class BuildConfig:
     ray_address: str | None = None  # ... or on the Ray cluster at this address
     ray_shards: int | None = None  # shards per data set (default: one per CPU of the cluster)
 
-    def ray_settings(self) -> Any:
+    def ray_settings(self) -> RaySettings | None:
         """The :class:`rescompile.scale.cluster.RaySettings` of ``ray``/``ray_address``/``ray_shards``, or None."""
         if not self.ray and self.ray_address is None and self.ray_shards is None:
             return None

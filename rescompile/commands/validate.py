@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from rescompile.commands.base import app, checked_path, console, open_build_checked, run_cli
+from rescompile.commands.base import app, console, run_cli, warn
 from rescompile.commands.options import AllowFailedOpt, NoVerifyOpt, RayAddressOpt, RayOpt, ShardsOpt
 
 GATE_HELP = "Gates (exit 1 when missed): flags override --gates."
@@ -26,75 +26,6 @@ MinSpeedup = Annotated[float | None, _gate("Gate: minimum candidate speedup over
 GateBatch = Annotated[int | None, typer.Option(min=1, help="Batch size the latency gates read (default: the smallest timed).",
                                                rich_help_panel=GATE_HELP)]
 GatesFile = Annotated[Path | None, _gate("YAML recipe of gates, e.g. 'max-top1-drop: 1.0'.", "--gates")]
-
-
-@dataclass
-class _Reference:
-    runner: Any  # the FP32 runner (unused for a saved reference)
-    saved: Any | None  # ReferenceOutputs loaded from .npz
-    module: Any | None  # the PyTorch module of a model spec
-    fp32_onnx: Any | None  # FP32 ONNX model for the baseline and layerwise blame
-    input_shape: tuple[int, int, int]
-    preset: str
-    label: str
-
-
-def _open_reference(spec: str, *, weights: Path | None, num_classes: int | None, in_channels: int | None,
-                    input_size: int | None, trust_checkpoint: bool, threads: int | None) -> _Reference:  # fmt: skip
-    """A saved reference (.npz, no PyTorch needed), an FP32 ONNX file, or a PyTorch model spec."""
-    from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
-
-    if spec.lower().endswith(".npz"):
-        from rescompile.validate.reference import load_reference
-
-        saved = load_reference(Path(spec))
-        c, h, w = saved.inputs.shape[1:]  # type: ignore[union-attr]
-        return _Reference(None, saved, None, None, (c, h, w), "", saved.runner)
-    if spec.lower().endswith(".onnx"):
-        from rescompile.models.onnx_source import describe_onnx, read_onnx
-
-        info = describe_onnx(Path(spec), require_residual=False)
-        model = read_onnx(Path(spec))
-        return _Reference(OnnxRuntimeRunner(model, "onnxruntime-fp32", threads), None, None, model, info.input_shape,
-                          info.preset, spec)  # fmt: skip
-    from rescompile.models import load_model
-
-    loaded = load_model(spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
-                        input_size=input_size, trust_checkpoint=trust_checkpoint)  # fmt: skip
-    return _Reference(TorchRunner(loaded.module, "pytorch-fp32", threads), None, loaded.module, None, loaded.input_shape,
-                      loaded.preset, spec)  # fmt: skip
-
-
-def _build_inputs(build: Any) -> tuple[Path, Path, Any, dict[str, Any]]:
-    """A build folder's INT8 model, FP32 simplified model (both checked against its manifest), preprocessing, manifest."""
-    from rescompile.buildfolder import INT8_ONNX, SIMPLIFIED_ONNX
-    from rescompile.data.preprocess import preprocess_from_dict
-    from rescompile.errors import UsageError
-
-    pre_doc = build.preprocess
-    try:
-        pre = preprocess_from_dict(pre_doc) if pre_doc else None
-    except UsageError as exc:
-        raise UsageError(f"{build.manifest_path}: 'preprocess' is {exc.message}") from None
-    doc = {**build.manifest, "config": build.config}  # build.config: a UsageError naming the manifest if not an object
-    return build.file(INT8_ONNX), build.file(SIMPLIFIED_ONNX), pre, doc
-
-
-def _reference_file(path: Path, no_verify_hashes: bool) -> Path:
-    """An FP32 reference file; checked against its build's manifest when it is in one (a failed build's FP32 is fine)."""
-    from rescompile.buildfolder import build_of
-
-    build = build_of(path, verify=not no_verify_hashes, allow_failed=True)
-    return build.file(path.name) if build is not None else path
-
-
-def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> Any:
-    """The PyTorch reference exported and simplified the way ``build`` does (same tensor names)."""
-    from rescompile.export import ExportConfig, export_onnx
-    from rescompile.simplify import SimplifyConfig, simplify
-
-    model, _ = export_onnx(module, input_shape, ExportConfig())
-    return simplify(model, input_shape, SimplifyConfig()).model
 
 
 @app.command(
@@ -164,125 +95,28 @@ def validate(
     """
 
     from rescompile.config import Gates
-    from rescompile.data.holdout import DataChoice, check_label_gates, validation_data
-    from rescompile.data.layout import check_layout
-    from rescompile.data.preprocess import check_matches, get_preset
-    from rescompile.data.sources import DataSource, check_shape
-    from rescompile.errors import GateFailed, UsageError
-    from rescompile.runtime.cuda_libs import check_choice
-    from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx, open_runner
-    from rescompile.scale.cluster import ray_settings
+    from rescompile.pipeline.check import Timing, ValidateRequest
+    from rescompile.pipeline.settings import ModelSpec
+
+    request = ValidateRequest(
+        candidate, ModelSpec(reference or "", weights, num_classes, in_channels, input_size, trust_checkpoint), val, val_size,
+        preset, layout, fp32, no_baseline, save_reference, gates_file,
+        Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch),
+        Timing(batch_size, tuple(latency_batch or (1, 32)), latency_runs, latency_budget, warmup, threads, not quiet, ray,
+               ray_address, shards),
+        cuda_lib, layerwise, layerwise_samples, out, no_verify_hashes, allow_failed_build,
+    )  # fmt: skip
+    run_cli(partial(_validate, request))
+
+
+def _validate(request: Any) -> None:
+    """Run :func:`rescompile.pipeline.check.validate_candidate`, print its summary, raise its gate failure (exit 1)."""
+    from rescompile.pipeline.check import validate_candidate
     from rescompile.validate.console import print_summary
-    from rescompile.validate.gates import evaluate_gates, resolve_gates
-    from rescompile.validate.latency import LatencySettings
-    from rescompile.validate.notes import latency_notes
-    from rescompile.validate.reference import ValidationInputs
-    from rescompile.validate.reference import save_reference as write_reference
-    from rescompile.validate.run import ValidateSettings, compute_reference
-    from rescompile.validate.run import validate as run_validate
-    from rescompile.validate.write import write_reports
 
-    def go() -> dict[str, Any]:
-        gates = resolve_gates(gates_file, Gates(max_top1_drop, min_agreement, min_cosine, max_p99_ms, min_speedup, gate_batch))
-        check_layout(layout, "--layout")
-        settings = ValidateSettings(batch_size, LatencySettings(tuple(latency_batch or (1, 32)), warmup, latency_runs,
-                                                                latency_budget, required=() if gates.latency_batch is None else
-                                                                (gates.latency_batch,)), threads, not quiet, layerwise_samples,
-                                    ray_settings(ray, ray_address, shards))  # fmt: skip
-        settings.latency.check()
-        if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
-            raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
-                             hint="add it with --latency-batch")  # fmt: skip
-
-        cand_path, ref_spec, fp32_path, build_pre, build_doc = candidate, reference, fp32, None, None
-        overrides = {"no_verify_hashes": no_verify_hashes, "allow_failed_build": allow_failed_build}
-        if not candidate.exists():
-            raise UsageError(f"candidate not found: {candidate}",
-                             hint="pass a model file (.onnx, a TensorRT plan) or a build folder")  # fmt: skip
-        if candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
-            build = open_build_checked(candidate, **overrides)
-            cand_path, simplified, build_pre, build_doc = _build_inputs(build)
-            ref_spec, fp32_path = ref_spec or str(simplified), fp32_path or simplified
-        else:
-            cand_path, build = checked_path(candidate, **overrides)
-        if fp32_path is not None:
-            fp32_path = _reference_file(fp32_path, no_verify_hashes)
-        if ref_spec is not None and ref_spec.lower().endswith(".onnx"):
-            ref_spec = str(_reference_file(Path(ref_spec), no_verify_hashes))
-        if ref_spec is None:
-            raise UsageError("no FP32 reference", hint="pass --reference (a model spec, an FP32 .onnx, or ref.npz)")
-        saved_ref = ref_spec.lower().endswith(".npz")
-        # the validation data, and gates that need labels it lacks (exit 2), are settled before any work
-        choice: Any = None if saved_ref else validation_data(val, build_doc, ref_spec, layout, val_size)
-        if choice is not None:
-            check_label_gates(gates, choice)
-        cand_runner = open_runner(cand_path, threads=threads, cuda_lib=check_choice(cuda_lib))  # first: no TensorRT fails early
-
-        ref = _open_reference(ref_spec, weights=weights, num_classes=num_classes, in_channels=in_channels,
-                              input_size=input_size, trust_checkpoint=trust_checkpoint, threads=threads)  # fmt: skip
-        fp32_model = load_onnx(fp32_path) if fp32_path is not None else ref.fp32_onnx
-        if fp32_model is None and ref.module is not None and (layerwise or not no_baseline):
-            fp32_model = _exported_fp32(ref.module, ref.input_shape)
-        baseline = None if no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
-        if gates.min_speedup is not None and baseline is None:
-            raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint="pass --fp32 model.simplified.onnx")
-        if layerwise and (fp32_model is None or cand_path.suffix.lower() != ".onnx"):
-            raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
-                             hint="pass --fp32 model.simplified.onnx")  # fmt: skip
-
-        if ref.saved is not None:
-            if val is not None:
-                raise UsageError("a saved reference carries its own inputs: drop --val", hint="or pass a model as --reference")
-            if save_reference is not None:
-                raise UsageError("--save-reference needs a model as --reference, not a saved reference")
-            inputs, reference_out = ref.saved.as_inputs(), ref.saved
-            choice = DataChoice.validation_only("given", DataSource(ref_spec, len(ref.saved.logits), labels=ref.saved.labels))
-            check_label_gates(gates, choice)
-        else:
-            c, h, _ = ref.input_shape
-            pre = get_preset(preset, size=h, channels=c) if preset else build_pre
-            pre = pre or get_preset(ref.preset, size=h, channels=c)
-            if build_pre is not None:  # the build was calibrated with its recipe: validate with the same one
-                check_matches(build_pre.to_dict(), pre)
-            src = choice.val
-            check_shape(src, pre, ref.input_shape)
-            inputs = ValidationInputs.from_source(src, pre)
-            reference_out = compute_reference(ref.runner, inputs, settings, keep_inputs=save_reference is not None,
-                                              meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
-        cand_onnx = load_onnx(cand_path) if cand_path.suffix.lower() == ".onnx" else None
-        if latency_notes(cand_onnx, cand_runner.name):  # CPU latency not representative: timed briefly by default
-            from dataclasses import replace
-
-            settings = replace(settings, latency=replace(settings.latency, brief=True))
-        report = run_validate(reference_out, cand_runner, inputs, baseline=baseline, settings=settings)
-        report["model"] = {"name": Path(str(cand_path)).stem, "reference": ref.label, "input_shape": list(ref.input_shape),
-                           "num_classes": int(reference_out.logits.shape[1])}  # fmt: skip
-        report["validation"] = choice.to_dict()
-        notes = latency_notes(cand_onnx, report["candidate"])
-        if notes:
-            report["notes"] = notes
-        if layerwise:
-            from rescompile.validate.layerwise import layerwise_blame
-
-            sample = inputs.head(layerwise_samples)
-            report["layerwise"] = layerwise_blame(fp32_model, cand_onnx, sample).to_dict()  # type: ignore[arg-type]
-        if build is not None:  # which build was validated, and whether its integrity was checked
-            report["build"] = build.record()
-            report["notes"] = report.get("notes", []) + build.warnings()
-            if not report["notes"]:
-                del report["notes"]
-        results = evaluate_gates(report, gates)
-        report["gates"] = [g.to_dict() for g in results]
-        report["passed"] = all(g.passed for g in results)
-        files = write_reports(out, report)
-        if save_reference is not None:
-            write_reference(save_reference, reference_out)
-            files.append(save_reference)
-        print_summary(console, report, f"rescompile validate: {cand_path} ({report['samples']} samples)")
-        console.print("wrote " + ", ".join(str(f) for f in files), highlight=False)
-        failed = [g.line() for g in results if not g.passed]
-        if failed:
-            raise GateFailed(f"{len(failed)} of {len(results)} gate(s) failed:\n  " + "\n  ".join(failed))
-        return report
-
-    run_cli(go)
+    done = validate_candidate(request, warn=warn)
+    print_summary(console, done.report.to_dict(), f"rescompile validate: {done.candidate} ({done.report.samples} samples)")
+    console.print("wrote " + ", ".join(str(f) for f in done.files), highlight=False)
+    error = done.verdict.failure()
+    if error is not None:
+        raise error

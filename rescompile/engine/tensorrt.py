@@ -252,21 +252,9 @@ def preflight(target_name: str, device_index: int = 0) -> Target:
     return target
 
 
-def build_for_pipeline(onnx_path: Path, target: Target, batches: tuple[int, ...], out_dir: Path) -> tuple[dict[str, Any], Any]:
-    """The pipeline's engine stage: build, then (report section, fusion GateResult)."""
-    from rescompile.validate.gates import GateResult
+def build_for_pipeline(onnx_path: Path, target: Target, batches: tuple[int, ...], out_dir: Path) -> EngineBuild:
+    """The pipeline's engine stage: the plan for ``batches`` (deduplicated, sorted) with default options.
 
-    result = build_engine(onnx_path, target, EngineOptions(batches=tuple(sorted(set(batches)))), out_dir)
-    unfused = [a.add for a in result.fusion.adds if not a.ok]
-    passed = result.fusion.ok
-    message = (f"every residual Add ({len(result.fusion.adds)}) is fused into an INT8 TensorRT layer" if passed else
-               f"{len(unfused)} residual Add(s) not fused into an INT8 TensorRT layer: {', '.join(unfused[:5])}"
-               + ("" if result.fusion.detailed else " (no detailed layer information)"))  # fmt: skip
-    gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
-                      passed, message)  # fmt: skip
-    section = {
-        "tensorrt_version": result.tensorrt_version, "gpu": result.device.to_dict(), "target": target.name,
-        "settings": result.settings.to_dict(), "residual_fusion": result.fusion.to_dict(),
-        "build_seconds": result.build_seconds,
-    }  # fmt: skip
-    return section, gate
+    The fusion report comes back as data (``EngineBuild.fusion``); the pipeline makes it a gate.
+    """
+    return build_engine(onnx_path, target, EngineOptions(batches=tuple(sorted(set(batches)))), out_dir)

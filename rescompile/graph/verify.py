@@ -24,7 +24,8 @@ docs/placement-rules.md.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
@@ -71,7 +72,40 @@ def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
     return (q.astype(np.float64) - z) * s, np.broadcast_to(s / 2, q.shape)
 
 
-def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None = None, policy: str | None = None) -> VerifyReport:
+class PlannedActivation(Protocol):
+    """What the proof reads of a planned activation Q/DQ (``rescompile.quantize.policy.ActivationQuant``)."""
+
+    @property
+    def tensor(self) -> str: ...
+    @property
+    def consumers(self) -> Sequence[str]: ...
+
+
+class PlannedWeight(Protocol):
+    """What the proof reads of a planned weight (``rescompile.quantize.policy.WeightQuant``)."""
+
+    @property
+    def initializer(self) -> str: ...
+    @property
+    def node(self) -> str: ...
+    @property
+    def input_index(self) -> int: ...
+
+
+class Plan(Protocol):
+    """What the proof reads of a ``QuantPlan`` (typed structurally: the graph layer does not import quantize)."""
+
+    @property
+    def policy(self) -> str: ...
+    @property
+    def kept_fp(self) -> Sequence[str]: ...
+    @property
+    def activations(self) -> Sequence[PlannedActivation]: ...
+    @property
+    def weights(self) -> Sequence[PlannedWeight]: ...
+
+
+def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Plan | None = None, policy: str | None = None) -> VerifyReport:
     """Check ``int8`` against ``fp32`` under a policy (and ``plan``, a QuantPlan, when given).
 
     Args:
@@ -87,8 +121,8 @@ def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Any | None =
     from rescompile.errors import UsageError
     from rescompile.quantize.registry import get_policy
 
-    name = getattr(plan, "policy", None) or policy or detect_policy(int8)
-    kept = set(getattr(plan, "kept_fp", []) or [])
+    name = (plan.policy if plan is not None else None) or policy or detect_policy(int8)
+    kept = set(plan.kept_fp if plan is not None else ())
     report = VerifyReport(name)
     try:
         placement = get_policy(name)
@@ -223,7 +257,7 @@ def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, sca
                            f"axis {want} with {q.shape[want]} scales"))  # fmt: skip
 
 
-def _check_plan(plan: Any, view: QdqView, report: VerifyReport) -> None:
+def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
     v = report.violations
     planned = {a.tensor: a for a in plan.activations}
     for t, a in planned.items():

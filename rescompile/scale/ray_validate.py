@@ -14,7 +14,6 @@ in-memory arrays, paths for image folders and ``.npy`` files: a file system ever
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_label, shard_bounds
 from rescompile.scale.tasks import gather, task_result
+from rescompile.validate.latency import LatencySettings, measure_all
 
 Recipe = tuple[str, Any, str, int]  # (kind, model bytes or torch module, runner name, intra-op threads)
 
@@ -91,21 +91,19 @@ def _node_cpus(ray: Any) -> int:
     return max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)))
 
 
-def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, settings: Any,
+def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, latency: LatencySettings,
            other_s: float) -> tuple[Any, Any, Any, dict[str, str]]:  # fmt: skip
     import ray
 
-    from rescompile.validate.run import measure_all
-
     cand = make_runner(candidate)
     base = None if baseline is None else make_runner(baseline)
-    records, speedup, plan = measure_all(cand, base, sample, settings, other_s)
+    records, speedup, plan = measure_all(cand, base, sample, latency, other_s=other_s)
     return records, speedup, plan, node_label(ray)
 
 
-def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, settings: Any, ray_settings: RaySettings,
+def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, latency: LatencySettings, ray_settings: RaySettings,
                    other_s: float = 0.0) -> tuple[list[dict[str, Any]], dict[str, float], Any, dict[str, str]] | None:  # fmt: skip
-    """:func:`rescompile.validate.run.measure_all` in one Ray task that holds every CPU of a node (so it runs alone).
+    """:func:`rescompile.validate.latency.measure_all` in one Ray task that holds every CPU of a node (so it runs alone).
 
     Returns ``(records, speedup, latency plan, where)``; None when a runner cannot run on Ray (then time it here).
     """
@@ -115,6 +113,5 @@ def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, settings: 
         return None
     ray = connect(ray_settings)
     task = ray.remote(task_result(_timed)).options(num_cpus=_node_cpus(ray), max_retries=0)
-    quiet = dataclasses.replace(settings, progress=False, ray=None)
-    records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, quiet, other_s)])[0]
+    records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, latency, other_s)])[0]
     return records, speedup, plan, where

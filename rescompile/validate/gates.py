@@ -76,23 +76,6 @@ def check_thresholds(gates: Gates) -> None:
         raise UsageError(f"the gates' latency batch must be a positive integer, got {short(gates.latency_batch)}")
 
 
-def check_build_gates(cfg: Any) -> None:
-    """Check a BuildConfig's gates and validation options before any work (UsageError, exit 2)."""
-    gates = cfg.gates
-    check_thresholds(gates)
-    if gates.latency_batch is not None and gates.latency_batch not in cfg.latency_batches:
-        raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(cfg.latency_batches)}",
-                         hint="add it with --latency-batch")  # fmt: skip
-    if cfg.auto_fallback and not any_gate(accuracy_gates(gates)):
-        raise UsageError("--auto-fallback needs an accuracy gate to aim for",
-                         hint="add --max-top1-drop, --min-agreement or --min-cosine")  # fmt: skip
-    if cfg.save_reference is not None and Path(cfg.save_reference).suffix != ".npz":
-        raise UsageError(f"--save-reference needs a .npz path, got {cfg.save_reference}")
-    from rescompile.validate.latency import LatencySettings
-
-    LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s).check()
-
-
 def any_gate(gates: Gates) -> bool:
     return any(getattr(gates, s.field) is not None for s in SPECS)
 

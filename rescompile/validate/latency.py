@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.errors import UsageError
+from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
 
@@ -207,3 +208,23 @@ def measure_runners(
     plan = {"mode": mode, "budget_s": None if budget is None else round(budget, 3),
             "spent_s": round(time.perf_counter() - start, 3), "brief": brief, "skipped": skipped}  # fmt: skip
     return records, plan
+
+
+def measure_all(
+    candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: LatencySettings, *, other_s: float = 0.0,
+    show_progress: bool = False,
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:  # fmt: skip
+    """Latency of the baseline and the candidate at each batch size (:func:`measure_runners`);
+    speedup = baseline p50 / candidate p50; and the latency plan (mode, budget, skipped batch sizes)."""
+    runners = [(baseline, "baseline")] if baseline is not None else []
+    runners.append((candidate, "candidate"))
+    with progress("latency", len(settings.batches) * len(runners), show_progress) as advance:
+        measured, plan = measure_runners(runners, sample, settings, other_s=other_s, on_run=lambda: advance(1))
+    records = [r.to_dict() for r in measured]
+    speedup = {}
+    if baseline is not None:
+        for batch in sorted({r["batch"] for r in records}):
+            b = next(r for r in records if r["batch"] == batch and r["role"] == "baseline")
+            c = next(r for r in records if r["batch"] == batch and r["role"] == "candidate")
+            speedup[str(batch)] = b["p50_ms"] / c["p50_ms"]
+    return records, speedup, plan

@@ -62,6 +62,33 @@ def test_demo_artifacts_and_manifest_hashes(demo_build):
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
 
 
+BUILD_SECTIONS = {"schema", "source", "samples", "reference", "candidate", "baseline", "class_names", "accuracy",
+                  "agreement", "per_class", "latency", "speedup_int8_vs_fp32_p50", "memory", "settings", "latency_plan",
+                  "timings_s", "model", "stages", "validation", "notes", "warnings", "calibration", "gates", "passed"}
+
+
+def test_demo_report_has_the_build_sections_and_follows_the_schema(demo_build):
+    from rescompile.validate.schema import schema_errors
+
+    out, _ = demo_build
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) == BUILD_SECTIONS and schema_errors(report) == []
+    assert report["calibration"]["method"] == "max" and report["calibration"]["samples"] == 512
+    assert report["model"] == {"name": "demo", "input_shape": [1, 28, 28], "num_classes": 10}
+
+
+def test_validate_of_the_build_judges_its_gate_like_the_build(demo_build, tmp_path):
+    """One gate path: the same INT8 model, reference (the PyTorch demo) and data give the same gate result."""
+    out, _ = demo_build
+    res = runner.invoke(app, ["validate", str(out), "--reference", "demo", "--max-top1-drop", "1.0", "--latency-runs", "3",
+                              "--latency-batch", "1", "-q", "--out", str(tmp_path / "v")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    built = json.loads((out / "report.json").read_text())
+    checked = json.loads((tmp_path / "v" / "report.json").read_text())
+    assert checked["gates"] == built["gates"] and checked["passed"] is built["passed"] is True
+    assert checked["build"]["folder"] == str(out) and checked["model"]["reference"] == "demo"
+
+
 def test_demo_int8_is_smaller_and_valid(demo_build):
     out, _ = demo_build
     int8 = onnx.load(str(out / "model.int8.onnx"))

@@ -15,11 +15,15 @@ import numpy as np
 import pytest
 
 from rescompile.config import Gates
+from rescompile.data.holdout import DataChoice
+from rescompile.data.sources import DataSource
+from rescompile.pipeline.fallback import auto_fallback
+from rescompile.pipeline.report import ModelSection, make_report
+from rescompile.pipeline.settings import FallbackSettings
+from rescompile.pipeline.verdict import judge
 from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports
-from rescompile.validate.fallback import auto_fallback
-from rescompile.validate.gates import evaluate_gates
 from rescompile.validate.html import SECTIONS, render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.layerwise import layerwise_blame
@@ -41,17 +45,17 @@ def full_report(tiny_onnx, tiny_data, quantize_tiny):
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
     settings = ValidateSettings(batch_size=8, latency=replace(ValidateSettings().latency, batches=(1, 4), runs=5, warmup=1))
     ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
-    report = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8"), inputs,
-                      baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), settings=settings)  # fmt: skip
-    report["model"] = {"name": "tiny", "input_shape": [1, 16, 16], "num_classes": 4}
-    report["notes"] = latency_notes(int8, report["candidate"])
-    report["layerwise"] = layerwise_blame(tiny_onnx, int8, tiny_data).to_dict()
-    report["fallback"] = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, Gates(min_cosine=1.0), 1,
-                                       policy="tensorrt", settings=settings).to_dict()  # fmt: skip
-    gates = evaluate_gates(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
-    report["gates"] = [g.to_dict() for g in gates]
-    report["passed"] = all(g.passed for g in gates)
-    return json.loads(json.dumps(report))  # exactly what report.json holds
+    measured = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8"), inputs,
+                        baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), settings=settings)  # fmt: skip
+    report = make_report(
+        measured, ModelSection("tiny", (1, 16, 16), 4),
+        DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)), int8,
+        layerwise=layerwise_blame(tiny_onnx, int8, tiny_data),
+        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)),
+                               settings),
+    )  # fmt: skip
+    judge(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
+    return json.loads(json.dumps(report.to_dict()))  # exactly what report.json holds
 
 
 def test_report_validates_against_the_schema(full_report):

@@ -10,7 +10,7 @@ the share of multiply-accumulates now in FP and the measured latency.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -19,10 +19,17 @@ from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.graph.index import node_name
 from rescompile.graph.ops import WEIGHTED_OPS
+from rescompile.pipeline.settings import FallbackSettings
 from rescompile.validate.gates import accuracy_gates, any_gate, evaluate_gates
+from rescompile.validate.latency import MIN_RUNS, measure_latency
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
+from rescompile.validate.run import ValidateSettings, run_outputs
+
+if TYPE_CHECKING:
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.quantize.policy import QuantPlan
 
 
 @dataclass
@@ -55,7 +62,7 @@ class FallbackStep:
 @dataclass
 class Fallback:
     model: onnx.ModelProto
-    plan: Any
+    plan: QuantPlan
     limit: int
     initial: FallbackState
     steps: list[FallbackStep] = field(default_factory=list)
@@ -97,73 +104,74 @@ def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
-def _quantized_weight_nodes(plan: Any) -> set[str]:
-    return {w.node for w in plan.weights}
+class _Meter:
+    """Measures a candidate for auto-fallback: accuracy on the full validation set against the accuracy gates,
+    the share of MACs left in FP, and a short latency estimate at the smallest latency batch."""
+
+    def __init__(self, fp32: onnx.ModelProto, reference: ReferenceOutputs, inputs: ValidationInputs, gates: Gates,
+                 settings: ValidateSettings) -> None:  # fmt: skip
+        self.reference, self.inputs, self.gates, self.settings = reference, inputs, gates, settings
+        self.macs = weighted_macs(fp32)
+        self.total_macs = max(sum(self.macs.values()), 1)
+        lat = settings.latency
+        self.batch = min(lat.batches)
+        self.runs = lat.runs or MIN_RUNS  # default: a cost estimate per step, not a benchmark
+        self.warmup = lat.warmup if lat.runs else min(lat.warmup, 1)
+
+    def state(self, model: onnx.ModelProto, plan: QuantPlan) -> FallbackState:
+        from rescompile.runtime.runners import OnnxRuntimeRunner
+
+        ref, s = self.reference, self.settings
+        runner = OnnxRuntimeRunner(model, "onnxruntime-int8", s.threads)
+        metrics = compare_outputs(ref.logits, run_outputs(runner, self.inputs, s, "auto-fallback"), ref.labels)
+        results = evaluate_gates(metrics, self.gates)
+        lat = measure_latency(runner, self.inputs.head(self.batch), self.batch, warmup=self.warmup, runs=self.runs,
+                              budget_s=s.latency.budget_s)  # fmt: skip
+        quantized = {w.node for w in plan.weights}
+        fp_share = sum(v for k, v in self.macs.items() if k not in quantized) / self.total_macs
+        acc, agr = metrics["accuracy"], metrics["agreement"]
+        return FallbackState(acc["candidate"]["top1"], acc["top1_drop"], agr["top1"], agr["cosine_mean"],
+                             all(g.passed for g in results), [g.line() for g in results if not g.passed], fp_share,
+                             lat.p50_ms)  # fmt: skip
 
 
 def auto_fallback(
     fp32: onnx.ModelProto,
     int8: onnx.ModelProto,
-    plan: Any,
-    ranges: dict[str, Any],
+    plan: QuantPlan,
+    ranges: dict[str, TensorRange],
     reference: ReferenceOutputs,
     inputs: ValidationInputs,
-    gates: Gates,
-    limit: int,
-    *,
-    policy: str,
-    keep_fp: tuple[str, ...] = (),
-    keep_first_last: bool = False,
-    settings: Any = None,
+    fallback: FallbackSettings,
+    settings: ValidateSettings | None = None,
 ) -> Fallback:
-    """Keep layers in FP, worst first, until the accuracy gates pass or ``limit`` layers are kept.
+    """Keep layers in FP, worst first, until the accuracy gates pass or ``fallback.limit`` layers are kept.
 
     Args:
         fp32: the FP32 simplified model the candidate was made from.
-        int8, plan, ranges: the candidate, its plan and the calibrated ranges (reused as is).
+        int8, plan, ranges: the candidate, its plan (its policy is kept) and the calibrated ranges (reused as is).
         reference: FP32 logits and labels for ``inputs``.
-        gates: only the accuracy gates (top-1 drop, agreement, cosine) are tried.
-        limit: the most layers to keep in FP.
+        fallback: the most layers to keep in FP; the gates (only the accuracy ones, top-1 drop, agreement,
+            cosine, are tried); the user's own ``keep_fp`` and ``keep_first_last``.
         settings: ValidateSettings (batch size, progress, threads, latency runs).
 
     Raises:
-        UsageError: no accuracy gate is set, or ``limit`` < 1.
+        UsageError: no accuracy gate is set, or the limit is < 1.
     """
     from rescompile.quantize import insert_qdq, plan_qdq
-    from rescompile.runtime.runners import OnnxRuntimeRunner
-    from rescompile.validate.latency import MIN_RUNS, measure_latency
-    from rescompile.validate.run import ValidateSettings, run_outputs
 
     settings = settings or ValidateSettings()
-    acc_gates = accuracy_gates(gates)
-    if not any_gate(acc_gates):
+    gates, limit = accuracy_gates(fallback.gates), fallback.limit
+    if not any_gate(gates):
         raise UsageError("--auto-fallback needs an accuracy gate to aim for",
                          hint="add --max-top1-drop, --min-agreement or --min-cosine")  # fmt: skip
     if limit < 1:
         raise UsageError(f"the auto-fallback limit must be >= 1, got {limit}")
-    macs = weighted_macs(fp32)
-    total_macs = max(sum(macs.values()), 1)
+    meter = _Meter(fp32, reference, inputs, gates, settings)
     sample = inputs.head(settings.layerwise_samples)
-    batch = min(settings.latency.batches)
-    lat_sample = inputs.head(batch)
-    fallback_runs = settings.latency.runs or MIN_RUNS  # default: a cost estimate per step, not a benchmark
-    warmup = settings.latency.warmup if settings.latency.runs else min(settings.latency.warmup, 1)
-
-    def state(model: onnx.ModelProto, p: Any) -> FallbackState:
-        runner = OnnxRuntimeRunner(model, "onnxruntime-int8", settings.threads)
-        metrics = compare_outputs(reference.logits, run_outputs(runner, inputs, settings, "auto-fallback"), reference.labels)
-        results = evaluate_gates(metrics, acc_gates)
-        lat = measure_latency(runner, lat_sample, batch, warmup=warmup, runs=fallback_runs, budget_s=settings.latency.budget_s)
-        quantized = _quantized_weight_nodes(p)
-        fp_share = sum(v for k, v in macs.items() if k not in quantized) / total_macs
-        acc = metrics["accuracy"]
-        return FallbackState(acc["candidate"]["top1"], acc["top1_drop"], metrics["agreement"]["top1"],
-                             metrics["agreement"]["cosine_mean"], all(g.passed for g in results),
-                             [g.line() for g in results if not g.passed], fp_share, lat.p50_ms)  # fmt: skip
-
-    current = state(int8, plan)
+    current = meter.state(int8, plan)
     result = Fallback(int8, plan, limit, current)
-    kept = list(keep_fp)
+    kept = list(fallback.keep_fp)
     while not current.gates_passed:
         if len(result.steps) >= limit:
             result.stopped = f"limit of {limit} fallback layer(s) reached"
@@ -174,9 +182,9 @@ def auto_fallback(
             break
         worst = blame.layer(blame.ranking[0])
         kept.append(worst.keep_fp)
-        new_plan = plan_qdq(fp32, policy, keep_fp=tuple(kept), keep_first_last=keep_first_last)
+        new_plan = plan_qdq(fp32, plan.policy, keep_fp=tuple(kept), keep_first_last=fallback.keep_first_last)
         model = insert_qdq(fp32, new_plan, ranges)
-        after = state(model, new_plan)
+        after = meter.state(model, new_plan)
         gained_top1 = None if after.top1 is None or current.top1 is None else after.top1 - current.top1
         result.steps.append(FallbackStep(
             worst.node, worst.op, worst.keep_fp, worst.jump, after, after.agreement - current.agreement, gained_top1,

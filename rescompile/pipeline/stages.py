@@ -1,0 +1,221 @@
+"""The build's stages as functions: each takes its own small settings and returns a typed result.
+
+A result's ``write(folder)`` saves the stage's artifacts under the names of
+:mod:`rescompile.buildfolder` and returns the result, so :func:`rescompile.pipeline.build`
+reads as the sequence of stages. Every stage is usable alone from Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from rescompile.buildfolder import CALIB_STATS, FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
+from rescompile.errors import VerificationError
+from rescompile.io import save_onnx, write_bytes_atomic, write_text_atomic
+from rescompile.pipeline.settings import CalibrateSettings, EngineStageSettings, ModelSpec, PlanSettings, PreprocessSettings
+
+if TYPE_CHECKING:
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.calibrate.run import CalibrationRun
+    from rescompile.data.holdout import DataChoice
+    from rescompile.data.preprocess import Preprocess
+    from rescompile.data.sources import DataSource
+    from rescompile.engine.tensorrt import EngineBuild
+    from rescompile.export import ExportConfig
+    from rescompile.graph.verify import VerifyReport
+    from rescompile.models.loader import LoadedModel
+    from rescompile.models.onnx_source import BatchFreed, OpsetConversion
+    from rescompile.pipeline.validator import BuildValidator
+    from rescompile.quantize.policy import QuantPlan
+    from rescompile.simplify import SimplifyResult
+
+MAX_VIOLATIONS_SHOWN = 10
+
+
+@dataclass
+class Loaded:
+    """The model (a PyTorch module, or an ONNX file) and the preprocessing its data gets."""
+
+    model: LoadedModel
+    pre: Preprocess
+
+
+def load(spec: ModelSpec, pre: PreprocessSettings, data: DataChoice) -> Loaded:
+    """Load the model, resolve its preprocessing, and check that both data sets fit its input.
+
+    Raises:
+        UsageError: unknown model, unreadable checkpoint, bad preprocessing, data of the wrong shape.
+    """
+    from rescompile.data.preprocess import resolve_preprocess
+    from rescompile.data.sources import check_shape
+    from rescompile.models import load_model
+
+    loaded = load_model(spec.spec, weights=spec.weights, num_classes=spec.num_classes, in_channels=spec.in_channels,
+                        input_size=spec.input_size, trust_checkpoint=spec.trust_checkpoint)  # fmt: skip
+    recipe = resolve_preprocess(loaded.preset, loaded.input_shape, preset=pre.preset, recipe=pre.recipe, size=pre.size,
+                                resize=pre.resize, mean=pre.mean, std=pre.std, channels=pre.channels,
+                                channel_order=pre.channel_order)  # fmt: skip
+    for src in (data.calibration, data.val):
+        check_shape(src, recipe, loaded.input_shape)
+    return Loaded(loaded, recipe)
+
+
+@dataclass
+class Exported:
+    """The FP32 ONNX model: exported from PyTorch (parity-checked), or an ONNX source made usable."""
+
+    model: onnx.ModelProto
+    max_abs_error: float | None  # export parity against PyTorch; None for an ONNX source
+    opset_conversion: OpsetConversion | None = None
+    batch_made_dynamic: BatchFreed | None = None
+
+    def write(self, folder: Path) -> Exported:
+        save_onnx(folder / FP32_ONNX, self.model)
+        return self
+
+
+def export(loaded: LoadedModel, cfg: ExportConfig) -> Exported:
+    """PyTorch -> ONNX with a parity check; an ONNX source below opset 13 is converted and a fixed batch
+    made dynamic, each parity-checked on ONNX Runtime or refused (exit 2)."""
+    if loaded.module is not None:
+        from rescompile.export import export_onnx
+
+        model, parity = export_onnx(loaded.module, loaded.input_shape, cfg)
+        return Exported(model, parity.max_abs_error)
+    from rescompile.models.onnx_source import free_batch, read_onnx, upgrade_opset
+
+    if loaded.onnx_path is None:
+        raise ValueError(f"{loaded.name}: neither a module nor an ONNX file")
+    model, conversion = upgrade_opset(read_onnx(loaded.onnx_path), loaded.onnx_path, loaded.input_shape)
+    model, freed = free_batch(model, loaded.onnx_path, loaded.input_shape)
+    return Exported(model, None, conversion, freed)
+
+
+@dataclass
+class Simplified:
+    result: SimplifyResult
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.result.model
+
+    def write(self, folder: Path) -> Simplified:
+        save_onnx(folder / SIMPLIFIED_ONNX, self.result.model)
+        return self
+
+
+def simplify(exported: Exported, input_shape: tuple[int, int, int]) -> Simplified:
+    """onnxsim and BatchNorm folding, parity-checked (:func:`rescompile.simplify.simplify`)."""
+    from rescompile.simplify import SimplifyConfig
+    from rescompile.simplify import simplify as run_simplify
+
+    return Simplified(run_simplify(exported.model, input_shape, SimplifyConfig()))
+
+
+@dataclass
+class Planned:
+    plan: QuantPlan
+
+    def write(self, folder: Path) -> Planned:
+        write_text_atomic(folder / QDQ_PLAN, self.plan.to_json())
+        return self
+
+
+def plan(model: onnx.ModelProto, settings: PlanSettings) -> Planned:
+    """Where Q/DQ goes, by the placement policy (``qdq_plan.json``)."""
+    from rescompile.quantize import plan_qdq
+
+    return Planned(plan_qdq(model, settings.policy, keep_fp=settings.keep_fp, keep_first_last=settings.keep_first_last))
+
+
+@dataclass
+class Calibrated:
+    run: CalibrationRun
+    source: DataSource
+
+    @property
+    def ranges(self) -> dict[str, TensorRange]:
+        return self.run.result.ranges
+
+    def write(self, folder: Path) -> Calibrated:
+        write_text_atomic(folder / RANGES, self.run.ranges_json)
+        write_bytes_atomic(folder / CALIB_STATS, self.run.stats_npz)
+        return self
+
+
+def calibrate(model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateSettings,
+              previous: Path | None = None) -> Calibrated:  # fmt: skip
+    """Ranges of the plan's tensors on ``source``; ``previous``: a build folder whose ranges/statistics are reused
+    when their key (model, data, preprocessing) matches."""
+    from rescompile.calibrate.run import calibrate as run_calibrate
+    from rescompile.progress import progress
+
+    with progress("calibrate", source.count, settings.progress) as advance:
+        run = run_calibrate(model, planned.plan.calibrated_tensors, source, pre, method=settings.method,
+                            percentile=settings.percentile, batch_size=settings.batch_size, threads=settings.threads,
+                            previous=previous, on_batch=advance, ray=settings.ray)  # fmt: skip
+    return Calibrated(run, source)
+
+
+@dataclass
+class Quantized:
+    """The INT8 Q/DQ model, its plan, and the proof that it keeps the FP32 topology as the policy says."""
+
+    model: onnx.ModelProto
+    plan: QuantPlan
+    proof: VerifyReport
+
+    def write(self, folder: Path) -> Quantized:
+        save_onnx(folder / INT8_ONNX, self.model)
+        write_text_atomic(folder / QDQ_PLAN, self.plan.to_json())
+        return self
+
+
+def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: str = "the INT8 graph") -> Quantized:
+    """``int8`` with its proof (:func:`rescompile.graph.verify.verify_int8`).
+
+    Raises:
+        VerificationError: the INT8 graph breaks the placement rules (exit 1).
+    """
+    from rescompile.graph.verify import verify_int8
+
+    proof = verify_int8(fp32, int8, plan)
+    if not proof.ok:
+        raise VerificationError(f"{what} breaks the placement rules:\n  " +
+                                "\n  ".join(str(v) for v in proof.violations[:MAX_VIOLATIONS_SHOWN]))  # fmt: skip
+    return Quantized(int8, plan, proof)
+
+
+def quantize(simplified: Simplified, planned: Planned, calibrated: Calibrated) -> Quantized:
+    """Insert Q/DQ as planned, scales from the calibrated ranges; then prove the result."""
+    from rescompile.quantize import insert_qdq
+
+    return proven(simplified.model, insert_qdq(simplified.model, planned.plan, calibrated.ranges), planned.plan)
+
+
+@dataclass
+class Engine:
+    """The TensorRT plan written for ``target``; ``build.fusion`` is the engine's fusion report (data, not a gate)."""
+
+    build: EngineBuild
+    target: str
+
+
+def engine(int8_path: Path, settings: EngineStageSettings, folder: Path) -> Engine:
+    """The TensorRT plan of ``int8_path`` for the target, with the engine's fusion report (on a GPU only)."""
+    from rescompile.engine.tensorrt import build_for_pipeline
+
+    return Engine(build_for_pipeline(int8_path, settings.target, settings.batches, folder), settings.target.name)
+
+
+def fall_back(validator: BuildValidator, simplified: Simplified, quantized: Quantized, calibrated: Calibrated) -> Quantized:
+    """Auto-fallback (before the engine stage: the engine is built from the final model): keep the worst layers
+    in FP until the accuracy gates pass; the final model, proven again (the search's record: ``validator.fallback_result``)."""
+    fallback = validator.fallback(quantized.model, quantized.plan, calibrated.ranges)
+    if not fallback.steps:
+        return quantized
+    return proven(simplified.model, fallback.model, fallback.plan, "the INT8 graph after auto-fallback")

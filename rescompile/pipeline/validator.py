@@ -1,0 +1,140 @@
+"""The validation stages of ``build``: the FP32 reference once, auto-fallback, then the INT8 model's measurement.
+
+The reference is computed lazily and serves both auto-fallback (before the engine stage: the
+engine is built from the final model) and the final validation with layerwise blame.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from rescompile.pipeline.fallback import Fallback, auto_fallback
+from rescompile.pipeline.settings import ValidatorSettings
+from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
+from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, save_reference
+from rescompile.validate.run import Measurement, compute_reference, validate
+
+if TYPE_CHECKING:
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.config import BuildConfig
+    from rescompile.data.preprocess import Preprocess
+    from rescompile.data.sources import DataSource
+    from rescompile.quantize.policy import QuantPlan
+    from rescompile.validate.layerwise import Layerwise
+
+
+@dataclass
+class Validated:
+    """The INT8 model's measurement (:func:`rescompile.validate.run.validate`), its layerwise blame and auto-fallback."""
+
+    measurement: Measurement
+    layerwise: Layerwise | None = None
+    fallback: Fallback | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = self.measurement.to_dict()
+        if self.layerwise is not None:
+            d["layerwise"] = self.layerwise.to_dict()
+        if self.fallback is not None:
+            d["fallback"] = self.fallback.to_dict()
+        return d
+
+
+def reference_runner(reference: Any, threads: int | None) -> Runner:
+    """The runner for an FP32 reference: a PyTorch module, or an FP32 ONNX model."""
+    if isinstance(reference, onnx.ModelProto):
+        return OnnxRuntimeRunner(reference, "onnxruntime-fp32", threads)
+    return TorchRunner(reference, "pytorch-fp32", threads)
+
+
+class BuildValidator:
+    """FP32 reference (a PyTorch module, or FP32 ONNX when there is none) against INT8 candidates on ``source``.
+
+    Args:
+        reference: the FP32 PyTorch module, or an FP32 ONNX model.
+        fp32_onnx: the FP32 simplified model (latency baseline on the same runtime; layerwise reference).
+        source, pre: the validation data and its preprocessing.
+        settings: batch size, latency, threads, layerwise, reference file, auto-fallback.
+    """
+
+    def __init__(self, reference: Any, fp32_onnx: onnx.ModelProto, source: DataSource, pre: Preprocess,
+                 settings: ValidatorSettings) -> None:  # fmt: skip
+        self.settings = settings
+        settings.validate.latency.check()
+        self.fp32, self.pre = fp32_onnx, pre
+        self.inputs = ValidationInputs.from_source(source, pre)
+        self._reference_model = reference
+        self._ref: ReferenceOutputs | None = None
+        self.fallback_result: Fallback | None = None
+
+    @property
+    def reference(self) -> ReferenceOutputs:
+        if self._ref is None:
+            s = self.settings
+            runner = reference_runner(self._reference_model, s.validate.threads)
+            self._ref = compute_reference(runner, self.inputs, s.validate, keep_inputs=s.save_reference is not None,
+                                          meta={"preprocess": self.pre.to_dict(), "model": s.model_label})  # fmt: skip
+        return self._ref
+
+    def fallback(self, int8: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, TensorRange]) -> Fallback:
+        """Run auto-fallback; the result holds the final model and plan.
+
+        Raises:
+            UsageError: the settings ask for no auto-fallback.
+        """
+        fb = self.settings.fallback
+        if fb is None:
+            from rescompile.errors import UsageError
+
+            raise UsageError("auto-fallback is off (limit 0)")
+        self.fallback_result = auto_fallback(self.fp32, int8, plan, ranges, self.reference, self.inputs, fb,
+                                             self.settings.validate)  # fmt: skip
+        return self.fallback_result
+
+    def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> Validated:
+        """The measurement of ``int8`` against the reference; FP32 ONNX timed as the baseline.
+
+        ``other_s``: seconds the build took so far (the default latency budget is a share of the whole).
+        A candidate whose CPU latency is not representative (:func:`latency_notes`) is timed briefly.
+        """
+        from rescompile.validate.layerwise import layerwise_blame
+        from rescompile.validate.notes import latency_notes
+
+        s = self.settings
+        threads = s.validate.threads
+        cand = OnnxRuntimeRunner(int8, "onnxruntime-int8", threads)
+        settings = s.validate
+        if latency_notes(int8, cand.name):
+            settings = replace(settings, latency=replace(settings.latency, brief=True))
+        measured = validate(self.reference, cand, self.inputs, baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
+                            settings=settings, other_s=other_s)  # fmt: skip
+        result = Validated(measured, fallback=self.fallback_result)
+        if s.layerwise:
+            t0 = time.perf_counter()
+            result.layerwise = layerwise_blame(self.fp32, int8, self.inputs.head(s.validate.layerwise_samples))
+            measured.timings["layerwise_s"] = round(time.perf_counter() - t0, 3)
+        if s.save_reference is not None:
+            save_reference(Path(s.save_reference), self.reference)
+        return result
+
+
+def validate_models(
+    reference: Any, fp32_onnx: onnx.ModelProto, candidate: onnx.ModelProto, source: DataSource,
+    pre: Preprocess, cfg: BuildConfig,
+) -> dict[str, Any]:  # fmt: skip
+    """Accuracy, agreement and latency of ``candidate`` (INT8, ONNX Runtime) against ``reference``, as ``build`` measures.
+
+    Args:
+        reference: the FP32 PyTorch module, or an FP32 ONNX model when there is none.
+        fp32_onnx: the FP32 simplified ONNX model (latency baseline on the same runtime).
+        candidate: the INT8 model.
+        cfg: the build configuration (its validation options).
+    """
+    from rescompile.pipeline.settings import validator_settings
+
+    return BuildValidator(reference, fp32_onnx, source, pre, validator_settings(cfg)).validate(candidate).to_dict()
