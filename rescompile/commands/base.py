@@ -122,12 +122,6 @@ def exit_codes() -> Iterator[None]:
         raise typer.Exit(4) from None
 
 
-def run_cli(fn: Callable[[], Any]) -> Any:
-    """``fn()`` under :func:`exit_codes` (commands registered on ``app`` already run under it)."""
-    with exit_codes():
-        return fn()
-
-
 @contextmanager
 def show_failed_result(show: Callable[[Any], None]) -> Iterator[None]:
     """A failure that carries its result (``exc.result``, e.g. a build whose gates failed) shows it, then propagates."""

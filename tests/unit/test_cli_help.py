@@ -14,6 +14,8 @@ runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
 BUILD_PANELS = ["Model", "Data", "Preprocessing", "Calibration", "Quantization", "Validation and gates", "TensorRT",
                 "Output", "Scale-out (Ray)"]  # fmt: skip
+VALIDATE_PANELS = ["Model", "Data", "Preprocessing", "Validation and gates", "TensorRT", "Output", "Scale-out (Ray)",
+                   "Build folder checks"]  # fmt: skip
 
 
 def help_text(*args: str) -> str:
@@ -65,10 +67,26 @@ def test_build_help_is_grouped_in_panels():
     assert "Examples:" in text and "rescompile build torchvision:resnet50" in text
 
 
+def test_validate_help_is_grouped_in_panels():
+    text = help_text("validate")
+    found = panels(text)
+    assert found == ["Arguments", *VALIDATE_PANELS, "Options"]
+    assert [p for p in BUILD_PANELS if p in found] == VALIDATE_PANELS[:-1]  # the panels build shows, in build's order
+    model = text.split("╭─ Model ─", 1)[1].split("╭─ Data ─", 1)[0]
+    assert "--reference" in model and "--weights" in model  # the reference and how it is loaded, together
+    gates = text.split("╭─ Validation and gates ─", 1)[1].split("╭─ TensorRT ─", 1)[0]
+    for flag in ("--max-top1-drop", "--min-agreement", "--gates", "--gate-batch", "--latency-batch", "--layerwise"):
+        assert flag in gates, flag
+    assert "rescompile validate model.plan --reference ref.npz" in text
+
+
 def test_options_shared_by_commands_read_the_same():
     """Options defined once in rescompile.commands.options show the same help wherever they appear."""
     for option, commands in (("--mean", ("build", "calibrate")), ("--ray-address", ("build", "calibrate", "validate")),
-                             ("--keep-first-last", ("build", "quantize")), ("--no-verify-hashes", ("engine", "validate"))):  # fmt: skip
+                             ("--keep-first-last", ("build", "quantize")), ("--no-verify-hashes", ("engine", "validate")),
+                             ("--max-top1-drop", ("build", "validate")), ("--gates", ("build", "validate")),
+                             ("--weights", ("build", "validate")), ("--latency-budget", ("build", "validate")),
+                             ("--layout", ("build", "calibrate", "validate")), ("--save-reference", ("build", "validate"))):  # fmt: skip
         helps = {next(p.help for p in typer.main.get_command(app).commands[c].params if option in p.opts)  # type: ignore[attr-defined]
                  for c in commands}  # fmt: skip
         assert len(helps) == 1, (option, helps)
