@@ -63,13 +63,13 @@ class BuildOutput(OptionGroup):
 
 
 def _summary(result: Any) -> None:
+    from rescompile.buildfolder import INT8_ONNX, MANIFEST, REPORT_FILES
     from rescompile.validate.console import print_summary
 
     r = result.report
     kind = "in-sample " if (r.get("validation") or {}).get("in_sample") else ""
     print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} {kind}validation samples)")
-    console.print(f"artifacts: {result.out}/ (model.int8.onnx, report.json, report.md, junit.xml, report.html, "
-                  "manifest.json)", highlight=False)  # fmt: skip
+    console.print(f"artifacts: {result.out}/ ({', '.join((INT8_ONNX, *REPORT_FILES, MANIFEST))})", highlight=False)
 
 
 @app.command(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
+from rescompile.buildfolder import RANGES
 from rescompile.commands import options as o
 from rescompile.commands.base import app, console, log_to_stderr
 from rescompile.commands.groups import OptionGroup
@@ -50,7 +51,7 @@ class CalibrateOutput(OptionGroup):
         help="TensorRT version written in the cache header.", rich_help_panel=o.TENSORRT)] = "10.3.0"  # fmt: skip
     trt_algorithm: Annotated[str, typer.Option(
         help="Algorithm written in the cache header.", rich_help_panel=o.TENSORRT)] = "EntropyCalibration2"  # fmt: skip
-    out: Annotated[Path, typer.Option("--out", "-o", help="ranges.json to write.", rich_help_panel=o.OUTPUT)] = Path("ranges.json")
+    out: Annotated[Path, typer.Option("--out", "-o", help=f"{RANGES} to write.", rich_help_panel=o.OUTPUT)] = Path(RANGES)
     stats_out: Annotated[Path | None, typer.Option(
         "--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=o.OUTPUT)] = False

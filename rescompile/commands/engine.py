@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from rescompile.buildfolder import PLAN
 from rescompile.commands import options as o
 from rescompile.commands.base import app, checked_path, console, err_console, open_build_checked
 from rescompile.commands.groups import OptionGroup
@@ -50,7 +51,7 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
             onnx_arg, calib = str(dla_onnx), str(calib_path)
             lines.append(f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
                          f"(ranges of {len(implicit.ranges)} tensors); copy them to the device")  # fmt: skip
-        cmd = trtexec_command(settings, target, onnx_arg, str(dest / "model.plan"), dynamic=spec.batch is None,
+        cmd = trtexec_command(settings, target, onnx_arg, str(dest / PLAN), dynamic=spec.batch is None,
                               calib_cache=calib)  # fmt: skip
         label = f"# TensorRT {version.major}.x" + (f" (JetPack {target.jetpack})" if target.jetpack else "")
         lines += [label, format_command(cmd)]

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from rescompile.buildfolder import FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
 from rescompile.commands import options as o
 from rescompile.commands.base import app, console
 from rescompile.quantize.registry import policy_help
@@ -17,7 +18,7 @@ OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
 @app.command(epilog="Example:\n\n  rescompile export resnet56 --weights ckpt.pt --out resnet56.onnx")
 def export(
     model: Annotated[str, typer.Argument(help="demo | resnet20..resnet110 | torchvision:<arch> | TorchScript file")] = "demo",
-    out: OutFile = Path("model.fp32.onnx"),
+    out: OutFile = Path(FP32_ONNX),
     *,
     loading: o.ModelOptions,
     onnx_export: o.ExportOptions,
@@ -40,7 +41,7 @@ def export(
 @app.command(name="simplify")
 def simplify_cmd(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model.")],
-    out: OutFile = Path("model.simplified.onnx"),
+    out: OutFile = Path(SIMPLIFIED_ONNX),
     no_onnxsim: Annotated[bool, typer.Option("--no-onnxsim", help="Only fold BatchNorm.")] = False,
 ) -> None:
     """Simplify with onnxsim and fold BatchNorm into Conv; fails (exit 1) if outputs move."""
@@ -59,12 +60,12 @@ def simplify_cmd(
 @app.command()
 def quantize(
     model: Annotated[Path, typer.Argument(help="Simplified FP32 ONNX model.")],
-    ranges: Annotated[Path, typer.Option(help="ranges.json from `rescompile calibrate` (same model).")],
-    out: OutFile = Path("model.int8.onnx"),
+    ranges: Annotated[Path, typer.Option(help=f"{RANGES} from `rescompile calibrate` (same model).")],
+    out: OutFile = Path(INT8_ONNX),
     policy: Annotated[str, typer.Option(help=policy_help("onnxruntime"))] = "tensorrt",
     keep_fp: o.KeepFpOpt = None,
     keep_first_last: o.KeepFirstLastOpt = False,
-    plan_out: Annotated[Path | None, typer.Option(help="Also write the placement plan (qdq_plan.json).")] = None,
+    plan_out: Annotated[Path | None, typer.Option(help=f"Also write the placement plan ({QDQ_PLAN}).")] = None,
 ) -> None:
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult

@@ -242,6 +242,7 @@ def _reference_outputs(req: ValidateRequest, ref: _Reference, found: _Inputs, ch
 
 def _baseline(req: ValidateRequest, ref: _Reference, found: _Inputs, gates: Gates) -> tuple[Runner | None, onnx.ModelProto | None]:
     """The FP32 runner timed in the same run (None with --no-baseline or without an FP32 model) and the FP32 ONNX."""
+    from rescompile.buildfolder import SIMPLIFIED_ONNX
     from rescompile.runtime.runners import OnnxRuntimeRunner, load_onnx
 
     fp32_model = load_onnx(found.fp32) if found.fp32 is not None else ref.fp32_onnx
@@ -250,10 +251,10 @@ def _baseline(req: ValidateRequest, ref: _Reference, found: _Inputs, gates: Gate
     threads = req.timing.threads
     baseline = None if req.no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
     if gates.min_speedup is not None and baseline is None:
-        raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint="pass --fp32 model.simplified.onnx")
+        raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint=f"pass --fp32 {SIMPLIFIED_ONNX}")
     if req.layerwise and (fp32_model is None or found.candidate.suffix.lower() != ".onnx"):
         raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
-                         hint="pass --fp32 model.simplified.onnx")  # fmt: skip
+                         hint=f"pass --fp32 {SIMPLIFIED_ONNX}")  # fmt: skip
     return baseline, fp32_model
 
 
