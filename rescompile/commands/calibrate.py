@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +10,7 @@ import typer
 
 from rescompile.buildfolder import RANGES
 from rescompile.commands import options as o
-from rescompile.commands.base import app, console, log_to_stderr
+from rescompile.commands.base import app, checked_path, console, log_to_stderr
 from rescompile.commands.groups import OptionGroup
 from rescompile.quantize.registry import policy_help
 
@@ -71,6 +71,7 @@ def calibrate(
     how: CalibrateSettings,
     output: CalibrateOutput,
     scale: o.RayOptions,
+    checks: o.BuildFolderOptions,
 ) -> None:
     """Collect activation statistics in one ONNX Runtime pass and write ranges by a calibration method.
 
@@ -90,6 +91,9 @@ def calibrate(
     sources = [s for s in (data.calib, how.from_stats, how.from_trt_cache) if s is not None]
     if len(sources) != 1:
         raise UsageError("give exactly one of --calib, --from-stats, --from-trt-cache")
+    model = checked_path(model, **checks.overrides())[0]  # build folders' files: checked against their manifests
+    if how.from_stats is not None:
+        how = replace(how, from_stats=checked_path(how.from_stats, **checks.overrides())[0])
     stats_bytes = None
     if how.from_trt_cache is not None:
         ranges, code, algo = read_cache(how.from_trt_cache)

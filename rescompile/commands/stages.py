@@ -9,7 +9,7 @@ import typer
 
 from rescompile.buildfolder import FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
 from rescompile.commands import options as o
-from rescompile.commands.base import app, console
+from rescompile.commands.base import app, checked_path, console
 from rescompile.quantize.registry import policy_help
 
 OutFile = Annotated[Path, typer.Option("--out", "-o", help="Output file.")]
@@ -43,12 +43,15 @@ def simplify_cmd(
     model: Annotated[Path, typer.Argument(help="FP32 ONNX model.")],
     out: OutFile = Path(SIMPLIFIED_ONNX),
     no_onnxsim: Annotated[bool, typer.Option("--no-onnxsim", help="Only fold BatchNorm.")] = False,
+    *,
+    checks: o.BuildFolderOptions,
 ) -> None:
     """Simplify with onnxsim and fold BatchNorm into Conv; fails (exit 1) if outputs move."""
     from rescompile.io import save_onnx
     from rescompile.models.onnx_source import describe_onnx, read_onnx
     from rescompile.simplify import SimplifyConfig, simplify
 
+    model = checked_path(model, **checks.overrides())[0]  # a build folder's file: checked against its manifest
     shape = describe_onnx(model, require_residual=False).input_shape
     result = simplify(read_onnx(model), shape, SimplifyConfig(use_onnxsim=not no_onnxsim))
     save_onnx(out, result.model)
@@ -66,6 +69,8 @@ def quantize(
     keep_fp: o.KeepFpOpt = None,
     keep_first_last: o.KeepFirstLastOpt = False,
     plan_out: Annotated[Path | None, typer.Option(help=f"Also write the placement plan ({QDQ_PLAN}).")] = None,
+    *,
+    checks: o.BuildFolderOptions,
 ) -> None:
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult
@@ -76,6 +81,8 @@ def quantize(
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.quantize.registry import parse_policy
 
+    model = checked_path(model, **checks.overrides())[0]  # build folders' files: checked against their manifests
+    ranges = checked_path(ranges, **checks.overrides())[0]
     fp32 = read_onnx(model)
     calib = CalibrationResult.read(ranges)
     plan = plan_qdq(fp32, parse_policy(policy, "onnxruntime").name, keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last)

@@ -98,6 +98,45 @@ def test_validate_refuses_a_flipped_byte(first: Path, tmp_path: Path):
     assert not (tmp_path / "v").exists()
 
 
+def test_stage_commands_check_a_build_folders_files(first: Path, tmp_path: Path):
+    """simplify, calibrate and quantize read a build folder's files only as the build wrote them."""
+    from rescompile.buildfolder import CALIB_STATS, RANGES, SIMPLIFIED_ONNX
+
+    build = copy_of(first, tmp_path / "flip")
+    for name in (SIMPLIFIED_ONNX, CALIB_STATS, RANGES):
+        data = bytearray((build / name).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (build / name).write_bytes(bytes(data))
+    out = tmp_path / "o"
+    for name, args in ((SIMPLIFIED_ONNX, ["simplify", str(build / SIMPLIFIED_ONNX), "--out", str(out)]),
+                       (SIMPLIFIED_ONNX, ["calibrate", str(build / SIMPLIFIED_ONNX), "--calib", "demo-calib", "-q",
+                                          "--out", str(out)]),
+                       (CALIB_STATS, ["calibrate", str(first / SIMPLIFIED_ONNX), "--from-stats", str(build / CALIB_STATS),
+                                      "--out", str(out)]),
+                       (SIMPLIFIED_ONNX, ["quantize", str(build / SIMPLIFIED_ONNX), "--ranges", str(first / RANGES),
+                                          "--out", str(out)]),
+                       (RANGES, ["quantize", str(first / SIMPLIFIED_ONNX), "--ranges", str(build / RANGES),
+                                 "--out", str(out)])):  # fmt: skip
+        code, text = cli(*args)
+        assert code == 2, (args, text)
+        assert f"{build / name} does not match manifest.json: sha256" in one_line_error(text)
+        assert not out.exists()
+    # the files of an intact build are read as before; --no-verify-hashes reads an edited one, with a warning
+    code, text = cli("quantize", str(first / SIMPLIFIED_ONNX), "--ranges", str(first / RANGES), "--out", str(out))
+    assert code == 0 and out.is_file(), text
+    import onnx
+
+    edited = copy_of(first, tmp_path / "edited")
+    model = onnx.load(edited / SIMPLIFIED_ONNX)
+    model.doc_string = "edited by hand"  # still a valid model, no longer the build's bytes
+    onnx.save(model, edited / SIMPLIFIED_ONNX)
+    args = ["simplify", str(edited / SIMPLIFIED_ONNX), "--out", str(tmp_path / "s.onnx")]
+    code, text = cli(*args)
+    assert code == 2 and "does not match manifest.json" in one_line_error(text)
+    code, text = cli(*args, "--no-verify-hashes")
+    assert code == 0 and "without checking their sha256" in text and (tmp_path / "s.onnx").is_file(), text
+
+
 def test_validate_refuses_an_fp32_model_in_place_of_the_int8_one(first: Path, tmp_path: Path):
     build = copy_of(first, tmp_path / "fp32")
     shutil.copyfile(build / SIMPLIFIED_ONNX, build / INT8_ONNX)
