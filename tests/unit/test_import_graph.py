@@ -193,6 +193,72 @@ def test_rescompile_has_no_import_cycles() -> None:
                     "the import):\n" + "\n".join(lines), pytrace=False)  # fmt: skip
 
 
+# The layers of docs/architecture.md, bottom (0) to top: a module may import its own layer and the ones below.
+LAYERS = {
+    "rescompile._version": 0, "rescompile.errors": 0, "rescompile.io": 0, "rescompile.progress": 0,
+    "rescompile.readers": 1, "rescompile.buildfolder": 1, "rescompile.config": 1, "rescompile.publish": 1,
+    "rescompile.graph": 2, "rescompile.quantize": 3,
+    "rescompile.data": 4, "rescompile.calibrate": 4, "rescompile.runtime": 4,
+    "rescompile.models": 5, "rescompile.export": 5, "rescompile.simplify": 5,
+    "rescompile.engine": 6, "rescompile.validate": 6,
+    "rescompile.scale": 7, "rescompile.deploy": 7,
+    "rescompile.pipeline": 8, "rescompile.commands": 9, "rescompile.cli": 10, "rescompile": 11,
+}  # fmt: skip
+# Imports that go up today, each named in docs/architecture.md (none forms a cycle). A new one fails the
+# test below; one that disappears must be struck from this list too, so it stays the truth.
+UPWARD = {
+    ("rescompile.calibrate.run", "rescompile.scale.ray_calibrate"),  # --ray: calibration shards
+    ("rescompile.validate.run", "rescompile.scale.ray_validate"),  # --ray: validation shards
+    ("rescompile.validate.run", "rescompile.scale.cluster"),  # RaySettings
+    ("rescompile.config", "rescompile.scale.cluster"),  # RaySettings
+    ("rescompile.graph.verify", "rescompile.quantize.registry"),  # the policy's own checks
+    ("rescompile.quantize.insert", "rescompile.calibrate.ranges"),  # TensorRange
+    ("rescompile.runtime.cuda_libs", "rescompile.engine.device"),  # loading TensorRT
+    ("rescompile.runtime.tensorrt_runner", "rescompile.engine.device"),
+    ("rescompile.runtime.tensorrt_runner", "rescompile.engine.sidecar"),
+    ("rescompile.runtime.runners", "rescompile.models.onnx_source"),  # open_runner reads an ONNX file
+    ("rescompile.data.holdout", "rescompile.validate.gates"),  # check_label_gates
+    ("rescompile.scale.sweep", "rescompile.pipeline"),  # a sweep is a grid of builds
+    ("rescompile.commands.doctor", "rescompile"),  # __version__
+}
+
+
+def layer_of(module: str) -> tuple[str, int]:
+    """The layer (its package or module in LAYERS) and rank of ``module``."""
+    parts = module.split(".")
+    for i in range(len(parts), 0, -1):
+        name = ".".join(parts[:i])
+        if name in LAYERS:
+            return name, LAYERS[name]
+    raise KeyError(f"{module} is in no layer of LAYERS: add its package there and to docs/architecture.md")
+
+
+def upward_edges(graph: dict[str, list[Edge]]) -> dict[tuple[str, str], Edge]:
+    """Every import of a higher layer, by (importer, imported), with one place it is written."""
+    out: dict[tuple[str, str], Edge] = {}
+    for source, edges in graph.items():
+        low, rank = layer_of(source)
+        for e in edges:
+            high, target_rank = layer_of(e.target)
+            if target_rank > rank and high != low:
+                out.setdefault((e.source, e.target), e)
+    return out
+
+
+def test_imports_go_down_the_layers_but_for_the_listed_ones() -> None:
+    found = upward_edges(import_graph(ROOT))
+    new = [f"  {a} -> {b} ({found[(a, b)].where()})" for a, b in sorted(found.keys() - UPWARD)]
+    gone = [f"  {a} -> {b}" for a, b in sorted(UPWARD - found.keys())]
+    assert not new, "imports of a higher layer (docs/architecture.md), not in UPWARD:\n" + "\n".join(new)
+    assert not gone, "listed in UPWARD but no longer imported: strike them (and from docs/architecture.md):\n" + "\n".join(gone)
+
+
+def test_the_layer_check_sees_an_upward_import() -> None:
+    graph = {"rescompile.graph.x": [Edge("rescompile.graph.x", "rescompile.pipeline.y", "rescompile/graph/x.py", 3)],
+             "rescompile.pipeline.y": [Edge("rescompile.pipeline.y", "rescompile.graph.x", "rescompile/pipeline/y.py", 1)]}
+    assert list(upward_edges(graph)) == [("rescompile.graph.x", "rescompile.pipeline.y")]
+
+
 def _write(root: Path, files: dict[str, str]) -> Path:
     for name, text in files.items():
         p = root / name
