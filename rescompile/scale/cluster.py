@@ -79,6 +79,11 @@ def cluster_cpus(ray: Any) -> int:
     return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
 
+def node_cpus(ray: Any) -> int:
+    """CPUs of the cluster's largest live node (at least 1): the most one task can ask for."""
+    return max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)))
+
+
 def shard_bounds(count: int, shards: int, align: int = 1) -> list[tuple[int, int]]:
     """Split ``range(count)`` into at most ``shards`` contiguous ``(start, stop)`` pieces of near-equal size.
 

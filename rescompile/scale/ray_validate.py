@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_label, shard_bounds
+from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_cpus, node_label, shard_bounds
 from rescompile.scale.tasks import gather, task_result
 from rescompile.validate.latency import LatencySettings, measure_all
 
@@ -48,16 +48,8 @@ def make_runner(recipe: Recipe) -> Any:
 def shard_outputs(recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int,
                   keep_inputs: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
     """Logits, labels and (when kept) inputs of samples ``start:stop`` (what one Ray task computes)."""
-    runner = make_runner(recipe)
-    logits, labels, kept = [], [], []
-    for x, y in inputs.part(start, stop).batches(batch_size):
-        logits.append(runner.infer(x))
-        if y is not None:
-            labels.append(y)
-        if keep_inputs:
-            kept.append(np.asarray(x, np.float32))
-    return (np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
-            np.concatenate(kept) if kept else None)  # fmt: skip
+    logits, labels, kept = inputs.part(start, stop).outputs(make_runner(recipe), batch_size, keep_inputs=keep_inputs)
+    return logits.astype(np.float32), labels, kept
 
 
 def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: int, *, keep_inputs: bool = False,
@@ -76,7 +68,7 @@ def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: 
     bounds = shard_bounds(inputs.count, settings.shards or cluster_cpus(ray), batch_size)
     recipe_ref, inputs_ref = ray.put(recipe), ray.put(inputs)
     # as many CPUs as the task has threads (no oversubscription), but never more than a node has
-    task = ray.remote(task_result(shard_outputs)).options(num_cpus=min(recipe[3], _node_cpus(ray)), max_retries=0)
+    task = ray.remote(task_result(shard_outputs)).options(num_cpus=min(recipe[3], node_cpus(ray)), max_retries=0)
     refs = [task.remote(recipe_ref, inputs_ref, a, b, batch_size, keep_inputs) for a, b in bounds]
     sizes = [b - a for a, b in bounds]
     parts = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
@@ -84,11 +76,6 @@ def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: 
     labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
     kept = None if not keep_inputs else np.concatenate([p[2] for p in parts])
     return logits, labels, kept
-
-
-def _node_cpus(ray: Any) -> int:
-    """CPUs of the largest live node (at least 1)."""
-    return max(1, int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")), default=1)))
 
 
 def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, latency: LatencySettings,
@@ -112,6 +99,6 @@ def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, latency: L
     if cand is None or (baseline is not None and base is None):
         return None
     ray = connect(ray_settings)
-    task = ray.remote(task_result(_timed)).options(num_cpus=_node_cpus(ray), max_retries=0)
+    task = ray.remote(task_result(_timed)).options(num_cpus=node_cpus(ray), max_retries=0)
     records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, latency, other_s)])[0]
     return records, speedup, plan, where

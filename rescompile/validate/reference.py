@@ -56,6 +56,25 @@ class ValidationInputs:
 
         return cls(name, len(inputs), batches, part=part)
 
+    def outputs(self, runner: Any, batch_size: int, *, keep_inputs: bool = False,
+                on_batch: Callable[[int], None] | None = None,
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+        """``runner.infer`` over every batch, in order: ``(logits, labels or None, inputs or None)``.
+
+        The inputs are kept (as float32) only with ``keep_inputs``; ``on_batch(n)`` follows each batch of n.
+        """
+        logits, labels, kept = [], [], []
+        for x, y in self.batches(batch_size):
+            logits.append(runner.infer(x))
+            if y is not None:
+                labels.append(y)
+            if keep_inputs:
+                kept.append(np.asarray(x, np.float32))
+            if on_batch is not None:
+                on_batch(len(x))
+        return (np.concatenate(logits), np.concatenate(labels) if labels else None,
+                np.concatenate(kept) if keep_inputs else None)  # fmt: skip
+
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` inputs (fewer when the set is smaller)."""
         parts, got = [], 0

@@ -50,12 +50,8 @@ def run_outputs(runner: Runner, inputs: ValidationInputs, settings: ValidateSett
     sharded = _sharded(runner, inputs, settings, label)
     if sharded is not None:
         return sharded[0]
-    out = []
     with progress(label, inputs.count, settings.progress) as advance:
-        for x, _ in inputs.batches(settings.batch_size):
-            out.append(runner.infer(x))
-            advance(len(x))
-    return np.concatenate(out)
+        return inputs.outputs(runner, settings.batch_size, on_batch=advance)[0]
 
 
 def compute_reference(
@@ -63,22 +59,15 @@ def compute_reference(
     meta: dict[str, Any] | None = None,
 ) -> ReferenceOutputs:  # fmt: skip
     """Run the FP32 reference over ``inputs``; keep the inputs too when they will be saved."""
-    logits, labels, kept = [], [], []
     t0 = time.perf_counter()
-    sharded = _sharded(runner, inputs, settings, f"reference ({runner.name})", keep_inputs)
-    if sharded is not None:
-        logits, labels, kept = [sharded[0]], [] if sharded[1] is None else [sharded[1]], [] if sharded[2] is None else [sharded[2]]
-    with progress(f"reference ({runner.name})", 0 if sharded is not None else inputs.count, settings.progress) as advance:
-        for x, y in inputs.batches(settings.batch_size) if sharded is None else ():
-            logits.append(runner.infer(x))
-            if y is not None:
-                labels.append(y)
-            if keep_inputs:
-                kept.append(np.asarray(x, np.float32))
-            advance(len(x))
+    label = f"reference ({runner.name})"
+    outputs = _sharded(runner, inputs, settings, label, keep_inputs)
+    if outputs is None:
+        with progress(label, inputs.count, settings.progress) as advance:
+            outputs = inputs.outputs(runner, settings.batch_size, keep_inputs=keep_inputs, on_batch=advance)
+    logits, labels, kept = outputs
     return ReferenceOutputs(
-        np.concatenate(logits).astype(np.float32), np.concatenate(labels) if labels else None,
-        np.concatenate(kept) if keep_inputs else None,
+        logits.astype(np.float32), labels, kept,
         {"runner": runner.name, "source": inputs.name, "class_names": list(inputs.class_names), **(meta or {})},
         round(time.perf_counter() - t0, 3),
     )  # fmt: skip
