@@ -45,9 +45,12 @@ class ResidualBlock:
     main_ops: tuple[str, ...] = ()  # op types along the main branch, block input to Add
     shortcut_ops: tuple[str, ...] = ()  # op types along the shortcut
     main_conv: str | None = None  # the last Conv (weighted op) of the main branch, even if a BatchNorm follows it
+    main_nodes: tuple[str, ...] = ()  # nodes on the main branch, block input to Add (what main_ops names)
 
     def to_dict(self) -> dict[str, Any]:
+        """The record of ``inspect --json`` and a bundle's block list (node names of the main branch not included)."""
         d = asdict(self)
+        del d["main_nodes"]
         for k in ("shortcut_nodes", "main_ops", "shortcut_ops"):
             d[k] = list(d[k])
         return d
@@ -173,6 +176,7 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
                 main_ops=tuple(n.op_type for n in main_path),
                 shortcut_ops=tuple(short_ops),
                 main_conv=next((node_name(n) for n in reversed(main_path) if n.op_type in LINEAR_OPS), None),
+                main_nodes=tuple(node_name(n) for n in main_path),
             )
         )
     return blocks

@@ -141,7 +141,6 @@ class _Graph:
                 self.origin[n.output[0]] = src.input[0] if src is not None and src.op_type == "QuantizeLinear" else n.input[0]
         self.nodes = {node_name(n): n for n in int8.graph.node if n.op_type not in QDQ_OPS}
         self.float_view = self._float_view(int8)
-        self.fidx = GraphIndex.build(self.float_view.graph)
 
     def resolve(self, tensor: str) -> str:
         seen = set()
@@ -273,7 +272,7 @@ class _Describer:
         return out
 
     def block(self, entry: Mapping[str, Any], b: ResidualBlock) -> Block:
-        main = self.ops(self.path(b.main, b.block_input), b.block_input)
+        main = self.ops(list(b.main_nodes), b.block_input)
         short = self.ops(list(b.shortcut_nodes), b.block_input)
         follower = None
         if b.follower_node:
@@ -287,35 +286,6 @@ class _Describer:
             output_mark=output_mark, fused=bool(entry.get("fused")), kernel=str(entry.get("kernel", "")),
             rule=str(entry.get("rule", "")), fusions=tuple(self.fusions(entry, b, main, short)), engine=self.engine.get(b.add),
         )  # fmt: skip
-
-    def path(self, tensor: str, stop: str) -> list[str]:
-        """Node names from the block input to the producer of ``tensor`` along the main branch."""
-        names: list[str] = []
-        idx = self.g.fidx
-        t = tensor
-        while t != stop:
-            n = idx.producer.get(t)
-            if n is None or n.name in names:
-                break
-            names.append(n.name)
-            acts = [i for i in n.input if i and i not in idx.initializers]
-            if not acts:
-                break
-            t = next((a for a in acts if a == stop or self._reaches(idx, a, stop)), acts[0])
-        return list(reversed(names))
-
-    @staticmethod
-    def _reaches(idx: GraphIndex, tensor: str, stop: str, limit: int = 400) -> bool:
-        seen, todo = {tensor}, [tensor]
-        while todo and len(seen) < limit:
-            n = idx.producer.get(todo.pop())
-            for i in n.input if n is not None else ():
-                if i == stop:
-                    return True
-                if i and i not in seen and i not in idx.initializers:
-                    seen.add(i)
-                    todo.append(i)
-        return False
 
 
 def describe_blocks(int8: onnx.ModelProto, plan: Mapping[str, Any], *, kept_why: Mapping[str, str] | None = None,
