@@ -108,7 +108,7 @@ class _Inputs:
 
 def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
     """A saved reference (.npz, no PyTorch needed), an FP32 ONNX file, or a PyTorch model spec."""
-    from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
+    from rescompile.pipeline.validator import reference_runner
 
     if spec.spec.lower().endswith(".npz"):
         from rescompile.validate.reference import load_reference
@@ -121,13 +121,13 @@ def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
 
         info = describe_onnx(Path(spec.spec), require_residual=False)
         model = read_onnx(Path(spec.spec))
-        return _Reference(OnnxRuntimeRunner(model, "onnxruntime-fp32", threads), None, None, model, info.input_shape,
+        return _Reference(reference_runner(model, threads), None, None, model, info.input_shape,
                           info.preset, spec.spec)  # fmt: skip
     from rescompile.models import load_model
 
     loaded = load_model(spec.spec, weights=spec.weights, num_classes=spec.num_classes, in_channels=spec.in_channels,
                         input_size=spec.input_size, trust_checkpoint=spec.trust_checkpoint)  # fmt: skip
-    return _Reference(TorchRunner(loaded.module, "pytorch-fp32", threads), None, loaded.module, None, loaded.input_shape,
+    return _Reference(reference_runner(loaded.module, threads), None, loaded.module, None, loaded.input_shape,
                       loaded.preset, spec.spec)  # fmt: skip
 
 
