@@ -35,6 +35,7 @@ SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--la
 
 def png_header(width: int, height: int) -> bytes:
     """A PNG announcing ``width x height`` RGB pixels in its header, with no pixel data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -57,8 +58,7 @@ def make_fixtures(tmp: Path, tree: Path) -> dict[str, Path]:
     out = {"data": data, "ckpt": ckpt}
     for arch in ("resnet20", "resnet32"):
         folder = tmp / f"build-{arch}"
-        cmd = [*CLI, "build", arch, *SMALL, "--calib", str(data), "--val", str(data),
-               "--out", str(folder)]  # fmt: skip
+        cmd = [*CLI, "build", arch, *SMALL, "--calib", str(data), "--val", str(data), "--out", str(folder)]
         subprocess.run(cmd, cwd=tree, check=True, capture_output=True)
         out[arch] = folder
     return out
@@ -112,7 +112,8 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
     no_candidate = json.loads(json.dumps(report))
     no_candidate["accuracy"] = {}
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     ranges_text = (b20 / "ranges.json").read_text()
     trt = ["calibrate", str(simplified), "--out", str(tmp / "out" / "r.json"), "--from-trt-cache"]
     quant = ["quantize", str(simplified), "--out", str(tmp / "out" / "m.onnx"), "--ranges"]
@@ -154,12 +155,21 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
         ("ranges.json", "deeply nested JSON", [*quant, f("r_deep.json", "[" * 100000)]),
         ("ranges.json", "amax NaN", [*quant, f("r_nan.json", ranges_text.replace('"amax": ', '"amax": NaN, "x": ', 1))]),
         ("ranges.json", "tensors of another model", [*quant, f("r_other.json", (fx["resnet32"] / "ranges.json").read_text())]),
-        ("calib_stats.npz", "garbage", ["calibrate", str(simplified), "--from-stats", f("s.npz", os.urandom(128)),
-                                        "--out", str(tmp / "out" / "r.json")]),
-        ("calib_stats.npz", "images .npz given as statistics", ["calibrate", str(simplified), "--from-stats", str(data),
-                                                                "--out", str(tmp / "out" / "r.json")]),
-        ("qdq_plan.json", "a JSON list", ["inspect", str(simplified), "--int8", str(b20 / "model.int8.onnx"), "--plan",
-                                          f("plan.json", "[]")]),
+        (
+            "calib_stats.npz",
+            "garbage",
+            ["calibrate", str(simplified), "--from-stats", f("s.npz", os.urandom(128)), "--out", str(tmp / "out" / "r.json")],
+        ),
+        (
+            "calib_stats.npz",
+            "images .npz given as statistics",
+            ["calibrate", str(simplified), "--from-stats", str(data), "--out", str(tmp / "out" / "r.json")],
+        ),
+        (
+            "qdq_plan.json",
+            "a JSON list",
+            ["inspect", str(simplified), "--int8", str(b20 / "model.int8.onnx"), "--plan", f("plan.json", "[]")],
+        ),
         ("TensorRT cache", "binary garbage", [*trt, f("c.cache", os.urandom(64) + b"\xff")]),
         ("TensorRT cache", "empty file", [*trt, f("e.cache", b"")]),
         ("TensorRT cache", "a folder", [*trt, d("cache_dir")]),
@@ -167,20 +177,29 @@ def cases(tmp: Path, fx: dict[str, Path]) -> list[tuple[str, str, list[str]]]:
         ("report.json", "accuracy section empty", ["compare", f("rep2.json", json.dumps(no_candidate)), str(b20 / "report.json")]),
         ("report.json", "reports of two different models", ["compare", str(b20 / "report.json"), str(fx["resnet32"] / "report.json")]),
         ("validate", "candidate path does not exist", ["validate", str(tmp / "does-not-exist"), "--out", str(tmp / "out" / "v")]),
-        ("validate", "saved reference is garbage", ["validate", str(b20 / "model.int8.onnx"), "--reference",
-                                                    f("ref.npz", os.urandom(100)), "--out", str(tmp / "out" / "v")]),
-        ("manifest.json", "not JSON (build folder)", ["validate", folder_with("badbuild", {"manifest.json": b"{not json",
-                                                      "model.int8.onnx": (b20 / "model.int8.onnx").read_bytes()}),
-                                                      "--out", str(tmp / "out" / "v")]),
-    ]  # fmt: skip
+        (
+            "validate",
+            "saved reference is garbage",
+            ["validate", str(b20 / "model.int8.onnx"), "--reference", f("ref.npz", os.urandom(100)), "--out", str(tmp / "out" / "v")],
+        ),
+        (
+            "manifest.json",
+            "not JSON (build folder)",
+            [
+                "validate",
+                folder_with("badbuild", {"manifest.json": b"{not json", "model.int8.onnx": (b20 / "model.int8.onnx").read_bytes()}),
+                "--out",
+                str(tmp / "out" / "v"),
+            ],
+        ),
+    ]
 
 
 def run_case(tree: Path, args: list[str], out_dir: Path) -> dict[str, Any]:
     shutil.rmtree(out_dir, ignore_errors=True)
     env = {**os.environ, "COLUMNS": "200", "RESCOMPILE_DEBUG": ""}
     try:
-        p = subprocess.run([*CLI, *args], cwd=tree, capture_output=True, text=True,
-                           timeout=300, env=env)  # fmt: skip
+        p = subprocess.run([*CLI, *args], cwd=tree, capture_output=True, text=True, timeout=300, env=env)
         code, text = p.returncode, p.stdout + p.stderr
     except subprocess.TimeoutExpired:
         code, text = -1, "timeout"
@@ -192,12 +211,20 @@ def run_case(tree: Path, args: list[str], out_dir: Path) -> dict[str, Any]:
 
 def render(doc: dict[str, Any]) -> str:
     labels = list(doc["runs"])
-    lines = ["# Bad-input classes through the CLI", "", "Generated by `python benchmarks/bad_inputs.py` (see its docstring): one",
-             "representative file per class, run through the CLI (`rescompile.cli.main`) from each checkout.", ""]  # fmt: skip
+    lines = [
+        "# Bad-input classes through the CLI",
+        "",
+        "Generated by `python benchmarks/bad_inputs.py` (see its docstring): one",
+        "representative file per class, run through the CLI (`rescompile.cli.main`) from each checkout.",
+        "",
+    ]
     for label in labels:
         lines.append(f"- **{label}**: {doc['runs'][label]['tree_commit']} ({doc['runs'][label]['date']})")
-    lines += ["", "| class | input | command | " + " | ".join(f"{lb} exit" for lb in labels) + f" | {labels[-1]} message |",
-              "|---|---|---|" + "---|" * len(labels) + "---|"]  # fmt: skip
+    lines += [
+        "",
+        "| class | input | command | " + " | ".join(f"{lb} exit" for lb in labels) + f" | {labels[-1]} message |",
+        "|---|---|---|" + "---|" * len(labels) + "---|",
+    ]
     first = doc["runs"][labels[-1]]["cases"]
     for i, c in enumerate(first):
         outs = [doc["runs"][lb]["cases"][i] if i < len(doc["runs"][lb]["cases"]) else None for lb in labels]

@@ -35,8 +35,16 @@ def export_resnet50(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     model = torchvision.models.resnet50(weights=None).eval()
     x = torch.randn(1, 3, 224, 224)
-    torch.onnx.export(model, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
 
 
 def main() -> None:
@@ -63,8 +71,20 @@ def main() -> None:
         if not (work / f"{name}.npy").is_file():
             np.save(work / f"{name}.npy", rng.standard_normal((args.samples, 3, 224, 224), dtype=np.float32))
     out = work / f"build-{args.label}"
-    cmd = [sys.executable, "-m", "rescompile.cli", "build", str(model), "--calib", str(work / "calib.npy"),
-           "--val", str(work / "val.npy"), "--out", str(out), "-q"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "rescompile.cli",
+        "build",
+        str(model),
+        "--calib",
+        str(work / "calib.npy"),
+        "--val",
+        str(work / "val.npy"),
+        "--out",
+        str(out),
+        "-q",
+    ]
     if args.policy:
         cmd += ["--policy", args.policy]
     env = {**os.environ, "PYTHONPATH": str(args.root)}
@@ -76,13 +96,19 @@ def main() -> None:
     manifest = json.loads((out / "manifest.json").read_text())
     report = json.loads((out / "report.json").read_text())
     result = {
-        "label": args.label, "command": " ".join(cmd), "exit": proc.returncode, "wall_s": round(wall, 1),
-        "timings_s": manifest["timings_s"], "validate_timings_s": report.get("timings_s", {}),
+        "label": args.label,
+        "command": " ".join(cmd),
+        "exit": proc.returncode,
+        "wall_s": round(wall, 1),
+        "timings_s": manifest["timings_s"],
+        "validate_timings_s": report.get("timings_s", {}),
         "latency": [{k: r[k] for k in ("runner", "role", "batch", "runs", "warmup", "p50_ms")} for r in report["latency"]],
         "latency_settings": {k: v for k, v in report["settings"].items() if k.startswith("latency")},
         "latency_plan": report.get("latency_plan"),
-        "notes": report.get("notes", []), "versions": manifest["versions"], "cpus": os.cpu_count(),
-    }  # fmt: skip
+        "notes": report.get("notes", []),
+        "versions": manifest["versions"],
+        "cpus": os.cpu_count(),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"build_time_{args.label}.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -92,19 +118,25 @@ def summarize(labels: list[str], note: str = "") -> None:
     runs = [json.loads((RESULTS / f"build_time_{label}.json").read_text()) for label in labels]
     stages = list(dict.fromkeys(k for r in runs for k in r["timings_s"]))
     lines = [
-        "# Build time of a default ResNet-50 build (`benchmarks/build_time.py`)", "",
+        "# Build time of a default ResNet-50 build (`benchmarks/build_time.py`)",
+        "",
         "torchvision resnet50, random weights, 224x224, 64 random calibration and 64 random validation inputs "
-        "(`.npy`), every option at its default, 2 CPU cores shared with other jobs (timed under the benchmark lock).", "",
+        "(`.npy`), every option at its default, 2 CPU cores shared with other jobs (timed under the benchmark lock).",
+        "",
         "| stage (manifest `timings_s`, s) | " + " | ".join(r["label"] for r in runs) + " |",
         "|---|" + "---|" * len(runs),
         *[f"| {k} | " + " | ".join(f"{r['timings_s'].get(k, 0):.1f}" for r in runs) + " |" for k in stages],
         "| of which latency (report `timings_s.latency_s`) | "
-        + " | ".join(f"{r['validate_timings_s'].get('latency_s', 0):.1f}" for r in runs) + " |",
+        + " | ".join(f"{r['validate_timings_s'].get('latency_s', 0):.1f}" for r in runs)
+        + " |",
         "| **wall** | " + " | ".join(f"**{r['wall_s']:.1f}**" for r in runs) + " |",
         "| latency share of the wall time | "
-        + " | ".join(f"{100 * r['validate_timings_s'].get('latency_s', 0) / r['wall_s']:.0f}%" for r in runs) + " |",
-        "", "Latency runs made:", "",
-    ]  # fmt: skip
+        + " | ".join(f"{100 * r['validate_timings_s'].get('latency_s', 0) / r['wall_s']:.0f}%" for r in runs)
+        + " |",
+        "",
+        "Latency runs made:",
+        "",
+    ]
     for r in runs:
         made = ", ".join(f"{x['role']} batch {x['batch']}: {x['runs']} runs + {x['warmup']} warm-up" for x in r["latency"])
         plan = r.get("latency_plan") or r["latency_settings"].get("latency_plan")

@@ -82,28 +82,45 @@ def main() -> None:
                 for s in run.result.summary.values():
                     if "entropy_rule" in s:
                         rules[s["entropy_rule"]] = rules.get(s["entropy_rule"], 0) + 1
-                rows.append({
-                    "policy": policy, "method": method, "fp32_top1": fp32_top1, "int8_top1": acc, "drop": fp32_top1 - acc,
-                    "methods_chosen": dict(sorted(chosen.items())), "entropy_rules": dict(sorted(rules.items())),
-                    "warnings": [w.code for w in getattr(run, "warnings", [])], "seconds": round(time.perf_counter() - t0, 1),
-                })  # fmt: skip
+                rows.append(
+                    {
+                        "policy": policy,
+                        "method": method,
+                        "fp32_top1": fp32_top1,
+                        "int8_top1": acc,
+                        "drop": fp32_top1 - acc,
+                        "methods_chosen": dict(sorted(chosen.items())),
+                        "entropy_rules": dict(sorted(rules.items())),
+                        "warnings": [w.code for w in getattr(run, "warnings", [])],
+                        "seconds": round(time.perf_counter() - t0, 1),
+                    }
+                )
                 print(rows[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"title": args.title, "rescompile": rescompile.__version__, "code": str(Path(rescompile.__file__).parent),
-           "samples": int(len(labels)), "rows": rows}  # fmt: skip
+    doc = {
+        "title": args.title,
+        "rescompile": rescompile.__version__,
+        "code": str(Path(rescompile.__file__).parent),
+        "samples": int(len(labels)),
+        "rows": rows,
+    }
     args.out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
     title = "Demo top-1 per calibration method, full 10,000-image Fashion-MNIST test set"
     lines = [
-        f"# {title}{' — ' + args.title if args.title else ''}", "",
+        f"# {title}{' — ' + args.title if args.title else ''}",
+        "",
         "`PYTHONPATH=. python benchmarks/calib_methods_10k.py` (needs `apt-get install -y dataset-fashion-mnist`); "
-        "calibration on the shipped 512-image set; INT8 and FP32 on ONNX Runtime.", "",
+        "calibration on the shipped 512-image set; INT8 and FP32 on ONNX Runtime.",
+        "",
         "| policy | method | FP32 top-1 | INT8 top-1 | drop (points) | methods chosen | entropy rules | warnings |",
         "|---|---|---|---|---|---|---|---|",
-        *[f"| {r['policy']} | {r['method']} | {r['fp32_top1']:.2f}% | {r['int8_top1']:.2f}% | {r['drop']:+.2f} | "
-          f"{', '.join(f'{k} {v}' for k, v in r['methods_chosen'].items())} | "
-          f"{', '.join(f'{k} {v}' for k, v in r['entropy_rules'].items()) or '-'} | {', '.join(r['warnings']) or '-'} |"
-          for r in rows],
-    ]  # fmt: skip
+        *[
+            f"| {r['policy']} | {r['method']} | {r['fp32_top1']:.2f}% | {r['int8_top1']:.2f}% | {r['drop']:+.2f} | "
+            f"{', '.join(f'{k} {v}' for k, v in r['methods_chosen'].items())} | "
+            f"{', '.join(f'{k} {v}' for k, v in r['entropy_rules'].items()) or '-'} | {', '.join(r['warnings']) or '-'} |"
+            for r in rows
+        ],
+    ]
     args.out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"(python {sys.version.split()[0]}, rescompile from {doc['code']})")

@@ -95,8 +95,16 @@ def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     model = onnx.load(a["model"])
     tensors = plan_qdq(model, a.get("policy", "tensorrt")).calibrated_tensors
     t_collect = time.perf_counter()
-    run = calibrate(model, tensors, src, pre, method=a["method"], batch_size=BATCH, sample=a.get("sample", DEFAULT_SAMPLE),
-                    memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20)  # fmt: skip
+    run = calibrate(
+        model,
+        tensors,
+        src,
+        pre,
+        method=a["method"],
+        batch_size=BATCH,
+        sample=a.get("sample", DEFAULT_SAMPLE),
+        memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20,
+    )
     total = time.perf_counter() - t0
     # Switching method afterwards: ranges from the same statistics, no model run.
     from rescompile.calibrate.ranges import calibration_result
@@ -108,8 +116,14 @@ def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     chosen: dict[str, int] = {}
     for r in run.result.ranges.values():
         chosen[r.method] = chosen.get(r.method, 0) + 1
-    return {"seconds": total, "images": src.count, "tensors": len(tensors), "plan_s": t_collect - t0,
-            "switch_method_s": switch, "chosen": chosen}  # fmt: skip
+    return {
+        "seconds": total,
+        "images": src.count,
+        "tensors": len(tensors),
+        "plan_s": t_collect - t0,
+        "switch_method_s": switch,
+        "chosen": chosen,
+    }
 
 
 def job_ort(a: dict[str, Any]) -> dict[str, Any]:
@@ -129,8 +143,9 @@ def job_ort(a: dict[str, Any]) -> dict[str, Any]:
     extra = {"num_bins": 2048, "percentile": 99.99} if a["ort_method"] != "MinMax" else {}
     aug = WORK / f"augmented_{os.getpid()}.onnx"
     t0 = time.perf_counter()
-    cal = create_calibrator(a["model"], op_types_to_calibrate=["Conv", "Gemm"], augmented_model_path=str(aug),
-                            calibrate_method=method, extra_options=extra)  # fmt: skip
+    cal = create_calibrator(
+        a["model"], op_types_to_calibrate=["Conv", "Gemm"], augmented_model_path=str(aug), calibrate_method=method, extra_options=extra
+    )
     cal.collect_data(Reader())
     t_collected = time.perf_counter()
     ranges = cal.compute_data()
@@ -292,32 +307,51 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    lines = ["# Calibration benchmark", "", f"Machine: {res['machine']}.", "",
-             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(res["commands"])), ""]  # fmt: skip
-    for key, title in (("resnet50", "torchvision resnet50, 224x224, random weights, synthetic noise images"),
-                       ("demo", "demo ResNet-20 (Fashion-MNIST), 512 shipped calibration images")):  # fmt: skip
+    lines = [
+        "# Calibration benchmark",
+        "",
+        f"Machine: {res['machine']}.",
+        "",
+        "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(res["commands"])),
+        "",
+    ]
+    for key, title in (
+        ("resnet50", "torchvision resnet50, 224x224, random weights, synthetic noise images"),
+        ("demo", "demo ResNet-20 (Fashion-MNIST), 512 shipped calibration images"),
+    ):
         part = res.get(key)
         if not part:
             continue
-        lines += [f"## {title}", "", "| run | images | tensors | wall s | s per 512 images | peak RSS MB |",
-                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            f"## {title}",
+            "",
+            "| run | images | tensors | wall s | s per 512 images | peak RSS MB |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
         for name, r in part["runs"].items():
             if "error" in r:
                 lines.append(f"| {name} | | | error: {r['error']} | | |")
                 continue
             per512 = _per512(r)
-            lines.append(f"| {name} | {r['images']} | {_fmt(r.get('tensors'))} | {_fmt(r['seconds'])} | "
-                         f"{_fmt(per512)} | {_fmt(r['peak_rss_mb'], 0)} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {r['images']} | {_fmt(r.get('tensors'))} | {_fmt(r['seconds'])} | "
+                f"{_fmt(per512)} | {_fmt(r['peak_rss_mb'], 0)} |"
+            )
         lines += ["", *[f"- {k}: {v}" for k, v in part.get("ratios", {}).items()], ""]
         for note in part.get("notes", []):
             lines.append(f"- {note}")
         lines.append("")
     acc = res.get("demo_accuracy")
     if acc:
-        lines += ["## Demo INT8 top-1 per method", "",
-                  f"FP32: {acc['fp32']['val2000']:.2f}% (2,000 shipped validation images), "
-                  f"{acc['fp32']['test10000']:.2f}% (10,000 Fashion-MNIST test images).", "",
-                  "| policy | method | val 2,000 top-1 % | test 10,000 top-1 % | auto chose |", "|---|---|---:|---:|---|"]  # fmt: skip
+        lines += [
+            "## Demo INT8 top-1 per method",
+            "",
+            f"FP32: {acc['fp32']['val2000']:.2f}% (2,000 shipped validation images), "
+            f"{acc['fp32']['test10000']:.2f}% (10,000 Fashion-MNIST test images).",
+            "",
+            "| policy | method | val 2,000 top-1 % | test 10,000 top-1 % | auto chose |",
+            "|---|---|---:|---:|---|",
+        ]
         for policy, rows in acc["policies"].items():
             if "error" in rows:
                 lines.append(f"| {policy} | error: {rows['error']} | | | |")
@@ -325,16 +359,21 @@ def render(res: dict[str, Any]) -> str:
             for m, r in rows.items():
                 chosen = ", ".join(f"{k} {v}" for k, v in sorted(r["chosen"].items())) if m == "auto" else ""
                 lines.append(f"| {policy} | {m} | {r['val2000']:.2f} | {r['test10000']:.2f} | {chosen} |")
-        lines += ["", "`auto` against each single method, image by image: images only `auto` classifies right / "
-                  "images only the other method does, and McNemar's exact two-sided p (a small p: a real difference).",
-                  "", "| policy | auto vs | val 2,000: only auto / only other (p) | test 10,000: only auto / only other (p) |",
-                  "|---|---|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "`auto` against each single method, image by image: images only `auto` classifies right / "
+            "images only the other method does, and McNemar's exact two-sided p (a small p: a real difference).",
+            "",
+            "| policy | auto vs | val 2,000: only auto / only other (p) | test 10,000: only auto / only other (p) |",
+            "|---|---|---:|---:|",
+        ]
         for policy, rows in acc["policies"].items():
             for m, r in rows.items():
                 if "auto_vs" not in r:
                     continue
-                cells = [f"{d['only_auto']} / {d['only_other']} ({d['p']:.2f})" for d in (r["auto_vs"][k] for k in
-                         ("val2000", "test10000"))]  # fmt: skip
+                cells = [
+                    f"{d['only_auto']} / {d['only_other']} ({d['p']:.2f})" for d in (r["auto_vs"][k] for k in ("val2000", "test10000"))
+                ]
                 lines.append(f"| {policy} | {m} | {cells[0]} | {cells[1]} |")
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -360,9 +399,9 @@ def main() -> None:
 
     res: dict[str, Any] = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}",
+        f"onnxruntime {onnxruntime.__version__}, numpy {np.__version__}",
         "command": "flock /tmp/rescompile-bench.lock python benchmarks/calibration.py " + " ".join(sys.argv[1:]),
-    }  # fmt: skip
+    }
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -384,34 +423,49 @@ def main() -> None:
             (f"ORT Percentile, {h}", "ort", {"data": data_n, "count": h, "ort_method": "Percentile"}),
         ]
         if args.big:
-            jobs.append((f"ours entropy, {args.big}", "ours",
-                         {"data": str(synthetic_images(args.big)), "count": args.big, "method": "entropy"}))  # fmt: skip
+            jobs.append(
+                (f"ours entropy, {args.big}", "ours", {"data": str(synthetic_images(args.big)), "count": args.big, "method": "entropy"})
+            )
         runs = run_rounds("resnet50", base, jobs, args.repeat, log)
-        res["resnet50"] = {"runs": runs, "ratios": _ratios(runs, n, h, args.big), "notes": [
-            f"The first three rows ran {args.repeat} times, interleaved; the table shows the fastest round "
-            "(rounds_s in the JSON has all): the machine is shared, so the fastest round is the least disturbed.",
-            "Images: seeded uniform-noise uint8 pixels (synthetic), imagenet normalization; weights random (seed 0).",
-            f"ONNX Runtime's Entropy and Percentile calibrators keep every collected activation in memory "
-            f"(op types Conv, Gemm: inputs and outputs), so they ran at {h} images; 's per 512 images' scales "
-            f"their collection time linearly and adds their compute_data time once; their memory would grow "
-            f"with the image count. Ratios compare time per 512 images.",
-            "ONNX Runtime's calibrators run their augmented model with graph optimizations disabled "
-            "(their choice, CalibraterBase.create_inference_session).",
-        ]}  # fmt: skip
+        res["resnet50"] = {
+            "runs": runs,
+            "ratios": _ratios(runs, n, h, args.big),
+            "notes": [
+                f"The first three rows ran {args.repeat} times, interleaved; the table shows the fastest round "
+                "(rounds_s in the JSON has all): the machine is shared, so the fastest round is the least disturbed.",
+                "Images: seeded uniform-noise uint8 pixels (synthetic), imagenet normalization; weights random (seed 0).",
+                f"ONNX Runtime's Entropy and Percentile calibrators keep every collected activation in memory "
+                f"(op types Conv, Gemm: inputs and outputs), so they ran at {h} images; 's per 512 images' scales "
+                f"their collection time linearly and adds their compute_data time once; their memory would grow "
+                f"with the image count. Ratios compare time per 512 images.",
+                "ONNX Runtime's calibrators run their augmented model with graph optimizations disabled "
+                "(their choice, CalibraterBase.create_inference_session).",
+            ],
+        }
     if not args.skip_demo:
         demo = prepare_demo()
         if demo is None:
             res["demo"] = {"runs": {}, "notes": ["demo checkpoint absent: skipped"]}
         else:
-            base = {"model": demo["model"], "preset": "fashion-mnist", "shape": demo["shape"], "input": "input",
-                    "data": "demo-calib", "count": 512}  # fmt: skip
+            base = {
+                "model": demo["model"],
+                "preset": "fashion-mnist",
+                "shape": demo["shape"],
+                "input": "input",
+                "data": "demo-calib",
+                "count": 512,
+            }
             import onnx
 
             base["input"] = onnx.load(demo["model"]).graph.input[0].name
-            demo_jobs = [("plain FP32 forward", "plain", {}), ("ours entropy", "ours", {"method": "entropy"}),
-                         ("ours auto", "ours", {"method": "auto"}), ("ORT MinMax", "ort", {"ort_method": "MinMax"}),
-                         ("ORT Entropy", "ort", {"ort_method": "Entropy"}),
-                         ("ORT Percentile", "ort", {"ort_method": "Percentile"})]  # fmt: skip
+            demo_jobs = [
+                ("plain FP32 forward", "plain", {}),
+                ("ours entropy", "ours", {"method": "entropy"}),
+                ("ours auto", "ours", {"method": "auto"}),
+                ("ORT MinMax", "ort", {"ort_method": "MinMax"}),
+                ("ORT Entropy", "ort", {"ort_method": "Entropy"}),
+                ("ORT Percentile", "ort", {"ort_method": "Percentile"}),
+            ]
             runs = run_rounds("demo", base, demo_jobs, args.repeat, log)
             res["demo"] = {"runs": runs, "ratios": _ratios(runs, 512, 512, 0, suffix=False)}
             log("demo: accuracy per method")
@@ -426,8 +480,7 @@ def main() -> None:
     print(render(res))
 
 
-def run_rounds(label: str, base: dict[str, Any], jobs: list[tuple[str, str, dict[str, Any]]], repeat: int,
-               log: Any) -> dict[str, Any]:  # fmt: skip
+def run_rounds(label: str, base: dict[str, Any], jobs: list[tuple[str, str, dict[str, Any]]], repeat: int, log: Any) -> dict[str, Any]:
     """Every job once; the first three (plain forward, ours entropy, ours auto) ``repeat`` times, interleaved.
 
     The fastest round is kept (``rounds_s`` lists all): on a shared machine it is the least disturbed one.

@@ -38,35 +38,53 @@ def main() -> None:
     images, labels = load_fashion_mnist("test")
     full = tmp / "test10k.npz"
     np.savez(full, images=images, labels=labels)
-    subprocess.run(["rescompile", "build", "--val", str(full), "--out", str(tmp / "full"), "-q", "--latency-runs", "3"],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        ["rescompile", "build", "--val", str(full), "--out", str(tmp / "full"), "-q", "--latency-runs", "3"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     full_report = json.loads((tmp / "full" / "report.json").read_text())
 
     result = {
         "build_wall_s": {"runs": [round(w, 2) for w in walls], "median": round(statistics.median(walls), 2)},
         "timings_s": manifest["timings_s"],
-        "val2000": {"fp32_top1": report["accuracy"]["reference"]["top1"], "int8_top1": report["accuracy"]["candidate"]["top1"],
-                    "agreement": report["agreement"]["top1"], "cosine_mean": report["agreement"]["cosine_mean"]},
-        "test10k": {"fp32_top1": full_report["accuracy"]["reference"]["top1"],
-                    "int8_top1": full_report["accuracy"]["candidate"]["top1"],
-                    "agreement": full_report["agreement"]["top1"]},
+        "val2000": {
+            "fp32_top1": report["accuracy"]["reference"]["top1"],
+            "int8_top1": report["accuracy"]["candidate"]["top1"],
+            "agreement": report["agreement"]["top1"],
+            "cosine_mean": report["agreement"]["cosine_mean"],
+        },
+        "test10k": {
+            "fp32_top1": full_report["accuracy"]["reference"]["top1"],
+            "int8_top1": full_report["accuracy"]["candidate"]["top1"],
+            "agreement": full_report["agreement"]["top1"],
+        },
         "latency": report["latency"],
         "artifact_bytes": {k: v["bytes"] for k, v in manifest["artifacts"].items()},
         "versions": manifest["versions"],
-    }  # fmt: skip
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "demo_build.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
-        "# Demo build (`python benchmarks/demo_build.py`)", "",
-        f"Build wall time: median {result['build_wall_s']['median']} s of {result['build_wall_s']['runs']}.", "",
-        "| set | FP32 top-1 | INT8 top-1 | agreement |", "|---|---|---|---|",
-        *[f"| {label} | {r['fp32_top1']:.2f}% | {r['int8_top1']:.2f}% | {r['agreement']:.2f}% |"
-          for label, r in (("shipped 2,000", result["val2000"]), ("full 10,000", result["test10k"]))],
-        "", "| runner | batch | p50 ms | p90 ms |", "|---|---|---|---|",
+        "# Demo build (`python benchmarks/demo_build.py`)",
+        "",
+        f"Build wall time: median {result['build_wall_s']['median']} s of {result['build_wall_s']['runs']}.",
+        "",
+        "| set | FP32 top-1 | INT8 top-1 | agreement |",
+        "|---|---|---|---|",
+        *[
+            f"| {label} | {r['fp32_top1']:.2f}% | {r['int8_top1']:.2f}% | {r['agreement']:.2f}% |"
+            for label, r in (("shipped 2,000", result["val2000"]), ("full 10,000", result["test10k"]))
+        ],
+        "",
+        "| runner | batch | p50 ms | p90 ms |",
+        "|---|---|---|---|",
         *[f"| {x['runner']} | {x['batch']} | {x['p50_ms']:.2f} | {x['p90_ms']:.2f} |" for x in result["latency"]],
-        "", "| artifact | bytes |", "|---|---|",
+        "",
+        "| artifact | bytes |",
+        "|---|---|",
         *[f"| {k} | {v:,} |" for k, v in result["artifact_bytes"].items()],
-    ]  # fmt: skip
+    ]
     (RESULTS / "demo_build.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"(python {sys.version.split()[0]}, artifacts in {tmp})")

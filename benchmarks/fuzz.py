@@ -42,12 +42,17 @@ def where(exc: BaseException) -> str:
     return f"{type(exc).__name__} at {Path(f.filename).name}:{f.lineno}"
 
 
-def run_round(target: fuzzing.Target, n: int, cli_every: int, work: Path, seed: int, stats: dict[str, Any],
-              failures_dir: Path) -> None:  # fmt: skip
+def run_round(target: fuzzing.Target, n: int, cli_every: int, work: Path, seed: int, stats: dict[str, Any], failures_dir: Path) -> None:
     counter = {"i": 0}
 
-    @settings(max_examples=n, deadline=None, database=None, derandomize=False, phases=[__import__("hypothesis").Phase.generate],
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        phases=[__import__("hypothesis").Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(data=st.data())
     def run(data: st.DataObject) -> None:
         payload = data.draw(target.strategy)
@@ -138,17 +143,21 @@ def main() -> None:
             print(f"round {rounds}: {total} cases, {fails} failures, {(time.monotonic() - start) / 60:.1f} min", flush=True)
     finally:
         shutil.rmtree(work_root, ignore_errors=True)
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
     doc = {
         "command": "nice python benchmarks/fuzz.py " + shlex.join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "environment": {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version()},
         "minutes_run": (time.monotonic() - start) / 60,
         "total_cases": sum(s["cases"] for s in stats.values()),
-        "targets": {n: {"cases": s["cases"], "library": dict(s["library"]), "cli": dict(s["cli"]), "failures": dict(s["failures"])}
-                    for n, s in stats.items()},
-    }  # fmt: skip
+        "targets": {
+            n: {"cases": s["cases"], "library": dict(s["library"]), "cli": dict(s["cli"]), "failures": dict(s["failures"])}
+            for n, s in stats.items()
+        },
+    }
     doc["total_cli"] = sum(sum(t["cli"].values()) for t in doc["targets"].values())
     doc["commit"] = subprocess.run(["git", "-C", str(ROOT), "log", "-1", "--format=%h"], capture_output=True, text=True).stdout.strip()
     args.out.mkdir(parents=True, exist_ok=True)

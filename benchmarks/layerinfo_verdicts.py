@@ -31,8 +31,9 @@ BEFORE = "868b2e2"  # main when issue 14's work started
 
 def module_at(commit: str) -> Any:
     """``rescompile/engine/layerinfo.py`` as it was at ``commit``, loaded as a module."""
-    src = subprocess.run(["git", "show", f"{commit}:rescompile/engine/layerinfo.py"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout  # fmt: skip
+    src = subprocess.run(
+        ["git", "show", f"{commit}:rescompile/engine/layerinfo.py"], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout
     mod = types.ModuleType(f"layerinfo_{commit}")
     sys.modules[mod.__name__] = mod  # dataclasses look their module up
     exec(compile(src, f"layerinfo@{commit}", "exec"), mod.__dict__)  # noqa: S102 - our own file from git
@@ -53,17 +54,28 @@ def main() -> None:
     rows = ["| dump | Adds | before | after |", "|---|---|---|---|"]
     for label, doc in fx.variants():
         rows.append(f"| {label} | {len(doc['_residual_adds'])} | {counts(before, doc)} | {counts(after, doc)} |")
-    sources = [f"- `{n}`: {fx.load(n)['_source']['repo']} `{fx.load(n)['_source']['path']}` @ "
-               f"{fx.load(n)['_source']['commit'][:12]}" for n in fx.PUBLISHED]  # fmt: skip
-    text = "\n".join([
-        "# Residual-Add fusion verdicts on NVIDIA-published engine-inspector JSON",
-        "", f"Command: `python benchmarks/layerinfo_verdicts.py` (before = rescompile/engine/layerinfo.py at "
-        f"{args.before}; after = this checkout).", "",
-        "Published dumps (TensorRT 8.x schema, trimmed; expected: every Add fused-int8):", *sources, "",
-        "Rows marked *derived* rewrite a published dump by one documented change (tests/layerinfo_fixtures.py); "
-        "no published TensorRT 11.x dump was found. Expected: fused-int8 for the 11.x schema and the reformat "
-        "variant, unknown (never fused-float) when no format is readable.", "", *rows, "",
-    ])  # fmt: skip
+    sources = [
+        f"- `{n}`: {fx.load(n)['_source']['repo']} `{fx.load(n)['_source']['path']}` @ {fx.load(n)['_source']['commit'][:12]}"
+        for n in fx.PUBLISHED
+    ]
+    text = "\n".join(
+        [
+            "# Residual-Add fusion verdicts on NVIDIA-published engine-inspector JSON",
+            "",
+            f"Command: `python benchmarks/layerinfo_verdicts.py` (before = rescompile/engine/layerinfo.py at "
+            f"{args.before}; after = this checkout).",
+            "",
+            "Published dumps (TensorRT 8.x schema, trimmed; expected: every Add fused-int8):",
+            *sources,
+            "",
+            "Rows marked *derived* rewrite a published dump by one documented change (tests/layerinfo_fixtures.py); "
+            "no published TensorRT 11.x dump was found. Expected: fused-int8 for the 11.x schema and the reformat "
+            "variant, unknown (never fused-float) when no format is readable.",
+            "",
+            *rows,
+            "",
+        ]
+    )
     args.out.write_text(text)
     print(text)
 

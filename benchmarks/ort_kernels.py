@@ -86,10 +86,13 @@ def profile(paths: dict[str, Path], x: np.ndarray, runs: int, work: Path, rounds
         by_op: dict[str, float] = defaultdict(float)
         for n in nodes:
             by_op[n["op"]] += n["ms"]
-        out[variant] = {"wall_p50_ms": round(float(np.median(wall[variant])), 3), "runs": len(wall[variant]),
-                        "kernel_sum_ms": round(sum(by_op.values()), 3),
-                        "by_op": dict(sorted(((k, round(v, 3)) for k, v in by_op.items()), key=lambda kv: -kv[1])),
-                        "nodes": nodes}  # fmt: skip
+        out[variant] = {
+            "wall_p50_ms": round(float(np.median(wall[variant])), 3),
+            "runs": len(wall[variant]),
+            "kernel_sum_ms": round(sum(by_op.values()), 3),
+            "by_op": dict(sorted(((k, round(v, 3)) for k, v in by_op.items()), key=lambda kv: -kv[1])),
+            "nodes": nodes,
+        }
     return out
 
 
@@ -118,8 +121,12 @@ def kernel_signatures(model: onnx.ModelProto) -> Counter[str]:
 
 def compare_kernels(a: onnx.ModelProto, b: onnx.ModelProto) -> dict[str, Any]:
     sa, sb = kernel_signatures(a), kernel_signatures(b)
-    return {"nodes": [sum(sa.values()), sum(sb.values())], "identical": sum((sa & sb).values()),
-            "only_ours": sorted((sa - sb).elements()), "only_theirs": sorted((sb - sa).elements())}  # fmt: skip
+    return {
+        "nodes": [sum(sa.values()), sum(sb.values())],
+        "identical": sum((sa & sb).values()),
+        "only_ours": sorted((sa - sb).elements()),
+        "only_theirs": sorted((sb - sa).elements()),
+    }
 
 
 def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
@@ -138,9 +145,16 @@ def bench(name: str, batch: int, runs: int, work: Path) -> dict[str, Any]:
     paths["quantize_static"] = work / f"{name}.qs.onnx"
     quantize_static_model(paths["fp32"], m["calib"], paths["quantize_static"])
     x = np.ascontiguousarray(np.concatenate([m["x_eval"][:1]] * batch))
-    out: dict[str, Any] = {"model": name, "input_shape": list(m["shape"]), "batch": batch, "runs": runs,
-                           "first_conv": first_conv, "convs": [node_name(n) for n in fp32.graph.node if n.op_type == "Conv"],
-                           "conv_names": conv_names(fp32), "variants": {}}  # fmt: skip
+    out: dict[str, Any] = {
+        "model": name,
+        "input_shape": list(m["shape"]),
+        "batch": batch,
+        "runs": runs,
+        "first_conv": first_conv,
+        "convs": [node_name(n) for n in fp32.graph.node if n.op_type == "Conv"],
+        "conv_names": conv_names(fp32),
+        "variants": {},
+    }
     out["kernels_vs_quantize_static"] = compare_kernels(
         optimized(paths["onnxruntime"], work / f"{name}.a.opt.onnx"), optimized(paths["quantize_static"], work / f"{name}.b.opt.onnx")
     )
@@ -192,24 +206,37 @@ def align(v: dict[str, Any], names: dict[str, str]) -> dict[str, float]:
 
 
 def render(doc: dict[str, Any]) -> str:
-    lines = ["# ONNX Runtime kernel profile", "", f"`{doc['command']}`, {doc['date']}; ONNX Runtime {doc['onnxruntime']}, "
-             "CPU provider, 2 threads, graph optimization ALL. Times are the median over the profiled runs of "
-             "ONNX Runtime's own per-kernel timing (the profiler adds a little per-kernel overhead; compare "
-             "variants with each other, and see benchmarks/topology.md for latency). The variants take turns in 4 "
-             "rounds (forward, then reverse order) so load changes hit all alike.", ""]  # fmt: skip
+    lines = [
+        "# ONNX Runtime kernel profile",
+        "",
+        f"`{doc['command']}`, {doc['date']}; ONNX Runtime {doc['onnxruntime']}, "
+        "CPU provider, 2 threads, graph optimization ALL. Times are the median over the profiled runs of "
+        "ONNX Runtime's own per-kernel timing (the profiler adds a little per-kernel overhead; compare "
+        "variants with each other, and see benchmarks/topology.md for latency). The variants take turns in 4 "
+        "rounds (forward, then reverse order) so load changes hit all alike.",
+        "",
+    ]
     for r in doc["models"]:
         v = r["variants"]
-        lines += [f"## {r['model']} ({'x'.join(map(str, r['input_shape']))}), batch {r['batch']}", "",
-                  "| variant | wall p50 (ms) | sum of kernels (ms) | top kernels (ms) |", "|---|---:|---:|---|"]  # fmt: skip
+        lines += [
+            f"## {r['model']} ({'x'.join(map(str, r['input_shape']))}), batch {r['batch']}",
+            "",
+            "| variant | wall p50 (ms) | sum of kernels (ms) | top kernels (ms) |",
+            "|---|---:|---:|---|",
+        ]
         for name in VARIANTS:
             p = v[name]
             top = ", ".join(f"{op} {ms:.2f}" for op, ms in list(p["by_op"].items())[:5])
             lines.append(f"| {name} | {p['wall_p50_ms']:.2f} | {p['kernel_sum_ms']:.2f} | {top} |")
         ours, theirs, fp = (align(v[k], r["conv_names"]) for k in ("onnxruntime", "quantize_static", "fp32"))
-        lines += ["", "Conv kernels layer by layer, matched by node name (an FP32 Conv kernel includes the Add/ReLU "
-                  "ONNX Runtime fused into it; a QLinearConv includes the ReLU folded into its output range):", "",
-                  "| Conv | onnxruntime policy (ms) | quantize_static (ms) | FP32 (ms) | FP32 / policy |",
-                  "|---|---:|---:|---:|---:|"]  # fmt: skip
+        lines += [
+            "",
+            "Conv kernels layer by layer, matched by node name (an FP32 Conv kernel includes the Add/ReLU "
+            "ONNX Runtime fused into it; a QLinearConv includes the ReLU folded into its output range):",
+            "",
+            "| Conv | onnxruntime policy (ms) | quantize_static (ms) | FP32 (ms) | FP32 / policy |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for c in r["convs"]:
             a, b, f = ours.get(c), theirs.get(c), fp.get(c)
             cell = [f"{x:.3f}" if x is not None else "?" for x in (a, b, f)]
@@ -227,18 +254,22 @@ def findings(models: list[dict[str, Any]]) -> list[str]:
         a, b = v["onnxruntime"]["by_op"], v["quantize_static"]["by_op"]
         c = r["kernels_vs_quantize_static"]
         diff = "; ".join([*(f"only ours: {x}" for x in c["only_ours"]), *(f"only theirs: {x}" for x in c["only_theirs"])])
-        out.append(f"{r['model']}: in the graphs ONNX Runtime runs (optimization ALL), the onnxruntime policy has "
-                   f"{c['nodes'][0]} nodes and quantize_static {c['nodes'][1]}; {c['identical']} are the same kernel "
-                   f"(op, domain, attributes, constant dtypes and shapes){': ' + diff if diff else ''}. "
-                   f"QLinearConv time {a.get('QLinearConv', 0):.2f} vs {b.get('QLinearConv', 0):.2f} ms, wall p50 "
-                   f"{v['onnxruntime']['wall_p50_ms']:.2f} vs {v['quantize_static']['wall_p50_ms']:.2f} ms")  # fmt: skip
+        out.append(
+            f"{r['model']}: in the graphs ONNX Runtime runs (optimization ALL), the onnxruntime policy has "
+            f"{c['nodes'][0]} nodes and quantize_static {c['nodes'][1]}; {c['identical']} are the same kernel "
+            f"(op, domain, attributes, constant dtypes and shapes){': ' + diff if diff else ''}. "
+            f"QLinearConv time {a.get('QLinearConv', 0):.2f} vs {b.get('QLinearConv', 0):.2f} ms, wall p50 "
+            f"{v['onnxruntime']['wall_p50_ms']:.2f} vs {v['quantize_static']['wall_p50_ms']:.2f} ms"
+        )
         k = v["onnxruntime, first conv FP32"]["by_op"]
         first_int8 = align(v["onnxruntime"], r["conv_names"]).get(r["first_conv"], float("nan"))
         first_fp = align(v["onnxruntime, first conv FP32"], r["conv_names"]).get(r["first_conv"], float("nan"))
-        out.append(f"{r['model']}: first conv as INT8 {first_int8:.3f} ms vs FP32 {first_fp:.3f} ms; with it in FP32 "
-                   f"the graph runs Transpose {k.get('Transpose', 0):.2f} ms (policy: {a.get('Transpose', 0):.2f} ms) "
-                   f"and ReorderOutput {k.get('ReorderOutput', 0):.2f} ms; wall p50 "
-                   f"{v['onnxruntime, first conv FP32']['wall_p50_ms']:.2f} vs {v['onnxruntime']['wall_p50_ms']:.2f} ms")  # fmt: skip
+        out.append(
+            f"{r['model']}: first conv as INT8 {first_int8:.3f} ms vs FP32 {first_fp:.3f} ms; with it in FP32 "
+            f"the graph runs Transpose {k.get('Transpose', 0):.2f} ms (policy: {a.get('Transpose', 0):.2f} ms) "
+            f"and ReorderOutput {k.get('ReorderOutput', 0):.2f} ms; wall p50 "
+            f"{v['onnxruntime, first conv FP32']['wall_p50_ms']:.2f} vs {v['onnxruntime']['wall_p50_ms']:.2f} ms"
+        )
     return out
 
 
@@ -254,9 +285,11 @@ def main() -> None:
     doc: dict[str, Any] = {
         "schema": "rescompile.bench.ort_kernels/1",
         "command": f"python benchmarks/ort_kernels.py --models {args.models} --batch {args.batch} --runs {args.runs}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "onnxruntime": onnxruntime.__version__,
-        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()], "models": [],
-    }  # fmt: skip
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "onnxruntime": onnxruntime.__version__,
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "models": [],
+    }
     with tempfile.TemporaryDirectory(prefix="rescompile-kernels-") as tmp:
         for name in args.models.split(","):
             doc["models"].append(bench(name, args.batch, args.runs, Path(tmp)))

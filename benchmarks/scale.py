@@ -80,9 +80,13 @@ def main() -> None:
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.run import ValidateSettings, compute_reference, run_outputs
 
-    out: dict[str, Any] = {"model": args.model, "calib_images": args.calib, "val_images": args.val, "batch_size": args.batch_size,
-                           "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(),
-                                       "ray": ray.__version__}}  # fmt: skip
+    out: dict[str, Any] = {
+        "model": args.model,
+        "calib_images": args.calib,
+        "val_images": args.val,
+        "batch_size": args.batch_size,
+        "machine": {"cpus": __import__("os").cpu_count(), "python": platform.python_version(), "ray": ray.__version__},
+    }
     t0 = time.perf_counter()
     module, simp = _model(args.model)
     plan = plan_qdq(simp, "tensorrt")
@@ -137,11 +141,12 @@ def main() -> None:
         ray.shutdown()
     for what, n in (("calib", args.calib), ("val", args.val)):
         per_image = out[f"{what}_ray_2x1_s"] / (n / 2)  # one 1-thread worker's seconds per image, Ray overhead included
-        fixed = (out["ranges_from_stats_s"] if what == "calib" else 0.0)
+        fixed = out["ranges_from_stats_s"] if what == "calib" else 0.0
         out[f"{what}_per_image_1thread_s"] = round(per_image, 4)
-        out[f"{what}_estimate_s"] = {str(k): round(per_image * n / k + fixed + (merge.get(str(k), merge["32"] * k / 32)
-                                                                                if what == "calib" else 0.0), 2)
-                                     for k in (1, 2, 4, 8, 16, 32)}  # fmt: skip
+        out[f"{what}_estimate_s"] = {
+            str(k): round(per_image * n / k + fixed + (merge.get(str(k), merge["32"] * k / 32) if what == "calib" else 0.0), 2)
+            for k in (1, 2, 4, 8, 16, 32)
+        }
     suffix = f"_{args.label}" if args.label else ""
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"scale{suffix}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -151,15 +156,19 @@ def main() -> None:
 
 def markdown(r: dict[str, Any]) -> str:
     est = " | ".join(f"{k}: {r['calib_estimate_s'][k]} s / {r['val_estimate_s'][k]} s" for k in r["calib_estimate_s"])
-    calib = (f"| calibration, {r['calib_images']} images, `auto`, batch {r['batch_size']} | {r['calib_one_process_s']} s | "
-             f"{r['calib_ray_2x1_s']} s | ranges.json and calib_stats.npz bytes: {r['calib_ranges_identical']} |")
-    val = (f"| validation, {r['val_images']} images: FP32 reference (PyTorch) + INT8 candidate logits (ONNX Runtime) | "
-           f"{r['val_one_process_s']} s | {r['val_ray_2x1_s']} s | logits bit-identical to the same run in one 1-thread process "
-           f"({r['val_one_process_1thread_s']} s): {r['val_logits_identical']} |")
-    return f"""# Scale-out on Ray: {r['model']} (random weights, 224x224), this {r['machine']['cpus']}-core machine
+    calib = (
+        f"| calibration, {r['calib_images']} images, `auto`, batch {r['batch_size']} | {r['calib_one_process_s']} s | "
+        f"{r['calib_ray_2x1_s']} s | ranges.json and calib_stats.npz bytes: {r['calib_ranges_identical']} |"
+    )
+    val = (
+        f"| validation, {r['val_images']} images: FP32 reference (PyTorch) + INT8 candidate logits (ONNX Runtime) | "
+        f"{r['val_one_process_s']} s | {r['val_ray_2x1_s']} s | logits bit-identical to the same run in one 1-thread process "
+        f"({r['val_one_process_1thread_s']} s): {r['val_logits_identical']} |"
+    )
+    return f"""# Scale-out on Ray: {r["model"]} (random weights, 224x224), this {r["machine"]["cpus"]}-core machine
 
-Command: `flock /tmp/rescompile-bench.lock nice -n 10 python benchmarks/scale.py --model {r['model']}`
-(Ray {r['machine']['ray']}, Python {r['machine']['python']}; the machine was shared with other jobs, so the
+Command: `flock /tmp/rescompile-bench.lock nice -n 10 python benchmarks/scale.py --model {r["model"]}`
+(Ray {r["machine"]["ray"]}, Python {r["machine"]["python"]}; the machine was shared with other jobs, so the
 absolute times are noisy; both ways ran in the same process one after the other.)
 
 | work | one process, 2 threads | Ray, 2 workers x 1 thread | identical results |
@@ -167,15 +176,15 @@ absolute times are noisy; both ways ran in the same process one after the other.
 {calib}
 {val}
 
-Ray's start-up (local, 2 CPUs) took {r['ray_start_s']} s, once per process, not counted above.
-Overhead Ray adds on one machine: calibration {r['calib_ray_2x1_s'] - r['calib_one_process_s']:+.1f} s, validation
-{r['val_ray_2x1_s'] - r['val_one_process_s']:+.1f} s (shipping the data set and model to the object store, one session per
+Ray's start-up (local, 2 CPUs) took {r["ray_start_s"]} s, once per process, not counted above.
+Overhead Ray adds on one machine: calibration {r["calib_ray_2x1_s"] - r["calib_one_process_s"]:+.1f} s, validation
+{r["val_ray_2x1_s"] - r["val_one_process_s"]:+.1f} s (shipping the data set and model to the object store, one session per
 task, and two 1-thread workers against one 2-thread process on the same 2 cores).
 
 Per-shard cost (one 1-thread worker, from the Ray run, Ray's per-task overhead included): calibration
-{r['calib_per_image_1thread_s']} s per image, validation {r['val_per_image_1thread_s']} s per image.
-Merge cost of the calibration statistics (`merge_stats`, every calibrated tensor): {r['merge_s']} s for 2 / 8 / 32 shards;
-ranges from the merged statistics: {r['ranges_from_stats_s']} s. Validation merges by concatenating logits (negligible).
+{r["calib_per_image_1thread_s"]} s per image, validation {r["val_per_image_1thread_s"]} s per image.
+Merge cost of the calibration statistics (`merge_stats`, every calibrated tensor): {r["merge_s"]} s for 2 / 8 / 32 shards;
+ranges from the merged statistics: {r["ranges_from_stats_s"]} s. Validation merges by concatenating logits (negligible).
 
 Estimated time on N nodes of one such worker each (`per-image cost x images / N + merge(N) + ranges`;
 start-up and data transfer not included), calibration / validation:

@@ -69,9 +69,15 @@ def load(name: str) -> dict[str, Any]:
             val = list(open_source("demo-val").batches(pre, 250))
             x_val = np.concatenate([x for x, _ in val])
             y_val = np.concatenate([y for _, y in val])
-            return {"module": loaded.module, "shape": (1, 28, 28), "calib": calib, "x_eval": x_val, "y_eval": y_val,
-                    "data": f"demo checkpoint; calibration demo_calib.npz ({sum(len(c) for c in calib)} images), "
-                            f"validation demo_val.npz ({len(x_val)} images)"}  # fmt: skip
+            return {
+                "module": loaded.module,
+                "shape": (1, 28, 28),
+                "calib": calib,
+                "x_eval": x_val,
+                "y_eval": y_val,
+                "data": f"demo checkpoint; calibration demo_calib.npz ({sum(len(c) for c in calib)} images), "
+                f"validation demo_val.npz ({len(x_val)} images)",
+            }
         from rescompile.models.resnet_cifar import cifar_resnet
 
         torch.manual_seed(0)
@@ -86,8 +92,14 @@ def load(name: str) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     calib = [rng.standard_normal((16, *shape)).astype(np.float32) for _ in range(2)]
     x_eval = np.random.default_rng(1).standard_normal((32, *shape)).astype(np.float32)
-    return {"module": module, "shape": shape, "calib": calib, "x_eval": x_eval, "y_eval": None,
-            "data": name_note + f" ({sum(len(c) for c in calib)} calibration images)"}  # fmt: skip
+    return {
+        "module": module,
+        "shape": shape,
+        "calib": calib,
+        "x_eval": x_eval,
+        "y_eval": None,
+        "data": name_note + f" ({sum(len(c) for c in calib)} calibration images)",
+    }
 
 
 def quantize_static_model(fp32_path: Path, calib: list[np.ndarray], out: Path) -> onnx.ModelProto:
@@ -106,14 +118,22 @@ def quantize_static_model(fp32_path: Path, calib: list[np.ndarray], out: Path) -
     import logging
 
     logging.getLogger().setLevel(logging.ERROR)  # its "please pre-process" advice is not a result
-    quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)  # fmt: skip
+    quantize_static(
+        str(fp32_path),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+    )
     return onnx.load(str(out))
 
 
-def time_blocks(runners: dict[str, OnnxRuntimeRunner], sample: np.ndarray, batch: int, runs: int,
-                budget_s: float) -> dict[str, dict[str, Any]]:  # fmt: skip
+def time_blocks(
+    runners: dict[str, OnnxRuntimeRunner], sample: np.ndarray, batch: int, runs: int, budget_s: float
+) -> dict[str, dict[str, Any]]:
     """Latency of every variant in two blocks, forward then reverse order (A B C D, D C B A).
 
     Each block gives each variant 5 warm-up calls (they also let the previous session's
@@ -138,9 +158,14 @@ def time_blocks(runners: dict[str, OnnxRuntimeRunner], sample: np.ndarray, batch
     out = {}
     for k, ts in times.items():
         t = np.asarray(ts)
-        out[k] = {"batch": batch, "runs": len(t), "p50_ms": round(float(np.median(t)), 3),
-                  "p90_ms": round(float(np.percentile(t, 90)), 3), "min_ms": round(float(t.min()), 3),
-                  "mean_ms": round(float(t.mean()), 3)}  # fmt: skip
+        out[k] = {
+            "batch": batch,
+            "runs": len(t),
+            "p50_ms": round(float(np.median(t)), 3),
+            "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "min_ms": round(float(t.min()), 3),
+            "mean_ms": round(float(t.mean()), 3),
+        }
     return out
 
 
@@ -160,10 +185,14 @@ def kernel_share(optimized: onnx.ModelProto, convs: int, adds: int) -> dict[str,
     int8_conv = sum(ops[o] for o in INT8_CONV)
     int8_add = sum(ops[o] for o in INT8_ADD)
     return {
-        "conv_int8": int8_conv, "conv_total": convs, "conv_share": round(int8_conv / convs, 3) if convs else None,
-        "add_int8": int8_add, "add_total": adds, "add_share": round(int8_add / adds, 3) if adds else None,
+        "conv_int8": int8_conv,
+        "conv_total": convs,
+        "conv_share": round(int8_conv / convs, 3) if convs else None,
+        "add_int8": int8_add,
+        "add_total": adds,
+        "add_share": round(int8_add / adds, 3) if adds else None,
         "optimized_ops": dict(sorted(ops.items())),
-    }  # fmt: skip
+    }
 
 
 def bench_model(name: str, runs: int, budget_s: float, batches: tuple[int, ...], work: Path) -> dict[str, Any]:
@@ -176,10 +205,15 @@ def bench_model(name: str, runs: int, budget_s: float, batches: tuple[int, ...],
     blocks = find_residual_blocks(fp32)
     convs = sum(n.op_type == "Conv" for n in fp32.graph.node)
     res: dict[str, Any] = {
-        "model": name, "input_shape": list(m["shape"]), "data": m["data"], "residual_adds": len(blocks),
-        "shortcut_kinds": dict(Counter(b.shortcut_kind for b in blocks)), "convs": convs,
-        "fp32_bytes": fp32_path.stat().st_size, "variants": {},
-    }  # fmt: skip
+        "model": name,
+        "input_shape": list(m["shape"]),
+        "data": m["data"],
+        "residual_adds": len(blocks),
+        "shortcut_kinds": dict(Counter(b.shortcut_kind for b in blocks)),
+        "convs": convs,
+        "fp32_bytes": fp32_path.stat().st_size,
+        "variants": {},
+    }
     models: dict[str, onnx.ModelProto] = {"fp32": fp32}
     for policy in (Policy.TENSORRT, Policy.ONNXRUNTIME):
         t0 = time.perf_counter()
@@ -191,22 +225,28 @@ def bench_model(name: str, runs: int, budget_s: float, batches: tuple[int, ...],
         path.write_bytes(int8.SerializeToString(deterministic=True))
         models[policy.value] = int8
         res["variants"][policy.value] = {
-            "qdq": qdq_counts(int8), "bytes": path.stat().st_size, "size_ratio": round(res["fp32_bytes"] / path.stat().st_size, 2),
-            "proof_ok": proof.ok, "proof_violations": len(proof.violations), "quantize_s": round(time.perf_counter() - t0, 2),
+            "qdq": qdq_counts(int8),
+            "bytes": path.stat().st_size,
+            "size_ratio": round(res["fp32_bytes"] / path.stat().st_size, 2),
+            "proof_ok": proof.ok,
+            "proof_violations": len(proof.violations),
+            "quantize_s": round(time.perf_counter() - t0, 2),
             "adds_fused_by_plan": sum(b.fused for b in plan.residual_adds),
-        }  # fmt: skip
+        }
     t0 = time.perf_counter()
     qs = quantize_static_model(fp32_path, m["calib"], work / f"{name}.quantize_static.onnx")
     qs_proof = verify_int8(fp32, qs, policy="onnxruntime")
     models["quantize_static"] = qs
     res["variants"]["quantize_static"] = {
-        "qdq": qdq_counts(qs), "bytes": (work / f"{name}.quantize_static.onnx").stat().st_size,
+        "qdq": qdq_counts(qs),
+        "bytes": (work / f"{name}.quantize_static.onnx").stat().st_size,
         "size_ratio": round(res["fp32_bytes"] / (work / f"{name}.quantize_static.onnx").stat().st_size, 2),
-        "proof_ok": qs_proof.ok, "proof_violations": len(qs_proof.violations),
+        "proof_ok": qs_proof.ok,
+        "proof_violations": len(qs_proof.violations),
         "proof_rules_failed": dict(Counter(v.rule for v in qs_proof.violations)),
         "proof_first_violation": str(qs_proof.violations[0]) if qs_proof.violations else None,
         "quantize_s": round(time.perf_counter() - t0, 2),
-    }  # fmt: skip
+    }
     res["variants"]["fp32"] = {"bytes": res["fp32_bytes"]}
 
     # Accuracy / agreement and the INT8 share of the optimized graph, then latency.
@@ -247,21 +287,32 @@ def render(doc: dict[str, Any]) -> str:
     """The results as Markdown."""
     env = doc["environment"]
     lines = [
-        "# Skip-add topology benchmark", "",
-        f"`{doc['command']}`, {doc['date']}.  ", f"CPU: {env['cpu']} ({env['cores']} cores visible); ONNX Runtime "
+        "# Skip-add topology benchmark",
+        "",
+        f"`{doc['command']}`, {doc['date']}.  ",
+        f"CPU: {env['cpu']} ({env['cores']} cores visible); ONNX Runtime "
         f"{env['onnxruntime']}, CPU provider, {env['threads']} threads (intra-op; inter-op 1), graph optimization ALL "
         f"(load average {env['loadavg_at_start'][0]} at start, {env['loadavg_at_end'][0]} at end: the machine is shared); "
         f"latency = median (p50) of {doc['runs']} timed runs, measured in two blocks per variant (order A B C D, "
         f"then D C B A, {doc['runs'] // 2} runs each after 5 warm-up runs) so load drift hits all variants alike; "
-        f"fewer runs only if a block took over {doc['budget_s'] / 2:.0f} s (the run count is listed).", "",
-    ]  # fmt: skip
+        f"fewer runs only if a block took over {doc['budget_s'] / 2:.0f} s (the run count is listed).",
+        "",
+    ]
     for r in doc["models"]:
         v = r["variants"]
-        lines += [f"## {r['model']} ({'x'.join(map(str, r['input_shape']))})", "", f"Data: {r['data']}.", "",
-                  f"Residual Adds found: **{r['residual_adds']}** ({', '.join(f'{k}: {n}' for k, n in r['shortcut_kinds'].items())}); "
-                  f"Conv nodes: {r['convs']}.", ""]  # fmt: skip
-        lines += ["| variant | Q | DQ act | DQ weights | DQ int32 bias | file size | vs FP32 | proof |",
-                  "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        lines += [
+            f"## {r['model']} ({'x'.join(map(str, r['input_shape']))})",
+            "",
+            f"Data: {r['data']}.",
+            "",
+            f"Residual Adds found: **{r['residual_adds']}** ({', '.join(f'{k}: {n}' for k, n in r['shortcut_kinds'].items())}); "
+            f"Conv nodes: {r['convs']}.",
+            "",
+        ]
+        lines += [
+            "| variant | Q | DQ act | DQ weights | DQ int32 bias | file size | vs FP32 | proof |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
+        ]
         lines.append(f"| fp32 | | | | | {r['fp32_bytes'] / 1e6:.2f} MB | 1.00x | |")
         for name in VARIANTS[1:]:
             q = v[name]["qdq"]
@@ -272,9 +323,11 @@ def render(doc: dict[str, Any]) -> str:
                 + ", ".join(f"{k} {n}" for k, n in v[name].get("proof_rules_failed", {}).items())
                 + ")"
             )
-            lines.append(f"| {name} | {q['QuantizeLinear']} | {q['DequantizeLinear (activations)']} | "
-                         f"{q['DequantizeLinear (weights)']} | {q['DequantizeLinear (int32 biases)']} | "
-                         f"{v[name]['bytes'] / 1e6:.2f} MB | {v[name]['size_ratio']:.2f}x smaller | {proof} |")  # fmt: skip
+            lines.append(
+                f"| {name} | {q['QuantizeLinear']} | {q['DequantizeLinear (activations)']} | "
+                f"{q['DequantizeLinear (weights)']} | {q['DequantizeLinear (int32 biases)']} | "
+                f"{v[name]['bytes'] / 1e6:.2f} MB | {v[name]['size_ratio']:.2f}x smaller | {proof} |"
+            )
         batches = [lat["batch"] for lat in v["fp32"]["latency"]]
         head = "| variant | " + " | ".join(f"batch {b} p50 (ms) | runs | speedup" for b in batches)
         head += " | Conv as INT8 kernel | residual Add as INT8 kernel | top-1 | top-1 agreement | logit cosine |"
@@ -289,16 +342,28 @@ def render(doc: dict[str, Any]) -> str:
             top1 = f"{x['top1']:.2f}%" if "top1" in x else "n/a"
             agr = f"{x['agreement_top1']:.2f}%" if "agreement_top1" in x else ""
             cos = f"{x['cosine_mean']:.4f}" if "cosine_mean" in x else ""
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {k['conv_int8']}/{k['conv_total']} | "
-                         f"{k['add_int8']}/{k['add_total']} | {top1} | {agr} | {cos} |")  # fmt: skip
+            lines.append(
+                f"| {name} | " + " | ".join(cells) + f" | {k['conv_int8']}/{k['conv_total']} | "
+                f"{k['add_int8']}/{k['add_total']} | {top1} | {agr} | {cos} |"
+            )
         ours, theirs = (Counter(v[k]["kernels"]["optimized_ops"]) for k in ("onnxruntime", "quantize_static"))
         diff = {op: (ours[op], theirs[op]) for op in sorted(set(ours) | set(theirs)) if ours[op] != theirs[op]}
-        lines += ["", "ORT-optimized graphs, onnxruntime policy vs quantize_static: "
-                  + ("identical op counts" if not diff else "op counts differ only in " + ", ".join(
-                      f"{op} ({a} vs {b})" for op, (a, b) in diff.items()))
-                  + f". quantize_static's graph under our proof: {v['quantize_static']['proof_first_violation'] or 'pass'}"
-                  + (" (it folds each ReLU after a Conv/Add into the quantization range and deletes the node)."
-                     if v["quantize_static"]["proof_violations"] else "."), ""]  # fmt: skip
+        lines += [
+            "",
+            "ORT-optimized graphs, onnxruntime policy vs quantize_static: "
+            + (
+                "identical op counts"
+                if not diff
+                else "op counts differ only in " + ", ".join(f"{op} ({a} vs {b})" for op, (a, b) in diff.items())
+            )
+            + f". quantize_static's graph under our proof: {v['quantize_static']['proof_first_violation'] or 'pass'}"
+            + (
+                " (it folds each ReLU after a Conv/Add into the quantization range and deletes the node)."
+                if v["quantize_static"]["proof_violations"]
+                else "."
+            ),
+            "",
+        ]
     lines += ["## Targets", ""]
     for t in doc["targets"]:
         lines.append(f"- {'PASS' if t['passed'] else 'FAIL'}: {t['what']} ({t['value']})")
@@ -315,14 +380,28 @@ def targets(models: list[dict[str, Any]]) -> list[dict[str, Any]]:
         qs = {lat["batch"]: lat["p50_ms"] for lat in v["quantize_static"]["latency"]}
         if 32 in ort:
             sp = fp[32] / ort[32]
-            out.append({"what": f"{r['model']}: onnxruntime policy >= 2.5x faster than FP32 at batch 32",
-                        "value": f"{sp:.2f}x", "passed": sp >= 2.5})  # fmt: skip
-            out.append({"what": f"{r['model']}: onnxruntime policy faster than quantize_static at batch 32",
-                        "value": f"{ort[32]:.1f} ms vs {qs[32]:.1f} ms", "passed": ort[32] < qs[32]})  # fmt: skip
+            out.append(
+                {
+                    "what": f"{r['model']}: onnxruntime policy >= 2.5x faster than FP32 at batch 32",
+                    "value": f"{sp:.2f}x",
+                    "passed": sp >= 2.5,
+                }
+            )
+            out.append(
+                {
+                    "what": f"{r['model']}: onnxruntime policy faster than quantize_static at batch 32",
+                    "value": f"{ort[32]:.1f} ms vs {qs[32]:.1f} ms",
+                    "passed": ort[32] < qs[32],
+                }
+            )
         if "top1" in v["onnxruntime"]:
-            out.append({"what": f"{r['model']}: onnxruntime policy top-1 >= quantize_static's",
-                        "value": f"{v['onnxruntime']['top1']:.2f}% vs {v['quantize_static']['top1']:.2f}%",
-                        "passed": v["onnxruntime"]["top1"] >= v["quantize_static"]["top1"]})  # fmt: skip
+            out.append(
+                {
+                    "what": f"{r['model']}: onnxruntime policy top-1 >= quantize_static's",
+                    "value": f"{v['onnxruntime']['top1']:.2f}% vs {v['quantize_static']['top1']:.2f}%",
+                    "passed": v["onnxruntime"]["top1"] >= v["quantize_static"]["top1"],
+                }
+            )
     return out
 
 
@@ -345,18 +424,27 @@ def main() -> None:
     args = ap.parse_args()
     import onnxruntime
 
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())  # fmt: skip
+    cpu = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("model name")),
+        platform.processor(),
+    )
     flags = Path("/proc/cpuinfo").read_text()
     doc: dict[str, Any] = {
         "schema": "rescompile.bench.topology/1",
         "command": "python benchmarks/topology.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "environment": {"cpu": cpu + (" (AVX512-VNNI)" if "avx512_vnni" in flags else ""), "cores": os.cpu_count(),
-                        "onnxruntime": onnxruntime.__version__, "threads": 2, "python": platform.python_version(),
-                        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
-        "runs": args.runs, "budget_s": args.budget_s, "models": [],
-    }  # fmt: skip
+        "environment": {
+            "cpu": cpu + (" (AVX512-VNNI)" if "avx512_vnni" in flags else ""),
+            "cores": os.cpu_count(),
+            "onnxruntime": onnxruntime.__version__,
+            "threads": 2,
+            "python": platform.python_version(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "runs": args.runs,
+        "budget_s": args.budget_s,
+        "models": [],
+    }
     batches = tuple(int(b) for b in args.batches.split(","))
     with tempfile.TemporaryDirectory(prefix="rescompile-bench-") as tmp:
         for name in args.models.split(","):

@@ -92,12 +92,19 @@ def main() -> None:
     np.savez_compressed(args.out / "demo_calib.npz", images=train_img[calib_idx], labels=train_lab[calib_idx])
     np.savez_compressed(args.out / "demo_val.npz", images=test_img[val_idx], labels=test_lab[val_idx])
     info = {
-        "architecture": "resnet20", "in_channels": 1, "num_classes": 10, "input_size": [1, 28, 28],
-        "mean": [MEAN], "std": [STD], "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
+        "architecture": "resnet20",
+        "in_channels": 1,
+        "num_classes": 10,
+        "input_size": [1, 28, 28],
+        "mean": [MEAN],
+        "std": [STD],
+        "dataset": "Fashion-MNIST (Debian dataset-fashion-mnist)",
         "fp32_top1_test10k": round(evaluate(model, x_test, y_test), 2),
-        "training_command": (f"python benchmarks/train_demo.py --epochs {args.epochs} --batch-size {args.batch_size} "
-                             f"--lr {args.lr} --seed {args.seed}"),
-        "torch": torch.__version__, "train_seconds": round(time.time() - start),
+        "training_command": (
+            f"python benchmarks/train_demo.py --epochs {args.epochs} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed}"
+        ),
+        "torch": torch.__version__,
+        "train_seconds": round(time.time() - start),
     }
     (args.out / "demo_resnet20.json").write_text(json.dumps(info, indent=2) + "\n")
     print(json.dumps(info, indent=2))

@@ -39,10 +39,14 @@ def run_one(entry: zoo.ZooModel, size: int, n: int) -> dict[str, Any]:
         return {"model": entry.name, "family": entry.family, "expected": entry.residual_adds, "error": f"export: {exc}"}
     export_s = time.perf_counter() - t0
     row: dict[str, Any] = {
-        "model": entry.name, "family": entry.family, "expected": entry.residual_adds,
-        "found": len(find_residual_blocks(fp32)), "nodes": len(fp32.graph.node), "export_s": round(export_s, 2),
+        "model": entry.name,
+        "family": entry.family,
+        "expected": entry.residual_adds,
+        "found": len(find_residual_blocks(fp32)),
+        "nodes": len(fp32.graph.node),
+        "export_s": round(export_s, 2),
         "policies": {},
-    }  # fmt: skip
+    }
     calib, val = zoo.zoo_inputs(size, n, 0), zoo.zoo_inputs(size, n, 1)
     for policy in policy_names():
         t = time.perf_counter()
@@ -53,10 +57,12 @@ def run_one(entry: zoo.ZooModel, size: int, n: int) -> dict[str, Any]:
             continue
         row["policies"][policy] = {
             "proof": "pass" if r.report.ok else f"FAIL ({len(r.report.violations)}: {r.report.violations[0]})",
-            "cosine": round(r.cosine, 5), "agreement": round(r.agreement, 1),
-            "qdq_pairs": r.report.qdq_pairs, "fused_adds": sum(b.fused for b in r.plan.residual_adds),  # type: ignore[attr-defined]
+            "cosine": round(r.cosine, 5),
+            "agreement": round(r.agreement, 1),
+            "qdq_pairs": r.report.qdq_pairs,
+            "fused_adds": sum(b.fused for b in r.plan.residual_adds),  # type: ignore[attr-defined]
             "seconds": round(time.perf_counter() - t, 2),
-        }  # fmt: skip
+        }
     print(row, file=sys.stderr, flush=True)
     return row
 
@@ -64,16 +70,20 @@ def run_one(entry: zoo.ZooModel, size: int, n: int) -> dict[str, Any]:
 def render(doc: dict[str, Any]) -> str:
     pols = doc["policies"]
     lines = [
-        "# Model zoo: residual Adds, proof and INT8 vs FP32 per placement policy", "",
+        "# Model zoo: residual Adds, proof and INT8 vs FP32 per placement policy",
+        "",
         f"`{doc['command']}` — {doc['date']}, input {doc['input']}, {doc['samples']} calibration and "
-        f"{doc['samples']} comparison inputs (random normal), random weights (seed 0), ONNX Runtime CPU.", "",
+        f"{doc['samples']} comparison inputs (random normal), random weights (seed 0), ONNX Runtime CPU.",
+        "",
         "Build seconds = plan + calibration + Q/DQ insertion + proof + the comparison run, per policy "
         "(export and simplification once per model, listed apart). Cosine = mean per-sample cosine of "
-        "INT8 and FP32 logits; agreement = top-1 agreement with FP32 (random logits: a sanity check).", "",
+        "INT8 and FP32 logits; agreement = top-1 agreement with FP32 (random logits: a sanity check).",
+        "",
         "| model | family | Adds expected | found | export s | "
-        + " | ".join(f"{p} proof | {p} cosine | {p} agree % | {p} fused Adds | {p} s" for p in pols) + " |",
+        + " | ".join(f"{p} proof | {p} cosine | {p} agree % | {p} fused Adds | {p} s" for p in pols)
+        + " |",
         "|---|---|---|---|---|" + "---|" * (5 * len(pols)),
-    ]  # fmt: skip
+    ]
     for r in doc["rows"]:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['family']} | {r['expected']} | error: {r['error']} |")
@@ -86,8 +96,9 @@ def render(doc: dict[str, Any]) -> str:
             else:
                 cells.append(f"{x['proof']} | {x['cosine']:.4f} | {x['agreement']:.0f} | {x['fused_adds']} | {x['seconds']:.1f}")
         mark = "" if r["found"] == r["expected"] else " (MISMATCH)"
-        lines.append(f"| {r['model']} | {r['family']} | {r['expected']} | {r['found']}{mark} | {r['export_s']:.1f} | "
-                     + " | ".join(cells) + " |")  # fmt: skip
+        lines.append(
+            f"| {r['model']} | {r['family']} | {r['expected']} | {r['found']}{mark} | {r['export_s']:.1f} | " + " | ".join(cells) + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -101,8 +112,15 @@ def main() -> None:
     wanted = {m for m in args.models.split(",") if m}
     rows = [run_one(e, args.size, args.samples) for e in zoo.FULL if not wanted or e.name in wanted]
     cmd = f"python benchmarks/zoo.py --size {args.size} --samples {args.samples}" + (f" --models {args.models}" if wanted else "")
-    doc = {"schema": "rescompile.bench.zoo/1", "command": cmd, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           "input": f"1x3x{args.size}x{args.size}", "samples": args.samples, "policies": policy_names(), "rows": rows}  # fmt: skip
+    doc = {
+        "schema": "rescompile.bench.zoo/1",
+        "command": cmd,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "input": f"1x3x{args.size}x{args.size}",
+        "samples": args.samples,
+        "policies": policy_names(),
+        "rows": rows,
+    }
     write_results(args.out, "zoo", doc, render)
 
 

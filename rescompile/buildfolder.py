@@ -54,8 +54,15 @@ NO_VERIFY_FLAG = "--no-verify-hashes"
 ALLOW_FAILED_FLAG = "--allow-failed-build"
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}  # fmt: skip
+_JSON_TYPES = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 class IntegrityError(UsageError):
@@ -86,8 +93,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UsageError(f"{path} is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})",
-                         hint="rebuild into this folder, or remove it") from None  # fmt: skip
+        raise UsageError(
+            f"{path} is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})", hint="rebuild into this folder, or remove it"
+        ) from None
     if not isinstance(doc, dict):
         raise UsageError(f"{path} is not a rescompile manifest: a JSON object expected, found {_JSON_TYPES.get(type(doc), 'a value')}")
     schema = doc.get("schema")
@@ -99,9 +107,17 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(artifacts, dict):
         raise UsageError(f"{path} is damaged: 'artifacts' is not an object")
     for name, entry in artifacts.items():
-        if (not name or "/" in name or "\\" in name or name in (".", "..")
-                or not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
-                or not _SHA256.match(entry["sha256"]) or type(entry.get("bytes")) is not int or entry["bytes"] < 0):  # fmt: skip
+        if (
+            not name
+            or "/" in name
+            or "\\" in name
+            or name in (".", "..")
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA256.match(entry["sha256"])
+            or type(entry.get("bytes")) is not int
+            or entry["bytes"] < 0
+        ):
             raise UsageError(f"{path} is damaged: artifact entry {name!r} is not a file name with its sha256 and bytes")
     gates = doc.get("gates")
     if gates is not None and not (isinstance(gates, dict) and isinstance(gates.get("passed"), bool)):
@@ -185,15 +201,18 @@ class BuildFolder:
             return path
         entry = self.artifacts.get(name)
         if entry is None:
-            raise IntegrityError(f"{path} is not listed in {self.manifest_path}: it was not written by this build",
-                                 hint="rebuild into this folder")  # fmt: skip
+            raise IntegrityError(
+                f"{path} is not listed in {self.manifest_path}: it was not written by this build", hint="rebuild into this folder"
+            )
         size = path.stat().st_size
         digest = sha256_file(path) if size == entry["bytes"] else None
         if digest != entry["sha256"]:
             found = f"{size} bytes" if digest is None else f"sha256 {digest[:16]}..."
             wrote = f"{entry['bytes']} bytes" if digest is None else f"sha256 {entry['sha256'][:16]}..."
-            raise IntegrityError(f"{path} does not match {MANIFEST}: {found}, the build wrote {wrote}",
-                                 hint="the file changed after the build; rebuild, or restore the file the build wrote")  # fmt: skip
+            raise IntegrityError(
+                f"{path} does not match {MANIFEST}: {found}, the build wrote {wrote}",
+                hint="the file changed after the build; rebuild, or restore the file the build wrote",
+            )
         self._checked.add(name)
         return path
 
@@ -211,17 +230,17 @@ class BuildFolder:
         """One line per override in effect (``failed``: include the failed-gates one), for the terminal and reports."""
         lines = []
         if not self.verify:
-            lines.append(f"{NO_VERIFY_FLAG}: the artifacts of {self.path} are used without checking their sha256 "
-                         f"against {MANIFEST}")  # fmt: skip
+            lines.append(f"{NO_VERIFY_FLAG}: the artifacts of {self.path} are used without checking their sha256 against {MANIFEST}")
         if failed and self.allowed_failed:
-            lines.append(f"{ALLOW_FAILED_FLAG}: {self.path} is a build whose gates failed"
-                         + (f" ({', '.join(self.failed_gates)})" if self.failed_gates else ""))  # fmt: skip
+            lines.append(
+                f"{ALLOW_FAILED_FLAG}: {self.path} is a build whose gates failed"
+                + (f" ({', '.join(self.failed_gates)})" if self.failed_gates else "")
+            )
         return lines
 
     def record(self) -> dict[str, Any]:
         """What a report records about the build it read: folder, whether hashes were checked, gates, overrides."""
-        return {"folder": str(self.path), "hashes_verified": self.verify, "gates_passed": self.passed,
-                "overrides": self.overrides}  # fmt: skip
+        return {"folder": str(self.path), "hashes_verified": self.verify, "gates_passed": self.passed, "overrides": self.overrides}
 
 
 def open_build(path: Path, *, verify: bool = True, allow_failed: bool = False) -> BuildFolder:
@@ -244,8 +263,10 @@ def open_build(path: Path, *, verify: bool = True, allow_failed: bool = False) -
     if build.passed is False:
         if not allow_failed:
             failed = f" ({', '.join(build.failed_gates)})" if build.failed_gates else ""
-            raise UsageError(f"{path} is a build whose gates failed{failed}; refusing to use it",
-                             hint="use a build that passed its gates; this one is kept for its report")  # fmt: skip
+            raise UsageError(
+                f"{path} is a build whose gates failed{failed}; refusing to use it",
+                hint="use a build that passed its gates; this one is kept for its report",
+            )
         build.allowed_failed = True
     return build
 

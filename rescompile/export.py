@@ -59,8 +59,7 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol
     tol = atol + rtol * float(np.max(np.abs(reference))) if reference.size else atol
     if reference.shape != candidate.shape or not np.isfinite(err) or err > tol:
         raise ParityError(
-            f"{stage}: output differs from PyTorch by {err:.3g} (tolerance {tol:.3g}, shapes "
-            f"{reference.shape} vs {candidate.shape})"
+            f"{stage}: output differs from PyTorch by {err:.3g} (tolerance {tol:.3g}, shapes {reference.shape} vs {candidate.shape})"
         )
     return ParityResult(err, tol, True)
 
@@ -85,10 +84,16 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
         try:
             if cfg.exporter == "dynamo":
                 prog = torch.onnx.export(
-                    module, (x,), None, dynamo=True, opset_version=max(cfg.opset, 18),
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
-                )  # fmt: skip
+                    module,
+                    (x,),
+                    None,
+                    dynamo=True,
+                    opset_version=max(cfg.opset, 18),
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},),
+                    verbose=False,
+                )
                 if prog is None:
                     raise UsageError("torch.onnx.export (dynamo) returned no program")
                 model = prog.model_proto
@@ -96,11 +101,16 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
                 buf = io.BytesIO()
                 # The TorchScript exporter accepts a file object (the stubs say path only).
                 torch.onnx.export(
-                    module, (x,), buf,  # type: ignore[arg-type]
-                    dynamo=False, opset_version=cfg.opset, do_constant_folding=True,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    module,
+                    (x,),
+                    buf,  # type: ignore[arg-type]
+                    dynamo=False,
+                    opset_version=cfg.opset,
+                    do_constant_folding=True,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                )  # fmt: skip
+                )
                 model = onnx.load_from_string(buf.getvalue())
             else:
                 raise UsageError(f"unknown exporter {cfg.exporter!r}: use torchscript or dynamo")

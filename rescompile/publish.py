@@ -60,8 +60,9 @@ def _check_target(target: Path, what: str) -> None:
     try:
         ours = _is_build(target)
     except UsageError as exc:
-        raise UsageError(f"{what} {target} holds a damaged build ({exc.message})",
-                         hint=f"remove {target} or choose another --out") from None  # fmt: skip
+        raise UsageError(
+            f"{what} {target} holds a damaged build ({exc.message})", hint=f"remove {target} or choose another --out"
+        ) from None
     if not ours:
         raise UsageError(f"{what} {target} is not empty and holds no rescompile build", hint="choose another --out")
 
@@ -86,8 +87,10 @@ def check_out(out: Path) -> Path:
         for here in {cwd, Path(os.path.realpath(cwd))}:
             for target in {absolute, Path(os.path.realpath(absolute))}:
                 if target == here or target in here.parents:
-                    raise UsageError(f"--out {out} is the current folder or holds it: a build replaces its output "
-                                     "folder whole", hint="choose a subfolder, e.g. --out build/demo")  # fmt: skip
+                    raise UsageError(
+                        f"--out {out} is the current folder or holds it: a build replaces its output folder whole",
+                        hint="choose a subfolder, e.g. --out build/demo",
+                    )
     existing = absolute.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -98,8 +101,9 @@ def check_out(out: Path) -> Path:
     try:  # really create something: os.access() trusts mode bits that root ignores, and misjudges NFS root squash or ACLs
         os.rmdir(tempfile.mkdtemp(prefix=f".{absolute.name}.probe-{os.getpid()}-", dir=existing))
     except OSError as exc:
-        raise UsageError(f"cannot write --out {out}: {existing} is not writable ({exc.strerror or exc})",
-                         hint="choose a folder you can write to") from None  # fmt: skip
+        raise UsageError(
+            f"cannot write --out {out}: {existing} is not writable ({exc.strerror or exc})", hint="choose a folder you can write to"
+        ) from None
     return absolute
 
 

@@ -84,10 +84,16 @@ def describe(head: bytes) -> str:
         return "an empty file"
     stripped = head.lstrip()
     kinds = (
-        (_NPY_MAGIC, "a NumPy .npy array"), (b"PK\x03\x04", "a zip archive"), (b"PK\x05\x06", "an empty zip archive"),
-        (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"\x1f\x8b", "a gzip file"),
-        (b"\x89HDF", "an HDF5 file (Keras?)"), (b"TRT-", "a TensorRT calibration cache"), (b"\x80", "a pickle"),
-    )  # fmt: skip
+        (_NPY_MAGIC, "a NumPy .npy array"),
+        (b"PK\x03\x04", "a zip archive"),
+        (b"PK\x05\x06", "an empty zip archive"),
+        (b"\x89PNG", "a PNG image"),
+        (b"\xff\xd8\xff", "a JPEG image"),
+        (b"\x1f\x8b", "a gzip file"),
+        (b"\x89HDF", "an HDF5 file (Keras?)"),
+        (b"TRT-", "a TensorRT calibration cache"),
+        (b"\x80", "a pickle"),
+    )
     for magic, name in kinds:
         if head.startswith(magic):
             return name
@@ -184,8 +190,10 @@ def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.nd
         count = int(np.prod(shape, dtype=object))
         header = fh.tell()
         if count * dtype.itemsize != info.file_size - header:
-            raise ValueError(f"array {info.filename[:-4]!r}: its header promises {count * dtype.itemsize} bytes, "
-                             f"the archive holds {info.file_size - header}")  # fmt: skip
+            raise ValueError(
+                f"array {info.filename[:-4]!r}: its header promises {count * dtype.itemsize} bytes, "
+                f"the archive holds {info.file_size - header}"
+            )
         arr = np.empty(count, dtype)
         reader: Any = fh  # ZipExtFile is a BufferedIOBase: readinto fills the whole buffer unless the member ends
         if count and reader.readinto(arr.view(np.uint8).data) != count * dtype.itemsize:
@@ -224,8 +232,20 @@ def load_npz(path: Path | str, what: str = ".npz archive") -> dict[str, np.ndarr
         raise
     except MemoryError:
         raise UsageError(f"{path}: its arrays do not fit in memory") from None
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError, NotImplementedError,
-            RuntimeError, SyntaxError, TypeError, OverflowError, tokenize.TokenError) as exc:  # fmt: skip
+    except (
+        zipfile.BadZipFile,
+        zlib.error,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        NotImplementedError,
+        RuntimeError,
+        SyntaxError,
+        TypeError,
+        OverflowError,
+        tokenize.TokenError,
+    ) as exc:
         # zipfile and numpy's header parser (tokenize, ast.literal_eval) raise these for corrupt archives
         raise UsageError(f"{path} is not a readable {what} ({type(exc).__name__}: {first_line(exc)})") from None
 

@@ -109,6 +109,5 @@ def tiny_npz(tmp_path: Path) -> Path:
     """A small labelled uint8 image set for the tiny model (1x16x16, 4 classes)."""
     rng = np.random.default_rng(2)
     path = tmp_path / "tiny.npz"
-    np.savez_compressed(path, images=rng.integers(0, 256, (40, 16, 16), dtype=np.uint8),
-                        labels=rng.integers(0, 4, 40))  # fmt: skip
+    np.savez_compressed(path, images=rng.integers(0, 256, (40, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 40))
     return path

@@ -14,8 +14,7 @@ from rescompile.cli import app
 def small_demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A passing demo build (200 validation samples, minimal latency runs)."""
     out = tmp_path_factory.mktemp("deploybuild") / "demo"
-    result = CliRunner().invoke(app, ["build", "--out", str(out), "-q", "--val-size", "200", "--latency-runs", "3",
-                                      "--latency-batch", "1"])  # fmt: skip
+    result = CliRunner().invoke(app, ["build", "--out", str(out), "-q", "--val-size", "200", "--latency-runs", "3", "--latency-batch", "1"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -24,7 +23,6 @@ def small_demo_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def demo_bundle(small_demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``demo.rcb``: 64 reference inputs, gated on top-1 agreement >= 90%."""
     out = tmp_path_factory.mktemp("bundle") / "demo.rcb"
-    result = CliRunner().invoke(app, ["bundle", str(small_demo_build), "-o", str(out), "--reference-size", "64",
-                                      "--min-agreement", "90"])  # fmt: skip
+    result = CliRunner().invoke(app, ["bundle", str(small_demo_build), "-o", str(out), "--reference-size", "64", "--min-agreement", "90"])
     assert result.exit_code == 0, result.output
     return out

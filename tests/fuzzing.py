@@ -54,9 +54,27 @@ def make_build(folder: Path) -> Path:
 
     torch.manual_seed(0)
     torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), folder / "weights.pt")
-    res = CliRunner().invoke(app, ["validate", str(out / "model.int8.onnx"), "--reference", str(out / "model.simplified.onnx"),
-                                   "--val", str(data), "--no-baseline", "--latency-runs", "3", "--latency-batch", "1",
-                                   "--save-reference", str(folder / "ref.npz"), "--out", str(folder / "v"), "-q"])  # fmt: skip
+    res = CliRunner().invoke(
+        app,
+        [
+            "validate",
+            str(out / "model.int8.onnx"),
+            "--reference",
+            str(out / "model.simplified.onnx"),
+            "--val",
+            str(data),
+            "--no-baseline",
+            "--latency-runs",
+            "3",
+            "--latency-batch",
+            "1",
+            "--save-reference",
+            str(folder / "ref.npz"),
+            "--out",
+            str(folder / "v"),
+            "-q",
+        ],
+    )
     assert res.exit_code == 0, res.output
     from rescompile.deploy.bundle import make_bundle
 
@@ -92,15 +110,18 @@ def mutated(draw: st.DrawFn, seeds: list[bytes]) -> bytes:
             data = data[:i] + other[j:]
         elif kind == "overwrite" and n:
             i = draw(st.integers(0, n - 1))
-            chunk = draw(st.sampled_from([b"\x00" * 8, b"\xff" * 8, struct.pack("<q", -1), struct.pack("<Q", 2**62),
-                                          b"NaN", b"1e999", b"-0"]))  # fmt: skip
+            chunk = draw(
+                st.sampled_from([b"\x00" * 8, b"\xff" * 8, struct.pack("<q", -1), struct.pack("<Q", 2**62), b"NaN", b"1e999", b"-0"])
+            )
             data[i : i + len(chunk)] = chunk
     return bytes(data)
 
 
 def random_bytes() -> st.SearchStrategy[bytes]:
-    return st.one_of(st.binary(max_size=2048), st.sampled_from([b"", b"\n", b"{}", b"[]", b"null", b"PK\x03\x04",
-                                                                b"\x93NUMPY", b"\x80\x04", b"TRT-100300-EntropyCalibration2\n"]))
+    return st.one_of(
+        st.binary(max_size=2048),
+        st.sampled_from([b"", b"\n", b"{}", b"[]", b"null", b"PK\x03\x04", b"\x93NUMPY", b"\x80\x04", b"TRT-100300-EntropyCalibration2\n"]),
+    )
 
 
 # ---- structured content ---------------------------------------------------------------------------------
@@ -111,12 +132,18 @@ WEIRD_INTS = [0, -1, 1, 2**31, 2**63, -(2**63), 10**30, 10**400]
 
 def json_values() -> st.SearchStrategy[Any]:
     leaves = st.one_of(
-        st.none(), st.booleans(), st.integers(-(10**6), 10**6), st.sampled_from(WEIRD_INTS),
-        st.floats(allow_nan=True, allow_infinity=True), st.sampled_from(WEIRD_FLOATS), st.text(max_size=20),
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**6), 10**6),
+        st.sampled_from(WEIRD_INTS),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(WEIRD_FLOATS),
+        st.text(max_size=20),
         st.sampled_from(["", "tensorrt", "onnxruntime", "max", "input", "rescompile.report/1", "rescompile.ranges/2"]),
-    )  # fmt: skip
-    return st.recursive(leaves, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)),
-                        max_leaves=12)  # fmt: skip
+    )
+    return st.recursive(
+        leaves, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=8), c, max_size=4)), max_leaves=12
+    )
 
 
 def _paths(doc: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -180,8 +207,12 @@ def dump_json(doc: Any) -> bytes:
 @st.composite
 def arrays(draw: st.DrawFn) -> np.ndarray:
     dtype = draw(st.sampled_from(["u1", "i1", "i4", "i8", "u8", "f2", "f4", "f8", "c8", "?", "U3", "S2", "V4", ">f4", "<i2"]))
-    shape = draw(st.one_of(hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=6),
-                           st.sampled_from([(16, 1, 16, 16), (4, 16, 16, 1), (4, 16, 16), (0, 1, 16, 16), (3,)])))  # fmt: skip
+    shape = draw(
+        st.one_of(
+            hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=6),
+            st.sampled_from([(16, 1, 16, 16), (4, 16, 16, 1), (4, 16, 16), (0, 1, 16, 16), (3,)]),
+        )
+    )
     if dtype in ("f2", "f4", "f8", ">f4"):
         return draw(hnp.arrays(dtype, shape, elements=st.sampled_from(WEIRD_FLOATS + [0.5, 1.0, 255.0])))
     if dtype in ("U3", "S2", "V4", "c8"):
@@ -251,15 +282,28 @@ def yaml_docs(draw: st.DrawFn, keys: list[str]) -> bytes:
 
     doc = draw(st.dictionaries(st.sampled_from(keys), json_values(), max_size=4))
     text = yaml.safe_dump(doc) if draw(st.booleans()) else json.dumps(doc, allow_nan=True)
-    extra = draw(st.sampled_from(["", "\n---\nsecond: doc\n", "\n!!python/object:os.system {}\n", "\nx: &a [*a]\n",
-                                  "\nlist: [1, 2\n", "\n\t- tab\n", "\nk: !!binary AAAA\n", "\nk: 2001-01-01\n"]))  # fmt: skip
+    extra = draw(
+        st.sampled_from(
+            [
+                "",
+                "\n---\nsecond: doc\n",
+                "\n!!python/object:os.system {}\n",
+                "\nx: &a [*a]\n",
+                "\nlist: [1, 2\n",
+                "\n\t- tab\n",
+                "\nk: !!binary AAAA\n",
+                "\nk: 2001-01-01\n",
+            ]
+        )
+    )
     return (text + extra).encode()
 
 
 def alias_bomb(key: str) -> bytes:
     levels = "abcdefghi"
     text = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip(levels[:-1], levels[1:], strict=True))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip(levels[:-1], levels[1:], strict=True)
+    )
     return (text + f"{key}: *i\n").encode()
 
 
@@ -270,12 +314,16 @@ def edited_onnx(draw: st.DrawFn, seed: bytes) -> bytes:
 
     m = onnx.load_from_string(seed)
     g = m.graph
-    kind = draw(st.sampled_from(["op", "drop_node", "rename_input", "dim", "init_dims", "raw_data", "opset", "io",
-                                 "attr", "duplicate_output", "dtype"]))  # fmt: skip
+    kind = draw(
+        st.sampled_from(
+            ["op", "drop_node", "rename_input", "dim", "init_dims", "raw_data", "opset", "io", "attr", "duplicate_output", "dtype"]
+        )
+    )
     nodes = list(g.node)
     if kind == "op" and nodes:
-        nodes[draw(st.integers(0, len(nodes) - 1))].op_type = draw(st.sampled_from(["Add", "Conv", "Relu", "Foo", "", "Gemm",
-                                                                                     "QuantizeLinear", "MaxPool"]))  # fmt: skip
+        nodes[draw(st.integers(0, len(nodes) - 1))].op_type = draw(
+            st.sampled_from(["Add", "Conv", "Relu", "Foo", "", "Gemm", "QuantizeLinear", "MaxPool"])
+        )
     elif kind == "drop_node" and nodes:
         del g.node[draw(st.integers(0, len(nodes) - 1))]
     elif kind == "rename_input" and nodes:
@@ -324,8 +372,9 @@ def checkpoints(draw: st.DrawFn, seed: bytes) -> bytes:
         nan = torch.full_like(v, float("nan")) if v.is_floating_point() else v.double()
         cplx = v.to(torch.complex64) if v.is_floating_point() else v
         flat = v.reshape(-1)
-        state[k] = draw(st.sampled_from([nan, v.to(torch.int32), cplx, flat, flat[:0], torch.zeros(3), v.to(torch.float16),
-                                         v.to(torch.bool)]))  # fmt: skip
+        state[k] = draw(
+            st.sampled_from([nan, v.to(torch.int32), cplx, flat, flat[:0], torch.zeros(3), v.to(torch.float16), v.to(torch.bool)])
+        )
     elif kind == 1:
         del state[draw(st.sampled_from(sorted(state)))]
     elif kind == 2:
@@ -341,13 +390,19 @@ def checkpoints(draw: st.DrawFn, seed: bytes) -> bytes:
 
 @st.composite
 def trt_caches(draw: st.DrawFn, names: list[str]) -> bytes:
-    header = draw(st.sampled_from(["TRT-100300-EntropyCalibration2", "TRT-8601-MinMaxCalibration", "TRT--x", "TRT-1" + "0" * 5000 + "-A",
-                                   "", "trt-100300-x"]))  # fmt: skip
+    header = draw(
+        st.sampled_from(
+            ["TRT-100300-EntropyCalibration2", "TRT-8601-MinMaxCalibration", "TRT--x", "TRT-1" + "0" * 5000 + "-A", "", "trt-100300-x"]
+        )
+    )
     lines = [header]
     for _ in range(draw(st.integers(0, 6))):
         name = draw(st.one_of(st.sampled_from(names), st.text(max_size=12)))
-        value = draw(st.one_of(st.sampled_from(["3f800000", "7f800000", "7fc00000", "00000000", "bf800000", "zzzzzzzz", "3f80"]),
-                               st.text(max_size=10)))  # fmt: skip
+        value = draw(
+            st.one_of(
+                st.sampled_from(["3f800000", "7f800000", "7fc00000", "00000000", "bf800000", "zzzzzzzz", "3f80"]), st.text(max_size=10)
+            )
+        )
         lines.append(f"{name}: {value}" if draw(st.integers(0, 5)) else name)
     return "\n".join(lines).encode("utf-8", "surrogatepass")
 
@@ -478,57 +533,195 @@ def targets(build: Path) -> list[Target]:
 
     calib_names = sorted(calib.ranges)
     return [
-        Target("checkpoint", ".pt", st.one_of(mutated([weights]), checkpoints(weights), random_bytes()), lib_checkpoint,
-               lambda p, out: ["export", "resnet20", "--weights", str(p), "--in-channels", "1", "--input-size", "16",
-                               "--num-classes", "4", "--out", str(out / "m.onnx")]),
-        Target("onnx", ".onnx", st.one_of(mutated([simplified.read_bytes()]), edited_onnx(simplified.read_bytes()),
-                                          edited_onnx(int8.read_bytes()), random_bytes()), lib_onnx,
-               lambda p, out: ["inspect", str(p), "--json", str(out / "blocks.json")]),
-        Target("npy", ".npy", st.one_of(npy_files(), mutated([_npy(np.zeros((4, 1, 16, 16), np.uint8))]), random_bytes()),
-               lib_arrays, calib_cli("--calib")),
-        Target("npz", ".npz", st.one_of(npz_files(["images", "labels", "inputs", "y"]), mutated([data_bytes]), random_bytes(),
-                                        st.just(_npy(np.zeros((4, 1, 16, 16), np.uint8)))), lib_arrays, calib_cli("--calib")),
-        Target("image", ".png", st.one_of(images(), random_bytes()), lib_image,
-               lambda p, out: ["calibrate", str(simplified), "--calib", str(p), "--out", str(out / "ranges.json"), "-q"],
-               folder_input=True),
-        Target("recipe", ".yaml", st.one_of(yaml_docs(["preset", "layout", "name", "size", "resize", "mean", "std", "channels",
-                                                       "channel_order", "preprocess", "colour"]),
-                                            mutated([b"preset: grayscale\nsize: 16\n"]),
-                                            st.sampled_from([alias_bomb("mean"), alias_bomb("size")]), random_bytes()),
-               lib_recipe, lambda p, out: ["calibrate", str(simplified), "--calib", str(build.parent / "fuzz-data.npz"),
-                                           "--recipe", str(p), "--out", str(out / "ranges.json"), "-q"]),
-        Target("gates", ".yaml", st.one_of(yaml_docs(["max-top1-drop", "min_agreement", "min-cosine", "max_p99_ms", "min-speedup",
-                                                      "latency_batch", "gates", "other"]), mutated([b"max-top1-drop: 1.0\n"]),
-                                           st.just(alias_bomb("max-top1-drop")), random_bytes()),
-               lambda p: load_gates(p), lambda p, out: ["validate", str(int8), "--reference", str(simplified), "--gates", str(p),
-                                                        "--val", str(build.parent / "fuzz-data.npz"), "--latency-runs", "3",
-                                                        "--latency-batch", "1", "--out", str(out / "v"), "-q"]),
-        Target("ranges", ".json", st.one_of(edited_json([ranges_doc]).map(dump_json), mutated([dump_json(ranges_doc)]), random_bytes()),
-               lib_ranges, lambda p, out: ["quantize", str(simplified), "--ranges", str(p), "--out", str(out / "m.onnx")]),
-        Target("calib_stats", ".npz", st.one_of(mutated([stats_bytes]), npz_files(["meta", "hist", "min", "max", "edge", "count",
-                                                                                   "hist_count", "runs"]),
-                                                st.builds(_stats_with_meta, st.just(stats_bytes),
-                                                          edited_json([json.loads(_stats_meta(stats_bytes))])),
-                                                random_bytes()),
-               lib_stats, calib_cli("--from-stats")),
-        Target("qdq_plan", ".json", st.one_of(edited_json([plan_doc]).map(dump_json), mutated([dump_json(plan_doc)]), random_bytes()),
-               lib_plan, lambda p, out: ["inspect", str(simplified), "--int8", str(int8), "--plan", str(p), "--json", str(out / "p.json")]),
-        Target("trt_cache", ".cache", st.one_of(trt_caches(calib_names), mutated([cache_text]), random_bytes()),
-               lambda p: read_cache(p), calib_cli("--from-trt-cache")),
-        Target("reference", ".npz", st.one_of(mutated([ref_bytes]), npz_files(["inputs", "logits", "labels", "meta"]),
-                                              st.builds(_npz_with, st.just(ref_bytes), st.sampled_from(["inputs", "logits", "labels"]),
-                                                        arrays()), random_bytes()),
-               lambda p: load_reference(p),
-               lambda p, out: ["validate", str(int8), "--reference", str(p), "--no-baseline", "--latency-runs", "3",
-                               "--latency-batch", "1", "--out", str(out / "v"), "-q"]),
-        Target("bundle", ".rcb", st.one_of(mutated([bundle_bytes]), repacked_bundles(bundle_bytes), random_bytes()),
-               lib_bundle, lambda p, out: ["deploy", str(p), "--backend", "onnxruntime", "--out", str(out / "d")]),
-        Target("report", ".json", st.one_of(edited_json([report_doc]).map(dump_json), mutated([dump_json(report_doc)]), random_bytes()),
-               lib_report, lambda p, out: ["compare", str(build / "report.json"), str(p), "--md", str(out / "c.md")]),
-        Target("manifest", ".json", st.one_of(edited_json([manifest_doc]).map(dump_json), mutated([dump_json(manifest_doc)]),
-                                              random_bytes()),
-               lib_manifest, lambda p, out: ["inspect", str(p), "--json", str(out / "b.json")], prepare=build_with_manifest),
-    ]  # fmt: skip
+        Target(
+            "checkpoint",
+            ".pt",
+            st.one_of(mutated([weights]), checkpoints(weights), random_bytes()),
+            lib_checkpoint,
+            lambda p, out: [
+                "export",
+                "resnet20",
+                "--weights",
+                str(p),
+                "--in-channels",
+                "1",
+                "--input-size",
+                "16",
+                "--num-classes",
+                "4",
+                "--out",
+                str(out / "m.onnx"),
+            ],
+        ),
+        Target(
+            "onnx",
+            ".onnx",
+            st.one_of(
+                mutated([simplified.read_bytes()]), edited_onnx(simplified.read_bytes()), edited_onnx(int8.read_bytes()), random_bytes()
+            ),
+            lib_onnx,
+            lambda p, out: ["inspect", str(p), "--json", str(out / "blocks.json")],
+        ),
+        Target(
+            "npy",
+            ".npy",
+            st.one_of(npy_files(), mutated([_npy(np.zeros((4, 1, 16, 16), np.uint8))]), random_bytes()),
+            lib_arrays,
+            calib_cli("--calib"),
+        ),
+        Target(
+            "npz",
+            ".npz",
+            st.one_of(
+                npz_files(["images", "labels", "inputs", "y"]),
+                mutated([data_bytes]),
+                random_bytes(),
+                st.just(_npy(np.zeros((4, 1, 16, 16), np.uint8))),
+            ),
+            lib_arrays,
+            calib_cli("--calib"),
+        ),
+        Target(
+            "image",
+            ".png",
+            st.one_of(images(), random_bytes()),
+            lib_image,
+            lambda p, out: ["calibrate", str(simplified), "--calib", str(p), "--out", str(out / "ranges.json"), "-q"],
+            folder_input=True,
+        ),
+        Target(
+            "recipe",
+            ".yaml",
+            st.one_of(
+                yaml_docs(
+                    ["preset", "layout", "name", "size", "resize", "mean", "std", "channels", "channel_order", "preprocess", "colour"]
+                ),
+                mutated([b"preset: grayscale\nsize: 16\n"]),
+                st.sampled_from([alias_bomb("mean"), alias_bomb("size")]),
+                random_bytes(),
+            ),
+            lib_recipe,
+            lambda p, out: [
+                "calibrate",
+                str(simplified),
+                "--calib",
+                str(build.parent / "fuzz-data.npz"),
+                "--recipe",
+                str(p),
+                "--out",
+                str(out / "ranges.json"),
+                "-q",
+            ],
+        ),
+        Target(
+            "gates",
+            ".yaml",
+            st.one_of(
+                yaml_docs(["max-top1-drop", "min_agreement", "min-cosine", "max_p99_ms", "min-speedup", "latency_batch", "gates", "other"]),
+                mutated([b"max-top1-drop: 1.0\n"]),
+                st.just(alias_bomb("max-top1-drop")),
+                random_bytes(),
+            ),
+            lambda p: load_gates(p),
+            lambda p, out: [
+                "validate",
+                str(int8),
+                "--reference",
+                str(simplified),
+                "--gates",
+                str(p),
+                "--val",
+                str(build.parent / "fuzz-data.npz"),
+                "--latency-runs",
+                "3",
+                "--latency-batch",
+                "1",
+                "--out",
+                str(out / "v"),
+                "-q",
+            ],
+        ),
+        Target(
+            "ranges",
+            ".json",
+            st.one_of(edited_json([ranges_doc]).map(dump_json), mutated([dump_json(ranges_doc)]), random_bytes()),
+            lib_ranges,
+            lambda p, out: ["quantize", str(simplified), "--ranges", str(p), "--out", str(out / "m.onnx")],
+        ),
+        Target(
+            "calib_stats",
+            ".npz",
+            st.one_of(
+                mutated([stats_bytes]),
+                npz_files(["meta", "hist", "min", "max", "edge", "count", "hist_count", "runs"]),
+                st.builds(_stats_with_meta, st.just(stats_bytes), edited_json([json.loads(_stats_meta(stats_bytes))])),
+                random_bytes(),
+            ),
+            lib_stats,
+            calib_cli("--from-stats"),
+        ),
+        Target(
+            "qdq_plan",
+            ".json",
+            st.one_of(edited_json([plan_doc]).map(dump_json), mutated([dump_json(plan_doc)]), random_bytes()),
+            lib_plan,
+            lambda p, out: ["inspect", str(simplified), "--int8", str(int8), "--plan", str(p), "--json", str(out / "p.json")],
+        ),
+        Target(
+            "trt_cache",
+            ".cache",
+            st.one_of(trt_caches(calib_names), mutated([cache_text]), random_bytes()),
+            lambda p: read_cache(p),
+            calib_cli("--from-trt-cache"),
+        ),
+        Target(
+            "reference",
+            ".npz",
+            st.one_of(
+                mutated([ref_bytes]),
+                npz_files(["inputs", "logits", "labels", "meta"]),
+                st.builds(_npz_with, st.just(ref_bytes), st.sampled_from(["inputs", "logits", "labels"]), arrays()),
+                random_bytes(),
+            ),
+            lambda p: load_reference(p),
+            lambda p, out: [
+                "validate",
+                str(int8),
+                "--reference",
+                str(p),
+                "--no-baseline",
+                "--latency-runs",
+                "3",
+                "--latency-batch",
+                "1",
+                "--out",
+                str(out / "v"),
+                "-q",
+            ],
+        ),
+        Target(
+            "bundle",
+            ".rcb",
+            st.one_of(mutated([bundle_bytes]), repacked_bundles(bundle_bytes), random_bytes()),
+            lib_bundle,
+            lambda p, out: ["deploy", str(p), "--backend", "onnxruntime", "--out", str(out / "d")],
+        ),
+        Target(
+            "report",
+            ".json",
+            st.one_of(edited_json([report_doc]).map(dump_json), mutated([dump_json(report_doc)]), random_bytes()),
+            lib_report,
+            lambda p, out: ["compare", str(build / "report.json"), str(p), "--md", str(out / "c.md")],
+        ),
+        Target(
+            "manifest",
+            ".json",
+            st.one_of(edited_json([manifest_doc]).map(dump_json), mutated([dump_json(manifest_doc)]), random_bytes()),
+            lib_manifest,
+            lambda p, out: ["inspect", str(p), "--json", str(out / "b.json")],
+            prepare=build_with_manifest,
+        ),
+    ]
 
 
 def _npy(a: np.ndarray) -> bytes:
@@ -568,8 +761,12 @@ def repacked_bundles(draw: st.DrawFn, seed: bytes) -> bytes:
     elif name.endswith(".json"):
         parts[name] = dump_json(draw(edited_json([json.loads(parts[name])])))
     elif name.endswith(".npz"):
-        parts[name] = draw(st.one_of(st.builds(_npz_with, st.just(parts[name]), st.sampled_from(["inputs", "logits", "labels"]),
-                                               arrays()), mutated([parts[name]])))  # fmt: skip
+        parts[name] = draw(
+            st.one_of(
+                st.builds(_npz_with, st.just(parts[name]), st.sampled_from(["inputs", "logits", "labels"]), arrays()),
+                mutated([parts[name]]),
+            )
+        )
     else:
         parts[name] = draw(st.one_of(mutated([parts[name]]), random_bytes()))
     return pack(parts, {k: v for k, v in meta.items() if k not in ("schema", "members")})

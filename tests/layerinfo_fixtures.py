@@ -36,10 +36,23 @@ def load(name: str) -> dict[str, Any]:
 
 def blocks(doc: dict[str, Any]) -> list[ResidualBlock]:
     """ResidualBlocks for the fixture's ``_residual_adds`` (only the fields the fusion check reads)."""
-    return [ResidualBlock(add=a, output=f"{a}:0", main=f"{c}:0", main_producer=c, main_producer_op="Conv", main_depth=1,
-                          shortcut="s", shortcut_kind="identity", shortcut_nodes=(), block_input="b", follower=None,
-                          follower_node=None)  # fmt: skip
-            for a, c in doc["_residual_adds"].items()]
+    return [
+        ResidualBlock(
+            add=a,
+            output=f"{a}:0",
+            main=f"{c}:0",
+            main_producer=c,
+            main_producer_op="Conv",
+            main_depth=1,
+            shortcut="s",
+            shortcut_kind="identity",
+            shortcut_nodes=(),
+            block_input="b",
+            follower=None,
+            follower_node=None,
+        )
+        for a, c in doc["_residual_adds"].items()
+    ]
 
 
 def _tensors(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -75,10 +88,15 @@ def with_reformats(doc: dict[str, Any]) -> dict[str, Any]:
     for la in out["Layers"]:
         if any(a in la["Name"].split(" + ") for a in doc["_residual_adds"]) and len(la["Inputs"]) > 1:
             res = la["Inputs"][1]
-            layers.append({"Name": f"Reformatting CopyNode for Input Tensor 1 to {la['Name']}", "LayerType": "Reformat",
-                           "Inputs": [{"Name": res["Name"], "Format/Datatype": "Row major linear FP32"}],
-                           "Outputs": [{"Name": f"Reformatted Input Tensor 1 to {la['Name']}",
-                                        "Format/Datatype": res["Format/Datatype"]}], "Origin": "REFORMAT"})  # fmt: skip
+            layers.append(
+                {
+                    "Name": f"Reformatting CopyNode for Input Tensor 1 to {la['Name']}",
+                    "LayerType": "Reformat",
+                    "Inputs": [{"Name": res["Name"], "Format/Datatype": "Row major linear FP32"}],
+                    "Outputs": [{"Name": f"Reformatted Input Tensor 1 to {la['Name']}", "Format/Datatype": res["Format/Datatype"]}],
+                    "Origin": "REFORMAT",
+                }
+            )
         layers.append(la)
     out["Layers"] = layers
     return out
@@ -90,7 +108,10 @@ def variants() -> list[tuple[str, dict[str, Any]]]:
     for name in PUBLISHED:
         doc = load(name)
         stem = name.removesuffix(".json")
-        out += [(stem, doc), (f"{stem} as 11.x schema (derived)", as_trt11_schema(doc)),
-                (f"{stem} with reformat layers (derived)", with_reformats(doc)),
-                (f"{stem} without formats, as uninspected dynamic shapes (derived)", without_formats(doc))]
+        out += [
+            (stem, doc),
+            (f"{stem} as 11.x schema (derived)", as_trt11_schema(doc)),
+            (f"{stem} with reformat layers (derived)", with_reformats(doc)),
+            (f"{stem} without formats, as uninspected dynamic shapes (derived)", without_formats(doc)),
+        ]
     return out

@@ -18,8 +18,10 @@ from pathlib import Path
 
 SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
 # scp (OpenSSH >= 9) speaks SFTP: the server needs its sftp subsystem, as Debian's default sshd_config has.
-SFTP = next((p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server")
-             if Path(p).exists()), "internal-sftp")  # fmt: skip
+SFTP = next(
+    (p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()),
+    "internal-sftp",
+)
 
 
 def free_port() -> int:
@@ -30,8 +32,7 @@ def free_port() -> int:
 
 def keygen(path: Path) -> str:
     """A new ed25519 key pair without passphrase at ``path``; returns the public key line."""
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rescompile-test", "-f", str(path)], check=True,
-                   timeout=30)  # fmt: skip
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "rescompile-test", "-f", str(path)], check=True, timeout=30)
     return Path(f"{path}.pub").read_text().strip()
 
 
@@ -92,15 +93,17 @@ def start_lab(root: Path, aliases: list[str], *, remote_path: str = "/usr/bin:/b
             f"Port {port}\nListenAddress 127.0.0.1\nHostKey {root / 'host_key'}\nAuthorizedKeysFile {root / 'authorized_keys'}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nUsePAM no\nStrictModes no\n"
             f"PidFile {root / ('sshd_' + alias + '.pid')}\nSetEnv PATH={remote_path}\nLogLevel ERROR\nSubsystem sftp {SFTP}\n"
-        )  # fmt: skip
+        )
         with open(root / f"sshd_{alias}.log", "wb") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=subprocess.DEVNULL, stderr=log)
         lab.servers.append(Server(alias, port, proc))
         known.append(f"[127.0.0.1]:{port} {host_pub}")
         client.append(f"Host {alias}\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {root / 'client_key'}\n")
     (root / "known_hosts").write_text("\n".join(known) + "\n")
-    common = ("  IdentitiesOnly yes\n  IdentityAgent none\n  BatchMode yes\n"
-              f"  UserKnownHostsFile {root / 'known_hosts'}\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n")  # fmt: skip
+    common = (
+        "  IdentitiesOnly yes\n  IdentityAgent none\n  BatchMode yes\n"
+        f"  UserKnownHostsFile {root / 'known_hosts'}\n  StrictHostKeyChecking yes\n  LogLevel ERROR\n"
+    )
     lab.config = root / "ssh_config"
     lab.config.write_text("".join(client) + f"Host *\n  User {user}\n" + common)
     deadline = time.monotonic() + 15

@@ -205,8 +205,9 @@ def _tv_resnet(block: str, layers: list[int], **kw: int) -> nn.Module:
 def _tv_regnet(se: float | None) -> nn.Module:
     from torchvision.models.regnet import BlockParams, RegNet
 
-    params = BlockParams(depths=[1, 2], widths=[16, 32], group_widths=[8, 8], bottleneck_multipliers=[1.0, 1.0],
-                         strides=[2, 2], se_ratio=se)  # fmt: skip
+    params = BlockParams(
+        depths=[1, 2], widths=[16, 32], group_widths=[8, 8], bottleneck_multipliers=[1.0, 1.0], strides=[2, 2], se_ratio=se
+    )
     return RegNet(params, num_classes=10, stem_width=16)
 
 

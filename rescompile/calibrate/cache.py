@@ -39,8 +39,14 @@ def stats_to_bytes(stats: dict[str, TensorStats], key: dict[str, str], samples: 
     bins = {s.bins for s in stats.values()} or {0}
     if len(bins) != 1:
         raise UsageError("all tensors of one calibration must use the same number of bins")
-    meta = {"key": key, "samples": samples, "names": names, "bins": bins.pop(), "sample": sample,
-            "graph_inputs": [n for n, s in stats.items() if s.graph_input]}  # fmt: skip
+    meta = {
+        "key": key,
+        "samples": samples,
+        "names": names,
+        "bins": bins.pop(),
+        "sample": sample,
+        "graph_inputs": [n for n, s in stats.items() if s.graph_input],
+    }
     arrays = {
         "meta": np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8),
         "hist": np.stack([s.hist for s in stats.values()]) if names else np.zeros((0, 0), np.int64),
@@ -75,8 +81,10 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int,
     z = load_npz(path, what)
     missing = [k for k in ("meta", "hist", "min", "max", "edge", "count", "hist_count", "runs") if k not in z]
     if missing:
-        raise UsageError(f"{path} is not a {what} (no {', '.join(missing)} array)",
-                         hint="write one with rescompile calibrate --stats, or use a build's calib_stats.npz")  # fmt: skip
+        raise UsageError(
+            f"{path} is not a {what} (no {', '.join(missing)} array)",
+            hint="write one with rescompile calibrate --stats, or use a build's calib_stats.npz",
+        )
     if z["meta"].dtype != np.uint8 or z["meta"].ndim != 1:
         raise UsageError(f"{path} is not a {what} (its 'meta' is not JSON bytes)")
     try:
@@ -105,8 +113,7 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int,
         kind = "iu" if k in ("hist", "count", "hist_count", "runs") else "f"
         if (shape is not None and arr.shape != shape) or arr.dtype.kind not in kind:
             want = "integers" if kind == "iu" else "floats"
-            raise UsageError(f"{path}: array {k!r} is {arr.dtype} {arr.shape}, expected {shape} of {want} "
-                             f"for {n} tensors of {bins} bins")  # fmt: skip
+            raise UsageError(f"{path}: array {k!r} is {arr.dtype} {arr.shape}, expected {shape} of {want} for {n} tensors of {bins} bins")
     lo, hi, edge = z["min"], z["max"], z["edge"]
     z = {**z, **{k: z[k].astype(np.int64) for k in ("hist", "count", "hist_count", "runs")}}  # uint64 > 2^63 turns negative
     counts = [z[k] for k in ("count", "hist_count", "runs", "hist")]
@@ -119,15 +126,24 @@ def load_stats(path: Path) -> tuple[dict[str, TensorStats], dict[str, str], int,
     if not (isinstance(inputs, list) and all(isinstance(n, str) for n in inputs)):
         raise UsageError(f"{path}: 'graph_inputs' must be a list of tensor names, got {short(inputs)}")
     stats = {
-        name: TensorStats(name, int(bins), float(lo[i]), float(hi[i]), int(z["count"][i]), hist[i], float(edge[i]),
-                          int(z["hist_count"][i]), int(z["runs"][i]), graph_input=name in inputs)
+        name: TensorStats(
+            name,
+            int(bins),
+            float(lo[i]),
+            float(hi[i]),
+            int(z["count"][i]),
+            hist[i],
+            float(edge[i]),
+            int(z["hist_count"][i]),
+            int(z["runs"][i]),
+            graph_input=name in inputs,
+        )
         for i, name in enumerate(names)
-    }  # fmt: skip
+    }
     return stats, dict(key), int(samples), None if sample is None else int(sample)
 
 
-def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: str,
-                 params: dict[str, Any]) -> str | None:  # fmt: skip
+def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: str, params: dict[str, Any]) -> str | None:
     """The text of ``folder/ranges.json`` when it was made from the same key, method, parameters and tensors."""
     path = folder / RANGES_FILE
     if not path.is_file():
@@ -143,8 +159,9 @@ def reuse_ranges(folder: Path, key: dict[str, str], tensors: list[str], method: 
     return text if same else None
 
 
-def reuse_stats(folder: Path, key: dict[str, str], tensors: list[str], bins: int,
-                sample: int | None) -> tuple[dict[str, TensorStats], int] | None:  # fmt: skip
+def reuse_stats(
+    folder: Path, key: dict[str, str], tensors: list[str], bins: int, sample: int | None
+) -> tuple[dict[str, TensorStats], int] | None:
     """The statistics in ``folder/calib_stats.npz`` for ``tensors`` when they were collected under ``key``."""
     path = folder / STATS_FILE
     if not path.is_file():

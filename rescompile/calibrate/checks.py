@@ -79,13 +79,15 @@ def check_inputs(inputs: InputRange, pre: Preprocess, source: str) -> list[Calib
         )
     bound = recipe_bound(pre)
     if inputs.float_data and inputs.min >= 0.0 and PIXEL_FACTOR * bound < inputs.max <= 255.0 * (1 + 1e-6):
-        return [CalibrationWarning(
-            "raw-pixels",
-            f"{source}: float inputs span [{inputs.min:g}, {inputs.max:g}], like raw 0-255 pixels, but float arrays "
-            f"go to the model unchanged and its preprocessing ({pre.name}: /255, mean {list(pre.mean)}, std "
-            f"{list(pre.std)}) makes values within +-{bound:.2f}; save the images as uint8 to have them normalized, "
-            "or normalize the floats the same way",
-        )]  # fmt: skip
+        return [
+            CalibrationWarning(
+                "raw-pixels",
+                f"{source}: float inputs span [{inputs.min:g}, {inputs.max:g}], like raw 0-255 pixels, but float arrays "
+                f"go to the model unchanged and its preprocessing ({pre.name}: /255, mean {list(pre.mean)}, std "
+                f"{list(pre.std)}) makes values within +-{bound:.2f}; save the images as uint8 to have them normalized, "
+                "or normalize the floats the same way",
+            )
+        ]
     return []
 
 
@@ -113,20 +115,24 @@ def check_ranges(stats: dict[str, TensorStats], ranges: dict[str, TensorRange]) 
         return []
     clipping.sort(key=lambda c: (-c[0], c[1]))
     share, name, method = clipping[0]
-    return [CalibrationWarning(
-        "ranges-clip",
-        f"{len(clipping)} calibrated range(s) clip more than {CLIP_WARN_SHARE:.0%} of their calibration values; "
-        f"the most: {name!r} ({method}) clips {share:.1%}. Clipping that much loses information, not only outliers: "
-        "consider --calib-method max or a higher --percentile",
-    )]  # fmt: skip
+    return [
+        CalibrationWarning(
+            "ranges-clip",
+            f"{len(clipping)} calibrated range(s) clip more than {CLIP_WARN_SHARE:.0%} of their calibration values; "
+            f"the most: {name!r} ({method}) clips {share:.1%}. Clipping that much loses information, not only outliers: "
+            "consider --calib-method max or a higher --percentile",
+        )
+    ]
 
 
 def check_samples(samples: int, source: str) -> list[CalibrationWarning]:
     """Warn when the calibration set is tiny (ranges from a handful of images vary from set to set)."""
     if samples >= MIN_SAMPLES:
         return []
-    return [CalibrationWarning(
-        "tiny-calibration-set",
-        f"{source}: {samples} calibration sample(s); ranges from fewer than {MIN_SAMPLES} vary from one set to "
-        "the next (a few hundred representative images are usual)",
-    )]  # fmt: skip
+    return [
+        CalibrationWarning(
+            "tiny-calibration-set",
+            f"{source}: {samples} calibration sample(s); ranges from fewer than {MIN_SAMPLES} vary from one set to "
+            "the next (a few hundred representative images are usual)",
+        )
+    ]

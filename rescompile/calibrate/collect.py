@@ -206,8 +206,10 @@ def activation_tensors(model: onnx.ModelProto) -> list[str]:
     """Every float activation of ``model``: the graph input and each node output (for full TensorRT caches)."""
     inits = {t.name for t in model.graph.initializer}
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in
-             list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)}  # fmt: skip
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
+    }
     names = [i.name for i in model.graph.input if i.name not in inits]
     names += [o for n in model.graph.node if n.op_type != "Constant" for o in n.output if o]
     return [n for n in names if types.get(n, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT]
@@ -279,8 +281,9 @@ def collect_stats(
     exposed = [t for t in tensors if t != input_name]  # the input itself is read from the batch
     relu_outputs = {o for n in model.graph.node if n.op_type == "Relu" for o in n.output}
     stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs, graph_input=t == input_name) for t in tensors}
-    run = _Runner(_session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats,
-                  memory_budget, sample, start)  # fmt: skip
+    run = _Runner(
+        _session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats, memory_budget, sample, start
+    )
     seen = 0
     try:
         for x in batches:
@@ -309,8 +312,9 @@ def _session(model: onnx.ModelProto, model_bytes: bytes | None, exposed: list[st
 class _Runner:
     """Feeds chunks to the session and hands finished output buffers to the statistics thread."""
 
-    def __init__(self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int,
-                 sample: int | None, start: int = 0) -> None:  # fmt: skip
+    def __init__(
+        self, sess: Any, input_name: str, tensors: list[str], stats: dict[str, TensorStats], budget: int, sample: int | None, start: int = 0
+    ) -> None:
         self.sess, self.input_name, self.tensors, self.stats, self.budget = sess, input_name, tensors, stats, budget
         self.sample = sample
         self.next = start  # data-set index of the next image fed

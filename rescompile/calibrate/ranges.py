@@ -69,9 +69,10 @@ class CalibrationResult:
             "samples": self.samples,
             "key": self.key,
             "preprocess": self.preprocess,
-            "tensors": {k: {**asdict(v), **({"summary": self.summary[k]} if k in self.summary else {})}
-                        for k, v in sorted(self.ranges.items())},
-        }  # fmt: skip
+            "tensors": {
+                k: {**asdict(v), **({"summary": self.summary[k]} if k in self.summary else {})} for k, v in sorted(self.ranges.items())
+            },
+        }
         return json.dumps(doc, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -90,8 +91,15 @@ class CalibrationResult:
                 ranges[k] = TensorRange(float(v["amax"]), float(v["min"]), float(v["max"]), str(v["method"]))
                 if "summary" in v:
                     summary[k] = v["summary"]
-            result = cls(ranges, doc["method"], int(doc["samples"]), dict(doc.get("key", {})),
-                         dict(doc.get("params", {})), summary, dict(doc.get("preprocess", {})))  # fmt: skip
+            result = cls(
+                ranges,
+                doc["method"],
+                int(doc["samples"]),
+                dict(doc.get("key", {})),
+                dict(doc.get("params", {})),
+                summary,
+                dict(doc.get("preprocess", {})),
+            )
         except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise UsageError(f"not a rescompile ranges.json ({type(exc).__name__}: {short(exc.args[0] if exc.args else '')})") from None
         for k, r in result.ranges.items():
@@ -158,8 +166,9 @@ def entropy_rule(stats: TensorStats) -> tuple[float, str]:
     return a, "kl"
 
 
-def candidate_amax(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE,
-                   entropy: tuple[float, str] | None = None) -> dict[str, float]:  # fmt: skip
+def candidate_amax(
+    stats: TensorStats, percentile: float = DEFAULT_PERCENTILE, entropy: tuple[float, str] | None = None
+) -> dict[str, float]:
     """The clip value of every single method for one tensor (floored at a tiny positive value).
 
     ``entropy``: :func:`entropy_rule`'s result when the caller has it already.
@@ -181,8 +190,11 @@ def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[
     """Every method's clip and quantization error for one tensor, and the histogram's summary."""
     rule = entropy_rule(stats) if stats.count and stats.amax > 0 else None
     cands = candidate_amax(stats, percentile, rule)
-    errs = quantization_error(stats.abs_hist(), stats.width, np.asarray([cands[m] for m in SINGLE_METHODS])) if stats.count else (
-        np.zeros(len(SINGLE_METHODS)))  # fmt: skip
+    errs = (
+        quantization_error(stats.abs_hist(), stats.width, np.asarray([cands[m] for m in SINGLE_METHODS]))
+        if stats.count
+        else (np.zeros(len(SINGLE_METHODS)))
+    )
     errors = {m: float(e) for m, e in zip(SINGLE_METHODS, errs, strict=True)}
     # Ties (e.g. percentile == max on a small tensor) go to the earlier, simpler method.
     lowest = min(errors.values())
@@ -204,8 +216,9 @@ def analyze(stats: TensorStats, percentile: float = DEFAULT_PERCENTILE) -> dict[
     }
 
 
-def range_for(stats: TensorStats, method: str, percentile: float = DEFAULT_PERCENTILE,
-              analysis: dict[str, Any] | None = None) -> TensorRange:  # fmt: skip
+def range_for(
+    stats: TensorStats, method: str, percentile: float = DEFAULT_PERCENTILE, analysis: dict[str, Any] | None = None
+) -> TensorRange:
     """The TensorRange of one tensor by ``method`` (``auto`` resolves to the chosen single method)."""
     check_method(method, percentile)
     a = analysis or analyze(stats, percentile)
@@ -216,19 +229,30 @@ def range_for(stats: TensorStats, method: str, percentile: float = DEFAULT_PERCE
     return TensorRange(amax, lo, hi, chosen)
 
 
-def compute_ranges(stats: dict[str, TensorStats], method: str = "max",
-                   percentile: float = DEFAULT_PERCENTILE) -> dict[str, TensorRange]:  # fmt: skip
+def compute_ranges(stats: dict[str, TensorStats], method: str = "max", percentile: float = DEFAULT_PERCENTILE) -> dict[str, TensorRange]:
     """Ranges for every tensor from one collection pass; switching method re-runs nothing."""
     return {name: range_for(s, method, percentile) for name, s in stats.items()}
 
 
-def calibration_result(stats: dict[str, TensorStats], method: str, samples: int, *,
-                       percentile: float = DEFAULT_PERCENTILE, key: dict[str, str] | None = None,
-                       preprocess: dict[str, Any] | None = None, sample: int | None = None) -> CalibrationResult:  # fmt: skip
+def calibration_result(
+    stats: dict[str, TensorStats],
+    method: str,
+    samples: int,
+    *,
+    percentile: float = DEFAULT_PERCENTILE,
+    key: dict[str, str] | None = None,
+    preprocess: dict[str, Any] | None = None,
+    sample: int | None = None,
+) -> CalibrationResult:
     """Ranges by ``method`` plus, per tensor, every method's clip and error (the ranges.json content)."""
     check_method(method, percentile)
     summary = {name: analyze(s, percentile) for name, s in stats.items()}
     ranges = {name: range_for(s, method, percentile, summary[name]) for name, s in stats.items()}
-    params = {"percentile": percentile, "bins": next(iter(stats.values())).bins if stats else 0, "levels": 128,
-              "sample": sample, "entropy": ENTROPY_VERSION}  # fmt: skip
+    params = {
+        "percentile": percentile,
+        "bins": next(iter(stats.values())).bins if stats else 0,
+        "levels": 128,
+        "sample": sample,
+        "entropy": ENTROPY_VERSION,
+    }
     return CalibrationResult(ranges, method, samples, dict(key or {}), params, summary, dict(preprocess or {}))

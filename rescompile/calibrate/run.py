@@ -20,7 +20,7 @@ from rescompile.calibrate.cache import (
     reuse_ranges,
     reuse_stats,
     stats_to_bytes,
-)  # fmt: skip
+)
 from rescompile.calibrate.checks import CalibrationWarning, InputRange, check_inputs, check_ranges, check_samples
 from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, InputWatch, TensorStats, collect_stats
 from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, ENTROPY_VERSION, CalibrationResult, calibration_result, check_method
@@ -114,32 +114,49 @@ def calibrate(
         if text is not None and (previous / STATS_FILE).is_file():
             log.info("reusing calibration ranges from %s (same model, data and preprocessing)", previous / RANGES_FILE)
             old = {t: s for t, s in load_stats(previous / STATS_FILE)[0].items() if t in set(tensors)}
-            run = CalibrationRun(CalibrationResult.from_json(text), text, (previous / STATS_FILE).read_bytes(), "ranges",
-                                 time.perf_counter() - t0, old)  # fmt: skip
+            run = CalibrationRun(
+                CalibrationResult.from_json(text), text, (previous / STATS_FILE).read_bytes(), "ranges", time.perf_counter() - t0, old
+            )
             return checked(run, source, pre, input_stats(model, old))
         found = reuse_stats(previous, key, tensors, bins, sample)
         if found is not None:
             stats, samples = found
-            log.info("reusing calibration statistics from %s: ranges by %s without running the model",
-                     previous / STATS_FILE, method)  # fmt: skip
-            result = calibration_result(stats, method, samples, percentile=percentile, key=key,
-                                        preprocess=pre.to_dict(), sample=sample)  # fmt: skip
-            run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics",
-                                 time.perf_counter() - t0, stats)  # fmt: skip
+            log.info("reusing calibration statistics from %s: ranges by %s without running the model", previous / STATS_FILE, method)
+            result = calibration_result(stats, method, samples, percentile=percentile, key=key, preprocess=pre.to_dict(), sample=sample)
+            run = CalibrationRun(
+                result, result.to_json(), stats_to_bytes(stats, key, samples, sample), "statistics", time.perf_counter() - t0, stats
+            )
             return checked(run, source, pre, input_stats(model, stats))
     watch = InputWatch()
     if ray is not None:
         from rescompile.scale.ray_calibrate import collect_on_ray
 
-        stats, seen = collect_on_ray(model, tensors, source, pre, ray, batch_size=batch_size, bins=bins,
-                                     memory_budget=memory_budget, sample=sample, model_bytes=model_bytes, on_batch=on_batch)  # fmt: skip
+        stats, seen = collect_on_ray(
+            model,
+            tensors,
+            source,
+            pre,
+            ray,
+            batch_size=batch_size,
+            bins=bins,
+            memory_budget=memory_budget,
+            sample=sample,
+            model_bytes=model_bytes,
+            on_batch=on_batch,
+        )
     else:
-        stats = collect_stats(model, tensors, watch.watch(x for x, _ in source.batches(pre, batch_size)), bins=bins,
-                              on_batch=on_batch, threads=threads, memory_budget=memory_budget, sample=sample,
-                              model_bytes=model_bytes)  # fmt: skip
+        stats = collect_stats(
+            model,
+            tensors,
+            watch.watch(x for x, _ in source.batches(pre, batch_size)),
+            bins=bins,
+            on_batch=on_batch,
+            threads=threads,
+            memory_budget=memory_budget,
+            sample=sample,
+            model_bytes=model_bytes,
+        )
         seen = watch.stats
-    result = calibration_result(stats, method, source.count, percentile=percentile, key=key, preprocess=pre.to_dict(),
-                                sample=sample)  # fmt: skip
-    run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None,
-                         time.perf_counter() - t0, stats)  # fmt: skip
+    result = calibration_result(stats, method, source.count, percentile=percentile, key=key, preprocess=pre.to_dict(), sample=sample)
+    run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None, time.perf_counter() - t0, stats)
     return checked(run, source, pre, seen)

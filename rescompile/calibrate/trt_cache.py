@@ -49,8 +49,7 @@ def hex_scale(text: str) -> float:
     return float(struct.unpack(">f", bytes.fromhex(text))[0])
 
 
-def to_trt_cache(ranges: dict[str, TensorRange], *, version: str = DEFAULT_VERSION,
-                 algorithm: str = "EntropyCalibration2") -> str:  # fmt: skip
+def to_trt_cache(ranges: dict[str, TensorRange], *, version: str = DEFAULT_VERSION, algorithm: str = "EntropyCalibration2") -> str:
     """The calibration-cache text for ``ranges`` (tensors sorted by name, scale = amax / 127)."""
     if algorithm not in ALGORITHMS:
         raise UsageError(f"unknown TensorRT calibration algorithm {algorithm!r}", hint="one of: " + ", ".join(ALGORITHMS))

@@ -30,7 +30,10 @@ from rescompile.errors import RescompileError, Terminated
 F = TypeVar("F", bound=Callable[..., Any])
 # Already an exit, or click's own usage error: not ours to map (click is vendored by recent Typer, hence the lookup).
 _CLICK_EXITS: tuple[type[BaseException], ...] = (
-    typer.Exit, typer.Abort, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"))  # fmt: skip
+    typer.Exit,
+    typer.Abort,
+    *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+)
 
 
 class App(typer.Typer):

@@ -13,9 +13,11 @@ from rescompile.commands.base import app, console, log_to_stderr, show_failed_re
 from rescompile.commands.groups import OptionGroup
 from rescompile.quantize.registry import policy_help
 
-VAL_HELP = ("Validation data: image folder (class subfolders), .npz with labels, or demo-val. Default: demo-val for the "
-            "demo model; else a seeded held-out 20% of --calib (>= 256 samples, not used for calibration), or, for a "
-            "smaller --calib, the calibration inputs themselves (in-sample, label-free).")  # fmt: skip
+VAL_HELP = (
+    "Validation data: image folder (class subfolders), .npz with labels, or demo-val. Default: demo-val for the "
+    "demo model; else a seeded held-out 20% of --calib (>= 256 samples, not used for calibration), or, for a "
+    "smaller --calib, the calibration inputs themselves (in-sample, label-free)."
+)
 
 
 @dataclass(frozen=True)
@@ -24,19 +26,22 @@ class BuildData(OptionGroup):
     val: Annotated[str | None, typer.Option(help=VAL_HELP, rich_help_panel=o.DATA)] = None
     calib_size: o.CalibSizeOpt = None
     val_size: o.ValSizeOpt = None
-    seed: Annotated[int, typer.Option(
-        min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.", rich_help_panel=o.DATA)] = 0  # fmt: skip
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.", rich_help_panel=o.DATA)
+    ] = 0
     layout: o.LayoutOpt = "nchw"
 
 
 @dataclass(frozen=True)
 class BuildQuantization(OptionGroup):
-    policy: Annotated[str, typer.Option(
-        help="Q/DQ placement policy: " + policy_help("the --backend's"), rich_help_panel=o.QUANTIZATION)] = "tensorrt"  # fmt: skip
+    policy: Annotated[
+        str, typer.Option(help="Q/DQ placement policy: " + policy_help("the --backend's"), rich_help_panel=o.QUANTIZATION)
+    ] = "tensorrt"
     keep_fp: o.KeepFpOpt = None
     keep_first_last: o.KeepFirstLastOpt = False
-    auto_fallback: Annotated[int, typer.Option(
-        min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.", rich_help_panel=o.QUANTIZATION)] = 0  # fmt: skip
+    auto_fallback: Annotated[
+        int, typer.Option(min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.", rich_help_panel=o.QUANTIZATION)
+    ] = 0
 
 
 @dataclass(frozen=True)
@@ -47,17 +52,19 @@ class BuildValidation(OptionGroup):
 
 @dataclass(frozen=True)
 class BuildEngine(OptionGroup):
-    backend: Annotated[str, typer.Option(
-        help="onnxruntime | tensorrt (also builds model.plan; needs TensorRT, a GPU).",
-        rich_help_panel=o.TENSORRT)] = "onnxruntime"  # fmt: skip
-    target: Annotated[str, typer.Option(
-        help="TensorRT target profile for --backend tensorrt (rescompile targets).", rich_help_panel=o.TENSORRT)] = "gpu"  # fmt: skip
+    backend: Annotated[
+        str, typer.Option(help="onnxruntime | tensorrt (also builds model.plan; needs TensorRT, a GPU).", rich_help_panel=o.TENSORRT)
+    ] = "onnxruntime"
+    target: Annotated[
+        str, typer.Option(help="TensorRT target profile for --backend tensorrt (rescompile targets).", rich_help_panel=o.TENSORRT)
+    ] = "gpu"
 
 
 @dataclass(frozen=True)
 class BuildOutput(OptionGroup):
-    out: Annotated[Path | None, typer.Option(
-        "--out", "-o", help="Output folder (default: build/<model>).", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: build/<model>).", rich_help_panel=o.OUTPUT)] = (
+        None
+    )
     save_reference: o.SaveReferenceOpt = None
     quiet: o.QuietOpt = False
 
@@ -103,18 +110,45 @@ def build(
     calibration.check()
     log_to_stderr(output.quiet)
     cfg = BuildConfig(
-        model=model, **loading.load_kwargs(), out=output.out, calib=data.calib, val=data.val, calib_size=data.calib_size,
-        val_size=data.val_size, seed=data.seed, calib_method=calibration.calib_method, policy=quantization.policy,
-        backend=engine.backend, target=engine.target, keep_fp=tuple(quantization.keep_fp or ()),
-        keep_first_last=quantization.keep_first_last, preset=preprocess.preset, layout=data.layout,
-        exporter=onnx_export.exporter, opset=onnx_export.opset, threads=validation.threads, latency_runs=latency.latency_runs,
-        latency_batches=latency.batches, latency_budget_s=latency.latency_budget, gates=gates.resolve(),
-        layerwise=validation.layerwise, auto_fallback=quantization.auto_fallback, save_reference=output.save_reference,
-        progress=not output.quiet, percentile=calibration.percentile, recipe=preprocess.recipe, pre_size=preprocess.size,
-        resize=preprocess.resize, mean=preprocess.mean_values(), std=preprocess.std_values(),
-        pre_channels=preprocess.channels, channel_order=preprocess.channel_order,
-        ray=scale.ray, ray_address=scale.ray_address, ray_shards=scale.shards,
-    )  # fmt: skip
+        model=model,
+        **loading.load_kwargs(),
+        out=output.out,
+        calib=data.calib,
+        val=data.val,
+        calib_size=data.calib_size,
+        val_size=data.val_size,
+        seed=data.seed,
+        calib_method=calibration.calib_method,
+        policy=quantization.policy,
+        backend=engine.backend,
+        target=engine.target,
+        keep_fp=tuple(quantization.keep_fp or ()),
+        keep_first_last=quantization.keep_first_last,
+        preset=preprocess.preset,
+        layout=data.layout,
+        exporter=onnx_export.exporter,
+        opset=onnx_export.opset,
+        threads=validation.threads,
+        latency_runs=latency.latency_runs,
+        latency_batches=latency.batches,
+        latency_budget_s=latency.latency_budget,
+        gates=gates.resolve(),
+        layerwise=validation.layerwise,
+        auto_fallback=quantization.auto_fallback,
+        save_reference=output.save_reference,
+        progress=not output.quiet,
+        percentile=calibration.percentile,
+        recipe=preprocess.recipe,
+        pre_size=preprocess.size,
+        resize=preprocess.resize,
+        mean=preprocess.mean_values(),
+        std=preprocess.std_values(),
+        pre_channels=preprocess.channels,
+        channel_order=preprocess.channel_order,
+        ray=scale.ray,
+        ray_address=scale.ray_address,
+        ray_shards=scale.shards,
+    )
     cfg.ray_settings()  # a bad --ray-address/--shards is refused before any work
     with show_failed_result(_summary):  # a build whose gates failed still shows its summary (exit 1)
         result = run_build(cfg)  # checks gates and options before any work (exit 2)

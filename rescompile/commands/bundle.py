@@ -17,14 +17,20 @@ from rescompile.commands.groups import OptionGroup
 class BundleReference(OptionGroup):
     """The reference inputs bundled with their labels and FP32 logits."""
 
-    reference_size: Annotated[int, typer.Option(
-        min=1, help="Reference inputs (with labels and FP32 logits) to bundle.", rich_help_panel=o.DATA)] = 256  # fmt: skip
-    val: Annotated[str | None, typer.Option(
-        help="Data for the reference inputs (default: the build's validation data).", rich_help_panel=o.DATA)] = None  # fmt: skip
+    reference_size: Annotated[
+        int, typer.Option(min=1, help="Reference inputs (with labels and FP32 logits) to bundle.", rich_help_panel=o.DATA)
+    ] = 256
+    val: Annotated[
+        str | None, typer.Option(help="Data for the reference inputs (default: the build's validation data).", rich_help_panel=o.DATA)
+    ] = None
     layout: Annotated[str, typer.Option(help="Layout of .npy/.npz images given with --val: nchw | nhwc.", rich_help_panel=o.DATA)] = "nchw"
-    reference_dtype: Annotated[str, typer.Option(
-        help="Store reference inputs as float16 (half the size; the FP32 logits are computed on the stored values) or float32.",
-        rich_help_panel=o.DATA)] = "float16"  # fmt: skip
+    reference_dtype: Annotated[
+        str,
+        typer.Option(
+            help="Store reference inputs as float16 (half the size; the FP32 logits are computed on the stored values) or float32.",
+            rich_help_panel=o.DATA,
+        ),
+    ] = "float16"
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for the FP32 reference logits.", rich_help_panel=o.DATA)] = None
 
 
@@ -32,14 +38,18 @@ class BundleReference(OptionGroup):
 class DeviceGates(OptionGroup):
     """The accuracy gates `rescompile deploy` applies on the device."""
 
-    gates_file: Annotated[Path | None, typer.Option(
-        "--gates", help="YAML recipe of accuracy gates; overrides the build's.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
-    max_top1_drop: Annotated[float | None, typer.Option(
-        help="Gate on the device: most top-1 points lost vs FP32.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
-    min_agreement: Annotated[float | None, typer.Option(
-        help="Gate on the device: minimum top-1 agreement, percent.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
-    min_cosine: Annotated[float | None, typer.Option(
-        help="Gate on the device: minimum mean logit cosine.", rich_help_panel=o.VALIDATION)] = None  # fmt: skip
+    gates_file: Annotated[
+        Path | None, typer.Option("--gates", help="YAML recipe of accuracy gates; overrides the build's.", rich_help_panel=o.VALIDATION)
+    ] = None
+    max_top1_drop: Annotated[
+        float | None, typer.Option(help="Gate on the device: most top-1 points lost vs FP32.", rich_help_panel=o.VALIDATION)
+    ] = None
+    min_agreement: Annotated[
+        float | None, typer.Option(help="Gate on the device: minimum top-1 agreement, percent.", rich_help_panel=o.VALIDATION)
+    ] = None
+    min_cosine: Annotated[
+        float | None, typer.Option(help="Gate on the device: minimum mean logit cosine.", rich_help_panel=o.VALIDATION)
+    ] = None
 
     def resolve(self) -> Any:
         """The gates to bundle (None: the build's own)."""
@@ -78,9 +88,14 @@ def bundle(
     doc = make_bundle(build, out, BundleOptions(r.reference_size, r.val, r.layout, allow_failed_build, gates, r.threads, r.reference_dtype))
     size = out.stat().st_size
     gate_text = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
-    console.print(f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
-                  f"Adds, {doc['reference']['samples']} reference inputs"
-                  f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gate_text}", highlight=False)  # fmt: skip
+    console.print(
+        f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
+        f"Adds, {doc['reference']['samples']} reference inputs"
+        f"{' with labels' if doc['reference']['labelled'] else ''}, gates: {gate_text}",
+        highlight=False,
+    )
     if gate_text == "none":
-        warn("the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
-             "(add --min-agreement / --min-cosine / --max-top1-drop)")  # fmt: skip
+        warn(
+            "the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
+            "(add --min-agreement / --min-cosine / --max-top1-drop)"
+        )

@@ -17,10 +17,12 @@ from rescompile.quantize.registry import policy_help
 
 @dataclass(frozen=True)
 class CalibrateData(OptionGroup):
-    calib: Annotated[str | None, typer.Option(
-        help="Calibration data: image folder, .npy/.npz, or demo-calib.", rich_help_panel=o.DATA)] = None  # fmt: skip
-    calib_size: Annotated[int | None, typer.Option(
-        min=1, help="Use a seeded, stratified subset of N samples.", rich_help_panel=o.DATA)] = None  # fmt: skip
+    calib: Annotated[str | None, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.", rich_help_panel=o.DATA)] = (
+        None
+    )
+    calib_size: Annotated[int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N samples.", rich_help_panel=o.DATA)] = (
+        None
+    )
     seed: Annotated[int, typer.Option(help="Seed of the subset.", rich_help_panel=o.DATA)] = 0
     batch_size: Annotated[int, typer.Option(min=1, help="Images read and preprocessed per batch.", rich_help_panel=o.DATA)] = 64
     layout: o.LayoutOpt = "nchw"
@@ -30,30 +32,40 @@ class CalibrateData(OptionGroup):
 class CalibrateSettings(OptionGroup):
     method: Annotated[str, typer.Option(help=o.METHOD_HELP, rich_help_panel=o.CALIBRATION)] = "max"
     percentile: o.PercentileOpt = 99.99
-    from_stats: Annotated[Path | None, typer.Option(
-        help="Ranges from saved histograms (calib_stats.npz): no data, no model run.", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
-    from_trt_cache: Annotated[Path | None, typer.Option(
-        help="Import a TensorRT calibration cache as ranges.json.", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
-    tensors: Annotated[str, typer.Option(
-        help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).",
-        rich_help_panel=o.CALIBRATION)] = "plan"  # fmt: skip
-    policy: Annotated[str, typer.Option(
-        help="Placement policy whose tensors to calibrate: " + policy_help(), rich_help_panel=o.CALIBRATION)] = "tensorrt"  # fmt: skip
-    threads: Annotated[int | None, typer.Option(
-        min=1, help="ONNX Runtime threads (default: all cores).", rich_help_panel=o.CALIBRATION)] = None  # fmt: skip
+    from_stats: Annotated[
+        Path | None,
+        typer.Option(help="Ranges from saved histograms (calib_stats.npz): no data, no model run.", rich_help_panel=o.CALIBRATION),
+    ] = None
+    from_trt_cache: Annotated[
+        Path | None, typer.Option(help="Import a TensorRT calibration cache as ranges.json.", rich_help_panel=o.CALIBRATION)
+    ] = None
+    tensors: Annotated[
+        str,
+        typer.Option(
+            help="plan: the tensors the policy quantizes | all: every activation (full TRT cache).", rich_help_panel=o.CALIBRATION
+        ),
+    ] = "plan"
+    policy: Annotated[
+        str, typer.Option(help="Placement policy whose tensors to calibrate: " + policy_help(), rich_help_panel=o.CALIBRATION)
+    ] = "tensorrt"
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).", rich_help_panel=o.CALIBRATION)
+    ] = None
 
 
 @dataclass(frozen=True)
 class CalibrateOutput(OptionGroup):
-    trt_cache: Annotated[Path | None, typer.Option(
-        help="Also write a TensorRT calibration cache (implicit INT8, DLA).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
-    trt_version: Annotated[str, typer.Option(
-        help="TensorRT version written in the cache header.", rich_help_panel=o.TENSORRT)] = "10.3.0"  # fmt: skip
-    trt_algorithm: Annotated[str, typer.Option(
-        help="Algorithm written in the cache header.", rich_help_panel=o.TENSORRT)] = "EntropyCalibration2"  # fmt: skip
+    trt_cache: Annotated[
+        Path | None, typer.Option(help="Also write a TensorRT calibration cache (implicit INT8, DLA).", rich_help_panel=o.TENSORRT)
+    ] = None
+    trt_version: Annotated[str, typer.Option(help="TensorRT version written in the cache header.", rich_help_panel=o.TENSORRT)] = "10.3.0"
+    trt_algorithm: Annotated[str, typer.Option(help="Algorithm written in the cache header.", rich_help_panel=o.TENSORRT)] = (
+        "EntropyCalibration2"
+    )
     out: Annotated[Path, typer.Option("--out", "-o", help=f"{RANGES} to write.", rich_help_panel=o.OUTPUT)] = Path(RANGES)
-    stats_out: Annotated[Path | None, typer.Option(
-        "--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)] = None  # fmt: skip
+    stats_out: Annotated[
+        Path | None, typer.Option("--stats", help="Also write the histograms (.npz) for --from-stats.", rich_help_panel=o.OUTPUT)
+    ] = None
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=o.OUTPUT)] = False
 
 
@@ -119,12 +131,14 @@ def calibrate(
         console.print(f"wrote {output.stats_out}", highlight=False)
     if output.trt_cache is not None:
         write_text_atomic(output.trt_cache, to_trt_cache(result.ranges, version=output.trt_version, algorithm=output.trt_algorithm))
-        console.print(f"wrote {output.trt_cache} (TRT-{version_code(output.trt_version)}-{output.trt_algorithm}, "
-                      "scale = amax/127)", highlight=False)  # fmt: skip
+        console.print(
+            f"wrote {output.trt_cache} (TRT-{version_code(output.trt_version)}-{output.trt_algorithm}, scale = amax/127)", highlight=False
+        )
 
 
-def _collect(model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_opts: o.PreprocessOptions, quiet: bool,
-             scale: Any = None) -> tuple[Any, bytes, str]:  # fmt: skip
+def _collect(
+    model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_opts: o.PreprocessOptions, quiet: bool, scale: Any = None
+) -> tuple[Any, bytes, str]:
     from rescompile.calibrate.collect import activation_tensors
     from rescompile.calibrate.run import calibrate as run_calibration
     from rescompile.data.layout import data_layout
@@ -140,15 +154,25 @@ def _collect(model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_
     info = describe_onnx(model_path, require_residual=False)
     onnx_model = read_onnx(model_path)
     if any(n.op_type == "BatchNormalization" for n in onnx_model.graph.node):
-        raise UsageError(f"{model_path} still has BatchNormalization nodes; calibrate the simplified model",
-                         hint=f"rescompile simplify {model_path} --out model.simplified.onnx")  # fmt: skip
+        raise UsageError(
+            f"{model_path} still has BatchNormalization nodes; calibrate the simplified model",
+            hint=f"rescompile simplify {model_path} --out model.simplified.onnx",
+        )
     p = pre_opts
     rec = load_recipe(p.recipe) if p.recipe is not None else {}
-    pre = resolve_preprocess(info.preset, info.input_shape, preset=p.preset, recipe=rec, size=p.size, resize=p.resize,
-                             mean=p.mean_values(), std=p.std_values(), channels=p.channels,
-                             channel_order=p.channel_order)  # fmt: skip
-    src = open_source(data.calib or "", layout=data_layout(layout, rec),
-                      limit=data.calib_size, seed=data.seed)  # fmt: skip
+    pre = resolve_preprocess(
+        info.preset,
+        info.input_shape,
+        preset=p.preset,
+        recipe=rec,
+        size=p.size,
+        resize=p.resize,
+        mean=p.mean_values(),
+        std=p.std_values(),
+        channels=p.channels,
+        channel_order=p.channel_order,
+    )
+    src = open_source(data.calib or "", layout=data_layout(layout, rec), limit=data.calib_size, seed=data.seed)
     check_shape(src, pre, info.input_shape)
     if how.tensors == "all":
         names = activation_tensors(onnx_model)
@@ -158,7 +182,17 @@ def _collect(model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_
 
         names = plan_qdq(onnx_model, parse_policy(how.policy, "onnxruntime").name).calibrated_tensors
     with progress("calibrate", src.count, not quiet) as advance:
-        run = run_calibration(onnx_model, names, src, pre, method=how.method, percentile=how.percentile,
-                              batch_size=data.batch_size, threads=how.threads, on_batch=advance, ray=scale)  # fmt: skip
+        run = run_calibration(
+            onnx_model,
+            names,
+            src,
+            pre,
+            method=how.method,
+            percentile=how.percentile,
+            batch_size=data.batch_size,
+            threads=how.threads,
+            on_batch=advance,
+            ray=scale,
+        )
     where = "" if scale is None else f" on {scale.where()}"
     return run.result, run.stats_npz, f"{len(names)} tensors, {src.count} samples of {src.name}{where} in {run.seconds:.1f} s"

@@ -24,8 +24,9 @@ def compare(
     ignore_latency: Annotated[bool, typer.Option("--ignore-latency", help="Compare accuracy and gates only.")] = False,
     md: Annotated[Path | None, typer.Option("--md", help="Also write the comparison as Markdown here.")] = None,
     no_verify_hashes: o.NoVerifyOpt = False,
-    allow_different_models: Annotated[bool, typer.Option(
-        "--allow-different-models", help="Compare reports of different models (name, input shape or classes) anyway.")] = False,
+    allow_different_models: Annotated[
+        bool, typer.Option("--allow-different-models", help="Compare reports of different models (name, input shape or classes) anyway.")
+    ] = False,
 ) -> None:
     """Compare two reports metric by metric; exit 1 when anything regressed beyond its tolerance.
 
@@ -51,14 +52,15 @@ def compare(
     a, b = load_report(_report_path(old, no_verify_hashes)), load_report(_report_path(new, no_verify_hashes))
     differ = model_difference(a, b)
     if differ and not allow_different_models:
-        raise UsageError(f"{old} and {new} are reports of different models ({differ}): their metrics are not comparable",
-                         hint="compare two builds of the same model, or pass --allow-different-models")  # fmt: skip
+        raise UsageError(
+            f"{old} and {new} are reports of different models ({differ}): their metrics are not comparable",
+            hint="compare two builds of the same model, or pass --allow-different-models",
+        )
     changes = compare_reports(a, b, Tolerances(accuracy_tolerance, cosine_tolerance, latency_tolerance, not ignore_latency))
     warning = dataset_warning(a, b)
     console.print(_table(changes, f"rescompile compare: {old} -> {new}"))
     if differ:
-        console.print(f"[yellow]warning:[/] different models ({differ}): changes are not regressions of one model",
-                      highlight=False)  # fmt: skip
+        console.print(f"[yellow]warning:[/] different models ({differ}): changes are not regressions of one model", highlight=False)
     if warning:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     if md is not None:
@@ -98,6 +100,11 @@ def _table(changes: list[Any], title: str) -> Any:
     for c in changes:
         style = colors.get(c.status, "")
         status = c.status + (f" ({c.note})" if c.note and c.status != SAME else "")
-        t.add_row(c.metric, "n/a" if c.old is None else f"{c.old:.5g}", "n/a" if c.new is None else f"{c.new:.5g}",
-                  "" if c.delta is None else f"{c.delta:+.4g}", f"[{style}]{status}[/]" if style else status)  # fmt: skip
+        t.add_row(
+            c.metric,
+            "n/a" if c.old is None else f"{c.old:.5g}",
+            "n/a" if c.new is None else f"{c.new:.5g}",
+            "" if c.delta is None else f"{c.delta:+.4g}",
+            f"[{style}]{status}[/]" if style else status,
+        )
     return t

@@ -35,25 +35,25 @@ class RemoteFlags(OptionGroup):
 
     host: Annotated[
         str | None, typer.Option(help="Deploy on this device over ssh: user@host or an ssh config Host.", rich_help_panel=_REMOTE)
-    ] = None  # fmt: skip
+    ] = None
     hosts: Annotated[
         Path | None, typer.Option(help="Deploy on every device of a fleet YAML file, in parallel.", rich_help_panel=_REMOTE)
-    ] = None  # fmt: skip
+    ] = None
     ssh_config: Annotated[
         Path | None, typer.Option(help="ssh config file (ssh -F); default: ssh's own (~/.ssh/config).", rich_help_panel=_REMOTE)
-    ] = None  # fmt: skip
+    ] = None
     remote_cmd: Annotated[str, typer.Option(help="How the device runs rescompile (shell words).", rich_help_panel=_REMOTE)] = "rescompile"
-    remote_dir: Annotated[
-        str, typer.Option(help="Folder on the device (relative: under its home).", rich_help_panel=_REMOTE)
-    ] = "rescompile-deploy"  # fmt: skip
+    remote_dir: Annotated[str, typer.Option(help="Folder on the device (relative: under its home).", rich_help_panel=_REMOTE)] = (
+        "rescompile-deploy"
+    )
     fetch_plan: Annotated[bool, typer.Option(help="Also copy the built plan and its sidecar back.", rich_help_panel=_REMOTE)] = False
     parallel: Annotated[int, typer.Option(min=1, help="Hosts deployed at once (--hosts).", rich_help_panel=_REMOTE)] = 4
     connect_timeout: Annotated[int, typer.Option(min=1, help="ssh ConnectTimeout, seconds.", rich_help_panel=_REMOTE)] = 10
     timeout: Annotated[float | None, typer.Option(min=1, help="Seconds allowed for one host's deploy.", rich_help_panel=_REMOTE)] = None
     json_out: Annotated[
         Path | None,
-        typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE)
-    ] = None  # fmt: skip
+        typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE),
+    ] = None
 
 
 @app.command(
@@ -93,8 +93,12 @@ def deploy(
     from rescompile.runtime.cuda_libs import check_choice
 
     with show_failed_result(_print_local):  # a failed gate still shows the run (exit 1)
-        result = run_deploy(bundle, DeployOptions(device.backend, device.target, device.dla_core, device.out, device.threads,
-                                                  cuda_lib=check_choice(device.cuda_lib)))  # fmt: skip
+        result = run_deploy(
+            bundle,
+            DeployOptions(
+                device.backend, device.target, device.dla_core, device.out, device.threads, cuda_lib=check_choice(device.cuda_lib)
+            ),
+        )
     _print_local(result)
 
 
@@ -102,9 +106,11 @@ def _print_local(result: Any) -> None:
     r = result.report
     agr, acc = r["agreement"], r["accuracy"]
     top1 = acc["candidate"]["top1"]
-    console.print(f"deploy {r['model']['name']} ({r['backend']}, {r['candidate']}): {r['samples']} reference inputs, "
-                  f"agreement {agr['top1']:.2f}%, cosine {agr['cosine_mean']:.5f}"
-                  + (f", top-1 {top1:.2f}%" if top1 is not None else ""), highlight=False)  # fmt: skip
+    console.print(
+        f"deploy {r['model']['name']} ({r['backend']}, {r['candidate']}): {r['samples']} reference inputs, "
+        f"agreement {agr['top1']:.2f}%, cosine {agr['cosine_mean']:.5f}" + (f", top-1 {top1:.2f}%" if top1 is not None else ""),
+        highlight=False,
+    )
     for g in r["gates"]:
         console.print(("PASS " if g["passed"] else "[red]FAIL[/] ") + escape(f"{g['name']}: {g['message']}"), highlight=False)
     if not r["gates"]:
@@ -119,8 +125,9 @@ def _remote(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> None:
     if flags.hosts is None:
         (spec,) = specs
         console.print(f"deploying {bundle.name} on {spec.destination} ...", highlight=False)
-        res = remote.deploy_host(bundle, spec, opts, on_line=lambda line: console.print(line, markup=False, highlight=False,
-                                                                                      soft_wrap=True))  # fmt: skip
+        res = remote.deploy_host(
+            bundle, spec, opts, on_line=lambda line: console.print(line, markup=False, highlight=False, soft_wrap=True)
+        )
         _host_line(res)
         raise typer.Exit(res.exit_code)
 
@@ -130,11 +137,21 @@ def _remote(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> None:
     for col in ("host", "exit", "stage", "agreement", "seconds", "message"):
         t.add_column(col, overflow="fold")
     for r in results:
-        t.add_row(escape(r.host), str(r.exit_code), r.stage, "-" if r.agreement_top1 is None else f"{r.agreement_top1:.2f}%",
-                  f"{r.seconds:.1f}", escape(r.message))  # fmt: skip
+        t.add_row(
+            escape(r.host),
+            str(r.exit_code),
+            r.stage,
+            "-" if r.agreement_top1 is None else f"{r.agreement_top1:.2f}%",
+            f"{r.seconds:.1f}",
+            escape(r.message),
+        )
     console.print(t)
-    doc = {"schema": "rescompile.fleet/1", "bundle": str(bundle), "passed": all(r.exit_code == 0 for r in results),
-           "hosts": [r.to_dict() for r in results]}  # fmt: skip
+    doc = {
+        "schema": "rescompile.fleet/1",
+        "bundle": str(bundle),
+        "passed": all(r.exit_code == 0 for r in results),
+        "hosts": [r.to_dict() for r in results],
+    }
     path = flags.json_out or Path(opts.out) / "fleet.json"
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -167,12 +184,15 @@ def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> t
     out = device.out if device.out is not None else bundle.with_suffix(".deploy")
     opts = remote.RemoteOptions(
         remote_cmd=flags.remote_cmd if flags.remote_cmd != "rescompile" else defaults.get("remote_cmd", "rescompile"),
-        remote_dir=defaults.get("remote_dir", flags.remote_dir), ssh_config=flags.ssh_config,
+        remote_dir=defaults.get("remote_dir", flags.remote_dir),
+        ssh_config=flags.ssh_config,
         connect_timeout=int(defaults.get("connect_timeout", flags.connect_timeout)),
         backend=defaults.get("backend", device.backend) if device.backend == "tensorrt" else device.backend,
         target=defaults.get("target", device.target) if device.target == "auto" else device.target,
         dla_core=device.dla_core if device.dla_core is not None else defaults.get("dla_core"),
         cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
-        fetch_plan=flags.fetch_plan, out=out, timeout=flags.timeout,
-    )  # fmt: skip
+        fetch_plan=flags.fetch_plan,
+        out=out,
+        timeout=flags.timeout,
+    )
     return specs, opts

@@ -65,8 +65,9 @@ def _gpu() -> str:
     info, how = find_gpu(0)
     if info is None:
         raise _Absent(f"no CUDA GPU visible: {how}")
-    return (f"{info.name}, compute capability {info.compute_capability[0]}.{info.compute_capability[1]} (via {how})"
-            + (f", L4T {info.l4t}" if info.l4t else ""))  # fmt: skip
+    return f"{info.name}, compute capability {info.compute_capability[0]}.{info.compute_capability[1]} (via {how})" + (
+        f", L4T {info.l4t}" if info.l4t else ""
+    )
 
 
 def _cuda_python() -> str:
@@ -95,8 +96,7 @@ def _cpu() -> str:
 def _trtexec() -> str:
     import shutil
 
-    path = shutil.which("trtexec") or ("/usr/src/tensorrt/bin/trtexec" if Path("/usr/src/tensorrt/bin/trtexec").exists()
-                                       else None)  # fmt: skip
+    path = shutil.which("trtexec") or ("/usr/src/tensorrt/bin/trtexec" if Path("/usr/src/tensorrt/bin/trtexec").exists() else None)
     if path is None:
         raise _Absent("trtexec is not on PATH nor in /usr/src/tensorrt/bin")
     return path
@@ -108,8 +108,13 @@ def collect() -> list[tuple[str, bool, str]]:
     for name in ("rescompile", "numpy", "torch", "onnx", "onnxruntime", "onnxsim", "cuda.bindings"):
         ok, detail = _probe(lambda n=name: _module_version(n))  # type: ignore[misc]
         rows.append((name, ok, detail))
-    for item, fn in (("tensorrt", _tensorrt), ("trtexec", _trtexec), ("CUDA GPU", _gpu),
-                     ("cuda-python vs driver", _cuda_python), ("CPU", _cpu)):  # fmt: skip
+    for item, fn in (
+        ("tensorrt", _tensorrt),
+        ("trtexec", _trtexec),
+        ("CUDA GPU", _gpu),
+        ("cuda-python vs driver", _cuda_python),
+        ("CPU", _cpu),
+    ):
         ok, detail = _probe(fn)
         rows.append((item, ok, detail))
     return rows
@@ -135,5 +140,8 @@ def doctor(
     console.print(t)
     status = {i: o for i, o, _ in rows}
     if not status.get("tensorrt") or not status.get("CUDA GPU"):
-        console.print("TensorRT engines cannot be built here: `rescompile engine` prints the trtexec command for "
-                      "the device; `rescompile build` validates on ONNX Runtime (CPU).", highlight=False)  # fmt: skip
+        console.print(
+            "TensorRT engines cannot be built here: `rescompile engine` prints the trtexec command for "
+            "the device; `rescompile build` validates on ONNX Runtime (CPU).",
+            highlight=False,
+        )

@@ -49,10 +49,11 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
             ranges = {t: TensorRange(a, -a, a, "qdq") for t, a in implicit.ranges.items()}
             write_text_atomic(calib_path, to_trt_cache(ranges, version=str(version)))
             onnx_arg, calib = str(dla_onnx), str(calib_path)
-            lines.append(f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
-                         f"(ranges of {len(implicit.ranges)} tensors); copy them to the device")  # fmt: skip
-        cmd = trtexec_command(settings, target, onnx_arg, str(dest / PLAN), dynamic=spec.batch is None,
-                              calib_cache=calib)  # fmt: skip
+            lines.append(
+                f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
+                f"(ranges of {len(implicit.ranges)} tensors); copy them to the device"
+            )
+        cmd = trtexec_command(settings, target, onnx_arg, str(dest / PLAN), dynamic=spec.batch is None, calib_cache=calib)
         label = f"# TensorRT {version.major}.x" + (f" (JetPack {target.jetpack})" if target.jetpack else "")
         lines += [label, format_command(cmd)]
     return lines
@@ -62,18 +63,24 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
 class EngineBuild(OptionGroup):
     """How TensorRT builds the engine (the profile, limits and the device)."""
 
-    workspace_mib: Annotated[int | None, typer.Option(
-        min=1, help="Builder workspace limit in MiB (default: the target's).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
-    dla_core: Annotated[int | None, typer.Option(
-        min=0, help="Build for this DLA core, with GPU fallback.", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
-    batch: Annotated[str, typer.Option(
-        help="Batch sizes to support, e.g. 1,8,32: min/max of the profile.", rich_help_panel=o.TENSORRT)] = "1"  # fmt: skip
-    opt_batch: Annotated[int | None, typer.Option(
-        min=1, help="Batch TensorRT tunes for (default: the median listed).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
-    optimization_level: Annotated[int, typer.Option(
-        min=0, max=5, help="TensorRT builder optimization level.", rich_help_panel=o.TENSORRT)] = 3  # fmt: skip
-    timing_cache: Annotated[Path | None, typer.Option(
-        help="Folder for timing caches (keyed by TensorRT version and GPU).", rich_help_panel=o.TENSORRT)] = None  # fmt: skip
+    workspace_mib: Annotated[
+        int | None, typer.Option(min=1, help="Builder workspace limit in MiB (default: the target's).", rich_help_panel=o.TENSORRT)
+    ] = None
+    dla_core: Annotated[int | None, typer.Option(min=0, help="Build for this DLA core, with GPU fallback.", rich_help_panel=o.TENSORRT)] = (
+        None
+    )
+    batch: Annotated[str, typer.Option(help="Batch sizes to support, e.g. 1,8,32: min/max of the profile.", rich_help_panel=o.TENSORRT)] = (
+        "1"
+    )
+    opt_batch: Annotated[
+        int | None, typer.Option(min=1, help="Batch TensorRT tunes for (default: the median listed).", rich_help_panel=o.TENSORRT)
+    ] = None
+    optimization_level: Annotated[
+        int, typer.Option(min=0, max=5, help="TensorRT builder optimization level.", rich_help_panel=o.TENSORRT)
+    ] = 3
+    timing_cache: Annotated[
+        Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).", rich_help_panel=o.TENSORRT)
+    ] = None
     device: Annotated[int, typer.Option(min=0, help="CUDA device to build on (the sidecar names it).", rich_help_panel=o.TENSORRT)] = 0
 
 
@@ -83,15 +90,13 @@ class EngineBuild(OptionGroup):
 )
 def engine(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
-    target: Annotated[
-        str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.", rich_help_panel=o.TENSORRT)
-    ] = "gpu",  # fmt: skip
+    target: Annotated[str, typer.Option(help="Target profile (rescompile targets), or sm_XY, or gpu.", rich_help_panel=o.TENSORRT)] = "gpu",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Output folder (default: beside the ONNX).", rich_help_panel=o.OUTPUT)
-    ] = None,  # fmt: skip
+    ] = None,
     allow_unfused: Annotated[
         bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.", rich_help_panel=o.VALIDATION)
-    ] = False,  # fmt: skip
+    ] = False,
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.", rich_help_panel=o.OUTPUT)] = False,
     *,
     builder: EngineBuild,
@@ -113,25 +118,31 @@ def engine(
     model_path = _model_path(onnx_path, checks)
     tgt = get_target(target)
     dest = out if out is not None else model_path.parent
-    options = EngineOptions(builder.workspace_mib, builder.dla_core, parse_batches(builder.batch), builder.opt_batch,
-                            builder.optimization_level)  # fmt: skip
+    options = EngineOptions(
+        builder.workspace_mib, builder.dla_core, parse_batches(builder.batch), builder.opt_batch, builder.optimization_level
+    )
     try:
         from rescompile.engine.tensorrt import build_engine
 
-        result = build_engine(model_path, tgt, options, dest, timing_cache_dir=builder.timing_cache, device_index=builder.device,
-                              verbose=verbose)  # fmt: skip
+        result = build_engine(
+            model_path, tgt, options, dest, timing_cache_dir=builder.timing_cache, device_index=builder.device, verbose=verbose
+        )
     except MissingDependency as exc:
         console.print("Equivalent trtexec command, to run on the device:", highlight=False)
         for line in _device_commands(model_path, dest, target, options):
             console.print(line, highlight=False, markup=False, soft_wrap=True)
-        raise MissingDependency(f"cannot build a TensorRT engine here: {exc.message}",
-                                hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
-                                "device (JetPack ships TensorRT) with the trtexec command above") from None  # fmt: skip
+        raise MissingDependency(
+            f"cannot build a TensorRT engine here: {exc.message}",
+            hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
+            "device (JetPack ships TensorRT) with the trtexec command above",
+        ) from None
     _print_engine(result, tgt)
     bad = [a for a in result.fusion.adds if not a.ok]
     if (bad or not result.fusion.detailed) and not allow_unfused:
-        err_console.print(f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
-                          "into an INT8 layer (see model.plan.layers.json)")  # fmt: skip
+        err_console.print(
+            f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
+            "into an INT8 layer (see model.plan.layers.json)"
+        )
         raise typer.Exit(GateFailed.exit_code)
 
 
@@ -149,11 +160,16 @@ def _model_path(onnx_path: Path, checks: o.BuildFolderOptions) -> Path:
 
 def _print_engine(result: Any, tgt: Any) -> None:
     s = result.settings
-    console.print(f"built {result.plan} for {tgt.name} on {result.device.name} (sm_{''.join(map(str, result.device.compute_capability))}), "
-                  f"TensorRT {result.tensorrt_version}, {result.build_seconds:.1f} s", highlight=False)  # fmt: skip
-    console.print(f"profile {list(s.profile.min)} / {list(s.profile.opt)} / {list(s.profile.max)}, workspace "
-                  f"{s.workspace_mib} MiB, flags {list(s.builder_flags) or 'none'}"
-                  + (f", DLA core {s.dla_core}" if s.dla_core is not None else ""), highlight=False)  # fmt: skip
+    console.print(
+        f"built {result.plan} for {tgt.name} on {result.device.name} (sm_{''.join(map(str, result.device.compute_capability))}), "
+        f"TensorRT {result.tensorrt_version}, {result.build_seconds:.1f} s",
+        highlight=False,
+    )
+    console.print(
+        f"profile {list(s.profile.min)} / {list(s.profile.opt)} / {list(s.profile.max)}, workspace "
+        f"{s.workspace_mib} MiB, flags {list(s.builder_flags) or 'none'}" + (f", DLA core {s.dla_core}" if s.dla_core is not None else ""),
+        highlight=False,
+    )
     for note in s.notes:
         console.print(f"note: {note}", highlight=False)
     for a in result.fusion.adds:
@@ -171,9 +187,14 @@ def targets() -> None:
         t.add_column(col, no_wrap=True)
     for x in TARGETS:
         trt = "-" if not x.has_tensorrt else x.tensorrt_version or "10.x / 11.x"
-        t.add_row(x.name, x.sm or "-", str(x.dla_cores), f"{x.memory_gib} GiB" if x.memory_gib else "-",
-                  f"{x.workspace_mib} MiB" if x.workspace_mib else "-",
-                  trt + (f" ({x.jetpack})" if x.jetpack else ""))  # fmt: skip
+        t.add_row(
+            x.name,
+            x.sm or "-",
+            str(x.dla_cores),
+            f"{x.memory_gib} GiB" if x.memory_gib else "-",
+            f"{x.workspace_mib} MiB" if x.workspace_mib else "-",
+            trt + (f" ({x.jetpack})" if x.jetpack else ""),
+        )
     console.print(t)
     for x in TARGETS:
         if x.aliases or x.note:

@@ -48,8 +48,9 @@ def expand_groups(fn: Callable[..., Any]) -> Callable[..., Any]:
         field_hints = typing.get_type_hints(group, include_extras=True)
         fields = [f for f in dataclasses.fields(group) if f.init]  # type: ignore[arg-type]
         groups[p.name] = (group, [f.name for f in fields])
-        params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                     annotation=field_hints[f.name]) for f in fields]  # fmt: skip
+        params += [
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=field_hints[f.name]) for f in fields
+        ]
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise TypeError(f"{fn.__qualname__}: option names repeat across its groups: {sorted(n for n in names if names.count(n) > 1)}")

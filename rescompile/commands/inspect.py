@@ -25,8 +25,14 @@ def block_table(blocks: list[Any], title: str) -> Table:
     t.add_column("then")
     for i, b in enumerate(blocks):
         short = b.shortcut_kind if not b.shortcut_ops else f"{b.shortcut_kind} ({'-'.join(b.shortcut_ops)})"
-        t.add_row(str(i), escape(b.add), "-".join(b.main_ops) or b.main_producer_op, escape(b.main_conv or b.main_producer),
-                  escape(short), b.follower or "-")  # fmt: skip
+        t.add_row(
+            str(i),
+            escape(b.add),
+            "-".join(b.main_ops) or b.main_producer_op,
+            escape(b.main_conv or b.main_producer),
+            escape(short),
+            b.follower or "-",
+        )
     return t
 
 
@@ -80,8 +86,10 @@ def inspect(
         for line in build.warnings(failed=False):  # inspecting a failed build needs no override: a note below
             warn(line)
         if build.passed is False:
-            console.print(f"note: {escape(str(model))} is a build whose gates failed "
-                          f"({', '.join(build.failed_gates) or 'see its report'})", highlight=False)  # fmt: skip
+            console.print(
+                f"note: {escape(str(model))} is a build whose gates failed ({', '.join(build.failed_gates) or 'see its report'})",
+                highlight=False,
+            )
         fp32_path = build.file(SIMPLIFIED_ONNX)
         if int8_path is None and build.has(INT8_ONNX):
             int8_path = build.file(INT8_ONNX)
@@ -115,8 +123,9 @@ def inspect(
         write_json(json_out, doc)
         console.print(f"wrote {escape(str(json_out))}", highlight=False)
     if report is not None and not report.ok:
-        raise VerificationError(f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; "
-                                f"first: {report.violations[0]}")  # fmt: skip
+        raise VerificationError(
+            f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; first: {report.violations[0]}"
+        )
 
 
 def _checked(path: Path | None, no_verify_hashes: bool) -> Path | None:

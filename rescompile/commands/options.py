@@ -30,108 +30,157 @@ BUILD_FOLDER = "Build folder checks"
 # ---- Model
 ModelArg = Annotated[
     str,
-    typer.Argument(help="demo | resnet20..resnet110 | torchvision:<arch> | model.onnx | TorchScript file",
-                   show_default=True),
-]  # fmt: skip
-WeightsOpt = Annotated[Path | None, typer.Option(
-    "--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').", rich_help_panel=MODEL)]  # fmt: skip
+    typer.Argument(help="demo | resnet20..resnet110 | torchvision:<arch> | model.onnx | TorchScript file", show_default=True),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", "-w", help="Checkpoint (state_dict, or a dict with 'state_dict'/'model').", rich_help_panel=MODEL),
+]
 NumClassesOpt = Annotated[int | None, typer.Option(min=1, help="Classes of the model's head.", rich_help_panel=MODEL)]
 InChannelsOpt = Annotated[int | None, typer.Option(min=1, help="Input channels of the model.", rich_help_panel=MODEL)]
 InputSizeOpt = Annotated[int | None, typer.Option(min=8, help="Input height = width.", rich_help_panel=MODEL)]
-TrustCheckpointOpt = Annotated[bool, typer.Option(
-    help="Allow unpickling objects from --weights (trusted files only).", rich_help_panel=MODEL)]  # fmt: skip
+TrustCheckpointOpt = Annotated[
+    bool, typer.Option(help="Allow unpickling objects from --weights (trusted files only).", rich_help_panel=MODEL)
+]
 ExporterOpt = Annotated[str, typer.Option(help="torch.onnx exporter: torchscript | dynamo.", rich_help_panel=MODEL)]
 OpsetOpt = Annotated[int, typer.Option(min=17, help="ONNX opset.", rich_help_panel=MODEL)]
 
 # ---- Data
 CalibOpt = Annotated[str, typer.Option(help="Calibration data: image folder, .npy/.npz, or demo-calib.", rich_help_panel=DATA)]
-CalibSizeOpt = Annotated[int | None, typer.Option(
-    min=1, help="Use a seeded, stratified subset of N calibration samples.", rich_help_panel=DATA)]  # fmt: skip
-ValSizeOpt = Annotated[int | None, typer.Option(
-    min=1, help="Use a seeded, stratified subset of N validation samples.", rich_help_panel=DATA)]  # fmt: skip
+CalibSizeOpt = Annotated[
+    int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N calibration samples.", rich_help_panel=DATA)
+]
+ValSizeOpt = Annotated[
+    int | None, typer.Option(min=1, help="Use a seeded, stratified subset of N validation samples.", rich_help_panel=DATA)
+]
 LayoutOpt = Annotated[str, typer.Option(help="Layout of .npy/.npz images: nchw | nhwc.", rich_help_panel=DATA)]
 
 # ---- Preprocessing (build and calibrate; docs/inputs.md)
-PresetOpt = Annotated[str | None, typer.Option(
-    help="imagenet | cifar | grayscale | fashion-mnist (default: the model's own, else by input shape).",
-    rich_help_panel=PREPROCESSING)]  # fmt: skip
-RecipeOpt = Annotated[Path | None, typer.Option(
-    help="YAML preprocessing recipe: preset, size, resize, mean, std, channels, channel_order, layout.",
-    rich_help_panel=PREPROCESSING)]  # fmt: skip
-SizeOpt = Annotated[int | None, typer.Option(
-    "--size", min=1, help="Custom preprocessing: final (center-crop) size.", rich_help_panel=PREPROCESSING)]  # fmt: skip
-ResizeOpt = Annotated[int | None, typer.Option(
-    min=1, help="Custom preprocessing: resize the shorter side to this before the crop.", rich_help_panel=PREPROCESSING)]  # fmt: skip
-MeanOpt = Annotated[str | None, typer.Option(
-    help="Custom preprocessing: per-channel mean of [0,1] pixels, e.g. 0.485,0.456,0.406.", rich_help_panel=PREPROCESSING)]  # fmt: skip
-StdOpt = Annotated[str | None, typer.Option(
-    help="Custom preprocessing: per-channel std, e.g. 0.229,0.224,0.225.", rich_help_panel=PREPROCESSING)]  # fmt: skip
-ChannelsOpt = Annotated[int | None, typer.Option(
-    "--channels", help="Custom preprocessing: 1 (grayscale) or 3 (colour).", rich_help_panel=PREPROCESSING)]  # fmt: skip
-ChannelOrderOpt = Annotated[str | None, typer.Option(
-    help="Custom preprocessing: channel order of the model input, rgb | bgr.", rich_help_panel=PREPROCESSING)]  # fmt: skip
+PresetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="imagenet | cifar | grayscale | fashion-mnist (default: the model's own, else by input shape).", rich_help_panel=PREPROCESSING
+    ),
+]
+RecipeOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="YAML preprocessing recipe: preset, size, resize, mean, std, channels, channel_order, layout.", rich_help_panel=PREPROCESSING
+    ),
+]
+SizeOpt = Annotated[
+    int | None, typer.Option("--size", min=1, help="Custom preprocessing: final (center-crop) size.", rich_help_panel=PREPROCESSING)
+]
+ResizeOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="Custom preprocessing: resize the shorter side to this before the crop.", rich_help_panel=PREPROCESSING),
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option(help="Custom preprocessing: per-channel mean of [0,1] pixels, e.g. 0.485,0.456,0.406.", rich_help_panel=PREPROCESSING),
+]
+StdOpt = Annotated[
+    str | None, typer.Option(help="Custom preprocessing: per-channel std, e.g. 0.229,0.224,0.225.", rich_help_panel=PREPROCESSING)
+]
+ChannelsOpt = Annotated[
+    int | None, typer.Option("--channels", help="Custom preprocessing: 1 (grayscale) or 3 (colour).", rich_help_panel=PREPROCESSING)
+]
+ChannelOrderOpt = Annotated[
+    str | None, typer.Option(help="Custom preprocessing: channel order of the model input, rgb | bgr.", rich_help_panel=PREPROCESSING)
+]
 
 # ---- Calibration
 METHOD_HELP = "Calibration method: max | percentile | entropy | mse | auto (per tensor, the least error)."
 CalibMethodOpt = Annotated[str, typer.Option(help=METHOD_HELP, rich_help_panel=CALIBRATION)]
-PercentileOpt = Annotated[float, typer.Option(
-    help="Percentile of |x| kept by the percentile method.", rich_help_panel=CALIBRATION)]  # fmt: skip
+PercentileOpt = Annotated[float, typer.Option(help="Percentile of |x| kept by the percentile method.", rich_help_panel=CALIBRATION)]
 
 # ---- Quantization
-KeepFpOpt = Annotated[list[str] | None, typer.Option(
-    "--keep-fp", help="Keep nodes (name glob or op type) in FP; repeatable.", rich_help_panel=QUANTIZATION)]  # fmt: skip
-KeepFirstLastOpt = Annotated[bool, typer.Option(
-    help="Keep the first and last weighted layers in FP.", rich_help_panel=QUANTIZATION)]  # fmt: skip
+KeepFpOpt = Annotated[
+    list[str] | None, typer.Option("--keep-fp", help="Keep nodes (name glob or op type) in FP; repeatable.", rich_help_panel=QUANTIZATION)
+]
+KeepFirstLastOpt = Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.", rich_help_panel=QUANTIZATION)]
 
 # ---- Validation and gates (build and validate: "exit 1 when a gate is missed; flags override --gates")
-MaxTop1DropOpt = Annotated[float | None, typer.Option(
-    help="Gate: fail (exit 1) if FP32 minus INT8 (candidate) top-1 exceeds N points.", rich_help_panel=VALIDATION)]  # fmt: skip
-MinAgreementOpt = Annotated[float | None, typer.Option(
-    help="Gate: minimum top-1 agreement with FP32, percent.", rich_help_panel=VALIDATION)]  # fmt: skip
-MinCosineOpt = Annotated[float | None, typer.Option(
-    help="Gate: minimum mean logit cosine similarity.", rich_help_panel=VALIDATION)]  # fmt: skip
-MaxP99Opt = Annotated[float | None, typer.Option(
-    "--max-p99-ms", help="Gate: maximum INT8 (candidate) p99 latency, ms (at --gate-batch).", rich_help_panel=VALIDATION)]  # fmt: skip
-MinSpeedupOpt = Annotated[float | None, typer.Option(
-    help="Gate: minimum INT8 (candidate) speedup over FP32 (p50, same run, at --gate-batch).", rich_help_panel=VALIDATION)]  # fmt: skip
-GateBatchOpt = Annotated[int | None, typer.Option(
-    min=1, help="Batch size the latency gates read (default: the smallest timed).", rich_help_panel=VALIDATION)]  # fmt: skip
-GatesFileOpt = Annotated[Path | None, typer.Option(
-    "--gates", help="YAML recipe of gates, e.g. 'max-top1-drop: 1.0'; flags override it.", rich_help_panel=VALIDATION)]  # fmt: skip
-LayerwiseOpt = Annotated[bool, typer.Option(
-    "--layerwise", help="Compare FP32 and INT8 tensor by tensor; blame the layers that add most error.",
-    rich_help_panel=VALIDATION)]  # fmt: skip
-LatencyBatchOpt = Annotated[list[int] | None, typer.Option(
-    "--latency-batch", min=1, help="Batch size to time; repeatable (default: 1 and 32).", rich_help_panel=VALIDATION)]  # fmt: skip
-LatencyRunsOpt = Annotated[int | None, typer.Option(
-    min=3, help="Exactly N timed runs per batch size and runner (default: a time budget).", rich_help_panel=VALIDATION)]  # fmt: skip
-LatencyBudgetOpt = Annotated[float | None, typer.Option(
-    help="Seconds to time each batch size and runner, warm-up included (instead of the default budget).",
-    rich_help_panel=VALIDATION)]  # fmt: skip
-ThreadsOpt = Annotated[int | None, typer.Option(
-    min=1, help="CPU threads for inference (default: all cores).", rich_help_panel=VALIDATION)]  # fmt: skip
-SaveReferenceOpt = Annotated[Path | None, typer.Option(
-    help="Save inputs, labels and FP32 logits to this .npz (for validating elsewhere).", rich_help_panel=OUTPUT)]  # fmt: skip
+MaxTop1DropOpt = Annotated[
+    float | None,
+    typer.Option(help="Gate: fail (exit 1) if FP32 minus INT8 (candidate) top-1 exceeds N points.", rich_help_panel=VALIDATION),
+]
+MinAgreementOpt = Annotated[
+    float | None, typer.Option(help="Gate: minimum top-1 agreement with FP32, percent.", rich_help_panel=VALIDATION)
+]
+MinCosineOpt = Annotated[float | None, typer.Option(help="Gate: minimum mean logit cosine similarity.", rich_help_panel=VALIDATION)]
+MaxP99Opt = Annotated[
+    float | None,
+    typer.Option("--max-p99-ms", help="Gate: maximum INT8 (candidate) p99 latency, ms (at --gate-batch).", rich_help_panel=VALIDATION),
+]
+MinSpeedupOpt = Annotated[
+    float | None,
+    typer.Option(help="Gate: minimum INT8 (candidate) speedup over FP32 (p50, same run, at --gate-batch).", rich_help_panel=VALIDATION),
+]
+GateBatchOpt = Annotated[
+    int | None, typer.Option(min=1, help="Batch size the latency gates read (default: the smallest timed).", rich_help_panel=VALIDATION)
+]
+GatesFileOpt = Annotated[
+    Path | None,
+    typer.Option("--gates", help="YAML recipe of gates, e.g. 'max-top1-drop: 1.0'; flags override it.", rich_help_panel=VALIDATION),
+]
+LayerwiseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--layerwise", help="Compare FP32 and INT8 tensor by tensor; blame the layers that add most error.", rich_help_panel=VALIDATION
+    ),
+]
+LatencyBatchOpt = Annotated[
+    list[int] | None,
+    typer.Option("--latency-batch", min=1, help="Batch size to time; repeatable (default: 1 and 32).", rich_help_panel=VALIDATION),
+]
+LatencyRunsOpt = Annotated[
+    int | None,
+    typer.Option(min=3, help="Exactly N timed runs per batch size and runner (default: a time budget).", rich_help_panel=VALIDATION),
+]
+LatencyBudgetOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Seconds to time each batch size and runner, warm-up included (instead of the default budget).", rich_help_panel=VALIDATION
+    ),
+]
+ThreadsOpt = Annotated[int | None, typer.Option(min=1, help="CPU threads for inference (default: all cores).", rich_help_panel=VALIDATION)]
+SaveReferenceOpt = Annotated[
+    Path | None, typer.Option(help="Save inputs, labels and FP32 logits to this .npz (for validating elsewhere).", rich_help_panel=OUTPUT)
+]
 
 # ---- Output
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.", rich_help_panel=OUTPUT)]
 
 # ---- Scale-out on Ray (the optional extra [ray]; docs/scale.md)
-RayOpt = Annotated[bool, typer.Option(
-    "--ray", help="Run data shards as tasks on a local Ray started here (extra [ray]).", rich_help_panel=RAY)]  # fmt: skip
-RayAddressOpt = Annotated[str | None, typer.Option(
-    "--ray-address", help="Run data shards on the Ray cluster at this address.", rich_help_panel=RAY)]  # fmt: skip
-ShardsOpt = Annotated[int | None, typer.Option(
-    "--shards", min=1, help="Shards per data set with --ray (default: one per CPU).", rich_help_panel=RAY)]  # fmt: skip
+RayOpt = Annotated[
+    bool, typer.Option("--ray", help="Run data shards as tasks on a local Ray started here (extra [ray]).", rich_help_panel=RAY)
+]
+RayAddressOpt = Annotated[
+    str | None, typer.Option("--ray-address", help="Run data shards on the Ray cluster at this address.", rich_help_panel=RAY)
+]
+ShardsOpt = Annotated[
+    int | None, typer.Option("--shards", min=1, help="Shards per data set with --ray (default: one per CPU).", rich_help_panel=RAY)
+]
 
 # ---- Reading a build folder (validate, inspect, engine, compare): integrity overrides, off by default
-NoVerifyOpt = Annotated[bool, typer.Option(
-    "--no-verify-hashes", help="Use a build folder's artifacts without checking their sha256 against manifest.json "
-    "(for a model edited by hand; a warning, and recorded in the report).", rich_help_panel=BUILD_FOLDER)]  # fmt: skip
-AllowFailedOpt = Annotated[bool, typer.Option(
-    "--allow-failed-build",
-    help="Accept a build whose gates failed (e.g. <out>.failed/); a warning, and recorded in the report.",
-    rich_help_panel=BUILD_FOLDER)]  # fmt: skip
+NoVerifyOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-verify-hashes",
+        help="Use a build folder's artifacts without checking their sha256 against manifest.json "
+        "(for a model edited by hand; a warning, and recorded in the report).",
+        rich_help_panel=BUILD_FOLDER,
+    ),
+]
+AllowFailedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-failed-build",
+        help="Accept a build whose gates failed (e.g. <out>.failed/); a warning, and recorded in the report.",
+        rich_help_panel=BUILD_FOLDER,
+    ),
+]
 
 
 def floats_opt(value: str | None, flag: str) -> tuple[float, ...] | None:
@@ -165,8 +214,13 @@ class ModelOptions(OptionGroup):
 
     def load_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of ``rescompile.models.load_model`` (and of BuildConfig's model fields)."""
-        return {"weights": self.weights, "num_classes": self.num_classes, "in_channels": self.in_channels,
-                "input_size": self.input_size, "trust_checkpoint": self.trust_checkpoint}  # fmt: skip
+        return {
+            "weights": self.weights,
+            "num_classes": self.num_classes,
+            "in_channels": self.in_channels,
+            "input_size": self.input_size,
+            "trust_checkpoint": self.trust_checkpoint,
+        }
 
 
 @dataclass(frozen=True)
@@ -228,8 +282,7 @@ class GateOptions(OptionGroup):
         from rescompile.config import Gates
         from rescompile.validate.gates import resolve_gates
 
-        flags = Gates(self.max_top1_drop, self.min_agreement, self.min_cosine, self.max_p99_ms, self.min_speedup,
-                      self.gate_batch)  # fmt: skip
+        flags = Gates(self.max_top1_drop, self.min_agreement, self.min_cosine, self.max_p99_ms, self.min_speedup, self.gate_batch)
         return resolve_gates(self.gates_file, flags)
 
 

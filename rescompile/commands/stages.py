@@ -55,9 +55,11 @@ def simplify_cmd(
     shape = describe_onnx(model, require_residual=False).input_shape
     result = simplify(read_onnx(model), shape, SimplifyConfig(use_onnxsim=not no_onnxsim))
     save_onnx(out, result.model)
-    console.print(f"wrote {out}: {result.nodes_before} -> {result.nodes_after} nodes, "
-                  f"{result.batchnorms_folded} BatchNorm folded, max abs error {result.max_abs_error:.2e}",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"wrote {out}: {result.nodes_before} -> {result.nodes_after} nodes, "
+        f"{result.batchnorms_folded} BatchNorm folded, max abs error {result.max_abs_error:.2e}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -93,5 +95,8 @@ def quantize(
     save_onnx(out, int8)
     if plan_out is not None:
         write_text_atomic(plan_out, plan.to_json())
-    console.print(f"wrote {out}: {len(plan.activations)} activation Q/DQ, {len(plan.weights)} INT8 weights, "
-                  f"{len(plan.residual_adds)} residual Adds verified ({policy})", highlight=False)  # fmt: skip
+    console.print(
+        f"wrote {out}: {len(plan.activations)} activation Q/DQ, {len(plan.weights)} INT8 weights, "
+        f"{len(plan.residual_adds)} residual Adds verified ({policy})",
+        highlight=False,
+    )

@@ -40,13 +40,16 @@ def sweep(
     def line(r: dict[str, Any]) -> None:
         if not quiet:
             tag = "reused" if r.get("skipped") else r["status"]
-            console.print(f"  {r['key'][:12]} {tag}: " + ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()),
-                          highlight=False, markup=False)  # fmt: skip
+            console.print(
+                f"  {r['key'][:12]} {tag}: " + ", ".join(f"{k}={v}" for k, v in r.get("params", {}).items()), highlight=False, markup=False
+            )
 
     results = run_sweep(plan, settings, cpus_per_build=cpus_per_build, on_done=line)
     doc = write_summary(plan.out, results)
     c = doc["counts"]
-    console.print(f"wrote {plan.out}/sweep.md, sweep.json, sweep.html: {c['ok']} ok, {c['gate-failed']} missed a gate, "
-                  f"{c['error']} failed", highlight=False)  # fmt: skip
+    console.print(
+        f"wrote {plan.out}/sweep.md, sweep.json, sweep.html: {c['ok']} ok, {c['gate-failed']} missed a gate, {c['error']} failed",
+        highlight=False,
+    )
     if doc["counts"]["error"] or doc["counts"]["gate-failed"]:
         raise typer.Exit(1)

@@ -13,45 +13,68 @@ from rescompile.commands import options as o
 from rescompile.commands.base import app, console, warn
 from rescompile.commands.groups import OptionGroup
 
-ReferenceOpt = Annotated[str | None, typer.Option(
-    "--reference", "-r", help="FP32 reference: a model spec (demo, resnet20, torchvision:<arch>), an FP32 .onnx, or "
-    f"ref.npz saved with --save-reference (default: a build folder's {SIMPLIFIED_ONNX}).", rich_help_panel=o.MODEL)]  # fmt: skip
+ReferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--reference",
+        "-r",
+        help="FP32 reference: a model spec (demo, resnet20, torchvision:<arch>), an FP32 .onnx, or "
+        f"ref.npz saved with --save-reference (default: a build folder's {SIMPLIFIED_ONNX}).",
+        rich_help_panel=o.MODEL,
+    ),
+]
 
 
 @dataclass(frozen=True)
 class ValidateData(OptionGroup):
-    val: Annotated[str | None, typer.Option(
-        help="Validation data: image folder, .npz with labels, or demo-val (default: a build folder's own validation "
-        "data, the same held-out split or in-sample set; demo-val for the demo model; a saved reference brings its "
-        "own; else required).", rich_help_panel=o.DATA)] = None  # fmt: skip
+    val: Annotated[
+        str | None,
+        typer.Option(
+            help="Validation data: image folder, .npz with labels, or demo-val (default: a build folder's own validation "
+            "data, the same held-out split or in-sample set; demo-val for the demo model; a saved reference brings its "
+            "own; else required).",
+            rich_help_panel=o.DATA,
+        ),
+    ] = None
     val_size: o.ValSizeOpt = None
     layout: o.LayoutOpt = "nchw"
-    preset: Annotated[str | None, typer.Option(
-        help="Preprocessing preset (default: the build folder's, else the reference model's own).",
-        rich_help_panel=o.PREPROCESSING)] = None  # fmt: skip
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Preprocessing preset (default: the build folder's, else the reference model's own).", rich_help_panel=o.PREPROCESSING
+        ),
+    ] = None
 
 
 @dataclass(frozen=True)
 class ValidateRun(OptionGroup):
-    fp32: Annotated[Path | None, typer.Option(
-        "--fp32", help="FP32 ONNX the candidate was quantized from: latency baseline and layerwise reference "
-        "(default: the reference when it is ONNX, else an export of the PyTorch reference).",
-        rich_help_panel=o.VALIDATION)] = None  # fmt: skip
-    no_baseline: Annotated[bool, typer.Option(
-        "--no-baseline", help="Do not time an FP32 baseline (no speedup).", rich_help_panel=o.VALIDATION)] = False  # fmt: skip
+    fp32: Annotated[
+        Path | None,
+        typer.Option(
+            "--fp32",
+            help="FP32 ONNX the candidate was quantized from: latency baseline and layerwise reference "
+            "(default: the reference when it is ONNX, else an export of the PyTorch reference).",
+            rich_help_panel=o.VALIDATION,
+        ),
+    ] = None
+    no_baseline: Annotated[
+        bool, typer.Option("--no-baseline", help="Do not time an FP32 baseline (no speedup).", rich_help_panel=o.VALIDATION)
+    ] = False
     warmup: Annotated[int, typer.Option(min=0, help="Untimed warm-up runs before timing.", rich_help_panel=o.VALIDATION)] = 5
     batch_size: Annotated[int, typer.Option(min=1, help="Batch size for the accuracy pass.", rich_help_panel=o.VALIDATION)] = 64
     threads: o.ThreadsOpt = None
     layerwise: o.LayerwiseOpt = False
     layerwise_samples: Annotated[int, typer.Option(min=1, help="Inputs used by --layerwise.", rich_help_panel=o.VALIDATION)] = 64
-    cuda_lib: Annotated[str, typer.Option(
-        help="TensorRT plans: device buffers from auto | cuda-python | pycuda | torch.", rich_help_panel=o.TENSORRT)] = "auto"  # fmt: skip
+    cuda_lib: Annotated[
+        str, typer.Option(help="TensorRT plans: device buffers from auto | cuda-python | pycuda | torch.", rich_help_panel=o.TENSORRT)
+    ] = "auto"
 
 
 @dataclass(frozen=True)
 class ValidateOutput(OptionGroup):
-    out: Annotated[Path, typer.Option(
-        "--out", "-o", help=f"Folder for {', '.join(REPORT_FILES)}.", rich_help_panel=o.OUTPUT)] = Path("validation")  # fmt: skip
+    out: Annotated[Path, typer.Option("--out", "-o", help=f"Folder for {', '.join(REPORT_FILES)}.", rich_help_panel=o.OUTPUT)] = Path(
+        "validation"
+    )
     save_reference: o.SaveReferenceOpt = None
     quiet: o.QuietOpt = False
 
@@ -89,14 +112,40 @@ def validate(
     resolved = gates.resolve()  # bad gates, layout or Ray options are refused before any work (exit 2)
     o.check_layout(data.layout)
     scale.settings()
-    timing = Timing(run.batch_size, latency.batches, latency.latency_runs, latency.latency_budget, run.warmup, run.threads,
-                    not output.quiet, scale.ray, scale.ray_address, scale.shards)  # fmt: skip
-    done = validate_candidate(ValidateRequest(
-        candidate, ModelSpec(reference or "", **loading.load_kwargs()), data.val, data.val_size, data.preset, data.layout,
-        run.fp32, run.no_baseline, output.save_reference, gates=resolved, timing=timing, cuda_lib=run.cuda_lib,
-        layerwise=run.layerwise, layerwise_samples=run.layerwise_samples, out=output.out,
-        no_verify_hashes=checks.no_verify_hashes, allow_failed_build=checks.allow_failed_build,
-    ), warn=warn)  # fmt: skip
+    timing = Timing(
+        run.batch_size,
+        latency.batches,
+        latency.latency_runs,
+        latency.latency_budget,
+        run.warmup,
+        run.threads,
+        not output.quiet,
+        scale.ray,
+        scale.ray_address,
+        scale.shards,
+    )
+    done = validate_candidate(
+        ValidateRequest(
+            candidate,
+            ModelSpec(reference or "", **loading.load_kwargs()),
+            data.val,
+            data.val_size,
+            data.preset,
+            data.layout,
+            run.fp32,
+            run.no_baseline,
+            output.save_reference,
+            gates=resolved,
+            timing=timing,
+            cuda_lib=run.cuda_lib,
+            layerwise=run.layerwise,
+            layerwise_samples=run.layerwise_samples,
+            out=output.out,
+            no_verify_hashes=checks.no_verify_hashes,
+            allow_failed_build=checks.allow_failed_build,
+        ),
+        warn=warn,
+    )
     print_summary(console, done.report.to_dict(), f"rescompile validate: {done.candidate} ({done.report.samples} samples)")
     console.print("wrote " + ", ".join(str(f) for f in done.files), highlight=False)
     error = done.verdict.failure()

@@ -81,13 +81,17 @@ class DataChoice:
             kept = used if self.calib is None else self.calib.count
             calib = f"the other {used}" if kept == used else f"{kept} of the other {used}"
             sub = "" if n == self.held_out else f", {n} of them used"
-            return (f"no --val, so a held-out split of {self.calib_spec}: {self.held_out} of "
-                    f"{self.calib_total} samples (seed {self.seed}{sub}; {labels}), not used for calibration; "
-                    f"calibration uses {calib}")  # fmt: skip
-        return (f"IN-SAMPLE: no --val and {self.calib_spec} has {self.calib_total} samples (a held-out split "
-                f"needs {SPLIT_MIN_SAMPLES}): INT8 is compared with FP32 on {n} of the calibration inputs themselves, "
-                "label-free (top-1 agreement, cosine), likely better than on unseen data; pass --val for an "
-                "independent check")  # fmt: skip
+            return (
+                f"no --val, so a held-out split of {self.calib_spec}: {self.held_out} of "
+                f"{self.calib_total} samples (seed {self.seed}{sub}; {labels}), not used for calibration; "
+                f"calibration uses {calib}"
+            )
+        return (
+            f"IN-SAMPLE: no --val and {self.calib_spec} has {self.calib_total} samples (a held-out split "
+            f"needs {SPLIT_MIN_SAMPLES}): INT8 is compared with FP32 on {n} of the calibration inputs themselves, "
+            "label-free (top-1 agreement, cosine), likely better than on unseen data; pass --val for an "
+            "independent check"
+        )
 
     def unlabelled_reason(self) -> str:
         """Why there are no labels (for the error of a gate that needs them)."""
@@ -95,16 +99,31 @@ class DataChoice:
             return f"--val {self.val.name} has no labels"
         if self.mode == "held-out":
             return f"no --val was given and the held-out split of {self.calib_spec} has no labels"
-        return (f"no --val was given and {self.calib_spec} ({self.calib_total} samples, fewer than {SPLIT_MIN_SAMPLES}) "
-                "is too small for a held-out split, so validation is in-sample and label-free")  # fmt: skip
+        return (
+            f"no --val was given and {self.calib_spec} ({self.calib_total} samples, fewer than {SPLIT_MIN_SAMPLES}) "
+            "is too small for a held-out split, so validation is in-sample and label-free"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"mode": self.mode, "in_sample": self.in_sample, "labelled": self.labelled, "source": self.val.name,
-                             "samples": self.val.count}  # fmt: skip
+        d: dict[str, Any] = {
+            "mode": self.mode,
+            "in_sample": self.in_sample,
+            "labelled": self.labelled,
+            "source": self.val.name,
+            "samples": self.val.count,
+        }
         if self.calib is not None:
-            d.update({"calibration_source": self.calib.name, "calibration_samples": self.calib.count,
-                      "calibration_total": self.calib_total, "held_out": self.held_out, "seed": self.seed,
-                      "split_min_samples": SPLIT_MIN_SAMPLES, "held_out_fraction": HELD_OUT_FRACTION})  # fmt: skip
+            d.update(
+                {
+                    "calibration_source": self.calib.name,
+                    "calibration_samples": self.calib.count,
+                    "calibration_total": self.calib_total,
+                    "held_out": self.held_out,
+                    "seed": self.seed,
+                    "split_min_samples": SPLIT_MIN_SAMPLES,
+                    "held_out_fraction": HELD_OUT_FRACTION,
+                }
+            )
         d["description"] = self.describe()
         return d
 
@@ -115,9 +134,15 @@ class DataChoice:
 
 
 def choose_data(
-    model: str, calib: str, val: str | None, *, layout: str = "nchw", calib_size: int | None = None,
-    val_size: int | None = None, seed: int = 0,
-) -> DataChoice:  # fmt: skip
+    model: str,
+    calib: str,
+    val: str | None,
+    *,
+    layout: str = "nchw",
+    calib_size: int | None = None,
+    val_size: int | None = None,
+    seed: int = 0,
+) -> DataChoice:
     """Open the calibration and validation sources of a build (see the module docstring for the rules).
 
     Args:
@@ -155,8 +180,7 @@ def choose_data(
     return DataChoice(mode, calib_src, val_src, str(calib), seed, full.count, n_held)
 
 
-def validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str,
-                     val_size: int | None) -> DataChoice:  # fmt: skip
+def validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str, layout: str, val_size: int | None) -> DataChoice:
     """The validation data (a DataChoice) when no saved reference brings its own.
 
     ``--val`` if given; else a build folder's own choice, re-created from its manifest (the same
@@ -171,22 +195,26 @@ def validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str
         size = val_size if val_size is not None else cfg.get("val_size")
         if cfg.get("val") is not None or cfg.get("model") == DEMO_MODEL:  # its --val (or demo-val): no calibration data needed
             spec = cfg.get("val") or DEMO_VAL
-            return DataChoice.validation_only("given" if cfg.get("val") else "demo",
-                                              open_source(spec, layout=layout, limit=size, seed=seed), seed)  # fmt: skip
+            return DataChoice.validation_only(
+                "given" if cfg.get("val") else "demo", open_source(spec, layout=layout, limit=size, seed=seed), seed
+            )
         built_layout = (build.get("data", {}).get("validation_choice") or {}).get("layout", cfg.get("layout", layout))
         try:  # the build validated on data taken from its --calib: the same seed re-creates the same split
-            return choose_data(cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"),
-                               val_size=size, seed=seed)  # fmt: skip
+            return choose_data(
+                cfg.get("model", ""), cfg["calib"], None, layout=built_layout, calib_size=cfg.get("calib_size"), val_size=size, seed=seed
+            )
         except UsageError as exc:
-            raise UsageError(f"cannot re-create the build's validation data from its --calib: {exc.message}",
-                             hint="run from the folder the build ran in, or pass --val") from None  # fmt: skip
+            raise UsageError(
+                f"cannot re-create the build's validation data from its --calib: {exc.message}",
+                hint="run from the folder the build ran in, or pass --val",
+            ) from None
     if ref_spec == DEMO_MODEL:
         return DataChoice.validation_only("demo", open_source(DEMO_VAL, layout=layout, limit=val_size, seed=0))
     raise UsageError(
         f"no validation data: --val is needed to validate against {ref_spec} (demo-val fits only the demo model)",
         hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
         "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
-    )  # fmt: skip
+    )
 
 
 def check_label_gates(gates: Any, choice: DataChoice) -> None:
@@ -201,4 +229,4 @@ def check_label_gates(gates: Any, choice: DataChoice) -> None:
                 f"{s.flag} needs labelled validation data, but {choice.unlabelled_reason()}",
                 hint="pass --val with labels (an image folder with one subfolder per class, or a .npz with a 'labels' "
                 "array), or gate on --min-agreement / --min-cosine, which need no labels",
-            )  # fmt: skip
+            )

@@ -122,13 +122,13 @@ def load_recipe(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: a recipe is a mapping of preprocessing keys (preset, size, mean, std, ...)")
     unknown = sorted(map(str, set(doc) - set(RECIPE_KEYS) - {"preset", "layout"}))
     if unknown:
-        raise UsageError(f"{path}: unknown recipe keys {short(', '.join(unknown))[1:-1]}",
-                         hint="allowed: preset, layout, " + ", ".join(RECIPE_KEYS))  # fmt: skip
+        raise UsageError(
+            f"{path}: unknown recipe keys {short(', '.join(unknown))[1:-1]}", hint="allowed: preset, layout, " + ", ".join(RECIPE_KEYS)
+        )
     for key, value in doc.items():
         if value is None:
             continue
-        if key in ("size", "resize", "channels") and (isinstance(value, bool) or not isinstance(value, int)
-                                                      or not 0 <= value <= MAX_SIZE):  # fmt: skip
+        if key in ("size", "resize", "channels") and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SIZE):
             raise UsageError(f"{path}: {key} must be a whole number in [0, {MAX_SIZE}], got {short(value)}")
         if key in ("preset", "layout", "name", "channel_order") and not isinstance(value, str):
             raise UsageError(f"{path}: {key} must be a word, got {short(value)}")
@@ -166,8 +166,14 @@ def resolve_preprocess(
     recipe.pop("preset", None)
     recipe.pop("layout", None)
     custom: dict[str, Any] = {k: v for k, v in recipe.items() if v is not None}
-    for key, value in (("size", size), ("resize", resize), ("mean", mean), ("std", std), ("channels", channels),
-                       ("channel_order", channel_order)):  # fmt: skip
+    for key, value in (
+        ("size", size),
+        ("resize", resize),
+        ("mean", mean),
+        ("std", std),
+        ("channels", channels),
+        ("channel_order", channel_order),
+    ):
         if value is not None:
             custom[key] = value
     want_channels = int(custom.get("channels", c))
@@ -302,8 +308,11 @@ def load_image(path: Any, pre: Preprocess) -> np.ndarray:
         import re
 
         pixels = re.search(r"\((\d+) pixels\)", str(exc))
-        raise UsageError(f"image {path} announces {pixels.group(1) if pixels else 'too many'} pixels; rescompile reads images "
-                         f"of at most {MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint) from None
+        raise UsageError(
+            f"image {path} announces {pixels.group(1) if pixels else 'too many'} pixels; rescompile reads images "
+            f"of at most {MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)",
+            hint=hint,
+        ) from None
     except MemoryError:
         raise UsageError(f"image {path} does not fit in memory", hint=hint) from None
     except Exception as exc:  # Pillow's decoders raise many types (OSError, SyntaxError, struct.error, ...) for corrupt files
@@ -320,8 +329,11 @@ def _decode(path: Any, pre: Preprocess, hint: str) -> np.ndarray:
     with Image.open(path) as f:
         w, h = f.size
         if w * h > MAX_IMAGE_PIXELS or w < 1 or h < 1:
-            raise UsageError(f"image {path} announces {w} x {h} pixels; rescompile reads images of at most "
-                             f"{MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)", hint=hint)  # fmt: skip
+            raise UsageError(
+                f"image {path} announces {w} x {h} pixels; rescompile reads images of at most "
+                f"{MAX_IMAGE_PIXELS >> 20} Mpixels (a decompression bomb or a corrupt header?)",
+                hint=hint,
+            )
         im: Image.Image = f.convert("L" if pre.channels == 1 else "RGB")
     bilinear = Image.Resampling.BILINEAR
     if pre.resize is not None:

@@ -44,8 +44,9 @@ class NpyFile:
                 fh.seek(0)
                 head = fh.read(64)
                 if head.startswith(b"PK"):
-                    raise UsageError(f"{self.path} is a zip archive (an .npz?), not a NumPy .npy array",
-                                     hint=f"rename it to {self.path.stem}.npz") from None  # fmt: skip
+                    raise UsageError(
+                        f"{self.path} is a zip archive (an .npz?), not a NumPy .npy array", hint=f"rename it to {self.path.stem}.npz"
+                    ) from None
                 if not head.startswith(b"\x93NUMPY"):
                     raise UsageError(f"{self.path} is not a NumPy .npy array: it is {describe(head)}") from None
                 raise UsageError(f"cannot read {self.path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
@@ -126,8 +127,11 @@ class DataSource:
 
     def _array_rows(self, start: int, stop: int) -> np.ndarray:
         rows = np.arange(start, stop) if self.index is None else self.index[start:stop]
-        a = self.arrays.rows(rows) if isinstance(self.arrays, NpyFile) else (
-            self.arrays[start:stop] if self.index is None else self.arrays[rows])  # fmt: skip
+        a = (
+            self.arrays.rows(rows)
+            if isinstance(self.arrays, NpyFile)
+            else (self.arrays[start:stop] if self.index is None else self.arrays[rows])
+        )
         if a.ndim == 3:
             a = a[:, None]
         elif self.layout == "nhwc":
@@ -190,8 +194,7 @@ def _check_finite(x: np.ndarray, name: str, start: int) -> None:
     bad = ~np.isfinite(x.reshape(len(x), -1)).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise UsageError(f"{name}: sample {start + i} holds NaN or Inf",
-                         hint="calibration and validation data must be finite numbers")  # fmt: skip
+        raise UsageError(f"{name}: sample {start + i} holds NaN or Inf", hint="calibration and validation data must be finite numbers")
 
 
 def _from_arrays(name: str, images: Arrays, labels: np.ndarray | None, layout: str) -> DataSource:
@@ -226,8 +229,10 @@ def _load_arrays(path: Path, layout: str) -> DataSource:
     keys = list(arrays)
     img_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if img_key is None:
-        raise UsageError(f"{path}: no 'images' array (found {short(keys) if keys else 'none'})",
-                         hint="name the images array 'images' (and the labels 'labels'): np.savez(p, images=x, labels=y)")  # fmt: skip
+        raise UsageError(
+            f"{path}: no 'images' array (found {short(keys) if keys else 'none'})",
+            hint="name the images array 'images' (and the labels 'labels'): np.savez(p, images=x, labels=y)",
+        )
     lab_key = next((k for k in _LABEL_KEYS if k in keys), None)
     images, labels = arrays[img_key], None if lab_key is None else arrays[lab_key]
     return _from_arrays(str(path), images, labels, layout)
@@ -247,15 +252,19 @@ def _load_folder(path: Path) -> DataSource:
         for i, d in enumerate(subdirs):
             found = _images_in(d, recursive=True)
             if not found:
-                raise UsageError(f"class folder {d} holds no images",
-                                 hint="every class subfolder needs .jpg/.jpeg/.png/.bmp/.webp files")  # fmt: skip
+                raise UsageError(f"class folder {d} holds no images", hint="every class subfolder needs .jpg/.jpeg/.png/.bmp/.webp files")
             files += found
             labels += [i] * len(found)
     else:
         files = _images_in(path, recursive=False)
-    return DataSource(str(path), len(files), files=files, root=path,
-                      labels=np.asarray(labels, np.int64) if subdirs else None,
-                      class_names=[d.name for d in subdirs])  # fmt: skip
+    return DataSource(
+        str(path),
+        len(files),
+        files=files,
+        root=path,
+        labels=np.asarray(labels, np.int64) if subdirs else None,
+        class_names=[d.name for d in subdirs],
+    )
 
 
 def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = None, seed: int = 0) -> DataSource:
@@ -315,19 +324,22 @@ def subset_indices(src: DataSource, n: int, seed: int) -> np.ndarray:
     quota = np.floor(counts / src.count * n).astype(int)
     for i in np.argsort(-(counts / src.count * n - quota), kind="stable")[: n - quota.sum()]:
         quota[i] += 1
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(src.labels == c), q, replace=False)
-                                   for c, q in zip(classes, quota, strict=True)]))  # fmt: skip
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(src.labels == c), q, replace=False) for c, q in zip(classes, quota, strict=True)])
+    )
 
 
 def take(src: DataSource, idx: np.ndarray, name: str) -> DataSource:
     """The samples of ``src`` at positions ``idx`` (ascending), named ``name``; arrays are not copied."""
     rows = idx if src.index is None else src.index[idx]
     return replace(
-        src, name=name, count=len(idx),
+        src,
+        name=name,
+        count=len(idx),
         index=rows if src.arrays is not None else None,
         files=[src.files[i] for i in idx] if src.files else [],
         labels=None if src.labels is None else src.labels[idx],
-    )  # fmt: skip
+    )
 
 
 def check_shape(src: DataSource, pre: Preprocess, input_shape: tuple[int, int, int]) -> None:
@@ -350,9 +362,9 @@ def check_shape(src: DataSource, pre: Preprocess, input_shape: tuple[int, int, i
         if hint is None and got[0] != want[0]:
             hint = f"the model takes {want[0]} channel(s); convert the data or export the model for {got[0]}"
         raise UsageError(
-            f"{src.name}: samples are {'x'.join(map(str, got))} (C x H x W) but the model takes "
-            f"{'x'.join(map(str, want))} (C x H x W)", hint=hint,
-        )  # fmt: skip
+            f"{src.name}: samples are {'x'.join(map(str, got))} (C x H x W) but the model takes {'x'.join(map(str, want))} (C x H x W)",
+            hint=hint,
+        )
     _check_made(pre, want)
 
 

@@ -174,9 +174,11 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
     build = open_build(Path(build_path), verify=True, allow_failed=opts.allow_failed)
     policy = build.manifest.get("policy")
     if policy != "tensorrt":
-        raise UsageError(f"{build.path} was built with the {policy!r} placement policy; a device bundle needs the "
-                         "'tensorrt' placement (TensorRT fuses Conv+Add only with Q/DQ on the shortcut)",
-                         hint="rebuild with --policy tensorrt (the default)")  # fmt: skip
+        raise UsageError(
+            f"{build.path} was built with the {policy!r} placement policy; a device bundle needs the "
+            "'tensorrt' placement (TensorRT fuses Conv+Add only with Q/DQ on the shortcut)",
+            hint="rebuild with --policy tensorrt (the default)",
+        )
     if not build.preprocess:
         raise UsageError(f"{build.manifest_path} records no preprocessing recipe; rebuild with this rescompile")
     pre = preprocess_from_dict(build.preprocess)
@@ -198,10 +200,19 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
     source_doc = build.manifest.get("model_source")
     model_doc: dict[str, Any] = source_doc if isinstance(source_doc, dict) else {}
     name = str(build.config.get("model") or model_doc.get("name") or build.path.name)
-    ref_meta = {"schema": "rescompile.reference/1", "runner": "onnxruntime-fp32 (model.simplified.onnx)",
-                "source": source, "class_names": class_names, "preprocess": pre.to_dict(), "model": name}  # fmt: skip
-    arrays: dict[str, np.ndarray] = {"inputs": np.ascontiguousarray(x), "logits": np.ascontiguousarray(logits),
-                                     "meta": np.asarray(json.dumps(ref_meta, sort_keys=True))}  # fmt: skip
+    ref_meta = {
+        "schema": "rescompile.reference/1",
+        "runner": "onnxruntime-fp32 (model.simplified.onnx)",
+        "source": source,
+        "class_names": class_names,
+        "preprocess": pre.to_dict(),
+        "model": name,
+    }
+    arrays: dict[str, np.ndarray] = {
+        "inputs": np.ascontiguousarray(x),
+        "logits": np.ascontiguousarray(logits),
+        "meta": np.asarray(json.dumps(ref_meta, sort_keys=True)),
+    }
     if y is not None:
         arrays["labels"] = np.ascontiguousarray(y, np.int64)
     gates = bundle_gates(build, opts.gates)
@@ -216,16 +227,23 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
         REFERENCE: npz_bytes(arrays),
     }
     meta = {
-        "model": {"name": name, "input_shape": [int(d) for d in x.shape[1:]], "num_classes": int(logits.shape[1]),
-                  "residual_adds": len(blocks)},
+        "model": {
+            "name": name,
+            "input_shape": [int(d) for d in x.shape[1:]],
+            "num_classes": int(logits.shape[1]),
+            "residual_adds": len(blocks),
+        },
         "policy": policy,
         "gates": gates,
         "reference": {"samples": int(len(x)), "labelled": y is not None, "source": source, "dtype": str(x.dtype)},
         "calibration_cache": {"tensorrt_version": DEFAULT_VERSION, "tensors": len(implicit.ranges)},
-        "build": {"manifest_sha256": hashlib.sha256(build.manifest_path.read_bytes()).hexdigest(),
-                  "gates_passed": build.passed, "overrides": build.overrides,
-                  "versions": build.manifest.get("versions") or {}},
-    }  # fmt: skip
+        "build": {
+            "manifest_sha256": hashlib.sha256(build.manifest_path.read_bytes()).hexdigest(),
+            "gates_passed": build.passed,
+            "overrides": build.overrides,
+            "versions": build.manifest.get("versions") or {},
+        },
+    }
     data = pack(members, meta)
     write_bytes_atomic(Path(out), data)
     return json.loads(_member_bytes(data, MANIFEST))
@@ -308,9 +326,15 @@ def _read_manifest(path: Path, data: bytes) -> dict[str, Any]:
     if not isinstance(members, dict):
         raise _refuse(path, f"{MANIFEST} has no member table")
     for name, entry in members.items():
-        if (not _NAME.match(name) or name == MANIFEST or not isinstance(entry, dict)
-                or not isinstance(entry.get("sha256"), str) or not _SHA256.match(entry["sha256"])
-                or type(entry.get("bytes")) is not int or not 0 <= entry["bytes"] <= MAX_MEMBER_BYTES):  # fmt: skip
+        if (
+            not _NAME.match(name)
+            or name == MANIFEST
+            or not isinstance(entry, dict)
+            or not isinstance(entry.get("sha256"), str)
+            or not _SHA256.match(entry["sha256"])
+            or type(entry.get("bytes")) is not int
+            or not 0 <= entry["bytes"] <= MAX_MEMBER_BYTES
+        ):
             raise _refuse(path, f"{MANIFEST} entry {name!r} is not a flat file name with its sha256 and bytes")
     missing = [n for n in MEMBERS if n not in members]
     if missing:

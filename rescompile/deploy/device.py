@@ -92,21 +92,34 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
     try:
         load_tensorrt()  # exit 3 before anything else
     except MissingDependency as exc:
-        raise MissingDependency(f"TensorRT is not available on this machine: {exc.message}",
-                                hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime "
-                                "to run the same flow on this CPU") from None  # fmt: skip
+        raise MissingDependency(
+            f"TensorRT is not available on this machine: {exc.message}",
+            hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime to run the same flow on this CPU",
+        ) from None
     target = resolve_target(opts.target)
     batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
     result = build_engine(bundle.file(INT8_ONNX), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
     unfused = [a.add for a in result.fusion.adds if not a.ok]
-    gate = GateResult("engine_residual_fusion", "residual Adds not fused into INT8", float(len(unfused)), 0.0,
-                      result.fusion.ok, f"{len(unfused)} of {len(result.fusion.adds)} residual Adds not fused into an "
-                      "INT8 TensorRT layer" + (f": {', '.join(unfused[:5])}" if unfused else ""))  # fmt: skip
+    gate = GateResult(
+        "engine_residual_fusion",
+        "residual Adds not fused into INT8",
+        float(len(unfused)),
+        0.0,
+        result.fusion.ok,
+        f"{len(unfused)} of {len(result.fusion.adds)} residual Adds not fused into an "
+        "INT8 TensorRT layer" + (f": {', '.join(unfused[:5])}" if unfused else ""),
+    )
     from rescompile.runtime.tensorrt_runner import TensorRTRunner
 
-    section = {"tensorrt_version": result.tensorrt_version, "gpu": result.device.to_dict(), "target": target.name,
-               "settings": result.settings.to_dict(), "residual_fusion": result.fusion.to_dict(),
-               "build_seconds": result.build_seconds, "plan": result.plan.name}  # fmt: skip
+    section = {
+        "tensorrt_version": result.tensorrt_version,
+        "gpu": result.device.to_dict(),
+        "target": target.name,
+        "settings": result.settings.to_dict(),
+        "residual_fusion": result.fusion.to_dict(),
+        "build_seconds": result.build_seconds,
+        "plan": result.plan.name,
+    }
     return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, gate
 
 
@@ -135,8 +148,10 @@ def _check_reference_fits(bundle: Any, ref: Any) -> None:
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
     want, got = dims[1:], list(ref.inputs.shape[1:])
     if len(inputs) != 1 or len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got, strict=True)):
-        raise UsageError(f"{bundle.source}: the reference inputs are {got} (C, H, W) but the model takes {want}",
-                         hint="recreate the bundle with `rescompile bundle`")  # fmt: skip
+        raise UsageError(
+            f"{bundle.source}: the reference inputs are {got} (C, H, W) but the model takes {want}",
+            hint="recreate the bundle with `rescompile bundle`",
+        )
 
 
 def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult:
@@ -167,8 +182,10 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         raise UsageError("--dla-core needs --backend tensorrt")
     if opts.dla_core is not None and opts.target == "auto":
         # The compute capability does not tell Orin modules apart (AGX Orin and Orin NX have DLA, Orin Nano has none).
-        raise UsageError("--dla-core needs a named Jetson target, e.g. --target jetson-agx-orin",
-                         hint="rescompile targets lists them with their DLA cores")  # fmt: skip
+        raise UsageError(
+            "--dla-core needs a named Jetson target, e.g. --target jetson-agx-orin",
+            hint="rescompile targets lists them with their DLA cores",
+        )
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rescompile-bundle-") as tmp:
@@ -201,7 +218,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         "engine": engine,
         "host": {"name": platform.node(), **_versions()},
         "timings_s": timings,
-    }  # fmt: skip
+    }
     results = evaluate_gates(report, gates) + ([fusion_gate] if fusion_gate is not None else [])
     report["gates"] = [g.to_dict() for g in results]
     report["passed"] = all(g.passed for g in results)
@@ -210,13 +227,24 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))
     write_text_atomic(out / JUNIT_XML, render_junit(report, suite="rescompile.deploy"))
     if opts.backend == "onnxruntime":
-        write_json(out / ORT_SIDECAR, {"schema": "rescompile.ortmodel/1", "onnx_sha256": onnx_sha,
-                                       "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
-                                       "bundle_sha256": bundle.sha256, "runtime": engine, "host": report["host"]})  # fmt: skip
+        write_json(
+            out / ORT_SIDECAR,
+            {
+                "schema": "rescompile.ortmodel/1",
+                "onnx_sha256": onnx_sha,
+                "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
+                "bundle_sha256": bundle.sha256,
+                "runtime": engine,
+                "host": report["host"],
+            },
+        )
     result = DeployResult(out, report, not failures, failures)
     if failures:
-        err = GateFailed(f"{len(failures)} of {len(results)} gate(s) failed on this device:\n  " + "\n  ".join(failures)
-                         + f"\nreport: {out / DEPLOY_REPORT}")  # fmt: skip
+        err = GateFailed(
+            f"{len(failures)} of {len(results)} gate(s) failed on this device:\n  "
+            + "\n  ".join(failures)
+            + f"\nreport: {out / DEPLOY_REPORT}"
+        )
         err.result = result  # type: ignore[attr-defined]
         raise err
     return result
@@ -229,15 +257,23 @@ def render_deploy_md(r: dict[str, Any]) -> str:
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}%"
 
-    lines = [f"# rescompile deploy: {r['model']['name']} on {r['host']['name']} ({r['backend']})", "",
-             f"**{'PASSED' if r['passed'] else 'FAILED'}** — {r['samples']} bundled reference inputs, "
-             f"candidate {r['candidate']} vs {r['reference']}", "",
-             "| metric | value |", "|---|---|",
-             f"| top-1 FP32 (bundled) | {pct(acc['reference']['top1'])} |",
-             f"| top-1 candidate | {pct(acc['candidate']['top1'])} |",
-             f"| top-1 agreement | {pct(agr['top1'])} |",
-             f"| logit cosine mean / min | {agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f} |",
-             f"| max abs error | {agr['max_abs_error']:.4g} |", "", "## Gates", ""]  # fmt: skip
+    lines = [
+        f"# rescompile deploy: {r['model']['name']} on {r['host']['name']} ({r['backend']})",
+        "",
+        f"**{'PASSED' if r['passed'] else 'FAILED'}** — {r['samples']} bundled reference inputs, "
+        f"candidate {r['candidate']} vs {r['reference']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        f"| top-1 FP32 (bundled) | {pct(acc['reference']['top1'])} |",
+        f"| top-1 candidate | {pct(acc['candidate']['top1'])} |",
+        f"| top-1 agreement | {pct(agr['top1'])} |",
+        f"| logit cosine mean / min | {agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f} |",
+        f"| max abs error | {agr['max_abs_error']:.4g} |",
+        "",
+        "## Gates",
+        "",
+    ]
     lines += [f"- {'PASS' if g['passed'] else 'FAIL'} {g['name']}: {g['message']}" for g in r["gates"]] or ["- none bundled"]
     lines += ["", f"bundle sha256 `{r['bundle']['sha256']}`", "", "```json", json.dumps(r["host"], indent=1), "```", ""]
     return "\n".join(lines)

@@ -91,8 +91,10 @@ def check_tools() -> None:
     """``ssh`` and ``scp`` on PATH, or MissingDependency (exit 3)."""
     missing = [t for t in ("ssh", "scp") if shutil.which(t) is None]
     if missing:
-        raise MissingDependency(f"{' and '.join(missing)} not found on PATH: deploying to a device uses the system's OpenSSH",
-                                hint="install the OpenSSH client (Debian/Ubuntu: apt-get install openssh-client)")  # fmt: skip
+        raise MissingDependency(
+            f"{' and '.join(missing)} not found on PATH: deploying to a device uses the system's OpenSSH",
+            hint="install the OpenSSH client (Debian/Ubuntu: apt-get install openssh-client)",
+        )
 
 
 def check_destination(dest: str) -> None:
@@ -106,8 +108,16 @@ def ssh_base(opts: RemoteOptions, port: int | None, *, scp: bool = False) -> lis
     cmd = ["scp" if scp else "ssh"]
     if opts.ssh_config is not None:
         cmd += ["-F", str(opts.ssh_config)]
-    cmd += ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={opts.connect_timeout}",
-            "-o", "ServerAliveInterval=15", "-o", "ServerAliveCountMax=4"]  # fmt: skip
+    cmd += [
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        f"ConnectTimeout={opts.connect_timeout}",
+        "-o",
+        "ServerAliveInterval=15",
+        "-o",
+        "ServerAliveCountMax=4",
+    ]
     if port is not None:
         cmd += ["-P" if scp else "-p", str(port)]
     if scp:
@@ -177,8 +187,9 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
     cmd = [*ssh, "--", dest, remote_deploy_command(host, opts, folder)]
     tail: list[str] = []
     with open(log_path, "w", encoding="utf-8") as log:
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             errors="replace", bufsize=1)  # fmt: skip
+        p = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
+        )
         timer = threading.Timer(opts.timeout, p.kill) if opts.timeout else None
         if timer:
             timer.start()
@@ -194,8 +205,12 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
     if code == SSH_FAILED:
         return done(UNREACHABLE, "deploy", f"lost {dest}: {_first_error(chr(10).join(tail))}")
     if code in (126, 127):
-        return done(NOT_INSTALLED, "deploy", f"{(host.remote_cmd or opts.remote_cmd).split()[0]!r} not found on {dest} "
-                    f"(remote exit {code}: {_first_error(chr(10).join(tail))})")  # fmt: skip
+        return done(
+            NOT_INSTALLED,
+            "deploy",
+            f"{(host.remote_cmd or opts.remote_cmd).split()[0]!r} not found on {dest} "
+            f"(remote exit {code}: {_first_error(chr(10).join(tail))})",
+        )
 
     wanted = DEPLOY_FETCHED + (ENGINE_ARTIFACTS if opts.fetch_plan else ())
     fetched: list[str] = []
@@ -282,8 +297,9 @@ def load_fleet(path: Path) -> tuple[list[HostSpec], dict[str, Any]]:
     return hosts, {str(k).replace("-", "_"): v for k, v in defaults.items()}
 
 
-def deploy_fleet(bundle: Path, hosts: list[HostSpec], opts: RemoteOptions, *, parallel: int = 4,
-                 on_done: Callable[[HostResult], None] | None = None) -> list[HostResult]:  # fmt: skip
+def deploy_fleet(
+    bundle: Path, hosts: list[HostSpec], opts: RemoteOptions, *, parallel: int = 4, on_done: Callable[[HostResult], None] | None = None
+) -> list[HostResult]:
     """Deploy to every host with at most ``parallel`` at once; ``on_done`` as each finishes. One host's failure stops no other."""
     results: list[HostResult] = []
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:

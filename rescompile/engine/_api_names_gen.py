@@ -27,10 +27,27 @@ OUT = Path(__file__).with_name("api_names.txt")
 # Classes whose members are listed (the ones rescompile's TensorRT layer touches, and their
 # neighbours); every enum is listed whole; every top-level name is listed.
 CLASSES = (
-    "Builder", "IBuilderConfig", "INetworkDefinition", "OnnxParser", "ParserError", "Runtime", "ICudaEngine",
-    "IExecutionContext", "EngineInspector", "ITimingCache", "IOptimizationProfile", "Logger", "ILogger", "ITensor",
-    "ILayer", "IHostMemory", "IInt8Calibrator", "IInt8EntropyCalibrator2", "IInt8MinMaxCalibrator", "Dims",
-)  # fmt: skip
+    "Builder",
+    "IBuilderConfig",
+    "INetworkDefinition",
+    "OnnxParser",
+    "ParserError",
+    "Runtime",
+    "ICudaEngine",
+    "IExecutionContext",
+    "EngineInspector",
+    "ITimingCache",
+    "IOptimizationProfile",
+    "Logger",
+    "ILogger",
+    "ITensor",
+    "ILayer",
+    "IHostMemory",
+    "IInt8Calibrator",
+    "IInt8EntropyCalibrator2",
+    "IInt8MinMaxCalibrator",
+    "Dims",
+)
 
 _STUB_C = r"""
 #include <stddef.h>
@@ -79,8 +96,7 @@ def dump(wheel: Path, work: Path) -> tuple[str, list[str]]:
     major = wheel.name.split("-")[1].split(".")[0]
     lib = _stub_libs(major, work)
     env = {"LD_LIBRARY_PATH": str(lib), "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([sys.executable, "-c", _DUMP, str(root), ",".join(CLASSES)], env=env, check=True,
-                         capture_output=True, text=True)  # fmt: skip
+    res = subprocess.run([sys.executable, "-c", _DUMP, str(root), ",".join(CLASSES)], env=env, check=True, capture_output=True, text=True)
     doc = json.loads(res.stdout)
     return str(doc["version"]), list(doc["names"])
 

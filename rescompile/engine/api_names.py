@@ -62,13 +62,24 @@ def _major_test(test: ast.expr) -> frozenset[int] | None:
         for p in parts:
             out = out & p
         return out
-    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Attribute)
-            and test.left.attr == "major" and isinstance(test.comparators[0], ast.Constant)
-            and isinstance(test.comparators[0].value, int)):  # fmt: skip
+    if not (
+        isinstance(test, ast.Compare)
+        and len(test.ops) == 1
+        and isinstance(test.left, ast.Attribute)
+        and test.left.attr == "major"
+        and isinstance(test.comparators[0], ast.Constant)
+        and isinstance(test.comparators[0].value, int)
+    ):
         return None
     n = test.comparators[0].value
-    ops = {ast.Eq: lambda m: m == n, ast.NotEq: lambda m: m != n, ast.Lt: lambda m: m < n,
-           ast.LtE: lambda m: m <= n, ast.Gt: lambda m: m > n, ast.GtE: lambda m: m >= n}  # fmt: skip
+    ops = {
+        ast.Eq: lambda m: m == n,
+        ast.NotEq: lambda m: m != n,
+        ast.Lt: lambda m: m < n,
+        ast.LtE: lambda m: m <= n,
+        ast.Gt: lambda m: m > n,
+        ast.GtE: lambda m: m >= n,
+    }
     fn = ops.get(type(test.ops[0]))
     return None if fn is None else frozenset(m for m in MAJORS if fn(m))
 
@@ -164,13 +175,17 @@ def check_source(source: str, table: ApiTable, module_alias: str = "trt") -> lis
         for major in sorted(use.majors):
             missing = [v for v in table.versions_of(major) if not table.has(use.name, v)]
             if missing:
-                problems.append(f"line {use.line}: {module_alias}.{use.name} is reached on TensorRT {major}.x "
-                                f"but does not exist in {', '.join(missing)}")  # fmt: skip
+                problems.append(
+                    f"line {use.line}: {module_alias}.{use.name} is reached on TensorRT {major}.x "
+                    f"but does not exist in {', '.join(missing)}"
+                )
     for call in versioned_calls(source):
         allowed = _suffix_majors(call.name) or MAJORS
         if not call.majors <= allowed:
-            problems.append(f"line {call.line}: {call.name}() is reached on TensorRT "
-                            f"{', '.join(f'{m}.x' for m in sorted(call.majors - allowed))} without a version check")  # fmt: skip
+            problems.append(
+                f"line {call.line}: {call.name}() is reached on TensorRT "
+                f"{', '.join(f'{m}.x' for m in sorted(call.majors - allowed))} without a version check"
+            )
     return problems
 
 
@@ -181,44 +196,103 @@ def check_source(source: str, table: ApiTable, module_alias: str = "trt") -> lis
 # for copies (samples/python/common_runtime.py: cudaMallocHost / cudaFreeHost).
 # tests/unit/test_trt_api.py checks every name used against this list and the list against the
 # installed cuda-bindings.
-CUDA_RUNTIME_NAMES = frozenset({
-    "cudaError_t", "cudaGetErrorString", "cudaGetDeviceCount", "cudaGetDeviceProperties", "cudaSetDevice",
-    "cudaMalloc", "cudaFree", "cudaMallocHost", "cudaFreeHost", "cudaMemcpyAsync", "cudaMemcpyKind",
-    "cudaStreamCreate", "cudaStreamDestroy", "cudaStreamSynchronize",
-    # CUDA graphs (runtime API "Graph Management" / "Stream Management"; TensorRT developer guide "CUDA Graphs")
-    "cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaStreamCaptureMode", "cudaGraphInstantiate",
-    "cudaGraphLaunch", "cudaGraphExecDestroy", "cudaGraphDestroy",
-})  # fmt: skip
+CUDA_RUNTIME_NAMES = frozenset(
+    {
+        "cudaError_t",
+        "cudaGetErrorString",
+        "cudaGetDeviceCount",
+        "cudaGetDeviceProperties",
+        "cudaSetDevice",
+        "cudaMalloc",
+        "cudaFree",
+        "cudaMallocHost",
+        "cudaFreeHost",
+        "cudaMemcpyAsync",
+        "cudaMemcpyKind",
+        "cudaStreamCreate",
+        "cudaStreamDestroy",
+        "cudaStreamSynchronize",
+        # CUDA graphs (runtime API "Graph Management" / "Stream Management"; TensorRT developer guide "CUDA Graphs")
+        "cudaStreamBeginCapture",
+        "cudaStreamEndCapture",
+        "cudaStreamCaptureMode",
+        "cudaGraphInstantiate",
+        "cudaGraphLaunch",
+        "cudaGraphExecDestroy",
+        "cudaGraphDestroy",
+    }
+)
 
 # PyCUDA (``import pycuda.driver as cuda``), written from its driver reference,
 # https://documen.tician.de/pycuda/driver.html (pycuda is not installable here without the CUDA
 # toolkit, so this table is the check): module functions and classes, then the members called on
 # the objects they return (Device.make_context -> Context.pop; mem_alloc -> DeviceAllocation.free;
 # Stream.handle is the CUstream as an int, Stream.synchronize).
-PYCUDA_DRIVER_NAMES = frozenset({
-    "init", "Device", "mem_alloc", "pagelocked_empty", "Stream", "memcpy_htod_async", "memcpy_dtoh_async",
-})  # fmt: skip
-PYCUDA_MEMBERS = frozenset({
-    "Device.make_context", "Device.count", "Device.name", "Device.compute_capability", "Context.pop",
-    "DeviceAllocation.free", "Stream.handle", "Stream.synchronize",
-})  # fmt: skip
+PYCUDA_DRIVER_NAMES = frozenset(
+    {
+        "init",
+        "Device",
+        "mem_alloc",
+        "pagelocked_empty",
+        "Stream",
+        "memcpy_htod_async",
+        "memcpy_dtoh_async",
+    }
+)
+PYCUDA_MEMBERS = frozenset(
+    {
+        "Device.make_context",
+        "Device.count",
+        "Device.name",
+        "Device.compute_capability",
+        "Context.pop",
+        "DeviceAllocation.free",
+        "Stream.handle",
+        "Stream.synchronize",
+    }
+)
 
 # torch's CUDA names the runner calls (torch docs: torch.cuda, "CUDA semantics", torch.Tensor);
 # tests/unit/test_trt_api.py checks each against the installed torch (they exist without a GPU).
-TORCH_CUDA_NAMES = frozenset({
-    "empty", "uint8", "device", "cuda.set_device", "cuda.Stream", "cuda.stream", "cuda.CUDAGraph", "cuda.graph",
-    "cuda.is_available",
-})  # fmt: skip
-TORCH_MEMBERS = frozenset({
-    "Tensor.data_ptr", "Tensor.pin_memory", "Tensor.numpy", "Tensor.copy_", "cuda.Stream.cuda_stream",
-    "cuda.Stream.synchronize", "cuda.CUDAGraph.replay",
-})  # fmt: skip
+TORCH_CUDA_NAMES = frozenset(
+    {
+        "empty",
+        "uint8",
+        "device",
+        "cuda.set_device",
+        "cuda.Stream",
+        "cuda.stream",
+        "cuda.CUDAGraph",
+        "cuda.graph",
+        "cuda.is_available",
+    }
+)
+TORCH_MEMBERS = frozenset(
+    {
+        "Tensor.data_ptr",
+        "Tensor.pin_memory",
+        "Tensor.numpy",
+        "Tensor.copy_",
+        "cuda.Stream.cuda_stream",
+        "cuda.Stream.synchronize",
+        "cuda.CUDAGraph.replay",
+    }
+)
 CUDA_DRIVER_NAMES = frozenset({"cuDriverGetVersion", "CUresult"})
 
 # TensorRT calls that report failure by returning False (or None): their result must be used.
-CHECKED_RESULTS = frozenset({"set_input_shape", "set_tensor_address", "set_timing_cache", "execute_async_v3",
-                             "parse", "create_execution_context", "deserialize_cuda_engine",
-                             "build_serialized_network"})  # fmt: skip
+CHECKED_RESULTS = frozenset(
+    {
+        "set_input_shape",
+        "set_tensor_address",
+        "set_timing_cache",
+        "execute_async_v3",
+        "parse",
+        "create_execution_context",
+        "deserialize_cuda_engine",
+        "build_serialized_network",
+    }
+)
 
 
 def discarded_results(source: str, names: frozenset[str] = CHECKED_RESULTS) -> list[Use]:

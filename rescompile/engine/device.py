@@ -173,9 +173,11 @@ def cuda_python_problem(bindings_version: str, driver_version: int | None) -> st
     drv_major, drv_minor = parse_driver_version(driver_version)
     if major <= drv_major:
         return None
-    return (f"cuda-python {bindings_version} needs a CUDA {major} driver, but this driver supports CUDA "
-            f"{drv_major}.{drv_minor}: pip install 'cuda-python>={drv_major},<{drv_major + 1}' (or "
-            f"rescompile[{extra_for_driver(drv_major)}])")  # fmt: skip
+    return (
+        f"cuda-python {bindings_version} needs a CUDA {major} driver, but this driver supports CUDA "
+        f"{drv_major}.{drv_minor}: pip install 'cuda-python>={drv_major},<{drv_major + 1}' (or "
+        f"rescompile[{extra_for_driver(drv_major)}])"
+    )
 
 
 def extra_for_driver(driver_major: int) -> str:

@@ -18,8 +18,21 @@ from onnx import numpy_helper
 from rescompile.errors import UsageError
 
 # Ops whose output range is within their input's: an input range is an upper bound for the output.
-_RANGE_PRESERVING = frozenset({"Relu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Flatten",
-                               "Reshape", "Identity", "Squeeze", "Unsqueeze", "Transpose"})  # fmt: skip
+_RANGE_PRESERVING = frozenset(
+    {
+        "Relu",
+        "MaxPool",
+        "AveragePool",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "Flatten",
+        "Reshape",
+        "Identity",
+        "Squeeze",
+        "Unsqueeze",
+        "Transpose",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -69,8 +82,9 @@ def strip_qdq(model: onnx.ModelProto) -> ImplicitModel:
         scale = _const(inits, n.input[1])
         zp = _const(inits, n.input[2]) if len(n.input) > 2 and n.input[2] else None
         if zp is not None and np.any(zp != 0):
-            raise UsageError(f"{n.name or n.output[0]} has a non-zero zero point: DLA needs symmetric INT8 "
-                             "(build the Q/DQ model with --policy tensorrt)")  # fmt: skip
+            raise UsageError(
+                f"{n.name or n.output[0]} has a non-zero zero point: DLA needs symmetric INT8 (build the Q/DQ model with --policy tensorrt)"
+            )
         axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
         if n.input[0] in inits:  # a weight: fold back to float
             w = _dequantize(numpy_helper.to_array(inits[n.input[0]]), scale, zp, axis)

@@ -141,8 +141,7 @@ class FusionReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"detailed": self.detailed, "ok": self.ok, "counts": self.counts(),
-                "adds": [asdict(a) | {"ok": a.ok} for a in self.adds]}  # fmt: skip
+        return {"detailed": self.detailed, "ok": self.ok, "counts": self.counts(), "adds": [asdict(a) | {"ok": a.ok} for a in self.adds]}
 
 
 def _formats(tensors: Any) -> tuple[str, ...]:
@@ -177,8 +176,9 @@ def parse_layers(info: str | dict[str, Any]) -> tuple[list[Layer], bool]:
     for x in raw:
         if isinstance(x, dict):
             name = str(x.get("Name", ""))
-            layers.append(Layer(name, str(x.get("LayerType", "")), _formats(x.get("Inputs")),
-                                _formats(x.get("Outputs")), _origins(name, x)))  # fmt: skip
+            layers.append(
+                Layer(name, str(x.get("LayerType", "")), _formats(x.get("Inputs")), _formats(x.get("Outputs")), _origins(name, x))
+            )
         else:
             name = str(x)
             layers.append(Layer(name, "", (), (), _origins(name, {})))
@@ -224,8 +224,9 @@ def _dla_status(layer: Layer) -> tuple[str, str]:
     return f"dla-{p}", note
 
 
-def check_residual_fusion(info: str | dict[str, Any], blocks: list[ResidualBlock], *,
-                          node_order: Sequence[str] = (), dla: bool = False) -> FusionReport:  # fmt: skip
+def check_residual_fusion(
+    info: str | dict[str, Any], blocks: list[ResidualBlock], *, node_order: Sequence[str] = (), dla: bool = False
+) -> FusionReport:
     """For each residual Add: is it fused with its main-branch Conv into a layer reading INT8?
 
     Args:
@@ -257,12 +258,20 @@ def check_residual_fusion(info: str | dict[str, Any], blocks: list[ResidualBlock
             p = layer.input_precision
             status = {"int8": "fused-int8", "float": "fused-float"}.get(p, "unknown")
             if status == "unknown":
-                note = ("no readable tensor format in the layer information (dynamic shapes inspected "
-                        "without an execution context?)")  # fmt: skip
+                note = "no readable tensor format in the layer information (dynamic shapes inspected without an execution context?)"
         else:
             status = "unfused"
-        adds.append(AddFusion(b.add, b.main_producer, status, layer.name if layer else None,
-                              layer.layer_type if layer else None, layer.input_formats if layer else (), note))  # fmt: skip
+        adds.append(
+            AddFusion(
+                b.add,
+                b.main_producer,
+                status,
+                layer.name if layer else None,
+                layer.layer_type if layer else None,
+                layer.input_formats if layer else (),
+                note,
+            )
+        )
     return FusionReport(detailed, tuple(adds))
 
 

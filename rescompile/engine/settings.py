@@ -97,8 +97,10 @@ def input_spec(model: onnx.ModelProto) -> InputSpec:
     chw = []
     for d in dims[1:]:
         if not (d.HasField("dim_value") and d.dim_value > 0):
-            raise UsageError(f"input {inp.name!r} has a non-fixed dimension {d.dim_param or '?'!r} besides the batch",
-                             hint="export with a fixed image size")  # fmt: skip
+            raise UsageError(
+                f"input {inp.name!r} has a non-fixed dimension {d.dim_param or '?'!r} besides the batch",
+                hint="export with a fixed image size",
+            )
         chw.append(d.dim_value)
     return InputSpec(inp.name, batch, tuple(chw))
 
@@ -192,9 +194,10 @@ def optimization_profile(spec: InputSpec, batches: tuple[int, ...], opt_batch: i
         raise UsageError("at least one batch size is needed")
     batches = tuple(sorted(set(batches)))
     if spec.batch is not None and batches != (spec.batch,):
-        raise UsageError(f"the model's input {spec.name!r} has a fixed batch of {spec.batch}; cannot build for "
-                         f"batch sizes {list(batches)}", hint="export with a dynamic batch, or pass --batch "
-                         f"{spec.batch}")  # fmt: skip
+        raise UsageError(
+            f"the model's input {spec.name!r} has a fixed batch of {spec.batch}; cannot build for batch sizes {list(batches)}",
+            hint=f"export with a dynamic batch, or pass --batch {spec.batch}",
+        )
     lo, hi = batches[0], batches[-1]
     opt = batches[(len(batches) - 1) // 2] if opt_batch is None else opt_batch
     if not lo <= opt <= hi:
@@ -212,8 +215,10 @@ def workspace_bytes(target: Target, workspace_mib: int | None) -> int:
     if mib <= 0:
         raise UsageError(f"the workspace must be positive, got {mib} MiB")
     if target.memory_gib is not None and mib >= target.memory_gib * 1024:
-        raise UsageError(f"a {mib} MiB workspace does not fit {target.name} ({target.memory_gib} GiB shared memory)",
-                         hint=f"the default for this target is {target.workspace_mib} MiB")  # fmt: skip
+        raise UsageError(
+            f"a {mib} MiB workspace does not fit {target.name} ({target.memory_gib} GiB shared memory)",
+            hint=f"the default for this target is {target.workspace_mib} MiB",
+        )
     return mib * MIB
 
 
@@ -237,8 +242,10 @@ def flag_plan(version: TrtVersion, dla: bool) -> FlagPlan:
         return FlagPlan(True, (), None)
     if dla:
         if not version.at_least(*DLA_STRONGLY_TYPED_SINCE):
-            raise UsageError(f"TensorRT {version} has no DLA support (removed in 11.0, back in 11.4.1)",
-                             hint="build for the GPU (drop --dla-core), or use TensorRT 10.x / 11.4.1+")  # fmt: skip
+            raise UsageError(
+                f"TensorRT {version} has no DLA support (removed in 11.0, back in 11.4.1)",
+                hint="build for the GPU (drop --dla-core), or use TensorRT 10.x / 11.4.1+",
+            )
         return FlagPlan(False, ("GPU_FALLBACK",), "strongly-typed")
     # 11.x: always strongly typed; STRONGLY_TYPED is deprecated and ignored, precision flags are gone.
     return FlagPlan(False, (), None)
@@ -251,8 +258,10 @@ def require_buildable(version: TrtVersion) -> None:
         MissingDependency: TensorRT 8.x/9.x installed.
     """
     if version.major < 10:
-        raise MissingDependency(f"TensorRT {version} is too old: rescompile builds engines with TensorRT 10 or 11",
-                                hint="on JetPack 5 run the printed trtexec command instead")  # fmt: skip
+        raise MissingDependency(
+            f"TensorRT {version} is too old: rescompile builds engines with TensorRT 10 or 11",
+            hint="on JetPack 5 run the printed trtexec command instead",
+        )
 
 
 def check_device(target: Target, compute_capability: tuple[int, int] | None, version: TrtVersion | None) -> None:
@@ -269,13 +278,16 @@ def check_device(target: Target, compute_capability: tuple[int, int] | None, ver
     if target.compute_capability is not None and compute_capability is not None:
         if tuple(compute_capability) != target.compute_capability:
             have = "sm_{}{}".format(*compute_capability)
-            raise UsageError(f"this GPU is {have} but target {target.name} is {target.sm}: TensorRT engines are not "
-                             "portable across GPU models", hint="build on the target device, or pass --target gpu "
-                             "for this machine's GPU")  # fmt: skip
+            raise UsageError(
+                f"this GPU is {have} but target {target.name} is {target.sm}: TensorRT engines are not portable across GPU models",
+                hint="build on the target device, or pass --target gpu for this machine's GPU",
+            )
     if target.tensorrt_major is not None and version is not None and version.major != target.tensorrt_major:
-        raise UsageError(f"target {target.name} (JetPack {target.jetpack}) runs TensorRT {target.tensorrt_version}, "
-                         f"but this machine has TensorRT {version}: the engine would not load there",
-                         hint="pick the target profile of the JetPack installed (rescompile targets)")  # fmt: skip
+        raise UsageError(
+            f"target {target.name} (JetPack {target.jetpack}) runs TensorRT {target.tensorrt_version}, "
+            f"but this machine has TensorRT {version}: the engine would not load there",
+            hint="pick the target profile of the JetPack installed (rescompile targets)",
+        )
 
 
 def check_dla(target: Target, dla_core: int | None, profile: Profile) -> None:
@@ -289,15 +301,14 @@ def check_dla(target: Target, dla_core: int | None, profile: Profile) -> None:
     if target.dla_cores == 0:
         raise UsageError(f"target {target.name} has no DLA cores", hint="drop --dla-core")
     if not 0 <= dla_core < target.dla_cores:
-        raise UsageError(f"--dla-core {dla_core} does not exist on {target.name} "
-                         f"(DLA cores 0..{target.dla_cores - 1})")  # fmt: skip
+        raise UsageError(f"--dla-core {dla_core} does not exist on {target.name} (DLA cores 0..{target.dla_cores - 1})")
     if not profile.static:
-        raise UsageError("DLA needs a static shape, but several batch sizes were asked for",
-                         hint="pass one batch size, e.g. --batch 1")  # fmt: skip
+        raise UsageError("DLA needs a static shape, but several batch sizes were asked for", hint="pass one batch size, e.g. --batch 1")
 
 
-def compute_settings(target: Target, spec: InputSpec, options: EngineOptions, version: TrtVersion,
-                     compute_capability: tuple[int, int] | None = None) -> EngineSettings:  # fmt: skip
+def compute_settings(
+    target: Target, spec: InputSpec, options: EngineOptions, version: TrtVersion, compute_capability: tuple[int, int] | None = None
+) -> EngineSettings:
     """Every build setting for ``target`` on TensorRT ``version``; raises on any refusal rule.
 
     Args:
@@ -319,26 +330,33 @@ def compute_settings(target: Target, spec: InputSpec, options: EngineOptions, ve
     plan = flag_plan(version, options.dla_core is not None)
     notes: list[str] = []
     if plan.dla_mode == "implicit":
-        notes.append("DLA on TensorRT 10 uses implicit INT8: Q/DQ are turned into per-tensor ranges, "
-                     "layers DLA cannot run fall back to the GPU")  # fmt: skip
+        notes.append(
+            "DLA on TensorRT 10 uses implicit INT8: Q/DQ are turned into per-tensor ranges, layers DLA cannot run fall back to the GPU"
+        )
     if version.major > 11:
         notes.append(f"TensorRT {version} is newer than the versions rescompile was checked against (10.x, 11.x)")
     if options.optimization_level == 0:
         notes.append("optimization level 0 skips the timing cache")
     return EngineSettings(
-        target=target.name, tensorrt_version=str(version), input_name=spec.name, profile=profile,
-        workspace_bytes=workspace_bytes(target, options.workspace_mib), strongly_typed=plan.strongly_typed,
-        builder_flags=plan.builder_flags, dla_core=options.dla_core, dla_mode=plan.dla_mode,
-        optimization_level=options.optimization_level, notes=tuple(notes),
-    )  # fmt: skip
+        target=target.name,
+        tensorrt_version=str(version),
+        input_name=spec.name,
+        profile=profile,
+        workspace_bytes=workspace_bytes(target, options.workspace_mib),
+        strongly_typed=plan.strongly_typed,
+        builder_flags=plan.builder_flags,
+        dla_core=options.dla_core,
+        dla_mode=plan.dla_mode,
+        optimization_level=options.optimization_level,
+        notes=tuple(notes),
+    )
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def timing_cache_key(version: TrtVersion | str, compute_capability: tuple[int, int], device_name: str,
-                     l4t: str | None = None) -> str:  # fmt: skip
+def timing_cache_key(version: TrtVersion | str, compute_capability: tuple[int, int], device_name: str, l4t: str | None = None) -> str:
     """A file-name-safe key for a timing cache: TensorRT version, compute capability, device, L4T (JetPack).
 
     A timing cache is only valid for the exact TensorRT version and device that wrote it.
@@ -353,8 +371,9 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def trtexec_command(settings: EngineSettings, target: Target, onnx_path: str, plan_path: str,
-                    dynamic: bool = True, calib_cache: str | None = None) -> list[str]:  # fmt: skip
+def trtexec_command(
+    settings: EngineSettings, target: Target, onnx_path: str, plan_path: str, dynamic: bool = True, calib_cache: str | None = None
+) -> list[str]:
     """The trtexec command that builds the same engine on the device (for a machine without TensorRT).
 
     Args:
@@ -371,8 +390,7 @@ def trtexec_command(settings: EngineSettings, target: Target, onnx_path: str, pl
     if dynamic:
         name = settings.input_name
         p = settings.profile
-        cmd += [f"--minShapes={name}:{_shape(p.min)}", f"--optShapes={name}:{_shape(p.opt)}",
-                f"--maxShapes={name}:{_shape(p.max)}"]  # fmt: skip
+        cmd += [f"--minShapes={name}:{_shape(p.min)}", f"--optShapes={name}:{_shape(p.opt)}", f"--maxShapes={name}:{_shape(p.max)}"]
     if settings.strongly_typed:
         cmd.append("--stronglyTyped")
     for flag in settings.builder_flags:

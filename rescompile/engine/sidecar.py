@@ -32,15 +32,29 @@ def sidecar_path(plan: Path) -> Path:
     return plan.with_name(plan.name + ".json")
 
 
-def make_sidecar(*, tensorrt_version: str, device: DeviceInfo, settings: dict[str, Any], onnx_sha256: str,
-                 plan_sha256: str, timing_cache: str | None, fusion: dict[str, Any] | None,
-                 version_compatible: bool = False) -> dict[str, Any]:  # fmt: skip
+def make_sidecar(
+    *,
+    tensorrt_version: str,
+    device: DeviceInfo,
+    settings: dict[str, Any],
+    onnx_sha256: str,
+    plan_sha256: str,
+    timing_cache: str | None,
+    fusion: dict[str, Any] | None,
+    version_compatible: bool = False,
+) -> dict[str, Any]:
     """The sidecar document (JSON-serializable, keys sorted on write)."""
     return {
-        "schema": SCHEMA, "tensorrt_version": tensorrt_version, "gpu": device.to_dict(), "settings": settings,
-        "onnx_sha256": onnx_sha256, "plan_sha256": plan_sha256, "timing_cache": timing_cache,
-        "residual_fusion": fusion, "version_compatible": version_compatible,
-    }  # fmt: skip
+        "schema": SCHEMA,
+        "tensorrt_version": tensorrt_version,
+        "gpu": device.to_dict(),
+        "settings": settings,
+        "onnx_sha256": onnx_sha256,
+        "plan_sha256": plan_sha256,
+        "timing_cache": timing_cache,
+        "residual_fusion": fusion,
+        "version_compatible": version_compatible,
+    }
 
 
 def read_sidecar(plan: Path) -> dict[str, Any]:
@@ -51,8 +65,10 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
     """
     path = sidecar_path(plan)
     if not path.is_file():
-        raise UsageError(f"{plan} has no sidecar {path.name}: cannot tell which TensorRT and GPU built it",
-                         hint="rebuild the engine with `rescompile engine`")  # fmt: skip
+        raise UsageError(
+            f"{plan} has no sidecar {path.name}: cannot tell which TensorRT and GPU built it",
+            hint="rebuild the engine with `rescompile engine`",
+        )
     from rescompile.readers import read_json_object
 
     doc = read_json_object(path, "rescompile plan sidecar")
@@ -79,8 +95,10 @@ def compatibility_problems(sidecar: dict[str, Any], tensorrt_version: str, devic
     gpu = sidecar.get("gpu") or {}
     cc = tuple(gpu.get("compute_capability") or ())
     if cc != tuple(device.compute_capability):
-        problems.append(f"the plan was built for compute capability {'.'.join(map(str, cc)) or '?'}, "
-                        f"this GPU is {device.compute_capability[0]}.{device.compute_capability[1]}")  # fmt: skip
+        problems.append(
+            f"the plan was built for compute capability {'.'.join(map(str, cc)) or '?'}, "
+            f"this GPU is {device.compute_capability[0]}.{device.compute_capability[1]}"
+        )
     if gpu.get("name") != device.name:
         problems.append(f"the plan was built on {gpu.get('name')!r}, this GPU is {device.name!r}")
     return problems

@@ -61,33 +61,80 @@ _THOR = (11, 0)
 
 # JetPack -> (TensorRT major, TensorRT version it ships); 7.0's TensorRT version is unconfirmed.
 JETPACK_TENSORRT: dict[str, tuple[int, str]] = {
-    "5.1": (8, "8.5"), "6.0": (8, "8.6"), "6.2": (10, "10.3"), "7.0": (10, "10.13"), "7.2.2": (11, "11.4.1"),
-}  # fmt: skip
+    "5.1": (8, "8.5"),
+    "6.0": (8, "8.6"),
+    "6.2": (10, "10.3"),
+    "7.0": (10, "10.13"),
+    "7.2.2": (11, "11.4.1"),
+}
 
 
-def _jetson(name: str, description: str, cc: tuple[int, int], dla: int, memory_gib: int, workspace_mib: int,
-            jetpack: str, aliases: tuple[str, ...] = (), note: str = "") -> Target:  # fmt: skip
+def _jetson(
+    name: str,
+    description: str,
+    cc: tuple[int, int],
+    dla: int,
+    memory_gib: int,
+    workspace_mib: int,
+    jetpack: str,
+    aliases: tuple[str, ...] = (),
+    note: str = "",
+) -> Target:
     major, version = JETPACK_TENSORRT[jetpack]
-    return Target(name, description, "jetson", cc, dla_cores=dla, memory_gib=memory_gib, workspace_mib=workspace_mib,
-                  tensorrt_major=major, tensorrt_version=version, jetpack=jetpack, aliases=aliases, note=note)  # fmt: skip
+    return Target(
+        name,
+        description,
+        "jetson",
+        cc,
+        dla_cores=dla,
+        memory_gib=memory_gib,
+        workspace_mib=workspace_mib,
+        tensorrt_major=major,
+        tensorrt_version=version,
+        jetpack=jetpack,
+        aliases=aliases,
+        note=note,
+    )
 
 
 _TRT85 = "JetPack 5 ships TensorRT 8.5: build with trtexec on the device"
 TARGETS: tuple[Target, ...] = (
-    _jetson("jetson-agx-orin", "Jetson AGX Orin 32/64 GB, JetPack 6.1/6.2", _ORIN, 2, 32, 4096, "6.2",
-            ("agx-orin", "orin-agx")),
+    _jetson("jetson-agx-orin", "Jetson AGX Orin 32/64 GB, JetPack 6.1/6.2", _ORIN, 2, 32, 4096, "6.2", ("agx-orin", "orin-agx")),
     _jetson("jetson-agx-orin-jp7", "Jetson AGX Orin, JetPack 7.2.2+ (DLA strongly typed)", _ORIN, 2, 32, 4096, "7.2.2"),
-    _jetson("jetson-orin-nx-16gb", "Jetson Orin NX 16 GB, JetPack 6.1/6.2", _ORIN, 2, 16, 2048, "6.2",
-            ("jetson-orin-nx", "orin-nx", "orin-nx-16gb")),
+    _jetson(
+        "jetson-orin-nx-16gb",
+        "Jetson Orin NX 16 GB, JetPack 6.1/6.2",
+        _ORIN,
+        2,
+        16,
+        2048,
+        "6.2",
+        ("jetson-orin-nx", "orin-nx", "orin-nx-16gb"),
+    ),
     _jetson("jetson-orin-nx-8gb", "Jetson Orin NX 8 GB, JetPack 6.1/6.2", _ORIN, 1, 8, 1024, "6.2", ("orin-nx-8gb",)),
-    _jetson("jetson-orin-nano", "Jetson Orin Nano 8 GB (no DLA), JetPack 6.1/6.2", _ORIN, 0, 8, 1024, "6.2",
-            ("orin-nano", "jetson-orin-nano-8gb")),
-    _jetson("jetson-agx-xavier", "Jetson AGX Xavier 32 GB, JetPack 5.1", _XAVIER, 2, 32, 4096, "5.1",
-            ("agx-xavier",), _TRT85),
-    _jetson("jetson-xavier-nx", "Jetson Xavier NX 8 GB, JetPack 5.1", _XAVIER, 2, 8, 1024, "5.1", ("xavier-nx",),
-            _TRT85),
-    _jetson("jetson-thor", "Jetson AGX Thor (no DLA), JetPack 7.0", _THOR, 0, 128, 8192, "7.0", ("thor",),
-            "the TensorRT version of JetPack 7.0 is unconfirmed"),
+    _jetson(
+        "jetson-orin-nano",
+        "Jetson Orin Nano 8 GB (no DLA), JetPack 6.1/6.2",
+        _ORIN,
+        0,
+        8,
+        1024,
+        "6.2",
+        ("orin-nano", "jetson-orin-nano-8gb"),
+    ),
+    _jetson("jetson-agx-xavier", "Jetson AGX Xavier 32 GB, JetPack 5.1", _XAVIER, 2, 32, 4096, "5.1", ("agx-xavier",), _TRT85),
+    _jetson("jetson-xavier-nx", "Jetson Xavier NX 8 GB, JetPack 5.1", _XAVIER, 2, 8, 1024, "5.1", ("xavier-nx",), _TRT85),
+    _jetson(
+        "jetson-thor",
+        "Jetson AGX Thor (no DLA), JetPack 7.0",
+        _THOR,
+        0,
+        128,
+        8192,
+        "7.0",
+        ("thor",),
+        "the TensorRT version of JetPack 7.0 is unconfirmed",
+    ),
     _jetson("jetson-thor-jp7.2", "Jetson AGX Thor (no DLA), JetPack 7.2.2+", _THOR, 0, 128, 8192, "7.2.2"),
     Target("rtx-turing", "Desktop Turing GPU (RTX 20, T4)", "desktop", (7, 5), aliases=("turing", "t4")),
     Target("a100", "Data-center Ampere A100", "desktop", (8, 0), workspace_mib=8192, aliases=("ampere-a100",)),
@@ -97,7 +144,7 @@ TARGETS: tuple[Target, ...] = (
     Target("rtx-blackwell", "Desktop Blackwell GPU (RTX 50)", "desktop", (12, 0), aliases=("blackwell",)),
     Target("gpu", "Whatever NVIDIA GPU this machine has", "desktop", None, aliases=("local", "native")),
     Target("cpu", "No GPU: ONNX Runtime on the CPU (no TensorRT engine)", "cpu", None, workspace_mib=0),
-)  # fmt: skip
+)
 
 _SM = re.compile(r"^sm_?(\d{1,2})(\d)$")
 
@@ -113,8 +160,10 @@ def _generic_sm(name: str) -> Target | None:
         return None
     major, minor = int(m.group(1)), int(m.group(2))
     if not 5 <= major <= 13:
-        raise UsageError(f"compute capability {major}.{minor} in {name!r} is not an NVIDIA GPU rescompile knows",
-                         hint="use sm_XY with X between 5 and 13, e.g. sm_86")  # fmt: skip
+        raise UsageError(
+            f"compute capability {major}.{minor} in {name!r} is not an NVIDIA GPU rescompile knows",
+            hint="use sm_XY with X between 5 and 13, e.g. sm_86",
+        )
     return Target(f"sm_{major}{minor}", f"Generic GPU of compute capability {major}.{minor}", "desktop", (major, minor))
 
 

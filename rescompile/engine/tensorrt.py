@@ -125,8 +125,10 @@ def _timing_cache(config: Any, path: Path | None) -> Any:
         raise EngineBuildError(f"TensorRT could not read the timing cache {path}", hint="delete it; it is rebuilt")
     # ignore_mismatch=False: a cache from another device or TensorRT is refused (set_timing_cache -> False).
     if not config.set_timing_cache(cache, False):
-        raise EngineBuildError(f"TensorRT refused the timing cache {path} (written by another GPU or TensorRT version)",
-                               hint="delete it, or pass another --timing-cache folder")  # fmt: skip
+        raise EngineBuildError(
+            f"TensorRT refused the timing cache {path} (written by another GPU or TensorRT version)",
+            hint="delete it, or pass another --timing-cache folder",
+        )
     return cache
 
 
@@ -153,8 +155,16 @@ def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape
     return info
 
 
-def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_dir: Path, *,
-                 timing_cache_dir: Path | None = None, device_index: int = 0, verbose: bool = False) -> EngineBuild:  # fmt: skip
+def build_engine(
+    onnx_path: Path,
+    target: Target,
+    options: EngineOptions,
+    out_dir: Path,
+    *,
+    timing_cache_dir: Path | None = None,
+    device_index: int = 0,
+    verbose: bool = False,
+) -> EngineBuild:
     """Build ``onnx_path`` (a Q/DQ INT8 ONNX) into ``out_dir/model.plan`` for ``target`` on this GPU.
 
     Args:
@@ -205,8 +215,7 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     _timing_cache(config, cache_path)
     plan_mem = builder.build_serialized_network(network, config)
     if plan_mem is None:
-        raise EngineBuildError("TensorRT failed to build the engine (see its log above)",
-                               hint="try a larger --workspace-mib, or --verbose")  # fmt: skip
+        raise EngineBuildError("TensorRT failed to build the engine (see its log above)", hint="try a larger --workspace-mib, or --verbose")
     plan = bytes(plan_mem)
     build_seconds = round(time.perf_counter() - t0, 3)
     if cache_path is not None:
@@ -214,22 +223,26 @@ def build_engine(onnx_path: Path, target: Target, options: EngineOptions, out_di
     del parser
 
     info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings))
-    fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node],
-                                   dla=settings.dla_core is not None)  # fmt: skip
+    fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node], dla=settings.dla_core is not None)
     out_dir = Path(out_dir)
     plan_path = out_dir / PLAN
     layers_path = out_dir / PLAN_LAYERS
     write_bytes_atomic(plan_path, plan)
     write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
     sidecar = make_sidecar(
-        tensorrt_version=str(trt.__version__), device=device, settings=settings.to_dict(),
-        onnx_sha256=sha256_bytes(onnx_bytes), plan_sha256=sha256_bytes(plan),
-        timing_cache=cache_path.name if cache_path else None, fusion=fusion.to_dict(),
-    )  # fmt: skip
+        tensorrt_version=str(trt.__version__),
+        device=device,
+        settings=settings.to_dict(),
+        onnx_sha256=sha256_bytes(onnx_bytes),
+        plan_sha256=sha256_bytes(plan),
+        timing_cache=cache_path.name if cache_path else None,
+        fusion=fusion.to_dict(),
+    )
     sidecar["dla_ranges"] = len(ranges) if settings.dla_mode == "implicit" else None
     write_json(sidecar_path(plan_path), sidecar)
-    return EngineBuild(plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__),
-                       fusion, cache_path, build_seconds)  # fmt: skip
+    return EngineBuild(
+        plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__), fusion, cache_path, build_seconds
+    )
 
 
 def preflight(target_name: str, device_index: int = 0) -> Target:

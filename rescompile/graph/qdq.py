@@ -64,12 +64,16 @@ class VerifyReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "policy": self.policy, "ok": self.ok, "checked_nodes": self.checked_nodes,
-            "residual_adds": self.residual_adds, "qdq_pairs": self.qdq_pairs, "weight_dq": self.weight_dq,
+            "policy": self.policy,
+            "ok": self.ok,
+            "checked_nodes": self.checked_nodes,
+            "residual_adds": self.residual_adds,
+            "qdq_pairs": self.qdq_pairs,
+            "weight_dq": self.weight_dq,
             "bias_dq": self.bias_dq,
             "rules": {r: {"checked": n, "violations": len(self.failed(r)), "what": RULES[r]} for r, n in self.checks.items()},
             "violations": [str(v) for v in self.violations],
-        }  # fmt: skip
+        }
 
 
 def _dtype(idx: GraphIndex, name: str) -> int | None:
@@ -95,15 +99,21 @@ class QdqView:
                 self.q_of.setdefault(n.input[0], []).append(n)
                 bad = [c for c, _ in self.idx.consumers.get(n.output[0], []) if c.op_type != "DequantizeLinear"]
                 if bad:
-                    self.broken.append(Violation("pairs", node_name(n), f"QuantizeLinear output feeds {node_name(bad[0])} "
-                                                 f"({bad[0].op_type}), not a DequantizeLinear"))  # fmt: skip
+                    self.broken.append(
+                        Violation(
+                            "pairs",
+                            node_name(n),
+                            f"QuantizeLinear output feeds {node_name(bad[0])} ({bad[0].op_type}), not a DequantizeLinear",
+                        )
+                    )
             elif n.op_type == "DequantizeLinear":
                 src = self.idx.producer.get(n.input[0])
                 if src is not None and src.op_type == "QuantizeLinear":
                     self.act_dq[n.output[0]] = n
                     if list(src.input[1:]) != list(n.input[1:]) and not self._same_params(src, n):
-                        self.broken.append(Violation("pairs", node_name(n), f"scale/zero point differ from its "
-                                                     f"QuantizeLinear {node_name(src)}"))  # fmt: skip
+                        self.broken.append(
+                            Violation("pairs", node_name(n), f"scale/zero point differ from its QuantizeLinear {node_name(src)}")
+                        )
                 elif self.idx.is_constant(n.input[0]):
                     self.const_dq[n.output[0]] = n
                 else:
@@ -196,8 +206,9 @@ def residual_views(fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, k
             continue
         follower = nodes.get(b.follower_node) if b.follower_node and b.follower_node not in kept else None
         if follower is not None and follower.input[0] != b.output:
-            v.append(Violation("residual", b.add, f"a Q/DQ sits between the Add and its ReLU {b.follower_node}; "
-                               "the runtime cannot fuse them"))  # fmt: skip
+            v.append(
+                Violation("residual", b.add, f"a Q/DQ sits between the Add and its ReLU {b.follower_node}; the runtime cannot fuse them")
+            )
         if b.add not in kept:
             out.append(ResidualView(b, add, {view.origin(i) for i in add.input if i in view.act_dq}, follower))
     return out

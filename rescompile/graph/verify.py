@@ -223,12 +223,12 @@ def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport) ->
     for t, qs in view.q_of.items():
         c["fan-out"] += 1
         if len(qs) > 1:
-            v.append(Violation("fan-out", t, f"{len(qs)} QuantizeLinear nodes ({', '.join(node_name(q) for q in qs)}); "
-                               "one shared Q/DQ expected"))  # fmt: skip
+            v.append(
+                Violation("fan-out", t, f"{len(qs)} QuantizeLinear nodes ({', '.join(node_name(q) for q in qs)}); one shared Q/DQ expected")
+            )
 
 
-def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, scale: np.ndarray | None,
-                     zp: np.ndarray | None) -> None:  # fmt: skip
+def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, scale: np.ndarray | None, zp: np.ndarray | None) -> None:
     """Weights and biases: zero point 0 (both policies); weights INT8, per channel on the output-channel axis."""
     v, c = report.violations, report.checks
     role = consumer_role(view, n.output[0])
@@ -253,8 +253,13 @@ def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, sca
     axis = _attr_i(n, "axis", 1)
     if scale is None or np.ndim(scale) != 1 or axis != want or scale.shape[0] != q.shape[want]:
         got = "per-tensor" if scale is None or np.ndim(scale) == 0 else f"axis {axis} with {scale.shape[0]} scales"
-        v.append(Violation("weight-axis", node_name(n), f"weight of {node_name(consumer)}: {got}; expected per-channel "
-                           f"axis {want} with {q.shape[want]} scales"))  # fmt: skip
+        v.append(
+            Violation(
+                "weight-axis",
+                node_name(n),
+                f"weight of {node_name(consumer)}: {got}; expected per-channel axis {want} with {q.shape[want]} scales",
+            )
+        )
 
 
 def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:

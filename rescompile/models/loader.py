@@ -19,9 +19,17 @@ DEMO_CHECKPOINT = ASSETS / "demo_resnet20.pt"
 DEMO_INFO = ASSETS / "demo_resnet20.json"
 
 TORCHVISION_ARCHS = (
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
-)  # fmt: skip
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
 
 
 def _read_checkpoint(path: Path, trust: bool) -> Any:
@@ -43,8 +51,10 @@ def _read_checkpoint(path: Path, trust: bool) -> Any:
         head = fh.read(64)
     # torch.save writes a zip archive (PyTorch >= 1.6) or a pickle (protocol 2+: first byte 0x80)
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
-        raise UsageError(f"{path} is not a PyTorch checkpoint: it is {describe(head)}",
-                         hint="--weights takes a file written by torch.save (a state_dict)")  # fmt: skip
+        raise UsageError(
+            f"{path} is not a PyTorch checkpoint: it is {describe(head)}",
+            hint="--weights takes a file written by torch.save (a state_dict)",
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch warns about legacy formats; the error below says what matters
@@ -60,8 +70,7 @@ def _read_checkpoint(path: Path, trust: bool) -> Any:
     except MemoryError:
         raise UsageError(f"checkpoint {path} does not fit in memory") from None
     except Exception as exc:  # torch's readers (zip, pickle, storages) raise many types for a corrupt file
-        raise UsageError(f"{path} is a corrupt or truncated PyTorch checkpoint ({type(exc).__name__}: "
-                         f"{first_line(exc)[:120]})") from None  # fmt: skip
+        raise UsageError(f"{path} is a corrupt or truncated PyTorch checkpoint ({type(exc).__name__}: {first_line(exc)[:120]})") from None
 
 
 def _read_torchscript(path: Path) -> Any:
@@ -128,10 +137,7 @@ def apply_state_dict(module: Any, state: dict[str, Any], path: Path | str, arch:
     if unexpected:
         problems.append(f"unexpected keys: {few(unexpected)}")
     if shape:
-        problems.append(
-            "shape mismatch: "
-            + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
-        )
+        problems.append("shape mismatch: " + few([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape]))
     if problems:
         raise UsageError(
             f"checkpoint {path} does not fit {arch}: " + "; ".join(problems),
@@ -140,8 +146,9 @@ def apply_state_dict(module: Any, state: dict[str, Any], path: Path | str, arch:
     for k in sorted(own):
         want, got = own[k], state[k]
         if want.is_floating_point() != got.is_floating_point():
-            raise UsageError(f"checkpoint {path}: {k} is {str(got.dtype).removeprefix('torch.')}, "
-                             f"{arch} needs {str(want.dtype).removeprefix('torch.')}")  # fmt: skip
+            raise UsageError(
+                f"checkpoint {path}: {k} is {str(got.dtype).removeprefix('torch.')}, {arch} needs {str(want.dtype).removeprefix('torch.')}"
+            )
         if got.is_floating_point() and not bool(torch.isfinite(got).all()):
             raise UsageError(f"checkpoint {path}: {k} holds NaN or Inf", hint="a diverged training run? use an earlier checkpoint")
     module.load_state_dict(state, strict=True)
@@ -221,8 +228,15 @@ def load_model(
         module = _read_torchscript(path)
         if input_size is None or in_channels is None or num_classes is None:
             raise UsageError("a TorchScript model needs --in-channels, --input-size and --num-classes")
-        return LoadedModel(path.stem, module.eval(), None, (in_channels, input_size, input_size), num_classes,
-                           default_preset(in_channels, input_size), {"spec": spec})  # fmt: skip
+        return LoadedModel(
+            path.stem,
+            module.eval(),
+            None,
+            (in_channels, input_size, input_size),
+            num_classes,
+            default_preset(in_channels, input_size),
+            {"spec": spec},
+        )
     raise UsageError(
         f"unknown model {spec!r}",
         hint="use demo, resnet20..resnet110, torchvision:<arch>, a TorchScript file or an .onnx file",

@@ -17,11 +17,27 @@ log = logging.getLogger(__name__)
 
 MIN_OPSET = 13  # per-axis (per-channel) DequantizeLinear, the weights' Q/DQ, exists from opset 13
 # Ops that mean the graph is already quantized (explicit Q/DQ, or ONNX Runtime's operator-oriented format).
-QUANTIZED_OPS = frozenset({
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul", "QLinearAdd",
-    "QLinearMul", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearConcat", "QLinearLeakyRelu",
-    "QLinearSigmoid", "QLinearSoftmax", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
-})  # fmt: skip
+QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearAveragePool",
+        "QLinearGlobalAveragePool",
+        "QLinearConcat",
+        "QLinearLeakyRelu",
+        "QLinearSigmoid",
+        "QLinearSoftmax",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+    }
+)
 CONVERTED_ATOL = 1e-4  # the converted graph must reproduce the original's outputs this closely (plus rtol)
 CONVERTED_RTOL = 1e-3
 
@@ -73,7 +89,7 @@ def refuse_quantized(model, path: Path) -> None:  # type: ignore[no-untyped-def]
             hint=f"to check it against its FP32 model: 'rescompile validate {path} --reference FP32.onnx' (accuracy) and "
             f"'rescompile inspect FP32.onnx --int8 {path}' (topology proof); 'rescompile engine {path}' builds a "
             "TensorRT engine from it; to build again, start from the FP32 model",
-        )  # fmt: skip
+        )
 
 
 def upgrade_opset(model, path: Path, input_shape: tuple[int, int, int]):  # type: ignore[no-untyped-def]
@@ -101,8 +117,11 @@ def upgrade_opset(model, path: Path, input_shape: tuple[int, int, int]):  # type
         onnx.checker.check_model(converted)
     except Exception as exc:  # the converter raises several types (RuntimeError, ValidationError, ...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} uses opset {opset}; rescompile needs {MIN_OPSET} (per-axis DequantizeLinear) "
-                         f"and onnx's version converter cannot convert it: {first}", hint=hint) from None  # fmt: skip
+        raise UsageError(
+            f"{path} uses opset {opset}; rescompile needs {MIN_OPSET} (per-axis DequantizeLinear) "
+            f"and onnx's version converter cannot convert it: {first}",
+            hint=hint,
+        ) from None
     dims = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}][0]
     batch_dim = dims.type.tensor_type.shape.dim[0]
     batch = batch_dim.dim_value if batch_dim.HasField("dim_value") and batch_dim.dim_value > 0 else 2
@@ -111,16 +130,17 @@ def upgrade_opset(model, path: Path, input_shape: tuple[int, int, int]):  # type
         ref, got = run_onnx(model, x), run_onnx(converted, x)
     except Exception as exc:  # ONNX Runtime rejects one of the graphs
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"{path} (opset {opset}) converted to opset {MIN_OPSET} does not run on ONNX Runtime: {first}",
-                         hint=hint) from None  # fmt: skip
+        raise UsageError(
+            f"{path} (opset {opset}) converted to opset {MIN_OPSET} does not run on ONNX Runtime: {first}", hint=hint
+        ) from None
     err = float(np.max(np.abs(ref - got))) if ref.shape == got.shape and ref.size else float("inf")
     tol = CONVERTED_ATOL + CONVERTED_RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
     if not np.isfinite(err) or err > tol:
-        raise UsageError(f"{path} (opset {opset}) converted to opset {MIN_OPSET} changes the outputs by {err:.3g} "
-                         f"(tolerance {tol:.3g})", hint=hint)  # fmt: skip
+        raise UsageError(
+            f"{path} (opset {opset}) converted to opset {MIN_OPSET} changes the outputs by {err:.3g} (tolerance {tol:.3g})", hint=hint
+        )
     conversion = OpsetConversion(opset, MIN_OPSET, err)
-    log.info("%s: opset %d converted to %d by onnx's version converter (outputs match, max abs error %.3g)",
-             path, opset, MIN_OPSET, err)  # fmt: skip
+    log.info("%s: opset %d converted to %d by onnx's version converter (outputs match, max abs error %.3g)", path, opset, MIN_OPSET, err)
     return converted, conversion
 
 
@@ -178,8 +198,7 @@ def free_batch(model, path: Path, input_shape: tuple[int, int, int]):  # type: i
     err = float(np.max(np.abs(ref - got))) if ref.shape == got.shape and ref.size else float("inf")
     tol = CONVERTED_ATOL + CONVERTED_RTOL * (float(np.max(np.abs(ref))) if ref.size else 0.0)
     if not np.isfinite(err) or err > tol:
-        raise UsageError(f"{path} has a fixed batch size of {fixed}; with a dynamic batch its outputs change by {err:.3g}",
-                         hint=hint)  # fmt: skip
+        raise UsageError(f"{path} has a fixed batch size of {fixed}; with a dynamic batch its outputs change by {err:.3g}", hint=hint)
     log.info("%s: fixed batch size %d made dynamic (outputs match, max abs error %.3g)", path, fixed, err)
     return freed, BatchFreed(fixed, err)
 

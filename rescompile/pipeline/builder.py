@@ -26,7 +26,7 @@ from rescompile.buildfolder import (
     RANGES,
     failed_path,
     open_build,
-)  # fmt: skip
+)
 from rescompile.config import BuildConfig
 from rescompile.errors import UsageError
 from rescompile.io import sha256_file, write_json
@@ -62,10 +62,14 @@ def versions() -> dict[str, str]:
     from rescompile._version import __version__
 
     return {
-        "rescompile": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__, "onnxsim": getattr(onnxsim, "__version__", "unknown"),
-        "numpy": np.__version__, "python": platform.python_version(),
-    }  # fmt: skip
+        "rescompile": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "onnxsim": getattr(onnxsim, "__version__", "unknown"),
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def _previous_build(out: Path) -> Path | None:
@@ -99,8 +103,15 @@ def choose_data(settings: DataSettings, model: str) -> DataChoice:
     ``calib`` or, too small, in-sample); a DataChoice."""
     from rescompile.data.holdout import choose_data as choose
 
-    data = choose(model, settings.calib, settings.val, layout=settings.layout, calib_size=settings.calib_size,
-                  val_size=settings.val_size, seed=settings.seed)  # fmt: skip
+    data = choose(
+        model,
+        settings.calib,
+        settings.val,
+        layout=settings.layout,
+        calib_size=settings.calib_size,
+        val_size=settings.val_size,
+        seed=settings.seed,
+    )
     log.info("validation: %s", data.describe())
     return data
 
@@ -139,13 +150,13 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         with timer.stage("plan"):
             planned = stages.plan(simplified.model, s.plan).write(folder)
         with timer.stage("calibrate"):  # reuses the previous build's ranges/statistics when their key matches
-            calibrated = stages.calibrate(simplified.model, planned, data.calibration, loaded.pre, s.calibrate,
-                                          _previous_build(out)).write(folder)  # fmt: skip
+            calibrated = stages.calibrate(simplified.model, planned, data.calibration, loaded.pre, s.calibrate, _previous_build(out)).write(
+                folder
+            )
         with timer.stage("quantize"):
             quantized = stages.quantize(simplified, planned, calibrated).write(folder)
         module = loaded.model.module
-        validator = BuildValidator(module if module is not None else simplified.model, simplified.model, data.val,
-                                   loaded.pre, s.validator)  # fmt: skip
+        validator = BuildValidator(module if module is not None else simplified.model, simplified.model, data.val, loaded.pre, s.validator)
         if s.validator.fallback is not None:
             with timer.stage("fallback"):
                 quantized = stages.fall_back(validator, simplified, quantized, calibrated).write(folder)
@@ -156,26 +167,38 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         with timer.stage("validate"):
             validated = validator.validate(quantized.model, other_s=sum(timer.stages.values()))
         report = make_report(
-            validated.measurement, ModelSection(loaded.model.name, loaded.model.input_shape, loaded.model.num_classes),
-            data, quantized.model, stages=StagesSection(exported, simplified, quantized),
+            validated.measurement,
+            ModelSection(loaded.model.name, loaded.model.input_shape, loaded.model.num_classes),
+            data,
+            quantized.model,
+            stages=StagesSection(exported, simplified, quantized),
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
-            warnings=calibrated.run.warnings, layerwise=validated.layerwise, fallback=validated.fallback,
+            warnings=calibrated.run.warnings,
+            layerwise=validated.layerwise,
+            fallback=validated.fallback,
             engine=None if engine is None else EngineSection(engine),
-        )  # fmt: skip
+        )
         verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])
         write_report(folder, report, cfg.to_dict())  # report.json, report.md, junit.xml, report.html
         manifest = _manifest(cfg, s.data.layout, folder, report, loaded, calibrated, timer.stages, verdict)
         write_json(folder / MANIFEST, manifest)
-        error = verdict.failure(f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the "
-                                "previous passing build")  # fmt: skip
+        error = verdict.failure(f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the previous passing build")
         if error is not None:  # published to <out>.failed by staged(); <out> keeps the previous passing build
             error.result = BuildResult(failed_path(out), report.to_dict(), manifest, False, verdict.failures)  # type: ignore[attr-defined]
             raise error
     return BuildResult(out, report.to_dict(), manifest, True, [])
 
 
-def _manifest(cfg: BuildConfig, layout: str, folder: Path, report: Report, loaded: stages.Loaded,
-              calibrated: stages.Calibrated, timings: dict[str, float], verdict: Verdict) -> dict[str, Any]:  # fmt: skip
+def _manifest(
+    cfg: BuildConfig,
+    layout: str,
+    folder: Path,
+    report: Report,
+    loaded: stages.Loaded,
+    calibrated: stages.Calibrated,
+    timings: dict[str, float],
+    verdict: Verdict,
+) -> dict[str, Any]:
     """``manifest.json``: every artifact's sha256, versions, the config, the data, timings and the gates' outcome."""
     data = report.validation
     names = ARTIFACTS + (ENGINE_ARTIFACTS if report.engine is not None else ())
@@ -187,9 +210,12 @@ def _manifest(cfg: BuildConfig, layout: str, folder: Path, report: Report, loade
         "policy": report.stages.quantized.plan.policy if report.stages is not None else cfg.policy,
         "preprocess": loaded.pre.to_dict(),
         "model_source": loaded.model.source,
-        "data": {"calibration": data.calibration.name, "validation": data.val.name,
-                 "calibration_sha256": calibrated.run.result.key["data_sha256"],
-                 "validation_choice": {**data.to_dict(), "layout": layout}},
+        "data": {
+            "calibration": data.calibration.name,
+            "validation": data.val.name,
+            "calibration_sha256": calibrated.run.result.key["data_sha256"],
+            "validation_choice": {**data.to_dict(), "layout": layout},
+        },
         "timings_s": timings,
         "gates": {"passed": verdict.passed, "failed": verdict.failed_names},
-    }  # fmt: skip
+    }

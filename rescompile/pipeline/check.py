@@ -121,14 +121,18 @@ def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
 
         info = describe_onnx(Path(spec.spec), require_residual=False)
         model = read_onnx(Path(spec.spec))
-        return _Reference(reference_runner(model, threads), None, None, model, info.input_shape,
-                          info.preset, spec.spec)  # fmt: skip
+        return _Reference(reference_runner(model, threads), None, None, model, info.input_shape, info.preset, spec.spec)
     from rescompile.models import load_model
 
-    loaded = load_model(spec.spec, weights=spec.weights, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                        input_size=spec.input_size, trust_checkpoint=spec.trust_checkpoint)  # fmt: skip
-    return _Reference(reference_runner(loaded.module, threads), None, loaded.module, None, loaded.input_shape,
-                      loaded.preset, spec.spec)  # fmt: skip
+    loaded = load_model(
+        spec.spec,
+        weights=spec.weights,
+        num_classes=spec.num_classes,
+        in_channels=spec.in_channels,
+        input_size=spec.input_size,
+        trust_checkpoint=spec.trust_checkpoint,
+    )
+    return _Reference(reference_runner(loaded.module, threads), None, loaded.module, None, loaded.input_shape, loaded.preset, spec.spec)
 
 
 def _build_inputs(build: BuildFolder) -> tuple[Path, Path, Preprocess | None, dict[str, Any]]:
@@ -170,12 +174,15 @@ def _settings(req: ValidateRequest, gates: Gates) -> ValidateSettings:
     t = req.timing
     required = () if gates.latency_batch is None else (gates.latency_batch,)
     latency = LatencySettings(tuple(t.latency_batches), t.warmup, t.latency_runs, t.latency_budget_s, required=required)
-    settings = ValidateSettings(t.batch_size, latency, t.threads, t.progress, req.layerwise_samples,
-                                ray_settings(t.ray, t.ray_address, t.shards))  # fmt: skip
+    settings = ValidateSettings(
+        t.batch_size, latency, t.threads, t.progress, req.layerwise_samples, ray_settings(t.ray, t.ray_address, t.shards)
+    )
     settings.latency.check()
     if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
-        raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
-                         hint="add it with --latency-batch")  # fmt: skip
+        raise UsageError(
+            f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
+            hint="add it with --latency-batch",
+        )
     return settings
 
 
@@ -185,8 +192,7 @@ def _inputs(req: ValidateRequest, warn: Callable[[str], None]) -> _Inputs:
 
     verify, allow = not req.no_verify_hashes, req.allow_failed_build
     if not req.candidate.exists():
-        raise UsageError(f"candidate not found: {req.candidate}",
-                         hint="pass a model file (.onnx, a TensorRT plan) or a build folder")  # fmt: skip
+        raise UsageError(f"candidate not found: {req.candidate}", hint="pass a model file (.onnx, a TensorRT plan) or a build folder")
     ref_spec, fp32 = req.reference.spec or None, req.fp32
     if req.candidate.is_dir():  # a build folder: its INT8 model against its FP32 model, its preprocessing and data
         folder = open_build(req.candidate, verify=verify, allow_failed=allow)
@@ -209,8 +215,9 @@ def _inputs(req: ValidateRequest, warn: Callable[[str], None]) -> _Inputs:
     return found
 
 
-def _reference_outputs(req: ValidateRequest, ref: _Reference, found: _Inputs, choice: DataChoice | None, gates: Gates,
-                       settings: ValidateSettings) -> tuple[ValidationInputs, ReferenceOutputs, DataChoice]:  # fmt: skip
+def _reference_outputs(
+    req: ValidateRequest, ref: _Reference, found: _Inputs, choice: DataChoice | None, gates: Gates, settings: ValidateSettings
+) -> tuple[ValidationInputs, ReferenceOutputs, DataChoice]:
     """The inputs and the FP32 outputs: those a saved reference carries, or the reference run on the validation data."""
     from rescompile.data.holdout import DataChoice, check_label_gates
     from rescompile.data.preprocess import check_matches, get_preset
@@ -235,8 +242,9 @@ def _reference_outputs(req: ValidateRequest, ref: _Reference, found: _Inputs, ch
         check_matches(found.build_pre.to_dict(), pre)
     check_shape(choice.val, pre, ref.input_shape)
     inputs = ValidationInputs.from_source(choice.val, pre)
-    out = compute_reference(ref.runner, inputs, settings, keep_inputs=req.save_reference is not None,
-                            meta={"model": ref.label, "preprocess": pre.to_dict()})  # fmt: skip
+    out = compute_reference(
+        ref.runner, inputs, settings, keep_inputs=req.save_reference is not None, meta={"model": ref.label, "preprocess": pre.to_dict()}
+    )
     return inputs, out, choice
 
 
@@ -253,8 +261,9 @@ def _baseline(req: ValidateRequest, ref: _Reference, found: _Inputs, gates: Gate
     if gates.min_speedup is not None and baseline is None:
         raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint=f"pass --fp32 {SIMPLIFIED_ONNX}")
     if req.layerwise and (fp32_model is None or found.candidate.suffix.lower() != ".onnx"):
-        raise UsageError("--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model",
-                         hint=f"pass --fp32 {SIMPLIFIED_ONNX}")  # fmt: skip
+        raise UsageError(
+            "--layerwise compares two ONNX graphs: an ONNX candidate and its FP32 model", hint=f"pass --fp32 {SIMPLIFIED_ONNX}"
+        )
     return baseline, fp32_model
 
 
@@ -308,9 +317,17 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     return Checked(report, verdict, files, found.candidate)
 
 
-def _report(req: ValidateRequest, measured: Measurement, found: _Inputs, ref: _Reference, reference: ReferenceOutputs,
-            choice: DataChoice, cand_onnx: onnx.ModelProto | None, fp32_model: onnx.ModelProto | None,
-            inputs: ValidationInputs) -> Report:  # fmt: skip
+def _report(
+    req: ValidateRequest,
+    measured: Measurement,
+    found: _Inputs,
+    ref: _Reference,
+    reference: ReferenceOutputs,
+    choice: DataChoice,
+    cand_onnx: onnx.ModelProto | None,
+    fp32_model: onnx.ModelProto | None,
+    inputs: ValidationInputs,
+) -> Report:
     model = ModelSection(Path(str(found.candidate)).stem, ref.input_shape, int(reference.logits.shape[1]), ref.label)
     layerwise = None
     if req.layerwise:
@@ -318,5 +335,12 @@ def _report(req: ValidateRequest, measured: Measurement, found: _Inputs, ref: _R
 
         layerwise = layerwise_blame(fp32_model, cand_onnx, inputs.head(req.layerwise_samples))  # type: ignore[arg-type]
     build = found.build
-    return make_report(measured, model, choice, cand_onnx, notes=build.warnings() if build is not None else [],
-                       layerwise=layerwise, build=None if build is None else build.record())  # fmt: skip
+    return make_report(
+        measured,
+        model,
+        choice,
+        cand_onnx,
+        notes=build.warnings() if build is not None else [],
+        layerwise=layerwise,
+        build=None if build is None else build.record(),
+    )

@@ -74,8 +74,14 @@ class Fallback:
         return [s.keep_fp for s in self.steps]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"limit": self.limit, "passed": self.passed, "stopped": self.stopped, "kept_fp": self.kept,
-                "initial": asdict(self.initial), "steps": [asdict(s) for s in self.steps]}  # fmt: skip
+        return {
+            "limit": self.limit,
+            "passed": self.passed,
+            "stopped": self.stopped,
+            "kept_fp": self.kept,
+            "initial": asdict(self.initial),
+            "steps": [asdict(s) for s in self.steps],
+        }
 
 
 def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
@@ -108,8 +114,9 @@ class _Meter:
     """Measures a candidate for auto-fallback: accuracy on the full validation set against the accuracy gates,
     the share of MACs left in FP, and a short latency estimate at the smallest latency batch."""
 
-    def __init__(self, fp32: onnx.ModelProto, reference: ReferenceOutputs, inputs: ValidationInputs, gates: Gates,
-                 settings: ValidateSettings) -> None:  # fmt: skip
+    def __init__(
+        self, fp32: onnx.ModelProto, reference: ReferenceOutputs, inputs: ValidationInputs, gates: Gates, settings: ValidateSettings
+    ) -> None:
         self.reference, self.inputs, self.gates, self.settings = reference, inputs, gates, settings
         self.macs = weighted_macs(fp32)
         self.total_macs = max(sum(self.macs.values()), 1)
@@ -125,14 +132,22 @@ class _Meter:
         runner = OnnxRuntimeRunner(model, "onnxruntime-int8", s.threads)
         metrics = compare_outputs(ref.logits, run_outputs(runner, self.inputs, s, "auto-fallback"), ref.labels)
         results = evaluate_gates(metrics, self.gates)
-        lat = measure_latency(runner, self.inputs.head(self.batch), self.batch, warmup=self.warmup, runs=self.runs,
-                              budget_s=s.latency.budget_s)  # fmt: skip
+        lat = measure_latency(
+            runner, self.inputs.head(self.batch), self.batch, warmup=self.warmup, runs=self.runs, budget_s=s.latency.budget_s
+        )
         quantized = {w.node for w in plan.weights}
         fp_share = sum(v for k, v in self.macs.items() if k not in quantized) / self.total_macs
         acc, agr = metrics["accuracy"], metrics["agreement"]
-        return FallbackState(acc["candidate"]["top1"], acc["top1_drop"], agr["top1"], agr["cosine_mean"],
-                             all(g.passed for g in results), [g.line() for g in results if not g.passed], fp_share,
-                             lat.p50_ms)  # fmt: skip
+        return FallbackState(
+            acc["candidate"]["top1"],
+            acc["top1_drop"],
+            agr["top1"],
+            agr["cosine_mean"],
+            all(g.passed for g in results),
+            [g.line() for g in results if not g.passed],
+            fp_share,
+            lat.p50_ms,
+        )
 
 
 def auto_fallback(
@@ -163,8 +178,7 @@ def auto_fallback(
     settings = settings or ValidateSettings()
     gates, limit = accuracy_gates(fallback.gates), fallback.limit
     if not any_gate(gates):
-        raise UsageError("--auto-fallback needs an accuracy gate to aim for",
-                         hint="add --max-top1-drop, --min-agreement or --min-cosine")  # fmt: skip
+        raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint="add --max-top1-drop, --min-agreement or --min-cosine")
     if limit < 1:
         raise UsageError(f"the auto-fallback limit must be >= 1, got {limit}")
     meter = _Meter(fp32, reference, inputs, gates, settings)
@@ -186,10 +200,19 @@ def auto_fallback(
         model = insert_qdq(fp32, new_plan, ranges)
         after = meter.state(model, new_plan)
         gained_top1 = None if after.top1 is None or current.top1 is None else after.top1 - current.top1
-        result.steps.append(FallbackStep(
-            worst.node, worst.op, worst.keep_fp, worst.jump, after, after.agreement - current.agreement, gained_top1,
-            after.p50_ms - current.p50_ms, after.fp_macs_share - current.fp_macs_share,
-        ))  # fmt: skip
+        result.steps.append(
+            FallbackStep(
+                worst.node,
+                worst.op,
+                worst.keep_fp,
+                worst.jump,
+                after,
+                after.agreement - current.agreement,
+                gained_top1,
+                after.p50_ms - current.p50_ms,
+                after.fp_macs_share - current.fp_macs_share,
+            )
+        )
         result.model, result.plan, current = model, new_plan, after
     else:
         result.stopped = "accuracy gates pass" if result.steps else "accuracy gates already pass"

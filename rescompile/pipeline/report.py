@@ -52,13 +52,19 @@ class StagesSection:
     def to_dict(self) -> dict[str, Any]:
         simp, plan = self.simplified.result, self.quantized.plan
         d: dict[str, Any] = {
-            "export_max_abs_error": self.exported.max_abs_error, "simplify_max_abs_error": simp.max_abs_error,
-            "nodes_before_simplify": simp.nodes_before, "nodes_after_simplify": simp.nodes_after,
-            "batchnorms_folded": simp.batchnorms_folded, "residual_adds": len(plan.residual_adds),
-            "qdq_activations": len(plan.activations), "qdq_weights": len(plan.weights),
-            "verify": self.quantized.proof.to_dict(), "policy": plan.policy, "qdq_biases": len(plan.biases),
+            "export_max_abs_error": self.exported.max_abs_error,
+            "simplify_max_abs_error": simp.max_abs_error,
+            "nodes_before_simplify": simp.nodes_before,
+            "nodes_after_simplify": simp.nodes_after,
+            "batchnorms_folded": simp.batchnorms_folded,
+            "residual_adds": len(plan.residual_adds),
+            "qdq_activations": len(plan.activations),
+            "qdq_weights": len(plan.weights),
+            "verify": self.quantized.proof.to_dict(),
+            "policy": plan.policy,
+            "qdq_biases": len(plan.biases),
             "kept_fp": plan.kept_fp,
-        }  # fmt: skip
+        }
         if self.exported.opset_conversion is not None:
             d["opset_conversion"] = self.exported.opset_conversion.to_dict()
         if self.exported.batch_made_dynamic is not None:
@@ -77,8 +83,14 @@ class CalibrationSection:
     def to_dict(self) -> dict[str, Any]:
         run, result = self.calibrated.run, self.calibrated.run.result
         chosen = dict(sorted(Counter(r.method for r in result.ranges.values()).items()))
-        return {"method": self.method, "samples": result.samples, "source": self.calibrated.source.name,
-                "percentile": self.percentile, "reused": run.reused, "methods_chosen": chosen}  # fmt: skip
+        return {
+            "method": self.method,
+            "samples": result.samples,
+            "source": self.calibrated.source.name,
+            "percentile": self.percentile,
+            "reused": run.reused,
+            "methods_chosen": chosen,
+        }
 
 
 @dataclass
@@ -89,8 +101,14 @@ class EngineSection:
 
     def to_dict(self) -> dict[str, Any]:
         b = self.engine.build
-        return {"tensorrt_version": b.tensorrt_version, "gpu": b.device.to_dict(), "target": self.engine.target,
-                "settings": b.settings.to_dict(), "residual_fusion": b.fusion.to_dict(), "build_seconds": b.build_seconds}  # fmt: skip
+        return {
+            "tensorrt_version": b.tensorrt_version,
+            "gpu": b.device.to_dict(),
+            "target": self.engine.target,
+            "settings": b.settings.to_dict(),
+            "residual_fusion": b.fusion.to_dict(),
+            "build_seconds": b.build_seconds,
+        }
 
 
 @dataclass
@@ -129,9 +147,12 @@ class Report:
         d["model"] = self.model.to_dict()
         d["validation"] = self.validation.to_dict()
         sections: dict[str, Any] = {
-            "stages": self.stages, "calibration": self.calibration, "layerwise": self.layerwise,
-            "fallback": self.fallback, "engine": self.engine,
-        }  # fmt: skip
+            "stages": self.stages,
+            "calibration": self.calibration,
+            "layerwise": self.layerwise,
+            "fallback": self.fallback,
+            "engine": self.engine,
+        }
         d.update({k: v.to_dict() for k, v in sections.items() if v is not None})
         if self.notes:
             d["notes"] = list(self.notes)
@@ -144,8 +165,15 @@ class Report:
         return d
 
 
-def make_report(measurement: Measurement, model: ModelSection, validation: DataChoice, candidate: onnx.ModelProto | None,
-                *, notes: list[str] | None = None, **sections: Any) -> Report:  # fmt: skip
+def make_report(
+    measurement: Measurement,
+    model: ModelSection,
+    validation: DataChoice,
+    candidate: onnx.ModelProto | None,
+    *,
+    notes: list[str] | None = None,
+    **sections: Any,
+) -> Report:
     """The report of a measurement: the notes on what its numbers mean (:func:`latency_notes` of the
     candidate, then ``notes``) and the given sections (``stages``, ``calibration``, ``layerwise``, ...)."""
     from rescompile.validate.notes import latency_notes

@@ -127,22 +127,20 @@ def check_validation_options(cfg: BuildConfig) -> LatencySettings:
     gates = cfg.gates
     check_thresholds(gates)
     if gates.latency_batch is not None and gates.latency_batch not in cfg.latency_batches:
-        raise UsageError(f"--gate-batch {gates.latency_batch} is not a timed batch size {list(cfg.latency_batches)}",
-                         hint="add it with --latency-batch")  # fmt: skip
+        raise UsageError(
+            f"--gate-batch {gates.latency_batch} is not a timed batch size {list(cfg.latency_batches)}", hint="add it with --latency-batch"
+        )
     if cfg.auto_fallback and not any_gate(accuracy_gates(gates)):
-        raise UsageError("--auto-fallback needs an accuracy gate to aim for",
-                         hint="add --max-top1-drop, --min-agreement or --min-cosine")  # fmt: skip
+        raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint="add --max-top1-drop, --min-agreement or --min-cosine")
     if cfg.save_reference is not None and Path(cfg.save_reference).suffix != ".npz":
         raise UsageError(f"--save-reference needs a .npz path, got {cfg.save_reference}")
     required = () if gates.latency_batch is None else (gates.latency_batch,)
-    latency = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s,
-                              required=required)  # fmt: skip
+    latency = LatencySettings(tuple(cfg.latency_batches), cfg.latency_warmup, cfg.latency_runs, cfg.latency_budget_s, required=required)
     latency.check()
     return latency
 
 
-def validator_settings(cfg: BuildConfig, latency: LatencySettings | None = None,
-                       ray: RaySettings | None = None) -> ValidatorSettings:  # fmt: skip
+def validator_settings(cfg: BuildConfig, latency: LatencySettings | None = None, ray: RaySettings | None = None) -> ValidatorSettings:
     """The validator's part of ``cfg`` (``latency``, ``ray``: already checked ones, else checked here)."""
     latency = latency or check_validation_options(cfg)
     ray = ray or cfg.ray_settings()
@@ -183,8 +181,7 @@ def build_settings(cfg: BuildConfig) -> BuildSettings:
     return BuildSettings(
         model=ModelSpec(cfg.model, cfg.weights, cfg.num_classes, cfg.in_channels, cfg.input_size, cfg.trust_checkpoint),
         data=DataSettings(cfg.calib, cfg.val, cfg.calib_size, cfg.val_size, layout, cfg.seed),
-        pre=PreprocessSettings(recipe, cfg.preset, cfg.pre_size, cfg.resize, cfg.mean, cfg.std, cfg.pre_channels,
-                               cfg.channel_order),  # fmt: skip
+        pre=PreprocessSettings(recipe, cfg.preset, cfg.pre_size, cfg.resize, cfg.mean, cfg.std, cfg.pre_channels, cfg.channel_order),
         export=ExportConfig(opset=cfg.opset, exporter=cfg.exporter),
         plan=PlanSettings(policy, tuple(cfg.keep_fp), cfg.keep_first_last),
         calibrate=CalibrateSettings(cfg.calib_method, cfg.percentile, cfg.batch_size, cfg.threads, cfg.progress, ray),

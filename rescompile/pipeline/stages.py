@@ -54,11 +54,26 @@ def load(spec: ModelSpec, pre: PreprocessSettings, data: DataChoice) -> Loaded:
     from rescompile.data.sources import check_shape
     from rescompile.models import load_model
 
-    loaded = load_model(spec.spec, weights=spec.weights, num_classes=spec.num_classes, in_channels=spec.in_channels,
-                        input_size=spec.input_size, trust_checkpoint=spec.trust_checkpoint)  # fmt: skip
-    recipe = resolve_preprocess(loaded.preset, loaded.input_shape, preset=pre.preset, recipe=pre.recipe, size=pre.size,
-                                resize=pre.resize, mean=pre.mean, std=pre.std, channels=pre.channels,
-                                channel_order=pre.channel_order)  # fmt: skip
+    loaded = load_model(
+        spec.spec,
+        weights=spec.weights,
+        num_classes=spec.num_classes,
+        in_channels=spec.in_channels,
+        input_size=spec.input_size,
+        trust_checkpoint=spec.trust_checkpoint,
+    )
+    recipe = resolve_preprocess(
+        loaded.preset,
+        loaded.input_shape,
+        preset=pre.preset,
+        recipe=pre.recipe,
+        size=pre.size,
+        resize=pre.resize,
+        mean=pre.mean,
+        std=pre.std,
+        channels=pre.channels,
+        channel_order=pre.channel_order,
+    )
     for src in (data.calibration, data.val):
         check_shape(src, recipe, loaded.input_shape)
     return Loaded(loaded, recipe)
@@ -147,17 +162,28 @@ class Calibrated:
         return self
 
 
-def calibrate(model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateSettings,
-              previous: Path | None = None) -> Calibrated:  # fmt: skip
+def calibrate(
+    model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateSettings, previous: Path | None = None
+) -> Calibrated:
     """Ranges of the plan's tensors on ``source``; ``previous``: a build folder whose ranges/statistics are reused
     when their key (model, data, preprocessing) matches."""
     from rescompile.calibrate.run import calibrate as run_calibrate
     from rescompile.progress import progress
 
     with progress("calibrate", source.count, settings.progress) as advance:
-        run = run_calibrate(model, planned.plan.calibrated_tensors, source, pre, method=settings.method,
-                            percentile=settings.percentile, batch_size=settings.batch_size, threads=settings.threads,
-                            previous=previous, on_batch=advance, ray=settings.ray)  # fmt: skip
+        run = run_calibrate(
+            model,
+            planned.plan.calibrated_tensors,
+            source,
+            pre,
+            method=settings.method,
+            percentile=settings.percentile,
+            batch_size=settings.batch_size,
+            threads=settings.threads,
+            previous=previous,
+            on_batch=advance,
+            ray=settings.ray,
+        )
     return Calibrated(run, source)
 
 
@@ -185,8 +211,9 @@ def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: 
 
     proof = verify_int8(fp32, int8, plan)
     if not proof.ok:
-        raise VerificationError(f"{what} breaks the placement rules:\n  " +
-                                "\n  ".join(str(v) for v in proof.violations[:MAX_VIOLATIONS_SHOWN]))  # fmt: skip
+        raise VerificationError(
+            f"{what} breaks the placement rules:\n  " + "\n  ".join(str(v) for v in proof.violations[:MAX_VIOLATIONS_SHOWN])
+        )
     return Quantized(int8, plan, proof)
 
 

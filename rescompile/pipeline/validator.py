@@ -62,8 +62,9 @@ class BuildValidator:
         settings: batch size, latency, threads, layerwise, reference file, auto-fallback.
     """
 
-    def __init__(self, reference: Any, fp32_onnx: onnx.ModelProto, source: DataSource, pre: Preprocess,
-                 settings: ValidatorSettings) -> None:  # fmt: skip
+    def __init__(
+        self, reference: Any, fp32_onnx: onnx.ModelProto, source: DataSource, pre: Preprocess, settings: ValidatorSettings
+    ) -> None:
         self.settings = settings
         settings.validate.latency.check()
         self.fp32, self.pre = fp32_onnx, pre
@@ -77,8 +78,13 @@ class BuildValidator:
         if self._ref is None:
             s = self.settings
             runner = reference_runner(self._reference_model, s.validate.threads)
-            self._ref = compute_reference(runner, self.inputs, s.validate, keep_inputs=s.save_reference is not None,
-                                          meta={"preprocess": self.pre.to_dict(), "model": s.model_label})  # fmt: skip
+            self._ref = compute_reference(
+                runner,
+                self.inputs,
+                s.validate,
+                keep_inputs=s.save_reference is not None,
+                meta={"preprocess": self.pre.to_dict(), "model": s.model_label},
+            )
         return self._ref
 
     def fallback(self, int8: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, TensorRange]) -> Fallback:
@@ -92,8 +98,7 @@ class BuildValidator:
             from rescompile.errors import UsageError
 
             raise UsageError("auto-fallback is off (limit 0)")
-        self.fallback_result = auto_fallback(self.fp32, int8, plan, ranges, self.reference, self.inputs, fb,
-                                             self.settings.validate)  # fmt: skip
+        self.fallback_result = auto_fallback(self.fp32, int8, plan, ranges, self.reference, self.inputs, fb, self.settings.validate)
         return self.fallback_result
 
     def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> Validated:
@@ -111,8 +116,14 @@ class BuildValidator:
         settings = s.validate
         if latency_notes(int8, cand.name):
             settings = replace(settings, latency=replace(settings.latency, brief=True))
-        measured = validate(self.reference, cand, self.inputs, baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
-                            settings=settings, other_s=other_s)  # fmt: skip
+        measured = validate(
+            self.reference,
+            cand,
+            self.inputs,
+            baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
+            settings=settings,
+            other_s=other_s,
+        )
         result = Validated(measured, fallback=self.fallback_result)
         if s.layerwise:
             t0 = time.perf_counter()
@@ -124,9 +135,13 @@ class BuildValidator:
 
 
 def validate_models(
-    reference: Any, fp32_onnx: onnx.ModelProto, candidate: onnx.ModelProto, source: DataSource,
-    pre: Preprocess, cfg: BuildConfig,
-) -> dict[str, Any]:  # fmt: skip
+    reference: Any,
+    fp32_onnx: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    source: DataSource,
+    pre: Preprocess,
+    cfg: BuildConfig,
+) -> dict[str, Any]:
     """Accuracy, agreement and latency of ``candidate`` (INT8, ONNX Runtime) against ``reference``, as ``build`` measures.
 
     Args:

@@ -55,9 +55,12 @@ def fusion_gate(fusion: FusionReport) -> GateResult:
     """The TensorRT engine's fusion report as a gate: every residual Add fused into an INT8 layer."""
     unfused = [a.add for a in fusion.adds if not a.ok]
     passed = fusion.ok
-    message = (f"every residual Add ({len(fusion.adds)}) is fused into an INT8 TensorRT layer" if passed else
-               f"{len(unfused)} residual Add(s) not fused into an INT8 TensorRT layer: {', '.join(unfused[:UNFUSED_SHOWN])}"
-               + ("" if fusion.detailed else " (no detailed layer information)"))  # fmt: skip
+    message = (
+        f"every residual Add ({len(fusion.adds)}) is fused into an INT8 TensorRT layer"
+        if passed
+        else f"{len(unfused)} residual Add(s) not fused into an INT8 TensorRT layer: {', '.join(unfused[:UNFUSED_SHOWN])}"
+        + ("" if fusion.detailed else " (no detailed layer information)")
+    )
     return GateResult(FUSION_GATE, "residual Adds not fused into INT8", float(len(unfused)), 0.0, passed, message)
 
 

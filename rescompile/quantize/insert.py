@@ -68,8 +68,7 @@ class _Names:
         return name
 
 
-def _constant_dq(base: str, q: np.ndarray, scale: np.ndarray, axis: int,
-                 names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:  # fmt: skip
+def _constant_dq(base: str, q: np.ndarray, scale: np.ndarray, axis: int, names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:
     """A quantized constant (INT8 weight or INT32 bias) and its per-axis DequantizeLinear, zero point 0."""
     qn, sn, zn, out = names(f"{base}_quantized"), names(f"{base}_scale"), names(f"{base}_zero_point"), names(f"{base}_dequantized")
     inits = [
@@ -86,14 +85,16 @@ def _weight_nodes(wq: WeightQuant, w: np.ndarray, names: _Names) -> tuple[list[T
     return (*_constant_dq(wq.initializer, q, scale, wq.axis, names), scale)
 
 
-def _bias_nodes(bq: BiasQuant, b: np.ndarray, input_scale: float, weight_scale: np.ndarray, base: str,
-                names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str]:  # fmt: skip
+def _bias_nodes(
+    bq: BiasQuant, b: np.ndarray, input_scale: float, weight_scale: np.ndarray, base: str, names: _Names
+) -> tuple[list[TensorProto], onnx.NodeProto, str]:
     q, scale = quantize_bias(b, input_scale, weight_scale)
     return _constant_dq(base, q, scale, bq.axis, names)
 
 
-def _activation_nodes(q: ActivationQuant, scale: np.float32, zp: np.integer,
-                      names: _Names) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:  # fmt: skip
+def _activation_nodes(
+    q: ActivationQuant, scale: np.float32, zp: np.integer, names: _Names
+) -> tuple[list[TensorProto], list[onnx.NodeProto], str]:
     t = q.tensor
     sn, zn, qt, out = names(f"{t}_scale"), names(f"{t}_zero_point"), names(f"{t}_quantized"), names(f"{t}_dequantized")
     inits = [numpy_helper.from_array(np.asarray(scale, np.float32), sn), numpy_helper.from_array(np.asarray(zp), zn)]
@@ -153,8 +154,14 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
         if bq.input not in act_params:
             raise UsageError(f"plan quantizes bias {bq.initializer!r} but not the input {bq.input!r} its scale needs")
         base = bq.initializer if shared[bq.initializer] == 1 else f"{bq.initializer}_for_{bq.node}"
-        inits, node, out = _bias_nodes(bq, numpy_helper.to_array(idx.initializers[bq.initializer]),
-                                       float(act_params[bq.input][0]), weight_scales[bq.weight], base, names)  # fmt: skip
+        inits, node, out = _bias_nodes(
+            bq,
+            numpy_helper.to_array(idx.initializers[bq.initializer]),
+            float(act_params[bq.input][0]),
+            weight_scales[bq.weight],
+            base,
+            names,
+        )
         new_inits += inits
         head.append(node)
         rewired[(bq.node, bq.input_index)] = out

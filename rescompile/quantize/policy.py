@@ -140,8 +140,16 @@ class QuantPlan:
         for key in ("scheme", "rules"):
             if not isinstance(d.get(key, {}), dict):
                 raise UsageError(f"not a rescompile {what}: {key!r} must be an object")
-        return cls(policy, lists["activations"], lists["weights"], lists["residual_adds"], list(kept), lists["biases"],
-                   dict(d.get("scheme", {})), dict(d.get("rules", {})))  # fmt: skip
+        return cls(
+            policy,
+            lists["activations"],
+            lists["weights"],
+            lists["residual_adds"],
+            list(kept),
+            lists["biases"],
+            dict(d.get("scheme", {})),
+            dict(d.get("rules", {})),
+        )
 
     @classmethod
     def from_json(cls, text: str, source: str = QDQ_PLAN) -> QuantPlan:
@@ -167,10 +175,10 @@ def weighted_nodes(model: onnx.ModelProto, idx: GraphIndex | None = None) -> lis
     idx = idx or GraphIndex.build(model.graph)
     const = constant_tensors(idx)
     return [
-        n for n in model.graph.node
-        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in idx.initializers
-        and n.input[0] not in const
-    ]  # fmt: skip
+        n
+        for n in model.graph.node
+        if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in idx.initializers and n.input[0] not in const
+    ]
 
 
 def check_supported(model: onnx.ModelProto) -> None:
@@ -182,12 +190,15 @@ def check_supported(model: onnx.ModelProto) -> None:
     """
     for n in model.graph.node:
         if n.op_type in CONTROL_FLOW_OPS:
-            raise UsageError(f"node {node_name(n)!r} is a {n.op_type}: rescompile does not quantize control flow (G1)",
-                             hint="export the model without data-dependent control flow (trace it with a fixed input)")  # fmt: skip
+            raise UsageError(
+                f"node {node_name(n)!r} is a {n.op_type}: rescompile does not quantize control flow (G1)",
+                hint="export the model without data-dependent control flow (trace it with a fixed input)",
+            )
         if n.domain not in STANDARD_DOMAINS:
-            raise UsageError(f"node {node_name(n)!r} is {n.domain}.{n.op_type}, not a standard ONNX op: rescompile cannot "
-                             "place Q/DQ around it (G1)", hint="export the plain FP32 model, before any runtime-specific "
-                             "optimization")  # fmt: skip
+            raise UsageError(
+                f"node {node_name(n)!r} is {n.domain}.{n.op_type}, not a standard ONNX op: rescompile cannot place Q/DQ around it (G1)",
+                hint="export the plain FP32 model, before any runtime-specific optimization",
+            )
 
 
 def kept_nodes(model: onnx.ModelProto, keep_fp: tuple[str, ...], keep_first_last: bool) -> set[str]:
@@ -263,5 +274,6 @@ class Requests:
 
 
 def block_plan(b: ResidualBlock, quantized: list[str], fused: bool, output: str | None, kernel: str, rule: str) -> BlockPlan:
-    return BlockPlan(b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused,
-                     output, kernel, rule, b.output)  # fmt: skip
+    return BlockPlan(
+        b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused, output, kernel, rule, b.output
+    )

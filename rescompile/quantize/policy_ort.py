@@ -51,10 +51,15 @@ from rescompile.quantize.policy import (
 
 # Ops the CPU provider runs as INT8 kernels in a DQ -> op -> Q group, by kind.
 KERNELS = {
-    "Conv": "QLinearConv", "Gemm": "QGemm", "MatMul": "MatMulIntegerToFloat/QLinearMatMul",
-    "Add": "QLinearAdd", "Mul": "QLinearMul", "GlobalAveragePool": "QLinearGlobalAveragePool",
-    "AveragePool": "QLinearAveragePool", "MaxPool": "NhwcMaxPool (uint8)",
-}  # fmt: skip
+    "Conv": "QLinearConv",
+    "Gemm": "QGemm",
+    "MatMul": "MatMulIntegerToFloat/QLinearMatMul",
+    "Add": "QLinearAdd",
+    "Mul": "QLinearMul",
+    "GlobalAveragePool": "QLinearGlobalAveragePool",
+    "AveragePool": "QLinearAveragePool",
+    "MaxPool": "NhwcMaxPool (uint8)",
+}
 BINARY_OPS = ("Add", "Mul")
 POOL_OPS = ("GlobalAveragePool", "AveragePool")
 PASS_THROUGH_OPS = RESHAPE_OPS
@@ -98,12 +103,15 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
     const = constant_tensors(idx)
     kept = kept_nodes(model, keep_fp, keep_first_last)
     plan = QuantPlan(
-        "onnxruntime", kept_fp=sorted(kept),
-        scheme={"activations": "uint8, asymmetric per-tensor (zero point from min/max)",
-                "weights": "int8, symmetric per-channel (zero point 0)",
-                "bias": "int32, zero point 0, scale = input scale x weight scale"},
+        "onnxruntime",
+        kept_fp=sorted(kept),
+        scheme={
+            "activations": "uint8, asymmetric per-tensor (zero point from min/max)",
+            "weights": "int8, symmetric per-channel (zero point 0)",
+            "bias": "int32, zero point 0, scale = input scale x weight scale",
+        },
         rules=dict(ORT_RULES),
-    )  # fmt: skip
+    )
     req = Requests(idx, SAME_SCALE_OPS, symmetric=False, dtype="uint8")
 
     def acts(node: onnx.NodeProto) -> list[int]:
@@ -142,8 +150,13 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
     while changed:
         changed = False
         for node in model.graph.node:
-            if (node.op_type in PASS_THROUGH_OPS and node_name(node) not in kept and node.input[0] in req
-                    and node.output[0] not in req and node.output[0] not in idx.graph_outputs):  # fmt: skip
+            if (
+                node.op_type in PASS_THROUGH_OPS
+                and node_name(node) not in kept
+                and node.input[0] in req
+                and node.output[0] not in req
+                and node.output[0] not in idx.graph_outputs
+            ):
                 req.add(node.output[0], f"O5: {node.op_type} output, same scale as its input")
                 changed = True
 
@@ -164,12 +177,22 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
         closing = _closing_tensor(idx, add, kept)[0]
         output = closing if closing in req else None
         fused = b.add not in kept and len(quantized) == 2 and output is not None
-        plan.residual_adds.append(BlockPlan(
-            b.add, b.main, b.main_producer, b.shortcut, b.shortcut_kind, b.follower, quantized, fused, output,
-            ("QLinearAdd" + (" (ReLU folded into its Q)" if output != b.output else "")) if fused else "float Add",
-            "O4: both inputs and the output quantized" if b.add not in kept else "R8: Add kept in higher precision",
-            b.output,
-        ))  # fmt: skip
+        plan.residual_adds.append(
+            BlockPlan(
+                b.add,
+                b.main,
+                b.main_producer,
+                b.shortcut,
+                b.shortcut_kind,
+                b.follower,
+                quantized,
+                fused,
+                output,
+                ("QLinearAdd" + (" (ReLU folded into its Q)" if output != b.output else "")) if fused else "float Add",
+                "O4: both inputs and the output quantized" if b.add not in kept else "R8: Add kept in higher precision",
+                b.output,
+            )
+        )
     return plan
 
 
@@ -191,9 +214,11 @@ class OnnxRuntimePolicy:
     name = "onnxruntime"
     summary = "Q/DQ around every op ONNX Runtime's CPU provider runs as a QLinear kernel; UINT8 activations"
     backend = "onnxruntime"
-    scheme = {"activations": "uint8, asymmetric per-tensor (zero point from min/max)",
-              "weights": "int8, symmetric per-channel (zero point 0)",
-              "bias": "int32, zero point 0, scale = input scale x weight scale"}  # fmt: skip
+    scheme = {
+        "activations": "uint8, asymmetric per-tensor (zero point from min/max)",
+        "weights": "int8, symmetric per-channel (zero point 0)",
+        "bias": "int32, zero point 0, scale = input scale x weight scale",
+    }
     rules = ORT_RULES
 
     def plan(self, model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
@@ -212,13 +237,24 @@ class OnnxRuntimePolicy:
             if zp_type != TensorProto.UINT8:
                 v.append(Violation("dtype", node_name(q), "activations must be UINT8 (ONNX Runtime's fast u8s8 kernels)"))
             if q.input[0] in relu_outputs and zp is not None and np.any(zp != 0):
-                v.append(Violation("zero-point", node_name(q), f"zero point {int(np.ravel(zp)[0])} after a ReLU, "
-                                   "must be 0 so ONNX Runtime folds the ReLU (O3)"))  # fmt: skip
+                v.append(
+                    Violation(
+                        "zero-point",
+                        node_name(q),
+                        f"zero point {int(np.ravel(zp)[0])} after a ReLU, must be 0 so ONNX Runtime folds the ReLU (O3)",
+                    )
+                )
         for t in view.q_of:
             floats = [x for x, _ in idx.consumers.get(t, []) if x.op_type != "QuantizeLinear"]
             if floats:
-                v.append(Violation("fan-out", node_name(floats[0]), f"reads float {t} while {t} is quantized; every consumer "
-                                   "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)"))  # fmt: skip
+                v.append(
+                    Violation(
+                        "fan-out",
+                        node_name(floats[0]),
+                        f"reads float {t} while {t} is quantized; every consumer "
+                        "must read its Q/DQ or ONNX Runtime cannot fuse the producer (O6)",
+                    )
+                )
         for dq, consumer, stored, scale in bias_dequantizers(view):
             c["dtype"] += 1
             if stored.dtype != np.int32:
@@ -237,8 +273,13 @@ class OnnxRuntimePolicy:
             b = r.block
             for t, role in ((b.shortcut, "shortcut"), (b.main, "main-branch")):
                 if t not in r.quantized:
-                    v.append(Violation("residual", b.add, f"{role} input {t} is not quantized; the onnxruntime policy "
-                                       "quantizes both inputs (O4: QLinearAdd)"))  # fmt: skip
+                    v.append(
+                        Violation(
+                            "residual",
+                            b.add,
+                            f"{role} input {t} is not quantized; the onnxruntime policy quantizes both inputs (O4: QLinearAdd)",
+                        )
+                    )
             out = r.follower.output[0] if r.follower is not None else b.output
             if out not in view.q_of:
                 v.append(Violation("residual", b.add, f"{out} is not quantized; ONNX Runtime runs the Add in float (O4)"))
@@ -258,8 +299,9 @@ def _check_kernel(view: QdqView, report: VerifyReport, n: onnx.NodeProto, kept: 
         for dq, _ in idx.consumers.get(q.output[0], []):
             relu_behind_qdq = relu_behind_qdq or next((c for c, _ in idx.consumers.get(dq.output[0], []) if c.op_type == "Relu"), None)
     if relu_behind_qdq is not None and node_name(relu_behind_qdq) not in kept:
-        v.append(Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; "
-                           "quantize after the ReLU (O3)"))  # fmt: skip
+        v.append(
+            Violation("fusion", name, f"a Q/DQ sits between {name} and its ReLU {node_name(relu_behind_qdq)}; quantize after the ReLU (O3)")
+        )
     elif relu is not None:
         if relu.output[0] not in view.q_of:
             v.append(Violation("fusion", name, f"{node_name(relu)} output is not quantized; ONNX Runtime runs {name} in float (O3)"))

@@ -45,11 +45,15 @@ def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep
     idx = GraphIndex.build(model.graph)
     kept = kept_nodes(model, keep_fp, keep_first_last)
     plan = QuantPlan(
-        "tensorrt", kept_fp=sorted(kept),
-        scheme={"activations": "int8, symmetric per-tensor (zero point 0)",
-                "weights": "int8, symmetric per-channel (zero point 0)", "bias": "float"},
+        "tensorrt",
+        kept_fp=sorted(kept),
+        scheme={
+            "activations": "int8, symmetric per-tensor (zero point 0)",
+            "weights": "int8, symmetric per-channel (zero point 0)",
+            "bias": "float",
+        },
         rules=dict(RULES),
-    )  # fmt: skip
+    )
     req = Requests(idx, SCALE_PRESERVING_OPS, symmetric=True, dtype="int8")
     for node in weighted_nodes(model, idx):
         if node_name(node) in kept:
@@ -65,12 +69,18 @@ def plan_tensorrt(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep
             req.add(b.shortcut, "R5: residual shortcut input", add, list(add.input).index(b.shortcut))
             quantized.append(b.shortcut)
         fused = b.main_producer_op == "Conv" and b.main_producer not in kept and b.add not in kept
-        plan.residual_adds.append(block_plan(
-            b, quantized, fused, None,
-            "Conv+Add" + ("+ReLU" if b.follower else "") + " fused INT8 kernel" if fused
-            else f"not fused: {'kept in FP' if b.main_producer in kept or b.add in kept else b.main_producer_op + ' before the Add'}",
-            "R5: shortcut quantized, main branch not" if b.add not in kept else "R8: Add kept in higher precision",
-        ))  # fmt: skip
+        plan.residual_adds.append(
+            block_plan(
+                b,
+                quantized,
+                fused,
+                None,
+                "Conv+Add" + ("+ReLU" if b.follower else "") + " fused INT8 kernel"
+                if fused
+                else f"not fused: {'kept in FP' if b.main_producer in kept or b.add in kept else b.main_producer_op + ' before the Add'}",
+                "R5: shortcut quantized, main branch not" if b.add not in kept else "R8: Add kept in higher precision",
+            )
+        )
     plan.activations = req.ordered(model)
     for q in plan.activations:
         if len(q.consumers) > 1:
@@ -86,8 +96,11 @@ class TensorRTPolicy:
     name = "tensorrt"
     summary = "Q/DQ where TensorRT fuses INT8 kernels (Conv+Add+ReLU); symmetric INT8"
     backend = "tensorrt"
-    scheme = {"activations": "int8, symmetric per-tensor (zero point 0)",
-              "weights": "int8, symmetric per-channel (zero point 0)", "bias": "float"}  # fmt: skip
+    scheme = {
+        "activations": "int8, symmetric per-tensor (zero point 0)",
+        "weights": "int8, symmetric per-channel (zero point 0)",
+        "bias": "float",
+    }
     rules = RULES
 
     def plan(self, model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), keep_first_last: bool = False) -> QuantPlan:
@@ -105,8 +118,13 @@ class TensorRTPolicy:
             if zp_type not in (None, TensorProto.INT8):
                 v.append(Violation("dtype", node_name(q), "activations must be INT8 (R3)"))
             if zp is not None and np.any(zp != 0):
-                v.append(Violation("zero-point", node_name(q), f"zero point {int(np.ravel(zp)[0])}, must be 0 "
-                                   "(R3: symmetric INT8, as TensorRT requires)"))  # fmt: skip
+                v.append(
+                    Violation(
+                        "zero-point",
+                        node_name(q),
+                        f"zero point {int(np.ravel(zp)[0])}, must be 0 (R3: symmetric INT8, as TensorRT requires)",
+                    )
+                )
         for dq, consumer, _, _ in bias_dequantizers(view):
             c["dtype"] += 1
             v.append(Violation("dtype", node_name(dq), f"bias of {node_name(consumer)} is quantized; R2 keeps biases float"))
@@ -114,11 +132,18 @@ class TensorRTPolicy:
         for r in residual_views(fp32, view, report, kept):
             b = r.block
             if b.main in r.quantized:
-                v.append(Violation("residual", b.add, f"main-branch input {b.main} (from {b.main_producer}) is quantized; "
-                                   "the tensorrt policy leaves it float so Conv+Add fuse (R5)"))  # fmt: skip
+                v.append(
+                    Violation(
+                        "residual",
+                        b.add,
+                        f"main-branch input {b.main} (from {b.main_producer}) is quantized; "
+                        "the tensorrt policy leaves it float so Conv+Add fuse (R5)",
+                    )
+                )
             if b.shortcut not in r.quantized:
-                v.append(Violation("residual", b.add, f"shortcut input {b.shortcut} is not quantized; "
-                                   "the tensorrt policy quantizes it (R5)"))  # fmt: skip
+                v.append(
+                    Violation("residual", b.add, f"shortcut input {b.shortcut} is not quantized; the tensorrt policy quantizes it (R5)")
+                )
         shortcuts = {b.shortcut for b in find_residual_blocks(fp32)}
         for n in quantized_weighted_ops(view, report, kept):
             if n.input[0] not in view.act_dq:
@@ -139,10 +164,15 @@ def _check_output(view: QdqView, report: VerifyReport, n: onnx.NodeProto, shortc
             for c, i in view.idx.consumers.get(dq.output[0], []):
                 needs = (c.op_type in WEIGHTED_OPS and i == 0) or (c.op_type in ADD_OPS and out in shortcuts)
                 if not needs:
-                    report.violations.append(Violation(
-                        "fusion", node_name(n), f"output {out} is quantized for {node_name(c)} ({c.op_type}), which does "
-                        "not need a quantized input; R4 quantizes a weighted op's output only for a weighted op or a "
-                        "residual shortcut (R5)"))  # fmt: skip
+                    report.violations.append(
+                        Violation(
+                            "fusion",
+                            node_name(n),
+                            f"output {out} is quantized for {node_name(c)} ({c.op_type}), which does "
+                            "not need a quantized input; R4 quantizes a weighted op's output only for a weighted op or a "
+                            "residual shortcut (R5)",
+                        )
+                    )
 
 
 POLICY = TensorRTPolicy()  # what registry.get_policy("tensorrt") registers

@@ -25,8 +25,17 @@ if TYPE_CHECKING:
     from rescompile.graph.qdq import QdqView, VerifyReport
     from rescompile.quantize.policy import QuantPlan
 
-__all__ = ["DEFAULT_POLICY", "PlacementPolicy", "all_policies", "get_policy", "parse_policy", "plan_qdq", "policy_help",
-           "policy_names", "register"]  # fmt: skip
+__all__ = [
+    "DEFAULT_POLICY",
+    "PlacementPolicy",
+    "all_policies",
+    "get_policy",
+    "parse_policy",
+    "plan_qdq",
+    "policy_help",
+    "policy_names",
+    "register",
+]
 _BUILTINS = {"tensorrt": "rescompile.quantize.policy_trt", "onnxruntime": "rescompile.quantize.policy_ort"}  # catalog.BUILTIN
 
 

@@ -63,8 +63,10 @@ def resolve_cuda_lib(choice: str, available: Mapping[str, bool]) -> str:
     for lib in LIBS:
         if available.get(lib, False):
             return lib
-    raise MissingDependency("no CUDA library for the TensorRT runner: cuda-python, pycuda and torch with CUDA are all missing",
-                            hint="; ".join(f"{lib}: {how}" for lib, how in INSTALL.items()))  # fmt: skip
+    raise MissingDependency(
+        "no CUDA library for the TensorRT runner: cuda-python, pycuda and torch with CUDA are all missing",
+        hint="; ".join(f"{lib}: {how}" for lib, how in INSTALL.items()),
+    )
 
 
 def check_choice(choice: str) -> str:

@@ -78,8 +78,9 @@ def onnx_precision(model: onnx.ModelProto) -> str:
 class OnnxRuntimeRunner:
     """An ONNX model on ONNX Runtime's CPU provider with full graph optimization."""
 
-    def __init__(self, model: onnx.ModelProto | str | bytes, name: str = "onnxruntime", threads: int | None = None,
-                 optimized_path: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, model: onnx.ModelProto | str | bytes, name: str = "onnxruntime", threads: int | None = None, optimized_path: str | None = None
+    ) -> None:
         from rescompile.runtime.sessions import ort_session
 
         self.threads = threads or default_threads()

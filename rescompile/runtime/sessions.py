@@ -23,9 +23,15 @@ PROVIDERS = ["CPUExecutionProvider"]
 LOG_ERRORS_ONLY = 3  # ONNX Runtime's severity: 0 verbose .. 3 error (its warnings about unused initializers are noise here)
 
 
-def ort_session(model: onnx.ModelProto | bytes | str, *, optimize: bool = True, threads: int | None = None,
-                inter_op_threads: int | None = None, spinning: bool = True,
-                optimized_path: str | None = None) -> Any:  # fmt: skip
+def ort_session(
+    model: onnx.ModelProto | bytes | str,
+    *,
+    optimize: bool = True,
+    threads: int | None = None,
+    inter_op_threads: int | None = None,
+    spinning: bool = True,
+    optimized_path: str | None = None,
+) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU provider.
 
     Args:

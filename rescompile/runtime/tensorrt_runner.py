@@ -76,8 +76,9 @@ class _PinnedBuffer:
 class TensorRTRunner:
     """A TensorRT engine with one input and one output; ``infer(x)`` splits x into profile-sized chunks."""
 
-    def __init__(self, plan: Path | str, name: str = "tensorrt-int8", check_compatibility: bool = True,
-                 device_index: int = 0, cuda_lib: str = "auto") -> None:  # fmt: skip
+    def __init__(
+        self, plan: Path | str, name: str = "tensorrt-int8", check_compatibility: bool = True, device_index: int = 0, cuda_lib: str = "auto"
+    ) -> None:
         from rescompile.engine.device import load_tensorrt, make_logger, require_gpu
 
         trt = load_tensorrt()
@@ -89,8 +90,10 @@ class TensorRTRunner:
         if check_compatibility:
             problems = compatibility_problems(read_sidecar(plan), str(trt.__version__), device)
             if problems:
-                raise UsageError(f"cannot run {plan} on this machine: " + "; ".join(problems),
-                                 hint="TensorRT engines are not portable: rebuild it here with `rescompile engine`")  # fmt: skip
+                raise UsageError(
+                    f"cannot run {plan} on this machine: " + "; ".join(problems),
+                    hint="TensorRT engines are not portable: rebuild it here with `rescompile engine`",
+                )
         self.name = name
         self._trt = trt
         self._logger = make_logger(trt)

@@ -68,8 +68,10 @@ def connect(settings: RaySettings) -> Any:
         else:
             ray.init(num_cpus=settings.num_cpus, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
     except (ConnectionError, TimeoutError, ValueError) as exc:
-        raise UsageError(f"cannot connect to {settings.where()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
-                         hint="start one with `ray start --head` and pass the address it prints") from None  # fmt: skip
+        raise UsageError(
+            f"cannot connect to {settings.where()}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+            hint="start one with `ray start --head` and pass the address it prints",
+        ) from None
     log.info("connected to %s: %s CPUs", settings.where(), ray.cluster_resources().get("CPU", 0))
     return ray
 
@@ -111,5 +113,9 @@ def node_label(ray: Any) -> dict[str, str]:
     import socket
 
     ctx = ray.get_runtime_context()
-    return {"host": socket.gethostname(), "node_ip": ray.util.get_node_ip_address(), "node_id": ctx.get_node_id(),
-            "worker_pid": str(os.getpid())}  # fmt: skip
+    return {
+        "host": socket.gethostname(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "node_id": ctx.get_node_id(),
+        "worker_pid": str(os.getpid()),
+    }

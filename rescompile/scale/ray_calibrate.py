@@ -33,17 +33,35 @@ from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, shard_b
 from rescompile.scale.tasks import gather, task_result
 
 
-def collect_shard(model_bytes: bytes, tensors: list[str], source: DataSource, pre: Preprocess, start: int, stop: int,
-                  batch_size: int, bins: int, threads: int, memory_budget: int,
-                  sample: int | None) -> tuple[dict[str, TensorStats], TensorStats]:  # fmt: skip
+def collect_shard(
+    model_bytes: bytes,
+    tensors: list[str],
+    source: DataSource,
+    pre: Preprocess,
+    start: int,
+    stop: int,
+    batch_size: int,
+    bins: int,
+    threads: int,
+    memory_budget: int,
+    sample: int | None,
+) -> tuple[dict[str, TensorStats], TensorStats]:
     """Statistics of images ``start:stop`` of ``source``, and the min/max/count of the inputs (for the data checks of
     :mod:`rescompile.calibrate.checks`): what one Ray task computes; callable without Ray."""
     shard = take(source, np.arange(start, stop), source.name)
     model = onnx.load_from_string(model_bytes)
     watch = InputWatch()
-    stats = collect_stats(model, tensors, watch.watch(x for x, _ in shard.batches(pre, batch_size)), bins=bins,
-                          threads=threads, memory_budget=memory_budget, sample=sample, model_bytes=model_bytes,
-                          start=start)  # fmt: skip
+    stats = collect_stats(
+        model,
+        tensors,
+        watch.watch(x for x, _ in shard.batches(pre, batch_size)),
+        bins=bins,
+        threads=threads,
+        memory_budget=memory_budget,
+        sample=sample,
+        model_bytes=model_bytes,
+        start=start,
+    )
     return stats, watch.stats
 
 
@@ -73,8 +91,10 @@ def collect_on_ray(
     model_ref = ray.put(model_bytes or model.SerializeToString(deterministic=True))
     source_ref = ray.put(source)
     task = ray.remote(task_result(collect_shard)).options(num_cpus=1, max_retries=0)
-    refs = [task.remote(model_ref, list(tensors), source_ref, pre, a, b, batch_size, bins, settings.threads,
-                        memory_budget, sample) for a, b in bounds]  # fmt: skip
+    refs = [
+        task.remote(model_ref, list(tensors), source_ref, pre, a, b, batch_size, bins, settings.threads, memory_budget, sample)
+        for a, b in bounds
+    ]
     sizes = [b - a for a, b in bounds]
     parts: list[Any] = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
     return merge_stats([p[0] for p in parts]), merge_tensor([p[1] for p in parts])

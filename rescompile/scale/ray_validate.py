@@ -45,16 +45,23 @@ def make_runner(recipe: Recipe) -> Any:
     return OnnxRuntimeRunner(model, name, threads) if kind == "onnxruntime" else TorchRunner(model, name, threads)
 
 
-def shard_outputs(recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int,
-                  keep_inputs: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+def shard_outputs(
+    recipe: Recipe, inputs: Any, start: int, stop: int, batch_size: int, keep_inputs: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Logits, labels and (when kept) inputs of samples ``start:stop`` (what one Ray task computes)."""
     logits, labels, kept = inputs.part(start, stop).outputs(make_runner(recipe), batch_size, keep_inputs=keep_inputs)
     return logits.astype(np.float32), labels, kept
 
 
-def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: int, *, keep_inputs: bool = False,
-                   on_batch: Callable[[int], None] | None = None,
-                   ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:  # fmt: skip
+def outputs_on_ray(
+    runner: Any,
+    inputs: Any,
+    settings: RaySettings,
+    batch_size: int,
+    *,
+    keep_inputs: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
     """``runner``'s logits (labels, inputs) over ``inputs``, sharded on Ray; None when it cannot run there.
 
     Raises:
@@ -78,8 +85,9 @@ def outputs_on_ray(runner: Any, inputs: Any, settings: RaySettings, batch_size: 
     return logits, labels, kept
 
 
-def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, latency: LatencySettings,
-           other_s: float) -> tuple[Any, Any, Any, dict[str, str]]:  # fmt: skip
+def _timed(
+    candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, latency: LatencySettings, other_s: float
+) -> tuple[Any, Any, Any, dict[str, str]]:
     import ray
 
     cand = make_runner(candidate)
@@ -88,8 +96,9 @@ def _timed(candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, laten
     return records, speedup, plan, node_label(ray)
 
 
-def latency_on_ray(candidate: Any, baseline: Any, sample: np.ndarray, latency: LatencySettings, ray_settings: RaySettings,
-                   other_s: float = 0.0) -> tuple[list[dict[str, Any]], dict[str, float], Any, dict[str, str]] | None:  # fmt: skip
+def latency_on_ray(
+    candidate: Any, baseline: Any, sample: np.ndarray, latency: LatencySettings, ray_settings: RaySettings, other_s: float = 0.0
+) -> tuple[list[dict[str, Any]], dict[str, float], Any, dict[str, str]] | None:
     """:func:`rescompile.validate.latency.measure_all` in one Ray task that holds every CPU of a node (so it runs alone).
 
     Returns ``(records, speedup, latency plan, where)``; None when a runner cannot run on Ray (then time it here).

@@ -63,8 +63,10 @@ class SweepSpec:
 def _field_value(name: str, value: Any, where: str) -> Any:
     allowed = {f.name for f in fields(BuildConfig)} - _NOT_SWEPT
     if name not in allowed:
-        raise UsageError(f"{where}: unknown build setting {name!r}", hint="use BuildConfig names, e.g. model, policy, calib_method, "
-                         "keep_fp, target, backend, calib, val_size, latency_runs, gates")  # fmt: skip
+        raise UsageError(
+            f"{where}: unknown build setting {name!r}",
+            hint="use BuildConfig names, e.g. model, policy, calib_method, keep_fp, target, backend, calib, val_size, latency_runs, gates",
+        )
     if name == "gates":
         if not isinstance(value, dict):
             raise UsageError(f"{where}: gates must be a mapping, e.g. {{max_top1_drop: 1.0}}")
@@ -178,8 +180,12 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
         doc.update(status="ok", folder=str(result.out), **_metrics(result.report))
     except RescompileError as exc:
         partial = getattr(exc, "result", None)
-        doc.update(status="gate-failed" if partial is not None else "error", exit_code=exc.exit_code, error=exc.message,
-                   folder=str(partial.out if partial is not None else point.config.out))  # fmt: skip
+        doc.update(
+            status="gate-failed" if partial is not None else "error",
+            exit_code=exc.exit_code,
+            error=exc.message,
+            folder=str(partial.out if partial is not None else point.config.out),
+        )
         if partial is not None:
             doc.update(_metrics(partial.report))
     except Exception as exc:  # a crash in one build must not stop the sweep; recorded as an internal error (exit 4)
@@ -192,8 +198,7 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
     return doc
 
 
-def run_sweep(spec: SweepSpec, settings: RaySettings, *, cpus_per_build: int = 1,
-              on_done: Any = None) -> list[dict[str, Any]]:  # fmt: skip
+def run_sweep(spec: SweepSpec, settings: RaySettings, *, cpus_per_build: int = 1, on_done: Any = None) -> list[dict[str, Any]]:
     """Run every point not finished yet as a Ray task; the results in grid order (finished ones marked ``skipped``)."""
     results: list[dict[str, Any] | None] = []
     todo: list[int] = []

@@ -217,8 +217,9 @@ def block_label(add: str) -> str:
 
 
 class _Describer:
-    def __init__(self, int8: onnx.ModelProto, plan: Mapping[str, Any], kept_why: Mapping[str, str],
-                 engine: Mapping[str, EngineLayer]) -> None:  # fmt: skip
+    def __init__(
+        self, int8: onnx.ModelProto, plan: Mapping[str, Any], kept_why: Mapping[str, str], engine: Mapping[str, EngineLayer]
+    ) -> None:
         self.g = _Graph(int8)
         self.policy = str(plan.get("policy", ""))
         self.acts = {a["tensor"]: a for a in plan.get("activations", []) if isinstance(a, dict) and "tensor" in a}
@@ -233,15 +234,22 @@ class _Describer:
 
     def pair(self, quantized: str) -> Mark:
         entry = self.acts.get(quantized, {})
-        return Mark(quantized, tuple(str(r) for r in entry.get("rules", [])), str(entry.get("dtype", "")),
-                    self.g.dq_readers(quantized))  # fmt: skip
+        return Mark(quantized, tuple(str(r) for r in entry.get("rules", [])), str(entry.get("dtype", "")), self.g.dq_readers(quantized))
 
     def ops(self, path: Sequence[str], start: str) -> list[Op]:
         out, prev = [], start
         for name in path:
             n = self.g.nodes.get(name)
-            out.append(Op(name, n.op_type if n is not None else "?", _detail(n), self.weights.get(name), self.kept.get(name),
-                          self.mark(name, prev)))  # fmt: skip
+            out.append(
+                Op(
+                    name,
+                    n.op_type if n is not None else "?",
+                    _detail(n),
+                    self.weights.get(name),
+                    self.kept.get(name),
+                    self.mark(name, prev),
+                )
+            )
             prev = n.output[0] if n is not None else prev
         return out
 
@@ -264,11 +272,14 @@ class _Describer:
                 relu = branch[i + 1] if i + 1 < len(branch) and branch[i + 1].op == "Relu" else None
                 last = self.g.nodes[(relu or o).node].output[0]
                 if self.policy == "tensorrt":
-                    out.append(Fusion((o.node, *((relu.node,) if relu else ())),
-                                      f"INT8 {o.op}" + ("+ReLU" if relu else "")))  # fmt: skip
+                    out.append(Fusion((o.node, *((relu.node,) if relu else ())), f"INT8 {o.op}" + ("+ReLU" if relu else "")))
                 elif self.g.output_quantized(last):
-                    out.append(Fusion((o.node, *((relu.node,) if relu else ())),
-                                      KERNELS.get(o.op, o.op) + (" (ReLU folded into its Q)" if relu else "")))  # fmt: skip
+                    out.append(
+                        Fusion(
+                            (o.node, *((relu.node,) if relu else ())),
+                            KERNELS.get(o.op, o.op) + (" (ReLU folded into its Q)" if relu else ""),
+                        )
+                    )
         return out
 
     def block(self, entry: Mapping[str, Any], b: ResidualBlock) -> Block:
@@ -280,16 +291,32 @@ class _Describer:
         out_tensor = self.g.nodes[b.follower_node].output[0] if b.follower_node else b.output
         output_mark = self.pair(out_tensor) if self.g.output_quantized(out_tensor) else None
         return Block(
-            add=b.add, label=block_label(b.add), block_input=b.block_input, main=tuple(main),
-            main_into_add=self.mark(b.add, b.main), shortcut_kind=b.shortcut_kind, shortcut=tuple(short),
-            shortcut_into_add=self.mark(b.add, b.shortcut), add_kept=self.kept.get(b.add), follower=follower,
-            output_mark=output_mark, fused=bool(entry.get("fused")), kernel=str(entry.get("kernel", "")),
-            rule=str(entry.get("rule", "")), fusions=tuple(self.fusions(entry, b, main, short)), engine=self.engine.get(b.add),
-        )  # fmt: skip
+            add=b.add,
+            label=block_label(b.add),
+            block_input=b.block_input,
+            main=tuple(main),
+            main_into_add=self.mark(b.add, b.main),
+            shortcut_kind=b.shortcut_kind,
+            shortcut=tuple(short),
+            shortcut_into_add=self.mark(b.add, b.shortcut),
+            add_kept=self.kept.get(b.add),
+            follower=follower,
+            output_mark=output_mark,
+            fused=bool(entry.get("fused")),
+            kernel=str(entry.get("kernel", "")),
+            rule=str(entry.get("rule", "")),
+            fusions=tuple(self.fusions(entry, b, main, short)),
+            engine=self.engine.get(b.add),
+        )
 
 
-def describe_blocks(int8: onnx.ModelProto, plan: Mapping[str, Any], *, kept_why: Mapping[str, str] | None = None,
-                    engine: Mapping[str, EngineLayer] | None = None) -> BlockPicture:  # fmt: skip
+def describe_blocks(
+    int8: onnx.ModelProto,
+    plan: Mapping[str, Any],
+    *,
+    kept_why: Mapping[str, str] | None = None,
+    engine: Mapping[str, EngineLayer] | None = None,
+) -> BlockPicture:
     """The block picture's content: one Block per residual Add of ``plan``, in graph order.
 
     Args:
@@ -305,14 +332,14 @@ def describe_blocks(int8: onnx.ModelProto, plan: Mapping[str, Any], *, kept_why:
     found = {b.add: b for b in find_residual_blocks(d.g.float_view)}
     blocks = [d.block(e, found[e["add"]]) for e in plan.get("residual_adds", []) if isinstance(e, dict) and e.get("add") in found]
     inside = {o.node for b in blocks for o in (*b.main, *b.shortcut)} | {b.add for b in blocks}
-    outside = tuple((k, d.g.nodes[k].op_type if k in d.g.nodes else "?", why) for k, why in sorted(d.kept.items())
-                    if k not in inside)  # fmt: skip
+    outside = tuple((k, d.g.nodes[k].op_type if k in d.g.nodes else "?", why) for k, why in sorted(d.kept.items()) if k not in inside)
     rules = {str(k): str(v) for k, v in sorted((plan.get("rules") or {}).items())}
     return BlockPicture(d.policy, tuple(blocks), rules, outside)
 
 
-def kept_reasons(int8: onnx.ModelProto, kept: Iterable[str], *, keep_fp: Sequence[str] = (), keep_first_last: bool = False,
-                 fallback: Iterable[str] = ()) -> dict[str, str]:  # fmt: skip
+def kept_reasons(
+    int8: onnx.ModelProto, kept: Iterable[str], *, keep_fp: Sequence[str] = (), keep_first_last: bool = False, fallback: Iterable[str] = ()
+) -> dict[str, str]:
     """Why each kept node stays in floating point: ``keep-fp``, ``keep-first-last``, ``auto-fallback`` (joined
     with ``, `` when several hold); ``kept`` when none of the given settings explains it.
 

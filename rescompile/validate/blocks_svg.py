@@ -24,8 +24,14 @@ INT8, FLOAT, KEPT, QDQ, FUSE, EDGE = "#4e79a7", "#e9e9e9", "#f28e2b", "#8e44ad",
 ENGINE_OK = ("fused-int8", "dla-int8")
 BW, BH, GAP, R = 66, 22, 44, 10  # box width/height, gap between boxes (room for a Q/DQ), Add radius
 LABEL_W, MAIN_Y, SHORT_Y = 118, 30, 70  # label column, lane centres
-SHORT_NAMES = {"GlobalAveragePool": "GAP", "AveragePool": "AvgPool", "BatchNormalization": "BN",
-               "HardSigmoid": "HSigmoid", "HardSwish": "HSwish", "ConvTranspose": "ConvT"}  # fmt: skip
+SHORT_NAMES = {
+    "GlobalAveragePool": "GAP",
+    "AveragePool": "AvgPool",
+    "BatchNormalization": "BN",
+    "HardSigmoid": "HSigmoid",
+    "HardSwish": "HSwish",
+    "ConvTranspose": "ConvT",
+}
 
 
 def _box_text(op: Op) -> str:
@@ -65,19 +71,25 @@ class _Row:
     def diamond(self, x: int, y: int, m: Mark) -> None:
         codes = m.codes or ("Q/DQ",)
         lines = [" ".join(codes[i : i + 2]) for i in range(0, len(codes), 2)]  # two codes a line: fits one gap
-        text = "".join(f'<text x="{x}" y="{y + 16 + 10 * i}" text-anchor="middle" fill="{QDQ}" font-size="9">'
-                       f"{escape(t)}</text>" for i, t in enumerate(lines))  # fmt: skip
-        self.out.append(f'<g class="qdq"><title>{escape(_mark_title(m, self.rules))}</title>'
-                        f'<path d="M{x} {y - 6}L{x + 6} {y}L{x} {y + 6}L{x - 6} {y}Z" fill="{QDQ}"/>{text}</g>')  # fmt: skip
+        text = "".join(
+            f'<text x="{x}" y="{y + 16 + 10 * i}" text-anchor="middle" fill="{QDQ}" font-size="9">{escape(t)}</text>'
+            for i, t in enumerate(lines)
+        )
+        self.out.append(
+            f'<g class="qdq"><title>{escape(_mark_title(m, self.rules))}</title>'
+            f'<path d="M{x} {y - 6}L{x + 6} {y}L{x} {y + 6}L{x - 6} {y}Z" fill="{QDQ}"/>{text}</g>'
+        )
 
     def box(self, x: int, y: int, op: Op) -> None:
         fill, ink = {"int8": (INT8, "#fff"), "fp": (KEPT, "#fff"), "float": (FLOAT, "#222")}[op.precision]
         label = _box_text(op) + (" FP" if op.kept else "")
         fit = f' textLength="{BW - 6}" lengthAdjust="spacingAndGlyphs"' if len(label) > 11 else ""  # squeezed, never spilled
-        self.out.append(f'<g class="op {op.precision}"><title>{escape(_op_title(op))}</title>'
-                        f'<rect x="{x}" y="{y - BH // 2}" width="{BW}" height="{BH}" rx="3" fill="{fill}" stroke="#333" '
-                        f'stroke-width="0.6"/><text x="{x + BW // 2}" y="{y + 4}" text-anchor="middle" fill="{ink}"{fit}>'
-                        f"{escape(label)}</text></g>")  # fmt: skip
+        self.out.append(
+            f'<g class="op {op.precision}"><title>{escape(_op_title(op))}</title>'
+            f'<rect x="{x}" y="{y - BH // 2}" width="{BW}" height="{BH}" rx="3" fill="{fill}" stroke="#333" '
+            f'stroke-width="0.6"/><text x="{x + BW // 2}" y="{y + 4}" text-anchor="middle" fill="{ink}"{fit}>'
+            f"{escape(label)}</text></g>"
+        )
         self.boxes[op.node] = (x + BW // 2, y)
 
     def lane(self, ops: Sequence[Op], y: int, x: int, skip_first_mark: bool) -> int:
@@ -97,8 +109,7 @@ class _Row:
         first_main = b.main[0].qdq_in if b.main else b.main_into_add
         shared = first_main is not None and first_short is not None and first_main.tensor == first_short.tensor
         x = LABEL_W
-        self.out.append(f'<circle cx="{x}" cy="{MAIN_Y}" r="3" fill="{EDGE}"><title>block input {escape(b.block_input)}</title>'
-                        "</circle>")  # fmt: skip
+        self.out.append(f'<circle cx="{x}" cy="{MAIN_Y}" r="3" fill="{EDGE}"><title>block input {escape(b.block_input)}</title></circle>')
         fork = x + (GAP if shared else 8)
         self.line(x, MAIN_Y, fork, MAIN_Y)
         if shared:
@@ -134,10 +145,12 @@ class _Row:
         tip = [b.add, f"{b.kernel}" + (f" ({b.rule})" if b.rule else "")]
         if b.add_kept:
             tip.append(f"kept in floating point ({b.add_kept}; R8)")
-        self.out.append(f'<g class="add"><title>{escape(chr(10).join(tip))}</title>'
-                        f'<circle cx="{self.add_x}" cy="{MAIN_Y}" r="{R}" fill="{fill}" stroke="#333" stroke-width="0.6"/>'
-                        f'<text x="{self.add_x}" y="{MAIN_Y + 4}" text-anchor="middle" fill="{ink}" font-size="13">+</text>'
-                        "</g>")  # fmt: skip
+        self.out.append(
+            f'<g class="add"><title>{escape(chr(10).join(tip))}</title>'
+            f'<circle cx="{self.add_x}" cy="{MAIN_Y}" r="{R}" fill="{fill}" stroke="#333" stroke-width="0.6"/>'
+            f'<text x="{self.add_x}" y="{MAIN_Y + 4}" text-anchor="middle" fill="{ink}" font-size="13">+</text>'
+            "</g>"
+        )
         self.boxes[b.add] = (self.add_x, MAIN_Y)
 
     def fusions(self) -> None:
@@ -151,10 +164,12 @@ class _Row:
             y0, y1 = min(ys) - BH // 2 - 5, max(ys) + BH // 2 + 5
             label = f.kernel if len(f.kernel) <= (x1 - x0) // 5 else f.kernel.split(" (")[0]
             label_y = y1 + 10 if min(ys) == SHORT_Y else y0 - 3  # a shortcut kernel is named under it, clear of the main lane
-            self.out.append(f'<g class="fusion"><title>{escape(f.kernel)}: {escape(", ".join(f.nodes))}</title>'
-                            f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="6" fill="none" '
-                            f'stroke="{FUSE}" stroke-dasharray="4 2"/>'
-                            f'<text x="{x0 + 3}" y="{label_y}" fill="{FUSE}" font-size="9">{escape(label)}</text></g>')  # fmt: skip
+            self.out.append(
+                f'<g class="fusion"><title>{escape(f.kernel)}: {escape(", ".join(f.nodes))}</title>'
+                f'<rect x="{x0}" y="{y0}" width="{x1 - x0}" height="{y1 - y0}" rx="6" fill="none" '
+                f'stroke="{FUSE}" stroke-dasharray="4 2"/>'
+                f'<text x="{x0 + 3}" y="{label_y}" fill="{FUSE}" font-size="9">{escape(label)}</text></g>'
+            )
 
 
 def _engine_line(b: Block, y: int) -> str:
@@ -165,8 +180,10 @@ def _engine_line(b: Block, y: int) -> str:
     name = e.name or "(no layer)"
     short = name if len(name) <= 90 else name[:44] + " … " + name[-44:]
     tip = f"{name}\n{e.layer_type or ''} {e.status}" + (f"\n{e.note}" if e.note else "")
-    return (f'<g class="engine"><title>{escape(tip)}</title><text x="{LABEL_W}" y="{y}" fill="{color}">engine layer '
-            f'[{escape(e.status)}]: {escape(short)}</text></g>')  # fmt: skip
+    return (
+        f'<g class="engine"><title>{escape(tip)}</title><text x="{LABEL_W}" y="{y}" fill="{color}">engine layer '
+        f"[{escape(e.status)}]: {escape(short)}</text></g>"
+    )
 
 
 def block_svg(b: Block, rules: dict[str, str], add_x: int, index: int) -> str:
@@ -176,12 +193,16 @@ def block_svg(b: Block, rules: dict[str, str], add_x: int, index: int) -> str:
     width = add_x + R + GAP // 2 + BW + GAP + 16
     height = SHORT_Y + 32 + (18 if b.engine is not None else 0)
     title = f"{b.add}: {b.shortcut_kind} shortcut, {b.kernel}"
-    head = (f'<text x="4" y="{MAIN_Y + 4}" font-weight="bold">{escape(b.label[:20])}</text>'
-            f'<text x="4" y="{MAIN_Y + 18}" fill="#666">{escape(b.shortcut_kind)}</text>'
-            f'<text x="4" y="{SHORT_Y + 4}" fill="#888" font-size="9">#{index}</text>')  # fmt: skip
-    return (f'<svg class="block" id="block-{index}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-            f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" style="{FONT}">'
-            f"<title>{escape(title)}</title>{head}{''.join(body)}{_engine_line(b, SHORT_Y + 41)}</svg>")  # fmt: skip
+    head = (
+        f'<text x="4" y="{MAIN_Y + 4}" font-weight="bold">{escape(b.label[:20])}</text>'
+        f'<text x="4" y="{MAIN_Y + 18}" fill="#666">{escape(b.shortcut_kind)}</text>'
+        f'<text x="4" y="{SHORT_Y + 4}" fill="#888" font-size="9">#{index}</text>'
+    )
+    return (
+        f'<svg class="block" id="block-{index}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" style="{FONT}">'
+        f"<title>{escape(title)}</title>{head}{''.join(body)}{_engine_line(b, SHORT_Y + 41)}</svg>"
+    )
 
 
 def legend_svg() -> str:
@@ -196,23 +217,27 @@ def legend_svg() -> str:
         '<text x="40" y="3">one fused kernel</text>',
         f'<circle cx="17" cy="0" r="8" fill="{INT8}"/><text x="13" y="4" fill="#fff">+</text><text x="40" y="3">'
         "residual Add (blue: fused)</text>",
-    ]  # fmt: skip
+    ]
     cols, col_w = 3, 250
     rows = -(-len(items) // cols)
     out = [f'<g transform="translate({6 + (i % cols) * col_w},{14 + (i // cols) * 22})">{s}</g>' for i, s in enumerate(items)]
     h = 8 + rows * 22
-    return (f'<svg class="legend" xmlns="http://www.w3.org/2000/svg" width="{cols * col_w}" height="{h}" '
-            f'viewBox="0 0 {cols * col_w} {h}" role="img" aria-label="legend" style="{FONT}"><title>legend</title>'
-            f"{''.join(out)}</svg>")  # fmt: skip
+    return (
+        f'<svg class="legend" xmlns="http://www.w3.org/2000/svg" width="{cols * col_w}" height="{h}" '
+        f'viewBox="0 0 {cols * col_w} {h}" role="img" aria-label="legend" style="{FONT}"><title>legend</title>'
+        f"{''.join(out)}</svg>"
+    )
 
 
 def _summary(pic: BlockPicture) -> str:
     kinds = Counter(b.shortcut_kind for b in pic.blocks)
     kernels = Counter(b.kernel for b in pic.blocks)
     kept = sum(o.precision == "fp" for b in pic.blocks for o in (*b.main, *b.shortcut)) + sum(bool(b.add_kept) for b in pic.blocks)
-    parts = [f"{len(pic.blocks)} residual Adds (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")",
-             "; ".join(f"{n} &times; {escape(k)}" for k, n in sorted(kernels.items())),
-             f"{kept} op(s) in blocks kept in floating point"]  # fmt: skip
+    parts = [
+        f"{len(pic.blocks)} residual Adds (" + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) + ")",
+        "; ".join(f"{n} &times; {escape(k)}" for k, n in sorted(kernels.items())),
+        f"{kept} op(s) in blocks kept in floating point",
+    ]
     engine = Counter(b.engine.status for b in pic.blocks if b.engine is not None)
     if engine:
         parts.append("engine: " + ", ".join(f"{n} {escape(s)}" for s, n in sorted(engine.items())))
@@ -225,17 +250,28 @@ def _rules_table(pic: BlockPicture) -> str:
     used |= {b.rule.split(":")[0] for b in pic.blocks if b.rule}
     if any(o.kept for b in pic.blocks for o in (*b.main, *b.shortcut)) or pic.kept_outside:
         used.add("R8")
-    rows = "".join(f'<tr><td class="l"><code>{escape(c)}</code></td><td class="l">{escape(t)}</td></tr>'
-                   for c, t in sorted(pic.rules.items()) if c in used)  # fmt: skip
-    return (f'<table class="rules"><thead><tr><th class="l">rule</th><th class="l">meaning (docs/placement-rules.md)'
-            f"</th></tr></thead><tbody>{rows}</tbody></table>") if rows else ""  # fmt: skip
+    rows = "".join(
+        f'<tr><td class="l"><code>{escape(c)}</code></td><td class="l">{escape(t)}</td></tr>'
+        for c, t in sorted(pic.rules.items())
+        if c in used
+    )
+    return (
+        (
+            f'<table class="rules"><thead><tr><th class="l">rule</th><th class="l">meaning (docs/placement-rules.md)'
+            f"</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+        if rows
+        else ""
+    )
 
 
 def blocks_section(pic: BlockPicture | None) -> str:
     """The ``blocks`` section's HTML: summary, legend, one SVG per residual block, the rules they cite."""
     if pic is None:
-        return ('<p class="note">No block picture: the report was written without the build\'s model.int8.onnx '
-                "and qdq_plan.json next to it (or they could not be read: see the log).</p>")  # fmt: skip
+        return (
+            '<p class="note">No block picture: the report was written without the build\'s model.int8.onnx '
+            "and qdq_plan.json next to it (or they could not be read: see the log).</p>"
+        )
     if not pic.blocks:
         return f'<p class="note">No residual Add in this model ({escape(pic.policy)} policy): nothing to draw.</p>'
     most = max(len(b.main) for b in pic.blocks)
@@ -243,9 +279,17 @@ def blocks_section(pic: BlockPicture | None) -> str:
     rows = "".join(f"<div>{block_svg(b, pic.rules, add_x, i)}</div>" for i, b in enumerate(pic.blocks))
     outside = ""
     if pic.kept_outside:
-        outside = ('<p class="note">Kept in floating point outside the blocks: ' + ", ".join(
-            f'<code>{escape(n)}</code> ({escape(op)}, {escape(why)})' for n, op, why in pic.kept_outside) + ".</p>")  # fmt: skip
-    return (_summary(pic) + legend_svg() + outside
-            + f'<div class="blocks">{rows}</div>' + _rules_table(pic)
-            + '<p class="note">Hover a mark for its node, tensor and rule text. Upper lane: main branch; lower lane: '
-              "shortcut; a diamond at the fork is one Q/DQ pair both branches read.</p>")  # fmt: skip
+        outside = (
+            '<p class="note">Kept in floating point outside the blocks: '
+            + ", ".join(f"<code>{escape(n)}</code> ({escape(op)}, {escape(why)})" for n, op, why in pic.kept_outside)
+            + ".</p>"
+        )
+    return (
+        _summary(pic)
+        + legend_svg()
+        + outside
+        + f'<div class="blocks">{rows}</div>'
+        + _rules_table(pic)
+        + '<p class="note">Hover a mark for its node, tensor and rule text. Upper lane: main branch; lower lane: '
+        "shortcut; a diamond at the fork is one Q/DQ pair both branches read.</p>"
+    )

@@ -23,8 +23,11 @@ class Tolerances:
     check_latency: bool = True
 
     def check(self) -> None:
-        for name, v in (("accuracy tolerance", self.accuracy_points), ("cosine tolerance", self.cosine),
-                        ("latency tolerance", self.latency)):  # fmt: skip
+        for name, v in (
+            ("accuracy tolerance", self.accuracy_points),
+            ("cosine tolerance", self.cosine),
+            ("latency tolerance", self.latency),
+        ):
             if not v >= 0:
                 raise UsageError(f"the {name} must be >= 0, got {v}")
 
@@ -131,8 +134,7 @@ def model_difference(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return "; ".join(diffs) or None
 
 
-def _judge(metric: str, old: float | None, new: float | None, higher_is_better: bool, tol: float,
-           relative: bool = False) -> Change:  # fmt: skip
+def _judge(metric: str, old: float | None, new: float | None, higher_is_better: bool, tol: float, relative: bool = False) -> Change:
     if old is None or new is None:
         return Change(metric, old, new, INFO, "missing in one report")
     delta = new - old
@@ -150,24 +152,33 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any], tol: Tolerances | 
     tol = tol or Tolerances()
     tol.check()
     out = [
-        _judge("accuracy.candidate.top1", old["accuracy"]["candidate"]["top1"], new["accuracy"]["candidate"]["top1"],
-               True, tol.accuracy_points),
-        _judge("accuracy.top1_drop", old["accuracy"].get("top1_drop"), new["accuracy"].get("top1_drop"), False,
-               tol.accuracy_points),
+        _judge(
+            "accuracy.candidate.top1", old["accuracy"]["candidate"]["top1"], new["accuracy"]["candidate"]["top1"], True, tol.accuracy_points
+        ),
+        _judge("accuracy.top1_drop", old["accuracy"].get("top1_drop"), new["accuracy"].get("top1_drop"), False, tol.accuracy_points),
         _judge("agreement.top1", old["agreement"]["top1"], new["agreement"]["top1"], True, tol.accuracy_points),
         _judge("agreement.cosine_mean", old["agreement"]["cosine_mean"], new["agreement"]["cosine_mean"], True, tol.cosine),
-    ]  # fmt: skip
+    ]
     for key in ("cosine_min", "max_abs_error"):
         out.append(Change(f"agreement.{key}", old["agreement"].get(key), new["agreement"].get(key), INFO))
     if tol.check_latency:
+
         def cand(rep: dict[str, Any]) -> dict[int, dict[str, Any]]:
             return {r["batch"]: r for r in rep.get("latency", []) if latency_role(r) == "candidate"}
 
         o, n = cand(old), cand(new)
         for batch in sorted(set(o) | set(n)):
             for key in ("p50_ms", "p99_ms"):
-                out.append(_judge(f"latency.candidate.batch{batch}.{key}", o.get(batch, {}).get(key),
-                                  n.get(batch, {}).get(key), False, tol.latency, relative=True))  # fmt: skip
+                out.append(
+                    _judge(
+                        f"latency.candidate.batch{batch}.{key}",
+                        o.get(batch, {}).get(key),
+                        n.get(batch, {}).get(key),
+                        False,
+                        tol.latency,
+                        relative=True,
+                    )
+                )
         so, sn = old.get("speedup_int8_vs_fp32_p50", {}), new.get("speedup_int8_vs_fp32_p50", {})
         for batch in sorted(set(so) | set(sn), key=int):
             out.append(_judge(f"speedup.batch{batch}.p50", so.get(batch), sn.get(batch), True, tol.latency, relative=True))
@@ -188,16 +199,25 @@ def compare_reports(old: dict[str, Any], new: dict[str, Any], tol: Tolerances | 
 def dataset_warning(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     """A warning when the two reports were measured on different validation sets."""
     if (old.get("source"), old.get("samples")) != (new.get("source"), new.get("samples")):
-        return (f"the reports use different validation sets ({old.get('source')} x{old.get('samples')} vs "
-                f"{new.get('source')} x{new.get('samples')}): accuracy changes may not be comparable")  # fmt: skip
+        return (
+            f"the reports use different validation sets ({old.get('source')} x{old.get('samples')} vs "
+            f"{new.get('source')} x{new.get('samples')}): accuracy changes may not be comparable"
+        )
     return None
 
 
 def render_comparison_markdown(changes: list[Change], old_name: str, new_name: str, note: str | None = None) -> str:
     regressed = [c for c in changes if c.status == REGRESSED]
     head = f"# rescompile compare: {len(regressed)} regression(s)" if regressed else "# rescompile compare: no regression"
-    lines = [head, "", f"`{old_name}` -> `{new_name}`", *(["", f"**Warning:** {note}"] if note else []), "",
-             "| metric | old | new | delta | status |", "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        head,
+        "",
+        f"`{old_name}` -> `{new_name}`",
+        *(["", f"**Warning:** {note}"] if note else []),
+        "",
+        "| metric | old | new | delta | status |",
+        "|---|---|---|---|---|",
+    ]
 
     def num(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.5g}"
@@ -205,6 +225,5 @@ def render_comparison_markdown(changes: list[Change], old_name: str, new_name: s
     for c in changes:
         status = f"**{c.status}**" if c.status == REGRESSED else c.status
         note = f" ({c.note})" if c.note and c.status != SAME else ""
-        lines.append(f"| `{c.metric}` | {num(c.old)} | {num(c.new)} | "
-                     f"{'' if c.delta is None else f'{c.delta:+.4g}'} | {status}{note} |")  # fmt: skip
+        lines.append(f"| `{c.metric}` | {num(c.old)} | {num(c.new)} | {'' if c.delta is None else f'{c.delta:+.4g}'} | {status}{note} |")
     return "\n".join(lines) + "\n"

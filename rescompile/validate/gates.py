@@ -71,8 +71,9 @@ def check_thresholds(gates: Gates) -> None:
         if value < s.lo or value > s.hi or (strict_lo and value <= s.lo):
             bounds = f"> {s.lo:g}" if math.isinf(s.hi) else f"in [{s.lo:g}, {s.hi:g}]"
             raise UsageError(f"{s.flag} {value:g} is out of range: it must be {bounds}")
-    if gates.latency_batch is not None and (isinstance(gates.latency_batch, bool)
-                                            or not isinstance(gates.latency_batch, int) or gates.latency_batch < 1):  # fmt: skip
+    if gates.latency_batch is not None and (
+        isinstance(gates.latency_batch, bool) or not isinstance(gates.latency_batch, int) or gates.latency_batch < 1
+    ):
         raise UsageError(f"the gates' latency batch must be a positive integer, got {short(gates.latency_batch)}")
 
 
@@ -158,13 +159,16 @@ def evaluate_gates(report: dict[str, Any], gates: Gates) -> list[GateResult]:
     batch = gate_batch(report, gates)
     acc, agr = report["accuracy"], report["agreement"]
     readers: dict[str, Callable[[], tuple[str, float | None, str]]] = {
-        "max_top1_drop": lambda: ("accuracy.top1_drop", acc.get("top1_drop"),
-                                  "" if acc.get("top1_drop") is not None else "n/a (no labels)"),
+        "max_top1_drop": lambda: (
+            "accuracy.top1_drop",
+            acc.get("top1_drop"),
+            "" if acc.get("top1_drop") is not None else "n/a (no labels)",
+        ),
         "min_agreement": lambda: ("agreement.top1", agr["top1"], ""),
         "min_cosine": lambda: ("agreement.cosine_mean", agr["cosine_mean"], ""),
         "max_p99_ms": lambda: (f"latency.candidate.batch{batch}.p99_ms", *_candidate_p99(report, batch)),
         "min_speedup": lambda: (f"speedup.batch{batch}.p50", *_speedup(report, batch)),
-    }  # fmt: skip
+    }
     out: list[GateResult] = []
     for s in SPECS:
         threshold = getattr(gates, s.field)

@@ -48,8 +48,7 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     """Cells are already escaped HTML; the first ``left`` columns are left-aligned."""
     th = "".join(f'<th class="l">{h}</th>' if i < left else f"<th>{h}</th>" for i, h in enumerate(head))
     body = "".join(
-        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
+        "<tr>" + "".join(f'<td class="l">{c}</td>' if i < left else f"<td>{c}</td>" for i, c in enumerate(r)) + "</tr>" for r in rows
     )
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
@@ -64,10 +63,13 @@ def _summary(r: dict[str, Any]) -> str:
         ["logit cosine mean / worst", "", f"{agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f}"],
         ["max / mean abs error", "", f"{agr['max_abs_error']:.4g} / {agr.get('mean_abs_error', 0.0):.4g}"],
     ]
-    return (f"<p>{r['samples']} samples from <code>{escape(str(r['source']))}</code>. Reference "
-            f"<code>{escape(str(r.get('reference')))}</code>, candidate <code>{escape(str(r.get('candidate')))}</code>"
-            f"{', baseline <code>' + escape(str(r['baseline'])) + '</code>' if r.get('baseline') else ''}.</p>"
-            + _validation(r) + _table(["metric", "reference", "candidate"], rows))  # fmt: skip
+    return (
+        f"<p>{r['samples']} samples from <code>{escape(str(r['source']))}</code>. Reference "
+        f"<code>{escape(str(r.get('reference')))}</code>, candidate <code>{escape(str(r.get('candidate')))}</code>"
+        f"{', baseline <code>' + escape(str(r['baseline'])) + '</code>' if r.get('baseline') else ''}.</p>"
+        + _validation(r)
+        + _table(["metric", "reference", "candidate"], rows)
+    )
 
 
 def _validation(r: dict[str, Any]) -> str:
@@ -80,14 +82,20 @@ def _validation(r: dict[str, Any]) -> str:
     return f'<p class="note">Validation: {escape(choice["description"])}</p>'
 
 
-
 def _gates(r: dict[str, Any]) -> str:
     gates = r.get("gates") or []
     if not gates:
         return '<p class="note">No gates were set (see --max-top1-drop, --min-agreement, --gates gates.yaml).</p>'
-    rows = [[escape(g["name"]), f"<code>{escape(g['metric'])}</code>", _num(g["value"], ".6g"),
-             f"{escape(g.get('comparison', ''))} {g['threshold']:g}",
-             '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>'] for g in gates]  # fmt: skip
+    rows = [
+        [
+            escape(g["name"]),
+            f"<code>{escape(g['metric'])}</code>",
+            _num(g["value"], ".6g"),
+            f"{escape(g.get('comparison', ''))} {g['threshold']:g}",
+            '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>',
+        ]
+        for g in gates
+    ]
     return _table(["gate", "metric", "value", "threshold", "result"], rows, left=2)
 
 
@@ -99,23 +107,42 @@ def _latency(r: dict[str, Any]) -> str:
     for batch in sorted({x["batch"] for x in lat}):
         recs = [x for x in lat if x["batch"] == batch]
         series = {x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): x.get("samples_ms", []) for x in recs}
-        markers = {x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): {"p50": x["p50_ms"], "p99": x["p99_ms"]}
-                   for x in recs}  # fmt: skip
-        plots.append(histogram_overlay(series, title=f"latency per call, batch {batch}", xlabel="ms (solid: p50, dashed: p99)",
-                                       markers=markers))  # fmt: skip
-    rows = [[escape(x["runner"]), str(x["batch"]), str(x.get("runs", "")), f"{x['p50_ms']:.3f}", f"{x['p90_ms']:.3f}",
-             f"{x['p99_ms']:.3f}", f"{x['throughput']:.0f}", _num(x.get("peak_rss_mib"), ".0f")] for x in lat]  # fmt: skip
+        markers = {
+            x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): {"p50": x["p50_ms"], "p99": x["p99_ms"]} for x in recs
+        }
+        plots.append(
+            histogram_overlay(series, title=f"latency per call, batch {batch}", xlabel="ms (solid: p50, dashed: p99)", markers=markers)
+        )
+    rows = [
+        [
+            escape(x["runner"]),
+            str(x["batch"]),
+            str(x.get("runs", "")),
+            f"{x['p50_ms']:.3f}",
+            f"{x['p90_ms']:.3f}",
+            f"{x['p99_ms']:.3f}",
+            f"{x['throughput']:.0f}",
+            _num(x.get("peak_rss_mib"), ".0f"),
+        ]
+        for x in lat
+    ]
     speed = r.get("speedup_int8_vs_fp32_p50") or {}
-    note = ("<p>Speedup over the FP32 baseline (p50): " + ", ".join(f"batch {b}: <b>{v:.2f}x</b>" for b, v in speed.items())
-            + ".</p>") if speed else ""  # fmt: skip
+    note = (
+        ("<p>Speedup over the FP32 baseline (p50): " + ", ".join(f"batch {b}: <b>{v:.2f}x</b>" for b, v in speed.items()) + ".</p>")
+        if speed
+        else ""
+    )
     mem = r.get("memory", {}).get("peak_rss_mib")
     mem_note = f'<p class="note">Peak resident memory of the validating process: {mem:.0f} MiB.</p>' if mem else ""
     notes = "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.get("notes") or [])
-    notes += "".join(f'<p class="note"><b>Warning ({escape(w["code"])}):</b> {escape(w["message"])}</p>'
-                     for w in r.get("warnings") or [])
-    return (f'<div class="plots">{"".join(plots)}</div>'
-            + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
-            + note + mem_note + notes)  # fmt: skip
+    notes += "".join(f'<p class="note"><b>Warning ({escape(w["code"])}):</b> {escape(w["message"])}</p>' for w in r.get("warnings") or [])
+    return (
+        f'<div class="plots">{"".join(plots)}</div>'
+        + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
+        + note
+        + mem_note
+        + notes
+    )
 
 
 def _per_class(r: dict[str, Any]) -> str:
@@ -123,12 +150,19 @@ def _per_class(r: dict[str, Any]) -> str:
     if not pc:
         return '<p class="note">No labels: per-class accuracy needs a labelled validation set.</p>'
     ordered = sorted(pc, key=lambda d: d["label"])
-    chart = diverging_bars([class_label(r, d["label"]) for d in ordered], [d["delta"] for d in ordered],
-                           title="per-class top-1 change, candidate minus reference", unit=" points")  # fmt: skip
-    rows = [[escape(class_label(r, d["label"])), str(d["samples"]), _pct(d["reference_top1"]), _pct(d["candidate_top1"]),
-             f"{d['delta']:+.2f}"] for d in pc[:5]]  # fmt: skip
+    chart = diverging_bars(
+        [class_label(r, d["label"]) for d in ordered],
+        [d["delta"] for d in ordered],
+        title="per-class top-1 change, candidate minus reference",
+        unit=" points",
+    )
+    rows = [
+        [escape(class_label(r, d["label"])), str(d["samples"]), _pct(d["reference_top1"]), _pct(d["candidate_top1"]), f"{d['delta']:+.2f}"]
+        for d in pc[:5]
+    ]
     return f'<div class="plots">{chart}</div><p>Worst classes:</p>' + _table(
-        ["class", "samples", "reference top-1", "candidate top-1", "delta"], rows)
+        ["class", "samples", "reference top-1", "candidate top-1", "delta"], rows
+    )
 
 
 def _layerwise(r: dict[str, Any]) -> str:
@@ -138,20 +172,37 @@ def _layerwise(r: dict[str, Any]) -> str:
     layers = lw["layers"]
     suggested = set(lw.get("suggested_keep_fp") or [])
     worst = {x["node"] for x in layers if x["keep_fp"] in suggested}
-    chart = layer_bars([x["node"] for x in layers], [x["input_rel_error"] for x in layers],
-                       [x["output_rel_error"] for x in layers], worst,
-                       title="per-layer relative error, FP32 vs quantized", ylabel="relative error")  # fmt: skip
+    chart = layer_bars(
+        [x["node"] for x in layers],
+        [x["input_rel_error"] for x in layers],
+        [x["output_rel_error"] for x in layers],
+        worst,
+        title="per-layer relative error, FP32 vs quantized",
+        ylabel="relative error",
+    )
     index = {x["node"]: i for i, x in enumerate(layers)}
     by_name = {x["node"]: x for x in layers}
-    rows = [[str(index[n]), f"<code>{escape(n)}</code>", escape(by_name[n]["op"]), f"{by_name[n]['input_rel_error']:.4f}",
-             f"{by_name[n]['output_rel_error']:.4f}", f"{by_name[n]['jump']:+.4f}", f"{by_name[n]['cosine']:.5f}"]
-            for n in lw["ranking"][:8]]  # fmt: skip
+    rows = [
+        [
+            str(index[n]),
+            f"<code>{escape(n)}</code>",
+            escape(by_name[n]["op"]),
+            f"{by_name[n]['input_rel_error']:.4f}",
+            f"{by_name[n]['output_rel_error']:.4f}",
+            f"{by_name[n]['jump']:+.4f}",
+            f"{by_name[n]['cosine']:.5f}",
+        ]
+        for n in lw["ranking"][:8]
+    ]
     hint = ""
     if lw.get("suggested_keep_fp"):
         hint = "<p>To recover accuracy, try: " + " ".join(f"<code>--keep-fp '{escape(p)}'</code>" for p in lw["suggested_keep_fp"]) + "</p>"
-    return (f'<p class="note">{lw["samples"]} samples; each column is a layer where quantization enters.</p>'
-            f'<div class="plots">{chart}</div>'
-            + _table(["#", "layer", "op", "input rel. error", "output rel. error", "jump", "cosine"], rows, left=3) + hint)  # fmt: skip
+    return (
+        f'<p class="note">{lw["samples"]} samples; each column is a layer where quantization enters.</p>'
+        f'<div class="plots">{chart}</div>'
+        + _table(["#", "layer", "op", "input rel. error", "output rel. error", "jump", "cosine"], rows, left=3)
+        + hint
+    )
 
 
 def _fallback(r: dict[str, Any]) -> str:
@@ -159,16 +210,36 @@ def _fallback(r: dict[str, Any]) -> str:
     if not fb:
         return '<p class="note">Not run: pass --auto-fallback N to keep the worst layers in FP until the gates pass.</p>'
     ini = fb["initial"]
-    rows = [["0", "(none)", _pct(ini["agreement"]), f"{ini['cosine_mean']:.5f}", _num(ini["top1_drop"], ".2f"),
-             f"{ini['fp_macs_share'] * 100:.1f}%", f"{ini['p50_ms']:.3f}", ""]]  # fmt: skip
+    rows = [
+        [
+            "0",
+            "(none)",
+            _pct(ini["agreement"]),
+            f"{ini['cosine_mean']:.5f}",
+            _num(ini["top1_drop"], ".2f"),
+            f"{ini['fp_macs_share'] * 100:.1f}%",
+            f"{ini['p50_ms']:.3f}",
+            "",
+        ]
+    ]
     for i, s in enumerate(fb["steps"], 1):
         a = s["after"]
-        rows.append([str(i), f"<code>{escape(s['layer'])}</code>", _pct(a["agreement"]), f"{a['cosine_mean']:.5f}",
-                     _num(a["top1_drop"], ".2f"), f"{a['fp_macs_share'] * 100:.1f}%", f"{a['p50_ms']:.3f}",
-                     f"{s['cost_ms']:+.3f}"])  # fmt: skip
+        rows.append(
+            [
+                str(i),
+                f"<code>{escape(s['layer'])}</code>",
+                _pct(a["agreement"]),
+                f"{a['cosine_mean']:.5f}",
+                _num(a["top1_drop"], ".2f"),
+                f"{a['fp_macs_share'] * 100:.1f}%",
+                f"{a['p50_ms']:.3f}",
+                f"{s['cost_ms']:+.3f}",
+            ]
+        )
     status = '<span class="pass">gates pass</span>' if fb["passed"] else '<span class="fail">gates still fail</span>'
     return f"<p>{status}: {escape(fb['stopped'])} (limit {fb['limit']}).</p>" + _table(
-        ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2)
+        ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2
+    )
 
 
 def _details(r: dict[str, Any]) -> str:
@@ -187,12 +258,15 @@ def render_html(report: dict[str, Any], blocks: BlockPicture | None = None) -> s
     model = report.get("model", {}).get("name", "model")
     title = f"rescompile: {model} {report.get('candidate', '')}"
     parts = {
-        "summary": ("Summary", _summary(report)), "gates": ("Gates", _gates(report)),
+        "summary": ("Summary", _summary(report)),
+        "gates": ("Gates", _gates(report)),
         "blocks": ("Residual blocks: Q/DQ placement and fusion", blocks_section(blocks)),
-        "latency": ("Latency", _latency(report)), "per-class": ("Per-class accuracy", _per_class(report)),
-        "layerwise": ("Layerwise blame", _layerwise(report)), "fallback": ("Auto-fallback", _fallback(report)),
+        "latency": ("Latency", _latency(report)),
+        "per-class": ("Per-class accuracy", _per_class(report)),
+        "layerwise": ("Layerwise blame", _layerwise(report)),
+        "fallback": ("Auto-fallback", _fallback(report)),
         "details": ("Details", _details(report)),
-    }  # fmt: skip
+    }
     body = "".join(f'<section id="{sid}"><h2>{escape(h)}</h2>{html}</section>' for sid, (h, html) in parts.items())
     badge = '<span class="badge pass">PASSED</span>' if passed else '<span class="badge fail">FAILED</span>'
     return (

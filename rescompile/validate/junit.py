@@ -11,8 +11,12 @@ def _validation(report: dict[str, Any]) -> list[tuple[str, Any]]:
     choice = report.get("validation")
     if not choice:
         return []
-    return [("validation.mode", choice["mode"]), ("validation.in_sample", str(choice["in_sample"]).lower()),
-            ("validation.labelled", str(choice["labelled"]).lower()), ("validation", choice.get("description", ""))]  # fmt: skip
+    return [
+        ("validation.mode", choice["mode"]),
+        ("validation.in_sample", str(choice["in_sample"]).lower()),
+        ("validation.labelled", str(choice["labelled"]).lower()),
+        ("validation", choice.get("description", "")),
+    ]
 
 
 def render_junit(report: dict[str, Any], suite: str = "rescompile.gates") -> str:
@@ -21,17 +25,23 @@ def render_junit(report: dict[str, Any], suite: str = "rescompile.gates") -> str
     failures = sum(1 for g in gates if not g["passed"])
     seconds = sum(float(v) for v in (report.get("timings_s") or {}).values())
     root = ET.Element("testsuites", name="rescompile", tests=str(len(gates)), failures=str(failures), errors="0")
-    ts = ET.SubElement(root, "testsuite", name=suite, tests=str(len(gates)), failures=str(failures), errors="0",
-                       skipped="0", time=f"{seconds:.3f}")  # fmt: skip
+    ts = ET.SubElement(
+        root, "testsuite", name=suite, tests=str(len(gates)), failures=str(failures), errors="0", skipped="0", time=f"{seconds:.3f}"
+    )
     props = ET.SubElement(ts, "properties")
     agr, acc = report["agreement"], report["accuracy"]
     for key, value in (
-        ("model", report.get("model", {}).get("name", "")), ("reference", report.get("reference", "")),
-        ("candidate", report.get("candidate", "")), ("samples", report["samples"]),
-        ("top1.reference", acc["reference"]["top1"]), ("top1.candidate", acc["candidate"]["top1"]),
-        ("top1_drop", acc["top1_drop"]), ("agreement.top1", agr["top1"]), ("agreement.cosine_mean", agr["cosine_mean"]),
+        ("model", report.get("model", {}).get("name", "")),
+        ("reference", report.get("reference", "")),
+        ("candidate", report.get("candidate", "")),
+        ("samples", report["samples"]),
+        ("top1.reference", acc["reference"]["top1"]),
+        ("top1.candidate", acc["candidate"]["top1"]),
+        ("top1_drop", acc["top1_drop"]),
+        ("agreement.top1", agr["top1"]),
+        ("agreement.cosine_mean", agr["cosine_mean"]),
         *_validation(report),
-    ):  # fmt: skip
+    ):
         shown = "n/a" if value is None else f"{value:.6g}" if isinstance(value, float) else str(value)
         ET.SubElement(props, "property", name=key, value=shown)
     classname = f"{suite}.{report.get('model', {}).get('name', 'model')}"

@@ -147,10 +147,22 @@ def measure_latency(
     arr = np.asarray(times)
     p50, p90, p99 = (float(v) for v in np.percentile(arr, [50, 90, 99]))
     return Latency(
-        runner.name, role, batch, len(arr), warmed, p50, p90, p99, float(arr.mean()), float(arr.min()),
-        float(arr.max()), batch / (p50 / 1000.0), peak_rss_mib(), [round(t, 4) for t in times[:MAX_KEPT_SAMPLES]],
+        runner.name,
+        role,
+        batch,
+        len(arr),
+        warmed,
+        p50,
+        p90,
+        p99,
+        float(arr.mean()),
+        float(arr.min()),
+        float(arr.max()),
+        batch / (p50 / 1000.0),
+        peak_rss_mib(),
+        [round(t, 4) for t in times[:MAX_KEPT_SAMPLES]],
         graph_info,
-    )  # fmt: skip
+    )
 
 
 def measure_runners(
@@ -186,8 +198,13 @@ def measure_runners(
             left = budget - (time.perf_counter() - start)
             need = (1 + MIN_RUNS) * batch * sum(per_sample.values())  # one warm-up and MIN_RUNS runs, every runner
             if need > left:
-                skipped.append({"batch": batch, "reason": f"{MIN_RUNS} runs estimated at {need:.1f} s; {max(left, 0):.1f} s "
-                                f"of the {budget:.1f} s latency budget left"})  # fmt: skip
+                skipped.append(
+                    {
+                        "batch": batch,
+                        "reason": f"{MIN_RUNS} runs estimated at {need:.1f} s; {max(left, 0):.1f} s "
+                        f"of the {budget:.1f} s latency budget left",
+                    }
+                )
                 continue
         for j, (runner, role) in enumerate(runners):
             if mode == "runs":
@@ -199,21 +216,32 @@ def measure_runners(
             else:
                 left = (budget or MIN_BUDGET_S) - (time.perf_counter() - start)
                 remaining = (len(batches) - i) * len(runners) - j  # measurements still to make, this one included
-                r = measure_latency(runner, sample, batch, role=role, warmup=settings.warmup,
-                                    budget_s=max(left / remaining, 1e-3), max_runs=MAX_RUNS)  # fmt: skip
+                r = measure_latency(
+                    runner, sample, batch, role=role, warmup=settings.warmup, budget_s=max(left / remaining, 1e-3), max_runs=MAX_RUNS
+                )
             per_sample[role] = r.p50_ms / 1000.0 / batch
             records.append(r)
             if on_run is not None:
                 on_run()
-    plan = {"mode": mode, "budget_s": None if budget is None else round(budget, 3),
-            "spent_s": round(time.perf_counter() - start, 3), "brief": brief, "skipped": skipped}  # fmt: skip
+    plan = {
+        "mode": mode,
+        "budget_s": None if budget is None else round(budget, 3),
+        "spent_s": round(time.perf_counter() - start, 3),
+        "brief": brief,
+        "skipped": skipped,
+    }
     return records, plan
 
 
 def measure_all(
-    candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: LatencySettings, *, other_s: float = 0.0,
+    candidate: Runner,
+    baseline: Runner | None,
+    sample: np.ndarray,
+    settings: LatencySettings,
+    *,
+    other_s: float = 0.0,
     show_progress: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:  # fmt: skip
+) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
     """Latency of the baseline and the candidate at each batch size (:func:`measure_runners`);
     speedup = baseline p50 / candidate p50; and the latency plan (mode, budget, skipped batch sizes)."""
     runners = [(baseline, "baseline")] if baseline is not None else []

@@ -128,8 +128,7 @@ def _session(model: onnx.ModelProto, outputs: Iterable[str]) -> Any:
     return ort_session(with_outputs(model, outputs), optimize=False)
 
 
-def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: np.ndarray, *,
-                    batch_size: int = 16) -> Layerwise:  # fmt: skip
+def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: np.ndarray, *, batch_size: int = 16) -> Layerwise:
     """Compare ``candidate`` (a Q/DQ graph made from ``fp32``) with ``fp32`` tensor by tensor.
 
     Args:
@@ -151,8 +150,7 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
     views = qdq_views(candidate)
     if not views and not _weight_dq_outputs(candidate):
         raise UsageError("the candidate holds no Q/DQ nodes: layerwise blame compares a quantized graph with FP32")
-    shared = [o for n in fp32.graph.node for o in n.output
-              if o and idx32.is_activation(o) and o in idx8.producer]  # fmt: skip
+    shared = [o for n in fp32.graph.node for o in n.output if o and idx32.is_activation(o) and o in idx8.producer]
     pairs = [(t, t) for t in shared] + [(t, v) for t, v in views.items() if t in idx32.producer or t in idx32.graph_inputs]
     if not shared:
         raise UsageError(
@@ -178,8 +176,18 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
     for t, v in pairs:
         a = acc[(t, v)]
         producer = idx32.producer.get(t)
-        result.tensors.append(TensorError(t, v, node_name(producer) if producer is not None else "(input)", v != t,
-                                          a.rel_error, a.cos_sum / max(a.n, 1), a.cos_min, a.max_abs))  # fmt: skip
+        result.tensors.append(
+            TensorError(
+                t,
+                v,
+                node_name(producer) if producer is not None else "(input)",
+                v != t,
+                a.rel_error,
+                a.cos_sum / max(a.n, 1),
+                a.cos_min,
+                a.max_abs,
+            )
+        )
         err[(t, v)] = a.rel_error
     order = {o: i for i, n in enumerate(fp32.graph.node) for o in n.output}
     result.tensors.sort(key=lambda e: (order.get(e.tensor, -1), e.quantized))
@@ -198,13 +206,22 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
         upstream = max((err.get((t, t), 0.0) for t in n.input if idx32.is_activation(t)), default=0.0)
         out_acc = acc[(n.output[0], n.output[0])]
         out_err = out_acc.rel_error
-        result.layers.append(LayerError(name, n.op_type, q_in, w_q, upstream, out_err, out_err - upstream,
-                                        out_acc.cos_sum / max(out_acc.n, 1), keep_fp_pattern(name)))  # fmt: skip
+        result.layers.append(
+            LayerError(
+                name,
+                n.op_type,
+                q_in,
+                w_q,
+                upstream,
+                out_err,
+                out_err - upstream,
+                out_acc.cos_sum / max(out_acc.n, 1),
+                keep_fp_pattern(name),
+            )
+        )
     ranked = sorted(result.layers, key=lambda lay: (-lay.jump, lay.node))
     result.ranking = [lay.node for lay in ranked]
     if ranked:
         worst = ranked[0].jump
-        result.suggested_keep_fp = [
-            lay.keep_fp for lay in ranked[:SUGGEST_MAX] if lay.jump >= max(SUGGEST_FRACTION * worst, SUGGEST_FLOOR)
-        ]
+        result.suggested_keep_fp = [lay.keep_fp for lay in ranked[:SUGGEST_MAX] if lay.jump >= max(SUGGEST_FRACTION * worst, SUGGEST_FLOOR)]
     return result

@@ -56,9 +56,14 @@ class ValidationInputs:
 
         return cls(name, len(inputs), batches, part=part)
 
-    def outputs(self, runner: Any, batch_size: int, *, keep_inputs: bool = False,
-                on_batch: Callable[[int], None] | None = None,
-                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:  # fmt: skip
+    def outputs(
+        self,
+        runner: Any,
+        batch_size: int,
+        *,
+        keep_inputs: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``runner.infer`` over every batch, in order: ``(logits, labels or None, inputs or None)``.
 
         The inputs are kept (as float32) only with ``keep_inputs``; ``on_batch(n)`` follows each batch of n.
@@ -72,8 +77,7 @@ class ValidationInputs:
                 kept.append(np.asarray(x, np.float32))
             if on_batch is not None:
                 on_batch(len(x))
-        return (np.concatenate(logits), np.concatenate(labels) if labels else None,
-                np.concatenate(kept) if keep_inputs else None)  # fmt: skip
+        return (np.concatenate(logits), np.concatenate(labels) if labels else None, np.concatenate(kept) if keep_inputs else None)
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` inputs (fewer when the set is smaller)."""
@@ -149,8 +153,9 @@ def load_reference(path: Path) -> ReferenceOutputs:
     z = load_npz(path, "rescompile reference (.npz)")
     missing = [k for k in ("inputs", "logits", "meta") if k not in z]
     if missing:
-        raise UsageError(f"{path} is not a rescompile reference (missing {', '.join(missing)})",
-                         hint="write one with --save-reference ref.npz")  # fmt: skip
+        raise UsageError(
+            f"{path} is not a rescompile reference (missing {', '.join(missing)})", hint="write one with --save-reference ref.npz"
+        )
     if z["meta"].dtype.kind != "U" or z["meta"].ndim != 0:
         raise UsageError(f"{path} is not a rescompile reference ('meta' is not a JSON string)")
     meta = parse_json(str(z["meta"]), f"{path} 'meta'", "rescompile reference")

@@ -53,32 +53,51 @@ def render_markdown(report: dict[str, Any]) -> str:
     if report.get("gates"):
         lines += ["", "## Gates", "", "| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
         for g in report["gates"]:
-            lines.append(f"| {g['name']} | `{g['metric']}` | {_num(g['value'], '.6g')} | {g.get('comparison', '')} "
-                         f"{g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |")  # fmt: skip
+            lines.append(
+                f"| {g['name']} | `{g['metric']}` | {_num(g['value'], '.6g')} | {g.get('comparison', '')} "
+                f"{g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |"
+            )
     per_class = report.get("per_class") or []
     if per_class:
-        lines += ["", f"## Worst classes (of {len(per_class)})", "",
-                  "| class | samples | reference top-1 | candidate top-1 | delta |", "|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            f"## Worst classes (of {len(per_class)})",
+            "",
+            "| class | samples | reference top-1 | candidate top-1 | delta |",
+            "|---|---|---|---|---|",
+        ]
         for d in per_class[:WORST_CLASSES]:
-            lines.append(f"| {class_label(report, d['label'])} | {d['samples']} | {_pct(d['reference_top1'])} | "
-                         f"{_pct(d['candidate_top1'])} | {d['delta']:+.2f} |")  # fmt: skip
+            lines.append(
+                f"| {class_label(report, d['label'])} | {d['samples']} | {_pct(d['reference_top1'])} | "
+                f"{_pct(d['candidate_top1'])} | {d['delta']:+.2f} |"
+            )
     if report.get("latency"):
-        lines += ["", "## Latency", "", "| runner | batch | runs | p50 ms | p90 ms | p99 ms | samples/s | peak RSS MiB |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += [
+            "",
+            "## Latency",
+            "",
+            "| runner | batch | runs | p50 ms | p90 ms | p99 ms | samples/s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for lat in report["latency"]:
-            lines.append(f"| {lat['runner']} | {lat['batch']} | {lat.get('runs', '')} | {lat['p50_ms']:.2f} | "
-                         f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput']:.0f} | "
-                         f"{_num(lat.get('peak_rss_mib'), '.0f')} |")  # fmt: skip
+            lines.append(
+                f"| {lat['runner']} | {lat['batch']} | {lat.get('runs', '')} | {lat['p50_ms']:.2f} | "
+                f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput']:.0f} | "
+                f"{_num(lat.get('peak_rss_mib'), '.0f')} |"
+            )
         speed = report.get("speedup_int8_vs_fp32_p50") or {}
         if speed:
             lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
         plan = report.get("latency_plan")
         if plan:
-            modes = {"auto": f"within a budget of {plan['budget_s']} s", "runs": "a fixed number of runs",
-                     "budget": "a budget per batch size"}  # fmt: skip
+            modes = {
+                "auto": f"within a budget of {plan['budget_s']} s",
+                "runs": "a fixed number of runs",
+                "budget": "a budget per batch size",
+            }
             brief = ", briefly (not representative here)" if plan["brief"] else ""
             lines += ["", f"Timed {modes[plan['mode']]}{brief}: {plan['spent_s']:.1f} s spent."]
-            lines += [f"Batch {x['batch']} not timed: {x['reason']}." for x in plan["skipped"]]  # fmt: skip
+            lines += [f"Batch {x['batch']} not timed: {x['reason']}." for x in plan["skipped"]]
     for note in report.get("notes") or []:
         lines += ["", f"> **Note:** {note}"]
     for w in report.get("warnings") or []:
@@ -94,13 +113,21 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 def _layerwise_md(lw: dict[str, Any]) -> list[str]:
     layers = {lay["node"]: lay for lay in lw["layers"]}
-    lines = ["", f"## Layerwise blame ({lw['samples']} samples)", "",
-             "Error each quantized layer adds (relative error of its output minus that of its inputs):", "",
-             "| layer | op | input rel. error | output rel. error | jump | output cosine |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "",
+        f"## Layerwise blame ({lw['samples']} samples)",
+        "",
+        "Error each quantized layer adds (relative error of its output minus that of its inputs):",
+        "",
+        "| layer | op | input rel. error | output rel. error | jump | output cosine |",
+        "|---|---|---|---|---|---|",
+    ]
     for name in lw["ranking"][:WORST_LAYERS]:
         lay = layers[name]
-        lines.append(f"| `{name}` | {lay['op']} | {lay['input_rel_error']:.4f} | {lay['output_rel_error']:.4f} | "
-                     f"{lay['jump']:+.4f} | {lay['cosine']:.5f} |")  # fmt: skip
+        lines.append(
+            f"| `{name}` | {lay['op']} | {lay['input_rel_error']:.4f} | {lay['output_rel_error']:.4f} | "
+            f"{lay['jump']:+.4f} | {lay['cosine']:.5f} |"
+        )
     if lw["suggested_keep_fp"]:
         lines += ["", "To recover accuracy, try: " + " ".join(f"`--keep-fp '{p}'`" for p in lw["suggested_keep_fp"])]
     return lines
@@ -108,14 +135,20 @@ def _layerwise_md(lw: dict[str, Any]) -> list[str]:
 
 def _fallback_md(fb: dict[str, Any]) -> list[str]:
     ini = fb["initial"]
-    lines = ["", f"## Auto-fallback ({'gates pass' if fb['passed'] else 'gates still fail'}: {fb['stopped']})", "",
-             "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| 0 | (none) | {ini['agreement']:.2f}% | {ini['cosine_mean']:.5f} | {_num(ini['top1_drop'], '.2f')} | "
-             f"{ini['fp_macs_share'] * 100:.1f}% | {ini['p50_ms']:.3f} | |"]  # fmt: skip
+    lines = [
+        "",
+        f"## Auto-fallback ({'gates pass' if fb['passed'] else 'gates still fail'}: {fb['stopped']})",
+        "",
+        "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| 0 | (none) | {ini['agreement']:.2f}% | {ini['cosine_mean']:.5f} | {_num(ini['top1_drop'], '.2f')} | "
+        f"{ini['fp_macs_share'] * 100:.1f}% | {ini['p50_ms']:.3f} | |",
+    ]
     for i, s in enumerate(fb["steps"], 1):
         a = s["after"]
-        lines.append(f"| {i} | `{s['layer']}` | {a['agreement']:.2f}% | {a['cosine_mean']:.5f} | "
-                     f"{_num(a['top1_drop'], '.2f')} | {a['fp_macs_share'] * 100:.1f}% | {a['p50_ms']:.3f} | "
-                     f"{s['cost_ms']:+.3f} |")  # fmt: skip
+        lines.append(
+            f"| {i} | `{s['layer']}` | {a['agreement']:.2f}% | {a['cosine_mean']:.5f} | "
+            f"{_num(a['top1_drop'], '.2f')} | {a['fp_macs_share'] * 100:.1f}% | {a['p50_ms']:.3f} | "
+            f"{s['cost_ms']:+.3f} |"
+        )
     return lines

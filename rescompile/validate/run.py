@@ -34,8 +34,9 @@ class ValidateSettings:
     ray: RaySettings | None = None  # reference and candidate over shards on Ray, latency in one Ray task
 
 
-def _sharded(runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str,
-             keep_inputs: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:  # fmt: skip
+def _sharded(
+    runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str, keep_inputs: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
     """Outputs over shards on Ray (rescompile.scale.ray_validate) when ``settings.ray`` is set and the runner can go there."""
     if settings.ray is None:
         return None
@@ -55,9 +56,13 @@ def run_outputs(runner: Runner, inputs: ValidationInputs, settings: ValidateSett
 
 
 def compute_reference(
-    runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, *, keep_inputs: bool = False,
+    runner: Runner,
+    inputs: ValidationInputs,
+    settings: ValidateSettings,
+    *,
+    keep_inputs: bool = False,
     meta: dict[str, Any] | None = None,
-) -> ReferenceOutputs:  # fmt: skip
+) -> ReferenceOutputs:
     """Run the FP32 reference over ``inputs``; keep the inputs too when they will be saved."""
     t0 = time.perf_counter()
     label = f"reference ({runner.name})"
@@ -67,10 +72,12 @@ def compute_reference(
             outputs = inputs.outputs(runner, settings.batch_size, keep_inputs=keep_inputs, on_batch=advance)
     logits, labels, kept = outputs
     return ReferenceOutputs(
-        logits.astype(np.float32), labels, kept,
+        logits.astype(np.float32),
+        labels,
+        kept,
         {"runner": runner.name, "source": inputs.name, "class_names": list(inputs.class_names), **(meta or {})},
         round(time.perf_counter() - t0, 3),
-    )  # fmt: skip
+    )
 
 
 @dataclass
@@ -96,15 +103,28 @@ class Measurement:
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
-            "schema": REPORT_SCHEMA, "source": self.source, "samples": self.samples, "reference": self.reference,
-            "candidate": self.candidate, "baseline": self.baseline, "accuracy": self.accuracy,
-            "agreement": self.agreement, "per_class": self.per_class,
-        }  # fmt: skip
+            "schema": REPORT_SCHEMA,
+            "source": self.source,
+            "samples": self.samples,
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "baseline": self.baseline,
+            "accuracy": self.accuracy,
+            "agreement": self.agreement,
+            "per_class": self.per_class,
+        }
         if self.class_names:
             d["class_names"] = list(self.class_names)
-        d.update({"latency": self.latency, "speedup_int8_vs_fp32_p50": self.speedup,
-                  "memory": {"peak_rss_mib": self.peak_rss_mib}, "settings": self.settings,
-                  "latency_plan": self.latency_plan, "timings_s": self.timings})  # fmt: skip
+        d.update(
+            {
+                "latency": self.latency,
+                "speedup_int8_vs_fp32_p50": self.speedup,
+                "memory": {"peak_rss_mib": self.peak_rss_mib},
+                "settings": self.settings,
+                "latency_plan": self.latency_plan,
+                "timings_s": self.timings,
+            }
+        )
         if self.scale is not None:
             d["scale"] = self.scale
         return d
@@ -145,9 +165,17 @@ def validate(
     timings["candidate_s"] = round(time.perf_counter() - t0, 3)
     peak = peak_rss_mib()
     metrics = compare_outputs(reference.logits, cand, reference.labels)
-    result = Measurement(inputs.name, int(len(cand)), reference.runner, candidate.name,
-                         None if baseline is None else baseline.name, metrics["accuracy"], metrics["agreement"],
-                         metrics["per_class"], list(inputs.class_names))  # fmt: skip
+    result = Measurement(
+        inputs.name,
+        int(len(cand)),
+        reference.runner,
+        candidate.name,
+        None if baseline is None else baseline.name,
+        metrics["accuracy"],
+        metrics["agreement"],
+        metrics["per_class"],
+        list(inputs.class_names),
+    )
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
     other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
@@ -157,20 +185,27 @@ def validate(
 
         timed = latency_on_ray(candidate, baseline, sample, settings.latency, ray, other)
     if timed is None or ray is None:
-        latency, speedup, plan = measure_all(candidate, baseline, sample, settings.latency, other_s=other,
-                                             show_progress=settings.progress)  # fmt: skip
+        latency, speedup, plan = measure_all(candidate, baseline, sample, settings.latency, other_s=other, show_progress=settings.progress)
     else:
         latency, speedup, plan, where = timed
-        result.scale = {"ray": ray.where(), "shards": ray.shards,
-                        "threads_per_shard": getattr(candidate, "threads", None) or 1, "latency_measured_on": where}
+        result.scale = {
+            "ray": ray.where(),
+            "shards": ray.shards,
+            "threads_per_shard": getattr(candidate, "threads", None) or 1,
+            "latency_measured_on": where,
+        }
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     result.latency, result.speedup = latency, speedup
     result.peak_rss_mib = max([peak] + [r["peak_rss_mib"] for r in latency])
     lat = settings.latency
     result.settings = {
-        "batch_size": settings.batch_size, "latency_batches": list(lat.batches), "latency_warmup": lat.warmup,
-        "latency_runs": lat.runs, "latency_budget_s": lat.budget_s, "threads": settings.threads,
-    }  # fmt: skip
+        "batch_size": settings.batch_size,
+        "latency_batches": list(lat.batches),
+        "latency_warmup": lat.warmup,
+        "latency_runs": lat.runs,
+        "latency_budget_s": lat.budget_s,
+        "threads": settings.threads,
+    }
     result.latency_plan = plan  # measured: the budget follows the run's own times
     result.timings = timings
     return result

@@ -42,9 +42,15 @@ def _open(width: int, height: int, title: str) -> list[str]:
 
 
 def histogram_overlay(
-    series: dict[str, Sequence[float]], *, title: str, xlabel: str, bins: int = 24, width: int = 460, height: int = 220,
+    series: dict[str, Sequence[float]],
+    *,
+    title: str,
+    xlabel: str,
+    bins: int = 24,
+    width: int = 460,
+    height: int = 220,
     markers: dict[str, dict[str, float]] | None = None,
-) -> str:  # fmt: skip
+) -> str:
     """Overlaid histograms on shared bins (one colour per series) with optional vertical markers (p50, p99)."""
     values = [v for s in series.values() for v in s]
     out = _open(width, height, title)
@@ -73,36 +79,45 @@ def histogram_overlay(
 
     for t in nice_ticks(lo, hi):
         if lo <= t <= hi:
-            out.append(f'<line x1="{x(t):.1f}" y1="{top + ph}" x2="{x(t):.1f}" y2="{top + ph + 4}" stroke="#666"/>'
-                       f'<text x="{x(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{_fmt(t)}</text>')  # fmt: skip
+            out.append(
+                f'<line x1="{x(t):.1f}" y1="{top + ph}" x2="{x(t):.1f}" y2="{top + ph + 4}" stroke="#666"/>'
+                f'<text x="{x(t):.1f}" y="{top + ph + 15}" text-anchor="middle">{_fmt(t)}</text>'
+            )
     for t in nice_ticks(0, top_share * 100, 4):
         if t <= top_share * 100:
-            out.append(f'<text x="{left - 4}" y="{y(t / 100) + 4:.1f}" text-anchor="end">{_fmt(t)}%</text>'
-                       f'<line x1="{left}" y1="{y(t / 100):.1f}" x2="{left + pw}" y2="{y(t / 100):.1f}" stroke="#eee"/>')  # fmt: skip
+            out.append(
+                f'<text x="{left - 4}" y="{y(t / 100) + 4:.1f}" text-anchor="end">{_fmt(t)}%</text>'
+                f'<line x1="{left}" y1="{y(t / 100):.1f}" x2="{left + pw}" y2="{y(t / 100):.1f}" stroke="#eee"/>'
+            )
     for i, (name, c) in enumerate(counts.items()):
         color = PALETTE[i % len(PALETTE)]
         for b, share in enumerate(c):
             if share > 0:
                 x0 = x(lo + b * width_bin)
-                out.append(f'<rect x="{x0:.1f}" y="{y(share):.1f}" width="{max(pw / bins - 1, 1):.1f}" '
-                           f'height="{top + ph - y(share):.1f}" fill="{color}" fill-opacity="0.55">'
-                           f"<title>{escape(name)}: {share * 100:.1f}% of runs in "
-                           f"{_fmt(lo + b * width_bin)}-{_fmt(lo + (b + 1) * width_bin)}</title></rect>")  # fmt: skip
+                out.append(
+                    f'<rect x="{x0:.1f}" y="{y(share):.1f}" width="{max(pw / bins - 1, 1):.1f}" '
+                    f'height="{top + ph - y(share):.1f}" fill="{color}" fill-opacity="0.55">'
+                    f"<title>{escape(name)}: {share * 100:.1f}% of runs in "
+                    f"{_fmt(lo + b * width_bin)}-{_fmt(lo + (b + 1) * width_bin)}</title></rect>"
+                )
         for label, v in (markers or {}).get(name, {}).items():
-            out.append(f'<line x1="{x(v):.1f}" y1="{top}" x2="{x(v):.1f}" y2="{top + ph}" stroke="{color}" '
-                       f'stroke-dasharray="{"4 2" if label == "p99" else "none"}"><title>{escape(name)} {label} '
-                       f"{_fmt(v)}</title></line>")  # fmt: skip
+            out.append(
+                f'<line x1="{x(v):.1f}" y1="{top}" x2="{x(v):.1f}" y2="{top + ph}" stroke="{color}" '
+                f'stroke-dasharray="{"4 2" if label == "p99" else "none"}"><title>{escape(name)} {label} '
+                f"{_fmt(v)}</title></line>"
+            )
         ly = 20 + i * 14
-        out.append(f'<rect x="{left}" y="{ly}" width="10" height="10" fill="{color}" fill-opacity="0.7"/>'
-                   f'<text x="{left + 14}" y="{ly + 9}">{escape(name)}</text>')  # fmt: skip
+        out.append(
+            f'<rect x="{left}" y="{ly}" width="10" height="10" fill="{color}" fill-opacity="0.7"/>'
+            f'<text x="{left + 14}" y="{ly + 9}">{escape(name)}</text>'
+        )
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>')
     out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 4}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append("</svg>")
     return "\n".join(out)
 
 
-def diverging_bars(labels: Sequence[str], values: Sequence[float], *, title: str, unit: str = "",
-                   width: int = 460, row: int = 18) -> str:  # fmt: skip
+def diverging_bars(labels: Sequence[str], values: Sequence[float], *, title: str, unit: str = "", width: int = 460, row: int = 18) -> str:
     """Horizontal bars around zero: red for negative (worse), green for positive."""
     height = 30 + row * max(len(values), 1) + 24
     out = _open(width, height, title)
@@ -118,20 +133,30 @@ def diverging_bars(labels: Sequence[str], values: Sequence[float], *, title: str
         yy = top + i * row
         x0, x1 = sorted((mid, x(v)))
         color = "#e15759" if v < 0 else "#59a14f"
-        out.append(f'<text x="{left - 6}" y="{yy + row * 0.7:.1f}" text-anchor="end">{escape(lab)}</text>'
-                   f'<rect x="{x0:.1f}" y="{yy + 2}" width="{max(x1 - x0, 0.5):.1f}" height="{row - 5}" fill="{color}">'
-                   f"<title>{escape(lab)}: {v:+.2f}{escape(unit)}</title></rect>"
-                   f'<text x="{left + pw + 4}" y="{yy + row * 0.7:.1f}">{v:+.2f}</text>')  # fmt: skip
+        out.append(
+            f'<text x="{left - 6}" y="{yy + row * 0.7:.1f}" text-anchor="end">{escape(lab)}</text>'
+            f'<rect x="{x0:.1f}" y="{yy + 2}" width="{max(x1 - x0, 0.5):.1f}" height="{row - 5}" fill="{color}">'
+            f"<title>{escape(lab)}: {v:+.2f}{escape(unit)}</title></rect>"
+            f'<text x="{left + pw + 4}" y="{yy + row * 0.7:.1f}">{v:+.2f}</text>'
+        )
     bottom = top + row * len(values)
     out.append(f'<line x1="{mid:.1f}" y1="{top}" x2="{mid:.1f}" y2="{bottom}" stroke="#333"/>')
-    out.append(f'<text x="{mid:.1f}" y="{bottom + 16}" text-anchor="middle">0 ({escape(unit.strip())} '
-               f"change, scale +/-{span:.2g})</text>")  # fmt: skip
+    out.append(f'<text x="{mid:.1f}" y="{bottom + 16}" text-anchor="middle">0 ({escape(unit.strip())} change, scale +/-{span:.2g})</text>')
     out.append("</svg>")
     return "\n".join(out)
 
 
-def layer_bars(names: Sequence[str], base: Sequence[float], total: Sequence[float], highlight: set[str], *,
-               title: str, ylabel: str, width: int = 940, height: int = 260) -> str:  # fmt: skip
+def layer_bars(
+    names: Sequence[str],
+    base: Sequence[float],
+    total: Sequence[float],
+    highlight: set[str],
+    *,
+    title: str,
+    ylabel: str,
+    width: int = 940,
+    height: int = 260,
+) -> str:
     """One column per layer in graph order: ``base`` (error arriving, also a black tick) in grey, the rest up to
     ``total`` in colour.
 
@@ -150,24 +175,31 @@ def layer_bars(names: Sequence[str], base: Sequence[float], total: Sequence[floa
 
     for t in nice_ticks(0, hi, 4):
         if t <= hi:
-            out.append(f'<line x1="{left}" y1="{y(t):.1f}" x2="{left + pw}" y2="{y(t):.1f}" stroke="#eee"/>'
-                       f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>')  # fmt: skip
+            out.append(
+                f'<line x1="{left}" y1="{y(t):.1f}" x2="{left + pw}" y2="{y(t):.1f}" stroke="#eee"/>'
+                f'<text x="{left - 4}" y="{y(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+            )
     for i, (name, b, t) in enumerate(zip(names, base, total, strict=True)):
         x0 = left + i * col
         lo = min(b, t)
         color = "#e15759" if name in highlight else "#4e79a7"
         tip = f"{escape(name)}: input {b:.4f}, output {t:.4f}, jump {t - b:+.4f}"
-        out.append(f'<g><title>{tip}</title>'
-                   f'<rect x="{x0 + 1:.1f}" y="{y(lo):.1f}" width="{max(col - 2, 1):.1f}" height="{top + ph - y(lo):.1f}" fill="#bbb"/>'
-                   f'<rect x="{x0 + 1:.1f}" y="{y(t):.1f}" width="{max(col - 2, 1):.1f}" height="{max(y(lo) - y(t), 0):.1f}" '
-                   f'fill="{color}"/>'
-                   f'<line x1="{x0 + 1:.1f}" y1="{y(b):.1f}" x2="{x0 + col - 1:.1f}" y2="{y(b):.1f}" stroke="#333"/></g>')  # fmt: skip
+        out.append(
+            f"<g><title>{tip}</title>"
+            f'<rect x="{x0 + 1:.1f}" y="{y(lo):.1f}" width="{max(col - 2, 1):.1f}" height="{top + ph - y(lo):.1f}" fill="#bbb"/>'
+            f'<rect x="{x0 + 1:.1f}" y="{y(t):.1f}" width="{max(col - 2, 1):.1f}" height="{max(y(lo) - y(t), 0):.1f}" '
+            f'fill="{color}"/>'
+            f'<line x1="{x0 + 1:.1f}" y1="{y(b):.1f}" x2="{x0 + col - 1:.1f}" y2="{y(b):.1f}" stroke="#333"/></g>'
+        )
         if n <= 40 or name in highlight:
             out.append(f'<text x="{x0 + col / 2:.1f}" y="{top + ph + 13}" text-anchor="middle">{i}</text>')
     out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>')
-    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">layer (graph order; '
-               f"black tick: error arriving, colour: error added, red: blamed)</text>")  # fmt: skip
-    out.append(f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
-               f'text-anchor="middle">{escape(ylabel)}</text>')  # fmt: skip
+    out.append(
+        f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">layer (graph order; '
+        f"black tick: error arriving, colour: error added, red: blamed)</text>"
+    )
+    out.append(
+        f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" text-anchor="middle">{escape(ylabel)}</text>'
+    )
     out.append("</svg>")
     return "\n".join(out)

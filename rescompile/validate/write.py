@@ -69,9 +69,13 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
             config = json.loads((src / MANIFEST).read_text()).get("config")
         config = config if isinstance(config, Mapping) else {}
         steps = (report.get("fallback") or {}).get("steps") or []
-        why = kept_reasons(int8, plan.get("kept_fp") or [], keep_fp=tuple(config.get("keep_fp") or ()),
-                           keep_first_last=bool(config.get("keep_first_last")),
-                           fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s])  # fmt: skip
+        why = kept_reasons(
+            int8,
+            plan.get("kept_fp") or [],
+            keep_fp=tuple(config.get("keep_fp") or ()),
+            keep_first_last=bool(config.get("keep_first_last")),
+            fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s],
+        )
         engine = None
         if (src / PLAN_LAYERS).is_file():
             sidecar = src / PLAN_SIDECAR

@@ -41,8 +41,7 @@ DEVICE: DeviceInfo = _FOUND  # type: ignore[assignment]  # not None: the module 
 @pytest.fixture(scope="module")
 def built(tiny_int8_path: Path, tmp_path_factory: pytest.TempPathFactory) -> EngineBuild:
     out = tmp_path_factory.mktemp("engine")
-    return build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), out,
-                        timing_cache_dir=out / "cache")  # fmt: skip
+    return build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), out, timing_cache_dir=out / "cache")
 
 
 def test_plan_and_sidecar_are_written(built: EngineBuild, tiny_int8_path: Path) -> None:
@@ -76,8 +75,7 @@ def test_layer_information_is_detailed_and_every_residual_add_is_fused_int8(buil
     assert [a.status for a in built.fusion.adds] == ["fused-int8"] * 2, json.dumps(built.fusion.to_dict(), indent=1)
 
 
-def test_runner_matches_onnxruntime_on_the_same_qdq_graph(built: EngineBuild, tiny_int8_path: Path,
-                                                          tiny_data: np.ndarray) -> None:  # fmt: skip
+def test_runner_matches_onnxruntime_on_the_same_qdq_graph(built: EngineBuild, tiny_int8_path: Path, tiny_data: np.ndarray) -> None:
     sess = ort.InferenceSession(str(tiny_int8_path), providers=["CPUExecutionProvider"])
     ref = sess.run(None, {"input": tiny_data})[0]
     r = TensorRTRunner(built.plan)
@@ -101,8 +99,9 @@ def test_runner_refuses_a_plan_from_another_tensorrt_or_gpu(built: EngineBuild, 
 
 def test_timing_cache_is_written_and_reused(built: EngineBuild, tiny_int8_path: Path, tmp_path: Path) -> None:
     assert built.timing_cache is not None and built.timing_cache.is_file()
-    again = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), tmp_path,
-                         timing_cache_dir=built.timing_cache.parent)  # fmt: skip
+    again = build_engine(
+        tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4, 16)), tmp_path, timing_cache_dir=built.timing_cache.parent
+    )
     assert again.timing_cache == built.timing_cache and again.plan.is_file()
 
 
@@ -129,8 +128,18 @@ def test_pipeline_builds_the_engine_with_backend_tensorrt(tiny_npz: Path, tmp_pa
     from rescompile.config import BuildConfig
     from rescompile.pipeline import build
 
-    cfg = BuildConfig(model="resnet20", in_channels=1, input_size=16, num_classes=4, calib=str(tiny_npz),
-                      val=str(tiny_npz), out=tmp_path / "o", backend="tensorrt", target="gpu", latency_runs=3)  # fmt: skip
+    cfg = BuildConfig(
+        model="resnet20",
+        in_channels=1,
+        input_size=16,
+        num_classes=4,
+        calib=str(tiny_npz),
+        val=str(tiny_npz),
+        out=tmp_path / "o",
+        backend="tensorrt",
+        target="gpu",
+        latency_runs=3,
+    )
     try:
         result = build(replace(cfg))
     except GateFailed as exc:  # a failed fusion gate still publishes the build
@@ -162,8 +171,7 @@ def test_sidecar_names_the_device_that_built_the_plan(tiny_int8_path: Path, tmp_
         device, _ = find_gpu(index)
         if device is None:
             continue
-        out = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1,)), tmp_path / str(index),
-                           device_index=index)  # fmt: skip
+        out = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1,)), tmp_path / str(index), device_index=index)
         side = json.loads(out.sidecar.read_text())
         assert side["gpu"]["name"] == device.name and out.device == device
 

@@ -42,7 +42,11 @@ def test_demo_report_numbers_are_sane(demo_build):
     assert report["agreement"]["top1"] >= 97.0
     assert 0.99 < report["agreement"]["cosine_mean"] <= 1.0
     assert {(lat["runner"], lat["batch"]) for lat in report["latency"]} == {
-        ("onnxruntime-fp32", 1), ("onnxruntime-int8", 1), ("onnxruntime-fp32", 32), ("onnxruntime-int8", 32)}
+        ("onnxruntime-fp32", 1),
+        ("onnxruntime-int8", 1),
+        ("onnxruntime-fp32", 32),
+        ("onnxruntime-int8", 32),
+    }
     assert all(lat["p50_ms"] > 0 and lat["p90_ms"] >= lat["p50_ms"] for lat in report["latency"])
     assert report["stages"]["residual_adds"] == 9 and report["stages"]["verify"]["ok"]
     assert report["passed"] and report["gates"][0]["name"] == "max-top1-drop"
@@ -62,9 +66,32 @@ def test_demo_artifacts_and_manifest_hashes(demo_build):
     assert not [p for p in out.parent.iterdir() if ".partial-" in p.name]
 
 
-BUILD_SECTIONS = {"schema", "source", "samples", "reference", "candidate", "baseline", "class_names", "accuracy",
-                  "agreement", "per_class", "latency", "speedup_int8_vs_fp32_p50", "memory", "settings", "latency_plan",
-                  "timings_s", "model", "stages", "validation", "notes", "warnings", "calibration", "gates", "passed"}
+BUILD_SECTIONS = {
+    "schema",
+    "source",
+    "samples",
+    "reference",
+    "candidate",
+    "baseline",
+    "class_names",
+    "accuracy",
+    "agreement",
+    "per_class",
+    "latency",
+    "speedup_int8_vs_fp32_p50",
+    "memory",
+    "settings",
+    "latency_plan",
+    "timings_s",
+    "model",
+    "stages",
+    "validation",
+    "notes",
+    "warnings",
+    "calibration",
+    "gates",
+    "passed",
+}
 
 
 def test_demo_report_has_the_build_sections_and_follows_the_schema(demo_build):
@@ -80,8 +107,24 @@ def test_demo_report_has_the_build_sections_and_follows_the_schema(demo_build):
 def test_validate_of_the_build_judges_its_gate_like_the_build(demo_build, tmp_path):
     """One gate path: the same INT8 model, reference (the PyTorch demo) and data give the same gate result."""
     out, _ = demo_build
-    res = runner.invoke(app, ["validate", str(out), "--reference", "demo", "--max-top1-drop", "1.0", "--latency-runs", "3",
-                              "--latency-batch", "1", "-q", "--out", str(tmp_path / "v")])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(out),
+            "--reference",
+            "demo",
+            "--max-top1-drop",
+            "1.0",
+            "--latency-runs",
+            "3",
+            "--latency-batch",
+            "1",
+            "-q",
+            "--out",
+            str(tmp_path / "v"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     built = json.loads((out / "report.json").read_text())
     checked = json.loads((tmp_path / "v" / "report.json").read_text())

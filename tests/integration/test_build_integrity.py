@@ -66,8 +66,12 @@ def test_two_builds_are_byte_identical_but_for_measured_times(first: Path):
     a, b = json.loads((first / REPORT_JSON).read_text()), json.loads((out / REPORT_JSON).read_text())
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= set(MEASURED_REPORT)
     b.update({k: a[k] for k in MEASURED_REPORT})  # b with a's times renders a's exact bytes
-    rendered = {"report.json": json.dumps(b, indent=2, sort_keys=True, default=str) + "\n", "report.md": render_markdown(b),
-                "junit.xml": render_junit(b), "report.html": render_html(b, read_block_picture(first, b))}  # fmt: skip
+    rendered = {
+        "report.json": json.dumps(b, indent=2, sort_keys=True, default=str) + "\n",
+        "report.md": render_markdown(b),
+        "junit.xml": render_junit(b),
+        "report.html": render_html(b, read_block_picture(first, b)),
+    }
     for name in ARTIFACTS:
         if name in rendered:
             assert rendered[name].encode() == (first / name).read_bytes(), name
@@ -88,10 +92,13 @@ def test_validate_refuses_a_flipped_byte(first: Path, tmp_path: Path):
     data = bytearray((build / INT8_ONNX).read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the weights: still a loadable ONNX model, silently different
     (build / INT8_ONNX).write_bytes(bytes(data))
-    for args in (["validate", str(build), *VALIDATE, "--out", str(tmp_path / "v")],
-                 ["validate", str(build / INT8_ONNX), "--reference", "demo", *VALIDATE, "--out", str(tmp_path / "v")],
-                 ["inspect", str(build)], ["engine", str(build), "--target", "jetson-orin-nx"],
-                 ["engine", str(build / INT8_ONNX)]):  # fmt: skip
+    for args in (
+        ["validate", str(build), *VALIDATE, "--out", str(tmp_path / "v")],
+        ["validate", str(build / INT8_ONNX), "--reference", "demo", *VALIDATE, "--out", str(tmp_path / "v")],
+        ["inspect", str(build)],
+        ["engine", str(build), "--target", "jetson-orin-nx"],
+        ["engine", str(build / INT8_ONNX)],
+    ):
         code, text = cli(*args)
         assert code == 2, (args, text)
         assert f"{build / INT8_ONNX} does not match manifest.json: sha256" in one_line_error(text)
@@ -108,15 +115,13 @@ def test_stage_commands_check_a_build_folders_files(first: Path, tmp_path: Path)
         data[len(data) // 2] ^= 0x01
         (build / name).write_bytes(bytes(data))
     out = tmp_path / "o"
-    for name, args in ((SIMPLIFIED_ONNX, ["simplify", str(build / SIMPLIFIED_ONNX), "--out", str(out)]),
-                       (SIMPLIFIED_ONNX, ["calibrate", str(build / SIMPLIFIED_ONNX), "--calib", "demo-calib", "-q",
-                                          "--out", str(out)]),
-                       (CALIB_STATS, ["calibrate", str(first / SIMPLIFIED_ONNX), "--from-stats", str(build / CALIB_STATS),
-                                      "--out", str(out)]),
-                       (SIMPLIFIED_ONNX, ["quantize", str(build / SIMPLIFIED_ONNX), "--ranges", str(first / RANGES),
-                                          "--out", str(out)]),
-                       (RANGES, ["quantize", str(first / SIMPLIFIED_ONNX), "--ranges", str(build / RANGES),
-                                 "--out", str(out)])):  # fmt: skip
+    for name, args in (
+        (SIMPLIFIED_ONNX, ["simplify", str(build / SIMPLIFIED_ONNX), "--out", str(out)]),
+        (SIMPLIFIED_ONNX, ["calibrate", str(build / SIMPLIFIED_ONNX), "--calib", "demo-calib", "-q", "--out", str(out)]),
+        (CALIB_STATS, ["calibrate", str(first / SIMPLIFIED_ONNX), "--from-stats", str(build / CALIB_STATS), "--out", str(out)]),
+        (SIMPLIFIED_ONNX, ["quantize", str(build / SIMPLIFIED_ONNX), "--ranges", str(first / RANGES), "--out", str(out)]),
+        (RANGES, ["quantize", str(first / SIMPLIFIED_ONNX), "--ranges", str(build / RANGES), "--out", str(out)]),
+    ):
         code, text = cli(*args)
         assert code == 2, (args, text)
         assert f"{build / name} does not match manifest.json: sha256" in one_line_error(text)
@@ -147,20 +152,26 @@ def test_validate_refuses_an_fp32_model_in_place_of_the_int8_one(first: Path, tm
     assert code == 0, text
     assert "warning: --no-verify-hashes" in text
     report = json.loads((tmp_path / "v" / REPORT_JSON).read_text())
-    assert report["build"] == {"folder": str(build), "hashes_verified": False, "gates_passed": True,
-                               "overrides": ["--no-verify-hashes"]}  # fmt: skip
+    assert report["build"] == {"folder": str(build), "hashes_verified": False, "gates_passed": True, "overrides": ["--no-verify-hashes"]}
     assert any("--no-verify-hashes" in n for n in report["notes"]) and schema_errors(report) == []
     assert "--no-verify-hashes" in (tmp_path / "v" / "report.md").read_text()
 
 
-@pytest.mark.parametrize(("content", "message"), [('{"schema": "rescompile.manifest/1", "artif', "is damaged: not valid JSON"),
-                                                  ("[1, 2]", "a JSON object expected, found an array")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [('{"schema": "rescompile.manifest/1", "artif', "is damaged: not valid JSON"), ("[1, 2]", "a JSON object expected, found an array")],
+)
 def test_damaged_manifest_is_exit_2_in_one_line(first: Path, tmp_path: Path, content: str, message: str):
     build = copy_of(first, tmp_path / "b")
     (build / MANIFEST).write_text(content)
     v = ["--out", str(tmp_path / "v")]
-    for args in (["validate", str(build), *VALIDATE, *v], ["inspect", str(build)], ["engine", str(build)],
-                 ["compare", str(first), str(build)], ["validate", str(build / INT8_ONNX), "--reference", "demo", *v]):  # fmt: skip
+    for args in (
+        ["validate", str(build), *VALIDATE, *v],
+        ["inspect", str(build)],
+        ["engine", str(build)],
+        ["compare", str(first), str(build)],
+        ["validate", str(build / INT8_ONNX), "--reference", "demo", *v],
+    ):
         code, text = cli(*args)
         assert code == 2, (args, text)
         line = one_line_error(text)
@@ -182,8 +193,11 @@ def test_failed_gate_is_published_beside_the_passing_build(first: Path, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.failed"]  # no staging folder left
 
     # Downstream commands refuse the failed build unless told otherwise; comparing and inspecting it is fine.
-    for args in (["validate", str(failed), *VALIDATE, "--out", str(tmp_path / "v")], ["engine", str(failed)],
-                 ["engine", str(failed / INT8_ONNX)]):  # fmt: skip
+    for args in (
+        ["validate", str(failed), *VALIDATE, "--out", str(tmp_path / "v")],
+        ["engine", str(failed)],
+        ["engine", str(failed / INT8_ONNX)],
+    ):
         code, text = cli(*args)
         assert code == 2 and "is a build whose gates failed (min-cosine); refusing to use it" in one_line_error(text)
     code, text = cli("validate", str(failed), *VALIDATE, "--out", str(tmp_path / "v"), "--allow-failed-build")
@@ -207,8 +221,9 @@ def test_out_that_cannot_be_published_is_refused_before_any_work(tmp_path: Path,
 
 def build_process(out: Path) -> subprocess.Popen[str]:
     cmd = [sys.executable, "-c", "from rescompile.cli import main; main()", "build", "--out", str(out), *SMALL]
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
 
 
 def wait_for_stage(proc: subprocess.Popen[str], folder: Path, name: str) -> Path:

@@ -34,10 +34,13 @@ def demo_pixels() -> np.ndarray:
     return np.asarray(open_source("demo-calib", limit=64).arrays[:64], np.float32)[:, None]  # 64 x 1 x 28 x 28
 
 
-@pytest.mark.parametrize(("make", "message"), [
-    (lambda px: np.zeros_like(px), "every calibration input value is 0"),
-    (lambda px: px / 255.0 * 1e30, "calibration inputs reach |x| = 1e+30"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda px: np.zeros_like(px), "every calibration input value is 0"),
+        (lambda px: px / 255.0 * 1e30, "calibration inputs reach |x| = 1e+30"),
+    ],
+)
 def test_zero_and_huge_calibration_data_exit_2(tmp_path, demo_pixels, make, message):
     calib = _calib(tmp_path, "calib.npy", make(demo_pixels))
     code, text = run(["build", "--calib", str(calib), "--out", str(tmp_path / "o"), *FAST])
@@ -63,8 +66,9 @@ def test_float_raw_pixels_warn_in_console_and_report(tmp_path, demo_pixels):
 
 
 def test_entropy_keeps_the_demo_within_a_point_of_fp32(tmp_path):
-    code, text = run(["build", "--calib-method", "entropy", "--out", str(tmp_path / "o"), "--val-size", "300",
-                      "--latency-batch", "1", "-q"])  # fmt: skip
+    code, text = run(
+        ["build", "--calib-method", "entropy", "--out", str(tmp_path / "o"), "--val-size", "300", "--latency-batch", "1", "-q"]
+    )
     assert code == 0, text
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["accuracy"]["top1_drop"] <= 1.0 and report["warnings"] == []

@@ -93,8 +93,7 @@ def test_onnx_without_residual_add_builds_and_without_weights_is_refused(tmp_pat
 
 def test_empty_calibration_folder(tmp_path, data):
     (tmp_path / "empty").mkdir()
-    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "empty"), "--val", str(data),
-                      "--out", str(tmp_path / "o")])  # fmt: skip
+    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "empty"), "--val", str(data), "--out", str(tmp_path / "o")])
     assert code == 2 and "holds no samples" in text
 
 
@@ -119,8 +118,25 @@ def test_output_folder_is_a_file(tmp_path, data):
 
 
 def test_data_shape_mismatch(tmp_path, data):
-    code, text = run(["build", "resnet20", "--in-channels", "3", "--input-size", "16", "--num-classes", "4", "-q",
-                      "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o")])  # fmt: skip
+    code, text = run(
+        [
+            "build",
+            "resnet20",
+            "--in-channels",
+            "3",
+            "--input-size",
+            "16",
+            "--num-classes",
+            "4",
+            "-q",
+            "--calib",
+            str(data),
+            "--val",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2 and "model takes" in text
 
 

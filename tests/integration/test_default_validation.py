@@ -99,8 +99,9 @@ def test_validate_a_build_folder_refuses_label_gates_on_unlabelled_split(held_ou
 
 def test_validate_a_file_without_val_for_a_non_demo_model_exits_2(held_out_build, tmp_path):
     out, _ = held_out_build
-    result = runner.invoke(app, ["validate", str(out / "model.int8.onnx"), "--reference", str(out / "model.simplified.onnx"),
-                                 "--out", str(tmp_path / "v")])  # fmt: skip
+    result = runner.invoke(
+        app, ["validate", str(out / "model.int8.onnx"), "--reference", str(out / "model.simplified.onnx"), "--out", str(tmp_path / "v")]
+    )
     assert result.exit_code == 2 and "--val is needed" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -128,8 +129,9 @@ def test_label_gate_without_labels_exits_2_before_any_work(model, calib300, tmp_
     assert result.exit_code == 2, result.output + result.stderr
     assert "--max-top1-drop needs labelled validation data" in result.stderr and "Traceback" not in result.stderr
     assert not out.exists() and not list(tmp_path.glob(".o.partial-*"))
-    unlabelled_val = runner.invoke(app, ["build", str(model), "--calib", str(calib300[0]), "--val", str(calib300[0]),
-                                         "--max-top1-drop", "1", "--out", str(out)])  # fmt: skip
+    unlabelled_val = runner.invoke(
+        app, ["build", str(model), "--calib", str(calib300[0]), "--val", str(calib300[0]), "--max-top1-drop", "1", "--out", str(out)]
+    )
     assert unlabelled_val.exit_code == 2 and "has no labels" in unlabelled_val.stderr
 
 

@@ -42,8 +42,7 @@ def _copy_build(src: Path, dst: Path, **manifest_changes: object) -> Path:
 
 def test_bundle_is_deterministic_and_holds_everything(small_demo_build: Path, demo_bundle: Path, tmp_path: Path) -> None:
     again = tmp_path / "again.rcb"
-    result = runner.invoke(app, ["bundle", str(small_demo_build), "-o", str(again), "--reference-size", "64",
-                                 "--min-agreement", "90"])  # fmt: skip
+    result = runner.invoke(app, ["bundle", str(small_demo_build), "-o", str(again), "--reference-size", "64", "--min-agreement", "90"])
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == demo_bundle.read_bytes()
     with tarfile.open(demo_bundle) as tar:
@@ -76,8 +75,7 @@ def test_bundle_refuses_failed_onnxruntime_policy_and_changed_builds(small_demo_
     failed = _copy_build(small_demo_build, tmp_path / "failed", gates={"passed": False, "failed": ["min-agreement"]})
     result = runner.invoke(app, ["bundle", str(failed), "-o", str(tmp_path / "b.rcb"), "--reference-size", "8"])
     assert result.exit_code == 2 and "gates failed (min-agreement)" in result.output
-    result = runner.invoke(app, ["bundle", str(failed), "-o", str(tmp_path / "b.rcb"), "--reference-size", "8",
-                                 "--allow-failed-build"])  # fmt: skip
+    result = runner.invoke(app, ["bundle", str(failed), "-o", str(tmp_path / "b.rcb"), "--reference-size", "8", "--allow-failed-build"])
     assert result.exit_code == 0, result.output
     assert open_bundle(tmp_path / "b.rcb", tmp_path / "b").manifest["build"]["overrides"] == ["--allow-failed-build"]
     changed = _copy_build(small_demo_build, tmp_path / "changed")
@@ -103,8 +101,7 @@ def test_deploy_cpu_flow_passes_and_writes_reports(demo_bundle: Path, tmp_path: 
 
 def test_deploy_exits_1_when_a_bundled_gate_fails(small_demo_build: Path, tmp_path: Path) -> None:
     strict = tmp_path / "strict.rcb"
-    result = runner.invoke(app, ["bundle", str(small_demo_build), "-o", str(strict), "--reference-size", "32",
-                                 "--min-cosine", "1.0"])  # fmt: skip
+    result = runner.invoke(app, ["bundle", str(small_demo_build), "-o", str(strict), "--reference-size", "32", "--min-cosine", "1.0"])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["deploy", str(strict), "--backend", "onnxruntime", "--out", str(tmp_path / "d")])
     assert result.exit_code == 1, result.output
@@ -135,15 +132,25 @@ def test_device_side_needs_neither_torch_nor_onnxsim(demo_bundle: Path, tmp_path
     env = _blocked_env(tmp_path / "blocker", ("torch", "onnxsim", "torchvision"))
     probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True, text=True, timeout=60)
     assert probe.returncode != 0 and "blocked" in probe.stderr  # the blocker works
-    cmd = [sys.executable, "-c", "from rescompile.cli import main; main()", "deploy", str(demo_bundle), "--backend",
-           "onnxruntime", "--out", str(tmp_path / "d")]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "from rescompile.cli import main; main()",
+        "deploy",
+        str(demo_bundle),
+        "--backend",
+        "onnxruntime",
+        "--out",
+        str(tmp_path / "d"),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads((tmp_path / "d" / "deploy.json").read_text())["passed"] is True
     # --backend tensorrt on a Jetson-like image: no torch, no onnxsim, no ONNX Runtime either.
     jetson_env = _blocked_env(tmp_path / "blocker2", ("torch", "onnxsim", "torchvision", "onnxruntime"))
-    no_trt = subprocess.run(cmd[:-4] + ["--out", str(tmp_path / "e")], env=jetson_env, capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)  # fmt: skip
+    no_trt = subprocess.run(
+        cmd[:-4] + ["--out", str(tmp_path / "e")], env=jetson_env, capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
     assert no_trt.returncode == (0 if HAS_TENSORRT else 3), no_trt.stdout + no_trt.stderr
     assert HAS_TENSORRT or "TensorRT is not available" in " ".join(no_trt.stderr.split())
 

@@ -46,12 +46,23 @@ def remote_cmd(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _ssh_args(lab: SshLab, tmp_path: Path, remote_cmd: str) -> list[str]:
-    return ["--ssh-config", str(lab.config), "--remote-cmd", remote_cmd, "--remote-dir", str(tmp_path / "remote"),
-            "--connect-timeout", "5", "--timeout", "300", "--out", str(tmp_path / "out")]  # fmt: skip
+    return [
+        "--ssh-config",
+        str(lab.config),
+        "--remote-cmd",
+        remote_cmd,
+        "--remote-dir",
+        str(tmp_path / "remote"),
+        "--connect-timeout",
+        "5",
+        "--timeout",
+        "300",
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
 
-def test_one_host_runs_the_device_flow_and_brings_back_the_report(lab: SshLab, remote_cmd: str, demo_bundle: Path,
-                                                                  tmp_path: Path) -> None:  # fmt: skip
+def test_one_host_runs_the_device_flow_and_brings_back_the_report(lab: SshLab, remote_cmd: str, demo_bundle: Path, tmp_path: Path) -> None:
     args = ["deploy", str(demo_bundle), "--host", "h1", "--backend", "onnxruntime", *_ssh_args(lab, tmp_path, remote_cmd)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -70,8 +81,9 @@ def test_one_host_runs_the_device_flow_and_brings_back_the_report(lab: SshLab, r
 def test_fleet_of_three_in_parallel(lab: SshLab, remote_cmd: str, demo_bundle: Path, tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("defaults:\n  backend: onnxruntime\nhosts:\n  - h1\n  - host: h2\n    name: second\n  - h3\n")
-    result = runner.invoke(app, ["deploy", str(demo_bundle), "--hosts", str(fleet), "--parallel", "3",
-                                 *_ssh_args(lab, tmp_path, remote_cmd)])  # fmt: skip
+    result = runner.invoke(
+        app, ["deploy", str(demo_bundle), "--hosts", str(fleet), "--parallel", "3", *_ssh_args(lab, tmp_path, remote_cmd)]
+    )
     assert result.exit_code == 0, result.output
     for label in ("h1", "second", "h3"):
         assert f"{label}: PASS" in result.output
@@ -84,10 +96,13 @@ def test_fleet_of_three_in_parallel(lab: SshLab, remote_cmd: str, demo_bundle: P
 
 def test_bad_hosts_fail_alone_and_say_why(lab: SshLab, remote_cmd: str, demo_bundle: Path, tmp_path: Path) -> None:
     fleet = tmp_path / "fleet.yaml"
-    fleet.write_text("defaults:\n  backend: onnxruntime\nhosts:\n  - down\n  - badkey\n"
-                     "  - host: h2\n    name: norescompile\n    remote_cmd: /nonexistent/venv/bin/rescompile\n  - h1\n")  # fmt: skip
-    result = runner.invoke(app, ["deploy", str(demo_bundle), "--hosts", str(fleet), "--parallel", "2",
-                                 *_ssh_args(lab, tmp_path, remote_cmd)])  # fmt: skip
+    fleet.write_text(
+        "defaults:\n  backend: onnxruntime\nhosts:\n  - down\n  - badkey\n"
+        "  - host: h2\n    name: norescompile\n    remote_cmd: /nonexistent/venv/bin/rescompile\n  - h1\n"
+    )
+    result = runner.invoke(
+        app, ["deploy", str(demo_bundle), "--hosts", str(fleet), "--parallel", "2", *_ssh_args(lab, tmp_path, remote_cmd)]
+    )
     assert result.exit_code == 1, result.output
     hosts = {h["host"]: h for h in json.loads((tmp_path / "out" / "fleet.json").read_text())["hosts"]}
     assert hosts["h1"]["exit_code"] == 0 and hosts["h1"]["passed"] is True  # the good host still deployed
@@ -99,8 +114,9 @@ def test_bad_hosts_fail_alone_and_say_why(lab: SshLab, remote_cmd: str, demo_bun
 
 
 @pytest.mark.parametrize(("host", "code", "said"), [("down", 2, "Connection refused"), ("badkey", 2, "Permission denied")])
-def test_one_unreachable_host_is_one_clear_line(lab: SshLab, remote_cmd: str, demo_bundle: Path, tmp_path: Path,
-                                                host: str, code: int, said: str) -> None:  # fmt: skip
+def test_one_unreachable_host_is_one_clear_line(
+    lab: SshLab, remote_cmd: str, demo_bundle: Path, tmp_path: Path, host: str, code: int, said: str
+) -> None:
     result = runner.invoke(app, ["deploy", str(demo_bundle), "--host", host, *_ssh_args(lab, tmp_path, remote_cmd)])
     assert result.exit_code == code
     assert f"cannot reach {host}" in result.output and said in result.output

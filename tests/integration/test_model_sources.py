@@ -45,8 +45,25 @@ def test_torchvision_with_checkpoint(tmp_path):
     ckpt = tmp_path / "r18.pth"
     torch.save({"model": torchvision.models.resnet18(weights=None, num_classes=5).state_dict()}, ckpt)
     data = npz(tmp_path, 3, 64, 5)
-    report = invoke(["build", "torchvision:resnet18", "--weights", str(ckpt), "--num-classes", "5", "--input-size", "64",
-                     "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    report = invoke(
+        [
+            "build",
+            "torchvision:resnet18",
+            "--weights",
+            str(ckpt),
+            "--num-classes",
+            "5",
+            "--input-size",
+            "64",
+            "--calib",
+            str(data),
+            "--val",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            *FAST,
+        ]
+    )
     assert report["stages"]["residual_adds"] == 8 and report["stages"]["verify"]["ok"]
 
 
@@ -55,18 +72,53 @@ def test_torchscript_source(tmp_path):
     path = tmp_path / "r20.ts"
     scripted.save(str(path))
     data = npz(tmp_path, 1, 16, 4)
-    report = invoke(["build", str(path), "--in-channels", "1", "--input-size", "16", "--num-classes", "4",
-                     "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    report = invoke(
+        [
+            "build",
+            str(path),
+            "--in-channels",
+            "1",
+            "--input-size",
+            "16",
+            "--num-classes",
+            "4",
+            "--calib",
+            str(data),
+            "--val",
+            str(data),
+            "--out",
+            str(tmp_path / "o"),
+            *FAST,
+        ]
+    )
     assert report["stages"]["residual_adds"] == 9
 
 
 def test_onnx_source_skips_export(tmp_path):
     data = npz(tmp_path, 1, 16, 4)
     first = tmp_path / "first"
-    invoke(["build", "resnet20", "--in-channels", "1", "--input-size", "16", "--num-classes", "4",
-            "--calib", str(data), "--val", str(data), "--out", str(first), *FAST])  # fmt: skip
-    report = invoke(["build", str(first / "model.fp32.onnx"), "--calib", str(data), "--val", str(data),
-                     "--out", str(tmp_path / "o"), *FAST])  # fmt: skip
+    invoke(
+        [
+            "build",
+            "resnet20",
+            "--in-channels",
+            "1",
+            "--input-size",
+            "16",
+            "--num-classes",
+            "4",
+            "--calib",
+            str(data),
+            "--val",
+            str(data),
+            "--out",
+            str(first),
+            *FAST,
+        ]
+    )
+    report = invoke(
+        ["build", str(first / "model.fp32.onnx"), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST]
+    )
     assert report["reference"] == "onnxruntime-fp32"
     assert report["stages"]["export_max_abs_error"] is None
     assert report["agreement"]["cosine_mean"] > 0.99

@@ -69,12 +69,28 @@ def test_data_checks_see_the_same_inputs_on_ray(tiny_onnx: onnx.ModelProto, tmp_
 def test_calibrate_cli_with_ray_writes_identical_ranges(tiny_onnx: onnx.ModelProto, tiny_npz: Path, tmp_path: Path) -> None:
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_onnx, str(model))
-    common = ["calibrate", str(model), "--calib", str(tiny_npz), "--method", "entropy", "--batch-size", "4", "-q",
-              "--mean", "0.5", "--std", "0.25"]  # fmt: skip
+    common = [
+        "calibrate",
+        str(model),
+        "--calib",
+        str(tiny_npz),
+        "--method",
+        "entropy",
+        "--batch-size",
+        "4",
+        "-q",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.25",
+    ]
     a = runner.invoke(app, [*common, "--out", str(tmp_path / "one.json"), "--stats", str(tmp_path / "one.npz")])
     assert a.exit_code == 0, a.output
-    b = runner.invoke(app, [*common, "--ray", "--shards", "4", "--out", str(tmp_path / "ray.json"), "--stats", str(tmp_path / "ray.npz")],
-                      env={"COLUMNS": "300"})  # fmt: skip
+    b = runner.invoke(
+        app,
+        [*common, "--ray", "--shards", "4", "--out", str(tmp_path / "ray.json"), "--stats", str(tmp_path / "ray.npz")],
+        env={"COLUMNS": "300"},
+    )
     assert b.exit_code == 0, b.output
     assert "local Ray" in b.output
     assert (tmp_path / "ray.json").read_bytes() == (tmp_path / "one.json").read_bytes()
@@ -106,13 +122,30 @@ def _tiny_models(tmp_path: Path, tiny_onnx: onnx.ModelProto, quantize_tiny) -> t
 _TIMED = ("latency", "latency_plan", "speedup_int8_vs_fp32_p50", "memory", "timings_s", "settings", "scale")
 
 
-def test_sharded_validation_on_ray_gives_every_metric_of_one_process(tiny_onnx: onnx.ModelProto, quantize_tiny,  # type: ignore[no-untyped-def]
-                                                                     tiny_npz: Path, tmp_path: Path) -> None:  # fmt: skip
+def test_sharded_validation_on_ray_gives_every_metric_of_one_process(
+    tiny_onnx: onnx.ModelProto,
+    quantize_tiny,  # type: ignore[no-untyped-def]
+    tiny_npz: Path,
+    tmp_path: Path,
+) -> None:
     import json
 
     fp32, int8 = _tiny_models(tmp_path, tiny_onnx, quantize_tiny)
-    common = ["validate", str(int8), "--reference", str(fp32), "--val", str(tiny_npz), "--batch-size", "6",
-              "--latency-batch", "1", "--latency-runs", "3", "-q"]  # fmt: skip
+    common = [
+        "validate",
+        str(int8),
+        "--reference",
+        str(fp32),
+        "--val",
+        str(tiny_npz),
+        "--batch-size",
+        "6",
+        "--latency-batch",
+        "1",
+        "--latency-runs",
+        "3",
+        "-q",
+    ]
     a = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])
     assert a.exit_code == 0, a.output
     b = runner.invoke(app, [*common, "--ray", "--shards", "3", "--out", str(tmp_path / "ray")])
@@ -136,16 +169,18 @@ def test_reference_logits_of_a_pytorch_module_are_sharded_in_order(tiny_data: np
     from rescompile.runtime.runners import TorchRunner
 
     torch.manual_seed(0)  # built from torch.nn only: Ray workers unpickle it without the tests' conftest
-    tiny_module = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                                nn.Flatten(), nn.Linear(8, 4)).eval()  # fmt: skip
+    tiny_module = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)
+    ).eval()
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.run import ValidateSettings, compute_reference
 
     labels = np.arange(len(tiny_data)) % 4
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
     local = compute_reference(TorchRunner(tiny_module), inputs, ValidateSettings(batch_size=5), keep_inputs=True)
-    sharded = compute_reference(TorchRunner(tiny_module), inputs, ValidateSettings(batch_size=5, ray=RaySettings(shards=4)),
-                                keep_inputs=True)  # fmt: skip
+    sharded = compute_reference(
+        TorchRunner(tiny_module), inputs, ValidateSettings(batch_size=5, ray=RaySettings(shards=4)), keep_inputs=True
+    )
     assert np.array_equal(sharded.logits, local.logits) and np.array_equal(sharded.labels, labels)  # type: ignore[arg-type]
     assert np.array_equal(sharded.inputs, tiny_data)  # type: ignore[arg-type]
 
@@ -191,9 +226,20 @@ grid:
     from rescompile.pipeline import build
 
     cfg = json.loads((built / "manifest.json").read_text())["config"]
-    build(BuildConfig(**{**cfg, "out": tmp_path / "b", "ray": True, "ray_shards": 3, "keep_fp": tuple(cfg["keep_fp"]),
-                         "weights": Path(cfg["weights"]), "latency_batches": tuple(cfg["latency_batches"]),
-                         "gates": Gates(**cfg["gates"])}))  # fmt: skip
+    build(
+        BuildConfig(
+            **{
+                **cfg,
+                "out": tmp_path / "b",
+                "ray": True,
+                "ray_shards": 3,
+                "keep_fp": tuple(cfg["keep_fp"]),
+                "weights": Path(cfg["weights"]),
+                "latency_batches": tuple(cfg["latency_batches"]),
+                "gates": Gates(**cfg["gates"]),
+            }
+        )
+    )
     assert (tmp_path / "b" / "ranges.json").read_bytes() == (built / "ranges.json").read_bytes()
     one, sharded = json.loads((built / "report.json").read_text()), json.loads((tmp_path / "b" / "report.json").read_text())
     for k in ("accuracy", "agreement", "per_class", "samples"):
@@ -221,8 +267,9 @@ def test_shards_run_with_the_thread_count_of_one_process(tiny_data: np.ndarray) 
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, None)
     for threads in (None, 1):
         local = compute_reference(TorchRunner(Probe(), threads=threads), inputs, ValidateSettings(batch_size=5))
-        sharded = compute_reference(TorchRunner(Probe(), threads=threads), inputs,
-                                    ValidateSettings(batch_size=5, ray=RaySettings(shards=3)))  # fmt: skip
+        sharded = compute_reference(
+            TorchRunner(Probe(), threads=threads), inputs, ValidateSettings(batch_size=5, ray=RaySettings(shards=3))
+        )
         assert set(local.logits.ravel()) == {float(threads or default_threads())}
         assert np.array_equal(sharded.logits, local.logits)
 

@@ -18,7 +18,7 @@ def test_demo_report_draws_every_residual_add_of_the_plan(small_demo_build: Path
     page = (small_demo_build / "report.html").read_text()
     plan = json.loads((small_demo_build / "qdq_plan.json").read_text())
     report = json.loads((small_demo_build / "report.json").read_text())
-    section = page[page.index('<section id="blocks">'):page.index('<section id="latency">')]
+    section = page[page.index('<section id="blocks">') : page.index('<section id="latency">')]
     ids = [int(i) for i in re.findall(r'<svg class="block" id="block-(\d+)"', section)]
     assert ids == list(range(len(plan["residual_adds"]))) and len(ids) == report["stages"]["residual_adds"] == 9
     for entry in plan["residual_adds"]:
@@ -35,8 +35,21 @@ def _chromium() -> str | None:
 def test_block_picture_renders_in_headless_chromium(small_demo_build: Path, tmp_path: Path):
     shot = tmp_path / "blocks.png"
     url = (small_demo_build / "report.html").as_uri() + "#blocks"  # scrolled to the picture
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1100,900", f"--screenshot={shot}", url], check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1100,900",
+            f"--screenshot={shot}",
+            url,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     from PIL import Image
 
     with Image.open(shot) as im:

@@ -26,14 +26,23 @@ def test_stage_commands_match_build(tmp_path: Path):
 
     torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), tmp_path / "w.pt")
     arch = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--weights", str(tmp_path / "w.pt")]
-    ok(["build", "resnet20", *arch, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "b"),
-        "--latency-runs", "3", "-q"])  # fmt: skip
+    ok(["build", "resnet20", *arch, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "b"), "--latency-runs", "3", "-q"])
     ok(["export", "resnet20", *arch, "--out", str(tmp_path / "m.onnx")])
     assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "b" / "model.fp32.onnx").read_bytes()
     ok(["simplify", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "s.onnx")])
     assert (tmp_path / "s.onnx").read_bytes() == (tmp_path / "b" / "model.simplified.onnx").read_bytes()
-    out = ok(["quantize", str(tmp_path / "s.onnx"), "--ranges", str(tmp_path / "b" / "ranges.json"),
-              "--out", str(tmp_path / "q.onnx"), "--plan-out", str(tmp_path / "plan.json")])  # fmt: skip
+    out = ok(
+        [
+            "quantize",
+            str(tmp_path / "s.onnx"),
+            "--ranges",
+            str(tmp_path / "b" / "ranges.json"),
+            "--out",
+            str(tmp_path / "q.onnx"),
+            "--plan-out",
+            str(tmp_path / "plan.json"),
+        ]
+    )
     assert "9 residual Adds verified" in out
     assert (tmp_path / "q.onnx").read_bytes() == (tmp_path / "b" / "model.int8.onnx").read_bytes()
 

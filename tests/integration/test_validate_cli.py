@@ -49,8 +49,7 @@ def models(tmp_path_factory, tiny_onnx, quantize_tiny):
 
 
 def _validate(models, candidate: str, out: Path, val: Path, *extra: str):
-    args = ["validate", str(models[candidate]), "--reference", str(models["fp32"]), "--val", str(val),
-            "--out", str(out), *FAST, *extra]  # fmt: skip
+    args = ["validate", str(models[candidate]), "--reference", str(models["fp32"]), "--val", str(val), "--out", str(out), *FAST, *extra]
     return runner.invoke(app, args)
 
 
@@ -83,13 +82,16 @@ def test_broken_scale_fails_gates_and_layerwise_blames_its_layer(models, tiny_np
     assert {c.get("name"): c.find("failure") is not None for c in cases} == {"min-agreement": False, "min-cosine": True}
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--min-cosine", "2"], "--min-cosine 2 is out of range"),
-    (["--max-top1-drop", "-0.5"], "--max-top1-drop -0.5 is out of range"),
-    (["--max-p99-ms", "0"], "--max-p99-ms 0 is out of range"),
-    (["--min-agreement", "nan"], "--min-agreement must be a number"),
-    (["--gate-batch", "8"], "--gate-batch 8 is not a timed batch size"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--min-cosine", "2"], "--min-cosine 2 is out of range"),
+        (["--max-top1-drop", "-0.5"], "--max-top1-drop -0.5 is out of range"),
+        (["--max-p99-ms", "0"], "--max-p99-ms 0 is out of range"),
+        (["--min-agreement", "nan"], "--min-agreement must be a number"),
+        (["--gate-batch", "8"], "--gate-batch 8 is not a timed batch size"),
+    ],
+)
 def test_invalid_thresholds_exit_2_without_traceback(models, tiny_npz, tmp_path, args, message):
     res = _validate(models, "int8", tmp_path / "val", tiny_npz, *args)
     assert res.exit_code == 2, res.output
@@ -113,8 +115,9 @@ def test_gates_from_yaml_with_flag_override(models, tiny_npz, tmp_path):
 def test_plan_candidate_without_tensorrt_exits_3(models, tiny_npz, tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0" * 16)
-    res = runner.invoke(app, ["validate", str(plan), "--reference", str(models["fp32"]), "--val", str(tiny_npz),
-                              "--out", str(tmp_path / "val")])  # fmt: skip
+    res = runner.invoke(
+        app, ["validate", str(plan), "--reference", str(models["fp32"]), "--val", str(tiny_npz), "--out", str(tmp_path / "val")]
+    )
     assert res.exit_code == 3, res.output
     assert "tensorrt" in res.output and "pip install 'rescompile[tensorrt]'" in res.output
     assert "Traceback" not in res.output and not (tmp_path / "val").exists()
@@ -127,11 +130,28 @@ def test_saved_reference_validates_without_torch(models, tiny_npz, tmp_path):
     with np.load(ref, allow_pickle=False) as z:
         assert z["inputs"].shape == (40, 1, 16, 16) and z["logits"].shape == (40, 4) and z["labels"].shape == (40,)
     # A device without PyTorch: importing torch fails, the saved reference still validates the candidate.
-    code = ("import sys; sys.modules['torch'] = None; from rescompile.cli import main; sys.argv = sys.argv[1:]; main()")
+    code = "import sys; sys.modules['torch'] = None; from rescompile.cli import main; sys.argv = sys.argv[1:]; main()"
     out = tmp_path / "b"
-    proc = subprocess.run([sys.executable, "-c", code, "rescompile", "validate", str(models["broken"]), "--reference",
-                           str(ref), "--min-cosine", "0.999", "--out", str(out), *FAST],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            code,
+            "rescompile",
+            "validate",
+            str(models["broken"]),
+            "--reference",
+            str(ref),
+            "--min-cosine",
+            "0.999",
+            "--out",
+            str(out),
+            *FAST,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL min-cosine" in proc.stdout and "Traceback" not in proc.stderr
     report = json.loads((out / "report.json").read_text())
@@ -165,8 +185,23 @@ def test_build_gates_pass_and_fail_with_all_reports(models, tiny_npz, tmp_path):
     assert _schema_errors(tmp_path / "ok" / "report.json") == []
 
     ref = tmp_path / "ref.npz"
-    bad = runner.invoke(app, [*common, "--out", str(tmp_path / "bad"), "--min-agreement", "90", "--min-cosine", "1.0",
-                              "--layerwise", "--auto-fallback", "1", "--save-reference", str(ref)])  # fmt: skip
+    bad = runner.invoke(
+        app,
+        [
+            *common,
+            "--out",
+            str(tmp_path / "bad"),
+            "--min-agreement",
+            "90",
+            "--min-cosine",
+            "1.0",
+            "--layerwise",
+            "--auto-fallback",
+            "1",
+            "--save-reference",
+            str(ref),
+        ],
+    )
     assert bad.exit_code == 1, bad.output
     assert "PASS min-agreement" in bad.output and "FAIL min-cosine" in bad.output
     failed = tmp_path / "bad.failed"  # a build that fails a gate is published beside --out
@@ -186,8 +221,21 @@ def test_build_gates_pass_and_fail_with_all_reports(models, tiny_npz, tmp_path):
 def test_unknown_cuda_lib_is_a_usage_error_before_any_work(models, tiny_npz, tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0" * 16)
-    res = runner.invoke(app, ["validate", str(plan), "--reference", str(models["fp32"]), "--val", str(tiny_npz),
-                              "--out", str(tmp_path / "val"), "--cuda-lib", "cupy"])  # fmt: skip
+    res = runner.invoke(
+        app,
+        [
+            "validate",
+            str(plan),
+            "--reference",
+            str(models["fp32"]),
+            "--val",
+            str(tiny_npz),
+            "--out",
+            str(tmp_path / "val"),
+            "--cuda-lib",
+            "cupy",
+        ],
+    )
     assert res.exit_code == 2, res.output
     assert "--cuda-lib 'cupy': expected one of auto, cuda-python, pycuda, torch" in " ".join(res.output.split())
     assert not (tmp_path / "val").exists()

@@ -31,9 +31,13 @@ def _png(width: int, height: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("content", "says"),
-    [(b"", "an empty file"), (b"these are not weights\n", "a text file"), (b'{"conv1.weight": [1, 2]}', "JSON text"),
-     (b"\x89HDF\r\n\x1a\n" + bytes(32), "HDF5")],
-)  # fmt: skip
+    [
+        (b"", "an empty file"),
+        (b"these are not weights\n", "a text file"),
+        (b'{"conv1.weight": [1, 2]}', "JSON text"),
+        (b"\x89HDF\r\n\x1a\n" + bytes(32), "HDF5"),
+    ],
+)
 def test_checkpoint_that_is_not_torch_save_says_what_it_is(tmp_path: Path, content: bytes, says: str) -> None:
     from rescompile.models.loader import _read_checkpoint
 
@@ -118,8 +122,12 @@ def test_garbage_tensorrt_cache(tmp_path: Path) -> None:
 
 def test_json_readers_refuse_nan_deep_nesting_and_non_objects(tmp_path: Path) -> None:
     p = tmp_path / "r.json"
-    for text, says in (('{"a": NaN}', "NaN is not a JSON number"), ("[" * 100000, "nested too deeply"),
-                       ("[1, 2]", "holds a JSON list, not an object"), ("", "not valid JSON")):  # fmt: skip
+    for text, says in (
+        ('{"a": NaN}', "NaN is not a JSON number"),
+        ("[" * 100000, "nested too deeply"),
+        ("[1, 2]", "holds a JSON list, not an object"),
+        ("", "not valid JSON"),
+    ):
         p.write_text(text)
         with pytest.raises(UsageError, match=says):
             read_json_object(p, "rescompile report")
@@ -129,7 +137,8 @@ def test_yaml_alias_bomb_gives_a_short_message(tmp_path: Path) -> None:
     from rescompile.validate.gates import load_gates
 
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     (tmp_path / "g.yaml").write_text(bomb + "max-top1-drop: *i\n")
     assert isinstance(read_yaml(tmp_path / "g.yaml", "gates file"), dict)  # aliases share objects: loading is cheap
     with pytest.raises(UsageError) as exc:
@@ -140,8 +149,12 @@ def test_yaml_alias_bomb_gives_a_short_message(tmp_path: Path) -> None:
 def test_recipe_values_are_type_checked(tmp_path: Path) -> None:
     from rescompile.data.preprocess import load_recipe
 
-    for text, says in (("size: abc\n", "size must be a whole number"), (f"size: {10**400}\n", "size must be a whole number"),
-                       ("preset: [1]\n", "preset must be a word"), ("layout: nchwx\n", "layout must be nchw or nhwc")):  # fmt: skip
+    for text, says in (
+        ("size: abc\n", "size must be a whole number"),
+        (f"size: {10**400}\n", "size must be a whole number"),
+        ("preset: [1]\n", "preset must be a word"),
+        ("layout: nchwx\n", "layout must be nchw or nhwc"),
+    ):
         (tmp_path / "r.yaml").write_text(text)
         with pytest.raises(UsageError, match=says):
             load_recipe(tmp_path / "r.yaml")
@@ -154,9 +167,16 @@ def test_validate_on_a_missing_path_says_it_does_not_exist(tmp_path: Path) -> No
 
 
 def _report(tmp_path: Path, name: str, top1: float) -> Path:
-    doc = {"schema": "rescompile.report/1", "model": {"name": name, "input_shape": [1, 16, 16], "num_classes": 4},
-           "accuracy": {"candidate": {"top1": top1}, "top1_drop": 0.0}, "agreement": {"top1": 100.0, "cosine_mean": 1.0},
-           "latency": [], "gates": [], "source": "data.npz", "samples": 16}  # fmt: skip
+    doc = {
+        "schema": "rescompile.report/1",
+        "model": {"name": name, "input_shape": [1, 16, 16], "num_classes": 4},
+        "accuracy": {"candidate": {"top1": top1}, "top1_drop": 0.0},
+        "agreement": {"top1": 100.0, "cosine_mean": 1.0},
+        "latency": [],
+        "gates": [],
+        "source": "data.npz",
+        "samples": 16,
+    }
     p = tmp_path / f"{name}-{top1}.json"
     p.write_text(json.dumps(doc))
     return p

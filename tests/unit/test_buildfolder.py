@@ -16,7 +16,7 @@ from rescompile.buildfolder import (
     build_of,
     checked_file,
     open_build,
-)  # fmt: skip
+)
 from rescompile.errors import UsageError
 from rescompile.io import sha256_file
 
@@ -24,13 +24,18 @@ from rescompile.io import sha256_file
 def make_build(folder: Path, *, passed: bool | None = True, files: dict[str, bytes] | None = None) -> Path:
     """A build folder with real files and a manifest holding their sizes and hashes."""
     folder.mkdir(parents=True, exist_ok=True)
-    files = files or {INT8_ONNX: b"int8 model bytes", SIMPLIFIED_ONNX: b"fp32 model bytes",
-                      REPORT_JSON: json.dumps({"passed": passed}).encode()}  # fmt: skip
+    files = files or {
+        INT8_ONNX: b"int8 model bytes",
+        SIMPLIFIED_ONNX: b"fp32 model bytes",
+        REPORT_JSON: json.dumps({"passed": passed}).encode(),
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
-    manifest: dict = {"schema": "rescompile.manifest/1",
-                      "artifacts": {n: {"sha256": sha256_file(folder / n), "bytes": len(d)} for n, d in files.items()},
-                      "config": {"val": "demo-val"}}  # fmt: skip
+    manifest: dict = {
+        "schema": "rescompile.manifest/1",
+        "artifacts": {n: {"sha256": sha256_file(folder / n), "bytes": len(d)} for n, d in files.items()},
+        "config": {"val": "demo-val"},
+    }
     if passed is not None:
         manifest["gates"] = {"passed": passed, "failed": [] if passed else ["min-cosine"]}
     (folder / MANIFEST).write_text(json.dumps(manifest))
@@ -95,12 +100,11 @@ def test_no_verify_is_an_explicit_recorded_override(tmp_path: Path):
         ("{}", "is not a rescompile manifest"),
         ('{"schema": "rescompile.manifest/9", "artifacts": {}}', "schema 'rescompile.manifest/9' is not supported"),
         ('{"schema": "rescompile.manifest/1", "artifacts": []}', "'artifacts' is not an object"),
-        ('{"schema": "rescompile.manifest/1", "artifacts": {"../x": {"sha256": "' + "0" * 64 + '", "bytes": 1}}}',
-         "artifact entry '../x'"),
+        ('{"schema": "rescompile.manifest/1", "artifacts": {"../x": {"sha256": "' + "0" * 64 + '", "bytes": 1}}}', "artifact entry '../x'"),
         ('{"schema": "rescompile.manifest/1", "artifacts": {"a": {"sha256": "xyz", "bytes": 1}}}', "artifact entry 'a'"),
         ('{"schema": "rescompile.manifest/1", "artifacts": {}, "gates": {"passed": "yes"}}', "'gates' is not an object"),
     ],
-)  # fmt: skip
+)
 def test_damaged_or_foreign_manifest_is_one_clear_error(tmp_path: Path, text: str, message: str):
     folder = make_build(tmp_path / "b")
     (folder / MANIFEST).write_bytes(text.encode("latin-1"))
@@ -162,9 +166,11 @@ def test_every_artifact_is_named_once_in_buildfolder() -> None:
     root = Path(rescompile.__file__).parent
     spelled = sorted(
         f"{p.relative_to(root)}:{n.lineno} {n.value}"
-        for p in root.rglob("*.py") if p.name != "buildfolder.py"
-        for n in ast.walk(ast.parse(p.read_text())) if isinstance(n, ast.Constant) and n.value in names
-    )  # fmt: skip
+        for p in root.rglob("*.py")
+        if p.name != "buildfolder.py"
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.Constant) and n.value in names
+    )
     assert spelled == []
 
 

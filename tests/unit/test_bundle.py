@@ -96,8 +96,7 @@ def test_npz_bytes_is_deterministic_and_loads_without_pickle(tmp_path: Path) -> 
         (_file("model.int8.onnx", b"content of model.int8.onnx\n"), "appears twice"),
     ],
 )
-def test_hostile_members_are_refused_and_nothing_is_written(tmp_path: Path, entry: tuple[tarfile.TarInfo, bytes | None],
-                                                            said: str) -> None:  # fmt: skip
+def test_hostile_members_are_refused_and_nothing_is_written(tmp_path: Path, entry: tuple[tarfile.TarInfo, bytes | None], said: str) -> None:
     path = tmp_path / "evil.rcb"
     path.write_bytes(_hostile(entry))
     with pytest.raises(UsageError, match="not a safe rescompile bundle") as err:
@@ -167,9 +166,14 @@ def test_truncated_bundle_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("gates", "said"), [(b"not json", "not valid JSON"), (b'{"min_agreement": "high"}', "field 'min_agreement'"),
-                        (b'{"min_agreement": 150}', "out of range"), (b"[1]", "not an object")]
-)  # fmt: skip
+    ("gates", "said"),
+    [
+        (b"not json", "not valid JSON"),
+        (b'{"min_agreement": "high"}', "field 'min_agreement'"),
+        (b'{"min_agreement": 150}', "out of range"),
+        (b"[1]", "not an object"),
+    ],
+)
 def test_bundled_gates_are_checked_like_any_input(tmp_path: Path, gates: bytes, said: str) -> None:
     path = tmp_path / "m.rcb"
     path.write_bytes(pack({**MEMBER_BYTES, "gates.json": gates}, {}))  # hashes match: the content itself is wrong

@@ -110,8 +110,7 @@ def test_mse_search_is_the_argmin_of_expected_error_and_auto_the_least_error() -
     assert info["error"]["max"] > info["error"][info["auto"]]
 
 
-def test_every_method_from_one_pass_with_meaningful_asymmetric_ranges(tiny_onnx: onnx.ModelProto,
-                                                                       tiny_data: np.ndarray) -> None:  # fmt: skip
+def test_every_method_from_one_pass_with_meaningful_asymmetric_ranges(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> None:
     tensors = plan_qdq(tiny_onnx).calibrated_tensors
     stats = collect_stats(tiny_onnx, tensors, [tiny_data[:10], tiny_data[10:]])
     by_method = {m: compute_ranges(stats, m) for m in METHODS}
@@ -126,8 +125,7 @@ def test_every_method_from_one_pass_with_meaningful_asymmetric_ranges(tiny_onnx:
     assert all(by_method["max"][t].amax == stats[t].amax for t in tensors)
 
 
-def test_collection_matches_direct_statistics_whatever_the_chunking(tiny_onnx: onnx.ModelProto,
-                                                                     tiny_data: np.ndarray) -> None:  # fmt: skip
+def test_collection_matches_direct_statistics_whatever_the_chunking(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> None:
     import onnxruntime as ort
 
     tensors = plan_qdq(tiny_onnx).calibrated_tensors

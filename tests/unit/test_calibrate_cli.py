@@ -32,26 +32,53 @@ def model_file(tmp_path: Path, tiny_onnx: onnx.ModelProto) -> Path:
     return path
 
 
-def test_calibrate_writes_ranges_stats_and_trt_cache_then_switches_method_offline(
-    tmp_path: Path, model_file: Path, tiny_npz: Path
-) -> None:
-    code, text = run(["calibrate", str(model_file), "--calib", str(tiny_npz), "--preset", "grayscale", "--size", "16",
-                      "--method", "auto", "--out", str(tmp_path / "r.json"), "--stats", str(tmp_path / "s.npz"),
-                      "--trt-cache", str(tmp_path / "c.cache"), "-q"])  # fmt: skip
+def test_calibrate_writes_ranges_stats_and_trt_cache_then_switches_method_offline(tmp_path: Path, model_file: Path, tiny_npz: Path) -> None:
+    code, text = run(
+        [
+            "calibrate",
+            str(model_file),
+            "--calib",
+            str(tiny_npz),
+            "--preset",
+            "grayscale",
+            "--size",
+            "16",
+            "--method",
+            "auto",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--stats",
+            str(tmp_path / "s.npz"),
+            "--trt-cache",
+            str(tmp_path / "c.cache"),
+            "-q",
+        ]
+    )
     assert code == 0, text
     assert "auto chose:" in text
     auto = CalibrationResult.from_json((tmp_path / "r.json").read_text())
     assert auto.method == "auto" and auto.samples == 40 and auto.preprocess["size"] == 16
     cache, version, algo = from_trt_cache((tmp_path / "c.cache").read_text())
     assert (version, algo) == (100300, "EntropyCalibration2") and set(cache) == set(auto.ranges)
-    code, text = run(["calibrate", str(model_file), "--from-stats", str(tmp_path / "s.npz"), "--method", "percentile",
-                      "--percentile", "99.0", "--out", str(tmp_path / "p.json")])  # fmt: skip
+    code, text = run(
+        [
+            "calibrate",
+            str(model_file),
+            "--from-stats",
+            str(tmp_path / "s.npz"),
+            "--method",
+            "percentile",
+            "--percentile",
+            "99.0",
+            "--out",
+            str(tmp_path / "p.json"),
+        ]
+    )
     assert code == 0 and "no model run" in text
     pct = CalibrationResult.from_json((tmp_path / "p.json").read_text())
     assert pct.key == auto.key and all(r.method == "percentile" for r in pct.ranges.values())
     assert all(pct.ranges[t].amax <= auto.summary[t]["amax"]["max"] for t in pct.ranges)
-    code, text = run(["calibrate", str(model_file), "--from-trt-cache", str(tmp_path / "c.cache"), "--out",
-                      str(tmp_path / "t.json")])  # fmt: skip
+    code, text = run(["calibrate", str(model_file), "--from-trt-cache", str(tmp_path / "c.cache"), "--out", str(tmp_path / "t.json")])
     assert code == 0
     imported = CalibrationResult.from_json((tmp_path / "t.json").read_text())
     for t, r in imported.ranges.items():
@@ -92,8 +119,22 @@ def test_calibrate_bad_data_exit_2(model_file: Path, tmp_path: Path) -> None:
 
 def test_build_reuses_calibration_by_key_and_never_a_stale_one(tmp_path: Path, model_file: Path, tiny_npz: Path) -> None:
     out = tmp_path / "b"
-    base = ["build", str(model_file), "--calib", str(tiny_npz), "--val", str(tiny_npz), "--preset", "grayscale",
-            "--out", str(out), "--latency-runs", "3", "--latency-batch", "1"]  # fmt: skip
+    base = [
+        "build",
+        str(model_file),
+        "--calib",
+        str(tiny_npz),
+        "--val",
+        str(tiny_npz),
+        "--preset",
+        "grayscale",
+        "--out",
+        str(out),
+        "--latency-runs",
+        "3",
+        "--latency-batch",
+        "1",
+    ]
     code, text = run([*base, "--calib-method", "entropy"])
     assert code == 0, text
     assert "reusing" not in text

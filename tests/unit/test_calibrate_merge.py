@@ -22,8 +22,9 @@ def _data() -> np.ndarray:
     return x
 
 
-def _collect(model: onnx.ModelProto, tensors: list[str], x: np.ndarray, batch: int, budget: int, start: int = 0,
-             sample: int | None = 16) -> dict[str, TensorStats]:  # fmt: skip
+def _collect(
+    model: onnx.ModelProto, tensors: list[str], x: np.ndarray, batch: int, budget: int, start: int = 0, sample: int | None = 16
+) -> dict[str, TensorStats]:
     batches = (x[i : i + batch] for i in range(0, len(x), batch))
     return collect_stats(model, tensors, batches, sample=sample, memory_budget=budget, start=start, threads=1)
 
@@ -94,8 +95,12 @@ def test_ray_settings_from_flags() -> None:
     assert "ray" not in BuildConfig(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
 
 
-def test_without_ray_the_ray_flags_exit_3_naming_the_extra(tiny_onnx: onnx.ModelProto, tiny_npz, tmp_path,  # type: ignore[no-untyped-def]
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_without_ray_the_ray_flags_exit_3_naming_the_extra(
+    tiny_onnx: onnx.ModelProto,
+    tiny_npz,
+    tmp_path,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from typer.testing import CliRunner
 
     from rescompile.cli import app

@@ -16,7 +16,7 @@ from rescompile.calibrate.checks import (
     check_ranges,
     check_samples,
     recipe_bound,
-)  # fmt: skip
+)
 from rescompile.calibrate.collect import TensorStats
 from rescompile.calibrate.methods import entropy_amax
 from rescompile.calibrate.ranges import MAX_CLIP_SHARE, TensorRange, analyze, clipped_share, compute_ranges, entropy_rule

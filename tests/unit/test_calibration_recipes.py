@@ -13,8 +13,13 @@ from rescompile.cli import app
 from rescompile.data.preprocess import PRESETS, load_recipe, resolve_preprocess
 
 RECIPES = Path(__file__).parents[2] / "calibration" / "recipes"
-SHAPES = {"imagenet": (3, 224, 224), "imagenet-bgr": (3, 224, 224), "cifar": (3, 32, 32), "fashion-mnist": (1, 28, 28),
-          "grayscale": (1, 28, 28)}  # fmt: skip
+SHAPES = {
+    "imagenet": (3, 224, 224),
+    "imagenet-bgr": (3, 224, 224),
+    "cifar": (3, 32, 32),
+    "fashion-mnist": (1, 28, 28),
+    "grayscale": (1, 28, 28),
+}
 
 
 def test_every_recipe_file_is_tested() -> None:
@@ -41,8 +46,7 @@ def test_recipe_file_drives_calibrate_like_the_preset(tmp_path: Path, tiny_onnx:
     outs = {}
     for how, args in (("recipe", ["--recipe", str(RECIPES / "grayscale.yaml")]), ("preset", ["--preset", "grayscale"])):
         out = tmp_path / f"{how}.json"
-        result = runner.invoke(app, ["calibrate", str(model), "--calib", str(tiny_npz), "--size", "16", *args, "--out",
-                                     str(out), "-q"])  # fmt: skip
+        result = runner.invoke(app, ["calibrate", str(model), "--calib", str(tiny_npz), "--size", "16", *args, "--out", str(out), "-q"])
         assert result.exit_code == 0, result.output
         outs[how] = CalibrationResult.from_json(out.read_text())
     assert outs["recipe"].preprocess["mean"] == [0.5] and outs["recipe"].preprocess["size"] == 16

@@ -30,8 +30,13 @@ def make_app() -> tuple[App, list[object]]:
     @app.command()
     def run(name: Annotated[str, typer.Argument()], *, pair: Pair, fail: Annotated[str, typer.Option()] = "") -> None:
         seen.append((name, pair))
-        errors = {"usage": UsageError("bad value", hint="try another"), "gate": GateFailed("gate missed"),
-                  "dep": MissingDependency("no TensorRT"), "bug": ZeroDivisionError("x"), "exit": typer.Exit(7)}  # fmt: skip
+        errors = {
+            "usage": UsageError("bad value", hint="try another"),
+            "gate": GateFailed("gate missed"),
+            "dep": MissingDependency("no TensorRT"),
+            "bug": ZeroDivisionError("x"),
+            "exit": typer.Exit(7),
+        }
         if fail:
             raise errors[fail]
 
@@ -51,9 +56,16 @@ def test_a_group_parameter_becomes_its_options_and_comes_back_as_one_value():
     assert runner.invoke(app, ["run", "y", "--left", "-1"]).exit_code == 2  # the option's own range check
 
 
-@pytest.mark.parametrize(("fail", "code", "text"), [("usage", 2, "error: bad value"), ("gate", 1, "error: gate missed"),
-                                                    ("dep", 3, "error: no TensorRT"), ("bug", 4, "internal error"),
-                                                    ("exit", 7, "")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fail", "code", "text"),
+    [
+        ("usage", 2, "error: bad value"),
+        ("gate", 1, "error: gate missed"),
+        ("dep", 3, "error: no TensorRT"),
+        ("bug", 4, "internal error"),
+        ("exit", 7, ""),
+    ],
+)
 def test_errors_map_to_exit_codes(fail, code, text):
     app, _ = make_app()
     result = runner.invoke(app, ["run", "x", "--fail", fail])

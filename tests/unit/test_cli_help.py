@@ -12,10 +12,18 @@ from rescompile.cli import app
 
 runner = CliRunner()
 COMMANDS = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
-BUILD_PANELS = ["Model", "Data", "Preprocessing", "Calibration", "Quantization", "Validation and gates", "TensorRT",
-                "Output", "Scale-out (Ray)"]  # fmt: skip
-VALIDATE_PANELS = ["Model", "Data", "Preprocessing", "Validation and gates", "TensorRT", "Output", "Scale-out (Ray)",
-                   "Build folder checks"]  # fmt: skip
+BUILD_PANELS = [
+    "Model",
+    "Data",
+    "Preprocessing",
+    "Calibration",
+    "Quantization",
+    "Validation and gates",
+    "TensorRT",
+    "Output",
+    "Scale-out (Ray)",
+]
+VALIDATE_PANELS = ["Model", "Data", "Preprocessing", "Validation and gates", "TensorRT", "Output", "Scale-out (Ray)", "Build folder checks"]
 
 
 def help_text(*args: str) -> str:
@@ -82,11 +90,20 @@ def test_validate_help_is_grouped_in_panels():
 
 def test_options_shared_by_commands_read_the_same():
     """Options defined once in rescompile.commands.options show the same help wherever they appear."""
-    for option, commands in (("--mean", ("build", "calibrate")), ("--ray-address", ("build", "calibrate", "validate")),
-                             ("--keep-first-last", ("build", "quantize")), ("--no-verify-hashes", ("engine", "validate")),
-                             ("--max-top1-drop", ("build", "validate")), ("--gates", ("build", "validate")),
-                             ("--weights", ("build", "validate")), ("--latency-budget", ("build", "validate")),
-                             ("--layout", ("build", "calibrate", "validate")), ("--save-reference", ("build", "validate"))):  # fmt: skip
-        helps = {next(p.help for p in typer.main.get_command(app).commands[c].params if option in p.opts)  # type: ignore[attr-defined]
-                 for c in commands}  # fmt: skip
+    for option, commands in (
+        ("--mean", ("build", "calibrate")),
+        ("--ray-address", ("build", "calibrate", "validate")),
+        ("--keep-first-last", ("build", "quantize")),
+        ("--no-verify-hashes", ("engine", "validate")),
+        ("--max-top1-drop", ("build", "validate")),
+        ("--gates", ("build", "validate")),
+        ("--weights", ("build", "validate")),
+        ("--latency-budget", ("build", "validate")),
+        ("--layout", ("build", "calibrate", "validate")),
+        ("--save-reference", ("build", "validate")),
+    ):
+        helps = {
+            next(p.help for p in typer.main.get_command(app).commands[c].params if option in p.opts)  # type: ignore[attr-defined]
+            for c in commands
+        }
         assert len(helps) == 1, (option, helps)

@@ -29,12 +29,15 @@ from rescompile.validate.latency import measure_latency
 NONE = dict.fromkeys(LIBS, False)
 
 
-@pytest.mark.parametrize(("have", "expected"), [
-    ({"cuda-python": True, "pycuda": True, "torch": True}, "cuda-python"),
-    ({"cuda-python": False, "pycuda": True, "torch": True}, "pycuda"),
-    ({"cuda-python": False, "pycuda": False, "torch": True}, "torch"),
-    ({"pycuda": True}, "pycuda"),  # a library not probed counts as missing
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("have", "expected"),
+    [
+        ({"cuda-python": True, "pycuda": True, "torch": True}, "cuda-python"),
+        ({"cuda-python": False, "pycuda": True, "torch": True}, "pycuda"),
+        ({"cuda-python": False, "pycuda": False, "torch": True}, "torch"),
+        ({"pycuda": True}, "pycuda"),  # a library not probed counts as missing
+    ],
+)
 def test_auto_prefers_cuda_python_then_pycuda_then_torch(have: dict[str, bool], expected: str) -> None:
     assert resolve_cuda_lib("auto", have) == expected
 
@@ -69,8 +72,11 @@ def test_available_libs_probes_all_three() -> None:
 
 def test_graph_note_records_use_and_fallbacks() -> None:
     assert graph_note("cuda-python", None)["used"] is True
-    assert graph_note("torch", None) == {"used": True, "library": "torch",
-                                        "reason": "execute_async_v3 captured once after warm-up, graph launched"}  # fmt: skip
+    assert graph_note("torch", None) == {
+        "used": True,
+        "library": "torch",
+        "reason": "execute_async_v3 captured once after warm-up, graph launched",
+    }
     failed = graph_note("cuda-python", "CudaError: CUDA error 901: operation not permitted when stream is capturing")
     assert failed["used"] is False and "operation not permitted" in failed["reason"]
     assert graph_note("pycuda", None)["used"] is False  # no graph API: always plain enqueue
@@ -81,8 +87,24 @@ def _class_src(cls: type) -> str:
     return textwrap.dedent(inspect.getsource(cls))
 
 
-PROTOCOL = {"alloc_device", "alloc_host", "device_ptr", "host_array", "h2d", "d2h", "stream_handle", "sync",
-            "free_device", "free_host", "capture", "launch", "free_graph", "close", "name", "has_graphs"}  # fmt: skip
+PROTOCOL = {
+    "alloc_device",
+    "alloc_host",
+    "device_ptr",
+    "host_array",
+    "h2d",
+    "d2h",
+    "stream_handle",
+    "sync",
+    "free_device",
+    "free_host",
+    "capture",
+    "launch",
+    "free_graph",
+    "close",
+    "name",
+    "has_graphs",
+}
 
 
 @pytest.mark.parametrize("cls", [cuda_libs.CudaPython, cuda_libs.PyCuda, cuda_libs.TorchCuda])
@@ -150,8 +172,7 @@ class _GraphRunner:
         self.graph_info = None
 
 
-@pytest.mark.parametrize("note", [graph_note("cuda-python", None), graph_note("cuda-python", "CudaError: 900"),
-                                  graph_note("pycuda", None)])  # fmt: skip
+@pytest.mark.parametrize("note", [graph_note("cuda-python", None), graph_note("cuda-python", "CudaError: 900"), graph_note("pycuda", None)])
 def test_latency_enables_the_graph_after_warm_up_and_records_what_happened(note: dict[str, object]) -> None:
     r = _GraphRunner(note)
     lat = measure_latency(r, np.zeros((1, 3, 8, 8), np.float32), 2, warmup=2, runs=3)

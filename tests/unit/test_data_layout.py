@@ -27,12 +27,15 @@ def test_anything_else_is_named_in_one_line(value: object, said: str) -> None:
     assert str(exc.value.message) == f"--layout must be nchw or nhwc, not {said}"
 
 
-@pytest.mark.parametrize("command", [
-    ["build", "--layout", "hwc"],
-    ["calibrate", "m.onnx", "--calib", "c.npy", "--layout", "hwc"],
-    ["validate", "m.onnx", "--layout", "hwc"],
-    ["bundle", "b", "-o", "b.rcb", "--layout", "hwc"],
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["build", "--layout", "hwc"],
+        ["calibrate", "m.onnx", "--calib", "c.npy", "--layout", "hwc"],
+        ["validate", "m.onnx", "--layout", "hwc"],
+        ["bundle", "b", "-o", "b.rcb", "--layout", "hwc"],
+    ],
+)
 def test_every_command_refuses_a_bad_layout_alike(command: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, command)
@@ -59,8 +62,14 @@ def test_open_source_checks_the_layout_of_arrays(tmp_path: Path) -> None:
     assert open_source(path, layout="nhwc").sample_shape == (3, 8, 8)
 
 
-@pytest.mark.parametrize(("flag", "recipe", "layout"), [
-    ("nchw", {}, "nchw"), ("nchw", {"layout": "nhwc"}, "nhwc"), ("nhwc", {}, "nhwc"), ("nhwc", {"layout": "nchw"}, "nhwc"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flag", "recipe", "layout"),
+    [
+        ("nchw", {}, "nchw"),
+        ("nchw", {"layout": "nhwc"}, "nhwc"),
+        ("nhwc", {}, "nhwc"),
+        ("nhwc", {"layout": "nchw"}, "nhwc"),
+    ],
+)
 def test_a_changed_flag_wins_over_the_recipe(flag: str, recipe: dict[str, str], layout: str) -> None:
     assert data_layout(flag, recipe) == layout

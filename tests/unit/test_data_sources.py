@@ -16,7 +16,7 @@ from rescompile.data.preprocess import (
     normalize_pixels,
     preprocess_from_dict,
     resolve_preprocess,
-)  # fmt: skip
+)
 from rescompile.data.sources import NpyFile, check_shape, open_source, subset
 from rescompile.errors import UsageError
 

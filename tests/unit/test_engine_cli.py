@@ -28,8 +28,7 @@ def run(args: list[str]) -> tuple[int, str, str]:
 
 @no_trt
 def test_engine_without_tensorrt_exits_3_with_the_trtexec_command(tiny_int8_path: Path, tmp_path: Path) -> None:
-    code, out, err = run(["engine", str(tiny_int8_path), "--target", "jetson-orin-nx", "--batch", "1,8,32",
-                          "--out", str(tmp_path)])  # fmt: skip
+    code, out, err = run(["engine", str(tiny_int8_path), "--target", "jetson-orin-nx", "--batch", "1,8,32", "--out", str(tmp_path)])
     assert code == 3
     assert "rescompile[tensorrt]" in err and "build on the device" in err
     cmd = next(line for line in out.splitlines() if line.startswith("/usr/src/tensorrt/bin/trtexec"))
@@ -47,8 +46,7 @@ def test_desktop_target_prints_commands_for_both_majors(tiny_int8_path: Path, tm
 
 @no_trt
 def test_dla_on_jetpack_6_writes_plain_onnx_and_calibration_cache(tiny_int8_path: Path, tmp_path: Path) -> None:
-    code, out, _ = run(["engine", str(tiny_int8_path), "--target", "jetson-agx-orin", "--dla-core", "1",
-                        "--out", str(tmp_path)])  # fmt: skip
+    code, out, _ = run(["engine", str(tiny_int8_path), "--target", "jetson-agx-orin", "--dla-core", "1", "--out", str(tmp_path)])
     assert code == 3
     cmd = next(line for line in out.splitlines() if "trtexec" in line and "--onnx" in line)
     assert "--useDLACore=1" in cmd and "--allowGPUFallback" in cmd and "--int8" in cmd
@@ -84,8 +82,7 @@ def test_engine_missing_onnx_exits_2(tmp_path: Path) -> None:
 
 @no_trt
 def test_build_with_tensorrt_backend_stops_before_any_work(tmp_path: Path) -> None:
-    code, _, err = run(["build", "resnet20", "--backend", "tensorrt", "--target", "jetson-orin-nx",
-                        "--out", str(tmp_path / "o")])  # fmt: skip
+    code, _, err = run(["build", "resnet20", "--backend", "tensorrt", "--target", "jetson-orin-nx", "--out", str(tmp_path / "o")])
     assert code == 3 and "rescompile[tensorrt]" in err and not (tmp_path / "o").exists()
     code, _, err = run(["build", "resnet20", "--backend", "tensorrt", "--target", "jetson-orin-nz"])
     assert code == 2 and "unknown target" in err

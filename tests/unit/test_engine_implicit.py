@@ -30,8 +30,9 @@ def tiny_int8(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> onnx.ModelPr
     return make_int8(tiny_onnx, tiny_data)
 
 
-def test_strip_removes_every_qdq_and_keeps_the_fp32_graph(tiny_onnx: onnx.ModelProto, tiny_int8: onnx.ModelProto,
-                                                          tiny_data: np.ndarray) -> None:  # fmt: skip
+def test_strip_removes_every_qdq_and_keeps_the_fp32_graph(
+    tiny_onnx: onnx.ModelProto, tiny_int8: onnx.ModelProto, tiny_data: np.ndarray
+) -> None:
     plain = strip_qdq(tiny_int8).model
     ops = [n.op_type for n in plain.graph.node]
     assert "QuantizeLinear" not in ops and "DequantizeLinear" not in ops

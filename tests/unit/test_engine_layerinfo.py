@@ -25,25 +25,41 @@ FP32 = "Row major linear FP32"
 
 def _block(i: int) -> ResidualBlock:
     return ResidualBlock(
-        add=f"/blocks/blocks.{i}/Add", output=f"/blocks/blocks.{i}/Add_output_0", main=f"/blocks/blocks.{i}/conv2/Conv_output_0",
-        main_producer=f"/blocks/blocks.{i}/conv2/Conv", main_producer_op="Conv", main_depth=4,
-        shortcut="s", shortcut_kind="identity", shortcut_nodes=(), block_input="b", follower="Relu",
+        add=f"/blocks/blocks.{i}/Add",
+        output=f"/blocks/blocks.{i}/Add_output_0",
+        main=f"/blocks/blocks.{i}/conv2/Conv_output_0",
+        main_producer=f"/blocks/blocks.{i}/conv2/Conv",
+        main_producer_op="Conv",
+        main_depth=4,
+        shortcut="s",
+        shortcut_kind="identity",
+        shortcut_nodes=(),
+        block_input="b",
+        follower="Relu",
         follower_node=f"/blocks/blocks.{i}/relu_1/Relu",
-    )  # fmt: skip
+    )
 
 
 def _layer(name: str, fmt_in: list[str], layer_type: str = "CaskConvolution", **extra: Any) -> dict[str, Any]:
-    return {"Name": name, "LayerType": layer_type, "Inputs": [{"Name": f"in{i}", "Format/Datatype": f}
-            for i, f in enumerate(fmt_in)], "Outputs": [{"Name": "o", "Format/Datatype": fmt_in[0]}], **extra}  # fmt: skip
+    return {
+        "Name": name,
+        "LayerType": layer_type,
+        "Inputs": [{"Name": f"in{i}", "Format/Datatype": f} for i, f in enumerate(fmt_in)],
+        "Outputs": [{"Name": "o", "Format/Datatype": fmt_in[0]}],
+        **extra,
+    }
 
 
 def test_fused_int8_fused_float_and_unfused_are_told_apart() -> None:
-    doc = {"Layers": [
-        _layer("/blocks/blocks.0/conv2/Conv + /blocks/blocks.0/Add + /blocks/blocks.0/relu_1/Relu", [INT8, INT8]),
-        _layer("/blocks/blocks.1/conv2/Conv + /blocks/blocks.1/Add", [INT8, FP32]),
-        _layer("/blocks/blocks.2/conv2/Conv", [INT8]),
-        _layer("/blocks/blocks.2/Add", [FP32, FP32], "ElementWise"),
-    ], "Bindings": ["input", "output"]}  # fmt: skip
+    doc = {
+        "Layers": [
+            _layer("/blocks/blocks.0/conv2/Conv + /blocks/blocks.0/Add + /blocks/blocks.0/relu_1/Relu", [INT8, INT8]),
+            _layer("/blocks/blocks.1/conv2/Conv + /blocks/blocks.1/Add", [INT8, FP32]),
+            _layer("/blocks/blocks.2/conv2/Conv", [INT8]),
+            _layer("/blocks/blocks.2/Add", [FP32, FP32], "ElementWise"),
+        ],
+        "Bindings": ["input", "output"],
+    }
     report = check_residual_fusion(json.dumps(doc), [_block(0), _block(1), _block(2), _block(3)])
     assert [a.status for a in report.adds] == ["fused-int8", "fused-float", "unfused", "not-found"]
     assert not report.ok and report.detailed
@@ -82,8 +98,9 @@ ORIN = DeviceInfo("Orin", (8, 7), "36.4.0")
 
 
 def _sidecar(version: str = "10.3.0.30", device: DeviceInfo = ORIN, **kw: Any) -> dict[str, Any]:
-    return make_sidecar(tensorrt_version=version, device=device, settings={}, onnx_sha256="a", plan_sha256="b",
-                        timing_cache=None, fusion=None, **kw)  # fmt: skip
+    return make_sidecar(
+        tensorrt_version=version, device=device, settings={}, onnx_sha256="a", plan_sha256="b", timing_cache=None, fusion=None, **kw
+    )
 
 
 def test_plan_compatibility_requires_same_tensorrt_and_gpu() -> None:

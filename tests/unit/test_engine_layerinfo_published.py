@@ -73,21 +73,34 @@ def test_the_published_trt10_reformat_layer_is_never_a_compute_layer() -> None:
     assert _find(layers, "resnetv15_relu0_fwd") is None and _find(layers, "resnetv15_conv0_fwd") is None
 
 
-@pytest.mark.parametrize(("fmt", "want"), [
-    ("Thirty-two wide channel vectorized row major Int8 format", "int8"), ("Channel major INT8 format where channel % 16 == 0", "int8"),
-    ("Int8", "int8"), ("Row major linear FP32", "float"), ("Half", "float"), ("Row major linear BFloat16 format", "float"),
-    ("Row major linear UInt8 format", "other"), ("Row major linear Int32", "other"), ("N/A due to dynamic shapes", "unknown"),
-    ("Unknown format", "unknown"), ("None", "unknown"), ("", "unknown"),
-    ("Thirty-two wide channel vectorized row major Int8 format (kCHW32) / Int8", "int8"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("fmt", "want"),
+    [
+        ("Thirty-two wide channel vectorized row major Int8 format", "int8"),
+        ("Channel major INT8 format where channel % 16 == 0", "int8"),
+        ("Int8", "int8"),
+        ("Row major linear FP32", "float"),
+        ("Half", "float"),
+        ("Row major linear BFloat16 format", "float"),
+        ("Row major linear UInt8 format", "other"),
+        ("Row major linear Int32", "other"),
+        ("N/A due to dynamic shapes", "unknown"),
+        ("Unknown format", "unknown"),
+        ("None", "unknown"),
+        ("", "unknown"),
+        ("Thirty-two wide channel vectorized row major Int8 format (kCHW32) / Int8", "int8"),
+    ],
+)
 def test_precision_of_format_strings(fmt: str, want: str) -> None:
     assert precision(fmt) == want
 
 
 def test_tensor_format_reads_both_schemas() -> None:
     assert tensor_format({"Format/Datatype": "Row major linear FP32"}) == "Row major linear FP32"
-    assert tensor_format({"Format": "Row major linear FP32 format (kLINEAR)", "DataType": "Float"}) == \
-        "Row major linear FP32 format (kLINEAR) / Float"
+    assert (
+        tensor_format({"Format": "Row major linear FP32 format (kLINEAR)", "DataType": "Float"})
+        == "Row major linear FP32 format (kLINEAR) / Float"
+    )
     assert tensor_format({"Name": "x"}) == "" and tensor_format("x") == ""
 
 
@@ -99,19 +112,38 @@ ORDER = ["conv1", "b0/conv1", "b0/conv2", "b0/Add", "b0/Relu", "b1/conv1", "b1/c
 
 
 def _block(i: int) -> ResidualBlock:
-    return ResidualBlock(add=f"b{i}/Add", output="o", main="m", main_producer=f"b{i}/conv2", main_producer_op="Conv", main_depth=2,
-                         shortcut="s", shortcut_kind="identity", shortcut_nodes=(), block_input="x", follower="Relu",
-                         follower_node=f"b{i}/Relu")  # fmt: skip
+    return ResidualBlock(
+        add=f"b{i}/Add",
+        output="o",
+        main="m",
+        main_producer=f"b{i}/conv2",
+        main_producer_op="Conv",
+        main_depth=2,
+        shortcut="s",
+        shortcut_kind="identity",
+        shortcut_nodes=(),
+        block_input="x",
+        follower="Relu",
+        follower_node=f"b{i}/Relu",
+    )
 
 
 def _foreign(first: str, last: str, fmt: str, layer_type: str = "DLA") -> dict:
-    return {"Name": f"{{ForeignNode[{first}...{last}]}}", "LayerType": layer_type,
-            "Inputs": [{"Name": "i", "Format/Datatype": fmt}], "Outputs": [{"Name": "o", "Format/Datatype": fmt}]}
+    return {
+        "Name": f"{{ForeignNode[{first}...{last}]}}",
+        "LayerType": layer_type,
+        "Inputs": [{"Name": "i", "Format/Datatype": fmt}],
+        "Outputs": [{"Name": "o", "Format/Datatype": fmt}],
+    }
 
 
 def test_adds_inside_a_dla_subgraph_get_a_dla_status_not_not_found() -> None:
-    doc = {"Layers": [_foreign("conv1", "b1/Relu", I8), {"Name": "gap + fc", "LayerType": "CaskConvolution",
-                                                          "Inputs": [{"Format/Datatype": I8}], "Outputs": []}]}  # fmt: skip
+    doc = {
+        "Layers": [
+            _foreign("conv1", "b1/Relu", I8),
+            {"Name": "gap + fc", "LayerType": "CaskConvolution", "Inputs": [{"Format/Datatype": I8}], "Outputs": []},
+        ]
+    }
     report = check_residual_fusion(doc, [_block(0), _block(1)], node_order=ORDER, dla=True)
     assert [a.status for a in report.adds] == ["dla-int8", "dla-int8"] and report.ok
     before = check_residual_fusion(doc, [_block(0), _block(1)])  # without the node order nothing places them
@@ -119,9 +151,17 @@ def test_adds_inside_a_dla_subgraph_get_a_dla_status_not_not_found() -> None:
 
 
 def test_dla_subgraph_in_fp16_and_gpu_fallback_are_judged_on_their_own() -> None:
-    doc = {"Layers": [_foreign("conv1", "b0/Relu", "Row major linear FP16 format"),
-                      {"Name": "b1/conv2 + b1/Add + b1/Relu", "LayerType": "CaskConvolution",
-                       "Inputs": [{"Format/Datatype": I8}, {"Format/Datatype": I8}], "Outputs": []}]}  # fmt: skip
+    doc = {
+        "Layers": [
+            _foreign("conv1", "b0/Relu", "Row major linear FP16 format"),
+            {
+                "Name": "b1/conv2 + b1/Add + b1/Relu",
+                "LayerType": "CaskConvolution",
+                "Inputs": [{"Format/Datatype": I8}, {"Format/Datatype": I8}],
+                "Outputs": [],
+            },
+        ]
+    }
     report = check_residual_fusion(doc, [_block(0), _block(1)], node_order=ORDER, dla=True)
     assert [a.status for a in report.adds] == ["dla-float", "fused-int8"] and not report.ok
     assert "DLA" in report.adds[0].note

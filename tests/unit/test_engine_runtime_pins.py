@@ -27,8 +27,9 @@ def test_cuda_python_newer_than_the_driver_is_named_with_its_fix() -> None:
     assert "pip install 'cuda-python>=12,<13'" in msg and "rescompile[tensorrt-cu12]" in msg
 
 
-@pytest.mark.parametrize(("bindings", "driver"), [("12.6.2", 12060), ("12.9.0", 13000), ("13.5.0", 13010),
-                                                  ("13.0.0", None), ("unknown", 12060)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("bindings", "driver"), [("12.6.2", 12060), ("12.9.0", 13000), ("13.5.0", 13010), ("13.0.0", None), ("unknown", 12060)]
+)
 def test_no_problem_when_the_driver_is_as_new(bindings: str, driver: int | None) -> None:
     assert cuda_python_problem(bindings, driver) is None
 

@@ -98,8 +98,7 @@ def test_workspace_default_override_and_limit() -> None:
         ("8.5.2", False, False, ("INT8",), None),
     ],
 )
-def test_flags_per_tensorrt_version(version: str, dla: bool, strongly_typed: bool, flags: tuple[str, ...],
-                                    mode: str | None) -> None:  # fmt: skip
+def test_flags_per_tensorrt_version(version: str, dla: bool, strongly_typed: bool, flags: tuple[str, ...], mode: str | None) -> None:
     plan = flag_plan(parse_version(version), dla)
     assert (plan.strongly_typed, plan.builder_flags, plan.dla_mode) == (strongly_typed, flags, mode)
 
@@ -129,8 +128,7 @@ def test_dla_refusals() -> None:
     with pytest.raises(UsageError, match="does not exist"):
         compute_settings(get_target("jetson-orin-nx-8gb"), SPEC, EngineOptions(dla_core=1), parse_version("10.3"))
     with pytest.raises(UsageError, match="static shape"):
-        compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=0, batches=(1, 8)),
-                         parse_version("10.3"))  # fmt: skip
+        compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=0, batches=(1, 8)), parse_version("10.3"))
     s = compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=1), parse_version("10.3"))
     assert s.dla_core == 1 and s.dla_mode == "implicit" and s.notes
 
@@ -186,9 +184,13 @@ def test_trtexec_command_per_major() -> None:
     assert t11[0] == "trtexec" and not {"--int8", "--fp16", "--best", "--stronglyTyped"} & set(t11)
     t8 = _cmd("jetson-xavier-nx", "8.5")
     assert "--int8" in t8 and "--buildOnly" not in t8 and "--stronglyTyped" not in t8
-    dla = trtexec_command(compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=0),
-                                           parse_version("10.3")), get_target("jetson-agx-orin"), "p.onnx", "p.plan",
-                          calib_cache="p.calib")  # fmt: skip
+    dla = trtexec_command(
+        compute_settings(get_target("jetson-agx-orin"), SPEC, EngineOptions(dla_core=0), parse_version("10.3")),
+        get_target("jetson-agx-orin"),
+        "p.onnx",
+        "p.plan",
+        calib_cache="p.calib",
+    )
     assert {"--int8", "--fp16", "--allowGPUFallback", "--useDLACore=0", "--calib=p.calib"} <= set(dla)
     assert "--stronglyTyped" not in dla
     assert format_command(["a b", "c"]) == "'a b' c"

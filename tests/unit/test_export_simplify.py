@@ -42,8 +42,12 @@ def _conv_bn_model() -> onnx.ModelProto:
     rng = np.random.default_rng(0)
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     inits = [numpy_helper.from_array(w, "w")]
-    for name, val in (("g", rng.uniform(0.5, 1.5, 4)), ("b", rng.uniform(-1, 1, 4)),
-                      ("m", rng.uniform(-1, 1, 4)), ("v", rng.uniform(0.5, 2, 4))):  # fmt: skip
+    for name, val in (
+        ("g", rng.uniform(0.5, 1.5, 4)),
+        ("b", rng.uniform(-1, 1, 4)),
+        ("m", rng.uniform(-1, 1, 4)),
+        ("v", rng.uniform(0.5, 2, 4)),
+    ):
         inits.append(numpy_helper.from_array(val.astype(np.float32), name))
     nodes = [
         helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -51,9 +55,12 @@ def _conv_bn_model() -> onnx.ModelProto:
         helper.make_node("Relu", ["y"], ["z"], name="relu"),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 8, 8])],
-        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])], inits,
-    )  # fmt: skip
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -14,12 +14,31 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 settings.register_profile(
-    "suite", max_examples=25, derandomize=True, deadline=None, database=None,
+    "suite",
+    max_examples=25,
+    derandomize=True,
+    deadline=None,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)  # fmt: skip
+)
 CLI = settings(settings.get_profile("suite"), max_examples=4)
-NAMES = ["checkpoint", "onnx", "npy", "npz", "image", "recipe", "gates", "ranges", "calib_stats", "qdq_plan", "trt_cache",
-         "reference", "bundle", "report", "manifest"]  # fmt: skip
+NAMES = [
+    "checkpoint",
+    "onnx",
+    "npy",
+    "npz",
+    "image",
+    "recipe",
+    "gates",
+    "ranges",
+    "calib_stats",
+    "qdq_plan",
+    "trt_cache",
+    "reference",
+    "bundle",
+    "report",
+    "manifest",
+]
 
 
 @pytest.fixture(scope="module")

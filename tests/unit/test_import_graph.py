@@ -65,8 +65,13 @@ def _dynamic_targets(module: str, call: ast.Call, strings: list[str], modules: d
     arg = call.args[0]
     if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
         return [t for t in [_known(arg.value, modules)] if t]
-    if (isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.FormattedValue)
-            and isinstance(arg.values[0].value, ast.Name) and arg.values[0].value.id == "__name__"):  # fmt: skip
+    if (
+        isinstance(arg, ast.JoinedStr)
+        and arg.values
+        and isinstance(arg.values[0], ast.FormattedValue)
+        and isinstance(arg.values[0].value, ast.Name)
+        and arg.values[0].value.id == "__name__"
+    ):
         package = _package_of(module, modules)
         return [m for m in modules if m.rpartition(".")[0] == package and m != package]
     return [s for s in strings if s in modules]
@@ -189,21 +194,40 @@ def test_rescompile_has_no_import_cycles() -> None:
         others = sorted(set(component) - {e.source for e in cycle})
         lines.append("  " + describe(cycle) + (f"\n    (same component: {', '.join(others)})" if others else ""))
     if lines:
-        pytest.fail(f"{len(lines)} import cycle(s) in rescompile/, each as module -> imported module (file:line of "
-                    "the import):\n" + "\n".join(lines), pytrace=False)  # fmt: skip
+        pytest.fail(
+            f"{len(lines)} import cycle(s) in rescompile/, each as module -> imported module (file:line of "
+            "the import):\n" + "\n".join(lines),
+            pytrace=False,
+        )
 
 
 # The layers of docs/architecture.md, bottom (0) to top: a module may import its own layer and the ones below.
 LAYERS = {
-    "rescompile._version": 0, "rescompile.errors": 0, "rescompile.io": 0, "rescompile.progress": 0,
-    "rescompile.readers": 1, "rescompile.buildfolder": 1, "rescompile.config": 1, "rescompile.publish": 1,
-    "rescompile.graph": 2, "rescompile.quantize": 3,
-    "rescompile.data": 4, "rescompile.calibrate": 4, "rescompile.runtime": 4,
-    "rescompile.models": 5, "rescompile.export": 5, "rescompile.simplify": 5,
-    "rescompile.engine": 6, "rescompile.validate": 6,
-    "rescompile.scale": 7, "rescompile.deploy": 7,
-    "rescompile.pipeline": 8, "rescompile.commands": 9, "rescompile.cli": 10, "rescompile": 11,
-}  # fmt: skip
+    "rescompile._version": 0,
+    "rescompile.errors": 0,
+    "rescompile.io": 0,
+    "rescompile.progress": 0,
+    "rescompile.readers": 1,
+    "rescompile.buildfolder": 1,
+    "rescompile.config": 1,
+    "rescompile.publish": 1,
+    "rescompile.graph": 2,
+    "rescompile.quantize": 3,
+    "rescompile.data": 4,
+    "rescompile.calibrate": 4,
+    "rescompile.runtime": 4,
+    "rescompile.models": 5,
+    "rescompile.export": 5,
+    "rescompile.simplify": 5,
+    "rescompile.engine": 6,
+    "rescompile.validate": 6,
+    "rescompile.scale": 7,
+    "rescompile.deploy": 7,
+    "rescompile.pipeline": 8,
+    "rescompile.commands": 9,
+    "rescompile.cli": 10,
+    "rescompile": 11,
+}
 # Imports that go up today, each named in docs/architecture.md (none forms a cycle). A new one fails the
 # test below; one that disappears must be struck from this list too, so it stays the truth.
 UPWARD = {
@@ -254,8 +278,10 @@ def test_imports_go_down_the_layers_but_for_the_listed_ones() -> None:
 
 
 def test_the_layer_check_sees_an_upward_import() -> None:
-    graph = {"rescompile.graph.x": [Edge("rescompile.graph.x", "rescompile.pipeline.y", "rescompile/graph/x.py", 3)],
-             "rescompile.pipeline.y": [Edge("rescompile.pipeline.y", "rescompile.graph.x", "rescompile/pipeline/y.py", 1)]}
+    graph = {
+        "rescompile.graph.x": [Edge("rescompile.graph.x", "rescompile.pipeline.y", "rescompile/graph/x.py", 3)],
+        "rescompile.pipeline.y": [Edge("rescompile.pipeline.y", "rescompile.graph.x", "rescompile/pipeline/y.py", 1)],
+    }
     assert list(upward_edges(graph)) == [("rescompile.graph.x", "rescompile.pipeline.y")]
 
 
@@ -268,24 +294,35 @@ def _write(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_every_kind_of_import_is_an_edge(tmp_path: Path) -> None:
-    pkg = _write(tmp_path, {
-        "pkg/__init__.py": "",
-        "pkg/a.py": "import pkg.b.c\n",
-        "pkg/b/__init__.py": "from . import c\n",
-        "pkg/b/c.py": "def f():\n    from ..d import thing\n",
-        "pkg/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.e import E\n",
-        "pkg/e.py": "import importlib\nimportlib.import_module('pkg.f.g')\n",
-        "pkg/f/__init__.py": "import importlib\nfor m in ('g',):\n    importlib.import_module(f'{__name__}.{m}')\n",
-        "pkg/f/g.py": "from pkg import a\n",
-        "pkg/h.py": "import importlib\nPLUGINS = {'x': 'pkg.a'}\ndef load(n):\n    return importlib.import_module(PLUGINS[n])\n",
-        "pkg/i.py": "from pkg.d import name_in_d\nimport os.path\n",
-    })  # fmt: skip
+    pkg = _write(
+        tmp_path,
+        {
+            "pkg/__init__.py": "",
+            "pkg/a.py": "import pkg.b.c\n",
+            "pkg/b/__init__.py": "from . import c\n",
+            "pkg/b/c.py": "def f():\n    from ..d import thing\n",
+            "pkg/d.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.e import E\n",
+            "pkg/e.py": "import importlib\nimportlib.import_module('pkg.f.g')\n",
+            "pkg/f/__init__.py": "import importlib\nfor m in ('g',):\n    importlib.import_module(f'{__name__}.{m}')\n",
+            "pkg/f/g.py": "from pkg import a\n",
+            "pkg/h.py": "import importlib\nPLUGINS = {'x': 'pkg.a'}\ndef load(n):\n    return importlib.import_module(PLUGINS[n])\n",
+            "pkg/i.py": "from pkg.d import name_in_d\nimport os.path\n",
+        },
+    )
     graph = import_graph(pkg)
     targets = {m: sorted({e.target for e in edges}) for m, edges in graph.items()}
     assert targets == {
-        "pkg": [], "pkg.a": ["pkg.b.c"], "pkg.b": ["pkg.b.c"], "pkg.b.c": ["pkg.d"], "pkg.d": ["pkg.e"],
-        "pkg.e": ["pkg.f.g"], "pkg.f": ["pkg.f.g"], "pkg.f.g": ["pkg.a"], "pkg.h": ["pkg.a"], "pkg.i": ["pkg.d"],
-    }  # fmt: skip
+        "pkg": [],
+        "pkg.a": ["pkg.b.c"],
+        "pkg.b": ["pkg.b.c"],
+        "pkg.b.c": ["pkg.d"],
+        "pkg.d": ["pkg.e"],
+        "pkg.e": ["pkg.f.g"],
+        "pkg.f": ["pkg.f.g"],
+        "pkg.f.g": ["pkg.a"],
+        "pkg.h": ["pkg.a"],
+        "pkg.i": ["pkg.d"],
+    }
     (cycle,) = find_cycles(graph)
     assert [e.source for e in cycle] == ["pkg.a", "pkg.b.c", "pkg.d", "pkg.e", "pkg.f.g"]
     assert describe(cycle).startswith("pkg.a -> pkg.b.c (pkg/a.py:1) -> pkg.d (pkg/b/c.py:2) -> pkg.e (pkg/d.py:3)")

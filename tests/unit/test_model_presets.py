@@ -16,13 +16,23 @@ from rescompile.models.onnx_source import describe_onnx
 from rescompile.models.resnet_cifar import cifar_resnet
 
 
-@pytest.mark.parametrize(("channels", "size", "family", "preset"), [
-    (1, 28, "demo", "fashion-mnist"),
-    (3, 32, "cifar", "cifar"), (3, 224, "cifar", "cifar"), (1, 32, "cifar", "grayscale"),
-    (3, 224, "torchvision", "imagenet"), (3, 64, "torchvision", "imagenet"), (1, 224, "torchvision", "imagenet"),
-    (3, 224, None, "imagenet"), (3, 32, None, "cifar"), (3, 256, None, "cifar"), (1, 224, None, "grayscale"),
-    (1, 28, None, "grayscale"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("channels", "size", "family", "preset"),
+    [
+        (1, 28, "demo", "fashion-mnist"),
+        (3, 32, "cifar", "cifar"),
+        (3, 224, "cifar", "cifar"),
+        (1, 32, "cifar", "grayscale"),
+        (3, 224, "torchvision", "imagenet"),
+        (3, 64, "torchvision", "imagenet"),
+        (1, 224, "torchvision", "imagenet"),
+        (3, 224, None, "imagenet"),
+        (3, 32, None, "cifar"),
+        (3, 256, None, "cifar"),
+        (1, 224, None, "grayscale"),
+        (1, 28, None, "grayscale"),
+    ],
+)
 def test_the_rule(channels: int, size: int, family: str | None, preset: str) -> None:
     assert default_preset(channels, size, family=family) == preset
 
@@ -30,10 +40,18 @@ def test_the_rule(channels: int, size: int, family: str | None, preset: str) -> 
 def _onnx_file(tmp_path: Path, channels: int, size: int) -> Path:
     """Conv -> GlobalAveragePool -> Flatten: the smallest graph describe_onnx accepts."""
     w = numpy_helper.from_array(np.ones((4, channels, 3, 3), np.float32), "w")
-    nodes = [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"), helper.make_node("GlobalAveragePool", ["c"], ["p"]),
-             helper.make_node("Flatten", ["p"], ["logits"])]  # fmt: skip
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", channels, size, size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])], [w])  # fmt: skip
+    nodes = [
+        helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
+        helper.make_node("GlobalAveragePool", ["c"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", channels, size, size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 4])],
+        [w],
+    )
     path = tmp_path / f"m{channels}x{size}.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
@@ -45,11 +63,17 @@ def test_an_onnx_file_gets_the_preset_of_its_input(tmp_path: Path, channels: int
     assert (loaded.input_shape, loaded.preset) == ((channels, size, size), preset)
 
 
-@pytest.mark.parametrize(("spec", "kwargs", "preset"), [
-    ("demo", {}, "fashion-mnist"),
-    ("resnet20", {}, "cifar"), ("resnet20", {"in_channels": 1}, "grayscale"), ("resnet20", {"input_size": 224}, "cifar"),
-    ("torchvision:resnet18", {}, "imagenet"), ("torchvision:resnet18", {"in_channels": 1, "input_size": 64}, "imagenet"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "kwargs", "preset"),
+    [
+        ("demo", {}, "fashion-mnist"),
+        ("resnet20", {}, "cifar"),
+        ("resnet20", {"in_channels": 1}, "grayscale"),
+        ("resnet20", {"input_size": 224}, "cifar"),
+        ("torchvision:resnet18", {}, "imagenet"),
+        ("torchvision:resnet18", {"in_channels": 1, "input_size": 64}, "imagenet"),
+    ],
+)
 def test_each_model_family_gets_its_training_preset(spec: str, kwargs: dict[str, int], preset: str) -> None:
     assert load_model(spec, **kwargs).preset == preset  # type: ignore[arg-type]
 

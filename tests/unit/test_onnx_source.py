@@ -20,9 +20,18 @@ from tests.conftest import TINY_SHAPE, tiny_resnet
 def opset11_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny ResNet exported by torch.onnx (TorchScript exporter) at opset 11, BatchNorm not folded."""
     path = tmp_path_factory.mktemp("op11") / "tiny_op11.onnx"
-    torch.onnx.export(tiny_resnet(), torch.zeros(1, *TINY_SHAPE), str(path), opset_version=11, dynamo=False,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
-                      training=torch.onnx.TrainingMode.EVAL, do_constant_folding=False)  # fmt: skip
+    torch.onnx.export(
+        tiny_resnet(),
+        torch.zeros(1, *TINY_SHAPE),
+        str(path),
+        opset_version=11,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+        training=torch.onnx.TrainingMode.EVAL,
+        do_constant_folding=False,
+    )
     return path
 
 

@@ -128,11 +128,18 @@ def test_refuses_a_read_only_folder(tmp_path: Path):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
-    code = ("import sys; from rescompile.errors import UsageError; from rescompile.publish import check_out\n"
-            "try:\n    check_out(__import__('pathlib').Path(sys.argv[1]))\n"
-            "except UsageError as e:\n    print(e.message); sys.exit(2)\n")  # fmt: skip
-    run = subprocess.run([*_as_unprivileged(), sys.executable, "-c", code, str(ro / "sub" / "b")], capture_output=True,
-                         text=True, cwd=Path(__file__).parents[2], timeout=60)  # fmt: skip
+    code = (
+        "import sys; from rescompile.errors import UsageError; from rescompile.publish import check_out\n"
+        "try:\n    check_out(__import__('pathlib').Path(sys.argv[1]))\n"
+        "except UsageError as e:\n    print(e.message); sys.exit(2)\n"
+    )
+    run = subprocess.run(
+        [*_as_unprivileged(), sys.executable, "-c", code, str(ro / "sub" / "b")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        timeout=60,
+    )
     assert run.returncode == 2, run.stdout + run.stderr
     assert f"cannot write --out {ro}/sub/b: {ro} is not writable (Permission denied)" in run.stdout
     assert names(ro) == []
@@ -191,8 +198,7 @@ def test_leftovers_of_dead_builds_are_removed_live_ones_kept(tmp_path: Path):
         time.sleep(0.1)
         live.mkdir()
         removed = clean_leftovers(out)
-        assert sorted(p.name for p in removed) == sorted([f".b.partial-{dead}-x1", f".b.old-{dead}-x2",
-                                                          f".b.failed.partial-{dead}-x3"])  # fmt: skip
+        assert sorted(p.name for p in removed) == sorted([f".b.partial-{dead}-x1", f".b.old-{dead}-x2", f".b.failed.partial-{dead}-x3"])
         assert live.is_dir()  # a build still running
         assert (tmp_path / ".b.partial-legacy").is_dir()  # no pid: whose it is cannot be known, left alone
         # The same pid now belongs to a process that started after the folder was last written: not its owner.

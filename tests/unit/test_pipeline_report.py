@@ -75,8 +75,14 @@ def _reports(measured):
     m, int8, choice = measured
     as_build = make_report(m, ModelSection("tiny", (1, 16, 16), 4), choice, int8, warnings=[])
     record = {"folder": "build/tiny", "hashes_verified": False, "gates_passed": True, "overrides": ["--no-verify-hashes"]}
-    as_validate = make_report(m, ModelSection("model.int8", (1, 16, 16), 4, reference="tiny"), choice, int8,
-                              notes=["--no-verify-hashes: not checked"], build=record)  # fmt: skip
+    as_validate = make_report(
+        m,
+        ModelSection("model.int8", (1, 16, 16), 4, reference="tiny"),
+        choice,
+        int8,
+        notes=["--no-verify-hashes: not checked"],
+        build=record,
+    )
     return as_build, as_validate
 
 
@@ -94,8 +100,11 @@ def test_build_and_validate_reports_follow_the_schema_and_get_the_same_verdict(m
     assert e1 is not None and e2 is not None and e1.message == e2.message and e1.exit_code == 1
     assert e1.message.startswith("1 of 3 gate(s) failed:\n  FAIL min-cosine: agreement.cosine_mean = ")
     # what only one command adds stays in its own report
-    assert "warnings" in docs[0] and "build" not in docs[0] and docs[0]["model"] == {
-        "name": "tiny", "input_shape": [1, 16, 16], "num_classes": 4}
+    assert (
+        "warnings" in docs[0]
+        and "build" not in docs[0]
+        and docs[0]["model"] == {"name": "tiny", "input_shape": [1, 16, 16], "num_classes": 4}
+    )
     assert docs[1]["build"]["folder"] == "build/tiny" and docs[1]["model"]["reference"] == "tiny"
     assert docs[1]["notes"] == latency_notes(measured[1], "onnxruntime-int8") + ["--no-verify-hashes: not checked"]
 
@@ -125,18 +134,32 @@ def test_engine_section_and_gate_of_a_gpu_build(measured, tmp_path):
     from rescompile.validate.schema import schema_errors
 
     target = get_target("jetson-orin-nx-8gb")
-    settings = compute_settings(target, InputSpec("input", None, (1, 16, 16)), EngineOptions(batches=(1, 8)),
-                                parse_version("10.3"))  # fmt: skip
+    settings = compute_settings(target, InputSpec("input", None, (1, 16, 16)), EngineOptions(batches=(1, 8)), parse_version("10.3"))
     fusion = _fusion(load(PUBLISHED[1]))
-    built = EngineBuild(tmp_path / "model.plan", tmp_path / "model.plan.json", tmp_path / "model.plan.layers.json",
-                        settings, DeviceInfo("Orin", (8, 7), "36.4.0"), "10.3.0", fusion, None, 12.5)  # fmt: skip
+    built = EngineBuild(
+        tmp_path / "model.plan",
+        tmp_path / "model.plan.json",
+        tmp_path / "model.plan.layers.json",
+        settings,
+        DeviceInfo("Orin", (8, 7), "36.4.0"),
+        "10.3.0",
+        fusion,
+        None,
+        12.5,
+    )
     m, int8, choice = measured
-    report = make_report(m, ModelSection("tiny", (1, 16, 16), 4), choice, int8, warnings=[],
-                         engine=EngineSection(Engine(built, target.name)))  # fmt: skip
+    report = make_report(
+        m, ModelSection("tiny", (1, 16, 16), 4), choice, int8, warnings=[], engine=EngineSection(Engine(built, target.name))
+    )
     verdict = judge(report, Gates(min_agreement=0), [fusion_gate(fusion)])
     doc = json.loads(json.dumps(report.to_dict()))
     assert schema_errors(doc) == [] and verdict.passed and doc["gates"][-1]["name"] == FUSION_GATE
-    assert doc["engine"] == {"tensorrt_version": "10.3.0", "target": "jetson-orin-nx-8gb", "build_seconds": 12.5,
-                             "gpu": {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0"},
-                             "settings": _json(settings.to_dict()), "residual_fusion": _json(fusion.to_dict())}  # fmt: skip
+    assert doc["engine"] == {
+        "tensorrt_version": "10.3.0",
+        "target": "jetson-orin-nx-8gb",
+        "build_seconds": 12.5,
+        "gpu": {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0"},
+        "settings": _json(settings.to_dict()),
+        "residual_fusion": _json(fusion.to_dict()),
+    }
     assert doc["engine"]["residual_fusion"]["ok"] and doc["engine"]["settings"]["profile"]["max"][0] == 8

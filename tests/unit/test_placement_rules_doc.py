@@ -27,7 +27,6 @@ def test_every_cited_rule_code_is_defined_in_the_docs() -> None:
     assert not missing, f"rule codes cited but not defined in docs/placement-rules.md: {missing}"
 
 
-
 def test_every_policy_rule_text_names_a_defined_code() -> None:
     from rescompile.quantize.registry import all_policies
 

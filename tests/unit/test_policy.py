@@ -215,7 +215,9 @@ def test_the_registry_loads_each_builtin_from_its_module_and_the_catalog_names_t
     assert tuple(registry._BUILTINS) == catalog.BUILTIN == (Policy.TENSORRT, Policy.ONNXRUNTIME)
     assert registry.get_policy("tensorrt") is policy_trt.POLICY and registry.get_policy("onnxruntime") is policy_ort.POLICY
     assert catalog.REGISTERED["tensorrt"] is policy_trt.POLICY
-    code = ("import sys; from rescompile.quantize.catalog import policy_names; from rescompile.quantize.policy import QuantPlan; "
-            "print(policy_names(), sorted(m for m in sys.modules if m.startswith('rescompile.quantize.')))")  # fmt: skip
+    code = (
+        "import sys; from rescompile.quantize.catalog import policy_names; from rescompile.quantize.policy import QuantPlan; "
+        "print(policy_names(), sorted(m for m in sys.modules if m.startswith('rescompile.quantize.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ("['tensorrt', 'onnxruntime'] ['rescompile.quantize.catalog', 'rescompile.quantize.policy']")

@@ -265,8 +265,17 @@ def _cifar_resnet_graph(per_stage: int) -> onnx.ModelProto:
         w = numpy_helper.from_array((rng.standard_normal((cout, cin, k, k)) * 0.1).astype(np.float32), f"{name}.w")
         b = numpy_helper.from_array(np.zeros(cout, np.float32), f"{name}.b")
         inits.extend([w, b])
-        nodes.append(helper.make_node("Conv", [x, w.name, b.name], [f"{name}_out"], name=f"{name}/Conv", kernel_shape=[k, k],
-                                      strides=[stride, stride], pads=[k // 2] * 4))  # fmt: skip
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, w.name, b.name],
+                [f"{name}_out"],
+                name=f"{name}/Conv",
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[k // 2] * 4,
+            )
+        )
         return f"{name}_out"
 
     def relu(x: str, name: str) -> str:
@@ -286,8 +295,13 @@ def _cifar_resnet_graph(per_stage: int) -> onnx.ModelProto:
     nodes.append(helper.make_node("Flatten", ["pooled"], ["flat"], name="/Flatten"))
     inits.append(numpy_helper.from_array((rng.standard_normal((10, 64)) * 0.1).astype(np.float32), "fc.w"))
     nodes.append(helper.make_node("Gemm", ["flat", "fc.w"], ["logits"], name="/fc/Gemm", transB=1))
-    graph = helper.make_graph(nodes, "cifar", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "cifar",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, 32, 32])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -13,8 +13,10 @@ from rescompile.scale.sweep_report import accuracy_axis, markdown, pareto, summa
 
 def test_grid_is_the_product_with_stable_keys_and_folders(tmp_path: Path) -> None:
     spec = tmp_path / "s.yaml"
-    spec.write_text("base: {calib: demo-calib, latency_runs: 5}\ngrid:\n  policy: [tensorrt, onnxruntime]\n"
-                    "  calib_method: [max, entropy, mse]\n  keep_fp: [[], ['/stem/*'], []]\n")  # fmt: skip
+    spec.write_text(
+        "base: {calib: demo-calib, latency_runs: 5}\ngrid:\n  policy: [tensorrt, onnxruntime]\n"
+        "  calib_method: [max, entropy, mse]\n  keep_fp: [[], ['/stem/*'], []]\n"
+    )
     plan = load_sweep(spec)
     assert len(plan.points) == 12  # 2 x 3 x 3, the repeated keep_fp [] counted once
     assert plan.out == Path("sweeps/s")
@@ -25,15 +27,18 @@ def test_grid_is_the_product_with_stable_keys_and_folders(tmp_path: Path) -> Non
     assert config_key(p.config) == p.key
 
 
-@pytest.mark.parametrize("text, match", [
-    ("grid: {colour: [red]}", "unknown build setting 'colour'"),
-    ("grid: {policy: tensorrt}", "non-empty list"),
-    ("base: {policy: x}\ngrid: {policy: [y]}", "both in base and in grid"),
-    ("grid: [1, 2]", "a sweep is a mapping"),
-    ("grid: {policy: [a]}\nextra: 1", "unknown key"),
-    ("grid: {gates: [3]}", "gates must be a mapping"),
-    (": : :", "not valid YAML"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("grid: {colour: [red]}", "unknown build setting 'colour'"),
+        ("grid: {policy: tensorrt}", "non-empty list"),
+        ("base: {policy: x}\ngrid: {policy: [y]}", "both in base and in grid"),
+        ("grid: [1, 2]", "a sweep is a mapping"),
+        ("grid: {policy: [a]}\nextra: 1", "unknown key"),
+        ("grid: {gates: [3]}", "gates must be a mapping"),
+        (": : :", "not valid YAML"),
+    ],
+)
 def test_bad_sweep_files_are_usage_errors(tmp_path: Path, text: str, match: str) -> None:
     spec = tmp_path / "bad.yaml"
     spec.write_text(text)
@@ -46,8 +51,7 @@ def _r(key: str, ms: float | None, top1: float | None, status: str = "ok") -> di
 
 
 def test_pareto_front_keeps_builds_nobody_beats_on_both_axes() -> None:
-    rs = [_r("a", 1.0, 80.0), _r("b", 2.0, 90.0), _r("c", 2.5, 85.0), _r("d", 1.0, 79.0), _r("e", 3.0, 90.0),
-          _r("f", None, None, "error")]  # fmt: skip
+    rs = [_r("a", 1.0, 80.0), _r("b", 2.0, 90.0), _r("c", 2.5, 85.0), _r("d", 1.0, 79.0), _r("e", 3.0, 90.0), _r("f", None, None, "error")]
     assert pareto(rs, "top1") == {"a" * 12, "b" * 12}
     doc = summary(rs)
     assert doc["counts"] == {"ok": 5, "gate-failed": 0, "error": 1} and doc["axis"] == "top1"

@@ -43,14 +43,20 @@ class ResNetDBlock(nn.Module):
         super().__init__()
         mid = cout // 2
         self.main = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, mid, 3, 2, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(),
-            nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
-        )  # fmt: skip
-        self.shortcut = nn.Sequential(
-            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), nn.Conv2d(cin, cout, 1, bias=False),
+            nn.Conv2d(cin, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, mid, 3, 2, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.ReLU(),
+            nn.Conv2d(mid, cout, 1, bias=False),
             nn.BatchNorm2d(cout),
-        )  # fmt: skip
+        )
+        self.shortcut = nn.Sequential(
+            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.main(x) + self.shortcut(x))
@@ -70,27 +76,53 @@ def _init_bn(model: nn.Module) -> nn.Module:
 def preact_resnet(classes: int = 4) -> nn.Module:
     """A small pre-activation ResNet: stem conv, an identity block, a projection block, final BN-ReLU."""
     torch.manual_seed(0)
-    return _init_bn(nn.Sequential(
-        nn.Conv2d(3, 8, 3, 1, 1, bias=False), PreActBlock(8, 8), PreActBlock(8, 16, 2), PreActBlock(16, 16),
-        nn.BatchNorm2d(16), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, classes),
-    ))  # fmt: skip
+    return _init_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, 1, 1, bias=False),
+            PreActBlock(8, 8),
+            PreActBlock(8, 16, 2),
+            PreActBlock(16, 16),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(16, classes),
+        )
+    )
 
 
 def resnet_d(classes: int = 4) -> nn.Module:
     """A stem, one ResNet-D downsampling block, pool, fc."""
     torch.manual_seed(0)
-    return _init_bn(nn.Sequential(
-        nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), ResNetDBlock(16, 32),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, classes),
-    ))  # fmt: skip
+    return _init_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            ResNetDBlock(16, 32),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(32, classes),
+        )
+    )
 
 
 def plain_cnn() -> nn.Module:
     """No residual Add at all (a bias Add would not count either)."""
     torch.manual_seed(0)
-    return _init_bn(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                                  nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(8, 3)))  # fmt: skip
+    return _init_bn(
+        nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            nn.Linear(8, 3),
+        )
+    )
 
 
 SMALL = (3, 16, 16)
@@ -109,9 +141,17 @@ def quick_export(module: nn.Module, shape: tuple[int, int, int]) -> onnx.ModelPr
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.zeros(1, *shape),), buf, dynamo=False, opset_version=17,
-                          do_constant_folding=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+        torch.onnx.export(
+            module.eval(),
+            (torch.zeros(1, *shape),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=False,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
     model = onnx.load_from_string(buf.getvalue())
     # Without constant folding the exporter reads parameters through Identity nodes; point consumers
     # at the initializers themselves so BatchNorm folding sees constants.
@@ -170,11 +210,15 @@ _BIG = ("resnet101", "resnet152", "wide_resnet50_2")
 TORCHVISION = [
     pytest.param(arch, adds, proj, main, id=arch, marks=[pytest.mark.slow] if arch in _BIG else [])
     for arch, adds, proj, main in [
-        ("resnet18", 8, 3, BASIC), ("resnet34", 16, 3, BASIC), ("resnet50", 16, 4, BOTTLENECK),
-        ("resnext50_32x4d", 16, 4, BOTTLENECK), ("resnet101", 33, 4, BOTTLENECK), ("resnet152", 50, 4, BOTTLENECK),
+        ("resnet18", 8, 3, BASIC),
+        ("resnet34", 16, 3, BASIC),
+        ("resnet50", 16, 4, BOTTLENECK),
+        ("resnext50_32x4d", 16, 4, BOTTLENECK),
+        ("resnet101", 33, 4, BOTTLENECK),
+        ("resnet152", 50, 4, BOTTLENECK),
         ("wide_resnet50_2", 16, 4, BOTTLENECK),
     ]
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("arch", "adds", "projections", "main"), TORCHVISION)
@@ -222,8 +266,7 @@ def test_no_residual_add_is_an_empty_map():
 
 
 def _signature(model: onnx.ModelProto) -> list[tuple]:
-    return [(b.main_ops, b.shortcut_kind, b.shortcut_ops, b.follower, b.main_producer_op)
-            for b in find_residual_blocks(model)]  # fmt: skip
+    return [(b.main_ops, b.shortcut_kind, b.shortcut_ops, b.follower, b.main_producer_op) for b in find_residual_blocks(model)]
 
 
 @pytest.mark.parametrize("name", ["preact", "resnet_d"])
@@ -257,8 +300,14 @@ def test_unsimplified_graph_names_the_last_conv_behind_batchnorm():
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(cifar_resnet("resnet20", 10, 1).eval(), (torch.zeros(1, 1, 16, 16),), buf, dynamo=False,
-                          opset_version=17, do_constant_folding=False)  # fmt: skip
+        torch.onnx.export(
+            cifar_resnet("resnet20", 10, 1).eval(),
+            (torch.zeros(1, 1, 16, 16),),
+            buf,
+            dynamo=False,
+            opset_version=17,
+            do_constant_folding=False,
+        )
     blocks = find_residual_blocks(onnx.load_from_string(buf.getvalue()))
     assert len(blocks) == 9 and all(b.main_producer_op == "BatchNormalization" for b in blocks)
     assert all(b.main_conv and b.main_conv.endswith("conv2/Conv") for b in blocks)

@@ -18,8 +18,7 @@ runner = CliRunner()
 
 def test_block_map_table_and_json(tiny_onnx, tmp_path):
     onnx.save(tiny_onnx, tmp_path / "m.onnx")
-    result = runner.invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--json", str(tmp_path / "b.json")],
-                           env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(app, ["inspect", str(tmp_path / "m.onnx"), "--json", str(tmp_path / "b.json")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "2 residual Adds" in result.output and "projection (Conv)" in result.output and "identity" in result.output
     doc = json.loads((tmp_path / "b.json").read_text())
@@ -39,8 +38,14 @@ def test_proof_passes_for_the_files_of_a_build(tiny_onnx, tmp_path):
     onnx.save(int8, tmp_path / "model.int8.onnx")
     (tmp_path / "qdq_plan.json").write_text(plan.to_json())
     names = ("model.simplified.onnx", "model.int8.onnx", "qdq_plan.json")
-    (tmp_path / "manifest.json").write_text(json.dumps({"schema": "rescompile.manifest/1", "artifacts": {
-        n: {"sha256": sha256_file(tmp_path / n), "bytes": (tmp_path / n).stat().st_size} for n in names}}))  # fmt: skip
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema": "rescompile.manifest/1",
+                "artifacts": {n: {"sha256": sha256_file(tmp_path / n), "bytes": (tmp_path / n).stat().st_size} for n in names},
+            }
+        )
+    )
     result = runner.invoke(app, ["inspect", str(tmp_path), "--json", str(tmp_path / "p.json")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "proof (onnxruntime policy): PASS" in result.output
@@ -53,8 +58,11 @@ def test_proof_failure_exits_1_naming_node_and_rule(tiny_onnx, tmp_path):
     onnx.save(tiny_onnx, tmp_path / "fp32.onnx")
     onnx.save(int8, tmp_path / "int8.onnx")
     # The tensorrt graph, checked against the onnxruntime policy, breaks its rules.
-    result = runner.invoke(app, ["inspect", str(tmp_path / "fp32.onnx"), "--int8", str(tmp_path / "int8.onnx"),
-                                 "--policy", "onnxruntime"], env={"COLUMNS": "200"})  # fmt: skip
+    result = runner.invoke(
+        app,
+        ["inspect", str(tmp_path / "fp32.onnx"), "--int8", str(tmp_path / "int8.onnx"), "--policy", "onnxruntime"],
+        env={"COLUMNS": "200"},
+    )
     assert result.exit_code == 1
     assert "FAIL" in result.output and "[residual] /blocks/blocks.0/Add" in result.output
     assert "Traceback" not in result.output + result.stderr

@@ -87,8 +87,7 @@ def test_auto_fallback_keeps_the_broken_layer_and_passes(tiny_onnx, tiny_data, q
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, None)
     settings = ValidateSettings(latency=replace(ValidateSettings().latency, batches=(1,), runs=3, warmup=0))
     ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
-    fb = auto_fallback(tiny_onnx, broken, plan, broken_ranges, ref, inputs,
-                       FallbackSettings(3, Gates(min_cosine=0.999)), settings)  # fmt: skip
+    fb = auto_fallback(tiny_onnx, broken, plan, broken_ranges, ref, inputs, FallbackSettings(3, Gates(min_cosine=0.999)), settings)
     assert not fb.initial.gates_passed and fb.initial.failed_gates[0].startswith("FAIL min-cosine")
     assert fb.passed and [s.layer for s in fb.steps] == [BLAMED] and fb.kept == [keep_fp_pattern(BLAMED)]
     step = fb.steps[0]
@@ -104,8 +103,7 @@ def test_auto_fallback_stops_at_its_limit(tiny_onnx, tiny_data, quantized):
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, None)
     settings = ValidateSettings(latency=replace(ValidateSettings().latency, batches=(1,), runs=3, warmup=0))
     ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
-    fb = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(2, Gates(min_cosine=1.0)),
-                       settings)  # fmt: skip
+    fb = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(2, Gates(min_cosine=1.0)), settings)
     assert not fb.passed and len(fb.steps) == 2 and "limit of 2" in fb.stopped
     assert fb.steps[1].after.fp_macs_share > fb.steps[0].after.fp_macs_share > 0
     with pytest.raises(UsageError, match="accuracy gate"):

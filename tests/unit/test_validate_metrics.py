@@ -47,11 +47,13 @@ def _report(drop=0.4, agree=99.0, cosine=0.999, p99=5.0, speed=1.5):
     return {
         "accuracy": {"top1_drop": drop},
         "agreement": {"top1": agree, "cosine_mean": cosine},
-        "latency": [{"runner": "onnxruntime-fp32", "role": "baseline", "batch": 1, "p99_ms": 9.0},
-                    {"runner": "onnxruntime-int8", "role": "candidate", "batch": 1, "p99_ms": p99},
-                    {"runner": "onnxruntime-int8", "role": "candidate", "batch": 8, "p99_ms": 50.0}],
+        "latency": [
+            {"runner": "onnxruntime-fp32", "role": "baseline", "batch": 1, "p99_ms": 9.0},
+            {"runner": "onnxruntime-int8", "role": "candidate", "batch": 1, "p99_ms": p99},
+            {"runner": "onnxruntime-int8", "role": "candidate", "batch": 8, "p99_ms": 50.0},
+        ],
         "speedup_int8_vs_fp32_p50": {"1": speed, "8": 1.1},
-    }  # fmt: skip
+    }
 
 
 def test_every_gate_passes_and_fails_with_metric_value_threshold():
@@ -77,10 +79,18 @@ def test_gate_without_labels_fails_and_says_why():
     assert not g.passed and "no labels" in g.message
 
 
-@pytest.mark.parametrize("gates", [
-    Gates(max_top1_drop=-1), Gates(min_agreement=101), Gates(min_cosine=1.5), Gates(max_p99_ms=0),
-    Gates(min_speedup=-2), Gates(min_cosine=math.nan), Gates(latency_batch=0),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "gates",
+    [
+        Gates(max_top1_drop=-1),
+        Gates(min_agreement=101),
+        Gates(min_cosine=1.5),
+        Gates(max_p99_ms=0),
+        Gates(min_speedup=-2),
+        Gates(min_cosine=math.nan),
+        Gates(latency_batch=0),
+    ],
+)
 def test_invalid_thresholds_are_usage_errors(gates):
     with pytest.raises(UsageError) as exc:
         resolve_gates(None, gates)
@@ -96,10 +106,16 @@ def test_yaml_gates_hyphens_or_underscores_and_flags_override(tmp_path):
     assert (merged.max_top1_drop, merged.min_agreement, merged.max_p99_ms) == (0.25, 97, 30)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("max-top1-dorp: 1\n", "unknown gate"), ("min-cosine: high\n", "must be a number"),
-    ("min-agreement: 120\n", "out of range"), ("[1, 2\n", "not valid YAML"), ("", "holds no gates"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("max-top1-dorp: 1\n", "unknown gate"),
+        ("min-cosine: high\n", "must be a number"),
+        ("min-agreement: 120\n", "out of range"),
+        ("[1, 2\n", "not valid YAML"),
+        ("", "holds no gates"),
+    ],
+)
 def test_bad_yaml_gates_are_usage_errors(tmp_path, text, match):
     path = tmp_path / "gates.yaml"
     path.write_text(text)
@@ -137,9 +153,12 @@ def test_onnx_precision_and_fp16_runner_casts(tiny_onnx, tiny_data):
 
 def test_saved_reference_round_trip_without_pickle(tmp_path):
     rng = np.random.default_rng(0)
-    ref = ReferenceOutputs(rng.standard_normal((6, 3)).astype(np.float32), np.arange(6) % 3,
-                           rng.standard_normal((6, 1, 4, 4)).astype(np.float32),
-                           {"runner": "pytorch-fp32", "source": "x", "class_names": ["cat", "dog", "eel"]})  # fmt: skip
+    ref = ReferenceOutputs(
+        rng.standard_normal((6, 3)).astype(np.float32),
+        np.arange(6) % 3,
+        rng.standard_normal((6, 1, 4, 4)).astype(np.float32),
+        {"runner": "pytorch-fp32", "source": "x", "class_names": ["cat", "dog", "eel"]},
+    )
     path = tmp_path / "ref.npz"
     save_reference(path, ref)
     back = load_reference(path)

@@ -45,15 +45,21 @@ def full_report(tiny_onnx, tiny_data, quantize_tiny):
     inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
     settings = ValidateSettings(batch_size=8, latency=replace(ValidateSettings().latency, batches=(1, 4), runs=5, warmup=1))
     ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
-    measured = validate(ref, OnnxRuntimeRunner(int8, "onnxruntime-int8"), inputs,
-                        baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), settings=settings)  # fmt: skip
+    measured = validate(
+        ref,
+        OnnxRuntimeRunner(int8, "onnxruntime-int8"),
+        inputs,
+        baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"),
+        settings=settings,
+    )
     report = make_report(
-        measured, ModelSection("tiny", (1, 16, 16), 4),
-        DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)), int8,
+        measured,
+        ModelSection("tiny", (1, 16, 16), 4),
+        DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)),
+        int8,
         layerwise=layerwise_blame(tiny_onnx, int8, tiny_data),
-        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)),
-                               settings),
-    )  # fmt: skip
+        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)), settings),
+    )
     judge(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
     return json.loads(json.dumps(report.to_dict()))  # exactly what report.json holds
 
@@ -66,14 +72,17 @@ def test_report_validates_against_the_schema(full_report):
     assert set(full_report["speedup_int8_vs_fp32_p50"]) == {"1", "4"}
 
 
-@pytest.mark.parametrize("mutate, where", [
-    (lambda r: r.pop("agreement"), "(root)"),
-    (lambda r: r["accuracy"]["candidate"].update(top1=140.0), "accuracy/candidate/top1"),
-    (lambda r: r["latency"][0].update(role="other"), "latency/0/role"),
-    (lambda r: r.update(schema="rescompile.report/0"), "schema"),
-    (lambda r: r["gates"][0].update(passed="yes"), "gates/0/passed"),
-    (lambda r: r["notes"].append(3), "notes/1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda r: r.pop("agreement"), "(root)"),
+        (lambda r: r["accuracy"]["candidate"].update(top1=140.0), "accuracy/candidate/top1"),
+        (lambda r: r["latency"][0].update(role="other"), "latency/0/role"),
+        (lambda r: r.update(schema="rescompile.report/0"), "schema"),
+        (lambda r: r["gates"][0].update(passed="yes"), "gates/0/passed"),
+        (lambda r: r["notes"].append(3), "notes/1"),
+    ],
+)
 def test_schema_catches_broken_reports(full_report, mutate, where):
     broken = copy.deepcopy(full_report)
     mutate(broken)
@@ -189,9 +198,21 @@ def test_html_renders_in_headless_chromium(tmp_path, full_report):
     page = tmp_path / "report.html"
     page.write_text(render_html(full_report))
     shot = tmp_path / "report.png"
-    subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                    "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri()],
-                   check=True, capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1000,1400",
+            f"--screenshot={shot}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     from PIL import Image
 
     with Image.open(shot) as im:

@@ -43,8 +43,9 @@ def add_qdq(model: onnx.ModelProto, consumer: str, index: int, *, zp: int = 0, d
     m = _copy(model)
     node = _node(m, consumer)
     t = node.input[index]
-    m.graph.initializer.extend([numpy_helper.from_array(np.float32(0.05), "extra_scale"),
-                                numpy_helper.from_array(np.array(zp, dtype), "extra_zp")])  # fmt: skip
+    m.graph.initializer.extend(
+        [numpy_helper.from_array(np.float32(0.05), "extra_scale"), numpy_helper.from_array(np.array(zp, dtype), "extra_zp")]
+    )
     pos = list(m.graph.node).index(node)
     m.graph.node.insert(pos, helper.make_node("DequantizeLinear", ["extra_q", "extra_scale", "extra_zp"], ["extra_dq"], name="extra_DQ"))
     m.graph.node.insert(pos, helper.make_node("QuantizeLinear", [t, "extra_scale", "extra_zp"], ["extra_q"], name="extra_Q"))
@@ -129,8 +130,9 @@ def test_missing_shortcut_qdq(tiny_onnx, trt):
 def test_rewired_edge(tiny_onnx, trt):
     plan, model = trt
     conv = _node(model, "/blocks/blocks.1/conv2/Conv")
-    stem_relu_dq = next(n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"
-                        and n.input[0].startswith("/blocks/blocks.0/relu"))  # fmt: skip
+    stem_relu_dq = next(
+        n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("/blocks/blocks.0/relu")
+    )
     broken = _copy(model)
     _node(broken, "/blocks/blocks.1/conv2/Conv").input[0] = stem_relu_dq
     report = verify_int8(tiny_onnx, checked(broken), plan)
@@ -151,8 +153,11 @@ def _relu(model: onnx.ModelProto, block) -> str:  # type: ignore[no-untyped-def]
 
 def test_wrong_weight_axis_and_tampered_weight(tiny_onnx, trt):
     plan, model = trt
-    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized")
-              and len(_init(model, n.input[0]).dims) == 4)  # fmt: skip
+    dq = next(
+        n
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") and len(_init(model, n.input[0]).dims) == 4
+    )
     broken = _copy(model)
     next(a for a in _node(broken, node_name(dq)).attribute if a.name == "axis").i = 1
     report = verify_int8(tiny_onnx, broken, plan)

@@ -63,9 +63,13 @@ def test_linear_bottleneck_conv_output_is_quantized_for_the_next_conv_only(zoo_o
     for n in fp32.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    conv_to_conv = [a.tensor for a in plan.activations
-                    if producers.get(a.tensor) is not None and producers[a.tensor].op_type == "Conv"
-                    and all(c.op_type == "Conv" for c in consumers[a.tensor])]  # fmt: skip
+    conv_to_conv = [
+        a.tensor
+        for a in plan.activations
+        if producers.get(a.tensor) is not None
+        and producers[a.tensor].op_type == "Conv"
+        and all(c.op_type == "Conv" for c in consumers[a.tensor])
+    ]
     assert conv_to_conv, "expected linear-bottleneck Conv -> Conv edges to be quantized"
     quantized = {a.tensor for a in plan.activations}
     assert all(b.main not in quantized or b.main in {x.shortcut for x in plan.residual_adds} for b in plan.residual_adds)
@@ -83,9 +87,13 @@ def test_se_gate_mul_is_not_a_residual_add_and_the_add_after_it_is(zoo_onnx) -> 
 
 @pytest.mark.parametrize(
     ("name", "kinds"),
-    [("resnet_d", ["pooled-projection", "identity"]), ("preact", ["identity", "projection", "identity"]),
-     ("two_conv_add", ["projection", "identity"]), ("add_chain", ["identity", "identity"])],
-)  # fmt: skip
+    [
+        ("resnet_d", ["pooled-projection", "identity"]),
+        ("preact", ["identity", "projection", "identity"]),
+        ("two_conv_add", ["projection", "identity"]),
+        ("add_chain", ["identity", "identity"]),
+    ],
+)
 def test_shortcut_kinds(name: str, kinds: list[str], zoo_onnx) -> None:  # type: ignore[no-untyped-def]
     blocks = find_residual_blocks(zoo_onnx(name))
     assert [b.shortcut_kind for b in blocks] == kinds
@@ -98,8 +106,13 @@ def test_add_with_a_constant_input_is_not_residual() -> None:
     y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 2, 4, 4])
     w = onnx.numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w")
     b = onnx.numpy_helper.from_array(np.ones((1, 2, 1, 1), np.float32), "b")
-    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-                           helper.make_node("Add", ["c", "b"], ["y"], name="bias_add")], "g", [x], [y], [w, b])  # fmt: skip
+    g = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"), helper.make_node("Add", ["c", "b"], ["y"], name="bias_add")],
+        "g",
+        [x],
+        [y],
+        [w, b],
+    )
     assert find_residual_blocks(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])) == []
 
 
@@ -118,15 +131,26 @@ def test_cli_build_refuses_an_unsupported_op_with_exit_2(zoo_onnx, tmp_path) -> 
     from rescompile.cli import app
 
     fp32 = zoo_onnx("resnet_d")
-    fp32.graph.node.append(helper.make_node("FusedConv", [fp32.graph.input[0].name], ["odd_out"], name="odd_node",
-                                            domain="com.microsoft"))  # fmt: skip
+    fp32.graph.node.append(helper.make_node("FusedConv", [fp32.graph.input[0].name], ["odd_out"], name="odd_node", domain="com.microsoft"))
     fp32.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     path = tmp_path / "odd.onnx"
     onnx.save(fp32, str(path))
     np.save(tmp_path / "calib.npy", zoo.zoo_inputs(SIZE, 4, 0))
     np.savez(tmp_path / "val.npz", images=zoo.zoo_inputs(SIZE, 4, 1), labels=np.arange(4))
-    result = CliRunner().invoke(app, ["build", str(path), "--calib", str(tmp_path / "calib.npy"),
-                                      "--val", str(tmp_path / "val.npz"), "--out", str(tmp_path / "out"), "-q"])  # fmt: skip
+    result = CliRunner().invoke(
+        app,
+        [
+            "build",
+            str(path),
+            "--calib",
+            str(tmp_path / "calib.npy"),
+            "--val",
+            str(tmp_path / "val.npz"),
+            "--out",
+            str(tmp_path / "out"),
+            "-q",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "odd_node" in result.output and "com.microsoft.FusedConv" in result.output and "Traceback" not in result.output
 
@@ -175,8 +199,9 @@ def test_a_new_policy_is_one_registered_object(zoo_onnx, tmp_path) -> None:  # t
         np.save(tmp_path / "calib.npy", zoo.zoo_inputs(SIZE, 4, 0))
         m, ranges, out = str(tmp_path / "m.onnx"), str(tmp_path / "ranges.json"), str(tmp_path / "int8.onnx")
         runner = CliRunner()
-        calib = runner.invoke(app, ["calibrate", m, "--calib", str(tmp_path / "calib.npy"), "--policy", "tensorrt-fp-stem",
-                                    "--preset", "cifar", "-o", ranges])  # fmt: skip
+        calib = runner.invoke(
+            app, ["calibrate", m, "--calib", str(tmp_path / "calib.npy"), "--policy", "tensorrt-fp-stem", "--preset", "cifar", "-o", ranges]
+        )
         assert calib.exit_code == 0, calib.output
         quant = runner.invoke(app, ["quantize", m, "--ranges", ranges, "--policy", "tensorrt-fp-stem", "--out", out])
         assert quant.exit_code == 0 and "tensorrt-fp-stem" in quant.output, quant.output
