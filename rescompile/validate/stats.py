@@ -630,20 +630,21 @@ def decide_classes(drops: ClassDrops, threshold: float, mode: str) -> Decision:
     point: the worst class's point drop decides (today's reading). confident: Holm's step-down
     test (Holm 1979) of the K hypotheses "class k drops more than the threshold", each by Tango's
     one-sided score test at (1 - level)/2 (the one-sided side of a two-sided interval); the gate
-    passes when all K are rejected, which keeps the family-wise error <= (1 - level)/2. The
-    Decision's interval is the worst upper bound among the Bonferroni intervals; "unsafe" when
-    some class's interval lies wholly above the threshold. Holm can pass a family whose widest
+    passes when all K are rejected, which keeps the family-wise error <= (1 - level)/2; "unsafe"
+    when some class's interval lies wholly above the threshold. Holm can pass a family whose widest
     Bonferroni interval just reaches past the threshold (its later steps test at less than K-fold
-    correction); it never fails one whose intervals all lie below it.
+    correction); it never fails one whose intervals all lie below it. The Decision's point is the
+    worst class's drop and its interval [max lo_k, max hi_k], which covers the largest true class
+    drop whenever all K Bonferroni intervals cover theirs (probability >= level).
 
     ``samples_to_settle`` (when neither safe nor unsafe) is the total sample count, at the
     observed class shares and rates, at which every straddling class's interval settles.
     """
     _check_mode("<=", mode)
-    worst = drops.classes[0].estimate
+    # [max lo_k, max hi_k] is a simultaneous interval for the largest true class drop (Bonferroni)
+    point = drops.classes[0].estimate.point
+    lo = max(r.estimate.lo for r in drops.classes)
     hi = max(r.estimate.hi for r in drops.classes)
-    point = worst.point
-    lo = min(point, max(r.estimate.lo for r in drops.classes))
     t = threshold / 100.0
     alpha_one = (1.0 - drops.level) / 2.0
     # one-sided p for H0_k: drop_k >= t; small when the class is clearly below the threshold
