@@ -412,9 +412,11 @@ def bootstrap_drop(b: int, c: int, n: int, level: float = LEVEL, replicates: int
     draws = rng.multinomial(int(n), probs / probs.sum(), size=replicates)
     drops = (draws[:, 0] - draws[:, 1]) / n
     alpha = 1.0 - level
-    lo, hi = np.quantile(drops, [alpha / 2.0, 1.0 - alpha / 2.0])
+    q_lo, q_hi = np.quantile(drops, [alpha / 2.0, 1.0 - alpha / 2.0])
+    point = (b - c) / n
+    lo, hi = min(float(q_lo), point), max(float(q_hi), point)  # a skewed percentile interval can miss its point on tiny n
     p_two, p_drop = mcnemar_exact(b, c)
-    return DropEstimate(b, c, n, 100.0 * (b - c) / n, 100.0 * float(lo), 100.0 * float(hi), level, "bootstrap", p_two, p_drop)
+    return DropEstimate(b, c, n, 100.0 * point, 100.0 * lo, 100.0 * hi, level, "bootstrap", p_two, p_drop)
 
 
 # ---------------------------------------------------------------- gate decisions

@@ -414,3 +414,12 @@ def test_drop_interval_contains_its_point_and_stays_in_range(n, data, method):
     est = S.top1_drop(b, c, n, method=method, both=a)
     assert -100.0 <= est.lo <= est.point <= est.hi <= 100.0
     assert 0.0 <= est.p_drop <= 1.0 and 0.0 <= est.p_exact <= 1.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 300), data=st.data(), seed=st.integers(0, 3))
+def test_bootstrap_interval_contains_its_point(n, data, seed):
+    b = data.draw(st.integers(0, n))
+    c = data.draw(st.integers(0, n - b))
+    est = S.bootstrap_drop(b, c, n, replicates=200, seed=seed)
+    assert -100.0 <= est.lo <= est.point <= est.hi <= 100.0
