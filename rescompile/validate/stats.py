@@ -38,7 +38,6 @@ BOOTSTRAP_REPLICATES = 10_000
 MAX_SAMPLES = 10**12  # samples_to_settle gives up (None) beyond this
 
 _STD_NORMAL = NormalDist()
-_EPS = 1e-300
 
 
 # ---------------------------------------------------------------- distributions
