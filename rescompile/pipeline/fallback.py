@@ -25,7 +25,7 @@ from rescompile.validate.latency import MIN_RUNS, measure_latency
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
-from rescompile.validate.run import ValidateSettings, run_outputs
+from rescompile.validate.run import Measurement, ValidateSettings, run_outputs
 
 if TYPE_CHECKING:
     from rescompile.calibrate.ranges import TensorRange
@@ -131,18 +131,29 @@ class _Meter:
         ref, s = self.reference, self.settings
         runner = OnnxRuntimeRunner(model, "onnxruntime-int8", s.threads)
         metrics = compare_outputs(ref.logits, run_outputs(runner, self.inputs, s, "auto-fallback"), ref.labels)
-        results = evaluate_gates(metrics, self.gates)
         lat = measure_latency(
             runner, self.inputs.head(self.batch), self.batch, warmup=self.warmup, runs=self.runs, budget_s=s.latency.budget_s
         )
+        measured = Measurement(
+            source=self.inputs.name,
+            samples=len(ref.logits),
+            reference=ref.runner,
+            candidate=runner.name,
+            baseline=None,
+            accuracy=metrics.accuracy,
+            agreement=metrics.agreement,
+            per_class=metrics.per_class,
+            latency=[lat],
+        )
+        results = evaluate_gates(measured, self.gates)
         quantized = {w.node for w in plan.weights}
         fp_share = sum(v for k, v in self.macs.items() if k not in quantized) / self.total_macs
-        acc, agr = metrics["accuracy"], metrics["agreement"]
+        acc, agr = metrics.accuracy, metrics.agreement
         return FallbackState(
-            acc["candidate"]["top1"],
-            acc["top1_drop"],
-            agr["top1"],
-            agr["cosine_mean"],
+            acc.candidate.top1,
+            acc.top1_drop,
+            agr.top1,
+            agr.cosine_mean,
             all(g.passed for g in results),
             [g.line() for g in results if not g.passed],
             fp_share,

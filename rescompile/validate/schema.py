@@ -9,7 +9,8 @@ from typing import Any
 from rescompile.errors import UsageError, require
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schemas" / "report.schema.json"
-SCHEMA_ID = "rescompile.report/1"
+REPORT_SCHEMA = "rescompile.report/1"  # the one spelling of report.json's schema id
+SCHEMA_ID = REPORT_SCHEMA
 
 
 def load_schema() -> dict[str, Any]:

@@ -32,21 +32,22 @@ from rescompile.validate.report import render_markdown
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
+    from rescompile.validate.results import Report
 
 __all__ = ["REPORT_FILES", "read_block_picture", "write_reports"]
 log = logging.getLogger(__name__)
 
 
-def _build_folder(folder: Path, report: dict[str, Any]) -> Path | None:
+def _build_folder(folder: Path, report: Report) -> Path | None:
     """Where the build's INT8 model and plan are: ``folder``, else the build folder the report records."""
-    recorded = (report.get("build") or {}).get("folder") if isinstance(report.get("build"), dict) else None
+    recorded = (report.build or {}).get("folder")
     for cand in (folder, Path(recorded) if isinstance(recorded, str) else None):
         if cand is not None and all((cand / n).is_file() for n in (INT8_ONNX, QDQ_PLAN)):
             return cand
     return None
 
 
-def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str, Any] | None = None) -> BlockPicture | None:
+def read_block_picture(folder: Path, report: Report, config: Mapping[str, Any] | None = None) -> BlockPicture | None:
     """The block picture of the build behind ``report`` (a ``BlockPicture``), or None when its files are not there.
 
     Args:
@@ -68,7 +69,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
         if config is None and (src / MANIFEST).is_file():
             config = json.loads((src / MANIFEST).read_text()).get("config")
         config = config if isinstance(config, Mapping) else {}
-        steps = (report.get("fallback") or {}).get("steps") or []
+        steps = (report.fallback.to_dict() if report.fallback is not None else {}).get("steps") or []
         why = kept_reasons(
             int8,
             plan.get("kept_fp") or [],
@@ -87,7 +88,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
         return None
 
 
-def write_reports(folder: Path, report: dict[str, Any], *, config: Mapping[str, Any] | None = None) -> list[Path]:
+def write_reports(folder: Path, report: Report, *, config: Mapping[str, Any] | None = None) -> list[Path]:
     """Write the four report files into ``folder`` (each atomically); return their paths.
 
     Args:
@@ -96,8 +97,9 @@ def write_reports(folder: Path, report: dict[str, Any], *, config: Mapping[str, 
         config: the build's config, for the reasons layers were kept in FP in the block picture.
     """
     folder = Path(folder)
-    write_json(folder / REPORT_JSON, report)
+    write_json(folder / REPORT_JSON, report.to_dict())
     write_text_atomic(folder / REPORT_MD, render_markdown(report))
-    write_text_atomic(folder / JUNIT_XML, render_junit(report))
+    junit = render_junit(report.measurement, report.gates, model=report.model.name, validation=report.validation)
+    write_text_atomic(folder / JUNIT_XML, junit)
     write_text_atomic(folder / REPORT_HTML, render_html(report, read_block_picture(folder, report, config)))
     return [folder / name for name in REPORT_FILES]
