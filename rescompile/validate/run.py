@@ -163,8 +163,8 @@ class Measurement:
             fields_["peak_rss_mib"] = memory["peak_rss_mib"]
         speedup = fields_.get("speedup")
         if isinstance(speedup, dict) and not all(str(k).isdigit() and len(str(k)) < 10 for k in speedup):
-            keys = short(sorted(map(str, speedup)))
-            raise UsageError(f"{what}: field 'speedup_int8_vs_fp32_p50' must be keyed by batch size, got {keys}")
+            got = short(sorted(map(str, speedup)))
+            raise UsageError(f"{what}: field 'speedup_int8_vs_fp32_p50' must be keyed by batch size, got {got}")
         return from_mapping(cls, fields_, what)  # type: ignore[no-any-return]
 
 
