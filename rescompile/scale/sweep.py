@@ -174,8 +174,7 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
     """Build one point (in a Ray task or here) and record its result in its folder; never raises for a bad build."""
     from rescompile.errors import GateFailed, RescompileError
     from rescompile.io import write_json
-    from rescompile.pipeline import build
-    from rescompile.pipeline.builder import BuildResult
+    from rescompile.pipeline import BuildResult, build
 
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"key": point.key, "params": point.params, "config": point.config.to_dict()}
