@@ -200,3 +200,25 @@ def test_deploy_judges_with_the_build_gate_path(measured):
     md = render_deploy_md(deployed)
     assert "| min-cosine | `agreement.cosine_mean` |" in md and f"| {FUSION_GATE} |" in md and "**FAILED**" in md
     assert 'failures="2"' in render_junit(deployed.measurement, deployed.gates, model="tiny", suite="rescompile.deploy")
+
+
+def test_deploy_json_follows_its_schema_which_shares_report_json_sections(measured):
+    from rescompile.deploy.device import DeployReport
+    from rescompile.validate.schema import DEPLOY_SCHEMA_PATH, schema_errors
+
+    m = measured[0]
+    report = DeployReport(
+        replace(m, latency=[], speedup={}, latency_plan=None, timings={"unpack": 0.1, "session": 0.2, "validate": 0.3}),
+        {"name": "tiny", "residual_adds": 2},
+        {"file": "tiny.rcb", "sha256": "a" * 64, "build": {}},
+        "onnxruntime",
+        {"onnxruntime_version": "1.32.0", "providers": ["CPUExecutionProvider"]},
+        {"name": "host", "python": "3.11"},
+    )
+    judge(report, Gates(min_agreement=50))
+    doc = _json(report.to_dict())
+    assert schema_errors(doc, DEPLOY_SCHEMA_PATH) == []
+    doc["accuracy"]["candidate"]["top1"] = 140.0  # checked by report.schema.json's definition
+    doc["gates"][0]["passed"] = "yes"
+    errors = schema_errors(doc, DEPLOY_SCHEMA_PATH)
+    assert any(e.startswith("accuracy/candidate/top1") for e in errors) and any(e.startswith("gates/0/passed") for e in errors)
