@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,30 +29,49 @@ from rescompile.io import write_json, write_text_atomic
 from rescompile.validate.html import render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.report import render_markdown
+from rescompile.validate.results import section_dict
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
     from rescompile.validate.results import Report
 
-__all__ = ["REPORT_FILES", "read_block_picture", "write_reports"]
+__all__ = ["REPORT_FILES", "fallback_layers", "read_block_picture", "recorded_build", "write_reports"]
 log = logging.getLogger(__name__)
 
 
-def _build_folder(folder: Path, report: Report) -> Path | None:
+def _build_folder(folder: Path, recorded: Path | None) -> Path | None:
     """Where the build's INT8 model and plan are: ``folder``, else the build folder the report records."""
-    recorded = (report.build or {}).get("folder")
-    for cand in (folder, Path(recorded) if isinstance(recorded, str) else None):
+    for cand in (folder, recorded):
         if cand is not None and all((cand / n).is_file() for n in (INT8_ONNX, QDQ_PLAN)):
             return cand
     return None
 
 
-def read_block_picture(folder: Path, report: Report, config: Mapping[str, Any] | None = None) -> BlockPicture | None:
-    """The block picture of the build behind ``report`` (a ``BlockPicture``), or None when its files are not there.
+def fallback_layers(report: Report) -> list[str]:
+    """The layers auto-fallback kept in FP, in order (the report's ``fallback`` steps)."""
+    steps = section_dict(report.fallback).get("steps") or []
+    return [str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s]
+
+
+def recorded_build(report: Report) -> Path | None:
+    """The build folder a ``validate`` report records (``build.folder``), if any."""
+    folder = (report.build or {}).get("folder")
+    return Path(folder) if isinstance(folder, str) else None
+
+
+def read_block_picture(
+    folder: Path,
+    *,
+    recorded: Path | None = None,
+    fallback: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
+) -> BlockPicture | None:
+    """The block picture of the build behind a report (a ``BlockPicture``), or None when its files are not there.
 
     Args:
         folder: the folder the report is written to.
-        report: the report (its ``fallback`` steps and ``build`` record are read).
+        recorded: the build folder the report records (:func:`recorded_build`), read when ``folder`` holds no build.
+        fallback: the layers auto-fallback kept in FP (:func:`fallback_layers`).
         config: the build's config (``keep_fp``, ``keep_first_last``); default: the build's manifest.json.
     """
     import onnx
@@ -60,7 +79,7 @@ def read_block_picture(folder: Path, report: Report, config: Mapping[str, Any] |
 
     from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons
 
-    src = _build_folder(Path(folder), report)
+    src = _build_folder(Path(folder), recorded)
     if src is None:
         return None
     try:
@@ -69,13 +88,12 @@ def read_block_picture(folder: Path, report: Report, config: Mapping[str, Any] |
         if config is None and (src / MANIFEST).is_file():
             config = json.loads((src / MANIFEST).read_text()).get("config")
         config = config if isinstance(config, Mapping) else {}
-        steps = (report.fallback.to_dict() if report.fallback is not None else {}).get("steps") or []
         why = kept_reasons(
             int8,
             plan.get("kept_fp") or [],
             keep_fp=tuple(config.get("keep_fp") or ()),
             keep_first_last=bool(config.get("keep_first_last")),
-            fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s],
+            fallback=list(fallback),
         )
         engine = None
         if (src / PLAN_LAYERS).is_file():
@@ -101,5 +119,8 @@ def write_reports(folder: Path, report: Report, *, config: Mapping[str, Any] | N
     write_text_atomic(folder / REPORT_MD, render_markdown(report))
     junit = render_junit(report.measurement, report.gates, model=report.model.name, validation=report.validation)
     write_text_atomic(folder / JUNIT_XML, junit)
-    write_text_atomic(folder / REPORT_HTML, render_html(report, read_block_picture(folder, report, config)))
+    write_text_atomic(
+        folder / REPORT_HTML,
+        render_html(report, read_block_picture(folder, recorded=recorded_build(report), fallback=fallback_layers(report), config=config)),
+    )
     return [folder / name for name in REPORT_FILES]
