@@ -178,7 +178,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
             warnings=calibrated.run.warnings,
             layerwise=validated.layerwise,
-            fallback=validated.fallback,
+            fallback=None if validated.fallback is None else validated.fallback.record(),
             engine=None if engine is None else EngineSection(engine),
         )
         verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])

@@ -62,7 +62,7 @@ def print_summary(console: Console, report: Report, title: str) -> None:
         console.print(f"layerwise: most error added by {lw.ranking[0]}", highlight=False)
         if lw.suggested_keep_fp:
             console.print("  suggestion: " + " ".join(f"--keep-fp '{p}'" for p in lw.suggested_keep_fp), highlight=False)
-    fb = section_dict(report.fallback)
-    if fb:
-        kept = ", ".join(fb["kept_fp"]) or "none"
-        console.print(f"auto-fallback: kept in FP: {kept} ({fb['stopped']})", highlight=False)
+    fb = report.fallback
+    if fb is not None:
+        kept = ", ".join(fb.kept_fp) or "none"
+        console.print(f"auto-fallback: kept in FP: {kept} ({fb.stopped})", highlight=False)

@@ -215,38 +215,38 @@ def _layerwise(r: Report) -> str:
 
 
 def _fallback(r: Report) -> str:
-    fb = section_dict(r.fallback)
-    if not fb:
+    fb = r.fallback
+    if fb is None:
         return '<p class="note">Not run: pass --auto-fallback N to keep the worst layers in FP until the gates pass.</p>'
-    ini = fb["initial"]
+    ini = fb.initial
     rows = [
         [
             "0",
             "(none)",
-            _pct(ini["agreement"]),
-            f"{ini['cosine_mean']:.5f}",
-            _num(ini["top1_drop"], ".2f"),
-            f"{ini['fp_macs_share'] * 100:.1f}%",
-            f"{ini['p50_ms']:.3f}",
+            _pct(ini.agreement),
+            f"{ini.cosine_mean:.5f}",
+            _num(ini.top1_drop, ".2f"),
+            f"{ini.fp_macs_share * 100:.1f}%",
+            f"{ini.p50_ms:.3f}",
             "",
         ]
     ]
-    for i, s in enumerate(fb["steps"], 1):
-        a = s["after"]
+    for i, s in enumerate(fb.steps, 1):
+        a = s.after
         rows.append(
             [
                 str(i),
-                f"<code>{escape(s['layer'])}</code>",
-                _pct(a["agreement"]),
-                f"{a['cosine_mean']:.5f}",
-                _num(a["top1_drop"], ".2f"),
-                f"{a['fp_macs_share'] * 100:.1f}%",
-                f"{a['p50_ms']:.3f}",
-                f"{s['cost_ms']:+.3f}",
+                f"<code>{escape(s.layer)}</code>",
+                _pct(a.agreement),
+                f"{a.cosine_mean:.5f}",
+                _num(a.top1_drop, ".2f"),
+                f"{a.fp_macs_share * 100:.1f}%",
+                f"{a.p50_ms:.3f}",
+                f"{s.cost_ms:+.3f}",
             ]
         )
-    status = '<span class="pass">gates pass</span>' if fb["passed"] else '<span class="fail">gates still fail</span>'
-    return f"<p>{status}: {escape(fb['stopped'])} (limit {fb['limit']}).</p>" + _table(
+    status = '<span class="pass">gates pass</span>' if fb.passed else '<span class="fail">gates still fail</span>'
+    return f"<p>{status}: {escape(fb.stopped)} (limit {fb.limit}).</p>" + _table(
         ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2
     )
 

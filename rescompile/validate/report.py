@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rescompile.validate.results import section_dict
 
 if TYPE_CHECKING:
     from rescompile.validate.gates import GateResult
     from rescompile.validate.layerwise import Layerwise
-    from rescompile.validate.results import Report
+    from rescompile.validate.results import FallbackRecord, Report
     from rescompile.validate.run import Measurement
 
 WORST_CLASSES = 5
@@ -109,9 +109,8 @@ def render_markdown(report: Report) -> str:
         lines += ["", f"> **Warning ({warning['code']}):** {warning['message']}"]
     if report.layerwise is not None:
         lines += _layerwise_md(report.layerwise)
-    fb = section_dict(report.fallback)
-    if fb:
-        lines += _fallback_md(fb)
+    if report.fallback is not None:
+        lines += _fallback_md(report.fallback)
     return "\n".join(lines) + "\n"
 
 
@@ -135,22 +134,22 @@ def _layerwise_md(lw: Layerwise) -> list[str]:
     return lines
 
 
-def _fallback_md(fb: dict[str, Any]) -> list[str]:
-    ini = fb["initial"]
+def _fallback_md(fb: FallbackRecord) -> list[str]:
+    ini = fb.initial
     lines = [
         "",
-        f"## Auto-fallback ({'gates pass' if fb['passed'] else 'gates still fail'}: {fb['stopped']})",
+        f"## Auto-fallback ({'gates pass' if fb.passed else 'gates still fail'}: {fb.stopped})",
         "",
         "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
         "|---|---|---|---|---|---|---|---|",
-        f"| 0 | (none) | {ini['agreement']:.2f}% | {ini['cosine_mean']:.5f} | {_num(ini['top1_drop'], '.2f')} | "
-        f"{ini['fp_macs_share'] * 100:.1f}% | {ini['p50_ms']:.3f} | |",
+        f"| 0 | (none) | {ini.agreement:.2f}% | {ini.cosine_mean:.5f} | {_num(ini.top1_drop, '.2f')} | "
+        f"{ini.fp_macs_share * 100:.1f}% | {ini.p50_ms:.3f} | |",
     ]
-    for i, s in enumerate(fb["steps"], 1):
-        a = s["after"]
+    for i, s in enumerate(fb.steps, 1):
+        a = s.after
         lines.append(
-            f"| {i} | `{s['layer']}` | {a['agreement']:.2f}% | {a['cosine_mean']:.5f} | "
-            f"{_num(a['top1_drop'], '.2f')} | {a['fp_macs_share'] * 100:.1f}% | {a['p50_ms']:.3f} | "
-            f"{s['cost_ms']:+.3f} |"
+            f"| {i} | `{s.layer}` | {a.agreement:.2f}% | {a.cosine_mean:.5f} | "
+            f"{_num(a.top1_drop, '.2f')} | {a.fp_macs_share * 100:.1f}% | {a.p50_ms:.3f} | "
+            f"{s.cost_ms:+.3f} |"
         )
     return lines

@@ -6,14 +6,14 @@
 section the pipeline adds is a field, serialized only when present. Gates and ``passed`` are filled
 by :func:`rescompile.validate.gates.judge`. :meth:`Report.from_dict` reads a report.json back
 (``rescompile compare``, re-rendering): the measurement, the model, the gates and the layerwise blame
-come back typed; the sections whose types live above ``validate/`` (stages, calibration, fallback,
-engine, the validation choice, warnings) come back as :class:`RawSection`, as written.
+and the auto-fallback record come back typed; the sections whose types live above ``validate/``
+(stages, calibration, engine, the validation choice, warnings) come back as :class:`RawSection`, as written.
 Renderers (Markdown, JUnit, HTML, console) take a Report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from rescompile.errors import UsageError
@@ -48,6 +48,48 @@ def section_dict(section: Section | None) -> dict[str, Any]:
 
 
 @dataclass
+class FallbackState:
+    """Accuracy of one auto-fallback candidate and its cost."""
+
+    top1: float | None
+    top1_drop: float | None
+    agreement: float
+    cosine_mean: float
+    gates_passed: bool
+    failed_gates: list[str]
+    fp_macs_share: float  # share of weighted-layer MACs not quantized
+    p50_ms: float  # candidate latency at the smallest latency batch
+
+
+@dataclass
+class FallbackStep:
+    layer: str
+    op: str
+    keep_fp: str  # the pattern added
+    jump: float  # the relative error this layer added (layerwise blame)
+    after: FallbackState
+    gained_agreement: float  # points of top-1 agreement this step bought
+    gained_top1: float | None
+    cost_ms: float  # latency added at the smallest latency batch
+    cost_macs_share: float  # share of MACs moved to FP by this step
+
+
+@dataclass
+class FallbackRecord:
+    """What auto-fallback did (``rescompile.pipeline.fallback.Fallback.record()``): report.json's ``fallback``."""
+
+    limit: int
+    passed: bool
+    stopped: str  # why the search ended
+    kept_fp: list[str]  # the patterns added, in order
+    initial: FallbackState
+    steps: list[FallbackStep] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
 class ModelSection:
     name: str
     input_shape: tuple[int, ...]
@@ -77,7 +119,7 @@ class Report:
     calibration: Section | None = None
     warnings: list[Section] | None = None  # build: findings about the calibration data (maybe none)
     layerwise: Layerwise | None = None
-    fallback: Section | None = None
+    fallback: FallbackRecord | None = None
     engine: Section | None = None
     build: dict[str, Any] | None = None  # validate of a build folder: BuildFolder.record()
     gates: list[GateResult] = field(default_factory=list)
@@ -156,7 +198,7 @@ class Report:
             calibration=raw(parts.calibration),
             warnings=None if parts.warnings is None else [RawSection(w) for w in parts.warnings],
             layerwise=parts.layerwise,
-            fallback=raw(parts.fallback),
+            fallback=parts.fallback,
             engine=raw(parts.engine),
             build=parts.build,
             gates=list(parts.gates),
@@ -173,7 +215,7 @@ class _Parts:
     stages: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     layerwise: Layerwise | None = None
-    fallback: dict[str, Any] | None = None
+    fallback: FallbackRecord | None = None
     engine: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     warnings: list[dict[str, Any]] | None = None

@@ -29,7 +29,6 @@ from rescompile.io import write_json, write_text_atomic
 from rescompile.validate.html import render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.report import render_markdown
-from rescompile.validate.results import section_dict
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
@@ -49,8 +48,7 @@ def _build_folder(folder: Path, recorded: Path | None) -> Path | None:
 
 def fallback_layers(report: Report) -> list[str]:
     """The layers auto-fallback kept in FP, in order (the report's ``fallback`` steps)."""
-    steps = section_dict(report.fallback).get("steps") or []
-    return [str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s]
+    return [] if report.fallback is None else [s.layer for s in report.fallback.steps]
 
 
 def recorded_build(report: Report) -> Path | None:
