@@ -257,7 +257,7 @@ def _convert(value: Any, hint: Any, what: str, where: str) -> Any:
     import typing
 
     def bad() -> UsageError:
-        return UsageError(f"{what}: field {where!r} is {short(value)}, expected {typing.cast(Any, hint)}")
+        return UsageError(f"{what}: field {where!r} is {short(value)}, expected {getattr(hint, '__name__', hint)}")
 
     origin = typing.get_origin(hint)
     if hint is Any:
