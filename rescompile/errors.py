@@ -22,9 +22,17 @@ class UsageError(RescompileError):
 
 
 class GateFailed(RescompileError):
-    """A validation gate was missed (exit code 1)."""
+    """A validation gate was missed (exit code 1).
+
+    ``result`` is what the command made before the gates failed (a build's BuildResult of
+    ``<out>.failed``, a deploy's DeployResult), for callers that show or record it.
+    """
 
     exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None, result: object = None) -> None:
+        super().__init__(message, hint=hint)
+        self.result = result
 
 
 class ParityError(RescompileError):

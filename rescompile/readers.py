@@ -250,23 +250,63 @@ def load_npz(path: Path | str, what: str = ".npz archive") -> dict[str, np.ndarr
         raise UsageError(f"{path} is not a readable {what} ({type(exc).__name__}: {first_line(exc)})") from None
 
 
-def _fits(value: Any, hint: Any) -> bool:
+def _convert(value: Any, hint: Any, what: str, where: str) -> Any:
+    """``value`` checked against ``hint`` (nested dataclasses built from mappings, lists as tuples); UsageError naming ``where``."""
+    import dataclasses
     import types
     import typing
 
+    def bad() -> UsageError:
+        return UsageError(f"{what}: field {where!r} is {short(value)}, expected {getattr(hint, '__name__', hint)}")
+
     origin = typing.get_origin(hint)
     if hint is Any:
-        return True
+        return value
     if origin in (typing.Union, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
+        args = typing.get_args(hint)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise bad()
+        options = [h for h in args if h is not type(None)]
+        for h in options[:-1]:
+            try:
+                return _convert(value, h, what, where)
+            except UsageError:
+                continue
+        return _convert(value, options[-1], what, where)
     if hint is type(None):
-        return value is None
+        if value is None:
+            return None
+        raise bad()
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return _build(hint, value, what, where)
     if origin is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_fits(v, item) for v in value)
+        if not isinstance(value, list):
+            raise bad()
+        return [_convert(v, item, what, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise bad()
+        items = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(items) != len(value):
+            raise bad()
+        return tuple(_convert(v, h, what, f"{where}[{i}]") for i, (v, h) in enumerate(zip(value, items, strict=True)))
     if origin is dict:
         k, v = typing.get_args(hint)
-        return isinstance(value, dict) and all(_fits(a, k) and _fits(b, v) for a, b in value.items())
+        if not isinstance(value, dict) or not all(_fits_plain(a, k) for a in value):
+            raise bad()
+        return {a: _convert(b, v, what, f"{where}.{a}") for a, b in value.items()}
+    if not _fits_plain(value, hint):
+        raise bad()
+    return value
+
+
+def _fits_plain(value: Any, hint: Any) -> bool:
+    if hint is Any:
+        return True
     if hint is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is int:
@@ -274,26 +314,34 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)
 
 
-def from_mapping(cls: Any, doc: Any, what: str) -> Any:
-    """Build dataclass ``cls`` from a JSON mapping, checking every field's type (a wrong file is a UsageError).
-
-    ``what`` names the record in messages (``qdq_plan.json activation``).
-    """
+def _build(cls: Any, doc: Any, what: str, where: str) -> Any:
     import dataclasses
     import typing
 
+    at = f" {where!r}" if where else ""
     if not isinstance(doc, dict):
-        raise UsageError(f"{what}: expected a JSON object, got {type(doc).__name__}")
+        raise UsageError(f"{what}:{at} expected a JSON object, got {type(doc).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(str(k) for k in doc if k not in names)
     if unknown:
-        raise UsageError(f"{what}: unknown field(s) {short(unknown)}")
+        raise UsageError(f"{what}:{at} unknown field(s) {short(unknown)}")
+    values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
+        key = f"{where}.{f.name}" if where else f.name
         if f.name not in doc:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise UsageError(f"{what}: missing field {f.name!r}")
+                raise UsageError(f"{what}: missing field {key!r}")
             continue
-        if not _fits(doc[f.name], hints[f.name]):
-            raise UsageError(f"{what}: field {f.name!r} is {short(doc[f.name])}, expected {hints[f.name]}")
-    return cls(**doc)
+        values[f.name] = _convert(doc[f.name], hints[f.name], what, key)
+    return cls(**values)
+
+
+def from_mapping(cls: Any, doc: Any, what: str) -> Any:
+    """Build dataclass ``cls`` from a JSON mapping, checking every field's type (a wrong file is a UsageError).
+
+    Nested dataclass fields (also in lists, dicts and unions) are built from their mappings, and a
+    ``tuple[...]`` field from a JSON list. ``what`` names the record in messages
+    (``qdq_plan.json activation``); a bad nested field is named by its path (``accuracy.candidate.top1``).
+    """
+    return _build(cls, doc, what, "")

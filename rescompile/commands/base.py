@@ -25,7 +25,7 @@ from rich.markup import escape
 
 from rescompile.commands.groups import expand_groups
 from rescompile.commands.helpformat import HelpCommand
-from rescompile.errors import RescompileError, Terminated
+from rescompile.errors import GateFailed, RescompileError, Terminated
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Already an exit, or click's own usage error: not ours to map (click is vendored by recent Typer, hence the lookup).
@@ -127,13 +127,12 @@ def exit_codes() -> Iterator[None]:
 
 @contextmanager
 def show_failed_result(show: Callable[[Any], None]) -> Iterator[None]:
-    """A failure that carries its result (``exc.result``, e.g. a build whose gates failed) shows it, then propagates."""
+    """A gate failure that carries its result (``GateFailed.result``, e.g. a build whose gates failed) shows it, then propagates."""
     try:
         yield
-    except RescompileError as exc:
-        result = getattr(exc, "result", None)
-        if result is not None:
-            show(result)
+    except GateFailed as exc:
+        if exc.result is not None:
+            show(exc.result)
         raise
 
 

@@ -72,10 +72,11 @@ class BuildOutput(OptionGroup):
 def _summary(result: Any) -> None:
     from rescompile.buildfolder import INT8_ONNX, MANIFEST, REPORT_FILES
     from rescompile.validate.console import print_summary
+    from rescompile.validate.results import section_dict
 
-    r = result.report
-    kind = "in-sample " if (r.get("validation") or {}).get("in_sample") else ""
-    print_summary(console, r, f"rescompile build: {r['model']['name']} ({r['samples']} {kind}validation samples)")
+    r = result.typed
+    kind = "in-sample " if section_dict(r.validation).get("in_sample") else ""
+    print_summary(console, r, f"rescompile build: {r.model.name} ({r.samples} {kind}validation samples)")
     console.print(f"artifacts: {result.out}/ ({', '.join((INT8_ONNX, *REPORT_FILES, MANIFEST))})", highlight=False)
 
 

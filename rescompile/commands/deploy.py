@@ -103,17 +103,17 @@ def deploy(
 
 
 def _print_local(result: Any) -> None:
-    r = result.report
-    agr, acc = r["agreement"], r["accuracy"]
-    top1 = acc["candidate"]["top1"]
+    r = result.typed
+    m = r.measurement
+    top1 = m.accuracy.candidate.top1
     console.print(
-        f"deploy {r['model']['name']} ({r['backend']}, {r['candidate']}): {r['samples']} reference inputs, "
-        f"agreement {agr['top1']:.2f}%, cosine {agr['cosine_mean']:.5f}" + (f", top-1 {top1:.2f}%" if top1 is not None else ""),
+        f"deploy {r.model.get('name', 'model')} ({r.backend}, {m.candidate}): {m.samples} reference inputs, "
+        f"agreement {m.agreement.top1:.2f}%, cosine {m.agreement.cosine_mean:.5f}" + (f", top-1 {top1:.2f}%" if top1 is not None else ""),
         highlight=False,
     )
-    for g in r["gates"]:
-        console.print(("PASS " if g["passed"] else "[red]FAIL[/] ") + escape(f"{g['name']}: {g['message']}"), highlight=False)
-    if not r["gates"]:
+    for g in r.gates:
+        console.print(("PASS " if g.passed else "[red]FAIL[/] ") + escape(f"{g.name}: {g.message}"), highlight=False)
+    if not r.gates:
         console.print("no gates bundled: nothing to fail on", highlight=False)
     console.print(f"{'passed' if result.passed else 'FAILED'}: {result.out}/ (deploy.json, deploy.md, junit.xml)", highlight=False)
 

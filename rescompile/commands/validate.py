@@ -146,7 +146,7 @@ def validate(
         ),
         warn=warn,
     )
-    print_summary(console, done.report.to_dict(), f"rescompile validate: {done.candidate} ({done.report.samples} samples)")
+    print_summary(console, done.report, f"rescompile validate: {done.candidate} ({done.report.samples} samples)")
     console.print("wrote " + ", ".join(str(f) for f in done.files), highlight=False)
     error = done.verdict.failure()
     if error is not None:

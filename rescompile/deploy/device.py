@@ -26,9 +26,12 @@ from typing import Any
 import numpy as np
 
 from rescompile.buildfolder import DEPLOY_REPORT, DEPLOY_REPORT_MD, INT8_ONNX, JUNIT_XML, ORT_SIDECAR
-from rescompile.errors import GateFailed, UsageError
+from rescompile.errors import UsageError
+from rescompile.validate.gates import GateResult, fusion_gate, judge
+from rescompile.validate.run import Measurement
 
 BACKENDS = ("tensorrt", "onnxruntime")
+DEPLOY_SCHEMA = "rescompile.deploy/1"  # rescompile/schemas/deploy.schema.json
 
 
 @dataclass(frozen=True)
@@ -45,11 +48,49 @@ class DeployOptions:
 
 
 @dataclass
+class DeployReport:
+    """``deploy.json`` (``rescompile.deploy/1``): the same typed :class:`Measurement` and gates as report.json.
+
+    The measurement holds the bundled reference's runner, the candidate, the samples, accuracy,
+    agreement, per-class delta and this run's timings (no latency: deploy compares logits);
+    gates and ``passed`` are filled by :func:`rescompile.validate.gates.judge`, as for a build.
+    """
+
+    measurement: Measurement
+    model: dict[str, Any]  # the bundle's model record (name, input shape, residual Adds ...)
+    bundle: dict[str, Any]  # file name, sha256 and the build it came from
+    backend: str
+    engine: dict[str, Any]  # tensorrt: the engine section of report.json (and its plan); onnxruntime: the runtime
+    host: dict[str, Any]  # the machine's name and versions
+    gates: list[GateResult] = field(default_factory=list)
+    passed: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        m = self.measurement
+        return {
+            "schema": DEPLOY_SCHEMA,
+            "model": self.model,
+            "bundle": self.bundle,
+            "backend": self.backend,
+            "reference": m.reference,
+            "candidate": m.candidate,
+            "samples": m.samples,
+            **m.metrics.to_dict(),
+            "engine": self.engine,
+            "host": self.host,
+            "timings_s": m.timings,
+            "gates": [g.to_dict() for g in self.gates],
+            "passed": self.passed if self.passed is not None else all(g.passed for g in self.gates),
+        }
+
+
+@dataclass
 class DeployResult:
     out: Path
-    report: dict[str, Any]
+    report: dict[str, Any]  # deploy.json's document
     passed: bool
-    failures: list[str] = field(default_factory=list)
+    failures: list[str]
+    typed: DeployReport = field(repr=False)
 
 
 def default_out(bundle: Path) -> Path:
@@ -81,13 +122,12 @@ def resolve_target(name: str) -> Any:
     return get_target(f"sm_{cc[0]}{cc[1]}")
 
 
-def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], Any]:
+def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], GateResult]:
     """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
     from rescompile.engine.device import load_tensorrt
     from rescompile.engine.settings import EngineOptions
     from rescompile.engine.tensorrt import build_engine
     from rescompile.errors import MissingDependency
-    from rescompile.validate.gates import GateResult
 
     try:
         load_tensorrt()  # exit 3 before anything else
@@ -99,28 +139,10 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
     target = resolve_target(opts.target)
     batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
     result = build_engine(bundle.file(INT8_ONNX), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
-    unfused = [a.add for a in result.fusion.adds if not a.ok]
-    gate = GateResult(
-        "engine_residual_fusion",
-        "residual Adds not fused into INT8",
-        float(len(unfused)),
-        0.0,
-        result.fusion.ok,
-        f"{len(unfused)} of {len(result.fusion.adds)} residual Adds not fused into an "
-        "INT8 TensorRT layer" + (f": {', '.join(unfused[:5])}" if unfused else ""),
-    )
     from rescompile.runtime.tensorrt_runner import TensorRTRunner
 
-    section = {
-        "tensorrt_version": result.tensorrt_version,
-        "gpu": result.device.to_dict(),
-        "target": target.name,
-        "settings": result.settings.to_dict(),
-        "residual_fusion": result.fusion.to_dict(),
-        "build_seconds": result.build_seconds,
-        "plan": result.plan.name,
-    }
-    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, gate
+    section = {**result.section(target.name), "plan": result.plan.name}
+    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, fusion_gate(result.fusion)
 
 
 def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], None]:
@@ -171,7 +193,6 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     """
     from rescompile.deploy.bundle import open_bundle
     from rescompile.io import sha256_file, write_json, write_text_atomic
-    from rescompile.validate.gates import evaluate_gates
     from rescompile.validate.junit import render_junit
     from rescompile.validate.metrics import compare_outputs
 
@@ -198,7 +219,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         out.mkdir(parents=True, exist_ok=True)
         t1 = time.perf_counter()
         run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
-        runner, engine, fusion_gate = run(bundle, opts, out)
+        runner, engine, fusion = run(bundle, opts, out)
         timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
         t2 = time.perf_counter()
         x = ref.inputs
@@ -206,26 +227,32 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         timings["validate"] = round(time.perf_counter() - t2, 3)
         manifest = bundle.manifest
         onnx_sha = manifest["members"][INT8_ONNX]["sha256"]
-    report: dict[str, Any] = {
-        "schema": "rescompile.deploy/1",
-        "model": manifest["model"],
-        "bundle": {"file": Path(bundle_path).name, "sha256": bundle.sha256, "build": manifest.get("build", {})},
-        "backend": opts.backend,
-        "reference": ref.runner,
-        "candidate": runner.name,
-        "samples": int(len(logits)),
-        **compare_outputs(ref.logits, logits.astype(np.float32), ref.labels),
-        "engine": engine,
-        "host": {"name": platform.node(), **_versions()},
-        "timings_s": timings,
-    }
-    results = evaluate_gates(report, gates) + ([fusion_gate] if fusion_gate is not None else [])
-    report["gates"] = [g.to_dict() for g in results]
-    report["passed"] = all(g.passed for g in results)
-    failures = [g.line() for g in results if not g.passed]
-    write_json(out / DEPLOY_REPORT, report)
+    metrics = compare_outputs(ref.logits, logits.astype(np.float32), ref.labels)
+    measurement = Measurement(
+        source=Path(bundle_path).name,
+        samples=int(len(logits)),
+        reference=ref.runner,
+        candidate=runner.name,
+        baseline=None,
+        accuracy=metrics.accuracy,
+        agreement=metrics.agreement,
+        per_class=metrics.per_class,
+        timings=timings,
+    )
+    report = DeployReport(
+        measurement,
+        model=manifest["model"],
+        bundle={"file": Path(bundle_path).name, "sha256": bundle.sha256, "build": manifest.get("build", {})},
+        backend=opts.backend,
+        engine=engine,
+        host={"name": platform.node(), **_versions()},
+    )
+    verdict = judge(report, gates, [] if fusion is None else [fusion])  # the gate path of build and validate
+    doc = report.to_dict()
+    write_json(out / DEPLOY_REPORT, doc)
     write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))
-    write_text_atomic(out / JUNIT_XML, render_junit(report, suite="rescompile.deploy"))
+    junit = render_junit(measurement, report.gates, model=str(report.model.get("name", "model")), suite="rescompile.deploy")
+    write_text_atomic(out / JUNIT_XML, junit)
     if opts.backend == "onnxruntime":
         write_json(
             out / ORT_SIDECAR,
@@ -235,45 +262,42 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
                 "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
                 "bundle_sha256": bundle.sha256,
                 "runtime": engine,
-                "host": report["host"],
+                "host": report.host,
             },
         )
-    result = DeployResult(out, report, not failures, failures)
-    if failures:
-        err = GateFailed(
-            f"{len(failures)} of {len(results)} gate(s) failed on this device:\n  "
-            + "\n  ".join(failures)
-            + f"\nreport: {out / DEPLOY_REPORT}"
-        )
-        err.result = result  # type: ignore[attr-defined]
-        raise err
+    result = DeployResult(out, doc, verdict.passed, verdict.failures, report)
+    error = verdict.failure(f"\nreport: {out / DEPLOY_REPORT}", result=result, where=" on this device")
+    if error is not None:
+        raise error
     return result
 
 
-def render_deploy_md(r: dict[str, Any]) -> str:
-    """A short Markdown summary of a deploy report."""
-    acc, agr = r["accuracy"], r["agreement"]
+def render_deploy_md(report: DeployReport) -> str:
+    """A short Markdown summary of a deploy report; its gates table is report.md's."""
+    from rescompile.validate.report import gate_rows
+
+    m = report.measurement
+    acc, agr = m.accuracy, m.agreement
 
     def pct(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.2f}%"
 
     lines = [
-        f"# rescompile deploy: {r['model']['name']} on {r['host']['name']} ({r['backend']})",
+        f"# rescompile deploy: {report.model.get('name', 'model')} on {report.host['name']} ({report.backend})",
         "",
-        f"**{'PASSED' if r['passed'] else 'FAILED'}** — {r['samples']} bundled reference inputs, "
-        f"candidate {r['candidate']} vs {r['reference']}",
+        f"**{'PASSED' if report.passed else 'FAILED'}** — {m.samples} bundled reference inputs, candidate {m.candidate} vs {m.reference}",
         "",
         "| metric | value |",
         "|---|---|",
-        f"| top-1 FP32 (bundled) | {pct(acc['reference']['top1'])} |",
-        f"| top-1 candidate | {pct(acc['candidate']['top1'])} |",
-        f"| top-1 agreement | {pct(agr['top1'])} |",
-        f"| logit cosine mean / min | {agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f} |",
-        f"| max abs error | {agr['max_abs_error']:.4g} |",
+        f"| top-1 FP32 (bundled) | {pct(acc.reference.top1)} |",
+        f"| top-1 candidate | {pct(acc.candidate.top1)} |",
+        f"| top-1 agreement | {pct(agr.top1)} |",
+        f"| logit cosine mean / min | {agr.cosine_mean:.5f} / {agr.cosine_min:.5f} |",
+        f"| max abs error | {agr.max_abs_error:.4g} |",
         "",
         "## Gates",
         "",
     ]
-    lines += [f"- {'PASS' if g['passed'] else 'FAIL'} {g['name']}: {g['message']}" for g in r["gates"]] or ["- none bundled"]
-    lines += ["", f"bundle sha256 `{r['bundle']['sha256']}`", "", "```json", json.dumps(r["host"], indent=1), "```", ""]
+    lines += gate_rows(report.gates) if report.gates else ["- none bundled"]
+    lines += ["", f"bundle sha256 `{report.bundle['sha256']}`", "", "```json", json.dumps(report.host, indent=1), "```", ""]
     return "\n".join(lines)

@@ -65,6 +65,17 @@ class EngineBuild:
     timing_cache: Path | None
     build_seconds: float
 
+    def section(self, target: str) -> dict[str, Any]:
+        """The ``engine`` section of report.json and deploy.json for an engine built for ``target``."""
+        return {
+            "tensorrt_version": self.tensorrt_version,
+            "gpu": self.device.to_dict(),
+            "target": target,
+            "settings": self.settings.to_dict(),
+            "residual_fusion": self.fusion.to_dict(),
+            "build_seconds": self.build_seconds,
+        }
+
 
 def _creation_flags_trt10(trt: Any) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)

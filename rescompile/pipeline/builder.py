@@ -34,8 +34,8 @@ from rescompile.pipeline import stages
 from rescompile.pipeline.report import CalibrationSection, EngineSection, ModelSection, Report, StagesSection, make_report, write_report
 from rescompile.pipeline.settings import DataSettings, build_settings
 from rescompile.pipeline.validator import BuildValidator
-from rescompile.pipeline.verdict import Verdict, fusion_gate, judge
 from rescompile.publish import check_out, staged
+from rescompile.validate.gates import Verdict, fusion_gate, judge
 
 if TYPE_CHECKING:
     from rescompile.data.holdout import DataChoice
@@ -45,11 +45,14 @@ log = logging.getLogger("rescompile.pipeline")
 
 @dataclass
 class BuildResult:
+    """What a build made: its folder, report.json's document (``report``) and the typed :class:`Report` (``typed``)."""
+
     out: Path
     report: dict[str, Any]
     manifest: dict[str, Any]
     passed: bool
-    failures: list[str] = field(default_factory=list)
+    failures: list[str]
+    typed: Report = field(repr=False)
 
 
 def versions() -> dict[str, str]:
@@ -175,39 +178,45 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
             warnings=calibrated.run.warnings,
             layerwise=validated.layerwise,
-            fallback=validated.fallback,
+            fallback=None if validated.fallback is None else validated.fallback.record(),
             engine=None if engine is None else EngineSection(engine),
         )
         verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])
         write_report(folder, report, cfg.to_dict())  # report.json, report.md, junit.xml, report.html
-        manifest = _manifest(cfg, s.data.layout, folder, report, loaded, calibrated, timer.stages, verdict)
+        manifest = _manifest(
+            cfg, s.data.layout, folder, data, quantized.plan.policy, engine is not None, loaded, calibrated, timer.stages, verdict
+        )
         write_json(folder / MANIFEST, manifest)
-        error = verdict.failure(f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the previous passing build")
+        result = BuildResult(out, report.to_dict(), manifest, verdict.passed, verdict.failures, report)
+        error = verdict.failure(
+            f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the previous passing build",
+            result=replace(result, out=failed_path(out)),
+        )
         if error is not None:  # published to <out>.failed by staged(); <out> keeps the previous passing build
-            error.result = BuildResult(failed_path(out), report.to_dict(), manifest, False, verdict.failures)  # type: ignore[attr-defined]
             raise error
-    return BuildResult(out, report.to_dict(), manifest, True, [])
+    return result
 
 
 def _manifest(
     cfg: BuildConfig,
     layout: str,
     folder: Path,
-    report: Report,
+    data: DataChoice,
+    policy: str,
+    with_engine: bool,
     loaded: stages.Loaded,
     calibrated: stages.Calibrated,
     timings: dict[str, float],
     verdict: Verdict,
 ) -> dict[str, Any]:
     """``manifest.json``: every artifact's sha256, versions, the config, the data, timings and the gates' outcome."""
-    data = report.validation
-    names = ARTIFACTS + (ENGINE_ARTIFACTS if report.engine is not None else ())
+    names = ARTIFACTS + (ENGINE_ARTIFACTS if with_engine else ())
     return {
         "schema": MANIFEST_SCHEMA,
         "artifacts": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in names},
         "versions": versions(),
         "config": cfg.to_dict(),
-        "policy": report.stages.quantized.plan.policy if report.stages is not None else cfg.policy,
+        "policy": policy,
         "preprocess": loaded.pre.to_dict(),
         "model_source": loaded.model.source,
         "data": {

@@ -18,7 +18,7 @@ from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.pipeline.report import ModelSection, Report, make_report, write_report
 from rescompile.pipeline.settings import ModelSpec
-from rescompile.pipeline.verdict import Verdict, judge
+from rescompile.validate.gates import Verdict, judge
 
 if TYPE_CHECKING:
     import onnx

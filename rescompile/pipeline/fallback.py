@@ -9,7 +9,7 @@ the share of multiply-accumulates now in FP and the measured latency.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,38 +25,14 @@ from rescompile.validate.latency import MIN_RUNS, measure_latency
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
-from rescompile.validate.run import ValidateSettings, run_outputs
+from rescompile.validate.results import FallbackRecord, FallbackState, FallbackStep
+from rescompile.validate.run import Measurement, ValidateSettings, run_outputs
+
+__all__ = ["Fallback", "FallbackState", "FallbackStep", "auto_fallback", "weighted_macs"]
 
 if TYPE_CHECKING:
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.quantize.policy import QuantPlan
-
-
-@dataclass
-class FallbackState:
-    """Accuracy of one candidate and its cost."""
-
-    top1: float | None
-    top1_drop: float | None
-    agreement: float
-    cosine_mean: float
-    gates_passed: bool
-    failed_gates: list[str]
-    fp_macs_share: float  # share of weighted-layer MACs not quantized
-    p50_ms: float  # candidate latency at the smallest latency batch
-
-
-@dataclass
-class FallbackStep:
-    layer: str
-    op: str
-    keep_fp: str  # the pattern added
-    jump: float  # the relative error this layer added (layerwise blame)
-    after: FallbackState
-    gained_agreement: float  # points of top-1 agreement this step bought
-    gained_top1: float | None
-    cost_ms: float  # latency added at the smallest latency batch
-    cost_macs_share: float  # share of MACs moved to FP by this step
 
 
 @dataclass
@@ -73,15 +49,12 @@ class Fallback:
     def kept(self) -> list[str]:
         return [s.keep_fp for s in self.steps]
 
+    def record(self) -> FallbackRecord:
+        """What the report keeps of it (everything but the model and the plan)."""
+        return FallbackRecord(self.limit, self.passed, self.stopped, self.kept, self.initial, list(self.steps))
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "limit": self.limit,
-            "passed": self.passed,
-            "stopped": self.stopped,
-            "kept_fp": self.kept,
-            "initial": asdict(self.initial),
-            "steps": [asdict(s) for s in self.steps],
-        }
+        return self.record().to_dict()
 
 
 def weighted_macs(model: onnx.ModelProto) -> dict[str, int]:
@@ -131,18 +104,29 @@ class _Meter:
         ref, s = self.reference, self.settings
         runner = OnnxRuntimeRunner(model, "onnxruntime-int8", s.threads)
         metrics = compare_outputs(ref.logits, run_outputs(runner, self.inputs, s, "auto-fallback"), ref.labels)
-        results = evaluate_gates(metrics, self.gates)
         lat = measure_latency(
             runner, self.inputs.head(self.batch), self.batch, warmup=self.warmup, runs=self.runs, budget_s=s.latency.budget_s
         )
+        measured = Measurement(
+            source=self.inputs.name,
+            samples=len(ref.logits),
+            reference=ref.runner,
+            candidate=runner.name,
+            baseline=None,
+            accuracy=metrics.accuracy,
+            agreement=metrics.agreement,
+            per_class=metrics.per_class,
+            latency=[lat],
+        )
+        results = evaluate_gates(measured, self.gates)
         quantized = {w.node for w in plan.weights}
         fp_share = sum(v for k, v in self.macs.items() if k not in quantized) / self.total_macs
-        acc, agr = metrics["accuracy"], metrics["agreement"]
+        acc, agr = metrics.accuracy, metrics.agreement
         return FallbackState(
-            acc["candidate"]["top1"],
-            acc["top1_drop"],
-            agr["top1"],
-            agr["cosine_mean"],
+            acc.candidate.top1,
+            acc.top1_drop,
+            agr.top1,
+            agr.cosine_mean,
             all(g.passed for g in results),
             [g.line() for g in results if not g.passed],
             fp_share,

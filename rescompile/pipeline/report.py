@@ -1,44 +1,29 @@
-"""The report of ``build`` and ``validate`` as one typed value; :meth:`Report.to_dict` is ``report.json``.
+"""The sections the pipeline adds to a :class:`~rescompile.validate.results.Report` (stages, calibration, engine).
 
-``report.json`` follows ``rescompile/schemas/report.schema.json``. The measurement (accuracy,
-agreement, per-class, latency: :func:`rescompile.validate.run.validate`) is the part both
-commands share; each section the pipeline adds is a typed field, serialized only when present.
-Gates and ``passed`` are filled by :func:`rescompile.pipeline.verdict.judge`.
+The Report itself (with the shared :class:`~rescompile.validate.run.Measurement`, its JSON and
+:meth:`~rescompile.validate.results.Report.from_dict`) lives in :mod:`rescompile.validate.results`,
+below ``deploy/``; it is re-exported here. Gates and ``passed`` are filled by
+:func:`rescompile.validate.gates.judge`.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rescompile.validate.gates import GateResult
+from rescompile.validate.results import ModelSection, Report
 from rescompile.validate.run import Measurement
+
+__all__ = ["CalibrationSection", "EngineSection", "ModelSection", "Report", "StagesSection", "make_report", "write_report"]
 
 if TYPE_CHECKING:
     import onnx
 
-    from rescompile.calibrate.checks import CalibrationWarning
     from rescompile.data.holdout import DataChoice
-    from rescompile.pipeline.fallback import Fallback
     from rescompile.pipeline.stages import Calibrated, Engine, Exported, Quantized, Simplified
-    from rescompile.validate.layerwise import Layerwise
-
-
-@dataclass
-class ModelSection:
-    name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    reference: str | None = None  # validate: the FP32 reference as given
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name}
-        if self.reference is not None:
-            d["reference"] = self.reference
-        return d | {"input_shape": list(self.input_shape), "num_classes": self.num_classes}
 
 
 @dataclass
@@ -100,69 +85,7 @@ class EngineSection:
     engine: Engine
 
     def to_dict(self) -> dict[str, Any]:
-        b = self.engine.build
-        return {
-            "tensorrt_version": b.tensorrt_version,
-            "gpu": b.device.to_dict(),
-            "target": self.engine.target,
-            "settings": b.settings.to_dict(),
-            "residual_fusion": b.fusion.to_dict(),
-            "build_seconds": b.build_seconds,
-        }
-
-
-@dataclass
-class Report:
-    """``report.json`` of ``build`` or ``validate``.
-
-    ``measurement`` is what :func:`rescompile.validate.run.validate` measured (source, samples, runners,
-    accuracy, agreement, per-class, latency, speedup, memory, settings, timings, scale).
-    """
-
-    measurement: Measurement
-    model: ModelSection
-    validation: DataChoice
-    notes: list[str] = field(default_factory=list)
-    stages: StagesSection | None = None
-    calibration: CalibrationSection | None = None
-    warnings: list[CalibrationWarning] | None = None  # build: findings about the calibration data (maybe none)
-    layerwise: Layerwise | None = None
-    fallback: Fallback | None = None
-    engine: EngineSection | None = None
-    build: dict[str, Any] | None = None  # validate of a build folder: BuildFolder.record()
-    gates: list[GateResult] = field(default_factory=list)
-    passed: bool | None = None  # set by judge()
-
-    @property
-    def candidate(self) -> str:
-        return self.measurement.candidate
-
-    @property
-    def samples(self) -> int:
-        return self.measurement.samples
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON document (``rescompile.report/1``)."""
-        d = self.measurement.to_dict()
-        d["model"] = self.model.to_dict()
-        d["validation"] = self.validation.to_dict()
-        sections: dict[str, Any] = {
-            "stages": self.stages,
-            "calibration": self.calibration,
-            "layerwise": self.layerwise,
-            "fallback": self.fallback,
-            "engine": self.engine,
-        }
-        d.update({k: v.to_dict() for k, v in sections.items() if v is not None})
-        if self.notes:
-            d["notes"] = list(self.notes)
-        if self.warnings is not None:
-            d["warnings"] = [w.to_dict() for w in self.warnings]
-        if self.build is not None:
-            d["build"] = self.build
-        d["gates"] = [g.to_dict() for g in self.gates]
-        d["passed"] = self.passed if self.passed is not None else all(g.passed for g in self.gates)
-        return d
+        return self.engine.build.section(self.engine.target)
 
 
 def make_report(
@@ -189,4 +112,4 @@ def write_report(folder: Path, report: Report, config: Mapping[str, Any] | None 
     """
     from rescompile.validate.write import write_reports
 
-    return write_reports(folder, report.to_dict(), config=config)
+    return write_reports(folder, report, config=config)

@@ -37,6 +37,7 @@ class Validated:
     fallback: Fallback | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The measurement's part of report.json, with ``layerwise`` and ``fallback`` when present."""
         d = self.measurement.to_dict()
         if self.layerwise is not None:
             d["layerwise"] = self.layerwise.to_dict()
@@ -141,8 +142,11 @@ def validate_models(
     source: DataSource,
     pre: Preprocess,
     cfg: BuildConfig,
-) -> dict[str, Any]:
+) -> Validated:
     """Accuracy, agreement and latency of ``candidate`` (INT8, ONNX Runtime) against ``reference``, as ``build`` measures.
+
+    Returns the typed :class:`Validated` (``.measurement``: accuracy, agreement, per-class, latency;
+    ``.to_dict()``: that part of report.json).
 
     Args:
         reference: the FP32 PyTorch module, or an FP32 ONNX model when there is none.
@@ -152,4 +156,4 @@ def validate_models(
     """
     from rescompile.pipeline.settings import validator_settings
 
-    return BuildValidator(reference, fp32_onnx, source, pre, validator_settings(cfg)).validate(candidate).to_dict()
+    return BuildValidator(reference, fp32_onnx, source, pre, validator_settings(cfg)).validate(candidate)

@@ -21,7 +21,7 @@ import numpy as np
 
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_cpus, node_label, shard_bounds
 from rescompile.scale.tasks import gather, task_result
-from rescompile.validate.latency import LatencySettings, measure_all
+from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 
 Recipe = tuple[str, Any, str, int]  # (kind, model bytes or torch module, runner name, intra-op threads)
 
@@ -87,7 +87,7 @@ def outputs_on_ray(
 
 def _timed(
     candidate: Recipe, baseline: Recipe | None, sample: np.ndarray, latency: LatencySettings, other_s: float
-) -> tuple[Any, Any, Any, dict[str, str]]:
+) -> tuple[list[Latency], dict[str, float], LatencyPlan, dict[str, str]]:
     import ray
 
     cand = make_runner(candidate)
@@ -98,7 +98,7 @@ def _timed(
 
 def latency_on_ray(
     candidate: Any, baseline: Any, sample: np.ndarray, latency: LatencySettings, ray_settings: RaySettings, other_s: float = 0.0
-) -> tuple[list[dict[str, Any]], dict[str, float], Any, dict[str, str]] | None:
+) -> tuple[list[Latency], dict[str, float], LatencyPlan, dict[str, str]] | None:
     """:func:`rescompile.validate.latency.measure_all` in one Ray task that holds every CPU of a node (so it runs alone).
 
     Returns ``(records, speedup, latency plan, where)``; None when a runner cannot run on Ray (then time it here).

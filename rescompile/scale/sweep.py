@@ -26,13 +26,16 @@ import json
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rescompile.buildfolder import FAILED_SUFFIX
 from rescompile.config import BuildConfig, Gates
 from rescompile.errors import UsageError
 from rescompile.scale.cluster import RaySettings, connect
 from rescompile.scale.tasks import gather, task_result
+
+if TYPE_CHECKING:
+    from rescompile.validate.results import Report
 
 RESULT_FILE = "sweep_result.json"
 SWEEP_SCHEMA = "rescompile.sweep/1"
@@ -153,41 +156,36 @@ def finished(point: SweepPoint) -> dict[str, Any] | None:
     return doc
 
 
-def _metrics(report: dict[str, Any]) -> dict[str, Any]:
+def _metrics(report: Report) -> dict[str, Any]:
     """The numbers a sweep summary plots: top-1 (or agreement), p50 latency at the smallest batch, size."""
-    acc = (report.get("accuracy") or {}).get("candidate") or {}
-    lat = sorted((r for r in report.get("latency") or [] if r.get("role") == "candidate"), key=lambda r: r["batch"])
+    m = report.measurement
+    lat = sorted((r for r in m.latency if r.role == "candidate"), key=lambda r: r.batch)
     return {
-        "top1": acc.get("top1"),
-        "top1_drop": (report.get("accuracy") or {}).get("top1_drop"),
-        "agreement": (report.get("agreement") or {}).get("top1"),
-        "cosine_mean": (report.get("agreement") or {}).get("cosine_mean"),
-        "p50_ms": lat[0]["p50_ms"] if lat else None,
-        "latency_batch": lat[0]["batch"] if lat else None,
+        "top1": m.accuracy.candidate.top1,
+        "top1_drop": m.accuracy.top1_drop,
+        "agreement": m.agreement.top1,
+        "cosine_mean": m.agreement.cosine_mean,
+        "p50_ms": lat[0].p50_ms if lat else None,
+        "latency_batch": lat[0].batch if lat else None,
     }
 
 
 def run_point(point: SweepPoint) -> dict[str, Any]:
     """Build one point (in a Ray task or here) and record its result in its folder; never raises for a bad build."""
-    from rescompile.errors import RescompileError
+    from rescompile.errors import GateFailed, RescompileError
     from rescompile.io import write_json
-    from rescompile.pipeline import build
+    from rescompile.pipeline import BuildResult, build
 
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"key": point.key, "params": point.params, "config": point.config.to_dict()}
     try:
         result = build(point.config)
-        doc.update(status="ok", folder=str(result.out), **_metrics(result.report))
+        doc.update(status="ok", folder=str(result.out), **_metrics(result.typed))
     except RescompileError as exc:
-        partial = getattr(exc, "result", None)
-        doc.update(
-            status="gate-failed" if partial is not None else "error",
-            exit_code=exc.exit_code,
-            error=exc.message,
-            folder=str(partial.out if partial is not None else point.config.out),
-        )
-        if partial is not None:
-            doc.update(_metrics(partial.report))
+        partial = exc.result if isinstance(exc, GateFailed) and isinstance(exc.result, BuildResult) else None
+        doc.update(status="error", exit_code=exc.exit_code, error=exc.message, folder=str(point.config.out))
+        if partial is not None:  # a build that missed a gate: published to <out>.failed, its numbers recorded
+            doc.update(status="gate-failed", folder=str(partial.out), **_metrics(partial.typed))
     except Exception as exc:  # a crash in one build must not stop the sweep; recorded as an internal error (exit 4)
         doc.update(status="error", exit_code=4, error=f"internal error: {type(exc).__name__}: {exc}", folder=str(point.config.out))
     doc["seconds"] = round(time.perf_counter() - t0, 2)

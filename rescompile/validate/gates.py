@@ -1,4 +1,15 @@
-"""Gates: thresholds over report metrics; each result names the metric, its value and the threshold.
+"""Gates: thresholds over a measurement's typed results; each result names the metric, its value and the threshold.
+
+The one gate path of ``build``, ``validate`` and ``deploy``: :func:`judge` evaluates the
+thresholds (:func:`evaluate_gates`) on a report's :class:`~rescompile.validate.run.Measurement`,
+adds the stages' own gates (the TensorRT engine's residual fusion, :func:`fusion_gate`), records
+every result in the report and returns the :class:`Verdict`, whose :meth:`Verdict.failure` is the
+GateFailed (exit 1) every command raises.
+
+Every threshold gate is one row of :data:`SPECS`: its ``Gates`` field and flag, the comparison,
+the valid range, the unit and how its value is read from the measurement's attributes. A new
+gate is a new ``Gates`` field (``rescompile/config.py``), its option, and one row here; report.json,
+JUnit, Markdown, HTML and the console show every GateResult without knowing its kind.
 
 Thresholds come from flags or a YAML recipe (``--gates gates.yaml``); flags override the
 recipe key by key. Nonsense thresholds are a UsageError (exit 2), a missed gate is a
@@ -8,13 +19,20 @@ GateFailed (exit 1).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rescompile.config import Gates
-from rescompile.errors import UsageError
+from rescompile.errors import GateFailed, UsageError
+
+if TYPE_CHECKING:
+    from rescompile.engine.layerinfo import FusionReport
+    from rescompile.validate.run import Measurement
+
+FUSION_GATE = "engine_residual_fusion"
+UNFUSED_SHOWN = 5
 
 
 @dataclass
@@ -35,8 +53,31 @@ class GateResult:
         return f"{'PASS' if self.passed else 'FAIL'} {self.name}: {self.message}"
 
 
+Reading = tuple[str, float | None, str]  # (metric name, value or None, why it is missing)
+
+
+def _top1_drop(m: Measurement, batch: int | None) -> Reading:
+    drop = m.accuracy.top1_drop
+    return "accuracy.top1_drop", drop, "" if drop is not None else "n/a (no labels)"
+
+
+def _candidate_p99(m: Measurement, batch: int | None) -> Reading:
+    rec = m.candidate_latency(batch)
+    metric = f"latency.candidate.batch{batch}.p99_ms"
+    return (metric, None, f"n/a (batch {batch} not measured)") if rec is None else (metric, float(rec.p99_ms), "")
+
+
+def _speedup(m: Measurement, batch: int | None) -> Reading:
+    v = m.speedup.get(str(batch))
+    metric = f"speedup.batch{batch}.p50"
+    return (metric, None, f"n/a (no FP32 baseline measured at batch {batch})") if v is None else (metric, float(v), "")
+
+
 @dataclass(frozen=True)
-class _Spec:
+class GateSpec:
+    """One threshold gate: the ``Gates`` field it reads, its flag, ``value <comparison> threshold`` passes,
+    the valid threshold range, how the value is shown, and ``read``: (measurement, latency batch) -> reading."""
+
     field: str
     flag: str
     comparison: str
@@ -44,14 +85,20 @@ class _Spec:
     hi: float
     unit: str
     fmt: str
+    read: Callable[[Measurement, int | None], Reading]
+    strict_lo: bool = False  # the threshold must be > lo (not >=)
+
+    @property
+    def name(self) -> str:
+        return self.flag[2:]
 
 
 SPECS = (
-    _Spec("max_top1_drop", "--max-top1-drop", "<=", 0.0, 100.0, " points", ".2f"),
-    _Spec("min_agreement", "--min-agreement", ">=", 0.0, 100.0, "%", ".2f"),
-    _Spec("min_cosine", "--min-cosine", ">=", -1.0, 1.0, "", ".5f"),
-    _Spec("max_p99_ms", "--max-p99-ms", "<=", 0.0, math.inf, " ms", ".3f"),
-    _Spec("min_speedup", "--min-speedup", ">=", 0.0, math.inf, "x", ".3f"),
+    GateSpec("max_top1_drop", "--max-top1-drop", "<=", 0.0, 100.0, " points", ".2f", _top1_drop),
+    GateSpec("min_agreement", "--min-agreement", ">=", 0.0, 100.0, "%", ".2f", lambda m, b: ("agreement.top1", m.agreement.top1, "")),
+    GateSpec("min_cosine", "--min-cosine", ">=", -1.0, 1.0, "", ".5f", lambda m, b: ("agreement.cosine_mean", m.agreement.cosine_mean, "")),
+    GateSpec("max_p99_ms", "--max-p99-ms", "<=", 0.0, math.inf, " ms", ".3f", _candidate_p99, strict_lo=True),
+    GateSpec("min_speedup", "--min-speedup", ">=", 0.0, math.inf, "x", ".3f", _speedup, strict_lo=True),
 )
 ACCURACY_GATES = ("max_top1_drop", "min_agreement", "min_cosine")
 LABEL_GATES = ("max_top1_drop",)  # need labelled validation data (rescompile.data.holdout.check_label_gates)
@@ -67,8 +114,7 @@ def check_thresholds(gates: Gates) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
             raise UsageError(f"{s.flag} must be a number, got {short(value)}")
-        strict_lo = s.field in ("max_p99_ms", "min_speedup")
-        if value < s.lo or value > s.hi or (strict_lo and value <= s.lo):
+        if value < s.lo or value > s.hi or (s.strict_lo and value <= s.lo):
             bounds = f"> {s.lo:g}" if math.isinf(s.hi) else f"in [{s.lo:g}, {s.hi:g}]"
             raise UsageError(f"{s.flag} {value:g} is out of range: it must be {bounds}")
     if gates.latency_batch is not None and (
@@ -130,56 +176,90 @@ def resolve_gates(recipe: Path | None, flags: Gates) -> Gates:
     return gates
 
 
-def gate_batch(report: dict[str, Any], gates: Gates) -> int | None:
+def gate_batch(measurement: Measurement, gates: Gates) -> int | None:
     """The batch size the latency gates read: the configured one, else the smallest measured."""
     if gates.latency_batch is not None:
         return gates.latency_batch
-    batches = [r["batch"] for r in report.get("latency", [])]
+    batches = [r.batch for r in measurement.latency]
     return min(batches) if batches else None
 
 
-def latency_role(record: dict[str, Any]) -> str:
-    """``candidate`` or ``baseline`` (reports without roles: the FP32 runner is the baseline)."""
-    return str(record.get("role") or ("baseline" if record["runner"].endswith("fp32") else "candidate"))
-
-
-def _candidate_p99(report: dict[str, Any], batch: int | None) -> tuple[float | None, str]:
-    rec = next((r for r in report.get("latency", []) if latency_role(r) == "candidate" and r["batch"] == batch), None)
-    return (None, f"n/a (batch {batch} not measured)") if rec is None else (float(rec["p99_ms"]), "")
-
-
-def _speedup(report: dict[str, Any], batch: int | None) -> tuple[float | None, str]:
-    v = report.get("speedup_int8_vs_fp32_p50", {}).get(str(batch))
-    return (None, f"n/a (no FP32 baseline measured at batch {batch})") if v is None else (float(v), "")
-
-
-def evaluate_gates(report: dict[str, Any], gates: Gates) -> list[GateResult]:
-    """Check ``report`` (as written by validation) against ``gates``; one result per enabled gate."""
+def evaluate_gates(measurement: Measurement, gates: Gates) -> list[GateResult]:
+    """Check ``measurement``'s typed results against ``gates``; one result per enabled gate, in :data:`SPECS` order."""
     check_thresholds(gates)
-    batch = gate_batch(report, gates)
-    acc, agr = report["accuracy"], report["agreement"]
-    readers: dict[str, Callable[[], tuple[str, float | None, str]]] = {
-        "max_top1_drop": lambda: (
-            "accuracy.top1_drop",
-            acc.get("top1_drop"),
-            "" if acc.get("top1_drop") is not None else "n/a (no labels)",
-        ),
-        "min_agreement": lambda: ("agreement.top1", agr["top1"], ""),
-        "min_cosine": lambda: ("agreement.cosine_mean", agr["cosine_mean"], ""),
-        "max_p99_ms": lambda: (f"latency.candidate.batch{batch}.p99_ms", *_candidate_p99(report, batch)),
-        "min_speedup": lambda: (f"speedup.batch{batch}.p50", *_speedup(report, batch)),
-    }
+    batch = gate_batch(measurement, gates)
     out: list[GateResult] = []
     for s in SPECS:
         threshold = getattr(gates, s.field)
         if threshold is None:
             continue
-        metric, value, missing = readers[s.field]()
+        metric, value, missing = s.read(measurement, batch)
         if value is None:
             ok, shown = False, missing
         else:
             ok = value <= threshold if s.comparison == "<=" else value >= threshold
             shown = f"{value:{s.fmt}}{s.unit}"
         msg = f"{metric} = {shown}, threshold {s.comparison} {threshold:g}{s.unit}"
-        out.append(GateResult(s.flag[2:], metric, value, float(threshold), ok, msg, s.comparison))
+        out.append(GateResult(s.name, metric, value, float(threshold), ok, msg, s.comparison))
     return out
+
+
+def fusion_gate(fusion: FusionReport) -> GateResult:
+    """The TensorRT engine's fusion report as a gate: every residual Add fused into an INT8 layer (build and deploy)."""
+    unfused = [a.add for a in fusion.adds if not a.ok]
+    passed = fusion.ok
+    message = (
+        f"every residual Add ({len(fusion.adds)}) is fused into an INT8 TensorRT layer"
+        if passed
+        else f"{len(unfused)} residual Add(s) not fused into an INT8 TensorRT layer: {', '.join(unfused[:UNFUSED_SHOWN])}"
+        + ("" if fusion.detailed else " (no detailed layer information)")
+    )
+    return GateResult(FUSION_GATE, "residual Adds not fused into INT8", float(len(unfused)), 0.0, passed, message)
+
+
+@dataclass
+class Verdict:
+    """Every gate's result; ``passed`` when all pass."""
+
+    gates: list[GateResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    @property
+    def failures(self) -> list[str]:
+        """``FAIL <gate>: <metric> = <value>, threshold <op> <t>`` for each failed gate."""
+        return [g.line() for g in self.gates if not g.passed]
+
+    @property
+    def failed_names(self) -> list[str]:
+        return [g.name for g in self.gates if not g.passed]
+
+    def failure(self, after: str = "", *, result: object = None, where: str = "") -> GateFailed | None:
+        """The GateFailed (exit 1) naming every failed gate, carrying ``result`` (what the command made), with
+        ``after`` appended; None when all pass. ``where`` follows "failed" (``" on this device"``)."""
+        failures = self.failures
+        if not failures:
+            return None
+        head = f"{len(failures)} of {len(self.gates)} gate(s) failed{where}:\n  "
+        return GateFailed(head + "\n  ".join(failures) + after, result=result)
+
+
+class Judged(Protocol):
+    """A report a verdict is recorded in (``build``/``validate``'s Report, ``deploy``'s DeployReport)."""
+
+    measurement: Measurement
+    gates: list[GateResult]
+    passed: bool | None
+
+
+def judge(report: Judged, gates: Gates, extra: Sequence[GateResult] = ()) -> Verdict:
+    """Evaluate ``gates`` on ``report``'s measurement, then the stages' ``extra`` gates; record them in ``report``.
+
+    Raises:
+        UsageError: nonsense thresholds (exit 2).
+    """
+    verdict = Verdict([*evaluate_gates(report.measurement, gates), *extra])
+    report.gates, report.passed = list(verdict.gates), verdict.passed
+    return verdict

@@ -9,15 +9,20 @@ baseline and the candidate per batch size, per-class accuracy delta, per-layer e
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
 from rescompile.validate.blocks_svg import blocks_section
 from rescompile.validate.report import class_label
+from rescompile.validate.results import section_dict
+from rescompile.validate.schema import REPORT_SCHEMA
 from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
+    from rescompile.validate.latency import Latency
+    from rescompile.validate.results import Report
 
 SECTIONS = ("summary", "gates", "blocks", "latency", "per-class", "layerwise", "fallback", "details")
 
@@ -53,28 +58,29 @@ def _table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _summary(r: dict[str, Any]) -> str:
-    acc, agr = r["accuracy"], r["agreement"]
+def _summary(r: Report) -> str:
+    m = r.measurement
+    acc, agr = m.accuracy, m.agreement
     rows = [
-        ["top-1", _pct(acc["reference"]["top1"]), _pct(acc["candidate"]["top1"])],
-        ["top-5", _pct(acc["reference"]["top5"]), _pct(acc["candidate"]["top5"])],
-        ["top-1 drop (points)", "", _num(acc["top1_drop"], ".2f")],
-        ["top-1 agreement", "", _pct(agr["top1"])],
-        ["logit cosine mean / worst", "", f"{agr['cosine_mean']:.5f} / {agr['cosine_min']:.5f}"],
-        ["max / mean abs error", "", f"{agr['max_abs_error']:.4g} / {agr.get('mean_abs_error', 0.0):.4g}"],
+        ["top-1", _pct(acc.reference.top1), _pct(acc.candidate.top1)],
+        ["top-5", _pct(acc.reference.top5), _pct(acc.candidate.top5)],
+        ["top-1 drop (points)", "", _num(acc.top1_drop, ".2f")],
+        ["top-1 agreement", "", _pct(agr.top1)],
+        ["logit cosine mean / worst", "", f"{agr.cosine_mean:.5f} / {agr.cosine_min:.5f}"],
+        ["max / mean abs error", "", f"{agr.max_abs_error:.4g} / {agr.mean_abs_error:.4g}"],
     ]
     return (
-        f"<p>{r['samples']} samples from <code>{escape(str(r['source']))}</code>. Reference "
-        f"<code>{escape(str(r.get('reference')))}</code>, candidate <code>{escape(str(r.get('candidate')))}</code>"
-        f"{', baseline <code>' + escape(str(r['baseline'])) + '</code>' if r.get('baseline') else ''}.</p>"
+        f"<p>{m.samples} samples from <code>{escape(str(m.source))}</code>. Reference "
+        f"<code>{escape(str(m.reference))}</code>, candidate <code>{escape(str(m.candidate))}</code>"
+        f"{', baseline <code>' + escape(str(m.baseline)) + '</code>' if m.baseline else ''}.</p>"
         + _validation(r)
         + _table(["metric", "reference", "candidate"], rows)
     )
 
 
-def _validation(r: dict[str, Any]) -> str:
+def _validation(r: Report) -> str:
     """How the validation set was chosen; in-sample results are flagged."""
-    choice = r.get("validation") or {}
+    choice = section_dict(r.validation)
     if not choice.get("description"):
         return ""
     if choice.get("in_sample"):
@@ -82,60 +88,63 @@ def _validation(r: dict[str, Any]) -> str:
     return f'<p class="note">Validation: {escape(choice["description"])}</p>'
 
 
-def _gates(r: dict[str, Any]) -> str:
-    gates = r.get("gates") or []
-    if not gates:
+def _gates(r: Report) -> str:
+    if not r.gates:
         return '<p class="note">No gates were set (see --max-top1-drop, --min-agreement, --gates gates.yaml).</p>'
     rows = [
         [
-            escape(g["name"]),
-            f"<code>{escape(g['metric'])}</code>",
-            _num(g["value"], ".6g"),
-            f"{escape(g.get('comparison', ''))} {g['threshold']:g}",
-            '<span class="pass">pass</span>' if g["passed"] else '<span class="fail">FAIL</span>',
+            escape(g.name),
+            f"<code>{escape(g.metric)}</code>",
+            _num(g.value, ".6g"),
+            f"{escape(g.comparison)} {g.threshold:g}",
+            '<span class="pass">pass</span>' if g.passed else '<span class="fail">FAIL</span>',
         ]
-        for g in gates
+        for g in r.gates
     ]
     return _table(["gate", "metric", "value", "threshold", "result"], rows, left=2)
 
 
-def _latency(r: dict[str, Any]) -> str:
-    lat = r.get("latency") or []
+def _latency(r: Report) -> str:
+    m = r.measurement
+    lat = m.latency
     if not lat:
         return '<p class="note">Latency was not measured.</p>'
+
+    def label(x: Latency) -> str:
+        return x.runner + ("" if x.role != "baseline" else " (baseline)")
+
     plots = []
-    for batch in sorted({x["batch"] for x in lat}):
-        recs = [x for x in lat if x["batch"] == batch]
-        series = {x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): x.get("samples_ms", []) for x in recs}
-        markers = {
-            x["runner"] + ("" if x.get("role") != "baseline" else " (baseline)"): {"p50": x["p50_ms"], "p99": x["p99_ms"]} for x in recs
-        }
+    for batch in sorted({x.batch for x in lat}):
+        recs = [x for x in lat if x.batch == batch]
+        series: dict[str, Sequence[float]] = {label(x): x.samples_ms for x in recs}
+        markers = {label(x): {"p50": x.p50_ms, "p99": x.p99_ms} for x in recs}
         plots.append(
             histogram_overlay(series, title=f"latency per call, batch {batch}", xlabel="ms (solid: p50, dashed: p99)", markers=markers)
         )
     rows = [
         [
-            escape(x["runner"]),
-            str(x["batch"]),
-            str(x.get("runs", "")),
-            f"{x['p50_ms']:.3f}",
-            f"{x['p90_ms']:.3f}",
-            f"{x['p99_ms']:.3f}",
-            f"{x['throughput']:.0f}",
-            _num(x.get("peak_rss_mib"), ".0f"),
+            escape(x.runner),
+            str(x.batch),
+            str(x.runs),
+            f"{x.p50_ms:.3f}",
+            f"{x.p90_ms:.3f}",
+            f"{x.p99_ms:.3f}",
+            f"{x.throughput:.0f}",
+            _num(x.peak_rss_mib, ".0f"),
         ]
         for x in lat
     ]
-    speed = r.get("speedup_int8_vs_fp32_p50") or {}
+    speed = m.speedup
     note = (
         ("<p>Speedup over the FP32 baseline (p50): " + ", ".join(f"batch {b}: <b>{v:.2f}x</b>" for b, v in speed.items()) + ".</p>")
         if speed
         else ""
     )
-    mem = r.get("memory", {}).get("peak_rss_mib")
+    mem = m.peak_rss_mib
     mem_note = f'<p class="note">Peak resident memory of the validating process: {mem:.0f} MiB.</p>' if mem else ""
-    notes = "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.get("notes") or [])
-    notes += "".join(f'<p class="note"><b>Warning ({escape(w["code"])}):</b> {escape(w["message"])}</p>' for w in r.get("warnings") or [])
+    notes = "".join(f'<p class="note"><b>Note:</b> {escape(n)}</p>' for n in r.notes)
+    warnings = [w.to_dict() for w in r.warnings or []]
+    notes += "".join(f'<p class="note"><b>Warning ({escape(w["code"])}):</b> {escape(w["message"])}</p>' for w in warnings)
     return (
         f'<div class="plots">{"".join(plots)}</div>'
         + _table(["runner", "batch", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak RSS MiB"], rows)
@@ -145,118 +154,118 @@ def _latency(r: dict[str, Any]) -> str:
     )
 
 
-def _per_class(r: dict[str, Any]) -> str:
-    pc = r.get("per_class") or []
+def _per_class(r: Report) -> str:
+    m = r.measurement
+    pc = m.per_class
     if not pc:
         return '<p class="note">No labels: per-class accuracy needs a labelled validation set.</p>'
-    ordered = sorted(pc, key=lambda d: d["label"])
+    ordered = sorted(pc, key=lambda d: d.label)
     chart = diverging_bars(
-        [class_label(r, d["label"]) for d in ordered],
-        [d["delta"] for d in ordered],
+        [class_label(m, d.label) for d in ordered],
+        [d.delta for d in ordered],
         title="per-class top-1 change, candidate minus reference",
         unit=" points",
     )
     rows = [
-        [escape(class_label(r, d["label"])), str(d["samples"]), _pct(d["reference_top1"]), _pct(d["candidate_top1"]), f"{d['delta']:+.2f}"]
-        for d in pc[:5]
+        [escape(class_label(m, d.label)), str(d.samples), _pct(d.reference_top1), _pct(d.candidate_top1), f"{d.delta:+.2f}"] for d in pc[:5]
     ]
     return f'<div class="plots">{chart}</div><p>Worst classes:</p>' + _table(
         ["class", "samples", "reference top-1", "candidate top-1", "delta"], rows
     )
 
 
-def _layerwise(r: dict[str, Any]) -> str:
-    lw = r.get("layerwise")
-    if not lw:
+def _layerwise(r: Report) -> str:
+    lw = r.layerwise
+    if lw is None:
         return '<p class="note">Not run: pass --layerwise to compare FP32 and INT8 tensor by tensor.</p>'
-    layers = lw["layers"]
-    suggested = set(lw.get("suggested_keep_fp") or [])
-    worst = {x["node"] for x in layers if x["keep_fp"] in suggested}
+    layers = lw.layers
+    suggested = set(lw.suggested_keep_fp)
+    worst = {x.node for x in layers if x.keep_fp in suggested}
     chart = layer_bars(
-        [x["node"] for x in layers],
-        [x["input_rel_error"] for x in layers],
-        [x["output_rel_error"] for x in layers],
+        [x.node for x in layers],
+        [x.input_rel_error for x in layers],
+        [x.output_rel_error for x in layers],
         worst,
         title="per-layer relative error, FP32 vs quantized",
         ylabel="relative error",
     )
-    index = {x["node"]: i for i, x in enumerate(layers)}
-    by_name = {x["node"]: x for x in layers}
+    index = {x.node: i for i, x in enumerate(layers)}
+    by_name = {x.node: x for x in layers}
     rows = [
         [
             str(index[n]),
             f"<code>{escape(n)}</code>",
-            escape(by_name[n]["op"]),
-            f"{by_name[n]['input_rel_error']:.4f}",
-            f"{by_name[n]['output_rel_error']:.4f}",
-            f"{by_name[n]['jump']:+.4f}",
-            f"{by_name[n]['cosine']:.5f}",
+            escape(by_name[n].op),
+            f"{by_name[n].input_rel_error:.4f}",
+            f"{by_name[n].output_rel_error:.4f}",
+            f"{by_name[n].jump:+.4f}",
+            f"{by_name[n].cosine:.5f}",
         ]
-        for n in lw["ranking"][:8]
+        for n in lw.ranking[:8]
     ]
     hint = ""
-    if lw.get("suggested_keep_fp"):
-        hint = "<p>To recover accuracy, try: " + " ".join(f"<code>--keep-fp '{escape(p)}'</code>" for p in lw["suggested_keep_fp"]) + "</p>"
+    if lw.suggested_keep_fp:
+        hint = "<p>To recover accuracy, try: " + " ".join(f"<code>--keep-fp '{escape(p)}'</code>" for p in lw.suggested_keep_fp) + "</p>"
     return (
-        f'<p class="note">{lw["samples"]} samples; each column is a layer where quantization enters.</p>'
+        f'<p class="note">{lw.samples} samples; each column is a layer where quantization enters.</p>'
         f'<div class="plots">{chart}</div>'
         + _table(["#", "layer", "op", "input rel. error", "output rel. error", "jump", "cosine"], rows, left=3)
         + hint
     )
 
 
-def _fallback(r: dict[str, Any]) -> str:
-    fb = r.get("fallback")
-    if not fb:
+def _fallback(r: Report) -> str:
+    fb = r.fallback
+    if fb is None:
         return '<p class="note">Not run: pass --auto-fallback N to keep the worst layers in FP until the gates pass.</p>'
-    ini = fb["initial"]
+    ini = fb.initial
     rows = [
         [
             "0",
             "(none)",
-            _pct(ini["agreement"]),
-            f"{ini['cosine_mean']:.5f}",
-            _num(ini["top1_drop"], ".2f"),
-            f"{ini['fp_macs_share'] * 100:.1f}%",
-            f"{ini['p50_ms']:.3f}",
+            _pct(ini.agreement),
+            f"{ini.cosine_mean:.5f}",
+            _num(ini.top1_drop, ".2f"),
+            f"{ini.fp_macs_share * 100:.1f}%",
+            f"{ini.p50_ms:.3f}",
             "",
         ]
     ]
-    for i, s in enumerate(fb["steps"], 1):
-        a = s["after"]
+    for i, s in enumerate(fb.steps, 1):
+        a = s.after
         rows.append(
             [
                 str(i),
-                f"<code>{escape(s['layer'])}</code>",
-                _pct(a["agreement"]),
-                f"{a['cosine_mean']:.5f}",
-                _num(a["top1_drop"], ".2f"),
-                f"{a['fp_macs_share'] * 100:.1f}%",
-                f"{a['p50_ms']:.3f}",
-                f"{s['cost_ms']:+.3f}",
+                f"<code>{escape(s.layer)}</code>",
+                _pct(a.agreement),
+                f"{a.cosine_mean:.5f}",
+                _num(a.top1_drop, ".2f"),
+                f"{a.fp_macs_share * 100:.1f}%",
+                f"{a.p50_ms:.3f}",
+                f"{s.cost_ms:+.3f}",
             ]
         )
-    status = '<span class="pass">gates pass</span>' if fb["passed"] else '<span class="fail">gates still fail</span>'
-    return f"<p>{status}: {escape(fb['stopped'])} (limit {fb['limit']}).</p>" + _table(
+    status = '<span class="pass">gates pass</span>' if fb.passed else '<span class="fail">gates still fail</span>'
+    return f"<p>{status}: {escape(fb.stopped)} (limit {fb.limit}).</p>" + _table(
         ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2
     )
 
 
-def _details(r: dict[str, Any]) -> str:
-    keep = {k: r[k] for k in ("model", "settings", "timings_s", "stages", "calibration", "memory") if k in r}
+def _details(r: Report) -> str:
+    doc = r.to_dict()
+    keep = {k: doc[k] for k in ("model", "settings", "timings_s", "stages", "calibration", "memory") if k in doc}
     return f"<pre>{escape(json.dumps(keep, indent=2, sort_keys=True, default=str))}</pre>"
 
 
-def render_html(report: dict[str, Any], blocks: BlockPicture | None = None) -> str:
+def render_html(report: Report, blocks: BlockPicture | None = None) -> str:
     """The whole page as a string (UTF-8, self-contained).
 
     Args:
-        report: the report (report.json's content).
+        report: the report.
         blocks: the build's residual blocks (``validate/blocks.py``); None: the section says it has none.
     """
-    passed = report.get("passed", True)
-    model = report.get("model", {}).get("name", "model")
-    title = f"rescompile: {model} {report.get('candidate', '')}"
+    passed = report.all_passed
+    title = f"rescompile: {report.model.name} {report.candidate}"
     parts = {
         "summary": ("Summary", _summary(report)),
         "gates": ("Gates", _gates(report)),
@@ -275,5 +284,5 @@ def render_html(report: dict[str, Any], blocks: BlockPicture | None = None) -> s
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{escape(title)}</title><style>{CSS}</style></head>"
         f"<body><h1>{escape(title)} {badge}</h1>"
-        f'<p class="note">schema {escape(str(report.get("schema")))}</p>{body}</body></html>\n'
+        f'<p class="note">schema {escape(REPORT_SCHEMA)}</p>{body}</body></html>\n'
     )

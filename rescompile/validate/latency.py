@@ -90,6 +90,26 @@ class Latency:
         return asdict(self)
 
 
+@dataclass
+class SkippedBatch:
+    batch: int
+    reason: str
+
+
+@dataclass
+class LatencyPlan:
+    """How latency was timed: the mode, the budget (auto), seconds spent, ``brief``, the batch sizes skipped and why."""
+
+    mode: str = "runs"
+    budget_s: float | None = None
+    spent_s: float = 0.0
+    brief: bool = False
+    skipped: list[SkippedBatch] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 def tile_batch(sample: np.ndarray, batch: int) -> np.ndarray:
     """``batch`` samples built by repeating ``sample`` (N >= 1) along the batch axis."""
     reps = int(np.ceil(batch / len(sample)))
@@ -172,7 +192,7 @@ def measure_runners(
     *,
     other_s: float = 0.0,
     on_run: Callable[[], None] | None = None,
-) -> tuple[list[Latency], dict[str, Any]]:
+) -> tuple[list[Latency], LatencyPlan]:
     """Time every ``(runner, role)`` at each batch size by ``settings.mode``.
 
     Args:
@@ -191,20 +211,15 @@ def measure_runners(
     budget = auto_budget(other_s) if mode == "auto" else None
     start = time.perf_counter()
     records: list[Latency] = []
-    skipped: list[dict[str, Any]] = []
+    skipped: list[SkippedBatch] = []
     per_sample: dict[str, float] = {}  # seconds per sample of each role at the last batch size
     for i, batch in enumerate(batches):
         if budget is not None and not brief and i and batch not in settings.required:
             left = budget - (time.perf_counter() - start)
             need = (1 + MIN_RUNS) * batch * sum(per_sample.values())  # one warm-up and MIN_RUNS runs, every runner
             if need > left:
-                skipped.append(
-                    {
-                        "batch": batch,
-                        "reason": f"{MIN_RUNS} runs estimated at {need:.1f} s; {max(left, 0):.1f} s "
-                        f"of the {budget:.1f} s latency budget left",
-                    }
-                )
+                reason = f"{MIN_RUNS} runs estimated at {need:.1f} s; {max(left, 0):.1f} s of the {budget:.1f} s latency budget left"
+                skipped.append(SkippedBatch(batch, reason))
                 continue
         for j, (runner, role) in enumerate(runners):
             if mode == "runs":
@@ -223,13 +238,7 @@ def measure_runners(
             records.append(r)
             if on_run is not None:
                 on_run()
-    plan = {
-        "mode": mode,
-        "budget_s": None if budget is None else round(budget, 3),
-        "spent_s": round(time.perf_counter() - start, 3),
-        "brief": brief,
-        "skipped": skipped,
-    }
+    plan = LatencyPlan(mode, None if budget is None else round(budget, 3), round(time.perf_counter() - start, 3), brief, skipped)
     return records, plan
 
 
@@ -241,18 +250,17 @@ def measure_all(
     *,
     other_s: float = 0.0,
     show_progress: bool = False,
-) -> tuple[list[dict[str, Any]], dict[str, float], dict[str, Any]]:
+) -> tuple[list[Latency], dict[str, float], LatencyPlan]:
     """Latency of the baseline and the candidate at each batch size (:func:`measure_runners`);
     speedup = baseline p50 / candidate p50; and the latency plan (mode, budget, skipped batch sizes)."""
     runners = [(baseline, "baseline")] if baseline is not None else []
     runners.append((candidate, "candidate"))
     with progress("latency", len(settings.batches) * len(runners), show_progress) as advance:
         measured, plan = measure_runners(runners, sample, settings, other_s=other_s, on_run=lambda: advance(1))
-    records = [r.to_dict() for r in measured]
     speedup = {}
     if baseline is not None:
-        for batch in sorted({r["batch"] for r in records}):
-            b = next(r for r in records if r["batch"] == batch and r["role"] == "baseline")
-            c = next(r for r in records if r["batch"] == batch and r["role"] == "candidate")
-            speedup[str(batch)] = b["p50_ms"] / c["p50_ms"]
-    return records, speedup, plan
+        for batch in sorted({r.batch for r in measured}):
+            b = next(r for r in measured if r.batch == batch and r.role == "baseline")
+            c = next(r for r in measured if r.batch == batch and r.role == "candidate")
+            speedup[str(batch)] = b.p50_ms / c.p50_ms
+    return measured, speedup, plan

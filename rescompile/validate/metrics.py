@@ -1,8 +1,15 @@
-"""Accuracy and agreement metrics over logits: plain results that say what they measured."""
+"""Accuracy and agreement metrics over logits: plain typed results that say what they measured.
+
+:class:`Metrics` (accuracy of both runners and the drop, agreement, per-class delta) is what
+:func:`compare_outputs` returns and what :class:`rescompile.validate.run.Measurement` holds; its
+``to_dict`` is the matching part of ``report.json`` and ``deploy.json``. A new metric is a new
+field here (it reaches report.json through ``to_dict``, is read back by ``from_dict``), and a gate
+over it is one row in :data:`rescompile.validate.gates.SPECS`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -11,9 +18,20 @@ from rescompile.errors import UsageError
 
 
 @dataclass
-class Accuracy:
+class TopK:
+    """One runner's accuracy against the labels."""
+
     top1: float | None  # percent, None without labels
     top5: float | None
+
+
+@dataclass
+class Accuracy:
+    """Top-1/top-5 of the reference and the candidate, and the candidate's top-1 drop (points; None without labels)."""
+
+    reference: TopK
+    candidate: TopK
+    top1_drop: float | None = None
 
 
 @dataclass
@@ -34,14 +52,14 @@ class ClassDelta:
     samples: int
 
 
-def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> Accuracy:
+def accuracy(logits: np.ndarray, labels: np.ndarray | None) -> TopK:
     if labels is None or len(labels) == 0:
-        return Accuracy(None, None)
+        return TopK(None, None)
     top1 = float(np.mean(logits.argmax(1) == labels) * 100.0)
     k = min(5, logits.shape[1])
     topk = np.argpartition(-logits, k - 1, axis=1)[:, :k]
     top5 = float(np.mean((topk == labels[:, None]).any(1)) * 100.0)
-    return Accuracy(top1, top5)
+    return TopK(top1, top5)
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
@@ -72,11 +90,19 @@ def per_class_delta(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
     return sorted(out, key=lambda d: (d.delta, d.label))
 
 
-def as_dict(obj: object) -> dict[str, object]:
-    return asdict(obj)  # type: ignore[call-overload, no-any-return]
+@dataclass
+class Metrics:
+    """What comparing two sets of logits measured: :class:`Accuracy`, :class:`Agreement`, :class:`ClassDelta` (worst first)."""
+
+    accuracy: Accuracy
+    agreement: Agreement
+    per_class: list[ClassDelta] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": asdict(self.accuracy), "agreement": asdict(self.agreement), "per_class": [asdict(d) for d in self.per_class]}
 
 
-def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> dict[str, Any]:
+def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None) -> Metrics:
     """Accuracy of both, agreement, per-class delta (worst first): the metric part of a report.
 
     Raises:
@@ -91,8 +117,8 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.nda
         raise UsageError("the candidate produced NaN or Inf logits")
     ref_acc, cand_acc = accuracy(reference, labels), accuracy(candidate, labels)
     drop = None if ref_acc.top1 is None or cand_acc.top1 is None else ref_acc.top1 - cand_acc.top1
-    return {
-        "accuracy": {"reference": asdict(ref_acc), "candidate": asdict(cand_acc), "top1_drop": drop},
-        "agreement": asdict(agreement(reference, candidate)),
-        "per_class": [asdict(d) for d in per_class_delta(reference, candidate, labels)] if labels is not None else [],
-    }
+    return Metrics(
+        Accuracy(ref_acc, cand_acc, drop),
+        agreement(reference, candidate),
+        per_class_delta(reference, candidate, labels) if labels is not None else [],
+    )

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+from rescompile.validate.results import section_dict
+
+if TYPE_CHECKING:
+    from rescompile.validate.gates import GateResult
+    from rescompile.validate.layerwise import Layerwise
+    from rescompile.validate.results import FallbackRecord, Report
+    from rescompile.validate.run import Measurement
 
 WORST_CLASSES = 5
 WORST_LAYERS = 5
@@ -16,62 +24,64 @@ def _num(v: float | None, fmt: str = ".4g") -> str:
     return "n/a" if v is None else f"{v:{fmt}}"
 
 
-def class_label(report: dict[str, Any], label: int) -> str:
-    names = report.get("class_names") or []
+def class_label(measurement: Measurement, label: int) -> str:
+    names = measurement.class_names
     return f"{label} ({names[label]})" if 0 <= label < len(names) else str(label)
 
 
-def validation_lines(report: dict[str, Any]) -> list[str]:
-    """How the validation set was chosen (``report["validation"]``); in-sample results are flagged."""
-    choice = report.get("validation")
-    if not choice or not choice.get("description"):
+def validation_lines(report: Report) -> list[str]:
+    """How the validation set was chosen (``report.validation``); in-sample results are flagged."""
+    choice = section_dict(report.validation)
+    if not choice.get("description"):
         return []
     text = choice["description"]
     return ["", f"> **Validation: {text}**" if choice.get("in_sample") else f"Validation: {text}"]
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    acc, agr = report["accuracy"], report["agreement"]
-    model = report.get("model", {}).get("name", "model")
-    status = "PASSED" if report.get("passed", True) else "FAILED"
+def gate_rows(gates: list[GateResult]) -> list[str]:
+    """The gates as a Markdown table (``report.md`` and ``deploy.md``)."""
+    lines = ["| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
+    for g in gates:
+        lines.append(
+            f"| {g.name} | `{g.metric}` | {_num(g.value, '.6g')} | {g.comparison} {g.threshold:g} | {'pass' if g.passed else '**FAIL**'} |"
+        )
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    m = report.measurement
+    acc, agr = m.accuracy, m.agreement
+    status = "PASSED" if report.all_passed else "FAILED"
     lines = [
-        f"# rescompile: {model} {report.get('candidate', 'INT8')} ({status})",
+        f"# rescompile: {report.model.name} {m.candidate} ({status})",
         "",
-        f"Validation set: {report['samples']} samples from `{report['source']}`; reference "
-        f"`{report.get('reference', 'FP32')}`, candidate `{report.get('candidate', 'INT8')}`.",
+        f"Validation set: {m.samples} samples from `{m.source}`; reference `{m.reference}`, candidate `{m.candidate}`.",
         *validation_lines(report),
         "",
         "| metric | reference | candidate |",
         "|---|---|---|",
-        f"| top-1 | {_pct(acc['reference']['top1'])} | {_pct(acc['candidate']['top1'])} |",
-        f"| top-5 | {_pct(acc['reference']['top5'])} | {_pct(acc['candidate']['top5'])} |",
+        f"| top-1 | {_pct(acc.reference.top1)} | {_pct(acc.candidate.top1)} |",
+        f"| top-5 | {_pct(acc.reference.top5)} | {_pct(acc.candidate.top5)} |",
         "",
-        f"Top-1 agreement {agr['top1']:.2f}%, logit cosine mean {agr['cosine_mean']:.5f} "
-        f"(worst {agr['cosine_min']:.5f}), max abs error {agr['max_abs_error']:.4g}, "
-        f"mean abs error {agr.get('mean_abs_error', 0.0):.4g}.",
+        f"Top-1 agreement {agr.top1:.2f}%, logit cosine mean {agr.cosine_mean:.5f} "
+        f"(worst {agr.cosine_min:.5f}), max abs error {agr.max_abs_error:.4g}, "
+        f"mean abs error {agr.mean_abs_error:.4g}.",
     ]
-    if report.get("gates"):
-        lines += ["", "## Gates", "", "| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
-        for g in report["gates"]:
-            lines.append(
-                f"| {g['name']} | `{g['metric']}` | {_num(g['value'], '.6g')} | {g.get('comparison', '')} "
-                f"{g['threshold']:g} | {'pass' if g['passed'] else '**FAIL**'} |"
-            )
-    per_class = report.get("per_class") or []
-    if per_class:
+    if report.gates:
+        lines += ["", "## Gates", "", *gate_rows(report.gates)]
+    if m.per_class:
         lines += [
             "",
-            f"## Worst classes (of {len(per_class)})",
+            f"## Worst classes (of {len(m.per_class)})",
             "",
             "| class | samples | reference top-1 | candidate top-1 | delta |",
             "|---|---|---|---|---|",
         ]
-        for d in per_class[:WORST_CLASSES]:
+        for d in m.per_class[:WORST_CLASSES]:
             lines.append(
-                f"| {class_label(report, d['label'])} | {d['samples']} | {_pct(d['reference_top1'])} | "
-                f"{_pct(d['candidate_top1'])} | {d['delta']:+.2f} |"
+                f"| {class_label(m, d.label)} | {d.samples} | {_pct(d.reference_top1)} | {_pct(d.candidate_top1)} | {d.delta:+.2f} |"
             )
-    if report.get("latency"):
+    if m.latency:
         lines += [
             "",
             "## Latency",
@@ -79,76 +89,67 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| runner | batch | runs | p50 ms | p90 ms | p99 ms | samples/s | peak RSS MiB |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for lat in report["latency"]:
+        for lat in m.latency:
             lines.append(
-                f"| {lat['runner']} | {lat['batch']} | {lat.get('runs', '')} | {lat['p50_ms']:.2f} | "
-                f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {lat['throughput']:.0f} | "
-                f"{_num(lat.get('peak_rss_mib'), '.0f')} |"
+                f"| {lat.runner} | {lat.batch} | {lat.runs} | {lat.p50_ms:.2f} | {lat.p90_ms:.2f} | {lat.p99_ms:.2f} | "
+                f"{lat.throughput:.0f} | {_num(lat.peak_rss_mib, '.0f')} |"
             )
-        speed = report.get("speedup_int8_vs_fp32_p50") or {}
-        if speed:
-            lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in speed.items()) + "."]
-        plan = report.get("latency_plan")
-        if plan:
-            modes = {
-                "auto": f"within a budget of {plan['budget_s']} s",
-                "runs": "a fixed number of runs",
-                "budget": "a budget per batch size",
-            }
-            brief = ", briefly (not representative here)" if plan["brief"] else ""
-            lines += ["", f"Timed {modes[plan['mode']]}{brief}: {plan['spent_s']:.1f} s spent."]
-            lines += [f"Batch {x['batch']} not timed: {x['reason']}." for x in plan["skipped"]]
-    for note in report.get("notes") or []:
+        if m.speedup:
+            lines += ["", "Speedup over FP32 (p50): " + ", ".join(f"batch {b}: {v:.2f}x" for b, v in m.speedup.items()) + "."]
+        plan = m.latency_plan
+        if plan is not None:
+            modes = {"auto": f"within a budget of {plan.budget_s} s", "runs": "a fixed number of runs", "budget": "a budget per batch size"}
+            brief = ", briefly (not representative here)" if plan.brief else ""
+            lines += ["", f"Timed {modes[plan.mode]}{brief}: {plan.spent_s:.1f} s spent."]
+            lines += [f"Batch {x.batch} not timed: {x.reason}." for x in plan.skipped]
+    for note in report.notes:
         lines += ["", f"> **Note:** {note}"]
-    for w in report.get("warnings") or []:
-        lines += ["", f"> **Warning ({w['code']}):** {w['message']}"]
-    lw = report.get("layerwise")
-    if lw:
-        lines += _layerwise_md(lw)
-    fb = report.get("fallback")
-    if fb:
-        lines += _fallback_md(fb)
+    for w in report.warnings or []:
+        warning = w.to_dict()
+        lines += ["", f"> **Warning ({warning['code']}):** {warning['message']}"]
+    if report.layerwise is not None:
+        lines += _layerwise_md(report.layerwise)
+    if report.fallback is not None:
+        lines += _fallback_md(report.fallback)
     return "\n".join(lines) + "\n"
 
 
-def _layerwise_md(lw: dict[str, Any]) -> list[str]:
-    layers = {lay["node"]: lay for lay in lw["layers"]}
+def _layerwise_md(lw: Layerwise) -> list[str]:
     lines = [
         "",
-        f"## Layerwise blame ({lw['samples']} samples)",
+        f"## Layerwise blame ({lw.samples} samples)",
         "",
         "Error each quantized layer adds (relative error of its output minus that of its inputs):",
         "",
         "| layer | op | input rel. error | output rel. error | jump | output cosine |",
         "|---|---|---|---|---|---|",
     ]
-    for name in lw["ranking"][:WORST_LAYERS]:
-        lay = layers[name]
+    for name in lw.ranking[:WORST_LAYERS]:
+        lay = lw.layer(name)
         lines.append(
-            f"| `{name}` | {lay['op']} | {lay['input_rel_error']:.4f} | {lay['output_rel_error']:.4f} | "
-            f"{lay['jump']:+.4f} | {lay['cosine']:.5f} |"
+            f"| `{name}` | {lay.op} | {lay.input_rel_error:.4f} | {lay.output_rel_error:.4f} | {lay.jump:+.4f} | {lay.cosine:.5f} |"
         )
-    if lw["suggested_keep_fp"]:
-        lines += ["", "To recover accuracy, try: " + " ".join(f"`--keep-fp '{p}'`" for p in lw["suggested_keep_fp"])]
+    if lw.suggested_keep_fp:
+        lines += ["", "To recover accuracy, try: " + " ".join(f"`--keep-fp '{p}'`" for p in lw.suggested_keep_fp)]
     return lines
 
 
-def _fallback_md(fb: dict[str, Any]) -> list[str]:
-    ini = fb["initial"]
+def _fallback_md(fb: FallbackRecord) -> list[str]:
+    ini = fb.initial
     lines = [
         "",
-        f"## Auto-fallback ({'gates pass' if fb['passed'] else 'gates still fail'}: {fb['stopped']})",
+        f"## Auto-fallback ({'gates pass' if fb.passed else 'gates still fail'}: {fb.stopped})",
         "",
         "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
         "|---|---|---|---|---|---|---|---|",
-        f"| 0 | (none) | {ini['agreement']:.2f}% | {ini['cosine_mean']:.5f} | {_num(ini['top1_drop'], '.2f')} | "
-        f"{ini['fp_macs_share'] * 100:.1f}% | {ini['p50_ms']:.3f} | |",
+        f"| 0 | (none) | {ini.agreement:.2f}% | {ini.cosine_mean:.5f} | {_num(ini.top1_drop, '.2f')} | "
+        f"{ini.fp_macs_share * 100:.1f}% | {ini.p50_ms:.3f} | |",
     ]
-    for i, s in enumerate(fb["steps"], 1):
-        a = s["after"]
+    for i, s in enumerate(fb.steps, 1):
+        a = s.after
         lines.append(
-            f"| {i} | `{s['layer']}` | {a['agreement']:.2f}% | {a['cosine_mean']:.5f} | "
-            f"{_num(a['top1_drop'], '.2f')} | {a['fp_macs_share'] * 100:.1f}% | {a['p50_ms']:.3f} | "
-            f"{s['cost_ms']:+.3f} |"
+            f"| {i} | `{s.layer}` | {a.agreement:.2f}% | {a.cosine_mean:.5f} | "
+            f"{_num(a.top1_drop, '.2f')} | {a.fp_macs_share * 100:.1f}% | {a.p50_ms:.3f} | "
+            f"{s.cost_ms:+.3f} |"
         )
     return lines

@@ -17,11 +17,10 @@ from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
 from rescompile.scale.cluster import RaySettings
-from rescompile.validate.latency import LatencySettings, measure_all
-from rescompile.validate.metrics import compare_outputs
+from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
+from rescompile.validate.metrics import Accuracy, Agreement, ClassDelta, Metrics, compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
-
-REPORT_SCHEMA = "rescompile.report/1"
+from rescompile.validate.schema import REPORT_SCHEMA
 
 
 @dataclass(frozen=True)
@@ -82,24 +81,37 @@ def compute_reference(
 
 @dataclass
 class Measurement:
-    """What :func:`validate` measured: the part of report.json that ``build`` and ``validate`` share."""
+    """What :func:`validate` measured: the part of report.json that ``build``, ``validate`` and ``deploy`` share.
+
+    Every result is typed (:mod:`rescompile.validate.metrics`, :mod:`rescompile.validate.latency`); gates
+    (:func:`rescompile.validate.gates.evaluate_gates`) and renderers read these attributes. ``to_dict`` is
+    the report's JSON, :meth:`from_dict` reads it back (a damaged field is a UsageError naming it).
+    """
 
     source: str
     samples: int
     reference: str  # the runner that produced the FP32 logits
     candidate: str  # the runner under test
     baseline: str | None  # the FP32 runner timed in the same run, if any
-    accuracy: dict[str, Any]  # top-1/top-5 of both and the top-1 drop (rescompile.validate.metrics)
-    agreement: dict[str, Any]  # top-1 agreement, logit cosine, abs errors
-    per_class: list[dict[str, Any]]
+    accuracy: Accuracy  # top-1/top-5 of both and the top-1 drop
+    agreement: Agreement  # top-1 agreement, logit cosine, abs errors
+    per_class: list[ClassDelta] = field(default_factory=list)  # worst drop first
     class_names: list[str] = field(default_factory=list)
-    latency: list[dict[str, Any]] = field(default_factory=list)  # one record per runner and batch size
+    latency: list[Latency] = field(default_factory=list)  # one record per runner and batch size
     speedup: dict[str, float] = field(default_factory=dict)  # baseline p50 / candidate p50, by batch size
     peak_rss_mib: float = 0.0
     settings: dict[str, Any] = field(default_factory=dict)  # batch size, latency options, threads
-    latency_plan: dict[str, Any] = field(default_factory=dict)  # how latency was timed
+    latency_plan: LatencyPlan | None = None  # how latency was timed
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step of the validation
     scale: dict[str, Any] | None = None  # where a run on Ray ran
+
+    @property
+    def metrics(self) -> Metrics:
+        return Metrics(self.accuracy, self.agreement, self.per_class)
+
+    def candidate_latency(self, batch: int | None) -> Latency | None:
+        """The candidate's latency record at ``batch``, or None when that batch size was not measured."""
+        return next((r for r in self.latency if r.role == "candidate" and r.batch == batch), None)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -109,25 +121,51 @@ class Measurement:
             "reference": self.reference,
             "candidate": self.candidate,
             "baseline": self.baseline,
-            "accuracy": self.accuracy,
-            "agreement": self.agreement,
-            "per_class": self.per_class,
+            **self.metrics.to_dict(),
         }
         if self.class_names:
             d["class_names"] = list(self.class_names)
         d.update(
             {
-                "latency": self.latency,
+                "latency": [r.to_dict() for r in self.latency],
                 "speedup_int8_vs_fp32_p50": self.speedup,
                 "memory": {"peak_rss_mib": self.peak_rss_mib},
                 "settings": self.settings,
-                "latency_plan": self.latency_plan,
+                "latency_plan": {} if self.latency_plan is None else self.latency_plan.to_dict(),
                 "timings_s": self.timings,
             }
         )
         if self.scale is not None:
             d["scale"] = self.scale
         return d
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], what: str = "report") -> Measurement:
+        """The measurement part of a report.json (the keys :meth:`to_dict` writes; others are ignored).
+
+        Raises:
+            UsageError: a field is missing or of the wrong type; the message names it (``report: accuracy.candidate: ...``).
+        """
+        from rescompile.errors import UsageError
+        from rescompile.readers import from_mapping, short
+
+        keys = {
+            "speedup_int8_vs_fp32_p50": "speedup",
+            "timings_s": "timings",
+            **{f: f for f in ("source", "samples", "reference", "candidate", "baseline", "accuracy", "agreement", "per_class")},
+            **{f: f for f in ("class_names", "latency", "settings", "latency_plan", "scale")},
+        }
+        fields_ = {ours: doc[theirs] for theirs, ours in keys.items() if theirs in doc}
+        if fields_.get("latency_plan") == {}:
+            fields_["latency_plan"] = None
+        memory = doc.get("memory")
+        if isinstance(memory, dict) and "peak_rss_mib" in memory:
+            fields_["peak_rss_mib"] = memory["peak_rss_mib"]
+        speedup = fields_.get("speedup")
+        if isinstance(speedup, dict) and not all(str(k).isdigit() and len(str(k)) < 10 for k in speedup):
+            got = short(sorted(map(str, speedup)))
+            raise UsageError(f"{what}: field 'speedup_int8_vs_fp32_p50' must be keyed by batch size, got {got}")
+        return from_mapping(cls, fields_, what)  # type: ignore[no-any-return]
 
 
 def validate(
@@ -166,15 +204,15 @@ def validate(
     peak = peak_rss_mib()
     metrics = compare_outputs(reference.logits, cand, reference.labels)
     result = Measurement(
-        inputs.name,
-        int(len(cand)),
-        reference.runner,
-        candidate.name,
-        None if baseline is None else baseline.name,
-        metrics["accuracy"],
-        metrics["agreement"],
-        metrics["per_class"],
-        list(inputs.class_names),
+        source=inputs.name,
+        samples=int(len(cand)),
+        reference=reference.runner,
+        candidate=candidate.name,
+        baseline=None if baseline is None else baseline.name,
+        accuracy=metrics.accuracy,
+        agreement=metrics.agreement,
+        per_class=metrics.per_class,
+        class_names=list(inputs.class_names),
     )
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
@@ -196,7 +234,7 @@ def validate(
         }
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     result.latency, result.speedup = latency, speedup
-    result.peak_rss_mib = max([peak] + [r["peak_rss_mib"] for r in latency])
+    result.peak_rss_mib = max([peak] + [r.peak_rss_mib for r in latency])
     lat = settings.latency
     result.settings = {
         "batch_size": settings.batch_size,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,26 +32,44 @@ from rescompile.validate.report import render_markdown
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
+    from rescompile.validate.results import Report
 
-__all__ = ["REPORT_FILES", "read_block_picture", "write_reports"]
+__all__ = ["REPORT_FILES", "fallback_layers", "read_block_picture", "recorded_build", "write_reports"]
 log = logging.getLogger(__name__)
 
 
-def _build_folder(folder: Path, report: dict[str, Any]) -> Path | None:
+def _build_folder(folder: Path, recorded: Path | None) -> Path | None:
     """Where the build's INT8 model and plan are: ``folder``, else the build folder the report records."""
-    recorded = (report.get("build") or {}).get("folder") if isinstance(report.get("build"), dict) else None
-    for cand in (folder, Path(recorded) if isinstance(recorded, str) else None):
+    for cand in (folder, recorded):
         if cand is not None and all((cand / n).is_file() for n in (INT8_ONNX, QDQ_PLAN)):
             return cand
     return None
 
 
-def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str, Any] | None = None) -> BlockPicture | None:
-    """The block picture of the build behind ``report`` (a ``BlockPicture``), or None when its files are not there.
+def fallback_layers(report: Report) -> list[str]:
+    """The layers auto-fallback kept in FP, in order (the report's ``fallback`` steps)."""
+    return [] if report.fallback is None else [s.layer for s in report.fallback.steps]
+
+
+def recorded_build(report: Report) -> Path | None:
+    """The build folder a ``validate`` report records (``build.folder``), if any."""
+    folder = (report.build or {}).get("folder")
+    return Path(folder) if isinstance(folder, str) else None
+
+
+def read_block_picture(
+    folder: Path,
+    *,
+    recorded: Path | None = None,
+    fallback: Sequence[str] = (),
+    config: Mapping[str, Any] | None = None,
+) -> BlockPicture | None:
+    """The block picture of the build behind a report (a ``BlockPicture``), or None when its files are not there.
 
     Args:
         folder: the folder the report is written to.
-        report: the report (its ``fallback`` steps and ``build`` record are read).
+        recorded: the build folder the report records (:func:`recorded_build`), read when ``folder`` holds no build.
+        fallback: the layers auto-fallback kept in FP (:func:`fallback_layers`).
         config: the build's config (``keep_fp``, ``keep_first_last``); default: the build's manifest.json.
     """
     import onnx
@@ -59,7 +77,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
 
     from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons
 
-    src = _build_folder(Path(folder), report)
+    src = _build_folder(Path(folder), recorded)
     if src is None:
         return None
     try:
@@ -68,13 +86,12 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
         if config is None and (src / MANIFEST).is_file():
             config = json.loads((src / MANIFEST).read_text()).get("config")
         config = config if isinstance(config, Mapping) else {}
-        steps = (report.get("fallback") or {}).get("steps") or []
         why = kept_reasons(
             int8,
             plan.get("kept_fp") or [],
             keep_fp=tuple(config.get("keep_fp") or ()),
             keep_first_last=bool(config.get("keep_first_last")),
-            fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s],
+            fallback=list(fallback),
         )
         engine = None
         if (src / PLAN_LAYERS).is_file():
@@ -87,7 +104,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
         return None
 
 
-def write_reports(folder: Path, report: dict[str, Any], *, config: Mapping[str, Any] | None = None) -> list[Path]:
+def write_reports(folder: Path, report: Report, *, config: Mapping[str, Any] | None = None) -> list[Path]:
     """Write the four report files into ``folder`` (each atomically); return their paths.
 
     Args:
@@ -96,8 +113,12 @@ def write_reports(folder: Path, report: dict[str, Any], *, config: Mapping[str, 
         config: the build's config, for the reasons layers were kept in FP in the block picture.
     """
     folder = Path(folder)
-    write_json(folder / REPORT_JSON, report)
+    write_json(folder / REPORT_JSON, report.to_dict())
     write_text_atomic(folder / REPORT_MD, render_markdown(report))
-    write_text_atomic(folder / JUNIT_XML, render_junit(report))
-    write_text_atomic(folder / REPORT_HTML, render_html(report, read_block_picture(folder, report, config)))
+    junit = render_junit(report.measurement, report.gates, model=report.model.name, validation=report.validation)
+    write_text_atomic(folder / JUNIT_XML, junit)
+    write_text_atomic(
+        folder / REPORT_HTML,
+        render_html(report, read_block_picture(folder, recorded=recorded_build(report), fallback=fallback_layers(report), config=config)),
+    )
     return [folder / name for name in REPORT_FILES]

@@ -170,12 +170,18 @@ def _report(tmp_path: Path, name: str, top1: float) -> Path:
     doc = {
         "schema": "rescompile.report/1",
         "model": {"name": name, "input_shape": [1, 16, 16], "num_classes": 4},
-        "accuracy": {"candidate": {"top1": top1}, "top1_drop": 0.0},
-        "agreement": {"top1": 100.0, "cosine_mean": 1.0},
+        "accuracy": {"reference": {"top1": top1, "top5": 100.0}, "candidate": {"top1": top1, "top5": 100.0}, "top1_drop": 0.0},
+        "agreement": {"top1": 100.0, "cosine_mean": 1.0, "cosine_min": 1.0, "max_abs_error": 0.0, "mean_abs_error": 0.0},
+        "per_class": [],
         "latency": [],
+        "speedup_int8_vs_fp32_p50": {},
         "gates": [],
+        "passed": True,
         "source": "data.npz",
         "samples": 16,
+        "reference": "onnxruntime-fp32",
+        "candidate": "onnxruntime-int8",
+        "baseline": None,
     }
     p = tmp_path / f"{name}-{top1}.json"
     p.write_text(json.dumps(doc))
@@ -211,7 +217,8 @@ def test_compare_names_a_damaged_report_field(tmp_path: Path) -> None:
     doc["accuracy"] = {}
     p.write_text(json.dumps(doc))
     res = CliRunner().invoke(app, ["compare", str(p), str(_report(tmp_path, "resnet20", 91.0))])
-    assert res.exit_code == 2 and "accuracy must be an object with candidate.top1" in res.output
+    said = " ".join(res.output.split())
+    assert res.exit_code == 2 and "missing field 'accuracy.reference'" in said, res.output
 
 
 def test_plan_with_an_input_index_out_of_range(tiny_onnx) -> None:  # found by benchmarks/fuzz.py (IndexError in verify)

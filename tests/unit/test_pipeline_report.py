@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ from rescompile.data.holdout import DataChoice
 from rescompile.data.sources import DataSource
 from rescompile.engine.layerinfo import check_residual_fusion
 from rescompile.pipeline.report import ModelSection, make_report
-from rescompile.pipeline.verdict import FUSION_GATE, fusion_gate, judge
 from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
+from rescompile.validate.gates import FUSION_GATE, fusion_gate, judge
 from rescompile.validate.notes import latency_notes
 from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.run import ValidateSettings, compute_reference, validate
@@ -163,3 +164,61 @@ def test_engine_section_and_gate_of_a_gpu_build(measured, tmp_path):
         "residual_fusion": _json(fusion.to_dict()),
     }
     assert doc["engine"]["residual_fusion"]["ok"] and doc["engine"]["settings"]["profile"]["max"][0] == 8
+
+
+def test_deploy_judges_with_the_build_gate_path(measured):
+    """deploy.json's report goes through the same judge(): the same gate name gives the same result and message
+    as the build's (the fusion gate included), recorded in deploy.json, deploy.md and the GateFailed it raises."""
+    from rescompile.deploy.device import DeployReport, DeployResult, render_deploy_md
+    from rescompile.validate.junit import render_junit
+
+    doc = load(PUBLISHED[0])
+    doc["Layers"][3]["Inputs"][1]["Format/Datatype"] = "Row major linear FP32"
+    fusion = _fusion(doc)
+    gates = Gates(min_agreement=50, min_cosine=1.0)
+    build_report, _ = _reports(measured)
+    build_verdict = judge(build_report, gates, [fusion_gate(fusion)])
+    m = measured[0]
+    deployed = DeployReport(
+        replace(m, latency=[], speedup={}, latency_plan=None),
+        {"name": "tiny"},
+        {"file": "tiny.rcb", "sha256": "0" * 64, "build": {}},
+        "tensorrt",
+        {"target": "jetson-orin-nx-8gb"},
+        {"name": "jetson"},
+    )
+    verdict = judge(deployed, gates, [fusion_gate(fusion)])
+    assert [g.to_dict() for g in deployed.gates] == [g.to_dict() for g in build_report.gates]
+    assert verdict.failures == build_verdict.failures and verdict.failed_names == ["min-cosine", FUSION_GATE]
+    out = deployed.to_dict()
+    assert out["schema"] == "rescompile.deploy/1" and out["passed"] is False and out["gates"] == build_report.to_dict()["gates"]
+    assert out["accuracy"] == build_report.to_dict()["accuracy"] and "latency" not in out
+    result = DeployResult(Path("out"), out, verdict.passed, verdict.failures, deployed)
+    error = verdict.failure("\nreport: out/deploy.json", result=result, where=" on this device")
+    assert error is not None and error.result is result and error.exit_code == 1
+    assert error.message.startswith("2 of 3 gate(s) failed on this device:\n  " + "\n  ".join(build_verdict.failures))
+    md = render_deploy_md(deployed)
+    assert "| min-cosine | `agreement.cosine_mean` |" in md and f"| {FUSION_GATE} |" in md and "**FAILED**" in md
+    assert 'failures="2"' in render_junit(deployed.measurement, deployed.gates, model="tiny", suite="rescompile.deploy")
+
+
+def test_deploy_json_follows_its_schema_which_shares_report_json_sections(measured):
+    from rescompile.deploy.device import DeployReport
+    from rescompile.validate.schema import DEPLOY_SCHEMA_PATH, schema_errors
+
+    m = measured[0]
+    report = DeployReport(
+        replace(m, latency=[], speedup={}, latency_plan=None, timings={"unpack": 0.1, "session": 0.2, "validate": 0.3}),
+        {"name": "tiny", "residual_adds": 2},
+        {"file": "tiny.rcb", "sha256": "a" * 64, "build": {}},
+        "onnxruntime",
+        {"onnxruntime_version": "1.32.0", "providers": ["CPUExecutionProvider"]},
+        {"name": "host", "python": "3.11"},
+    )
+    judge(report, Gates(min_agreement=50))
+    doc = _json(report.to_dict())
+    assert schema_errors(doc, DEPLOY_SCHEMA_PATH) == []
+    doc["accuracy"]["candidate"]["top1"] = 140.0  # checked by report.schema.json's definition
+    doc["gates"][0]["passed"] = "yes"
+    errors = schema_errors(doc, DEPLOY_SCHEMA_PATH)
+    assert any(e.startswith("accuracy/candidate/top1") for e in errors) and any(e.startswith("gates/0/passed") for e in errors)

@@ -205,7 +205,7 @@ def test_html_has_one_block_figure_per_residual_add_and_is_deterministic(demo, t
         folder.mkdir()
         onnx.save(int8, str(folder / "model.int8.onnx"))
         (folder / "qdq_plan.json").write_text(json.dumps(plan))
-        pic = read_block_picture(folder, {})
+        pic = read_block_picture(folder)
         assert isinstance(pic, BlockPicture)
         html = blocks_section(pic)
         assert [int(i) for i in BLOCK_SVG.findall(html)] == list(range(len(plan["residual_adds"])))
@@ -220,9 +220,9 @@ def test_html_has_one_block_figure_per_residual_add_and_is_deterministic(demo, t
         # validate writes its report elsewhere: the build folder the report names is read
         other = tmp_path / f"{policy}-validate"
         other.mkdir()
-        again = read_block_picture(other, {"build": {"folder": str(folder)}})
+        again = read_block_picture(other, recorded=folder)
         assert again is not None and blocks_section(again) == html  # byte-identical for the same build
-        assert read_block_picture(other, {}) is None
+        assert read_block_picture(other) is None
     assert "No block picture" in blocks_section(None)
 
 
@@ -328,7 +328,7 @@ def test_damaged_side_file_leaves_the_report_without_a_picture(demo, tmp_path: P
     int8, plan = demo["tensorrt"]
     onnx.save(int8, str(tmp_path / "model.int8.onnx"))
     (tmp_path / "qdq_plan.json").write_text("{not json")
-    assert read_block_picture(tmp_path, {}) is None
+    assert read_block_picture(tmp_path) is None
 
 
 def test_kept_reasons_come_from_the_build_config_and_the_fallback_steps(demo_fp32, tmp_path: Path):
@@ -337,10 +337,10 @@ def test_kept_reasons_come_from_the_build_config_and_the_fallback_steps(demo_fp3
     int8, plan = _quantize(demo_fp32, "onnxruntime", keep_fp=kept)
     onnx.save(int8, str(tmp_path / "model.int8.onnx"))
     (tmp_path / "qdq_plan.json").write_text(json.dumps(plan))
-    report = {"fallback": {"steps": [{"layer": kept[1]}]}}
-    passed = read_block_picture(tmp_path, report, {"keep_fp": ["/layers/layers.2/*/Conv"], "keep_first_last": False})
+    fallback = [kept[1]]  # write_reports passes fallback_layers(report): the auto-fallback steps' layers
+    passed = read_block_picture(tmp_path, fallback=fallback, config={"keep_fp": ["/layers/layers.2/*/Conv"], "keep_first_last": False})
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"keep_fp": ["/layers/layers.2/*/Conv"]}}))
-    for pic in (passed, read_block_picture(tmp_path, report)):
+    for pic in (passed, read_block_picture(tmp_path, fallback=fallback)):
         assert pic is not None
         ops = {o.node: o for b in pic.blocks for o in b.main}
         assert ops[kept[0]].kept == "keep-fp" and ops[kept[1]].kept == "auto-fallback"

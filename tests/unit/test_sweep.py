@@ -59,3 +59,34 @@ def test_pareto_front_keeps_builds_nobody_beats_on_both_axes() -> None:
     assert svg.count('class="pareto"') == 2 and svg.count('class="point"') == 3 and "<polyline" in svg
     assert markdown(doc).count("| * |") == 2
     assert accuracy_axis([_r("a", 1.0, None)]) == "agreement"
+
+
+def test_a_point_records_the_typed_reports_numbers():
+    """What a sweep records of a build (or of a build whose gates failed: ``GateFailed.result``) is read from the typed Report."""
+    from rescompile.scale.sweep import _metrics
+    from rescompile.validate.latency import Latency
+    from rescompile.validate.metrics import Accuracy, Agreement, TopK
+    from rescompile.validate.results import ModelSection, Report
+    from rescompile.validate.run import Measurement
+
+    def lat(role: str, batch: int, p50: float) -> Latency:
+        return Latency(f"onnxruntime-{role}", role, batch, 3, 0, p50, p50, p50, p50, p50, p50, batch / p50 * 1000, 1.0)
+
+    m = Measurement(
+        source="val",
+        samples=10,
+        reference="fp32",
+        candidate="onnxruntime-int8",
+        baseline="onnxruntime-fp32",
+        accuracy=Accuracy(TopK(91.0, 99.0), TopK(90.0, 99.0), 1.0),
+        agreement=Agreement(97.0, 0.99, 0.9, 0.5, 0.01),
+        latency=[lat("baseline", 1, 3.0), lat("candidate", 32, 9.0), lat("candidate", 1, 2.0)],
+    )
+    assert _metrics(Report(m, ModelSection("demo", (1, 28, 28), 10), None)) == {
+        "top1": 90.0,
+        "top1_drop": 1.0,
+        "agreement": 97.0,
+        "cosine_mean": 0.99,
+        "p50_ms": 2.0,
+        "latency_batch": 1,
+    }

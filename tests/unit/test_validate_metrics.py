@@ -11,9 +11,10 @@ from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.runtime.runners import OnnxRuntimeRunner, onnx_precision
 from rescompile.validate.gates import evaluate_gates, load_gates, merge_gates, resolve_gates
-from rescompile.validate.latency import LatencySettings, measure_latency
-from rescompile.validate.metrics import accuracy, agreement, compare_outputs, per_class_delta
+from rescompile.validate.latency import Latency, LatencySettings, measure_latency
+from rescompile.validate.metrics import Accuracy, Agreement, TopK, accuracy, agreement, compare_outputs, per_class_delta
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, load_reference, save_reference
+from rescompile.validate.run import Measurement
 
 
 def _logits(labels: np.ndarray, classes: int = 4) -> np.ndarray:
@@ -35,7 +36,9 @@ def test_accuracy_agreement_and_per_class_on_known_logits():
     worst = per_class_delta(ref, cand, labels)[0]
     assert (worst.label, worst.delta, worst.samples) == (0, -100.0, 2)
     m = compare_outputs(ref, cand, labels)
-    assert m["accuracy"]["top1_drop"] == 25.0 and m["per_class"][0]["label"] == 0
+    assert m.accuracy.top1_drop == 25.0 and m.accuracy.candidate.top1 == 75.0 and m.per_class[0].label == 0
+    both = {"reference": {"top1": 100.0, "top5": 100.0}, "candidate": {"top1": 75.0, "top5": 100.0}}
+    assert m.to_dict()["accuracy"] == {**both, "top1_drop": 25.0}
 
 
 def test_compare_outputs_refuses_mismatched_shapes():
@@ -43,17 +46,27 @@ def test_compare_outputs_refuses_mismatched_shapes():
         compare_outputs(np.zeros((4, 3)), np.zeros((4, 5)), None)
 
 
+def _lat(runner: str, role: str, batch: int, p99: float) -> Latency:
+    return Latency(runner, role, batch, 3, 0, p99 / 2, p99, p99, p99, p99 / 2, p99, batch / p99 * 2000, 100.0)
+
+
 def _report(drop=0.4, agree=99.0, cosine=0.999, p99=5.0, speed=1.5):
-    return {
-        "accuracy": {"top1_drop": drop},
-        "agreement": {"top1": agree, "cosine_mean": cosine},
-        "latency": [
-            {"runner": "onnxruntime-fp32", "role": "baseline", "batch": 1, "p99_ms": 9.0},
-            {"runner": "onnxruntime-int8", "role": "candidate", "batch": 1, "p99_ms": p99},
-            {"runner": "onnxruntime-int8", "role": "candidate", "batch": 8, "p99_ms": 50.0},
+    """A measurement with exactly the values the gates read (typed, as validate makes it)."""
+    return Measurement(
+        source="val",
+        samples=8,
+        reference="pytorch-fp32",
+        candidate="onnxruntime-int8",
+        baseline="onnxruntime-fp32",
+        accuracy=Accuracy(TopK(90.0, 99.0), TopK(None if drop is None else 90.0 - drop, 99.0), drop),
+        agreement=Agreement(agree, cosine, cosine, 0.1, 0.01),
+        latency=[
+            _lat("onnxruntime-fp32", "baseline", 1, 9.0),
+            _lat("onnxruntime-int8", "candidate", 1, p99),
+            _lat("onnxruntime-int8", "candidate", 8, 50.0),
         ],
-        "speedup_int8_vs_fp32_p50": {"1": speed, "8": 1.1},
-    }
+        speedup={"1": speed, "8": 1.1},
+    )
 
 
 def test_every_gate_passes_and_fails_with_metric_value_threshold():
@@ -184,15 +197,15 @@ def test_latency_auto_mode_stays_in_its_budget_and_says_what_it_skipped(tiny_onn
     runners = [(runner, "candidate")]
     huge = 20000  # three runs of this cannot fit in what batch 1 leaves of the minimum budget
     recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, huge)), other_s=0.0)
-    assert plan["mode"] == "auto" and plan["budget_s"] == MIN_BUDGET_S and not plan["brief"]
+    assert plan.mode == "auto" and plan.budget_s == MIN_BUDGET_S and not plan.brief
     assert [r.batch for r in recs] == [1] and 3 <= recs[0].runs <= 30
-    assert plan["skipped"][0]["batch"] == huge and "latency budget" in plan["skipped"][0]["reason"]
-    assert plan["spent_s"] <= MIN_BUDGET_S * 1.5  # the skipped batch cost nothing
+    assert plan.skipped[0].batch == huge and "latency budget" in plan.skipped[0].reason
+    assert plan.spent_s <= MIN_BUDGET_S * 1.5  # the skipped batch cost nothing
     # Explicit runs: exactly N at every batch size; brief: the smallest batch, 3 runs, one warm-up.
     recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(2, 1), runs=4, warmup=0))
-    assert plan["mode"] == "runs" and [(r.batch, r.runs) for r in recs] == [(1, 4), (2, 4)]
+    assert plan.mode == "runs" and [(r.batch, r.runs) for r in recs] == [(1, 4), (2, 4)]
     recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, 8), brief=True), other_s=100.0)
-    assert plan["brief"] and [(r.batch, r.runs, r.warmup) for r in recs] == [(1, 3, 1)]
+    assert plan.brief and [(r.batch, r.runs, r.warmup) for r in recs] == [(1, 3, 1)]
     # A batch size a latency gate reads is timed whatever the budget or brevity.
     recs, _ = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, 8), brief=True, required=(8,)))
     assert [r.batch for r in recs] == [1, 8]

@@ -17,24 +17,36 @@ import pytest
 from rescompile.config import Gates
 from rescompile.data.holdout import DataChoice
 from rescompile.data.sources import DataSource
+from rescompile.errors import UsageError
 from rescompile.pipeline.fallback import auto_fallback
 from rescompile.pipeline.report import ModelSection, make_report
 from rescompile.pipeline.settings import FallbackSettings
-from rescompile.pipeline.verdict import judge
 from rescompile.quantize import Policy
 from rescompile.runtime.runners import OnnxRuntimeRunner
-from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports
+from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports, load_report
+from rescompile.validate.gates import judge
 from rescompile.validate.html import SECTIONS, render_html
 from rescompile.validate.junit import render_junit
 from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes, signed_activation_quantizers
 from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.report import render_markdown
+from rescompile.validate.results import Report
 from rescompile.validate.run import ValidateSettings, compute_reference, validate
 from rescompile.validate.schema import SCHEMA_PATH, schema_errors
 from rescompile.validate.write import REPORT_FILES, write_reports
 
 jsonschema = pytest.importorskip("jsonschema")
+
+
+def typed(doc: dict) -> Report:
+    """The report.json document as the typed Report renderers take."""
+    return Report.from_dict(doc)
+
+
+def junit(doc: dict) -> str:
+    r = typed(doc)
+    return render_junit(r.measurement, r.gates, model=r.model.name, validation=r.validation)
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +70,7 @@ def full_report(tiny_onnx, tiny_data, quantize_tiny):
         DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)),
         int8,
         layerwise=layerwise_blame(tiny_onnx, int8, tiny_data),
-        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)), settings),
+        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)), settings).record(),
     )
     judge(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
     return json.loads(json.dumps(report.to_dict()))  # exactly what report.json holds
@@ -104,20 +116,20 @@ def test_latency_note_only_for_a_tensorrt_placed_graph_timed_on_onnxruntime(tiny
 
 def test_the_latency_note_reaches_markdown_and_html(full_report):
     assert full_report["notes"] == [TENSORRT_GRAPH_ON_CPU]
-    md = render_markdown(full_report)
+    md = render_markdown(typed(full_report))
     assert f"> **Note:** {TENSORRT_GRAPH_ON_CPU}" in md
     assert md.index("## Latency") < md.index("**Note:**")
-    assert "--policy onnxruntime" in render_html(full_report)
+    assert "--policy onnxruntime" in render_html(typed(full_report))
 
 
 def test_write_reports_writes_every_format(tmp_path, full_report):
-    write_reports(tmp_path, full_report)
+    write_reports(tmp_path, typed(full_report))
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(REPORT_FILES)
     assert schema_errors(json.loads((tmp_path / "report.json").read_text())) == []
 
 
 def test_junit_has_one_case_per_gate_and_failures_carry_the_message(full_report):
-    root = ET.fromstring(render_junit(full_report))
+    root = ET.fromstring(junit(full_report))
     (suite,) = root.findall("testsuite")
     cases = suite.findall("testcase")
     failed = [c for c in cases if c.find("failure") is not None]
@@ -169,7 +181,7 @@ class _WellFormed(HTMLParser):
 
 
 def test_html_is_well_formed_self_contained_and_has_every_section(full_report):
-    page = render_html(full_report)
+    page = render_html(typed(full_report))
     parser = _WellFormed()
     parser.feed(page)
     parser.close()
@@ -185,7 +197,7 @@ def test_html_escapes_untrusted_text(full_report):
     r = copy.deepcopy(full_report)
     r["source"] = "<script>alert(1)</script>"
     r["class_names"] = ["<b>a</b>", "b", "c", "d"]
-    page = render_html(r)
+    page = render_html(typed(r))
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>a</b>" not in page
 
 
@@ -196,7 +208,7 @@ def _chromium() -> str | None:
 @pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium for a headless screenshot")
 def test_html_renders_in_headless_chromium(tmp_path, full_report):
     page = tmp_path / "report.html"
-    page.write_text(render_html(full_report))
+    page.write_text(render_html(typed(full_report)))
     shot = tmp_path / "report.png"
     subprocess.run(
         [
@@ -228,7 +240,7 @@ def test_html_renders_in_headless_chromium(tmp_path, full_report):
 
 
 def test_markdown_lists_gates_worst_classes_and_blame(full_report):
-    md = render_markdown(full_report)
+    md = render_markdown(typed(full_report))
     assert md.startswith("# rescompile: tiny onnxruntime-int8 (FAILED)")
     assert "| min-cosine | `agreement.cosine_mean` |" in md and "**FAIL**" in md
     assert "## Worst classes (of 4)" in md and "## Layerwise blame (24 samples)" in md
@@ -238,21 +250,53 @@ def test_markdown_lists_gates_worst_classes_and_blame(full_report):
 def test_compare_flags_regressions_and_improvements(full_report):
     old = copy.deepcopy(full_report)
     new = copy.deepcopy(full_report)
-    assert not [c for c in compare_reports(old, new) if c.status == REGRESSED]
+    assert not [c for c in compare_reports(typed(old), typed(new)) if c.status == REGRESSED]
     new["agreement"]["top1"] -= 2.0
     new["accuracy"]["candidate"]["top1"] += 1.0
     for rec in new["latency"]:
         rec["p50_ms"] *= 1.5
     new["gates"][0]["passed"] = False
-    changes = {c.metric: c for c in compare_reports(old, new)}
+    changes = {c.metric: c for c in compare_reports(typed(old), typed(new))}
     assert changes["agreement.top1"].status == REGRESSED and changes["agreement.top1"].delta == pytest.approx(-2.0)
     assert changes["accuracy.candidate.top1"].status == "improved"
     assert changes["latency.candidate.batch1.p50_ms"].status == REGRESSED
     assert changes["gate.min-agreement"].status == REGRESSED and changes["gate.min-agreement"].note == "newly failing"
-    lenient = {c.metric: c for c in compare_reports(old, new, Tolerances(accuracy_points=3, check_latency=False))}
+    lenient = {c.metric: c for c in compare_reports(typed(old), typed(new), Tolerances(accuracy_points=3, check_latency=False))}
     assert lenient["agreement.top1"].status == "same" and "latency.candidate.batch1.p50_ms" not in lenient
 
 
 def test_schema_file_ships_with_the_package():
     text = Path(__file__).resolve().parents[2].joinpath("pyproject.toml").read_text()
     assert '"schemas/*.json"' in text and SCHEMA_PATH.is_file()
+
+
+def test_report_from_dict_round_trips_every_section(full_report):
+    report = typed(full_report)
+    assert report.measurement.accuracy.candidate.top1 == full_report["accuracy"]["candidate"]["top1"]
+    assert report.measurement.latency[0].role == full_report["latency"][0]["role"]
+    assert report.layerwise is not None and report.layerwise.ranking == full_report["layerwise"]["ranking"]
+    assert [g.name for g in report.gates] == [g["name"] for g in full_report["gates"]]
+    assert report.to_dict() == full_report
+
+
+@pytest.mark.parametrize(
+    "mutate, named",
+    [
+        (lambda r: r["accuracy"]["candidate"].update(top1="high"), "accuracy.candidate.top1"),
+        (lambda r: r["agreement"].pop("cosine_mean"), "agreement.cosine_mean"),
+        (lambda r: r["latency"][1].update(p99_ms=None), "latency[1].p99_ms"),
+        (lambda r: r["latency_plan"]["skipped"].append({"batch": "8", "reason": "x"}), "latency_plan.skipped[0].batch"),
+        (lambda r: r["gates"][0].update(passed="yes"), "gates[0].passed"),
+        (lambda r: r["layerwise"]["layers"][0].update(jump=[]), "layerwise.layers[0].jump"),
+        (lambda r: r["speedup_int8_vs_fp32_p50"].update(fast=2.0), "speedup_int8_vs_fp32_p50"),
+        (lambda r: r.update(accuracy=[]), "accuracy"),
+    ],
+)
+def test_a_damaged_report_is_a_usage_error_naming_the_key(tmp_path, full_report, mutate, named):
+    broken = copy.deepcopy(full_report)
+    mutate(broken)
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(broken))
+    with pytest.raises(UsageError) as exc:
+        load_report(path)
+    assert exc.value.exit_code == 2 and named in exc.value.message and str(path) in exc.value.message
