@@ -34,7 +34,7 @@ from rescompile.pipeline import stages
 from rescompile.pipeline.report import CalibrationSection, EngineSection, ModelSection, Report, StagesSection, make_report, write_report
 from rescompile.pipeline.settings import DataSettings, build_settings
 from rescompile.pipeline.validator import BuildValidator
-from rescompile.pipeline.verdict import Verdict, fusion_gate, judge
+from rescompile.pipeline.verdict import Verdict, engine_gates, judge
 from rescompile.publish import check_out, staged
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             fallback=validated.fallback,
             engine=None if engine is None else EngineSection(engine),
         )
-        verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])
+        verdict = judge(report, s.gates, [] if engine is None else engine_gates(engine.build))
         write_report(folder, report, cfg.to_dict())  # report.json, report.md, junit.xml, report.html
         manifest = _manifest(cfg, s.data.layout, folder, report, loaded, calibrated, timer.stages, verdict)
         write_json(folder / MANIFEST, manifest)

@@ -18,6 +18,7 @@ from rescompile.validate.gates import GateResult, evaluate_gates
 
 if TYPE_CHECKING:
     from rescompile.engine.layerinfo import FusionReport
+    from rescompile.engine.tensorrt import EngineBuild
     from rescompile.pipeline.report import Report
 
 FUSION_GATE = "engine_residual_fusion"
@@ -62,6 +63,13 @@ def fusion_gate(fusion: FusionReport) -> GateResult:
         + ("" if fusion.detailed else " (no detailed layer information)")
     )
     return GateResult(FUSION_GATE, "residual Adds not fused into INT8", float(len(unfused)), 0.0, passed, message)
+
+
+def engine_gates(build: EngineBuild) -> list[GateResult]:
+    """The engine stage's own gates: residual fusion, and for a ``--dla-core`` plan the DLA gate (``engine.dla.dla_gate``)."""
+    from rescompile.engine.dla import dla_gate
+
+    return [fusion_gate(build.fusion), *([dla_gate(build.dla, build.fusion)] if build.dla is not None else [])]
 
 
 def judge(report: Report, gates: Gates, extra: Sequence[GateResult] = ()) -> Verdict:
