@@ -125,33 +125,62 @@ def require_gpu(index: int = 0) -> DeviceInfo:
     return device
 
 
+def _libcudart() -> Any:
+    """The CUDA runtime library TensorRT itself links (``libcudart.so``), through ctypes; None when absent."""
+    import ctypes
+    import ctypes.util
+
+    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13", "libcudart.so.12"]
+    for name in filter(None, names):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
 def select_device(index: int) -> str:
     """Make CUDA device ``index`` current for this thread, so TensorRT builds and runs on it.
 
     TensorRT uses the calling thread's current CUDA device; without this a ``--device 1`` build
-    would run on device 0 while the sidecar names device 1. Returns how it was set.
+    would run on device 0 while the sidecar names device 1. TensorRT itself needs no Python CUDA
+    binding, so a device with none of them (pycuda-only Jetson images) still builds: cuda-python,
+    else torch with CUDA, else ``cudaSetDevice`` from the CUDA runtime library through ctypes,
+    else, for device 0, the runtime's default device. Returns how it was set.
 
     Raises:
-        MissingDependency: neither cuda-python nor torch can set the device, or CUDA refuses.
+        MissingDependency: device ``index`` > 0 cannot be selected, or CUDA refuses.
     """
     from rescompile.errors import MissingDependency
 
+    reasons = []
     try:
         cudart = cudart_module()
     except ImportError:
         cudart = None
     if cudart is not None:
         (err,) = cudart.cudaSetDevice(index)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise MissingDependency(f"cudaSetDevice({index}) failed: {err.name} ({int(err)})")
-        return "cuda-python"
+        if err == cudart.cudaError_t.cudaSuccess:
+            return "cuda-python"
+        reasons.append(f"cuda-python: cudaSetDevice({index}) failed: {err.name} ({int(err)})")
     try:
         import torch
 
-        torch.cuda.set_device(index)
-        return "torch"
-    except Exception as exc:  # no torch CUDA either
-        raise MissingDependency(f"cannot select CUDA device {index}: {exc}", hint="pip install 'rescompile[tensorrt]'") from None
+        if torch.cuda.is_available():
+            torch.cuda.set_device(index)
+            return "torch"
+        reasons.append("torch: no CUDA")
+    except ImportError:
+        reasons.append("torch: not installed")
+    lib = _libcudart()
+    if lib is not None:
+        code = int(lib.cudaSetDevice(index))
+        if code == 0:
+            return "libcudart"
+        reasons.append(f"libcudart: cudaSetDevice({index}) returned {code}")
+    if index == 0:
+        return "default device 0"  # the runtime's current device unless something changed it
+    raise MissingDependency(f"cannot select CUDA device {index}: " + "; ".join(reasons), hint="pip install 'rescompile[tensorrt]'")
 
 
 def parse_driver_version(value: int) -> tuple[int, int]:
