@@ -42,6 +42,7 @@ class DeployOptions:
     threads: int | None = None
     batch: int = 32
     cuda_lib: str = "auto"  # device buffers for the TensorRT runner: auto | cuda-python | pycuda | torch
+    rest_precision: str | None = None  # the engine's non-quantized layers: fp16 (default) | fp32
 
 
 @dataclass
@@ -81,8 +82,8 @@ def resolve_target(name: str) -> Any:
     return get_target(f"sm_{cc[0]}{cc[1]}")
 
 
-def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], Any]:
-    """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
+def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], list[Any]]:
+    """Build on this GPU with the engine layer; (runner, engine report section, the engine's gates)."""
     from rescompile.engine.device import load_tensorrt
     from rescompile.engine.settings import EngineOptions
     from rescompile.engine.tensorrt import build_engine
@@ -98,7 +99,9 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
         ) from None
     target = resolve_target(opts.target)
     batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
-    result = build_engine(bundle.file(INT8_ONNX), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
+    # opt = the batch validation runs (and the inspector sees): kernels are tuned for what is timed
+    options = EngineOptions(dla_core=opts.dla_core, batches=batches, opt_batch=max(batches), rest_precision=opts.rest_precision)
+    result = build_engine(bundle.file(INT8_ONNX), target, options, out)
     unfused = [a.add for a in result.fusion.adds if not a.ok]
     gate = GateResult(
         "engine_residual_fusion",
@@ -117,13 +120,20 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
         "target": target.name,
         "settings": result.settings.to_dict(),
         "residual_fusion": result.fusion.to_dict(),
+        "dla": result.dla.to_dict() if result.dla is not None else None,
+        "layer_precision": result.layer_precision,
         "build_seconds": result.build_seconds,
         "plan": result.plan.name,
     }
-    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, gate
+    gates = [gate]
+    if result.dla is not None:  # issue 20: the DLA gate (engine.dla.dla_gate); moves with the fusion gate on merge
+        from rescompile.engine.dla import dla_gate
+
+        gates.append(dla_gate(result.dla, result.fusion))
+    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib, dla_core=opts.dla_core), section, gates
 
 
-def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], None]:
+def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], list[Any]]:
     from rescompile.errors import MissingDependency
 
     try:
@@ -135,7 +145,7 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
     # the bundle's own copy first: a damaged model (anyone can re-make the hashes) is exit 2 before anything is written
     runner = open_runner(bundle.file(INT8_ONNX), threads=opts.threads, name="onnxruntime-int8")
     shutil.copyfile(bundle.file(INT8_ONNX), out / INT8_ONNX)
-    return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, None
+    return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, []
 
 
 def _check_reference_fits(bundle: Any, ref: Any) -> None:
@@ -198,12 +208,17 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         out.mkdir(parents=True, exist_ok=True)
         t1 = time.perf_counter()
         run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
-        runner, engine, fusion_gate = run(bundle, opts, out)
-        timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
-        t2 = time.perf_counter()
-        x = ref.inputs
-        logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
-        timings["validate"] = round(time.perf_counter() - t2, 3)
+        runner, engine, engine_gates = run(bundle, opts, out)
+        try:
+            timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
+            t2 = time.perf_counter()
+            x = ref.inputs
+            logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
+            timings["validate"] = round(time.perf_counter() - t2, 3)
+        finally:  # the TensorRT runner releases its engine before its CUDA context (pycuda: the primary one)
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
         manifest = bundle.manifest
         onnx_sha = manifest["members"][INT8_ONNX]["sha256"]
     report: dict[str, Any] = {
@@ -219,7 +234,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         "host": {"name": platform.node(), **_versions()},
         "timings_s": timings,
     }
-    results = evaluate_gates(report, gates) + ([fusion_gate] if fusion_gate is not None else [])
+    results = evaluate_gates(report, gates) + engine_gates
     report["gates"] = [g.to_dict() for g in results]
     report["passed"] = all(g.passed for g in results)
     failures = [g.line() for g in results if not g.passed]

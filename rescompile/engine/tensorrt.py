@@ -23,8 +23,10 @@ import onnx
 
 from rescompile.buildfolder import PLAN, PLAN_LAYERS
 from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
+from rescompile.engine.dla import DlaReport, dla_report
 from rescompile.engine.implicit import strip_qdq
-from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
+from rescompile.engine.layerinfo import FusionReport, check_residual_fusion, layer_precisions
+from rescompile.engine.mixed import type_rest_fp16
 from rescompile.engine.settings import (
     EngineOptions,
     EngineSettings,
@@ -35,6 +37,7 @@ from rescompile.engine.settings import (
     parse_version,
     require_buildable,
     timing_cache_key,
+    types_rest_fp16,
 )
 from rescompile.engine.sidecar import DeviceInfo, make_sidecar, sidecar_path
 from rescompile.engine.targets import Target
@@ -64,6 +67,12 @@ class EngineBuild:
     fusion: FusionReport
     timing_cache: Path | None
     build_seconds: float
+    dla: DlaReport | None = None  # --dla-core builds: layers on DLA / GPU
+    layer_precision: dict[str, Any] | None = None  # per layer: the precision it writes
+
+
+class LayerInfoError(EngineBuildError):
+    """The engine was built and written, but its layer information could not be read."""
 
 
 def _creation_flags_trt10(trt: Any) -> int:
@@ -87,8 +96,15 @@ def _implicit_int8_trt10(trt: Any, network: Any, config: Any, ranges: dict[str, 
     return done
 
 
-def _parse(trt: Any, network: Any, logger: Any, data: bytes, path: str) -> Any:
+def _adjust_for_dla_trt11(trt: Any, parser: Any) -> None:
+    """11.4.1+ DLA: let the parser reshape layers for DLA (TensorRT 11.4.1, Strongly Typed Networks for DLA)."""
+    parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
+
+
+def _parse(trt: Any, network: Any, logger: Any, data: bytes, path: str, settings: EngineSettings, version: TrtVersion) -> Any:
     parser = trt.OnnxParser(network, logger)
+    if version.major >= 11 and "ADJUST_FOR_DLA" in settings.onnx_parser_flags:
+        _adjust_for_dla_trt11(trt, parser)
     if not parser.parse(data, path):
         errors = []
         for i in range(parser.num_errors):
@@ -132,14 +148,23 @@ def _timing_cache(config: Any, path: Path | None) -> Any:
     return cache
 
 
-def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape: tuple[int, ...]) -> str:
+def runtime_for(trt: Any, logger: Any, dla_core: int | None) -> Any:
+    """A ``trt.Runtime`` whose DLA core is the plan's: set before every deserialization (IRuntime::setDLACore,
+    "the DLA core that the deserialized engine must execute on"; trtexec's ``--useDLACore`` with ``--loadEngine``)."""
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    return runtime
+
+
+def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape: tuple[int, ...], dla_core: int | None = None) -> str:
     """The engine inspector's layer information as JSON text (detailed if the plan was built so).
 
     An execution context with the input shape set is attached to the inspector: without one, a
     dynamic-shape engine's layer information has no tensor formats (IEngineInspector::
     setExecutionContext, NvInferRuntime.h; Polygraphy's inspect does the same).
     """
-    runtime = trt.Runtime(logger)
+    runtime = runtime_for(trt, logger, dla_core)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineBuildError("TensorRT could not deserialize the plan it just built")
@@ -190,10 +215,14 @@ def build_engine(
     model = onnx.load_from_string(onnx_bytes)
     settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
     ranges: dict[str, float] = {}
+    rest_typing = None
     if settings.dla_mode == "implicit":
         implicit = strip_qdq(model)
         model, ranges = implicit.model, implicit.ranges
         data = model.SerializeToString()
+    elif types_rest_fp16(settings.rest_precision, settings.dla_mode, version):
+        rest_typing = type_rest_fp16(model)  # the engine's own copy: model.int8.onnx stays as it is
+        data = rest_typing.model.SerializeToString()
     else:
         data = onnx_bytes
     blocks = find_residual_blocks(model)
@@ -203,7 +232,7 @@ def build_engine(
     builder = trt.Builder(logger)
     flags = _creation_flags_trt10(trt) if version.major == 10 and settings.strongly_typed else 0
     network = builder.create_network(flags)
-    parser = _parse(trt, network, logger, data, str(onnx_path))
+    parser = _parse(trt, network, logger, data, str(onnx_path), settings, version)
     config = builder.create_builder_config()
     _configure(trt, builder, network, config, settings)
     if version.major == 10 and settings.dla_mode == "implicit":
@@ -222,13 +251,17 @@ def build_engine(
         write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     del parser
 
-    info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings))
-    fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node], dla=settings.dla_core is not None)
     out_dir = Path(out_dir)
     plan_path = out_dir / PLAN
     layers_path = out_dir / PLAN_LAYERS
-    write_bytes_atomic(plan_path, plan)
-    write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
+    write_bytes_atomic(plan_path, plan)  # first: a layer-information failure below must not lose the built plan
+    info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings), settings.dla_core)
+    doc = parse_layer_info(info, plan_path)
+    write_text_atomic(layers_path, json.dumps(doc, indent=2) + "\n")
+    dla = settings.dla_core is not None
+    fusion = check_residual_fusion(doc, blocks, node_order=[n.name for n in model.graph.node], dla=dla)
+    dla_counts = dla_report(doc, dla_build=True) if dla else None
+    precisions = layer_precisions(doc)
     sidecar = make_sidecar(
         tensorrt_version=str(trt.__version__),
         device=device,
@@ -239,10 +272,40 @@ def build_engine(
         fusion=fusion.to_dict(),
     )
     sidecar["dla_ranges"] = len(ranges) if settings.dla_mode == "implicit" else None
+    sidecar["dla"] = dla_counts.to_dict() if dla_counts else None
+    sidecar["layer_precision"] = precisions
+    sidecar["rest_typing"] = rest_typing.to_dict() if rest_typing else None
     write_json(sidecar_path(plan_path), sidecar)
     return EngineBuild(
-        plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__), fusion, cache_path, build_seconds
+        plan_path,
+        sidecar_path(plan_path),
+        layers_path,
+        settings,
+        device,
+        str(trt.__version__),
+        fusion,
+        cache_path,
+        build_seconds,
+        dla_counts,
+        precisions,
     )
+
+
+def parse_layer_info(info: str, plan_path: Path) -> dict[str, Any]:
+    """The inspector's JSON text as a dict; a JSONDecodeError becomes LayerInfoError naming the plan already written.
+
+    TensorRT has emitted layer names that are not valid JSON before, so the plan is written first.
+    """
+    try:
+        doc = json.loads(info, strict=False)
+    except json.JSONDecodeError as exc:
+        raise LayerInfoError(
+            f"TensorRT's layer information for {plan_path} is not valid JSON ({exc.msg} at line {exc.lineno}); the plan itself was written",
+            hint=f"run `rescompile engine --adopt {plan_path}` with a layer dump from trtexec --exportLayerInfo",
+        ) from None
+    if not isinstance(doc, dict):
+        raise LayerInfoError(f"TensorRT's layer information for {plan_path} is not a JSON object; the plan itself was written")
+    return doc
 
 
 def preflight(target_name: str, device_index: int = 0) -> Target:
