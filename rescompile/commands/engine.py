@@ -107,7 +107,8 @@ class EngineBuild(OptionGroup):
 
 @app.command(
     epilog="Examples:\n\n  rescompile engine build/demo/model.int8.onnx --target jetson-orin-nx --batch 1,8,32 "
-    "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1",
+    "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1"
+    "\n\n  rescompile engine model.int8.onnx --target jetson-orin-nx --adopt model.plan   (a plan the printed trtexec line built)",
 )
 def engine(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
@@ -119,6 +120,15 @@ def engine(
         bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.", rich_help_panel=o.VALIDATION)
     ] = False,
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.", rich_help_panel=o.OUTPUT)] = False,
+    adopt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="MODEL.plan",
+            help="Do not build: adopt a plan built on this device by the printed trtexec line (same options), "
+            "writing its sidecar and running the fusion/DLA checks.",
+            rich_help_panel=o.TENSORRT,
+        ),
+    ] = None,
     *,
     builder: EngineBuild,
     checks: o.BuildFolderOptions,
@@ -147,6 +157,18 @@ def engine(
         builder.optimization_level,
         check_rest_precision(builder.rest_precision),
     )
+    if adopt is not None:
+        from rescompile.engine.tensorrt import adopt_plan
+
+        try:
+            result = adopt_plan(model_path, adopt, tgt, options, device_index=builder.device, verbose=verbose)
+        except MissingDependency as exc:
+            raise MissingDependency(
+                f"--adopt reads the plan with TensorRT on the GPU that built it: {exc.message}", hint=exc.hint
+            ) from None
+        _print_engine(result, tgt)
+        _judge_engine(result, allow_unfused)
+        return
     try:
         from rescompile.engine.tensorrt import build_engine
 
@@ -159,8 +181,7 @@ def engine(
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         raise MissingDependency(
             f"cannot build a TensorRT engine here: {exc.message}",
-            hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
-            "device (JetPack ships TensorRT) with the trtexec command above",
+            hint=_engine_hint(),
         ) from None
     _print_engine(result, tgt)
     _judge_engine(result, allow_unfused)
@@ -185,6 +206,17 @@ def _judge_engine(result: Any, allow_unfused: bool) -> None:
         failed = True
     if failed:
         raise typer.Exit(GateFailed.exit_code)
+
+
+def _engine_hint() -> str:
+    from rescompile.engine.jetson import is_jetson, tensorrt_install_hint
+
+    if is_jetson():
+        return tensorrt_install_hint() + "; or run the trtexec command above"
+    return (
+        "pip install 'rescompile[tensorrt]' on a GPU machine, "
+        "or build on the device (JetPack ships TensorRT) with the trtexec command above"
+    )
 
 
 def _model_path(onnx_path: Path, checks: o.BuildFolderOptions) -> Path:

@@ -70,6 +70,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _host() -> dict[str, Any]:
+    """Name and versions; on a Jetson also its module, power mode and clocks (with warnings when not MAXN / not locked)."""
+    from rescompile.engine.jetson import module_model, power_state
+
+    host: dict[str, Any] = {"name": platform.node(), **_versions()}
+    state = power_state()
+    if state is not None:
+        host["jetson"] = {"module": module_model(), **state.to_dict()}
+    return host
+
+
 def resolve_target(name: str) -> Any:
     """``auto``: the generic profile of this GPU's compute capability (``sm_XY``); else a named target."""
     from rescompile.engine.targets import get_target
@@ -82,10 +93,18 @@ def resolve_target(name: str) -> Any:
     return get_target(f"sm_{cc[0]}{cc[1]}")
 
 
+def engine_options(opts: DeployOptions) -> Any:
+    """The engine deploy builds: batches (1, ``opts.batch``) with opt = ``opts.batch``, the batch validation runs and
+    the inspector sees (kernels are tuned for what runs); DLA: batch 1 only (static shapes)."""
+    from rescompile.engine.settings import EngineOptions
+
+    batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))
+    return EngineOptions(dla_core=opts.dla_core, batches=batches, opt_batch=max(batches), rest_precision=opts.rest_precision)
+
+
 def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], list[Any]]:
     """Build on this GPU with the engine layer; (runner, engine report section, the engine's gates)."""
     from rescompile.engine.device import load_tensorrt
-    from rescompile.engine.settings import EngineOptions
     from rescompile.engine.tensorrt import build_engine
     from rescompile.errors import MissingDependency
     from rescompile.validate.gates import GateResult
@@ -95,13 +114,11 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
     except MissingDependency as exc:
         raise MissingDependency(
             f"TensorRT is not available on this machine: {exc.message}",
-            hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime to run the same flow on this CPU",
+            hint=(exc.hint or "deploy on the device (JetPack ships TensorRT)")
+            + "; or pass --backend onnxruntime to run the same flow on this CPU",
         ) from None
     target = resolve_target(opts.target)
-    batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
-    # opt = the batch validation runs (and the inspector sees): kernels are tuned for what is timed
-    options = EngineOptions(dla_core=opts.dla_core, batches=batches, opt_batch=max(batches), rest_precision=opts.rest_precision)
-    result = build_engine(bundle.file(INT8_ONNX), target, options, out)
+    result = build_engine(bundle.file(INT8_ONNX), target, engine_options(opts), out)
     unfused = [a.add for a in result.fusion.adds if not a.ok]
     gate = GateResult(
         "engine_residual_fusion",
@@ -231,7 +248,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         "samples": int(len(logits)),
         **compare_outputs(ref.logits, logits.astype(np.float32), ref.labels),
         "engine": engine,
-        "host": {"name": platform.node(), **_versions()},
+        "host": _host(),
         "timings_s": timings,
     }
     results = evaluate_gates(report, gates) + engine_gates

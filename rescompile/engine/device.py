@@ -35,6 +35,14 @@ def l4t_release(path: Path = Path("/etc/nv_tegra_release")) -> str | None:
         return None
 
 
+def _jetson_identity(sm_count: int | None) -> tuple[str | None, int | None, str | None]:
+    """(L4T release, SM count, module model) for DeviceInfo: the module only where L4T is (a Jetson)."""
+    from rescompile.engine.jetson import module_model
+
+    l4t = l4t_release()
+    return l4t, sm_count, module_model() if l4t else None
+
+
 def cudart_module() -> Any:
     """cuda-python's runtime API: ``cuda.bindings.runtime`` (12.8+, 13.x) or ``cuda.cudart`` (older 12.x)."""
     try:
@@ -60,7 +68,7 @@ def _via_cudart(index: int) -> tuple[DeviceInfo | None, str]:
         return None, f"cudaGetDeviceProperties failed: {err.name}"
     raw = prop.name
     name = raw.decode(errors="replace").rstrip("\x00") if isinstance(raw, bytes) else str(raw)
-    return DeviceInfo(name, (int(prop.major), int(prop.minor)), l4t_release()), "cuda-python"
+    return DeviceInfo(name, (int(prop.major), int(prop.minor)), *_jetson_identity(int(prop.multiProcessorCount))), "cuda-python"
 
 
 def _via_torch(index: int) -> tuple[DeviceInfo | None, str]:
@@ -71,7 +79,8 @@ def _via_torch(index: int) -> tuple[DeviceInfo | None, str]:
     if torch.cuda.device_count() <= index:
         return None, f"{torch.cuda.device_count()} CUDA device(s), no device {index}"
     major, minor = torch.cuda.get_device_capability(index)
-    return DeviceInfo(torch.cuda.get_device_name(index), (major, minor), l4t_release()), "torch"
+    sms = int(torch.cuda.get_device_properties(index).multi_processor_count)
+    return DeviceInfo(torch.cuda.get_device_name(index), (major, minor), *_jetson_identity(sms)), "torch"
 
 
 def _via_pycuda(index: int) -> tuple[DeviceInfo | None, str]:
@@ -83,7 +92,7 @@ def _via_pycuda(index: int) -> tuple[DeviceInfo | None, str]:
         return None, f"{count} CUDA device(s), no device {index}"
     dev = cuda.Device(index)
     major, minor = dev.compute_capability()
-    return DeviceInfo(str(dev.name()), (int(major), int(minor)), l4t_release()), "pycuda"
+    return DeviceInfo(str(dev.name()), (int(major), int(minor)), *_jetson_identity(None)), "pycuda"
 
 
 def find_gpu(index: int = 0) -> tuple[DeviceInfo | None, str]:

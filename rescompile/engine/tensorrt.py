@@ -21,12 +21,12 @@ from typing import Any
 
 import onnx
 
-from rescompile.buildfolder import PLAN, PLAN_LAYERS
+from rescompile.buildfolder import PLAN
 from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
 from rescompile.engine.dla import DlaReport, dla_report
 from rescompile.engine.implicit import strip_qdq
 from rescompile.engine.layerinfo import FusionReport, check_residual_fusion, layer_precisions
-from rescompile.engine.mixed import type_rest_fp16
+from rescompile.engine.mixed import RestTyping, type_rest_fp16
 from rescompile.engine.settings import (
     EngineOptions,
     EngineSettings,
@@ -214,17 +214,8 @@ def build_engine(
     onnx_bytes = Path(onnx_path).read_bytes()
     model = onnx.load_from_string(onnx_bytes)
     settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
-    ranges: dict[str, float] = {}
-    rest_typing = None
-    if settings.dla_mode == "implicit":
-        implicit = strip_qdq(model)
-        model, ranges = implicit.model, implicit.ranges
-        data = model.SerializeToString()
-    elif types_rest_fp16(settings.rest_precision, settings.dla_mode, version):
-        rest_typing = type_rest_fp16(model)  # the engine's own copy: model.int8.onnx stays as it is
-        data = rest_typing.model.SerializeToString()
-    else:
-        data = onnx_bytes
+    prepared = prepare_onnx(model, onnx_bytes, settings, version)
+    model, data, ranges = prepared.model, prepared.data, prepared.ranges
     blocks = find_residual_blocks(model)
 
     t0 = time.perf_counter()
@@ -253,13 +244,58 @@ def build_engine(
 
     out_dir = Path(out_dir)
     plan_path = out_dir / PLAN
-    layers_path = out_dir / PLAN_LAYERS
     write_bytes_atomic(plan_path, plan)  # first: a layer-information failure below must not lose the built plan
+    return _inspect_and_record(trt, logger, plan, plan_path, settings, device, prepared, blocks, onnx_bytes, cache_path, build_seconds)
+
+
+@dataclass(frozen=True)
+class PreparedOnnx:
+    """The ONNX TensorRT parses: the Q/DQ model, its implicit (DLA 10.x) form, or its FP16-typed copy."""
+
+    model: onnx.ModelProto  # its residual blocks are the ones judged
+    data: bytes  # what TensorRT parses
+    ranges: dict[str, float]
+    rest_typing: RestTyping | None
+
+    @property
+    def node_order(self) -> list[str]:
+        """The node names of the ONNX TensorRT parsed, in order (places Adds inside ForeignNode spans)."""
+        parsed = self.rest_typing.model if self.rest_typing is not None else self.model
+        return [n.name for n in parsed.graph.node]
+
+
+def prepare_onnx(model: onnx.ModelProto, onnx_bytes: bytes, settings: EngineSettings, version: TrtVersion) -> PreparedOnnx:
+    """What the engine is built from, by the settings (the same for ``build_engine`` and an adopted trtexec plan)."""
+    if settings.dla_mode == "implicit":
+        implicit = strip_qdq(model)
+        return PreparedOnnx(implicit.model, implicit.model.SerializeToString(), implicit.ranges, None)
+    if types_rest_fp16(settings.rest_precision, settings.dla_mode, version):
+        typed = type_rest_fp16(model)  # the engine's own copy: model.int8.onnx stays as it is
+        return PreparedOnnx(model, typed.model.SerializeToString(), {}, typed)
+    return PreparedOnnx(model, onnx_bytes, {}, None)
+
+
+def _inspect_and_record(
+    trt: Any,
+    logger: Any,
+    plan: bytes,
+    plan_path: Path,
+    settings: EngineSettings,
+    device: DeviceInfo,
+    prepared: PreparedOnnx,
+    blocks: list[Any],
+    onnx_bytes: bytes,
+    cache_path: Path | None,
+    build_seconds: float,
+    adopted: bool = False,
+) -> EngineBuild:
+    """Inspect the written plan (DLA core set), judge its residual Adds and DLA layers, write layer info and sidecar."""
+    layers_path = plan_path.with_name(plan_path.name + ".layers.json")
     info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings), settings.dla_core)
     doc = parse_layer_info(info, plan_path)
     write_text_atomic(layers_path, json.dumps(doc, indent=2) + "\n")
     dla = settings.dla_core is not None
-    fusion = check_residual_fusion(doc, blocks, node_order=[n.name for n in model.graph.node], dla=dla)
+    fusion = check_residual_fusion(doc, blocks, node_order=prepared.node_order, dla=dla)
     dla_counts = dla_report(doc, dla_build=True) if dla else None
     precisions = layer_precisions(doc)
     sidecar = make_sidecar(
@@ -271,10 +307,12 @@ def build_engine(
         timing_cache=cache_path.name if cache_path else None,
         fusion=fusion.to_dict(),
     )
-    sidecar["dla_ranges"] = len(ranges) if settings.dla_mode == "implicit" else None
+    sidecar["dla_ranges"] = len(prepared.ranges) if settings.dla_mode == "implicit" else None
     sidecar["dla"] = dla_counts.to_dict() if dla_counts else None
     sidecar["layer_precision"] = precisions
-    sidecar["rest_typing"] = rest_typing.to_dict() if rest_typing else None
+    sidecar["rest_typing"] = prepared.rest_typing.to_dict() if prepared.rest_typing else None
+    if adopted:
+        sidecar["adopted"] = "built elsewhere (the printed trtexec line); settings are that line's, the layers are this plan's"
     write_json(sidecar_path(plan_path), sidecar)
     return EngineBuild(
         plan_path,
@@ -288,6 +326,42 @@ def build_engine(
         build_seconds,
         dla_counts,
         precisions,
+    )
+
+
+def adopt_plan(
+    onnx_path: Path, plan_path: Path, target: Target, options: EngineOptions, *, device_index: int = 0, verbose: bool = False
+) -> EngineBuild:
+    """``rescompile engine --adopt model.plan``: give a plan built by the printed trtexec line a sidecar.
+
+    The plan must load on this machine (same TensorRT and GPU that built it); its layers are read
+    with the engine inspector (DLA core set), the residual-Add fusion and DLA checks run as after a
+    build, and ``<plan>.json`` / ``<plan>.layers.json`` are written beside it, so ``validate`` and
+    the runner accept it.
+
+    Raises:
+        MissingDependency: no TensorRT or no GPU (exit 3).
+        UsageError: the plan is missing, or a refusal rule of the settings (exit 2).
+        EngineBuildError: TensorRT cannot deserialize the plan here (exit 2).
+    """
+    from rescompile.errors import UsageError
+
+    plan_path = Path(plan_path)
+    if not plan_path.is_file():
+        raise UsageError(f"--adopt {plan_path}: no such plan")
+    trt = load_tensorrt()
+    version = tensorrt_version(trt)
+    require_buildable(version)
+    device = require_gpu(device_index)
+    select_device(device_index)
+    onnx_bytes = Path(onnx_path).read_bytes()
+    model = onnx.load_from_string(onnx_bytes)
+    settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
+    prepared = prepare_onnx(model, onnx_bytes, settings, version)
+    blocks = find_residual_blocks(prepared.model)
+    logger = make_logger(trt, verbose)
+    return _inspect_and_record(
+        trt, logger, plan_path.read_bytes(), plan_path, settings, device, prepared, blocks, onnx_bytes, None, 0.0, adopted=True
     )
 
 

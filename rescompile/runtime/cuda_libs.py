@@ -22,7 +22,7 @@ from rescompile.errors import MissingDependency, RescompileError, UsageError
 LIBS = ("cuda-python", "pycuda", "torch")
 CHOICES = ("auto", *LIBS)
 INSTALL = {
-    "cuda-python": "pip install 'rescompile[tensorrt]' (cuda-python matching the driver's CUDA major)",
+    "cuda-python": "pip install 'rescompile[tensorrt]' (cuda-python matching the driver's CUDA major; JetPack 6: rescompile[jetpack6])",
     "pycuda": "pip install pycuda (builds against the CUDA toolkit)",
     "torch": "a CUDA build of torch (https://pytorch.org/get-started/locally/)",
 }
