@@ -177,3 +177,16 @@ def test_adopt_without_tensorrt_is_exit_3_with_a_message(tiny_int8_path: Path, t
 def test_adopt_of_a_missing_plan_is_exit_2(tiny_int8_path: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["engine", str(tiny_int8_path), "--adopt", str(tmp_path / "nope.plan")])
     assert result.exit_code == 2 and "no such plan" in " ".join((result.output + str(result.stderr)).split())
+
+
+def test_a_tensorrt_latency_report_carries_the_power_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rescompile.engine.jetson as jetson
+    from rescompile.validate.notes import power_notes
+
+    slow = PowerState("15W", 306000000, 1300500000, 306000000, False, {})
+    monkeypatch.setattr(jetson, "power_state", lambda: slow)
+    notes = power_notes("tensorrt-int8")
+    assert len(notes) == 2 and "15W" in notes[0] and "not locked" in notes[1]
+    assert power_notes("onnxruntime-int8") == []  # CPU candidates: no Jetson power note
+    monkeypatch.setattr(jetson, "power_state", lambda: None)
+    assert power_notes("tensorrt-int8") == []
