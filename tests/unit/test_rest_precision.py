@@ -216,9 +216,11 @@ def test_unreadable_layer_information_is_a_clear_error_not_a_traceback(tmp_path:
 
 def test_the_plan_is_written_before_the_layer_information_is_read() -> None:
     tree = ast.parse(Path(engine_trt.__file__).read_text())
-    build = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "build_engine")
-    calls = {ast.unparse(n): n.lineno for n in ast.walk(build) if isinstance(n, ast.Call)}
-    plan_write = calls["write_bytes_atomic(plan_path, plan)"]
-    inspect = min(v for k, v in calls.items() if k.startswith("engine_layer_info("))
-    parse = min(v for k, v in calls.items() if k.startswith("parse_layer_info("))
-    assert plan_write < inspect < parse
+    funcs = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
+
+    def first(func: str, prefix: str) -> int:
+        return min(n.lineno for n in ast.walk(funcs[func]) if isinstance(n, ast.Call) and ast.unparse(n).startswith(prefix))
+
+    assert first("build_engine", "write_bytes_atomic(plan_path, plan)") < first("build_engine", "_inspect_and_record(")
+    inspect = "_inspect_and_record"
+    assert first(inspect, "engine_layer_info(") < first(inspect, "parse_layer_info(") < first(inspect, "write_text_atomic(")

@@ -340,6 +340,10 @@ NOT_TRT = {
     "rest_precision",
     "_open",
     "_shape",
+    "ModelProto",
+    "node_order",
+    "rest_typing",
+    "with_name",
 }
 
 
