@@ -268,6 +268,7 @@ TORCH_CUDA_NAMES = frozenset(
         "cuda.CUDAGraph",
         "cuda.graph",
         "cuda.is_available",
+        "cuda.get_device_properties",  # engine/device.py: the SM count (DeviceInfo.sm_count)
     }
 )
 TORCH_MEMBERS = frozenset(

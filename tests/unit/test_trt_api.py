@@ -445,3 +445,18 @@ def test_the_names_issue_20_added_exist_where_they_are_reached(table: ApiTable, 
     assert _in(table, name) == ISSUE20_NAMES[name]
     uses = {u.name: u.majors for u in attribute_uses(SOURCES["tensorrt.py"], "trt")}
     assert uses["OnnxParserFlag.ADJUST_FOR_DLA"] == {11}
+
+
+def test_the_new_cuda_names_of_issue_20_exist_in_the_installed_libraries() -> None:
+    """cudaDeviceProp.multiProcessorCount (SM count), ThreadLocal capture and cudaGetLastError, torch's thread_local capture."""
+    import inspect
+
+    import torch
+
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    assert hasattr(runtime.cudaDeviceProp(), "multiProcessorCount")
+    assert hasattr(runtime.cudaStreamCaptureMode, "cudaStreamCaptureModeThreadLocal") and hasattr(runtime, "cudaGetLastError")
+    assert "capture_error_mode" in inspect.signature(torch.cuda.graph.__init__).parameters
+    assert "multi_processor_count" in dir(torch._C._CudaDeviceProperties)
+    src = Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
+    assert "prop.multiProcessorCount" in src and "get_device_properties(index).multi_processor_count" in src
