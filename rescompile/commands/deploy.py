@@ -178,6 +178,7 @@ def _host_line(r: Any) -> None:
 def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> tuple[list[Any], Any]:
     """The hosts and the :class:`rescompile.deploy.remote.RemoteOptions`: the fleet file's defaults under the flags."""
     from rescompile.deploy import remote
+    from rescompile.engine.settings import check_rest_precision
     from rescompile.readers import check_file
     from rescompile.runtime.cuda_libs import check_choice
 
@@ -201,6 +202,7 @@ def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> t
         target=defaults.get("target", device.target) if device.target == "auto" else device.target,
         dla_core=device.dla_core if device.dla_core is not None else defaults.get("dla_core"),
         cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
+        rest_precision=check_rest_precision(device.rest_precision),
         fetch_plan=flags.fetch_plan,
         out=out,
         timeout=flags.timeout,

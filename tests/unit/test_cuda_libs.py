@@ -197,6 +197,8 @@ def test_remote_deploy_forwards_a_chosen_cuda_lib_only() -> None:
 
     assert "--cuda-lib" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")
     assert remote_deploy_command(HostSpec("h"), RemoteOptions(cuda_lib="pycuda"), "f").endswith("--cuda-lib pycuda")
+    assert "--rest-precision" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")  # issue 20: fp16 is the default
+    assert remote_deploy_command(HostSpec("h"), RemoteOptions(rest_precision="fp32"), "f").endswith("--rest-precision fp32")
 
 
 @pytest.mark.parametrize("note", [graph_note(lib, err) for lib in LIBS for err in (None, "CudaError: 900")] + [None])
