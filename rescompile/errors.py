@@ -60,6 +60,21 @@ class MissingDependency(RescompileError):
     exit_code = 3
 
 
+JETSON_TENSORRT_HINT = (
+    "on Jetson, TensorRT comes with JetPack: sudo apt install python3-libnvinfer (not the PyPI tensorrt wheel); "
+    "in a virtual environment use python3 -m venv --system-site-packages, since a plain venv hides it"
+)
+
+
+def install_hint(module: str, extra: str, tegra_release: str = "/etc/nv_tegra_release") -> str:
+    """How to get ``module``: on a Jetson (``/etc/nv_tegra_release`` exists) TensorRT comes from JetPack's apt, else the extra."""
+    from pathlib import Path
+
+    if module == "tensorrt" and Path(tegra_release).exists():
+        return JETSON_TENSORRT_HINT
+    return f"pip install 'rescompile[{extra}]'"
+
+
 def require(module: str, *, extra: str):  # type: ignore[no-untyped-def]
     """Import an optional dependency or raise MissingDependency saying how to install it."""
     import importlib
@@ -67,7 +82,4 @@ def require(module: str, *, extra: str):  # type: ignore[no-untyped-def]
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingDependency(
-            f"{module} is not installed or cannot be imported ({exc})",
-            hint=f"pip install 'rescompile[{extra}]'",
-        ) from None
+        raise MissingDependency(f"{module} is not installed or cannot be imported ({exc})", hint=install_hint(module, extra)) from None

@@ -27,6 +27,9 @@ class DeployDevice(OptionGroup):
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None
     cuda_lib: Annotated[str, typer.Option(help="Device buffers for the TensorRT run: auto | cuda-python | pycuda | torch.")] = "auto"
+    rest_precision: Annotated[
+        str, typer.Option(help="TensorRT: precision of the layers left unquantized, fp16 | fp32 (the engine is validated as built).")
+    ] = "fp16"
 
 
 @dataclass(frozen=True)
@@ -90,13 +93,20 @@ def deploy(
         return
     from rescompile.deploy.device import DeployOptions
     from rescompile.deploy.device import deploy as run_deploy
+    from rescompile.engine.settings import check_rest_precision
     from rescompile.runtime.cuda_libs import check_choice
 
     with show_failed_result(_print_local):  # a failed gate still shows the run (exit 1)
         result = run_deploy(
             bundle,
             DeployOptions(
-                device.backend, device.target, device.dla_core, device.out, device.threads, cuda_lib=check_choice(device.cuda_lib)
+                device.backend,
+                device.target,
+                device.dla_core,
+                device.out,
+                device.threads,
+                cuda_lib=check_choice(device.cuda_lib),
+                rest_precision=check_rest_precision(device.rest_precision),
             ),
         )
     _print_local(result)
@@ -168,6 +178,7 @@ def _host_line(r: Any) -> None:
 def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> tuple[list[Any], Any]:
     """The hosts and the :class:`rescompile.deploy.remote.RemoteOptions`: the fleet file's defaults under the flags."""
     from rescompile.deploy import remote
+    from rescompile.engine.settings import check_rest_precision
     from rescompile.readers import check_file
     from rescompile.runtime.cuda_libs import check_choice
 
@@ -191,6 +202,7 @@ def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> t
         target=defaults.get("target", device.target) if device.target == "auto" else device.target,
         dla_core=device.dla_core if device.dla_core is not None else defaults.get("dla_core"),
         cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
+        rest_precision=check_rest_precision(device.rest_precision),
         fetch_plan=flags.fetch_plan,
         out=out,
         timeout=flags.timeout,

@@ -102,6 +102,22 @@ def _trtexec() -> str:
     return path
 
 
+def _jetson_power() -> str:
+    """nvpmodel's mode, whether jetson_clocks locked the GPU clock, the GPU clock now (latency is read with these)."""
+    from rescompile.engine.jetson import module_model, power_state
+
+    state = power_state()
+    if state is None:
+        raise _Absent("not a Jetson (no /etc/nv_tegra_release)")
+    mhz = f"{state.gpu_cur_hz / 1e6:.0f} MHz" if state.gpu_cur_hz else "GPU clock unknown"
+    locked = {True: "clocks locked", False: "clocks NOT locked", None: "clock lock unknown"}[state.clocks_locked]
+    detail = f"{module_model() or 'Jetson'}: power mode {state.mode or 'unknown'}, {locked}, {mhz}"
+    warnings = state.warnings()
+    if warnings:
+        raise _Absent(detail + "; " + "; ".join(warnings))
+    return detail
+
+
 def collect() -> list[tuple[str, bool, str]]:
     """(item, ok, detail) for every probe."""
     rows: list[tuple[str, bool, str]] = [("python", True, f"{platform.python_version()} ({platform.machine()})")]
@@ -113,6 +129,7 @@ def collect() -> list[tuple[str, bool, str]]:
         ("trtexec", _trtexec),
         ("CUDA GPU", _gpu),
         ("cuda-python vs driver", _cuda_python),
+        ("Jetson power", _jetson_power),
         ("CPU", _cpu),
     ):
         ok, detail = _probe(fn)

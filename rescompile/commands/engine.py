@@ -28,7 +28,8 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.calibrate.trt_cache import to_trt_cache
     from rescompile.engine.implicit import strip_qdq
-    from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command
+    from rescompile.engine.mixed import type_rest_fp16
+    from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command, types_rest_fp16
     from rescompile.engine.targets import get_target
     from rescompile.io import save_onnx, write_text_atomic
     from rescompile.models.onnx_source import read_onnx
@@ -38,6 +39,7 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     spec = input_spec(model)
     versions: list[str] = [target.tensorrt_version] if target.tensorrt_version else ["10.0", "11.0"]
     lines = []
+    written: set[Path] = set()
     for v in versions:
         version = parse_version(v)
         settings = compute_settings(target, spec, options, version)
@@ -53,6 +55,17 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
                 f"# DLA on TensorRT {version.major} is implicit INT8: wrote {dla_onnx} and {calib_path} "
                 f"(ranges of {len(implicit.ranges)} tensors); copy them to the device"
             )
+        elif types_rest_fp16(settings.rest_precision, settings.dla_mode, version):
+            typed_onnx = dest / "model.engine.onnx"
+            if typed_onnx not in written:
+                typing = type_rest_fp16(model)
+                save_onnx(typed_onnx, typing.model)
+                written.add(typed_onnx)
+                lines.append(
+                    f"# --rest-precision fp16: wrote {typed_onnx} ({len(typing.fp16)} non-quantized nodes typed FP16; "
+                    f"{Path(onnx_path).name} unchanged); copy it to the device"
+                )
+            onnx_arg = str(typed_onnx)
         cmd = trtexec_command(settings, target, onnx_arg, str(dest / PLAN), dynamic=spec.batch is None, calib_cache=calib)
         label = f"# TensorRT {version.major}.x" + (f" (JetPack {target.jetpack})" if target.jetpack else "")
         lines += [label, format_command(cmd)]
@@ -82,11 +95,20 @@ class EngineBuild(OptionGroup):
         Path | None, typer.Option(help="Folder for timing caches (keyed by TensorRT version and GPU).", rich_help_panel=o.TENSORRT)
     ] = None
     device: Annotated[int, typer.Option(min=0, help="CUDA device to build on (the sidecar names it).", rich_help_panel=o.TENSORRT)] = 0
+    rest_precision: Annotated[
+        str,
+        typer.Option(
+            help="Precision of the layers left unquantized: fp16 (typed FP16 in the engine's copy of the ONNX; "
+            "Softmax/normalization/reductions stay FP32) or fp32.",
+            rich_help_panel=o.TENSORRT,
+        ),
+    ] = "fp16"
 
 
 @app.command(
     epilog="Examples:\n\n  rescompile engine build/demo/model.int8.onnx --target jetson-orin-nx --batch 1,8,32 "
-    "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1",
+    "--out build/demo/orin-nx\n\n  rescompile engine model.int8.onnx --target jetson-agx-orin --dla-core 0 --batch 1"
+    "\n\n  rescompile engine model.int8.onnx --target jetson-orin-nx --adopt model.plan   (a plan the printed trtexec line built)",
 )
 def engine(
     onnx_path: Annotated[Path, typer.Argument(metavar="MODEL.int8.onnx", help="The Q/DQ INT8 ONNX to build, or a build folder.")],
@@ -98,6 +120,15 @@ def engine(
         bool, typer.Option(help="Do not fail (exit 1) when a residual Add is not fused into an INT8 layer.", rich_help_panel=o.VALIDATION)
     ] = False,
     verbose: Annotated[bool, typer.Option(help="TensorRT's verbose log.", rich_help_panel=o.OUTPUT)] = False,
+    adopt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="MODEL.plan",
+            help="Do not build: adopt a plan built on this device by the printed trtexec line (same options), "
+            "writing its sidecar and running the fusion/DLA checks.",
+            rich_help_panel=o.TENSORRT,
+        ),
+    ] = None,
     *,
     builder: EngineBuild,
     checks: o.BuildFolderOptions,
@@ -111,16 +142,33 @@ def engine(
 
     Without TensorRT (or a GPU) it prints the equivalent trtexec command and exits 3.
     """
-    from rescompile.engine.settings import EngineOptions, parse_batches
+    from rescompile.engine.settings import EngineOptions, check_rest_precision, parse_batches
     from rescompile.engine.targets import get_target
-    from rescompile.errors import GateFailed, MissingDependency
+    from rescompile.errors import MissingDependency
 
     model_path = _model_path(onnx_path, checks)
     tgt = get_target(target)
     dest = out if out is not None else model_path.parent
     options = EngineOptions(
-        builder.workspace_mib, builder.dla_core, parse_batches(builder.batch), builder.opt_batch, builder.optimization_level
+        builder.workspace_mib,
+        builder.dla_core,
+        parse_batches(builder.batch),
+        builder.opt_batch,
+        builder.optimization_level,
+        check_rest_precision(builder.rest_precision),
     )
+    if adopt is not None:
+        from rescompile.engine.tensorrt import adopt_plan
+
+        try:
+            result = adopt_plan(model_path, adopt, tgt, options, device_index=builder.device, verbose=verbose)
+        except MissingDependency as exc:
+            raise MissingDependency(
+                f"--adopt reads the plan with TensorRT on the GPU that built it: {exc.message}", hint=exc.hint
+            ) from None
+        _print_engine(result, tgt)
+        _judge_engine(result, allow_unfused)
+        return
     try:
         from rescompile.engine.tensorrt import build_engine
 
@@ -133,17 +181,42 @@ def engine(
             console.print(line, highlight=False, markup=False, soft_wrap=True)
         raise MissingDependency(
             f"cannot build a TensorRT engine here: {exc.message}",
-            hint="pip install 'rescompile[tensorrt]' on a GPU machine, or build on the "
-            "device (JetPack ships TensorRT) with the trtexec command above",
+            hint=_engine_hint(),
         ) from None
     _print_engine(result, tgt)
+    _judge_engine(result, allow_unfused)
+
+
+def _judge_engine(result: Any, allow_unfused: bool) -> None:
+    """Exit 1 when the fusion gate (unless --allow-unfused) or, for a --dla-core plan, the DLA gate fails."""
+    from rescompile.errors import GateFailed
+    from rescompile.validate.gates import dla_gate
+
+    failed = False
+    if result.dla is not None:
+        gate = dla_gate(result.dla, result.fusion)
+        console.print(gate.line(), highlight=False, markup=False)
+        failed = not gate.passed
     bad = [a for a in result.fusion.adds if not a.ok]
     if (bad or not result.fusion.detailed) and not allow_unfused:
         err_console.print(
             f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
             "into an INT8 layer (see model.plan.layers.json)"
         )
+        failed = True
+    if failed:
         raise typer.Exit(GateFailed.exit_code)
+
+
+def _engine_hint() -> str:
+    from rescompile.engine.jetson import is_jetson, tensorrt_install_hint
+
+    if is_jetson():
+        return tensorrt_install_hint() + "; or run the trtexec command above"
+    return (
+        "pip install 'rescompile[tensorrt]' on a GPU machine, "
+        "or build on the device (JetPack ships TensorRT) with the trtexec command above"
+    )
 
 
 def _model_path(onnx_path: Path, checks: o.BuildFolderOptions) -> Path:
@@ -172,8 +245,12 @@ def _print_engine(result: Any, tgt: Any) -> None:
     )
     for note in s.notes:
         console.print(f"note: {note}", highlight=False)
+    if result.layer_precision:
+        counts = ", ".join(f"{k} {v}" for k, v in result.layer_precision["counts"].items())
+        console.print(f"layers by precision (model.plan.json lists each): {counts}", highlight=False)
     for a in result.fusion.adds:
-        console.print(f"{'[green]fused INT8[/]' if a.ok else '[red]' + a.status + '[/]'}  {a.add}  ({a.layer or '-'})")
+        label = {"fused-int8": "[green]fused INT8[/]", "dla-io-int8": "[green]on DLA, INT8 I/O[/]"}.get(a.status, f"[red]{a.status}[/]")
+        console.print(f"{label}  {a.add}  ({a.layer or '-'})")
 
 
 @app.command()

@@ -27,7 +27,7 @@ import numpy as np
 
 from rescompile.buildfolder import DEPLOY_REPORT, DEPLOY_REPORT_MD, INT8_ONNX, JUNIT_XML, ORT_SIDECAR
 from rescompile.errors import UsageError
-from rescompile.validate.gates import GateResult, fusion_gate, judge
+from rescompile.validate.gates import GateResult, engine_gates, judge
 from rescompile.validate.run import Measurement
 
 BACKENDS = ("tensorrt", "onnxruntime")
@@ -45,6 +45,7 @@ class DeployOptions:
     threads: int | None = None
     batch: int = 32
     cuda_lib: str = "auto"  # device buffers for the TensorRT runner: auto | cuda-python | pycuda | torch
+    rest_precision: str | None = None  # the engine's non-quantized layers: fp16 (default) | fp32
 
 
 @dataclass
@@ -110,6 +111,17 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _host() -> dict[str, Any]:
+    """Name and versions; on a Jetson also its module, power mode and clocks (with warnings when not MAXN / not locked)."""
+    from rescompile.engine.jetson import module_model, power_state
+
+    host: dict[str, Any] = {"name": platform.node(), **_versions()}
+    state = power_state()
+    if state is not None:
+        host["jetson"] = {"module": module_model(), **state.to_dict()}
+    return host
+
+
 def resolve_target(name: str) -> Any:
     """``auto``: the generic profile of this GPU's compute capability (``sm_XY``); else a named target."""
     from rescompile.engine.targets import get_target
@@ -122,10 +134,18 @@ def resolve_target(name: str) -> Any:
     return get_target(f"sm_{cc[0]}{cc[1]}")
 
 
-def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], GateResult]:
-    """Build on this GPU with the engine layer; (runner, engine report section, fusion gate)."""
-    from rescompile.engine.device import load_tensorrt
+def engine_options(opts: DeployOptions) -> Any:
+    """The engine deploy builds: batches (1, ``opts.batch``) with opt = ``opts.batch``, the batch validation runs and
+    the inspector sees (kernels are tuned for what runs); DLA: batch 1 only (static shapes)."""
     from rescompile.engine.settings import EngineOptions
+
+    batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))
+    return EngineOptions(dla_core=opts.dla_core, batches=batches, opt_batch=max(batches), rest_precision=opts.rest_precision)
+
+
+def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], list[Any]]:
+    """Build on this GPU with the engine layer; (runner, engine report section, the engine's gates)."""
+    from rescompile.engine.device import load_tensorrt
     from rescompile.engine.tensorrt import build_engine
     from rescompile.errors import MissingDependency
 
@@ -134,18 +154,18 @@ def _run_tensorrt(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dic
     except MissingDependency as exc:
         raise MissingDependency(
             f"TensorRT is not available on this machine: {exc.message}",
-            hint="deploy on the device (JetPack ships TensorRT), or pass --backend onnxruntime to run the same flow on this CPU",
+            hint=(exc.hint or "deploy on the device (JetPack ships TensorRT)")
+            + "; or pass --backend onnxruntime to run the same flow on this CPU",
         ) from None
     target = resolve_target(opts.target)
-    batches = (1,) if opts.dla_core is not None else tuple(sorted({1, opts.batch}))  # DLA: static shapes only
-    result = build_engine(bundle.file(INT8_ONNX), target, EngineOptions(dla_core=opts.dla_core, batches=batches), out)
+    result = build_engine(bundle.file(INT8_ONNX), target, engine_options(opts), out)
     from rescompile.runtime.tensorrt_runner import TensorRTRunner
 
     section = {**result.section(target.name), "plan": result.plan.name}
-    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib), section, fusion_gate(result.fusion)
+    return TensorRTRunner(result.plan, cuda_lib=opts.cuda_lib, dla_core=opts.dla_core), section, engine_gates(result)
 
 
-def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], None]:
+def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, dict[str, Any], list[Any]]:
     from rescompile.errors import MissingDependency
 
     try:
@@ -157,7 +177,7 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
     # the bundle's own copy first: a damaged model (anyone can re-make the hashes) is exit 2 before anything is written
     runner = open_runner(bundle.file(INT8_ONNX), threads=opts.threads, name="onnxruntime-int8")
     shutil.copyfile(bundle.file(INT8_ONNX), out / INT8_ONNX)
-    return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, None
+    return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, []
 
 
 def _check_reference_fits(bundle: Any, ref: Any) -> None:
@@ -219,12 +239,17 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         out.mkdir(parents=True, exist_ok=True)
         t1 = time.perf_counter()
         run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
-        runner, engine, fusion = run(bundle, opts, out)
-        timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
-        t2 = time.perf_counter()
-        x = ref.inputs
-        logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
-        timings["validate"] = round(time.perf_counter() - t2, 3)
+        runner, engine, extra = run(bundle, opts, out)
+        try:
+            timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
+            t2 = time.perf_counter()
+            x = ref.inputs
+            logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
+            timings["validate"] = round(time.perf_counter() - t2, 3)
+        finally:  # the TensorRT runner releases its engine before its CUDA context (pycuda: the primary one)
+            close = getattr(runner, "close", None)
+            if close is not None:
+                close()
         manifest = bundle.manifest
         onnx_sha = manifest["members"][INT8_ONNX]["sha256"]
     metrics = compare_outputs(ref.logits, logits.astype(np.float32), ref.labels)
@@ -245,9 +270,9 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         bundle={"file": Path(bundle_path).name, "sha256": bundle.sha256, "build": manifest.get("build", {})},
         backend=opts.backend,
         engine=engine,
-        host={"name": platform.node(), **_versions()},
+        host=_host(),
     )
-    verdict = judge(report, gates, [] if fusion is None else [fusion])  # the gate path of build and validate
+    verdict = judge(report, gates, extra)  # the gate path of build and validate
     doc = report.to_dict()
     write_json(out / DEPLOY_REPORT, doc)
     write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))

@@ -65,6 +65,7 @@ class RemoteOptions:
     target: str = "auto"
     dla_core: int | None = None
     cuda_lib: str = "auto"
+    rest_precision: str = "fp16"  # forwarded when not the default
     fetch_plan: bool = False
     out: Path = Path("deploy")
     timeout: float | None = None  # seconds for the remote deploy of one host
@@ -135,6 +136,8 @@ def remote_deploy_command(host: HostSpec, opts: RemoteOptions, folder: str) -> s
         args += ["--dla-core", str(dla)]
     if opts.cuda_lib != "auto":
         args += ["--cuda-lib", opts.cuda_lib]
+    if opts.rest_precision != "fp16":
+        args += ["--rest-precision", opts.rest_precision]
     return f"{host.remote_cmd or opts.remote_cmd} " + " ".join(shlex.quote(a) for a in args)
 
 

@@ -216,6 +216,7 @@ CUDA_RUNTIME_NAMES = frozenset(
         "cudaStreamBeginCapture",
         "cudaStreamEndCapture",
         "cudaStreamCaptureMode",
+        "cudaGetLastError",  # clears the error after a failed capture, as trtexec does (sampleInference.cpp)
         "cudaGraphInstantiate",
         "cudaGraphLaunch",
         "cudaGraphExecDestroy",
@@ -226,7 +227,8 @@ CUDA_RUNTIME_NAMES = frozenset(
 # PyCUDA (``import pycuda.driver as cuda``), written from its driver reference,
 # https://documen.tician.de/pycuda/driver.html (pycuda is not installable here without the CUDA
 # toolkit, so this table is the check): module functions and classes, then the members called on
-# the objects they return (Device.make_context -> Context.pop; mem_alloc -> DeviceAllocation.free;
+# the objects they return (Device.retain_primary_context -> Context.push / Context.pop, as
+# pycuda.autoprimaryctx does; mem_alloc -> DeviceAllocation.free;
 # Stream.handle is the CUstream as an int, Stream.synchronize).
 PYCUDA_DRIVER_NAMES = frozenset(
     {
@@ -241,7 +243,8 @@ PYCUDA_DRIVER_NAMES = frozenset(
 )
 PYCUDA_MEMBERS = frozenset(
     {
-        "Device.make_context",
+        "Device.retain_primary_context",
+        "Context.push",
         "Device.count",
         "Device.name",
         "Device.compute_capability",
@@ -265,6 +268,7 @@ TORCH_CUDA_NAMES = frozenset(
         "cuda.CUDAGraph",
         "cuda.graph",
         "cuda.is_available",
+        "cuda.get_device_properties",  # engine/device.py: the SM count (DeviceInfo.sm_count)
     }
 )
 TORCH_MEMBERS = frozenset(

@@ -35,6 +35,14 @@ def l4t_release(path: Path = Path("/etc/nv_tegra_release")) -> str | None:
         return None
 
 
+def _jetson_identity(sm_count: int | None) -> tuple[str | None, int | None, str | None]:
+    """(L4T release, SM count, module model) for DeviceInfo: the module only where L4T is (a Jetson)."""
+    from rescompile.engine.jetson import module_model
+
+    l4t = l4t_release()
+    return l4t, sm_count, module_model() if l4t else None
+
+
 def cudart_module() -> Any:
     """cuda-python's runtime API: ``cuda.bindings.runtime`` (12.8+, 13.x) or ``cuda.cudart`` (older 12.x)."""
     try:
@@ -60,7 +68,7 @@ def _via_cudart(index: int) -> tuple[DeviceInfo | None, str]:
         return None, f"cudaGetDeviceProperties failed: {err.name}"
     raw = prop.name
     name = raw.decode(errors="replace").rstrip("\x00") if isinstance(raw, bytes) else str(raw)
-    return DeviceInfo(name, (int(prop.major), int(prop.minor)), l4t_release()), "cuda-python"
+    return DeviceInfo(name, (int(prop.major), int(prop.minor)), *_jetson_identity(int(prop.multiProcessorCount))), "cuda-python"
 
 
 def _via_torch(index: int) -> tuple[DeviceInfo | None, str]:
@@ -71,7 +79,8 @@ def _via_torch(index: int) -> tuple[DeviceInfo | None, str]:
     if torch.cuda.device_count() <= index:
         return None, f"{torch.cuda.device_count()} CUDA device(s), no device {index}"
     major, minor = torch.cuda.get_device_capability(index)
-    return DeviceInfo(torch.cuda.get_device_name(index), (major, minor), l4t_release()), "torch"
+    sms = int(torch.cuda.get_device_properties(index).multi_processor_count)
+    return DeviceInfo(torch.cuda.get_device_name(index), (major, minor), *_jetson_identity(sms)), "torch"
 
 
 def _via_pycuda(index: int) -> tuple[DeviceInfo | None, str]:
@@ -83,7 +92,7 @@ def _via_pycuda(index: int) -> tuple[DeviceInfo | None, str]:
         return None, f"{count} CUDA device(s), no device {index}"
     dev = cuda.Device(index)
     major, minor = dev.compute_capability()
-    return DeviceInfo(str(dev.name()), (int(major), int(minor)), l4t_release()), "pycuda"
+    return DeviceInfo(str(dev.name()), (int(major), int(minor)), *_jetson_identity(None)), "pycuda"
 
 
 def find_gpu(index: int = 0) -> tuple[DeviceInfo | None, str]:
@@ -125,33 +134,62 @@ def require_gpu(index: int = 0) -> DeviceInfo:
     return device
 
 
+def _libcudart() -> Any:
+    """The CUDA runtime library TensorRT itself links (``libcudart.so``), through ctypes; None when absent."""
+    import ctypes
+    import ctypes.util
+
+    names = [ctypes.util.find_library("cudart"), "libcudart.so", "libcudart.so.13", "libcudart.so.12"]
+    for name in filter(None, names):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    return None
+
+
 def select_device(index: int) -> str:
     """Make CUDA device ``index`` current for this thread, so TensorRT builds and runs on it.
 
     TensorRT uses the calling thread's current CUDA device; without this a ``--device 1`` build
-    would run on device 0 while the sidecar names device 1. Returns how it was set.
+    would run on device 0 while the sidecar names device 1. TensorRT itself needs no Python CUDA
+    binding, so a device with none of them (pycuda-only Jetson images) still builds: cuda-python,
+    else torch with CUDA, else ``cudaSetDevice`` from the CUDA runtime library through ctypes,
+    else, for device 0, the runtime's default device. Returns how it was set.
 
     Raises:
-        MissingDependency: neither cuda-python nor torch can set the device, or CUDA refuses.
+        MissingDependency: device ``index`` > 0 cannot be selected, or CUDA refuses.
     """
     from rescompile.errors import MissingDependency
 
+    reasons = []
     try:
         cudart = cudart_module()
     except ImportError:
         cudart = None
     if cudart is not None:
         (err,) = cudart.cudaSetDevice(index)
-        if err != cudart.cudaError_t.cudaSuccess:
-            raise MissingDependency(f"cudaSetDevice({index}) failed: {err.name} ({int(err)})")
-        return "cuda-python"
+        if err == cudart.cudaError_t.cudaSuccess:
+            return "cuda-python"
+        reasons.append(f"cuda-python: cudaSetDevice({index}) failed: {err.name} ({int(err)})")
     try:
         import torch
 
-        torch.cuda.set_device(index)
-        return "torch"
-    except Exception as exc:  # no torch CUDA either
-        raise MissingDependency(f"cannot select CUDA device {index}: {exc}", hint="pip install 'rescompile[tensorrt]'") from None
+        if torch.cuda.is_available():
+            torch.cuda.set_device(index)
+            return "torch"
+        reasons.append("torch: no CUDA")
+    except ImportError:
+        reasons.append("torch: not installed")
+    lib = _libcudart()
+    if lib is not None:
+        code = int(lib.cudaSetDevice(index))
+        if code == 0:
+            return "libcudart"
+        reasons.append(f"libcudart: cudaSetDevice({index}) returned {code}")
+    if index == 0:
+        return "default device 0"  # the runtime's current device unless something changed it
+    raise MissingDependency(f"cannot select CUDA device {index}: " + "; ".join(reasons), hint="pip install 'rescompile[tensorrt]'")
 
 
 def parse_driver_version(value: int) -> tuple[int, int]:

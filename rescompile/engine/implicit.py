@@ -5,6 +5,12 @@ Q/DQ ONNX into a plain ONNX plus per-tensor ranges. This is the same idea as a p
 weights are dequantized back to float (TensorRT requantizes them per channel), each activation
 Q/DQ pair is removed and its scale becomes the tensor's range (amax = scale * 127). Ranges are
 carried forward through ops that cannot widen them (ReLU, pooling, reshapes).
+
+Residual Adds: DLA's INT8 elementwise SUM needs equal dynamic ranges on both inputs (TensorRT
+10.3 headers, DLA restrictions; docs/tensorrt.md "DLA"), or the Add runs FP16 / on the GPU. The
+main-branch Conv output has no Q/DQ of its own (the TensorRT placement keeps it fused), so both
+Add inputs get the larger of the known ranges, and the Add's output gets its ReLU follower's
+range (values the ReLU clips away need no range).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class ImplicitModel:
 
     model: onnx.ModelProto
     ranges: dict[str, float]
+    equalized_adds: tuple[str, ...] = ()  # Adds whose two inputs got one range
 
 
 def _const(inits: dict[str, onnx.TensorProto], name: str) -> np.ndarray:
@@ -121,5 +128,33 @@ def strip_qdq(model: onnx.ModelProto) -> ImplicitModel:
     for n in g.node:
         if n.op_type in _RANGE_PRESERVING and n.input and n.input[0] in ranges and n.output[0] not in ranges:
             ranges[n.output[0]] = ranges[n.input[0]]
+    equalized = equalize_add_ranges(g, ranges)
     onnx.checker.check_model(src)
-    return ImplicitModel(src, dict(sorted(ranges.items())))
+    return ImplicitModel(src, dict(sorted(ranges.items())), equalized)
+
+
+def equalize_add_ranges(g: onnx.GraphProto, ranges: dict[str, float]) -> tuple[str, ...]:
+    """Give both inputs of every two-input Add the same range (the larger known one), in place; the Adds changed.
+
+    An Add whose only consumer is a ReLU with a range also gets that range on its output.
+    """
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for t in n.input:
+            consumers.setdefault(t, []).append(n)
+    constants = {t.name for t in g.initializer}
+    done = []
+    for i, n in enumerate(g.node):
+        if n.op_type != "Add" or len(n.input) != 2 or any(t in constants for t in n.input):
+            continue
+        known = [ranges[t] for t in n.input if t in ranges]
+        if not known:
+            continue
+        amax = max(known)
+        for t in n.input:
+            ranges[t] = amax
+        follow = consumers.get(n.output[0], [])
+        if len(follow) == 1 and follow[0].op_type == "Relu" and follow[0].output[0] in ranges and n.output[0] not in ranges:
+            ranges[n.output[0]] = ranges[follow[0].output[0]]
+        done.append(n.name or f"Add_{i}")
+    return tuple(done)

@@ -15,6 +15,10 @@ Schema facts this module relies on (sources in docs/tensorrt.md):
   <consumer name>``) repeat the name of the layer they feed: they are never the Add's layer.
 - A DLA (or Myelin) subgraph is one layer named ``{ForeignNode[<first>...<last>]}``: an Add inside
   it is found through the ONNX node order, and on a DLA build it is judged by the subgraph's I/O.
+  Subgraph layers are looked up *before* any Metadata match (a Myelin/DLA layer's Metadata lists
+  its members, NVIDIA/TensorRT#4397), and an endpoint that is itself a fused name (``/A + B``) is
+  split on `` + ``.
+- On a ``--dla-core`` build an Add found in a GPU layer has fallen back to the GPU (``gpu-fallback``).
 
 A residual Add counts as fused into an INT8 layer when one engine layer carries both the Add
 and the main-branch Conv (by name or ONNX-layer metadata) and every input of that layer (the
@@ -35,8 +39,11 @@ _META = re.compile(r"\[ONNX Layer: ([^\]]+)\]")
 _FOREIGN = re.compile(r"^\{ForeignNode\[(.+?)\.\.\.(.+)\]\}$")
 _NO_FORMAT = ("n/a", "unknown", "none")
 
-# Statuses an Add can get; only the first two pass the gate.
-OK_STATUSES = frozenset({"fused-int8", "dla-int8"})
+# Statuses an Add can get; only these pass the gate. A DLA subgraph hides its fusions, so an Add
+# there is "dla-io-int8" (its subgraph reads and writes INT8), never called "fused".
+OK_STATUSES = frozenset({"fused-int8", "dla-io-int8"})
+# LayerType values of subgraph layers (TensorRT compiles the subgraph itself, outside the layer list).
+SUBGRAPH_TYPES = ("myelin", "dla", "foreign")
 
 
 def tensor_format(tensor: Any) -> str:
@@ -70,6 +77,8 @@ class Layer:
     input_formats: tuple[str, ...]
     output_formats: tuple[str, ...]
     origins: frozenset[str]  # ONNX node names this layer came from (name parts + metadata)
+    tactic: str = ""  # TacticName (detailed verbosity), e.g. "sm80_xmma_fprop_implicit_gemm_interleaved_i8i8_..."
+    weights_type: str = ""  # Weights.Type of a weighted layer, e.g. "Int8"
 
     @property
     def reformat(self) -> bool:
@@ -81,6 +90,20 @@ class Layer:
         """(first, last) ONNX node of a ``{ForeignNode[first...last]}`` subgraph layer (DLA or Myelin)."""
         m = _FOREIGN.match(self.name)
         return (m.group(1), m.group(2)) if m else None
+
+    @property
+    def subgraph(self) -> bool:
+        """A layer TensorRT hands to another compiler whole: a ``{ForeignNode[...]}`` span, Myelin or DLA."""
+        return self.foreign is not None or self.layer_type.lower().startswith(SUBGRAPH_TYPES)
+
+    @property
+    def dla_type(self) -> bool:
+        """The inspector's LayerType itself says DLA (the exact string is unconfirmed: any ``DLA...``)."""
+        return self.layer_type.lower().startswith("dla")
+
+    @property
+    def myelin(self) -> bool:
+        return self.layer_type.lower().startswith("myelin")
 
     @property
     def input_precision(self) -> str:
@@ -112,7 +135,8 @@ class AddFusion:
     add: str
     main_conv: str
     # "fused-int8" | "fused-float" | "unfused" | "not-found" | "unknown" (no readable format or
-    # names-only information) | "dla-int8" | "dla-float" | "dla-unknown" (inside a DLA subgraph)
+    # names-only information) | "dla-io-int8" | "dla-io-float" | "dla-io-unknown" (inside a DLA
+    # subgraph, judged by its I/O) | "gpu-fallback" (a --dla-core build ran this Add on the GPU)
     status: str
     layer: str | None
     layer_type: str | None
@@ -176,8 +200,17 @@ def parse_layers(info: str | dict[str, Any]) -> tuple[list[Layer], bool]:
     for x in raw:
         if isinstance(x, dict):
             name = str(x.get("Name", ""))
+            weights = x.get("Weights")
             layers.append(
-                Layer(name, str(x.get("LayerType", "")), _formats(x.get("Inputs")), _formats(x.get("Outputs")), _origins(name, x))
+                Layer(
+                    name,
+                    str(x.get("LayerType", "")),
+                    _formats(x.get("Inputs")),
+                    _formats(x.get("Outputs")),
+                    _origins(name, x),
+                    str(x.get("TacticName", "")),
+                    str(weights.get("Type", "")) if isinstance(weights, dict) else "",
+                )
             )
         else:
             name = str(x)
@@ -199,16 +232,31 @@ def _find(layers: list[Layer], node: str) -> Layer | None:
     return None
 
 
+def _endpoint(text: str, order: dict[str, int], pick: Any) -> int | None:
+    """The ONNX position of a span endpoint; a fused endpoint (``/A + B``) gives its first/last known part."""
+    found = [order[p.strip()] for p in text.split(" + ") if p.strip() in order]
+    return pick(found) if found else None
+
+
 def _find_foreign(layers: list[Layer], node: str, order: dict[str, int]) -> Layer | None:
-    """The ``{ForeignNode[first...last]}`` layer whose ONNX node range holds ``node``."""
-    for layer in layers:
+    """The subgraph layer (``{ForeignNode[first...last]}``, Myelin, DLA) that holds ``node``.
+
+    Membership by the span's parts, then by the ONNX node range ``first <= node <= last`` (each
+    endpoint split on `` + ``), then by the layer's ONNX-layer Metadata.
+    """
+    subgraphs = [la for la in layers if la.subgraph and not la.reformat]
+    for layer in subgraphs:
         span = layer.foreign
         if span is None:
             continue
-        if node in span:
+        parts = {p.strip() for end in span for p in end.split(" + ")}
+        if node in parts:
             return layer
-        lo, hi, at = order.get(span[0]), order.get(span[1]), order.get(node)
+        lo, hi, at = _endpoint(span[0], order, min), _endpoint(span[1], order, max), order.get(node)
         if lo is not None and hi is not None and at is not None and lo <= at <= hi:
+            return layer
+    for layer in subgraphs:
+        if node in layer.origins:
             return layer
     return None
 
@@ -216,12 +264,20 @@ def _find_foreign(layers: list[Layer], node: str, order: dict[str, int]) -> Laye
 def _dla_status(layer: Layer) -> tuple[str, str]:
     """A DLA subgraph hides its internal fusions: judge it by the precision it reads and writes.
 
-    DLA runs Conv+Add fused inside its own loadable; what the inspector can show is whether the
-    subgraph's inputs and outputs are INT8 (an FP16 boundary means the Add ran in FP16 there).
+    What the inspector can show is whether the subgraph's inputs and outputs are INT8 (an FP16
+    boundary means the Add ran in FP16 there). INT8 I/O does not show that the Add itself ran in
+    INT8 inside the loadable, so the status says "io", not "fused".
     """
     p = _combine([precision(f) for f in layer.input_formats + layer.output_formats])
     note = "inside a DLA subgraph (fusion inside DLA is not shown); judged by its I/O formats"
-    return f"dla-{p}", note
+    return f"dla-io-{p}", note
+
+
+def is_dla_layer(layer: Layer, dla_build: bool) -> bool:
+    """A layer that runs on DLA: LayerType ``DLA...``, or on a ``--dla-core`` build a non-Myelin subgraph layer."""
+    if layer.reformat:
+        return False
+    return layer.dla_type or (dla_build and layer.subgraph and not layer.myelin)
 
 
 def check_residual_fusion(
@@ -240,27 +296,28 @@ def check_residual_fusion(
     order = {n: i for i, n in enumerate(node_order)}
     adds = []
     for b in blocks:
-        layer = _find(layers, b.add)
         note = ""
+        foreign = _find_foreign(layers, b.add, order) if detailed else None
+        layer = foreign or _find(layers, b.add)
         if not detailed:
             status, note = "unknown", "names-only layer information (build with ProfilingVerbosity.DETAILED)"
+        elif foreign is not None and is_dla_layer(foreign, dla):
+            status, note = _dla_status(foreign)
+        elif foreign is not None:
+            status, note = "unfused", "inside a foreign (Myelin) subgraph layer"
         elif layer is None:
-            foreign = _find_foreign(layers, b.add, order)
-            if foreign is not None and (dla or foreign.layer_type.lower().startswith("dla")):
-                layer = foreign
-                status, note = _dla_status(foreign)
-            elif foreign is not None:
-                layer = foreign
-                status, note = "unfused", "inside a foreign (Myelin) subgraph layer"
-            else:
-                status = "not-found"
+            status = "not-found"
         elif b.main_producer and (b.main_producer in layer.origins or _find([layer], b.main_producer)):
             p = layer.input_precision
             status = {"int8": "fused-int8", "float": "fused-float"}.get(p, "unknown")
             if status == "unknown":
                 note = "no readable tensor format in the layer information (dynamic shapes inspected without an execution context?)"
+                note += secondary_evidence(layer)
         else:
             status = "unfused"
+        if dla and layer is not None and detailed and not is_dla_layer(layer, dla):
+            note = f"the DLA build ran this Add on the GPU (as {status})"
+            status = "gpu-fallback"
         adds.append(
             AddFusion(
                 b.add,
@@ -273,6 +330,53 @@ def check_residual_fusion(
             )
         )
     return FusionReport(detailed, tuple(adds))
+
+
+_I8_TACTIC = re.compile(r"(?<![a-z0-9])i8i8|int8", re.IGNORECASE)
+
+
+def secondary_evidence(layer: Layer) -> str:
+    """What TacticName and Weights.Type say about an Add's layer whose formats are unreadable.
+
+    Shown in the report only: an INT8 tactic (``..._i8i8_...``) or INT8 weights say the Conv ran
+    INT8, not that the residual input was INT8, so the status stays ``unknown`` and the gate fails.
+    """
+    found = []
+    if _I8_TACTIC.search(layer.tactic):
+        found.append(f"TacticName {layer.tactic!r} is an INT8 kernel")
+    if "int8" in layer.weights_type.lower():
+        found.append(f"weights are {layer.weights_type}")
+    return ("; secondary evidence (not used by the gate): " + ", ".join(found)) if found else ""
+
+
+def fine_precision(fmt: str) -> str:
+    """A tensor format as ``int8`` | ``fp16`` | ``bf16`` | ``fp32`` | ``other`` | ``unknown`` (for per-layer reports)."""
+    coarse = precision(fmt)
+    if coarse != "float":
+        return coarse
+    f = fmt.lower()
+    if "bf16" in f or "bfloat16" in f:
+        return "bf16"
+    if "fp16" in f or "half" in f:
+        return "fp16"
+    return "fp32"
+
+
+def layer_precisions(info: str | dict[str, Any]) -> dict[str, Any]:
+    """Which precision each compute layer writes (its first output's format), and the counts per precision.
+
+    Reformat copies are left out (they convert between the precisions of their neighbours).
+    """
+    layers, detailed = parse_layers(info)
+    rows = []
+    counts: dict[str, int] = {}
+    for la in layers:
+        if la.reformat:
+            continue
+        p = fine_precision(la.output_formats[0]) if la.output_formats else "unknown"
+        counts[p] = counts.get(p, 0) + 1
+        rows.append({"layer": la.name, "type": la.layer_type, "precision": p})
+    return {"detailed": detailed, "counts": dict(sorted(counts.items())), "layers": rows}
 
 
 def io_tensors(info: str | dict[str, Any]) -> list[Any]:

@@ -27,6 +27,8 @@ from rescompile.errors import MissingDependency, UsageError
 MIB = 1 << 20
 MAX_BATCH = 4096
 DLA_STRONGLY_TYPED_SINCE = (11, 4, 1)
+DLA_LAST_10X = (10, 7)  # "TensorRT 10.7 was the last 10.x release that supported DLA" (11.4.1 release notes)
+REST_PRECISIONS = ("fp16", "fp32")
 TRTEXEC_JETSON = "/usr/src/tensorrt/bin/trtexec"
 
 
@@ -114,6 +116,7 @@ class EngineOptions:
     batches: tuple[int, ...] = (1,)
     opt_batch: int | None = None
     optimization_level: int = 3
+    rest_precision: str | None = None  # what stays unquantized runs in: fp16 | fp32; None: fp16 (the default for GPU and DLA)
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,8 @@ class EngineSettings:
     optimization_level: int = 3
     profiling_verbosity: str = "DETAILED"
     notes: tuple[str, ...] = field(default=())
+    rest_precision: str = "fp32"  # the non-quantized layers: "fp16" (typed FP16 in the engine's ONNX, or the FP16 flag) | "fp32"
+    onnx_parser_flags: tuple[str, ...] = ()
 
     @property
     def workspace_mib(self) -> int:
@@ -164,6 +169,7 @@ class EngineSettings:
         d["profile"] = {k: list(v) for k, v in asdict(self.profile).items()}
         d["builder_flags"] = list(self.builder_flags)
         d["notes"] = list(self.notes)
+        d["onnx_parser_flags"] = list(self.onnx_parser_flags)
         return d
 
 
@@ -229,8 +235,13 @@ def flag_plan(version: TrtVersion, dla: bool) -> FlagPlan:
     flag. 10.x: strongly typed network, no precision flag. 11.x: no flag at all.
 
     Raises:
-        UsageError: DLA on TensorRT 11.0-11.4.0, which has no DLA support.
+        UsageError: DLA on TensorRT 10.8-10.x or 11.0-11.4.0, which have no DLA support.
     """
+    if dla and version.major == 10 and version.at_least(DLA_LAST_10X[0], DLA_LAST_10X[1] + 1):
+        raise UsageError(
+            f"TensorRT {version} has no DLA support (10.7 was the last 10.x release with DLA; JetPack 6 ships 10.3)",
+            hint="build for the GPU (drop --dla-core), or use the TensorRT of JetPack 6 (10.3) / TensorRT 11.4.1+",
+        )
     if version.major < 10:
         if dla:
             return FlagPlan(False, ("INT8", "FP16", "GPU_FALLBACK"), "implicit")
@@ -243,7 +254,7 @@ def flag_plan(version: TrtVersion, dla: bool) -> FlagPlan:
     if dla:
         if not version.at_least(*DLA_STRONGLY_TYPED_SINCE):
             raise UsageError(
-                f"TensorRT {version} has no DLA support (removed in 11.0, back in 11.4.1)",
+                f"TensorRT {version} has no DLA support (none in 10.8-11.4.0, back in 11.4.1 on AGX Orin)",
                 hint="build for the GPU (drop --dla-core), or use TensorRT 10.x / 11.4.1+",
             )
         return FlagPlan(False, ("GPU_FALLBACK",), "strongly-typed")
@@ -328,7 +339,14 @@ def compute_settings(
     profile = optimization_profile(spec, options.batches, options.opt_batch)
     check_dla(target, options.dla_core, profile)
     plan = flag_plan(version, options.dla_core is not None)
+    rest = rest_precision(options.rest_precision, plan.dla_mode)
+    flags = plan.builder_flags
+    if version.major < 10 and rest == "fp16" and "FP16" not in flags:
+        flags = (*flags, "FP16")  # 8.x (trtexec line only) is weakly typed: the FP16 flag lets the rest run FP16
+    parser_flags = ("ADJUST_FOR_DLA",) if plan.dla_mode == "strongly-typed" else ()
     notes: list[str] = []
+    if types_rest_fp16(rest, plan.dla_mode, version):
+        notes.append("the non-quantized layers are typed FP16 in the engine's ONNX (model.int8.onnx itself is unchanged)")
     if plan.dla_mode == "implicit":
         notes.append(
             "DLA on TensorRT 10 uses implicit INT8: Q/DQ are turned into per-tensor ranges, layers DLA cannot run fall back to the GPU"
@@ -344,12 +362,48 @@ def compute_settings(
         profile=profile,
         workspace_bytes=workspace_bytes(target, options.workspace_mib),
         strongly_typed=plan.strongly_typed,
-        builder_flags=plan.builder_flags,
+        builder_flags=flags,
         dla_core=options.dla_core,
         dla_mode=plan.dla_mode,
         optimization_level=options.optimization_level,
         notes=tuple(notes),
+        rest_precision=rest,
+        onnx_parser_flags=parser_flags,
     )
+
+
+def check_rest_precision(choice: str) -> str:
+    """``choice`` if it is a ``--rest-precision`` value (checked before any work), else UsageError."""
+    if choice not in REST_PRECISIONS:
+        raise UsageError(f"--rest-precision {choice!r}: expected one of {', '.join(REST_PRECISIONS)}")
+    return choice
+
+
+def types_rest_fp16(rest: str, dla_mode: str | None, version: TrtVersion) -> bool:
+    """The engine's ONNX gets the FP16 typing pass (``rescompile.engine.mixed``): a strongly typed build
+    (10.x GPU, 11.x) with ``--rest-precision fp16``. 10.x DLA and 8.x use the FP16 builder flag instead."""
+    return rest == "fp16" and dla_mode != "implicit" and version.major >= 10
+
+
+def rest_precision(choice: str | None, dla_mode: str | None) -> str:
+    """The precision of what stays unquantized: ``choice``, or FP16 by default (as ModelOpt's ``high_precision_dtype``).
+
+    DLA computes in INT8 or FP16 only: on 10.x the FP16 builder flag gives the rest FP16, on
+    11.4.1+ the tensor types must say FP16 ("converting the model is what enables FP16 compute on
+    DLA", TensorRT 11.4.1, Strongly Typed Networks for DLA). FP32 there would put the rest on the GPU.
+
+    Raises:
+        UsageError: an unknown choice, or fp32 for a DLA build.
+    """
+    rest = "fp16" if choice is None else choice
+    if rest not in REST_PRECISIONS:
+        raise UsageError(f"--rest-precision {choice!r}: expected one of {', '.join(REST_PRECISIONS)}")
+    if dla_mode is not None and rest != "fp16":
+        raise UsageError(
+            "DLA runs only INT8 and FP16: --rest-precision fp32 would send the non-quantized layers to the GPU",
+            hint="drop --rest-precision fp32",
+        )
+    return rest
 
 
 def _slug(text: str) -> str:

@@ -23,9 +23,17 @@ class DeviceInfo:
     name: str
     compute_capability: tuple[int, int]
     l4t: str | None = None  # Jetson: the L4T release (/etc/nv_tegra_release), e.g. "36.4.0"
+    sm_count: int | None = None  # multiprocessors: every Orin module is named "Orin", this tells AGX/NX/Nano apart
+    module: str | None = None  # Jetson: /proc/device-tree/model, e.g. "NVIDIA Jetson AGX Orin Developer Kit"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "compute_capability": list(self.compute_capability), "l4t": self.l4t}
+        return {
+            "name": self.name,
+            "compute_capability": list(self.compute_capability),
+            "l4t": self.l4t,
+            "sm_count": self.sm_count,
+            "module": self.module,
+        }
 
 
 def sidecar_path(plan: Path) -> Path:
@@ -101,4 +109,10 @@ def compatibility_problems(sidecar: dict[str, Any], tensorrt_version: str, devic
         )
     if gpu.get("name") != device.name:
         problems.append(f"the plan was built on {gpu.get('name')!r}, this GPU is {device.name!r}")
+    # Same name and compute capability on every Orin module: the SM count and the module tell them apart
+    # (recorded since issue 20; an older sidecar without them is not refused for lacking them).
+    if gpu.get("sm_count") is not None and device.sm_count is not None and gpu["sm_count"] != device.sm_count:
+        problems.append(f"the plan was built on a GPU with {gpu['sm_count']} SMs, this one has {device.sm_count}")
+    if gpu.get("module") and device.module and gpu["module"] != device.module:
+        problems.append(f"the plan was built on {gpu['module']!r}, this is {device.module!r}")
     return problems

@@ -60,6 +60,9 @@ _XAVIER = (7, 2)
 _THOR = (11, 0)
 
 # JetPack -> (TensorRT major, TensorRT version it ships); 7.0's TensorRT version is unconfirmed.
+# 7.2.2: 11.4.1 is what these targets *need installed* (NVIDIA's SBSA package, "supports JetPack 7.2.2
+# or later", 11.4.1 release notes), not what JetPack ships by default (a JP 7.2.1 inventory lists apt
+# TensorRT 10.16): unverified, see docs/tensorrt.md.
 JETPACK_TENSORRT: dict[str, tuple[int, str]] = {
     "5.1": (8, "8.5"),
     "6.0": (8, "8.6"),
@@ -98,9 +101,19 @@ def _jetson(
 
 
 _TRT85 = "JetPack 5 ships TensorRT 8.5: build with trtexec on the device"
+_SBSA = "TensorRT 11.4.1 installed from NVIDIA's SBSA package (JetPack 7.2.2+ may ship an older 10.x by default)"
 TARGETS: tuple[Target, ...] = (
     _jetson("jetson-agx-orin", "Jetson AGX Orin 32/64 GB, JetPack 6.1/6.2", _ORIN, 2, 32, 4096, "6.2", ("agx-orin", "orin-agx")),
-    _jetson("jetson-agx-orin-jp7", "Jetson AGX Orin, JetPack 7.2.2+ (DLA strongly typed)", _ORIN, 2, 32, 4096, "7.2.2"),
+    _jetson(
+        "jetson-agx-orin-jp7",
+        "Jetson AGX Orin, JetPack 7.2.2+ (DLA strongly typed)",
+        _ORIN,
+        2,
+        32,
+        4096,
+        "7.2.2",
+        note=_SBSA,
+    ),
     _jetson(
         "jetson-orin-nx-16gb",
         "Jetson Orin NX 16 GB, JetPack 6.1/6.2",
@@ -135,7 +148,7 @@ TARGETS: tuple[Target, ...] = (
         ("thor",),
         "the TensorRT version of JetPack 7.0 is unconfirmed",
     ),
-    _jetson("jetson-thor-jp7.2", "Jetson AGX Thor (no DLA), JetPack 7.2.2+", _THOR, 0, 128, 8192, "7.2.2"),
+    _jetson("jetson-thor-jp7.2", "Jetson AGX Thor (no DLA), JetPack 7.2.2+", _THOR, 0, 128, 8192, "7.2.2", note=_SBSA),
     Target("rtx-turing", "Desktop Turing GPU (RTX 20, T4)", "desktop", (7, 5), aliases=("turing", "t4")),
     Target("a100", "Data-center Ampere A100", "desktop", (8, 0), workspace_mib=8192, aliases=("ampere-a100",)),
     Target("rtx-ampere", "Desktop Ampere GPU (RTX 30, A10, A40)", "desktop", (8, 6), aliases=("ampere", "a10")),

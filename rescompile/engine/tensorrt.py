@@ -21,10 +21,12 @@ from typing import Any
 
 import onnx
 
-from rescompile.buildfolder import PLAN, PLAN_LAYERS
+from rescompile.buildfolder import PLAN
 from rescompile.engine.device import load_tensorrt, make_logger, require_gpu, select_device
+from rescompile.engine.dla import DlaReport, dla_report
 from rescompile.engine.implicit import strip_qdq
-from rescompile.engine.layerinfo import FusionReport, check_residual_fusion
+from rescompile.engine.layerinfo import FusionReport, check_residual_fusion, layer_precisions
+from rescompile.engine.mixed import RestTyping, type_rest_fp16
 from rescompile.engine.settings import (
     EngineOptions,
     EngineSettings,
@@ -35,6 +37,7 @@ from rescompile.engine.settings import (
     parse_version,
     require_buildable,
     timing_cache_key,
+    types_rest_fp16,
 )
 from rescompile.engine.sidecar import DeviceInfo, make_sidecar, sidecar_path
 from rescompile.engine.targets import Target
@@ -64,6 +67,8 @@ class EngineBuild:
     fusion: FusionReport
     timing_cache: Path | None
     build_seconds: float
+    dla: DlaReport | None = None  # --dla-core builds: layers on DLA / GPU
+    layer_precision: dict[str, Any] | None = None  # per layer: the precision it writes
 
     def section(self, target: str) -> dict[str, Any]:
         """The ``engine`` section of report.json and deploy.json for an engine built for ``target``."""
@@ -73,8 +78,14 @@ class EngineBuild:
             "target": target,
             "settings": self.settings.to_dict(),
             "residual_fusion": self.fusion.to_dict(),
+            "dla": self.dla.to_dict() if self.dla is not None else None,
+            "layer_precision": self.layer_precision,
             "build_seconds": self.build_seconds,
         }
+
+
+class LayerInfoError(EngineBuildError):
+    """The engine was built and written, but its layer information could not be read."""
 
 
 def _creation_flags_trt10(trt: Any) -> int:
@@ -98,8 +109,15 @@ def _implicit_int8_trt10(trt: Any, network: Any, config: Any, ranges: dict[str, 
     return done
 
 
-def _parse(trt: Any, network: Any, logger: Any, data: bytes, path: str) -> Any:
+def _adjust_for_dla_trt11(trt: Any, parser: Any) -> None:
+    """11.4.1+ DLA: let the parser reshape layers for DLA (TensorRT 11.4.1, Strongly Typed Networks for DLA)."""
+    parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)
+
+
+def _parse(trt: Any, network: Any, logger: Any, data: bytes, path: str, settings: EngineSettings, version: TrtVersion) -> Any:
     parser = trt.OnnxParser(network, logger)
+    if version.major >= 11 and "ADJUST_FOR_DLA" in settings.onnx_parser_flags:
+        _adjust_for_dla_trt11(trt, parser)
     if not parser.parse(data, path):
         errors = []
         for i in range(parser.num_errors):
@@ -143,14 +161,23 @@ def _timing_cache(config: Any, path: Path | None) -> Any:
     return cache
 
 
-def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape: tuple[int, ...]) -> str:
+def runtime_for(trt: Any, logger: Any, dla_core: int | None) -> Any:
+    """A ``trt.Runtime`` whose DLA core is the plan's: set before every deserialization (IRuntime::setDLACore,
+    "the DLA core that the deserialized engine must execute on"; trtexec's ``--useDLACore`` with ``--loadEngine``)."""
+    runtime = trt.Runtime(logger)
+    if dla_core is not None:
+        runtime.DLA_core = dla_core
+    return runtime
+
+
+def engine_layer_info(trt: Any, plan: bytes, logger: Any, input_name: str, shape: tuple[int, ...], dla_core: int | None = None) -> str:
     """The engine inspector's layer information as JSON text (detailed if the plan was built so).
 
     An execution context with the input shape set is attached to the inspector: without one, a
     dynamic-shape engine's layer information has no tensor formats (IEngineInspector::
     setExecutionContext, NvInferRuntime.h; Polygraphy's inspect does the same).
     """
-    runtime = trt.Runtime(logger)
+    runtime = runtime_for(trt, logger, dla_core)
     engine = runtime.deserialize_cuda_engine(plan)
     if engine is None:
         raise EngineBuildError("TensorRT could not deserialize the plan it just built")
@@ -200,13 +227,8 @@ def build_engine(
     onnx_bytes = Path(onnx_path).read_bytes()
     model = onnx.load_from_string(onnx_bytes)
     settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
-    ranges: dict[str, float] = {}
-    if settings.dla_mode == "implicit":
-        implicit = strip_qdq(model)
-        model, ranges = implicit.model, implicit.ranges
-        data = model.SerializeToString()
-    else:
-        data = onnx_bytes
+    prepared = prepare_onnx(model, onnx_bytes, settings, version)
+    model, data, ranges = prepared.model, prepared.data, prepared.ranges
     blocks = find_residual_blocks(model)
 
     t0 = time.perf_counter()
@@ -214,7 +236,7 @@ def build_engine(
     builder = trt.Builder(logger)
     flags = _creation_flags_trt10(trt) if version.major == 10 and settings.strongly_typed else 0
     network = builder.create_network(flags)
-    parser = _parse(trt, network, logger, data, str(onnx_path))
+    parser = _parse(trt, network, logger, data, str(onnx_path), settings, version)
     config = builder.create_builder_config()
     _configure(trt, builder, network, config, settings)
     if version.major == 10 and settings.dla_mode == "implicit":
@@ -233,13 +255,62 @@ def build_engine(
         write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
     del parser
 
-    info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings))
-    fusion = check_residual_fusion(info, blocks, node_order=[n.name for n in model.graph.node], dla=settings.dla_core is not None)
     out_dir = Path(out_dir)
     plan_path = out_dir / PLAN
-    layers_path = out_dir / PLAN_LAYERS
-    write_bytes_atomic(plan_path, plan)
-    write_text_atomic(layers_path, json.dumps(json.loads(info, strict=False), indent=2) + "\n")
+    write_bytes_atomic(plan_path, plan)  # first: a layer-information failure below must not lose the built plan
+    return _inspect_and_record(trt, logger, plan, plan_path, settings, device, prepared, blocks, onnx_bytes, cache_path, build_seconds)
+
+
+@dataclass(frozen=True)
+class PreparedOnnx:
+    """The ONNX TensorRT parses: the Q/DQ model, its implicit (DLA 10.x) form, or its FP16-typed copy."""
+
+    model: onnx.ModelProto  # its residual blocks are the ones judged
+    data: bytes  # what TensorRT parses
+    ranges: dict[str, float]
+    rest_typing: RestTyping | None
+
+    @property
+    def node_order(self) -> list[str]:
+        """The node names of the ONNX TensorRT parsed, in order (places Adds inside ForeignNode spans)."""
+        parsed = self.rest_typing.model if self.rest_typing is not None else self.model
+        return [n.name for n in parsed.graph.node]
+
+
+def prepare_onnx(model: onnx.ModelProto, onnx_bytes: bytes, settings: EngineSettings, version: TrtVersion) -> PreparedOnnx:
+    """What the engine is built from, by the settings (the same for ``build_engine`` and an adopted trtexec plan)."""
+    if settings.dla_mode == "implicit":
+        implicit = strip_qdq(model)
+        return PreparedOnnx(implicit.model, implicit.model.SerializeToString(), implicit.ranges, None)
+    if types_rest_fp16(settings.rest_precision, settings.dla_mode, version):
+        typed = type_rest_fp16(model)  # the engine's own copy: model.int8.onnx stays as it is
+        return PreparedOnnx(model, typed.model.SerializeToString(), {}, typed)
+    return PreparedOnnx(model, onnx_bytes, {}, None)
+
+
+def _inspect_and_record(
+    trt: Any,
+    logger: Any,
+    plan: bytes,
+    plan_path: Path,
+    settings: EngineSettings,
+    device: DeviceInfo,
+    prepared: PreparedOnnx,
+    blocks: list[Any],
+    onnx_bytes: bytes,
+    cache_path: Path | None,
+    build_seconds: float,
+    adopted: bool = False,
+) -> EngineBuild:
+    """Inspect the written plan (DLA core set), judge its residual Adds and DLA layers, write layer info and sidecar."""
+    layers_path = plan_path.with_name(plan_path.name + ".layers.json")
+    info = engine_layer_info(trt, plan, logger, settings.input_name, inspection_shape(settings), settings.dla_core)
+    doc = parse_layer_info(info, plan_path)
+    write_text_atomic(layers_path, json.dumps(doc, indent=2) + "\n")
+    dla = settings.dla_core is not None
+    fusion = check_residual_fusion(doc, blocks, node_order=prepared.node_order, dla=dla)
+    dla_counts = dla_report(doc, dla_build=True) if dla else None
+    precisions = layer_precisions(doc)
     sidecar = make_sidecar(
         tensorrt_version=str(trt.__version__),
         device=device,
@@ -249,11 +320,79 @@ def build_engine(
         timing_cache=cache_path.name if cache_path else None,
         fusion=fusion.to_dict(),
     )
-    sidecar["dla_ranges"] = len(ranges) if settings.dla_mode == "implicit" else None
+    sidecar["dla_ranges"] = len(prepared.ranges) if settings.dla_mode == "implicit" else None
+    sidecar["dla"] = dla_counts.to_dict() if dla_counts else None
+    sidecar["layer_precision"] = precisions
+    sidecar["rest_typing"] = prepared.rest_typing.to_dict() if prepared.rest_typing else None
+    if adopted:
+        sidecar["adopted"] = "built elsewhere (the printed trtexec line); settings are that line's, the layers are this plan's"
     write_json(sidecar_path(plan_path), sidecar)
     return EngineBuild(
-        plan_path, sidecar_path(plan_path), layers_path, settings, device, str(trt.__version__), fusion, cache_path, build_seconds
+        plan_path,
+        sidecar_path(plan_path),
+        layers_path,
+        settings,
+        device,
+        str(trt.__version__),
+        fusion,
+        cache_path,
+        build_seconds,
+        dla_counts,
+        precisions,
     )
+
+
+def adopt_plan(
+    onnx_path: Path, plan_path: Path, target: Target, options: EngineOptions, *, device_index: int = 0, verbose: bool = False
+) -> EngineBuild:
+    """``rescompile engine --adopt model.plan``: give a plan built by the printed trtexec line a sidecar.
+
+    The plan must load on this machine (same TensorRT and GPU that built it); its layers are read
+    with the engine inspector (DLA core set), the residual-Add fusion and DLA checks run as after a
+    build, and ``<plan>.json`` / ``<plan>.layers.json`` are written beside it, so ``validate`` and
+    the runner accept it.
+
+    Raises:
+        MissingDependency: no TensorRT or no GPU (exit 3).
+        UsageError: the plan is missing, or a refusal rule of the settings (exit 2).
+        EngineBuildError: TensorRT cannot deserialize the plan here (exit 2).
+    """
+    from rescompile.errors import UsageError
+
+    plan_path = Path(plan_path)
+    if not plan_path.is_file():
+        raise UsageError(f"--adopt {plan_path}: no such plan")
+    trt = load_tensorrt()
+    version = tensorrt_version(trt)
+    require_buildable(version)
+    device = require_gpu(device_index)
+    select_device(device_index)
+    onnx_bytes = Path(onnx_path).read_bytes()
+    model = onnx.load_from_string(onnx_bytes)
+    settings = compute_settings(target, input_spec(model), options, version, device.compute_capability)
+    prepared = prepare_onnx(model, onnx_bytes, settings, version)
+    blocks = find_residual_blocks(prepared.model)
+    logger = make_logger(trt, verbose)
+    return _inspect_and_record(
+        trt, logger, plan_path.read_bytes(), plan_path, settings, device, prepared, blocks, onnx_bytes, None, 0.0, adopted=True
+    )
+
+
+def parse_layer_info(info: str, plan_path: Path) -> dict[str, Any]:
+    """The inspector's JSON text as a dict; a JSONDecodeError becomes LayerInfoError naming the plan already written.
+
+    TensorRT has emitted layer names that are not valid JSON before, so the plan is written first.
+    """
+    try:
+        doc = json.loads(info, strict=False)
+    except json.JSONDecodeError as exc:
+        raise LayerInfoError(
+            f"TensorRT's layer information for {plan_path} is not valid JSON ({exc.msg} at line {exc.lineno}); the plan itself was written",
+            hint=f"run `rescompile engine --adopt {plan_path}` with a layer dump from trtexec --exportLayerInfo",
+        ) from None
+    if not isinstance(doc, dict):
+        raise LayerInfoError(f"TensorRT's layer information for {plan_path} is not a JSON object; the plan itself was written")
+    return doc
 
 
 def preflight(target_name: str, device_index: int = 0) -> Target:

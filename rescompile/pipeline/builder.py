@@ -35,7 +35,7 @@ from rescompile.pipeline.report import CalibrationSection, EngineSection, ModelS
 from rescompile.pipeline.settings import DataSettings, build_settings
 from rescompile.pipeline.validator import BuildValidator
 from rescompile.publish import check_out, staged
-from rescompile.validate.gates import Verdict, fusion_gate, judge
+from rescompile.validate.gates import Verdict, engine_gates, judge
 
 if TYPE_CHECKING:
     from rescompile.data.holdout import DataChoice
@@ -181,7 +181,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             fallback=None if validated.fallback is None else validated.fallback.record(),
             engine=None if engine is None else EngineSection(engine),
         )
-        verdict = judge(report, s.gates, [] if engine is None else [fusion_gate(engine.build.fusion)])
+        verdict = judge(report, s.gates, [] if engine is None else engine_gates(engine.build))
         write_report(folder, report, cfg.to_dict())  # report.json, report.md, junit.xml, report.html
         manifest = _manifest(
             cfg, s.data.layout, folder, data, quantized.plan.policy, engine is not None, loaded, calibrated, timer.stages, verdict

@@ -301,13 +301,18 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
         check_label_gates(gates, choice)
     threads = req.timing.threads
     candidate = open_runner(found.candidate, threads=threads, cuda_lib=check_choice(req.cuda_lib))  # first: no TensorRT fails early
-    ref = _open_reference(replace(req.reference, spec=found.reference), threads)
-    baseline, fp32_model = _baseline(req, ref, found, gates)
-    inputs, reference, choice = _reference_outputs(req, ref, found, choice, gates, settings)
-    cand_onnx = load_onnx(found.candidate) if found.candidate.suffix.lower() == ".onnx" else None
-    if latency_notes(cand_onnx, candidate.name):  # CPU latency not representative: timed briefly by default
-        settings = replace(settings, latency=replace(settings.latency, brief=True))
-    measured = validate(reference, candidate, inputs, baseline=baseline, settings=settings)
+    try:
+        ref = _open_reference(replace(req.reference, spec=found.reference), threads)
+        baseline, fp32_model = _baseline(req, ref, found, gates)
+        inputs, reference, choice = _reference_outputs(req, ref, found, choice, gates, settings)
+        cand_onnx = load_onnx(found.candidate) if found.candidate.suffix.lower() == ".onnx" else None
+        if latency_notes(cand_onnx, candidate.name):  # CPU latency not representative: timed briefly by default
+            settings = replace(settings, latency=replace(settings.latency, brief=True))
+        measured = validate(reference, candidate, inputs, baseline=baseline, settings=settings)
+    finally:  # a TensorRT runner releases its engine before its CUDA context (issue 20, D6)
+        close = getattr(candidate, "close", None)
+        if close is not None:
+            close()
     report = _report(req, measured, found, ref, reference, choice, cand_onnx, fp32_model, inputs)
     verdict = judge(report, gates)
     files = write_report(req.out, report)

@@ -99,9 +99,9 @@ def make_report(
 ) -> Report:
     """The report of a measurement: the notes on what its numbers mean (:func:`latency_notes` of the
     candidate, then ``notes``) and the given sections (``stages``, ``calibration``, ``layerwise``, ...)."""
-    from rescompile.validate.notes import latency_notes
+    from rescompile.validate.notes import latency_notes, power_notes
 
-    all_notes = latency_notes(candidate, measurement.candidate) + list(notes or [])
+    all_notes = latency_notes(candidate, measurement.candidate) + power_notes(measurement.candidate) + list(notes or [])
     return Report(measurement, model, validation, all_notes, **sections)
 
 

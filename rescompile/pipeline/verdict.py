@@ -3,6 +3,6 @@ below ``deploy/``, so that ``deploy`` judges with the same :func:`judge`, :class
 
 from __future__ import annotations
 
-from rescompile.validate.gates import FUSION_GATE, UNFUSED_SHOWN, Verdict, fusion_gate, judge
+from rescompile.validate.gates import FUSION_GATE, UNFUSED_SHOWN, Verdict, engine_gates, fusion_gate, judge
 
-__all__ = ["FUSION_GATE", "UNFUSED_SHOWN", "Verdict", "fusion_gate", "judge"]
+__all__ = ["FUSION_GATE", "UNFUSED_SHOWN", "Verdict", "engine_gates", "fusion_gate", "judge"]

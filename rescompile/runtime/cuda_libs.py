@@ -11,6 +11,7 @@ sources: docs/tensorrt.md and ``rescompile.engine.api_names``.
 from __future__ import annotations
 
 import ctypes
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -21,10 +22,13 @@ from rescompile.errors import MissingDependency, RescompileError, UsageError
 LIBS = ("cuda-python", "pycuda", "torch")
 CHOICES = ("auto", *LIBS)
 INSTALL = {
-    "cuda-python": "pip install 'rescompile[tensorrt]' (cuda-python matching the driver's CUDA major)",
+    "cuda-python": "pip install 'rescompile[tensorrt]' (cuda-python matching the driver's CUDA major; JetPack 6: rescompile[jetpack6])",
     "pycuda": "pip install pycuda (builds against the CUDA toolkit)",
     "torch": "a CUDA build of torch (https://pytorch.org/get-started/locally/)",
 }
+
+
+log = logging.getLogger("rescompile.runtime")
 
 
 class EngineRunError(RescompileError):
@@ -46,25 +50,34 @@ def cuda_ok(result: Any, cudart: Any = None) -> Any:
     return values[0] if len(values) == 1 else (tuple(values) or None)
 
 
-def resolve_cuda_lib(choice: str, available: Mapping[str, bool]) -> str:
+def resolve_cuda_lib(choice: str, available: Mapping[str, bool], reasons: Mapping[str, str | None] | None = None) -> str:
     """The library to use for ``--cuda-lib choice`` given which libraries work here.
 
-    ``auto`` takes the first available of cuda-python, pycuda, torch (with CUDA).
+    ``auto`` takes the first available of cuda-python, pycuda, torch (with CUDA); a library that
+    imports but cannot talk to the driver is not available (``reasons`` says why, and is logged).
 
     Raises:
         UsageError: ``choice`` is not one of ``CHOICES``.
         MissingDependency: the chosen library (or, for auto, every library) is unavailable.
     """
     check_choice(choice)
+    why = dict(reasons or {})
+
+    def reason(lib: str) -> str:
+        return f" ({why[lib]})" if why.get(lib) else ""
+
     if choice != "auto":
         if not available.get(choice, False):
-            raise MissingDependency(f"--cuda-lib {choice}: {choice} is not available", hint=INSTALL[choice])
+            raise MissingDependency(f"--cuda-lib {choice}: {choice} is not available{reason(choice)}", hint=INSTALL[choice])
         return choice
     for lib in LIBS:
         if available.get(lib, False):
             return lib
+        if why.get(lib):
+            log.warning("--cuda-lib auto: skipping %s: %s", lib, why[lib])
     raise MissingDependency(
-        "no CUDA library for the TensorRT runner: cuda-python, pycuda and torch with CUDA are all missing",
+        "no CUDA library for the TensorRT runner: cuda-python, pycuda and torch with CUDA all missing or unusable"
+        + "".join(f"; {lib}{reason(lib)}" for lib in LIBS if why.get(lib)),
         hint="; ".join(f"{lib}: {how}" for lib, how in INSTALL.items()),
     )
 
@@ -76,29 +89,67 @@ def check_choice(choice: str) -> str:
     return choice
 
 
-def available_libs() -> dict[str, bool]:
-    """Which of ``LIBS`` import here (torch counts only with CUDA)."""
-    out = {}
-    try:
-        from rescompile.engine.device import cudart_module
+def _bindings_version() -> str:
+    import importlib.metadata as md
 
-        cudart_module()
-        out["cuda-python"] = True
-    except ImportError:
-        out["cuda-python"] = False
-    try:
-        import pycuda.driver  # noqa: F401
+    for dist in ("cuda-bindings", "cuda-python"):
+        try:
+            return md.version(dist)
+        except md.PackageNotFoundError:
+            continue
+    return ""
 
-        out["pycuda"] = True
+
+def cuda_python_unusable() -> str | None:
+    """Why cuda-python cannot run here (None: it can). Importing is not enough: a cuda-python 13 on a
+    JetPack 6 driver (CUDA 12.6) imports, then every call returns cudaErrorInsufficientDriver."""
+    from rescompile.engine.device import cuda_python_problem, cudart_module, driver_version
+
+    try:
+        cudart = cudart_module()
     except ImportError:
-        out["pycuda"] = False
+        return "not installed"
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+    except Exception as exc:  # a broken install must not crash the choice
+        return f"cudaGetDeviceCount raised {type(exc).__name__}: {exc}"
+    if err != cudart.cudaError_t.cudaSuccess:
+        mismatch = cuda_python_problem(_bindings_version(), driver_version())
+        return f"cudaGetDeviceCount failed: {getattr(err, 'name', err)} ({int(err)})" + (f"; {mismatch}" if mismatch else "")
+    if not count:
+        return "no CUDA device"
+    return cuda_python_problem(_bindings_version(), driver_version())
+
+
+def _pycuda_unusable() -> str | None:
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        return "not installed"
+    try:
+        cuda.init()
+        return None if cuda.Device.count() > 0 else "no CUDA device"
+    except Exception as exc:  # pycuda raises its own LogicError/RuntimeError types
+        return f"{type(exc).__name__}: {exc}"
+
+
+def _torch_unusable() -> str | None:
     try:
         import torch
-
-        out["torch"] = bool(torch.cuda.is_available())
     except ImportError:
-        out["torch"] = False
-    return out
+        return "not installed"
+    return None if torch.cuda.is_available() else "torch.cuda.is_available() is False"
+
+
+def probe_libs() -> dict[str, str | None]:
+    """For each of ``LIBS``: None when it can run here, else why not."""
+    return {"cuda-python": cuda_python_unusable(), "pycuda": _pycuda_unusable(), "torch": _torch_unusable()}
+
+
+def available_libs(probed: Mapping[str, str | None] | None = None) -> dict[str, bool]:
+    """Which of ``LIBS`` can run here (cuda-python only if it talks to the driver; torch only with CUDA)."""
+    probed = probe_libs() if probed is None else probed
+    return {lib: probed.get(lib, "not probed") is None for lib in LIBS}
 
 
 def graph_note(lib: str, capture_error: str | None) -> dict[str, Any]:
@@ -171,13 +222,33 @@ class CudaPython:
         self._ok(cudart.cudaFreeHost(int(buf)))
 
     def capture(self, enqueue: Callable[[], None]) -> Any:
+        """Capture ``enqueue`` into a graph, as trtexec does (samples/common/sampleDevice.h, sampleInference.cpp).
+
+        ThreadLocal mode: an unsafe CUDA call from another thread (Ray workers, torch) does not
+        invalidate this capture. On any failure the capture is ended, the partial graph destroyed
+        and the error cleared (``cudaGetLastError``), then the *first* error is raised.
+        """
         cudart = self.cudart
-        self._ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
+        self._ok(cudart.cudaStreamBeginCapture(self.stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
             enqueue()
-        finally:
+        except BaseException:
+            result = cudart.cudaStreamEndCapture(self.stream)
+            if result[0] == cudart.cudaError_t.cudaSuccess and result[1] is not None:
+                cudart.cudaGraphDestroy(result[1])
+            cudart.cudaGetLastError()
+            raise
+        try:
             graph = self._ok(cudart.cudaStreamEndCapture(self.stream))
-        return self._ok(cudart.cudaGraphInstantiate(graph, 0)), graph
+        except EngineRunError:
+            cudart.cudaGetLastError()
+            raise
+        try:
+            return self._ok(cudart.cudaGraphInstantiate(graph, 0)), graph
+        except EngineRunError:
+            cudart.cudaGraphDestroy(graph)
+            cudart.cudaGetLastError()
+            raise
 
     def launch(self, graph: Any) -> None:
         cudart = self.cudart
@@ -196,7 +267,13 @@ class CudaPython:
 
 
 class PyCuda:
-    """PyCUDA (``pycuda.driver``): an explicit context on the device, made current here and popped on close."""
+    """PyCUDA (``pycuda.driver``): the device's *primary* context, pushed here and popped on close.
+
+    The primary context is the one the CUDA runtime (and so TensorRT) uses, as
+    ``pycuda.autoprimaryctx`` does; a ``make_context()`` context would be a second one, detached
+    (``cuCtxDetach``) by PyCUDA while TensorRT objects made in it are still alive (pycuda
+    ``src/cpp/cuda.hpp``). The runner releases its engine before calling ``close``.
+    """
 
     name = "pycuda"
     has_graphs = False
@@ -206,8 +283,13 @@ class PyCuda:
 
         self.cuda = cuda
         cuda.init()
-        self.context = cuda.Device(device_index).make_context()
-        self.stream = cuda.Stream()
+        self.context = cuda.Device(device_index).retain_primary_context()
+        self.context.push()
+        try:
+            self.stream = cuda.Stream()
+        except BaseException:
+            self.close()
+            raise
 
     def alloc_device(self, nbytes: int) -> Any:
         cuda = self.cuda
@@ -253,9 +335,11 @@ class PyCuda:
         pass
 
     def close(self) -> None:
+        """Drop the stream, then pop the primary context (once) and release our reference to it."""
+        self.stream = None
         if self.context is not None:
-            self.context.pop()
-            self.context = None
+            context, self.context = self.context, None
+            context.pop()
 
 
 class TorchCuda:
@@ -311,7 +395,7 @@ class TorchCuda:
     def capture(self, enqueue: Callable[[], None]) -> Any:
         torch = self.torch
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self.stream):
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):  # as trtexec's ThreadLocal
             enqueue()
         return graph
 
@@ -329,6 +413,7 @@ class TorchCuda:
 
 def open_cuda_lib(choice: str = "auto", device_index: int = 0) -> Any:
     """The CUDA library object for ``--cuda-lib choice`` on device ``device_index``."""
-    lib = resolve_cuda_lib(choice, available_libs())
+    probed = probe_libs()
+    lib = resolve_cuda_lib(choice, available_libs(probed), probed)
     cls = {"cuda-python": CudaPython, "pycuda": PyCuda, "torch": TorchCuda}[lib]
     return cls(device_index)

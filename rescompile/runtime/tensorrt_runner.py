@@ -17,9 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.engine.sidecar import compatibility_problems, read_sidecar
+from rescompile.engine.sidecar import compatibility_problems, read_sidecar, sidecar_path
 from rescompile.errors import RescompileError, UsageError
 from rescompile.runtime.cuda_libs import EngineRunError, graph_note, open_cuda_lib
+
+
+def plan_dla_core(sidecar: dict[str, Any]) -> int | None:
+    """The DLA core a plan was built for, from its sidecar's settings (None: a GPU plan)."""
+    core = (sidecar.get("settings") or {}).get("dla_core")
+    return None if core is None else int(core)
 
 
 def _check(done: bool, what: str) -> None:
@@ -77,18 +83,38 @@ class TensorRTRunner:
     """A TensorRT engine with one input and one output; ``infer(x)`` splits x into profile-sized chunks."""
 
     def __init__(
-        self, plan: Path | str, name: str = "tensorrt-int8", check_compatibility: bool = True, device_index: int = 0, cuda_lib: str = "auto"
+        self,
+        plan: Path | str,
+        name: str = "tensorrt-int8",
+        check_compatibility: bool = True,
+        device_index: int = 0,
+        cuda_lib: str = "auto",
+        dla_core: int | None = None,
     ) -> None:
-        from rescompile.engine.device import load_tensorrt, make_logger, require_gpu
+        from rescompile.engine.device import load_tensorrt, require_gpu
 
         trt = load_tensorrt()
         plan = Path(plan)
         if not plan.is_file():
             raise UsageError(f"engine {plan} does not exist")
         device = require_gpu(device_index)
+        self.engine: Any = None
+        self.context: Any = None
+        self._shape: tuple[int, ...] | None = None  # the input shape last set on the context
         self.cuda = open_cuda_lib(cuda_lib, device_index)  # makes the device current; exit 3 when no library
+        try:
+            self._open(trt, plan, device, check_compatibility, dla_core, name)
+        except BaseException:
+            self.close()  # nothing half-open: the library's context is released on a refusal too
+            raise
+
+    def _open(self, trt: Any, plan: Path, device: Any, check_compatibility: bool, dla_core: int | None, name: str) -> None:
+        sidecar = read_sidecar(plan) if check_compatibility or sidecar_path(plan).is_file() else {}
+        if dla_core is None:
+            dla_core = plan_dla_core(sidecar)
+        self.dla_core = dla_core
         if check_compatibility:
-            problems = compatibility_problems(read_sidecar(plan), str(trt.__version__), device)
+            problems = compatibility_problems(sidecar, str(trt.__version__), device)
             if problems:
                 raise UsageError(
                     f"cannot run {plan} on this machine: " + "; ".join(problems),
@@ -96,8 +122,12 @@ class TensorRTRunner:
                 )
         self.name = name
         self._trt = trt
+        from rescompile.engine.device import make_logger
+
         self._logger = make_logger(trt)
         self._runtime = trt.Runtime(self._logger)
+        if dla_core is not None:  # before deserializing: the DLA core the engine must run on (IRuntime::setDLACore)
+            self._runtime.DLA_core = dla_core
         self.engine = self._runtime.deserialize_cuda_engine(plan.read_bytes())
         if self.engine is None:
             raise RescompileError(f"TensorRT could not deserialize {plan}")
@@ -133,8 +163,9 @@ class TensorRTRunner:
         _check(self.context.execute_async_v3(self.cuda.stream_handle()), "execute_async_v3")
 
     def _run(self, x: np.ndarray) -> np.ndarray:
-        if self.dynamic:
+        if self.dynamic and tuple(x.shape) != self._shape:  # set only on a change: replays and repeated batches skip it
             _check(self.context.set_input_shape(self.input, tuple(x.shape)), f"input shape {list(x.shape)}")
+            self._shape = tuple(x.shape)
         out_shape = tuple(self.context.get_tensor_shape(self.output))
         h_in = self._h_in.view(tuple(x.shape), self.input_dtype)
         np.copyto(h_in, x, casting="same_kind")
@@ -195,12 +226,32 @@ class TensorRTRunner:
         self._graph, self._graph_key, self.graph_info, self.use_graphs = None, None, None, False
 
     def close(self) -> None:
-        self.drop_graph()
-        self._in.free()
-        self._out.free()
-        self._h_in.free()
-        self._h_out.free()
-        self.cuda.close()
+        """Free buffers, then release TensorRT's context and engine, then the CUDA library (its context last).
+
+        The engine and execution context were created in the library's CUDA context (pycuda pushes
+        one): they must be gone before that context is popped, or TensorRT frees into a dead context.
+        Safe to call twice.
+        """
+        if getattr(self, "cuda", None) is None:
+            return
+        try:
+            if getattr(self, "_graph", None) is not None:
+                self.drop_graph()
+            for buf in ("_in", "_out", "_h_in", "_h_out"):
+                if hasattr(self, buf):
+                    getattr(self, buf).free()
+        finally:
+            self.context = None
+            self.engine = None
+            self._runtime = None
+            cuda, self.cuda = self.cuda, None
+            cuda.close()
+
+    def __enter__(self) -> TensorRTRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __del__(self) -> None:
         try:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # drawing needs only the records' fields: the page renders wi
 
 FONT = "font-family:system-ui,sans-serif;font-size:10px"
 INT8, FLOAT, KEPT, QDQ, FUSE, EDGE = "#4e79a7", "#e9e9e9", "#f28e2b", "#8e44ad", "#2e8b3a", "#555"
-ENGINE_OK = ("fused-int8", "dla-int8")
+ENGINE_OK = ("fused-int8", "dla-io-int8")
 BW, BH, GAP, R = 66, 22, 44, 10  # box width/height, gap between boxes (room for a Q/DQ), Add radius
 LABEL_W, MAIN_Y, SHORT_Y = 118, 30, 70  # label column, lane centres
 SHORT_NAMES = {

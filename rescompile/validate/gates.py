@@ -28,10 +28,13 @@ from rescompile.config import Gates
 from rescompile.errors import GateFailed, UsageError
 
 if TYPE_CHECKING:
+    from rescompile.engine.dla import DlaReport
     from rescompile.engine.layerinfo import FusionReport
+    from rescompile.engine.tensorrt import EngineBuild
     from rescompile.validate.run import Measurement
 
 FUSION_GATE = "engine_residual_fusion"
+DLA_GATE = "engine_dla"
 UNFUSED_SHOWN = 5
 
 
@@ -215,6 +218,32 @@ def fusion_gate(fusion: FusionReport) -> GateResult:
         + ("" if fusion.detailed else " (no detailed layer information)")
     )
     return GateResult(FUSION_GATE, "residual Adds not fused into INT8", float(len(unfused)), 0.0, passed, message)
+
+
+def dla_gate(report: DlaReport, fusion: FusionReport) -> GateResult:
+    """The DLA check as a gate named like the others: some layer ran on DLA, and no residual Add fell back to the GPU."""
+    fallen = [a.add for a in fusion.adds if a.status == "gpu-fallback"]
+    problems = []
+    if not report.detailed:
+        problems.append("no detailed layer information: cannot tell DLA from GPU layers")
+    elif report.dla_layers == 0:
+        problems.append(f"no layer runs on DLA ({report.gpu_layers} GPU layers): the whole engine fell back to the GPU")
+    if fallen:
+        problems.append(f"{len(fallen)} residual Add(s) fell back to the GPU: {', '.join(fallen[:UNFUSED_SHOWN])}")
+    passed = not problems
+    message = (
+        f"{report.dla_layers} layer(s) on DLA, {report.gpu_layers} on the GPU; every residual Add on DLA"
+        if passed
+        else "; ".join(problems) + f" ({report.dla_layers} on DLA, {report.gpu_layers} on the GPU)"
+    )
+    return GateResult(DLA_GATE, "layers on DLA", float(report.dla_layers), 1.0, passed, message, comparison=">=")
+
+
+def engine_gates(build: EngineBuild) -> list[GateResult]:
+    """The engine's own gates: residual fusion, and for a ``--dla-core`` plan the DLA gate (:func:`dla_gate`).
+
+    One list for ``build --backend tensorrt`` and ``deploy``, so both judge an engine the same way."""
+    return [fusion_gate(build.fusion), *([dla_gate(build.dla, build.fusion)] if build.dla is not None else [])]
 
 
 @dataclass

@@ -34,3 +34,16 @@ def latency_notes(candidate: onnx.ModelProto | None, runner: str) -> list[str]:
     if candidate is None or not runner.startswith("onnxruntime"):
         return []
     return [TENSORRT_GRAPH_ON_CPU] if signed_activation_quantizers(candidate) else []
+
+
+def power_notes(runner: str) -> list[str]:
+    """On a Jetson, a TensorRT candidate's latency is read with its power state: a note for each reason it may be low
+    (power mode not MAXN, GPU clock not locked); nothing elsewhere (issue 20, docs/tensorrt.md "Jetson")."""
+    if not runner.startswith("tensorrt"):
+        return []
+    from rescompile.engine.jetson import power_state
+
+    state = power_state()
+    if state is None:
+        return []
+    return [f"Jetson latency measured with power mode {state.mode or 'unknown'}: {w}" for w in state.warnings()]

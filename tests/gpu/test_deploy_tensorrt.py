@@ -32,3 +32,8 @@ def test_deploy_builds_checks_fusions_and_validates(demo_bundle: Path, tmp_path:
     assert {g["name"] for g in report["gates"]} == {"min-agreement", "engine_residual_fusion"}
     assert (out / "model.plan").is_file() and (out / "model.plan.json").is_file()
     assert json.loads((out / "model.plan.json").read_text())["residual_fusion"]["adds"]
+    # issue 20: opt = the batch deploy validates with; each layer's precision; the Jetson power state where there is one
+    engine = report["engine"]
+    assert engine["settings"]["profile"]["opt"][0] == 32 and engine["settings"]["rest_precision"] == "fp16"
+    assert engine["layer_precision"]["layers"] and engine["dla"] is None
+    assert ("jetson" in report["host"]) is Path("/etc/nv_tegra_release").exists()

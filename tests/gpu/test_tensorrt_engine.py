@@ -111,17 +111,30 @@ def test_target_of_another_gpu_is_refused(tiny_int8_path: Path, tmp_path: Path) 
         build_engine(tiny_int8_path, get_target(other), EngineOptions(), tmp_path)
 
 
-def test_dla_build_where_the_device_has_dla(tiny_int8_path: Path, tmp_path: Path) -> None:
+def test_dla_build_where_the_device_has_dla(tiny_int8_path: Path, tmp_path: Path, tiny_data: np.ndarray) -> None:
+    """Issue 20 (D1, D2): layers really on DLA, counted, gated; the plan runs on the DLA core it was built for."""
+    from rescompile.validate.gates import dla_gate
+
     cores = trt.Runtime(make_logger(trt)).num_DLA_cores
     if cores == 0:
         pytest.skip("this GPU has no DLA")
-    if VERSION.major >= 11 and not VERSION.at_least(11, 4, 1):
+    if (VERSION.major == 10 and VERSION.at_least(10, 8)) or (VERSION.major >= 11 and not VERSION.at_least(11, 4, 1)):
         pytest.skip(f"TensorRT {VERSION} has no DLA")
     local = Target("local-dla", "this Jetson", "jetson", DEVICE.compute_capability, dla_cores=cores, memory_gib=None)
-    built = build_engine(tiny_int8_path, local, EngineOptions(dla_core=0, batches=(1,)), tmp_path)
-    assert built.settings.dla_core == 0 and built.plan.is_file()
+    core = cores - 1  # the last core: a plan that ignored the setting would land on core 0
+    built = build_engine(tiny_int8_path, local, EngineOptions(dla_core=core, batches=(1,)), tmp_path)
+    assert built.settings.dla_core == core and built.plan.is_file()
     side = json.loads(built.sidecar.read_text())
     assert (side["dla_ranges"] or 0) > 0 if VERSION.major == 10 else side["dla_ranges"] is None
+    assert built.dla is not None and built.dla.dla_layers > 0, side["dla"]  # GPU fallback of everything fails here
+    assert side["dla"]["dla_layers"] == built.dla.dla_layers and side["dla"]["gpu_layers"] == built.dla.gpu_layers
+    gate = dla_gate(built.dla, built.fusion)
+    assert gate.passed, (gate.message, built.fusion.to_dict())
+    assert {a.status for a in built.fusion.adds} <= {"dla-io-int8"}, built.fusion.to_dict()
+    r = TensorRTRunner(built.plan)
+    assert r.dla_core == core and r._runtime.DLA_core == core  # set from the sidecar before deserializing
+    assert r.infer(tiny_data[:1]).shape[0] == 1
+    r.close()
 
 
 def test_pipeline_builds_the_engine_with_backend_tensorrt(tiny_npz: Path, tmp_path: Path) -> None:
@@ -231,3 +244,59 @@ def test_latency_runs_replay_a_cuda_graph_with_the_same_results(built: EngineBui
     assert lat.cuda_graph is not None and lat.cuda_graph["used"] is (lib != "pycuda")
     assert r.graph_info is None
     r.close()
+
+
+@pytest.mark.parametrize("lib", ["cuda-python", "torch"])
+def test_a_graph_replays_correctly_across_alternating_shapes(built: EngineBuild, tiny_data: np.ndarray, lib: str) -> None:
+    """Issue 20 (D11, D15): A -> B -> A with a captured graph; set_input_shape is skipped only when the shape is unchanged."""
+    from rescompile.runtime.cuda_libs import available_libs
+
+    if not available_libs()[lib]:
+        pytest.skip(f"{lib} is not available here")
+    r = TensorRTRunner(built.plan, cuda_lib=lib)
+    a, b = tiny_data[:4], tiny_data[:16]
+    want_a, want_b = r.infer(a), r.infer(b)
+    r.enable_graph()
+    for x, want in ((a, want_a), (a, want_a), (b, want_b), (a, want_a), (b, want_b), (a, want_a)):
+        np.testing.assert_allclose(r.infer(x), want, rtol=1e-3, atol=1e-3)
+    assert r.graph_info is not None and r.graph_info["used"], r.graph_info
+    r.close()
+
+
+def test_rest_precision_fp16_and_fp32_engines_report_each_layer(tiny_int8_path: Path, tmp_path: Path, tiny_data: np.ndarray) -> None:
+    """Issue 20 item 3: both builds keep the residual Adds fused INT8; the per-layer precision is recorded."""
+    before = hashlib.sha256(tiny_int8_path.read_bytes()).hexdigest()
+    runs = {}
+    for rest in ("fp16", "fp32"):
+        b = build_engine(tiny_int8_path, get_target("gpu"), EngineOptions(batches=(1, 4), rest_precision=rest), tmp_path / rest)
+        assert [a.status for a in b.fusion.adds] == ["fused-int8"] * 2, b.fusion.to_dict()
+        side = json.loads(b.sidecar.read_text())
+        assert side["settings"]["rest_precision"] == rest and side["layer_precision"]["layers"]
+        assert (side["rest_typing"] is not None) is (rest == "fp16")
+        r = TensorRTRunner(b.plan)
+        runs[rest] = r.infer(tiny_data[:4])
+        r.close()
+    assert hashlib.sha256(tiny_int8_path.read_bytes()).hexdigest() == before  # model.int8.onnx untouched
+    np.testing.assert_allclose(runs["fp16"], runs["fp32"], rtol=5e-2, atol=5e-2)
+
+
+def test_adopt_gives_a_plan_without_sidecar_the_same_checks(built: EngineBuild, tiny_int8_path: Path, tmp_path: Path) -> None:
+    """Issue 20 (D12): a plan with no sidecar (as trtexec writes it) is adopted and then runs."""
+    from rescompile.engine.tensorrt import adopt_plan
+
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(built.plan.read_bytes())
+    with pytest.raises(UsageError, match="no sidecar"):
+        TensorRTRunner(plan)
+    adopted = adopt_plan(tiny_int8_path, plan, get_target("gpu"), EngineOptions(batches=(1, 4, 16)))
+    side = json.loads(sidecar_path(plan).read_text())
+    assert side["adopted"] and side["plan_sha256"] == hashlib.sha256(plan.read_bytes()).hexdigest()
+    assert [a.status for a in adopted.fusion.adds] == [a.status for a in built.fusion.adds]
+    TensorRTRunner(plan).close()
+
+
+def test_device_info_tells_modules_apart() -> None:
+    """Issue 20 (D16): the SM count is read; on a Jetson the module model too."""
+    assert DEVICE.sm_count is None or DEVICE.sm_count > 0
+    if DEVICE.l4t is not None:
+        assert DEVICE.module and "Jetson" in DEVICE.module

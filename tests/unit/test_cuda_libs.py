@@ -117,10 +117,11 @@ def test_pycuda_names_used_are_in_the_table_from_its_docs() -> None:
     used = {u.name for u in attribute_uses(src, "cuda", depth=1)}
     assert {"mem_alloc", "pagelocked_empty", "memcpy_htod_async", "memcpy_dtoh_async", "Stream"} <= used
     assert used <= PYCUDA_DRIVER_NAMES
-    own = {"cuda", "context", "stream"}  # attributes of the PyCuda object itself
+    own = {"cuda", "context", "stream", "close"}  # attributes of the PyCuda object itself
     members = {u.name for u in member_uses(src, ("cuda", "np")) if u.name not in own}
     assert members <= {m.split(".")[-1] for m in PYCUDA_MEMBERS}, members - {m.split(".")[-1] for m in PYCUDA_MEMBERS}
-    assert {"pop", "free", "handle", "synchronize", "make_context"} <= members
+    assert {"pop", "push", "free", "handle", "synchronize", "retain_primary_context"} <= members
+    assert "make_context" not in members  # a second, non-primary context (D6)
     device_src = (Path(cuda_libs.__file__).parent.parent / "engine" / "device.py").read_text()
     probe = {u.name for u in attribute_uses(device_src, "cuda", depth=2)}  # the pycuda GPU probe of find_gpu
     assert {"Device.count", "init"} <= probe and {p.split(".")[0] for p in probe} <= PYCUDA_DRIVER_NAMES
@@ -196,6 +197,8 @@ def test_remote_deploy_forwards_a_chosen_cuda_lib_only() -> None:
 
     assert "--cuda-lib" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")
     assert remote_deploy_command(HostSpec("h"), RemoteOptions(cuda_lib="pycuda"), "f").endswith("--cuda-lib pycuda")
+    assert "--rest-precision" not in remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")  # issue 20: fp16 is the default
+    assert remote_deploy_command(HostSpec("h"), RemoteOptions(rest_precision="fp32"), "f").endswith("--rest-precision fp32")
 
 
 @pytest.mark.parametrize("note", [graph_note(lib, err) for lib in LIBS for err in (None, "CudaError: 900")] + [None])

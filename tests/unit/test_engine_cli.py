@@ -32,7 +32,8 @@ def test_engine_without_tensorrt_exits_3_with_the_trtexec_command(tiny_int8_path
     assert code == 3
     assert "rescompile[tensorrt]" in err and "build on the device" in err
     cmd = next(line for line in out.splitlines() if line.startswith("/usr/src/tensorrt/bin/trtexec"))
-    assert f"--onnx={tiny_int8_path}" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:2048" in cmd
+    # --rest-precision fp16 (the default) builds from the typed copy model.engine.onnx
+    assert f"--onnx={tmp_path / 'model.engine.onnx'}" in cmd and "--stronglyTyped" in cmd and "--memPoolSize=workspace:2048" in cmd
     assert "--minShapes=input:1x1x16x16" in cmd and "--optShapes=input:8x1x16x16" in cmd and "--int8" not in cmd
     assert not (tmp_path / "model.plan").exists()
 

@@ -123,7 +123,7 @@ def test_sidecar_read_errors(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="not a rescompile plan sidecar"):
         read_sidecar(plan)
     sidecar_path(plan).write_text(json.dumps(_sidecar()))
-    assert read_sidecar(plan)["gpu"] == {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0"}
+    assert read_sidecar(plan)["gpu"] == {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0", "sm_count": None, "module": None}
 
 
 def test_tegra_release_parsing() -> None:

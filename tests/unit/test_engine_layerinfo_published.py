@@ -145,7 +145,7 @@ def test_adds_inside_a_dla_subgraph_get_a_dla_status_not_not_found() -> None:
         ]
     }
     report = check_residual_fusion(doc, [_block(0), _block(1)], node_order=ORDER, dla=True)
-    assert [a.status for a in report.adds] == ["dla-int8", "dla-int8"] and report.ok
+    assert [a.status for a in report.adds] == ["dla-io-int8", "dla-io-int8"] and report.ok
     before = check_residual_fusion(doc, [_block(0), _block(1)])  # without the node order nothing places them
     assert [a.status for a in before.adds] == ["not-found", "not-found"]
 
@@ -163,8 +163,9 @@ def test_dla_subgraph_in_fp16_and_gpu_fallback_are_judged_on_their_own() -> None
         ]
     }
     report = check_residual_fusion(doc, [_block(0), _block(1)], node_order=ORDER, dla=True)
-    assert [a.status for a in report.adds] == ["dla-float", "fused-int8"] and not report.ok
-    assert "DLA" in report.adds[0].note
+    # the second Add is fused INT8, but on the GPU: a DLA build whose Add fell back (D1)
+    assert [a.status for a in report.adds] == ["dla-io-float", "gpu-fallback"] and not report.ok
+    assert "DLA" in report.adds[0].note and "fused-int8" in report.adds[1].note
 
 
 def test_a_myelin_foreign_node_on_a_gpu_build_is_not_a_pass() -> None:

@@ -159,9 +159,11 @@ def test_engine_section_and_gate_of_a_gpu_build(measured, tmp_path):
         "tensorrt_version": "10.3.0",
         "target": "jetson-orin-nx-8gb",
         "build_seconds": 12.5,
-        "gpu": {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0"},
+        "gpu": {"name": "Orin", "compute_capability": [8, 7], "l4t": "36.4.0", "sm_count": None, "module": None},
         "settings": _json(settings.to_dict()),
         "residual_fusion": _json(fusion.to_dict()),
+        "dla": None,  # a --dla-core build records its DLA/GPU layer counts here
+        "layer_precision": None,
     }
     assert doc["engine"]["residual_fusion"]["ok"] and doc["engine"]["settings"]["profile"]["max"][0] == 8
 

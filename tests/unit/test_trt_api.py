@@ -228,6 +228,8 @@ TRT_MEMBERS = {
 # Attributes of our own objects, numpy, pathlib, json, onnx, time: not TensorRT.
 NOT_TRT = {
     "SerializeToString",
+    "dla",
+    "layer_precision",
     "add",
     "adds",
     "append",
@@ -332,6 +334,18 @@ NOT_TRT = {
     "_enqueue",
     "_capture",
     "drop_graph",
+    # issue 20: the layer-info JSON error, the rest-precision and DLA settings, the runner's shape memo
+    "JSONDecodeError",
+    "lineno",
+    "msg",
+    "onnx_parser_flags",
+    "rest_precision",
+    "_open",
+    "_shape",
+    "ModelProto",
+    "node_order",
+    "rest_typing",
+    "with_name",
 }
 
 
@@ -416,3 +430,35 @@ def test_device_is_selected_before_the_builder_and_the_inspector_gets_a_context(
     text = ast.unparse(info)
     assert "inspector.execution_context = context" in text and "set_input_shape" in text
     assert text.index("execution_context = context") < text.index("get_engine_information")
+
+
+# Names added for issue 20, each used on objects whose class the member table above maps to a
+# namesake (``set_flag`` is IBuilderConfig's there, ``DLA_core`` IBuilderConfig's): the classes the
+# new calls really go to, checked here.
+ISSUE20_NAMES = {
+    "Runtime.DLA_core": {10, 11},  # runtime.DLA_core = N before deserialize_cuda_engine (D2)
+    "OnnxParser.set_flag": {10, 11},  # parser.set_flag(ADJUST_FOR_DLA), 11.4.1 DLA (D9)
+    "OnnxParserFlag.ADJUST_FOR_DLA": {0, 11},  # from 10.16 on; called only on 11.x
+}
+
+
+@pytest.mark.parametrize("name", sorted(ISSUE20_NAMES))
+def test_the_names_issue_20_added_exist_where_they_are_reached(table: ApiTable, name: str) -> None:
+    assert _in(table, name) == ISSUE20_NAMES[name]
+    uses = {u.name: u.majors for u in attribute_uses(SOURCES["tensorrt.py"], "trt")}
+    assert uses["OnnxParserFlag.ADJUST_FOR_DLA"] == {11}
+
+
+def test_the_new_cuda_names_of_issue_20_exist_in_the_installed_libraries() -> None:
+    """cudaDeviceProp.multiProcessorCount (SM count), ThreadLocal capture and cudaGetLastError, torch's thread_local capture."""
+    import inspect
+
+    import torch
+
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    assert hasattr(runtime.cudaDeviceProp(), "multiProcessorCount")
+    assert hasattr(runtime.cudaStreamCaptureMode, "cudaStreamCaptureModeThreadLocal") and hasattr(runtime, "cudaGetLastError")
+    assert "capture_error_mode" in inspect.signature(torch.cuda.graph.__init__).parameters
+    assert "multi_processor_count" in dir(torch._C._CudaDeviceProperties)
+    src = Path(engine_trt.__file__).with_name("device.py").read_text()  # type: ignore[arg-type]
+    assert "prop.multiProcessorCount" in src and "get_device_properties(index).multi_processor_count" in src
