@@ -51,20 +51,13 @@ def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 
 def _fill(fs: Path) -> None:
     """Fill ``fs`` to the last byte (a file named filler)."""
-    with open(fs / "filler", "wb") as fh:
-        try:
-            while True:
-                fh.write(b"\0" * 4096)
-                fh.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    with open(fs / "filler", "ab") as fh:  # the last partial page
-        try:
-            for _ in range(4096):
-                fh.write(b"\0")
-                fh.flush()
-        except OSError:
-            pass
+    with open(fs / "filler", "wb", buffering=0) as fh:
+        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
+            try:
+                while True:
+                    fh.write(chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
 
 
 BUILD_ARGS = ["-q", "--val-size", "200", "--latency-runs", "3", "--latency-batch", "1"]

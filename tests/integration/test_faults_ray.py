@@ -180,7 +180,7 @@ def test_an_error_of_the_task_itself_is_not_retried(
     real = ray_calibrate.collect_shard
 
     def counted(*args: Any, **kwargs: Any) -> Any:
-        (starts / f"{os.getpid()}-{time.monotonic_ns()}").touch()
+        (starts / f"{args[4]}-{os.getpid()}-{time.monotonic_ns()}").touch()  # args[4]: the shard's first sample
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ray_calibrate, "collect_shard", counted)
