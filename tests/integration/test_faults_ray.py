@@ -250,43 +250,83 @@ def _raylet_of(node_ip_port: int) -> int | None:
     return None
 
 
+def _processes_of(tag: str) -> list[int]:
+    """Processes whose command line holds ``tag`` (the cluster's own temp dir: every Ray process of it names it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int(entry.name) != os.getpid() and tag.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            pass
+    return found
+
+
 @pytest.fixture()
-def two_node_cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A head with no CPU (the driver's) and two worker nodes of 1 CPU each, all on 127.0.0.1, started with ``ray start``."""
-    if ray.is_initialized():
-        ray.shutdown()
+def two_node_cluster() -> Iterator[dict[str, Any]]:
+    """A head with no CPU (the driver's) and two worker nodes of 1 CPU each, all on 127.0.0.1, started with ``ray start``.
+
+    Stopped by killing the processes that name its own temp dir (never ``ray stop``, which would stop every Ray here).
+    """
+    import shutil
+    import tempfile
+
     from sshd import free_port
 
+    if ray.is_initialized():
+        ray.shutdown()
+    before = os.environ.get("RAY_AUTH_MODE")
+    temp = tempfile.mkdtemp(prefix="rf-", dir="/tmp")  # short: Ray's socket paths live under it (a Unix socket path is <= 107 bytes)
     port = free_port()
-    env = {**os.environ, "RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "4", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        **os.environ,
+        "RAY_health_check_period_ms": "500",
+        "RAY_health_check_timeout_ms": "500",
+        "RAY_health_check_failure_threshold": "4",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        # no token: ~/.ray/auth_token is shared with any other Ray started on this machine meanwhile (a loopback-only cluster)
+        "RAY_AUTH_MODE": "disabled",
+    }
     ray_bin = str(Path(sys.executable).parent / "ray")
-    ray_bin = ray_bin if Path(ray_bin).exists() else "ray"
-    head = [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--node-ip-address=127.0.0.1", "--include-dashboard=false"]
-    subprocess.run([*head, f"--temp-dir={tmp_path / 'ray'}"], check=True, env=env, capture_output=True, timeout=120)
-    ports = []
+    common = ["--node-ip-address=127.0.0.1", f"--temp-dir={temp}"]
+    ports: list[int] = []
     try:
+        started = subprocess.run(
+            [ray_bin, "start", "--head", f"--port={port}", "--num-cpus=0", "--include-dashboard=false", *common],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
         for _ in range(2):
-            nm = free_port()
-            ports.append(nm)
-            subprocess.run(
-                [
-                    ray_bin,
-                    "start",
-                    f"--address=127.0.0.1:{port}",
-                    "--num-cpus=1",
-                    "--node-ip-address=127.0.0.1",
-                    f"--node-manager-port={nm}",
-                ],
-                check=True,
+            ports.append(free_port())
+            started = subprocess.run(
+                [ray_bin, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", f"--node-manager-port={ports[-1]}", *common],
                 env=env,
                 capture_output=True,
-                timeout=120,
+                text=True,
+                timeout=180,
             )
+            assert started.returncode == 0, started.stdout[-2000:] + started.stderr[-2000:]
+        before = os.environ.get("RAY_AUTH_MODE")
+        os.environ["RAY_AUTH_MODE"] = "disabled"
         ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
         yield {"node_manager_ports": ports}
     finally:
         ray.shutdown()
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        if before is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = before
+        for _ in range(3):
+            for pid in _processes_of(temp):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.5)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def kills_its_raylet_once(fn: Callable[..., Any], marker: Path) -> Callable[..., Any]:
