@@ -235,6 +235,9 @@ def deploy_host(
     part = f"{folder}/.model.rcb.part-{secrets.token_hex(4)}"
     proc = _run([*ssh_base(opts, host.port, scp=True), "--", str(bundle), f"{dest}:{part}"], opts.timeout)
     if proc.returncode != 0:
+        full = None if _LINK_LOST.search(proc.stderr or "") else _remote_space(ssh, dest, folder, part, bundle.stat().st_size)
+        if full is not None:  # scp over SFTP says only "failed to upload": the device's disk is full, say so (exit 5)
+            return done(REMOTE_FAULT, "copy", f"No space left on device on {dest}: {folder} ({full})")
         return ssh_failure("copy", proc, connected=True)
 
     log_path = local / "deploy.log"
@@ -286,6 +289,19 @@ def deploy_host(
     missing_plan = opts.fetch_plan and PLAN not in fetched and code == 0
     message = _first_error(chr(10).join(tail)) if code != 0 else "passed" + (" (no plan to fetch)" if missing_plan else "")
     return done(code, "done", message, report=report, passed=passed, agreement_top1=top1, fetched=fetched)
+
+
+def _remote_space(ssh: list[str], dest: str, folder: str, part: str, needed: int) -> str | None:
+    """After a failed copy: remove its part and return "needed X, Y free" when the device's disk lacks room, else None."""
+    from rescompile.errors import format_bytes
+
+    q = shlex.quote
+    proc = _run([*ssh, "--", dest, f"rm -f {q(part)}; df -Pk {q(folder)} | tail -n 1"], 60)
+    fields = proc.stdout.split()
+    if proc.returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
+        return None
+    free = int(fields[3]) * 1024
+    return f"needed {format_bytes(needed)}, {format_bytes(free)} free" if free < needed else None
 
 
 def _fetch(opts: RemoteOptions, host: HostSpec, source: str, target: Path) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,13 @@ test_faults_ray.py, SSH faults in test_faults_ssh.py.
 
 from __future__ import annotations
 
-import errno
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from faults_fixtures import fill
 from typer.testing import CliRunner
 
 from rescompile.cli import app
@@ -26,38 +26,6 @@ def _snapshot(folder: Path, *, folders: bool = True) -> dict[str, bytes]:
     return {
         str(p.relative_to(folder)): p.read_bytes() if p.is_file() else b"<dir>" for p in sorted(folder.rglob("*")) if folders or p.is_file()
     }
-
-
-@pytest.fixture()
-def small_fs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
-    """``mount(kib)``: a fresh tmpfs of that size under tmp_path (unmounted after the test)."""
-    mounted: list[Path] = []
-
-    def mount(kib: int) -> Path:
-        where = tmp_path / f"fs{len(mounted)}"
-        where.mkdir()
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(where)], capture_output=True, text=True)
-        if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {proc.stderr.strip() or proc.returncode}")
-        mounted.append(where)
-        return where
-
-    try:
-        yield mount
-    finally:
-        for where in mounted:
-            subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def _fill(fs: Path) -> None:
-    """Fill ``fs`` to the last byte (a file named filler)."""
-    with open(fs / "filler", "wb", buffering=0) as fh:
-        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
-            try:
-                while True:
-                    fh.write(chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
 
 
 BUILD_ARGS = ["-q", "--val-size", "200", "--latency-runs", "3", "--latency-batch", "1"]
@@ -110,7 +78,7 @@ def test_every_command_writing_to_a_full_disk_exits_5_and_leaves_nothing(
     small_fs: Callable[[int], Path], small_demo_build: Path, demo_bundle: Path, command: str
 ) -> None:
     fs = small_fs(512)
-    _fill(fs)
+    fill(fs)
     before = _snapshot(fs, folders=False)
     result = runner.invoke(app, _commands(small_demo_build, demo_bundle, fs)[command], env={"COLUMNS": "400"})
     assert result.exit_code == 5, result.output

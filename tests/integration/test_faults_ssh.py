@@ -196,3 +196,20 @@ def test_a_link_dropped_mid_run_fails_that_host_the_others_finish_and_a_rerun_de
     forced = runner.invoke(app, [*args, "--force"])
     assert forced.exit_code == 0, forced.output
     assert "skipped" not in forced.output and forced.output.count(": PASS in ") == 3
+
+
+def test_a_device_whose_disk_is_full_fails_the_copy_with_exit_5_and_keeps_no_part(
+    lab: SshLab, demo_bundle: Path, tmp_path: Path, small_fs: Callable[[int], Path]
+) -> None:
+    from faults_fixtures import fill
+
+    device = small_fs(256)  # the "device's" disk: a full tmpfs
+    (device / "rd").mkdir()
+    fill(device)
+    args = ["deploy", str(demo_bundle), "--host", "h1", "--backend", "onnxruntime", "--remote-cmd", _wrapper(tmp_path / "rc")]
+    result = runner.invoke(app, [*args, *_ssh_args(lab, device / "rd", tmp_path / "out")])
+    assert result.exit_code == 5, result.output
+    (line,) = [ln for ln in result.output.splitlines() if ln.startswith("h1: ")]
+    assert line.startswith("h1: FAIL (exit 5) in ") and f", copy: No space left on device on h1: {device}/rd/demo (needed " in line
+    assert line.endswith(", 0 B free)")
+    assert list((device / "rd" / "demo").iterdir()) == []  # the part of the failed copy was removed
