@@ -73,14 +73,18 @@ _LOGS: dict[str, Any] = {}  # Ray job id -> the AttemptLog actor of this driver
 
 
 def _attempt_log(ray: Any) -> Any:
-    job = str(ray.get_runtime_context().get_job_id())
-    if job not in _LOGS:
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    """This driver's AttemptLog actor (one per Ray job); None where one cannot be made (then no attempt is recorded)."""
+    try:
+        job = str(ray.get_runtime_context().get_job_id())
+        if job not in _LOGS:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # lives and dies with the driver
-        _LOGS.clear()
-        _LOGS[job] = ray.remote(AttemptLog).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
-    return _LOGS[job]
+            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # lives and dies with the driver
+            _LOGS.clear()
+            _LOGS[job] = ray.remote(AttemptLog).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+        return _LOGS[job]
+    except Exception:  # noqa: BLE001 - e.g. a Ray client connection without a node of its own: retries still work, unrecorded
+        return None
 
 
 def _attempted(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
@@ -93,7 +97,8 @@ def _attempted(fn: Callable[..., Any]) -> Callable[..., tuple[str, Any]]:
         from rescompile.scale.cluster import node_label
 
         try:
-            ray.get(log.start.remote(key, node_label(ray)), timeout=60)
+            if log is not None:
+                ray.get(log.start.remote(key, node_label(ray)), timeout=60)
         except Exception:  # noqa: BLE001, S110 - the log is a record, not part of the result
             pass
         return inner(*args, **kwargs)
@@ -167,7 +172,7 @@ class TaskGroup:
     def attempts(self, ref: Any) -> list[dict[str, str]]:
         """Where each attempt of the task ``ref`` started (empty when the log cannot be read)."""
         try:
-            return list(self.ray.get(self.log.attempts.remote([self.keys[ref]]), timeout=60)[self.keys[ref]])
+            return list(self.ray.get(self.log.attempts.remote([self.keys[ref]]), timeout=60)[self.keys[ref]]) if self.log else []
         except Exception:  # noqa: BLE001 - a record, best effort
             return []
 
@@ -191,7 +196,7 @@ class TaskGroup:
     def retried(self, refs: list[Any]) -> list[dict[str, Any]]:
         """``{"task", "attempts", "nodes"}`` of every task of ``refs`` that started more than once."""
         try:
-            starts = self.ray.get(self.log.attempts.remote([self.keys[r] for r in refs]), timeout=60)
+            starts = self.ray.get(self.log.attempts.remote([self.keys[r] for r in refs]), timeout=60) if self.log else {}
         except Exception:  # noqa: BLE001 - a record, best effort
             return []
         found = []
