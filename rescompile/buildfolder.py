@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rescompile.errors import UsageError
+from rescompile.errors import UsageError, read_failure
 from rescompile.io import sha256_file
 
 MANIFEST = "manifest.json"
@@ -91,7 +91,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path} is not a rescompile manifest (larger than {MAX_MANIFEST_BYTES >> 20} MiB)")
         doc = json.loads(path.read_bytes())
     except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise read_failure(exc, "manifest", path) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UsageError(
             f"{path} is damaged: not valid JSON ({str(exc).splitlines()[0][:120]})", hint="rebuild into this folder, or remove it"

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rescompile.buildfolder import MANIFEST, ForeignManifest, failed_path, read_manifest
-from rescompile.errors import GateFailed, UsageError
+from rescompile.errors import EnvironmentFault, GateFailed, UsageError, environment_fault
 from rescompile.io import _umask
 
 log = logging.getLogger("rescompile.publish")
@@ -101,6 +101,9 @@ def check_out(out: Path) -> Path:
     try:  # really create something: os.access() trusts mode bits that root ignores, and misjudges NFS root squash or ACLs
         os.rmdir(tempfile.mkdtemp(prefix=f".{absolute.name}.probe-{os.getpid()}-", dir=existing))
     except OSError as exc:
+        fault = environment_fault(exc, existing)  # a read-only or full file system: the machine's fault, not the user's (exit 5)
+        if fault is not None:
+            raise fault from None
         raise UsageError(
             f"cannot write --out {out}: {existing} is not writable ({exc.strerror or exc})", hint="choose a folder you can write to"
         ) from None
@@ -211,6 +214,9 @@ def _swap(stage: Path, dest: Path) -> None:
                 continue  # a concurrent build published between our two renames: move it aside too
             if isinstance(exc, OSError):
                 kept = "the previous build is unchanged" if os.path.lexists(dest) else "nothing was published"
+                fault = environment_fault(exc, dest)
+                if fault is not None:
+                    raise type(fault)(f"{fault.message}; could not publish the build, {kept}", hint=fault.hint) from None
                 raise UsageError(f"could not publish the build to {dest}: {exc.strerror or exc}; {kept}") from None
             raise
         if old is not None:
@@ -237,6 +243,7 @@ def staged(out: Path) -> Iterator[Path]:
 
     Raises:
         UsageError: ``out`` cannot be published to (see :func:`check_out`), checked before the block runs.
+        EnvironmentFault: the machine failed a write in the block (a full disk...): the message adds what ``out`` keeps.
     """
     out = check_out(out)
     clean_leftovers(out)
@@ -248,6 +255,12 @@ def staged(out: Path) -> Iterator[Path]:
         except GateFailed:
             _swap(stage, failed_path(out))
             raise
+        except Exception as exc:  # a full or failing disk (exit 5): say what the user keeps, the fault hit the staging folder
+            fault = environment_fault(exc)
+            if fault is None:
+                raise
+            kept = f"{out} keeps the previous build" if _is_stale_failed(out) else "nothing was published"
+            raise EnvironmentFault(f"{fault.message}; {kept}", hint=fault.hint) from None
         _swap(stage, out)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone after a swap; removed here after any error or interrupt

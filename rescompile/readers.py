@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rescompile.errors import UsageError
+from rescompile.errors import UsageError, read_failure
 
 T = TypeVar("T")
 
@@ -58,8 +58,8 @@ def check_file(path: Path | str, what: str) -> Path:
             raise UsageError(f"{what} {path} is a folder, not a file")
         if not path.is_file():
             raise UsageError(f"{what} {path} is not a regular file")
-    except OSError as exc:  # e.g. a name too long, a permission denied on a parent folder
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or first_line(exc)}") from None
+    except OSError as exc:  # e.g. a name too long, a permission denied on a parent folder; EIO is the machine's (exit 5)
+        raise read_failure(exc, what, path) from None
     if not os.access(path, os.R_OK):
         raise UsageError(f"cannot read {what} {path}: permission denied")
     return path
@@ -75,7 +75,7 @@ def read_bytes(path: Path | str, what: str, *, limit: int | None = None) -> byte
         with open(path, "rb") as fh:
             return fh.read()
     except OSError as exc:
-        raise UsageError(f"cannot read {what} {path}: {exc.strerror or first_line(exc)}") from None
+        raise read_failure(exc, what, path) from None
 
 
 def describe(head: bytes) -> str:

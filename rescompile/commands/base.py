@@ -1,8 +1,11 @@
 """The Typer app every command registers on, its consoles, and the one place errors become exit codes.
 
 Exit codes: 0 success, 1 a gate (or parity/verification check) failed, 2 bad input or
-usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report);
-130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
+usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please report),
+5 the machine failed the command (disk full, quota, read-only file system, I/O error, too many
+open files: an ``OSError`` of ``errors.FAULT_ERRNOS`` raised anywhere), 6 a Ray worker or node
+or an SSH link was lost for good (retries ran out); 130 interrupted (Ctrl-C), 143 terminated
+(SIGTERM). docs/faults.md lists every fault and what is kept.
 
 ``app.command()`` registers a command whose body runs under :func:`exit_codes`, whose
 option-group parameters (``rescompile.commands.groups``) are expanded for Typer, and whose
@@ -25,7 +28,7 @@ from rich.markup import escape
 
 from rescompile.commands.groups import expand_groups
 from rescompile.commands.helpformat import HelpCommand
-from rescompile.errors import GateFailed, RescompileError, Terminated
+from rescompile.errors import GateFailed, RescompileError, Terminated, environment_fault
 
 F = TypeVar("F", bound=Callable[..., Any])
 # Already an exit, or click's own usage error: not ours to map (click is vendored by recent Typer, hence the lookup).
@@ -95,7 +98,9 @@ def exit_codes() -> Iterator[None]:
     """Run the body; turn rescompile errors into one-line messages and exit codes (``typer.Exit``).
 
     Ctrl-C exits 130 and SIGTERM 143 (128 + the signal number, as shells report a process killed by it),
-    after the build's staging folder is removed. Anything else is a bug: traceback and exit 4
+    after the build's staging folder is removed. An ``OSError`` of ``errors.FAULT_ERRNOS`` (a full disk, a
+    read-only or failing file system, too many open files), anywhere in the exception's cause chain, is
+    the machine's fault: one line naming the path, exit 5. Anything else is a bug: traceback and exit 4
     (re-raised when RESCOMPILE_DEBUG is set).
     """
     try:
@@ -104,10 +109,7 @@ def exit_codes() -> Iterator[None]:
     except _CLICK_EXITS:
         raise
     except RescompileError as exc:
-        # escape: messages and hints hold brackets ("pip install 'rescompile[tensorrt]'") that are not markup
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
-        if exc.hint:
-            err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
+        _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -115,7 +117,11 @@ def exit_codes() -> Iterator[None]:
     except Terminated:
         err_console.print("terminated")
         raise typer.Exit(143) from None
-    except Exception:
+    except Exception as exc:
+        fault = environment_fault(exc)  # a full disk, a read-only or failing file system anywhere: not a bug (exit 5)
+        if fault is not None:
+            _print_error(fault)
+            raise typer.Exit(fault.exit_code) from None
         if os.environ.get("RESCOMPILE_DEBUG"):
             raise
         import traceback
@@ -123,6 +129,13 @@ def exit_codes() -> Iterator[None]:
         traceback.print_exc()
         err_console.print("[bold red]internal error[/] (a bug in rescompile): please report it with the traceback above.")
         raise typer.Exit(4) from None
+
+
+def _print_error(exc: RescompileError) -> None:
+    # escape: messages and hints hold brackets ("pip install 'rescompile[tensorrt]'") that are not markup
+    err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, markup=True, soft_wrap=True)
+    if exc.hint:
+        err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
 
 
 @contextmanager

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from rescompile.commands.base import app, console, err_console, show_failed_result
 from rescompile.commands.groups import OptionGroup
+from rescompile.io import write_json
 
 _REMOTE = "Remote (SSH)"
 
@@ -57,6 +57,10 @@ class RemoteFlags(OptionGroup):
         Path | None,
         typer.Option("--json", help="Fleet: write the per-host results as JSON here (default: <out>/fleet.json).", rich_help_panel=_REMOTE),
     ] = None
+    force: Annotated[
+        bool,
+        typer.Option(help="Fleet: deploy again on hosts that passed with this bundle before (else skipped).", rich_help_panel=_REMOTE),
+    ] = False
 
 
 @app.command(
@@ -82,7 +86,8 @@ def deploy(
     With --host or --hosts, copies the bundle with the system's ssh/scp (your keys, agent and ssh
     config; BatchMode, never a password prompt), runs `rescompile deploy` there, streams its output,
     copies the reports back to <out>/<host>/ and exits with the device's exit code (a fleet: 1 if any
-    host failed).
+    host failed). A link that drops during the copy or the run fails that host with exit 6; running
+    the same fleet command again skips the hosts that passed with this bundle (--force: all again).
     """
     from rescompile.errors import UsageError
 
@@ -142,7 +147,7 @@ def _remote(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> None:
         raise typer.Exit(res.exit_code)
 
     console.print(f"deploying {bundle.name} on {len(specs)} hosts, {flags.parallel} at a time", highlight=False)
-    results = remote.deploy_fleet(bundle, specs, opts, parallel=flags.parallel, on_done=_host_line)
+    results = remote.deploy_fleet(bundle, specs, opts, parallel=flags.parallel, on_done=_host_line, force=flags.force)
     t = Table(title=f"fleet: {sum(r.exit_code == 0 for r in results)} of {len(results)} passed", title_justify="left")
     for col in ("host", "exit", "stage", "agreement", "seconds", "message"):
         t.add_column(col, overflow="fold")
@@ -159,18 +164,18 @@ def _remote(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> None:
     doc = {
         "schema": "rescompile.fleet/1",
         "bundle": str(bundle),
+        "bundle_sha256": results[0].bundle_sha256 if results else None,
         "passed": all(r.exit_code == 0 for r in results),
         "hosts": [r.to_dict() for r in results],
     }
     path = flags.json_out or Path(opts.out) / "fleet.json"
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(Path(path), doc)
     console.print(f"results: {path}", highlight=False)
     raise typer.Exit(0 if doc["passed"] else 1)
 
 
 def _host_line(r: Any) -> None:
-    status = "PASS" if r.exit_code == 0 else f"FAIL (exit {r.exit_code})"
+    status = ("PASS (skipped)" if r.skipped else "PASS") if r.exit_code == 0 else f"FAIL (exit {r.exit_code})"
     line = f"{r.host}: {status} in {r.seconds:.1f} s, {r.stage}: {r.message}"
     (console if r.exit_code == 0 else err_console).print(line, markup=False, highlight=False, soft_wrap=True)
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from rescompile.data.layout import check_layout
 from rescompile.data.preprocess import Preprocess, load_image, normalize_pixels
-from rescompile.errors import UsageError
+from rescompile.errors import UsageError, environment_fault
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -295,8 +295,9 @@ def open_source(spec: str | Path, *, layout: str = "nchw", limit: int | None = N
         if path.is_dir():
             try:
                 src = _load_folder(path)
-            except OSError as exc:  # an unreadable subfolder, a symlink loop
-                raise UsageError(f"cannot list images under {path}: {exc.strerror or exc} ({exc.filename})") from None
+            except OSError as exc:  # an unreadable subfolder, a symlink loop (an I/O error is the machine's: exit 5)
+                reason = f"{exc.strerror or exc} ({exc.filename})"
+                raise environment_fault(exc, path) or UsageError(f"cannot list images under {path}: {reason}") from None
         elif path.suffix.lower() in (".npy", ".npz"):
             src = _load_arrays(path, layout)
         else:

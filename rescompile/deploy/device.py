@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -176,7 +175,9 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
 
     # the bundle's own copy first: a damaged model (anyone can re-make the hashes) is exit 2 before anything is written
     runner = open_runner(bundle.file(INT8_ONNX), threads=opts.threads, name="onnxruntime-int8")
-    shutil.copyfile(bundle.file(INT8_ONNX), out / INT8_ONNX)
+    from rescompile.io import write_bytes_atomic
+
+    write_bytes_atomic(out / INT8_ONNX, bundle.file(INT8_ONNX).read_bytes())  # whole or not at all (a dropped ssh link)
     return runner, {"onnxruntime_version": onnxruntime.__version__, "providers": ["CPUExecutionProvider"]}, []
 
 

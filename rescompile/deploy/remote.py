@@ -8,14 +8,27 @@ bundle, run ``<remote-cmd> deploy`` there (its output streamed), copy the report
 the plan with ``fetch_plan``); the host's result is the remote exit code.
 
 Exit codes of the remote step are kept as they are (0 passed, 1 a gate failed, 2 bad input,
-3 missing TensorRT...); ``ssh`` itself exits 255 when it cannot connect or authenticate,
-which becomes :data:`UNREACHABLE` here, and a remote shell's 126/127 ("command not found")
-becomes :data:`NOT_INSTALLED`, each with a one-line reason.
+3 missing TensorRT, 5 the device's disk is full...); ``ssh`` itself exits 255 when it cannot
+connect or authenticate, which becomes :data:`UNREACHABLE` here, and a remote shell's 126/127
+("command not found") becomes :data:`NOT_INSTALLED`, each with a one-line reason. A link that
+drops after the connection was made (during the copy, the remote run or the fetch) is
+:data:`LINK_LOST` (exit 6, :class:`~rescompile.errors.WorkerLost`): that host failed, the others go on.
+
+Nothing is left half-written on either side: the bundle is copied to a hidden ``.model.rcb.part-*``
+name and renamed to ``model.rcb`` by the command that runs it (the next run removes a part left by
+a dropped link), the device writes its plan and reports whole (``rescompile.io``), and fetched files
+are renamed into place only once complete. Each host's outcome is recorded in
+``<out>/<host>/`` :data:`HOST_RECORD` with the bundle's sha256 and the remote command, so
+:func:`deploy_fleet` skips a host that already passed with the same bundle and command (``force``
+runs it again): a flaky link costs one host's time, not the fleet's.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -28,11 +41,22 @@ from pathlib import Path
 from typing import Any
 
 from rescompile.buildfolder import DEPLOY_FETCHED, DEPLOY_REPORT, ENGINE_ARTIFACTS, PLAN
-from rescompile.errors import MissingDependency, UsageError
+from rescompile.errors import EnvironmentFault, MissingDependency, UsageError, WorkerLost, environment_fault
 
 SSH_FAILED = 255  # OpenSSH: "ssh exits with the exit status of the remote command or with 255 if an error occurred"
 UNREACHABLE = 2  # a host that cannot be reached or refuses the key: the user's input (host, key) is wrong
 NOT_INSTALLED = 3  # rescompile is not on the remote PATH: a missing dependency on the device
+LINK_LOST = WorkerLost.exit_code  # the link dropped after connecting (copy, remote run, fetch): run the fleet again
+REMOTE_FAULT = EnvironmentFault.exit_code  # the device's disk is full or read-only (seen in the copy's own message)
+HOST_RECORD = "host.json"  # <out>/<host>/host.json: the host's last result, with the bundle's sha256
+HOST_SCHEMA = "rescompile.fleet-host/1"
+# What ssh/scp print when an established connection goes away (as opposed to a refused one, or a remote error).
+_LINK_LOST = re.compile(
+    r"connection (closed|reset|lost|timed out)|broken pipe|lost connection|client_loop|packet_write|timeout, server|"
+    r"connection to .* closed by remote host|disconnected",
+    re.IGNORECASE,
+)
+_DISK_FULL = re.compile(r"no space left on device|disk quota exceeded|read-only file system|input/output error", re.IGNORECASE)
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -83,6 +107,8 @@ class HostResult:
     passed: bool | None = None
     agreement_top1: float | None = None
     fetched: list[str] = field(default_factory=list)
+    bundle_sha256: str | None = None
+    skipped: bool = False  # passed earlier with this bundle and command (deploy_fleet without force)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,43 +179,79 @@ def _run(cmd: list[str], timeout: float | None) -> subprocess.CompletedProcess[s
         return subprocess.CompletedProcess(cmd, SSH_FAILED, "", f"timed out after {timeout:.0f} s")
 
 
-def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Callable[[str], None] | None = None) -> HostResult:
+def host_folder(opts: RemoteOptions, host: HostSpec) -> Path:
+    """``<out>/<host>``: where a host's fetched files, ``deploy.log`` and :data:`HOST_RECORD` go."""
+    return Path(opts.out) / _SAFE.sub("_", host.label)
+
+
+def remote_folder(opts: RemoteOptions, bundle: Path) -> str:
+    return f"{opts.remote_dir.rstrip('/')}/{_SAFE.sub('_', bundle.stem) or 'model'}"
+
+
+def deploy_host(
+    bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Callable[[str], None] | None = None, *, sha256: str | None = None
+) -> HostResult:
     """Deploy ``bundle`` on one host; never raises for a host's failure (the result says what failed).
 
     Args:
         bundle: the local ``.rcb`` file.
         host: the device.
-        opts: the shared options; ``opts.out / <host>`` receives the fetched files and ``deploy.log``.
+        opts: the shared options; ``opts.out / <host>`` receives the fetched files, ``deploy.log`` and :data:`HOST_RECORD`.
         on_line: called with every line of the remote deploy's output as it arrives (streaming).
+        sha256: the bundle's sha256, when the caller has it (recorded with the result).
+
+    Raises:
+        EnvironmentFault: this machine's disk failed writing the host's files (exit 5).
     """
+    from rescompile.io import sha256_file, write_json
+
     t0 = time.perf_counter()
     label = host.label
-    local = Path(opts.out) / _SAFE.sub("_", label)
+    local = host_folder(opts, host)
     local.mkdir(parents=True, exist_ok=True)
-    stem = _SAFE.sub("_", bundle.stem) or "model"
-    folder = f"{opts.remote_dir.rstrip('/')}/{stem}"
+    folder = remote_folder(opts, bundle)
     ssh = ssh_base(opts, host.port)
     dest = host.destination
+    digest = sha256 or sha256_file(bundle)
+    command = remote_deploy_command(host, opts, folder)
 
     def done(code: int, stage: str, message: str, **kw: Any) -> HostResult:
-        return HostResult(label, dest, code, round(time.perf_counter() - t0, 3), stage, message, **kw)
+        res = HostResult(label, dest, code, round(time.perf_counter() - t0, 3), stage, message, bundle_sha256=digest, **kw)
+        write_json(local / HOST_RECORD, {"schema": HOST_SCHEMA, "command": command, **res.to_dict()})
+        return res
 
-    def ssh_failure(stage: str, proc: subprocess.CompletedProcess[str]) -> HostResult:
+    def ssh_failure(stage: str, proc: subprocess.CompletedProcess[str], connected: bool) -> HostResult:
+        said = _first_error(proc.stderr or proc.stdout)
+        if _DISK_FULL.search(said):
+            return done(REMOTE_FAULT, stage, f"{stage} failed on {dest}: {said}")
+        if connected and (proc.returncode == SSH_FAILED or _LINK_LOST.search(said)):
+            return done(LINK_LOST, stage, f"lost the link to {dest} during the {stage}: {said}")
         if proc.returncode == SSH_FAILED:
-            return done(UNREACHABLE, stage, f"cannot reach {dest}: {_first_error(proc.stderr)}")
-        return done(proc.returncode, stage, f"{stage} failed on {dest}: {_first_error(proc.stderr or proc.stdout)}")
+            return done(UNREACHABLE, stage, f"cannot reach {dest}: {said}")
+        return done(proc.returncode, stage, f"{stage} failed on {dest}: {said}")
 
-    proc = _run([*ssh, "--", dest, f"mkdir -p {shlex.quote(folder)}"], opts.connect_timeout * 3 + 30)
+    q = shlex.quote
+    # the folder, without the part a dropped copy may have left there
+    proc = _run([*ssh, "--", dest, f"mkdir -p {q(folder)} && rm -f {q(folder)}/.model.rcb.part-*"], opts.connect_timeout * 3 + 30)
     if proc.returncode != 0:
-        return ssh_failure("connect", proc)
-    proc = _run([*ssh_base(opts, host.port, scp=True), "--", str(bundle), f"{dest}:{folder}/model.rcb"], opts.timeout)
+        return ssh_failure("connect", proc, connected=False)
+    part = f"{folder}/.model.rcb.part-{secrets.token_hex(4)}"
+    proc = _run([*ssh_base(opts, host.port, scp=True), "--", str(bundle), f"{dest}:{part}"], opts.timeout)
     if proc.returncode != 0:
-        return ssh_failure("copy", proc)
+        full = None if _LINK_LOST.search(proc.stderr or "") else _remote_space(ssh, dest, folder, part, bundle.stat().st_size)
+        if full is not None:  # scp over SFTP says only "failed to upload": the device's disk is full, say so (exit 5)
+            return done(REMOTE_FAULT, "copy", f"No space left on device on {dest}: {folder} ({full})")
+        return ssh_failure("copy", proc, connected=True)
 
     log_path = local / "deploy.log"
-    cmd = [*ssh, "--", dest, remote_deploy_command(host, opts, folder)]
+    # the whole bundle takes its name only now: a copy cut short never looks like a bundle
+    cmd = [*ssh, "--", dest, f"mv -f {q(part)} {q(folder)}/model.rcb && {command}"]
     tail: list[str] = []
-    with open(log_path, "w", encoding="utf-8") as log:
+    try:
+        log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below, streamed line by line
+    except OSError as exc:
+        raise environment_fault(exc, log_path) or exc from None
+    with log:
         p = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
         )
@@ -206,7 +268,7 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
         if timer:
             timer.cancel()
     if code == SSH_FAILED:
-        return done(UNREACHABLE, "deploy", f"lost {dest}: {_first_error(chr(10).join(tail))}")
+        return done(LINK_LOST, "deploy", f"lost the link to {dest} during the remote run: {_first_error(chr(10).join(tail))}")
     if code in (126, 127):
         return done(
             NOT_INSTALLED,
@@ -218,9 +280,11 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
     wanted = DEPLOY_FETCHED + (ENGINE_ARTIFACTS if opts.fetch_plan else ())
     fetched: list[str] = []
     for name in wanted:
-        proc = _run([*ssh_base(opts, host.port, scp=True), "--", f"{dest}:{folder}/out/{name}", str(local / name)], 120)
+        proc = _fetch(opts, host, f"{dest}:{folder}/out/{name}", local / name)
         if proc.returncode == 0:
             fetched.append(name)
+        elif proc.returncode == SSH_FAILED or _LINK_LOST.search(proc.stderr or ""):
+            return done(LINK_LOST, "fetch", f"lost the link to {dest} fetching {name}: {_first_error(proc.stderr)}", fetched=fetched)
     report, passed, top1 = None, None, None
     if DEPLOY_REPORT in fetched:
         report = str(local / DEPLOY_REPORT)
@@ -228,6 +292,56 @@ def deploy_host(bundle: Path, host: HostSpec, opts: RemoteOptions, on_line: Call
     missing_plan = opts.fetch_plan and PLAN not in fetched and code == 0
     message = _first_error(chr(10).join(tail)) if code != 0 else "passed" + (" (no plan to fetch)" if missing_plan else "")
     return done(code, "done", message, report=report, passed=passed, agreement_top1=top1, fetched=fetched)
+
+
+def _remote_space(ssh: list[str], dest: str, folder: str, part: str, needed: int) -> str | None:
+    """After a failed copy: remove its part and return "needed X, Y free" when the device's disk lacks room, else None."""
+    from rescompile.errors import format_bytes
+
+    q = shlex.quote
+    proc = _run([*ssh, "--", dest, f"rm -f {q(part)}; df -Pk {q(folder)} | tail -n 1"], 60)
+    fields = proc.stdout.split()
+    if proc.returncode != 0 or len(fields) < 4 or not fields[3].isdigit():
+        return None
+    free = int(fields[3]) * 1024
+    return f"needed {format_bytes(needed)}, {format_bytes(free)} free" if free < needed else None
+
+
+def _fetch(opts: RemoteOptions, host: HostSpec, source: str, target: Path) -> subprocess.CompletedProcess[str]:
+    """``scp`` one file back, under a hidden name renamed into place once whole (a dropped link leaves no half file)."""
+    part = target.with_name(f".{target.name}.part-{secrets.token_hex(4)}")
+    try:
+        proc = _run([*ssh_base(opts, host.port, scp=True), "--", source, str(part)], 120)
+        if proc.returncode == 0:
+            os.replace(part, target)
+        return proc
+    except OSError as exc:
+        raise environment_fault(exc, target) or exc from None
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def previous_pass(bundle_sha256: str, host: HostSpec, opts: RemoteOptions, bundle: Path) -> HostResult | None:
+    """The recorded result of ``host`` when it passed with this very bundle and remote command, else None."""
+    path = host_folder(opts, host) / HOST_RECORD
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("schema") != HOST_SCHEMA:
+        return None
+    command = remote_deploy_command(host, opts, remote_folder(opts, bundle))
+    same = doc.get("bundle_sha256") == bundle_sha256 and doc.get("command") == command
+    if not same or doc.get("exit_code") != 0 or doc.get("destination") != host.destination:
+        return None
+    known = {f for f in HostResult.__dataclass_fields__ if f in doc}
+    try:
+        res = HostResult(**{k: doc[k] for k in known})
+    except TypeError:
+        return None
+    res.skipped, res.seconds = True, 0.0
+    res.message = f"passed earlier with this bundle (sha256 {bundle_sha256[:12]}); --force runs it again"
+    return res
 
 
 def _summary(path: Path) -> tuple[bool | None, float | None]:
@@ -301,18 +415,43 @@ def load_fleet(path: Path) -> tuple[list[HostSpec], dict[str, Any]]:
 
 
 def deploy_fleet(
-    bundle: Path, hosts: list[HostSpec], opts: RemoteOptions, *, parallel: int = 4, on_done: Callable[[HostResult], None] | None = None
+    bundle: Path,
+    hosts: list[HostSpec],
+    opts: RemoteOptions,
+    *,
+    parallel: int = 4,
+    on_done: Callable[[HostResult], None] | None = None,
+    force: bool = False,
 ) -> list[HostResult]:
-    """Deploy to every host with at most ``parallel`` at once; ``on_done`` as each finishes. One host's failure stops no other."""
+    """Deploy to every host with at most ``parallel`` at once; ``on_done`` as each finishes. One host's failure stops no other.
+
+    A host whose :data:`HOST_RECORD` says it passed with this bundle (its sha256) and the same remote command is not
+    run again (its result comes back with ``skipped``), unless ``force``: rerunning a fleet after a dropped link
+    deploys only the hosts that did not pass.
+    """
+    from rescompile.io import sha256_file
+
+    digest = sha256_file(bundle)
     results: list[HostResult] = []
+    todo = []
+    for h in hosts:
+        earlier = None if force else previous_pass(digest, h, opts, bundle)
+        if earlier is None:
+            todo.append(h)
+            continue
+        results.append(earlier)
+        if on_done is not None:
+            on_done(earlier)
     with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
-        futures = {pool.submit(deploy_host, bundle, h, opts): h for h in hosts}
+        futures = {pool.submit(deploy_host, bundle, h, opts, sha256=digest): h for h in todo}
         for fut in as_completed(futures):
             host = futures[fut]
             try:
                 res = fut.result()
-            except Exception as exc:  # a bug on one host (e.g. a local disk error) must not stop the others
-                res = HostResult(host.label, host.destination, 4, 0.0, "internal", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # a bug on one host, or this machine's disk (exit 5), must not stop the others
+                fault = environment_fault(exc)
+                code, message = (fault.exit_code, fault.message) if fault is not None else (4, f"{type(exc).__name__}: {exc}")
+                res = HostResult(host.label, host.destination, code, 0.0, "internal", message, bundle_sha256=digest)
             results.append(res)
             if on_done is not None:
                 on_done(res)

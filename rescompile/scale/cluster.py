@@ -7,12 +7,29 @@ Ray is imported lazily through :func:`rescompile.errors.require`, so everything 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from rescompile.errors import UsageError, require
 
 log = logging.getLogger("rescompile.scale")
+DEFAULT_RETRIES = 3
+RETRIES_ENV = "RESCOMPILE_RAY_RETRIES"
+
+
+def default_retries() -> int:
+    """Ray's ``max_retries`` for rescompile's tasks: ``RESCOMPILE_RAY_RETRIES`` when set (an integer >= 0), else 3.
+
+    Raises:
+        UsageError: the variable is not an integer >= 0.
+    """
+    text = os.environ.get(RETRIES_ENV, "").strip()
+    if not text:
+        return DEFAULT_RETRIES
+    if not text.isdigit():
+        raise UsageError(f"{RETRIES_ENV}={text!r} is not a number of retries", hint=f"an integer >= 0, e.g. {RETRIES_ENV}=3")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -24,12 +41,19 @@ class RaySettings:
         shards: how many pieces to split the data into (default: one per CPU of the cluster).
         num_cpus: CPUs of a local Ray (default: all of this machine's).
         threads: intra-op threads of each task (default 1: one task per CPU).
+        retries: Ray's ``max_retries`` of every task: attempts after the first when its worker or node is lost
+            (never for an error of the task itself); a shard is a pure function, so a retry gives the same bytes.
+            Default 3, or ``RESCOMPILE_RAY_RETRIES``.
+        retried: filled as tasks run: ``{"task", "attempts", "nodes"}`` of each task that ran more than once
+            (the report's ``scale.retries``).
     """
 
     address: str | None = None
     shards: int | None = None
     num_cpus: int | None = None
     threads: int = 1
+    retries: int = field(default_factory=default_retries)
+    retried: list[dict[str, Any]] = field(default_factory=list, compare=False, repr=False)
 
     def where(self) -> str:
         return f"Ray cluster at {self.address}" if self.address else "local Ray"

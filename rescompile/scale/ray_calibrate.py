@@ -30,7 +30,7 @@ from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource, take
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, shard_bounds
-from rescompile.scale.tasks import gather, task_result
+from rescompile.scale.tasks import TaskGroup
 
 
 def collect_shard(
@@ -85,16 +85,20 @@ def collect_on_ray(
     Raises:
         MissingDependency: Ray is not installed.
         UsageError: bad data in any shard (the first failing shard's message), or an unreachable cluster.
+        WorkerLost: a shard's worker or node was lost more often than ``settings.retries`` allows (exit 6).
     """
     ray = connect(settings)
     bounds = shard_bounds(source.count, settings.shards or cluster_cpus(ray), batch_size)
     model_ref = ray.put(model_bytes or model.SerializeToString(deterministic=True))
     source_ref = ray.put(source)
-    task = ray.remote(task_result(collect_shard)).options(num_cpus=1, max_retries=0)
+    tasks = TaskGroup(ray, collect_shard, settings, num_cpus=1)  # retried on a lost worker or node: a shard is a pure function
     refs = [
-        task.remote(model_ref, list(tensors), source_ref, pre, a, b, batch_size, bins, settings.threads, memory_budget, sample)
-        for a, b in bounds
+        tasks.submit(
+            f"calibration shard {k + 1} of {len(bounds)} (samples {a}:{b})",
+            *(model_ref, list(tensors), source_ref, pre, a, b, batch_size, bins, settings.threads, memory_budget, sample),
+        )
+        for k, (a, b) in enumerate(bounds)
     ]
     sizes = [b - a for a, b in bounds]
-    parts: list[Any] = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
+    parts: list[Any] = tasks.gather(refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
     return merge_stats([p[0] for p in parts]), merge_tensor([p[1] for p in parts])

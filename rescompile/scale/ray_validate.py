@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_cpus, node_label, shard_bounds
-from rescompile.scale.tasks import gather, task_result
+from rescompile.scale.tasks import TaskGroup
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 
 Recipe = tuple[str, Any, str, int]  # (kind, model bytes or torch module, runner name, intra-op threads)
@@ -67,6 +67,7 @@ def outputs_on_ray(
     Raises:
         MissingDependency: Ray is not installed.
         UsageError: bad data in a shard (the usual one-line message).
+        WorkerLost: a shard's worker or node was lost more often than ``settings.retries`` allows (exit 6).
     """
     recipe = recipe_of(runner)
     if recipe is None or getattr(inputs, "part", None) is None:
@@ -75,10 +76,13 @@ def outputs_on_ray(
     bounds = shard_bounds(inputs.count, settings.shards or cluster_cpus(ray), batch_size)
     recipe_ref, inputs_ref = ray.put(recipe), ray.put(inputs)
     # as many CPUs as the task has threads (no oversubscription), but never more than a node has
-    task = ray.remote(task_result(shard_outputs)).options(num_cpus=min(recipe[3], node_cpus(ray)), max_retries=0)
-    refs = [task.remote(recipe_ref, inputs_ref, a, b, batch_size, keep_inputs) for a, b in bounds]
+    tasks = TaskGroup(ray, shard_outputs, settings, num_cpus=min(recipe[3], node_cpus(ray)))  # retried on a lost worker or node
+    refs = [
+        tasks.submit(f"{recipe[2]} shard {k + 1} of {len(bounds)} (samples {a}:{b})", recipe_ref, inputs_ref, a, b, batch_size, keep_inputs)
+        for k, (a, b) in enumerate(bounds)
+    ]
     sizes = [b - a for a, b in bounds]
-    parts = gather(ray, refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
+    parts = tasks.gather(refs, on_done=None if on_batch is None else (lambda i: on_batch(sizes[i])))
     logits = np.concatenate([p[0] for p in parts])
     labels = None if parts[0][1] is None else np.concatenate([p[1] for p in parts])
     kept = None if not keep_inputs else np.concatenate([p[2] for p in parts])
@@ -108,6 +112,6 @@ def latency_on_ray(
     if cand is None or (baseline is not None and base is None):
         return None
     ray = connect(ray_settings)
-    task = ray.remote(task_result(_timed)).options(num_cpus=node_cpus(ray), max_retries=0)
-    records, speedup, plan, where = gather(ray, [task.remote(cand, base, sample, latency, other_s)])[0]
+    tasks = TaskGroup(ray, _timed, ray_settings, num_cpus=node_cpus(ray))  # a retry times again, on whichever node is left
+    records, speedup, plan, where = tasks.gather([tasks.submit(f"latency of {cand[2]}", cand, base, sample, latency, other_s)])[0]
     return records, speedup, plan, where

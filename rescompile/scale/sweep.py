@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 from rescompile.buildfolder import FAILED_SUFFIX
 from rescompile.config import BuildConfig, Gates
-from rescompile.errors import UsageError
+from rescompile.errors import UsageError, WorkerLost
 from rescompile.scale.cluster import RaySettings, connect
-from rescompile.scale.tasks import gather, task_result
+from rescompile.scale.tasks import TaskGroup
 
 if TYPE_CHECKING:
     from rescompile.validate.results import Report
@@ -186,8 +186,14 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
         doc.update(status="error", exit_code=exc.exit_code, error=exc.message, folder=str(point.config.out))
         if partial is not None:  # a build that missed a gate: published to <out>.failed, its numbers recorded
             doc.update(status="gate-failed", folder=str(partial.out), **_metrics(partial.typed))
-    except Exception as exc:  # a crash in one build must not stop the sweep; recorded as an internal error (exit 4)
-        doc.update(status="error", exit_code=4, error=f"internal error: {type(exc).__name__}: {exc}", folder=str(point.config.out))
+    except Exception as exc:  # a crash in one build must not stop the sweep; an internal error (exit 4), or the machine's (5)
+        from rescompile.errors import environment_fault
+
+        fault = environment_fault(exc)
+        if fault is not None:
+            doc.update(status="error", exit_code=fault.exit_code, error=fault.message, folder=str(point.config.out))
+        else:
+            doc.update(status="error", exit_code=4, error=f"internal error: {type(exc).__name__}: {exc}", folder=str(point.config.out))
     doc["seconds"] = round(time.perf_counter() - t0, 2)
     if doc["status"] != "error" or Path(doc["folder"]).is_dir():
         folder = Path(doc["folder"])
@@ -196,8 +202,17 @@ def run_point(point: SweepPoint) -> dict[str, Any]:
     return doc
 
 
+def _params(point: SweepPoint) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.params.items()) or point.key[:12]
+
+
 def run_sweep(spec: SweepSpec, settings: RaySettings, *, cpus_per_build: int = 1, on_done: Any = None) -> list[dict[str, Any]]:
-    """Run every point not finished yet as a Ray task; the results in grid order (finished ones marked ``skipped``)."""
+    """Run every point not finished yet as a Ray task; the results in grid order (finished ones marked ``skipped``).
+
+    A point whose worker or node is lost is run again by Ray (``settings.retries`` times; its ``attempts`` say how many
+    runs it took); when the retries run out it is an error with exit code 6 (:class:`WorkerLost`), run again on the next
+    invocation, and the other points go on.
+    """
     results: list[dict[str, Any] | None] = []
     todo: list[int] = []
     for i, p in enumerate(spec.points):
@@ -209,8 +224,9 @@ def run_sweep(spec: SweepSpec, settings: RaySettings, *, cpus_per_build: int = 1
             on_done(results[-1])
     if todo:
         ray = connect(settings)
-        task = ray.remote(task_result(run_point)).options(num_cpus=cpus_per_build, max_retries=0)
-        refs = [task.remote(spec.points[i]) for i in todo]
+        # a point whose worker or node is lost runs again (Ray's max_retries); its build cleans the dead attempt's staging folder
+        tasks = TaskGroup(ray, run_point, settings, num_cpus=cpus_per_build)
+        refs = [tasks.submit(f"sweep point {spec.points[i].folder_name} ({_params(spec.points[i])})", spec.points[i]) for i in todo]
 
         def report(j: int) -> None:
             if on_done is not None:
@@ -223,13 +239,18 @@ def run_sweep(spec: SweepSpec, settings: RaySettings, *, cpus_per_build: int = 1
             done_refs, pending = ray.wait(pending, num_returns=1)
             for ref in done_refs:
                 j = index[ref]
+                point = spec.points[todo[j]]
                 try:
-                    fresh[j] = gather(ray, [ref])[0]
-                except Exception as exc:  # the worker died (out of memory, killed): this point failed, the others go on
-                    point = spec.points[todo[j]]
+                    fresh[j] = tasks.result(ref)
+                except WorkerLost as exc:  # lost more often than Ray retries: this point failed (rerun: it runs again), the others go on
+                    lost = {"status": "error", "exit_code": exc.exit_code, "error": exc.message}
+                    fresh[j] = {"key": point.key, "params": point.params, **lost}
+                except Exception as exc:  # a bug outside the build's own guard: this point failed, the others go on
                     reason = f"the Ray task failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                     fresh[j] = {"key": point.key, "params": point.params, "status": "error", "exit_code": 4, "error": reason}
+                fresh[j]["attempts"] = max(1, len(tasks.attempts(ref)))
                 report(j)
+        tasks.record(refs)
         for j, i in enumerate(todo):
             results[i] = {**fresh[j], "skipped": False}
     return [r for r in results if r is not None]

@@ -231,6 +231,8 @@ def validate(
             "shards": ray.shards,
             "threads_per_shard": getattr(candidate, "threads", None) or 1,
             "latency_measured_on": where,
+            "max_retries": ray.retries,
+            "retries": list(ray.retried),  # tasks Ray ran again after losing their worker or node (this build's, so far)
         }
     timings["latency_s"] = round(time.perf_counter() - t0, 3)
     result.latency, result.speedup = latency, speedup

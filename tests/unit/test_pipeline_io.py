@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rescompile.errors import GateFailed, Terminated, UsageError
+from rescompile.errors import EnvironmentFault, GateFailed, Terminated, UsageError
 from rescompile.io import write_text_atomic
 from rescompile.publish import check_out, clean_leftovers, staged
 
@@ -145,18 +146,27 @@ def test_refuses_a_read_only_folder(tmp_path: Path):
     assert names(ro) == []
 
 
-def test_swap_failure_keeps_the_previous_build_and_no_staging(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+@pytest.mark.parametrize(
+    ("code", "error", "said"),
+    [
+        (errno.EIO, EnvironmentFault, r"Input/output error: .*b; could not publish the build, the previous build is unchanged"),
+        (errno.EPERM, UsageError, r"could not publish the build to .*Operation not permitted; the previous build is unchanged"),
+    ],
+)
+def test_swap_failure_keeps_the_previous_build_and_no_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, error: type, said: str
+) -> None:
     out = tmp_path / "b"
     publish(out, "first")
     real = os.replace
 
-    def failing(src, dst):  # the second rename of the swap (stage -> out) fails, e.g. the disk went away
+    def failing(src, dst):  # the second rename of the swap (stage -> out) fails, e.g. the disk went away (EIO: exit 5)
         if Path(dst) == out and ".partial-" in Path(src).name:
-            raise OSError(5, "Input/output error")
+            raise OSError(code, os.strerror(code))
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", failing)
-    with pytest.raises(UsageError, match="could not publish the build to .*Input/output error; the previous build is unchanged"):
+    with pytest.raises(error, match=said):
         publish(out, "second")
     monkeypatch.undo()
     assert (out / "a.txt").read_text() == "first" and names(tmp_path) == ["b"]
