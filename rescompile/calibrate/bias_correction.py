@@ -7,10 +7,13 @@ the Q/DQ graph is made again from the corrected float model with the same plan a
 (:func:`rescompile.quantize.insert_qdq`), so a policy that stores biases as INT32 (``onnxruntime``) re-quantizes the
 corrected bias at its usual scale and one that keeps biases float (``tensorrt``) keeps the float value.
 
-Layer by layer, not in one pass: layer ``k`` is measured in the INT8 graph where layers ``0..k-1`` are already
-corrected, so the shift it corrects is the one left over, and a shift caused upstream is not corrected twice.
-This costs one pass over the calibration inputs per layer (plus three: the FP32 means, and the mean error before
-and after, for the record).
+Layer by layer, not in one pass: layer ``k`` is measured in the INT8 graph where the layers before it (graph order
+is topological) are already corrected, so the shift it corrects is the one left over, and a shift caused upstream
+is not corrected twice. One run over (at most ``MAX_SAMPLES``) calibration inputs per layer, each cut to the nodes
+the layer depends on, plus three for the FP32 means and the record (the mean error before and after). Correcting
+every layer from one run instead was tried and rejected: on the demo ResNet each layer's measured shift carries
+its predecessors', the corrections add up along the residual stream, and repeating such passes diverged (mean
+error after four passes 0.19 against 0.0034 before).
 
 A layer without a bias gets one (zero, then corrected) when its policy keeps biases float; where the policy
 quantizes biases (INT32, ``onnxruntime``) such a layer is skipped: a new float bias would break its QLinear fusion.
@@ -19,7 +22,7 @@ quantizes biases (INT32, ``onnxruntime``) such a layer is skipped: a new float b
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 Batches = Callable[[], Iterable[np.ndarray]]  # a fresh pass over the calibration inputs (float32 N,C,H,W) per call
 CORRECTED_OPS = ("Conv", "Gemm")
+MAX_SAMPLES = 256  # calibration inputs the means are taken over: one run of them per layer
 SCHEMA = "rescompile.bias_correction/1"
 
 
@@ -227,12 +231,38 @@ def _fresh(g: onnx.GraphProto, base: str) -> str:
     return name
 
 
+def upstream(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:
+    """``model`` cut down to the nodes ``tensor`` depends on, with ``tensor`` its only output (a shorter run)."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    need, todo = set(), [tensor]
+    while todo:
+        n = producer.get(todo.pop())
+        if n is None or id(n) in need:
+            continue
+        need.add(id(n))
+        todo.extend(i for i in n.input if i)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    g = out.graph
+    kept = [n for n, keep in zip(g.node, (id(n) in need for n in model.graph.node), strict=True) if keep]
+    del g.node[:]
+    g.node.extend(kept)
+    used = {i for n in kept for i in n.input}
+    inits = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    del g.output[:]
+    g.output.append(onnx.ValueInfoProto(name=tensor))
+    return out
+
+
 def correct_biases(
     fp32: onnx.ModelProto,
     plan: QuantPlan,
     ranges: Mapping[str, TensorRange],
     batches: Batches,
     *,
+    max_samples: int | None = MAX_SAMPLES,
     progress: Callable[[int], None] | None = None,
 ) -> BiasCorrection:
     """Correct the biases of ``plan``'s quantized Conv/Gemm layers, layer by layer in graph order (see the module doc).
@@ -241,6 +271,7 @@ def correct_biases(
         fp32: the float model the Q/DQ graph is made from (simplified, or equalized).
         plan, ranges: the placement plan and the calibrated ranges (reused unchanged).
         batches: a fresh pass over the calibration inputs per call (never the validation split).
+        max_samples: the first this many calibration inputs are used (None: all).
         progress: called with 1 after each corrected layer.
 
     Returns:
@@ -248,24 +279,25 @@ def correct_biases(
     """
     from rescompile.quantize import insert_qdq
 
+    data = _first(batches, max_samples)
     model = onnx.ModelProto.FromString(fp32.SerializeToString())
     layers, skipped = _layers(model, plan)
     outputs = [layer.output for layer in layers]
     if not layers:
         return BiasCorrection(model, insert_qdq(model, plan, dict(ranges)), [], skipped, 0)
-    reference, samples = channel_means(model, outputs, batches)
-    before, _ = channel_means(insert_qdq(model, plan, dict(ranges)), outputs, batches)
+    reference, samples = channel_means(model, outputs, data)
+    before, _ = channel_means(insert_qdq(model, plan, dict(ranges)), outputs, data)
     biases = _Biases(model, layers)
     shifts: list[np.ndarray] = []
-    for layer in layers:
-        means, _ = channel_means(insert_qdq(model, plan, dict(ranges)), [layer.output], batches)
+    for layer in layers:  # graph order is topological: every layer upstream of this one is corrected already
+        means, _ = channel_means(upstream(insert_qdq(model, plan, dict(ranges)), layer.output), [layer.output], data)
         shift = means[layer.output] - reference[layer.output]
         biases.subtract(layer.node, shift / biases.beta(layer.node))
         shifts.append(shift)
         if progress is not None:
             progress(1)
     int8 = insert_qdq(model, plan, dict(ranges))
-    after, _ = channel_means(int8, outputs, batches)
+    after, _ = channel_means(int8, outputs, data)
     record = [
         LayerShift(
             layer.node,
@@ -278,3 +310,19 @@ def correct_biases(
         for layer, shift in zip(layers, shifts, strict=True)
     ]
     return BiasCorrection(model, int8, record, skipped, samples)
+
+
+def _first(batches: Batches, limit: int | None) -> Batches:
+    """``batches`` cut after ``limit`` inputs."""
+    if limit is None:
+        return batches
+
+    def cut() -> Iterator[np.ndarray]:
+        left = limit
+        for x in batches():
+            if left <= 0:
+                return
+            yield x[:left]
+            left -= len(x)
+
+    return cut
