@@ -57,7 +57,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
     import onnx
     from google.protobuf.message import DecodeError
 
-    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons
+    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons, stage_changes
 
     src = _build_folder(Path(folder), report)
     if src is None:
@@ -81,7 +81,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
             sidecar = src / PLAN_SIDECAR
             settings = json.loads(sidecar.read_text()).get("settings", {}) if sidecar.is_file() else {}
             engine = engine_layers((src / PLAN_LAYERS).read_text(), int8, dla=settings.get("dla_core") is not None)
-        return describe_blocks(int8, plan, kept_why=why, engine=engine)
+        return describe_blocks(int8, plan, kept_why=why, engine=engine, changed=stage_changes(report))
     except (OSError, ValueError, KeyError, AttributeError, DecodeError) as err:  # a damaged side file: the report is still written
         log.warning("report.html: no block picture (%s: %s)", type(err).__name__, err)
         return None
