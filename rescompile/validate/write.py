@@ -81,7 +81,10 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
             sidecar = src / PLAN_SIDECAR
             settings = json.loads(sidecar.read_text()).get("settings", {}) if sidecar.is_file() else {}
             engine = engine_layers((src / PLAN_LAYERS).read_text(), int8, dla=settings.get("dla_core") is not None)
-        return describe_blocks(int8, plan, kept_why=why, engine=engine, changed=stage_changes(report))
+        changed = stage_changes(report)
+        if not changed and (src / REPORT_JSON).is_file():  # validate's report: the build's own says what its stages changed
+            changed = stage_changes(json.loads((src / REPORT_JSON).read_text()))
+        return describe_blocks(int8, plan, kept_why=why, engine=engine, changed=changed)
     except (OSError, ValueError, KeyError, AttributeError, DecodeError) as err:  # a damaged side file: the report is still written
         log.warning("report.html: no block picture (%s: %s)", type(err).__name__, err)
         return None

@@ -256,3 +256,12 @@ def test_bias_correction_under_the_onnxruntime_policy_keeps_int32_biases() -> No
         if t.name == f"{c}.b"
     )
     assert all(x.error_after <= x.error_before + 1e-6 for x in bc.layers)
+
+
+def test_the_flags_are_recorded_in_the_config_only_when_on() -> None:
+    from rescompile.config import BuildConfig
+
+    plain = BuildConfig().to_dict()
+    assert "equalize" not in plain and "bias_correction" not in plain  # a plain build's manifest keeps its bytes
+    on = BuildConfig(equalize=True, bias_correction=True).to_dict()
+    assert on["equalize"] is True and on["bias_correction"] is True and set(on) - set(plain) == {"equalize", "bias_correction"}
