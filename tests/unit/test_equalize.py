@@ -130,7 +130,6 @@ def test_equalization_preserves_the_function_and_equalizes_the_ranges() -> None:
     for p in eq.pairs:
         r1, r2 = channel_ranges(eq.model, p.pair)
         np.testing.assert_allclose(r1 / r1.max(), r2 / r2.max(), rtol=1e-3)  # the paper's optimum: r1_i / R1 == r2_i / R2
-        before1, before2 = channel_ranges(model, p.pair)
     r1, _ = channel_ranges(model, eq.pairs[0].pair)
     assert r1.max() / r1.min() > 30  # the spread was there, and the scales undid it
     assert eq.pairs[0].scale_max / eq.pairs[0].scale_min > 30
