@@ -38,6 +38,10 @@ JUNIT_XML = "junit.xml"
 REPORT_HTML = "report.html"
 REPORT_FILES = (REPORT_JSON, REPORT_MD, JUNIT_XML, REPORT_HTML)  # written by rescompile.validate.write
 ARTIFACTS = (FP32_ONNX, SIMPLIFIED_ONNX, QDQ_PLAN, RANGES, CALIB_STATS, INT8_ONNX, *REPORT_FILES)
+# Written only when asked for: --equalize (the equalized float model) and --bias-correction (every layer's shift).
+EQUALIZED_ONNX = "model.equalized.onnx"
+BIAS_CORRECTION = "bias_correction.json"
+OPTIONAL_ARTIFACTS = (EQUALIZED_ONNX, BIAS_CORRECTION)
 # Written only with backend "tensorrt", by rescompile.engine.tensorrt (the sidecar is PLAN + ".json": engine.sidecar).
 PLAN = "model.plan"
 PLAN_SIDECAR = f"{PLAN}.json"

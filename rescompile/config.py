@@ -29,6 +29,9 @@ class Gates:
         return asdict(self)
 
 
+OFF_UNLESS_ASKED = ("equalize", "bias_correction")
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     model: str = "demo"
@@ -67,6 +70,8 @@ class BuildConfig:
     latency_budget_s: float | None = None  # seconds per batch size and runner, warm-up included, instead of the default
     layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
     auto_fallback: int = 0  # keep up to N worst layers in FP until the accuracy gates pass (0 = off)
+    equalize: bool = False  # cross-layer equalization + bias absorption before planning (docs/equalize.md)
+    bias_correction: bool = False  # correct each quantized layer's mean output shift on calibration data (docs/equalize.md)
     save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz
     threads: int | None = None
     seed: int = 0
@@ -94,4 +99,7 @@ class BuildConfig:
                 d[k] = list(v)
         for k in ("progress", "ray", "ray_address", "ray_shards"):
             d.pop(k)
+        for k in OFF_UNLESS_ASKED:  # recorded only when on: a build without them keeps its manifest (and sweep key) bytes
+            if not d[k]:
+                d.pop(k)
         return d

@@ -42,6 +42,8 @@ class BuildQuantization(OptionGroup):
     auto_fallback: Annotated[
         int, typer.Option(min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.", rich_help_panel=o.QUANTIZATION)
     ] = 0
+    equalize: o.EqualizeOpt = False
+    bias_correction: o.BiasCorrectionOpt = False
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ def build(
         gates=gates.resolve(),
         layerwise=validation.layerwise,
         auto_fallback=quantization.auto_fallback,
+        equalize=quantization.equalize,
+        bias_correction=quantization.bias_correction,
         save_reference=output.save_reference,
         progress=not output.quiet,
         percentile=calibration.percentile,

@@ -99,6 +99,24 @@ KeepFpOpt = Annotated[
     list[str] | None, typer.Option("--keep-fp", help="Keep nodes (name glob or op type) in FP; repeatable.", rich_help_panel=QUANTIZATION)
 ]
 KeepFirstLastOpt = Annotated[bool, typer.Option(help="Keep the first and last weighted layers in FP.", rich_help_panel=QUANTIZATION)]
+EqualizeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--equalize",
+        help="Cross-layer equalization (Nagel et al. 2019) of Conv->ReLU->Conv pairs and bias absorption before quantizing; "
+        "function-preserving, parity-checked on the calibration inputs (docs/equalize.md).",
+        rich_help_panel=QUANTIZATION,
+    ),
+]
+BiasCorrectionOpt = Annotated[
+    bool,
+    typer.Option(
+        "--bias-correction",
+        help="Correct each quantized Conv/Gemm's per-channel output mean shift, measured on the calibration inputs "
+        "(never the validation data); writes bias_correction.json (docs/equalize.md).",
+        rich_help_panel=QUANTIZATION,
+    ),
+]
 
 # ---- Validation and gates (build and validate: "exit 1 when a gate is missed; flags override --gates")
 MaxTop1DropOpt = Annotated[

@@ -23,6 +23,7 @@ from rescompile.buildfolder import (
     INT8_ONNX,
     MANIFEST,
     MANIFEST_SCHEMA,
+    OPTIONAL_ARTIFACTS,
     RANGES,
     failed_path,
     open_build,
@@ -98,7 +99,7 @@ class Timer:
     def stage(self, name: str) -> Iterator[None]:
         t0 = time.perf_counter()
         yield
-        self.stages[name] = round(time.perf_counter() - t0, 3)
+        self.stages[name] = round(self.stages.get(name, 0.0) + time.perf_counter() - t0, 3)  # a stage run twice: the sum
 
 
 def choose_data(settings: DataSettings, model: str) -> DataChoice:
@@ -150,19 +151,33 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             exported = stages.export(loaded.model, s.export).write(folder)
         with timer.stage("simplify"):
             simplified = stages.simplify(exported, loaded.model.input_shape).write(folder)
+        base: stages.Simplified | stages.Equalized = simplified  # the float model Q/DQ goes into
+        equalized = None
+        if s.transform.equalize:
+            with timer.stage("equalize"):  # statistics and parity on the calibration inputs, never the validation split
+                base = equalized = stages.equalize(simplified, data.calibration, loaded.pre, s.transform).write(folder)
         with timer.stage("plan"):
-            planned = stages.plan(simplified.model, s.plan).write(folder)
+            planned = stages.plan(base.model, s.plan).write(folder)
         with timer.stage("calibrate"):  # reuses the previous build's ranges/statistics when their key matches
-            calibrated = stages.calibrate(simplified.model, planned, data.calibration, loaded.pre, s.calibrate, _previous_build(out)).write(
+            calibrated = stages.calibrate(base.model, planned, data.calibration, loaded.pre, s.calibrate, _previous_build(out)).write(
                 folder
             )
         with timer.stage("quantize"):
-            quantized = stages.quantize(simplified, planned, calibrated).write(folder)
+            quantized = stages.quantize(base, planned, calibrated).write(folder)
+        corrected = None
+        if s.transform.bias_correction:
+            with timer.stage("bias_correction"):
+                corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.transform).write(folder)
+                quantized = corrected.quantized
         module = loaded.model.module
-        validator = BuildValidator(module if module is not None else simplified.model, simplified.model, data.val, loaded.pre, s.validator)
+        validator = BuildValidator(module if module is not None else simplified.model, base.model, data.val, loaded.pre, s.validator)
         if s.validator.fallback is not None:
             with timer.stage("fallback"):
-                quantized = stages.fall_back(validator, simplified, quantized, calibrated).write(folder)
+                quantized = stages.fall_back(validator, base, quantized, calibrated).write(folder)
+            if corrected is not None and quantized is not corrected.quantized:  # layers went back to FP: correct the final plan's
+                with timer.stage("bias_correction"):
+                    corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.transform).write(folder)
+                    quantized = corrected.quantized
         engine = None
         if s.engine is not None:
             with timer.stage("engine"):
@@ -174,7 +189,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             ModelSection(loaded.model.name, loaded.model.input_shape, loaded.model.num_classes),
             data,
             quantized.model,
-            stages=StagesSection(exported, simplified, quantized),
+            stages=StagesSection(exported, simplified, quantized, equalized, corrected),
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
             warnings=calibrated.run.warnings,
             layerwise=validated.layerwise,
@@ -210,7 +225,8 @@ def _manifest(
     verdict: Verdict,
 ) -> dict[str, Any]:
     """``manifest.json``: every artifact's sha256, versions, the config, the data, timings and the gates' outcome."""
-    names = ARTIFACTS + (ENGINE_ARTIFACTS if with_engine else ())
+    names = ARTIFACTS + tuple(n for n in OPTIONAL_ARTIFACTS if (folder / n).is_file())
+    names += ENGINE_ARTIFACTS if with_engine else ()
     return {
         "schema": MANIFEST_SCHEMA,
         "artifacts": {name: {"sha256": sha256_file(folder / name), "bytes": (folder / name).stat().st_size} for name in names},

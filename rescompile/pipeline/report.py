@@ -23,16 +23,18 @@ if TYPE_CHECKING:
     import onnx
 
     from rescompile.data.holdout import DataChoice
-    from rescompile.pipeline.stages import Calibrated, Engine, Exported, Quantized, Simplified
+    from rescompile.pipeline.stages import BiasCorrected, Calibrated, Engine, Equalized, Exported, Quantized, Simplified
 
 
 @dataclass
 class StagesSection:
-    """What export, simplify, plan and quantize did (build only)."""
+    """What export, simplify, equalize, plan, quantize and bias correction did (build only)."""
 
     exported: Exported
     simplified: Simplified
     quantized: Quantized
+    equalized: Equalized | None = None  # --equalize
+    bias_corrected: BiasCorrected | None = None  # --bias-correction
 
     def to_dict(self) -> dict[str, Any]:
         simp, plan = self.simplified.result, self.quantized.plan
@@ -54,6 +56,10 @@ class StagesSection:
             d["opset_conversion"] = self.exported.opset_conversion.to_dict()
         if self.exported.batch_made_dynamic is not None:
             d["batch_made_dynamic"] = self.exported.batch_made_dynamic.to_dict()
+        if self.equalized is not None:
+            d["equalize"] = self.equalized.result.to_dict()
+        if self.bias_corrected is not None:
+            d["bias_correction"] = self.bias_corrected.correction.to_dict()
         return d
 
 

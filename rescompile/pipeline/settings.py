@@ -80,6 +80,15 @@ class CalibrateSettings:
 
 
 @dataclass(frozen=True)
+class TransformSettings:
+    """Function-preserving rewrites of the float model and the INT8 one's bias correction (docs/equalize.md)."""
+
+    equalize: bool = False
+    bias_correction: bool = False
+    batch_size: int = 64  # calibration inputs per ONNX Runtime run
+
+
+@dataclass(frozen=True)
 class EngineStageSettings:
     """The TensorRT engine stage (``backend="tensorrt"``): the checked target and the batch sizes to optimize for."""
 
@@ -120,6 +129,7 @@ class BuildSettings:
     engine: EngineStageSettings | None
     gates: Gates
     out: Path | None
+    transform: TransformSettings = field(default_factory=TransformSettings)
 
 
 def check_validation_options(cfg: BuildConfig) -> LatencySettings:
@@ -189,4 +199,5 @@ def build_settings(cfg: BuildConfig) -> BuildSettings:
         engine=engine,
         gates=cfg.gates,
         out=None if cfg.out is None else Path(cfg.out),
+        transform=TransformSettings(cfg.equalize, cfg.bias_correction, cfg.batch_size),
     )

@@ -7,24 +7,35 @@ reads as the sequence of stages. Every stage is usable alone from Python.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
-from rescompile.buildfolder import CALIB_STATS, FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
+from rescompile.buildfolder import BIAS_CORRECTION, CALIB_STATS, EQUALIZED_ONNX, FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
 from rescompile.errors import VerificationError
 from rescompile.io import save_onnx, write_bytes_atomic, write_text_atomic
-from rescompile.pipeline.settings import CalibrateSettings, EngineStageSettings, ModelSpec, PlanSettings, PreprocessSettings
+from rescompile.pipeline.settings import (
+    CalibrateSettings,
+    EngineStageSettings,
+    ModelSpec,
+    PlanSettings,
+    PreprocessSettings,
+    TransformSettings,
+)
 
 if TYPE_CHECKING:
+    from rescompile.calibrate.bias_correction import BiasCorrection
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.calibrate.run import CalibrationRun
     from rescompile.data.holdout import DataChoice
     from rescompile.data.preprocess import Preprocess
     from rescompile.data.sources import DataSource
     from rescompile.engine.tensorrt import EngineBuild
+    from rescompile.equalize import EqualizeResult
     from rescompile.export import ExportConfig
     from rescompile.graph.verify import VerifyReport
     from rescompile.models.loader import LoadedModel
@@ -131,6 +142,38 @@ def simplify(exported: Exported, input_shape: tuple[int, int, int]) -> Simplifie
     return Simplified(run_simplify(exported.model, input_shape, SimplifyConfig()))
 
 
+def _calibration_batches(source: DataSource, pre: Preprocess, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:
+    """A fresh pass over the calibration inputs per call (the statistics of equalize and bias correction)."""
+    return lambda: (x for x, _ in source.batches(pre, batch_size))
+
+
+@dataclass
+class Equalized:
+    """The simplified model after cross-layer equalization and bias absorption (``--equalize``), parity-checked."""
+
+    result: EqualizeResult
+
+    @property
+    def model(self) -> onnx.ModelProto:
+        return self.result.model
+
+    def write(self, folder: Path) -> Equalized:
+        save_onnx(folder / EQUALIZED_ONNX, self.result.model)
+        return self
+
+
+def equalize(simplified: Simplified, source: DataSource, pre: Preprocess, settings: TransformSettings) -> Equalized:
+    """Cross-layer equalization on the simplified graph, biases absorbed where exact, statistics and parity on the
+    calibration inputs (:func:`rescompile.equalize.equalize_model`).
+
+    Raises:
+        ParityError: the equalized model's outputs moved beyond tolerance (exit 1).
+    """
+    from rescompile.equalize import equalize_model
+
+    return Equalized(equalize_model(simplified.model, _calibration_batches(source, pre, settings.batch_size)))
+
+
 @dataclass
 class Planned:
     plan: QuantPlan
@@ -217,7 +260,7 @@ def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: 
     return Quantized(int8, plan, proof)
 
 
-def quantize(simplified: Simplified, planned: Planned, calibrated: Calibrated) -> Quantized:
+def quantize(simplified: Simplified | Equalized, planned: Planned, calibrated: Calibrated) -> Quantized:
     """Insert Q/DQ as planned, scales from the calibrated ranges; then prove the result."""
     from rescompile.quantize import insert_qdq
 
@@ -239,10 +282,35 @@ def engine(int8_path: Path, settings: EngineStageSettings, folder: Path) -> Engi
     return Engine(build_for_pipeline(int8_path, settings.target, settings.batches, folder), settings.target.name)
 
 
-def fall_back(validator: BuildValidator, simplified: Simplified, quantized: Quantized, calibrated: Calibrated) -> Quantized:
+def fall_back(validator: BuildValidator, simplified: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated) -> Quantized:
     """Auto-fallback (before the engine stage: the engine is built from the final model): keep the worst layers
     in FP until the accuracy gates pass; the final model, proven again (the search's record: ``validator.fallback_result``)."""
     fallback = validator.fallback(quantized.model, quantized.plan, calibrated.ranges)
     if not fallback.steps:
         return quantized
     return proven(simplified.model, fallback.model, fallback.plan, "the INT8 graph after auto-fallback")
+
+
+@dataclass
+class BiasCorrected:
+    """``--bias-correction``: the INT8 model with corrected biases (same plan, same ranges) and every layer's shift."""
+
+    correction: BiasCorrection
+    quantized: Quantized
+
+    def write(self, folder: Path) -> BiasCorrected:
+        self.quantized.write(folder)
+        write_text_atomic(folder / BIAS_CORRECTION, self.correction.to_json())
+        return self
+
+
+def correct_biases(
+    fp32: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated, pre: Preprocess, settings: TransformSettings
+) -> BiasCorrected:
+    """Empirical bias correction of ``quantized``, layer by layer on the calibration inputs
+    (:func:`rescompile.calibrate.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
+    from rescompile.calibrate.bias_correction import correct_biases as run
+
+    batches = _calibration_batches(calibrated.source, pre, settings.batch_size)
+    correction = run(fp32.model, quantized.plan, calibrated.ranges, batches)
+    return BiasCorrected(correction, proven(correction.model, correction.int8, quantized.plan, "the bias-corrected INT8 graph"))

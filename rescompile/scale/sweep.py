@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rescompile.buildfolder import FAILED_SUFFIX
-from rescompile.config import BuildConfig, Gates
+from rescompile.config import OFF_UNLESS_ASKED, BuildConfig, Gates
 from rescompile.errors import UsageError, WorkerLost
 from rescompile.scale.cluster import RaySettings, connect
 from rescompile.scale.tasks import TaskGroup
@@ -85,6 +85,8 @@ def _field_value(name: str, value: Any, where: str) -> Any:
         return tuple(value)
     if name in ("weights", "recipe", "save_reference") and value is not None:
         return Path(value)
+    if name in OFF_UNLESS_ASKED and not isinstance(value, bool):
+        raise UsageError(f"{where}: {name} must be true or false, not {value!r}")
     return value
 
 

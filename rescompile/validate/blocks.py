@@ -30,6 +30,8 @@ from rescompile.quantize.policy_ort import KERNELS
 
 # Why a layer was kept in floating point (rule R8); several can hold for one layer.
 KEEP_REASONS = ("keep-fp", "keep-first-last", "auto-fallback")
+# What a build stage changed in a layer, by the report section that lists it (``convs``); docs/report.md.
+CHANGE_MARKS = {"EQ": "equalize", "BC": "bias_correction"}
 _CODE = re.compile(r"^([A-Z]\d+)\b")
 
 
@@ -63,6 +65,7 @@ class Op:
     weight_rule: str | None = None  # the plan's rule for its quantized weight (R2/O7); None: float weight
     kept: str | None = None  # why it stays in floating point ("keep-fp", "auto-fallback"...); None: not kept
     qdq_in: Mark | None = None  # Q/DQ on the edge into this op along the branch; None: a float edge
+    changes: tuple[str, ...] = ()  # marks of CHANGE_MARKS: what a stage changed in it ("EQ", "BC")
 
     @property
     def precision(self) -> str:
@@ -127,6 +130,7 @@ class BlockPicture:
     blocks: tuple[Block, ...]
     rules: dict[str, str] = field(default_factory=dict)  # rule code -> meaning (the plan's ``rules``)
     kept_outside: tuple[tuple[str, str, str], ...] = ()  # (node, op, reason) kept in FP outside every block
+    changed: dict[str, tuple[str, ...]] = field(default_factory=dict)  # node -> CHANGE_MARKS of the whole model
 
 
 class _Graph:
@@ -218,8 +222,14 @@ def block_label(add: str) -> str:
 
 class _Describer:
     def __init__(
-        self, int8: onnx.ModelProto, plan: Mapping[str, Any], kept_why: Mapping[str, str], engine: Mapping[str, EngineLayer]
+        self,
+        int8: onnx.ModelProto,
+        plan: Mapping[str, Any],
+        kept_why: Mapping[str, str],
+        engine: Mapping[str, EngineLayer],
+        changed: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
+        self.changed = dict(changed or {})
         self.g = _Graph(int8)
         self.policy = str(plan.get("policy", ""))
         self.acts = {a["tensor"]: a for a in plan.get("activations", []) if isinstance(a, dict) and "tensor" in a}
@@ -248,6 +258,7 @@ class _Describer:
                     self.weights.get(name),
                     self.kept.get(name),
                     self.mark(name, prev),
+                    self.changed.get(name, ()),
                 )
             )
             prev = n.output[0] if n is not None else prev
@@ -316,6 +327,7 @@ def describe_blocks(
     *,
     kept_why: Mapping[str, str] | None = None,
     engine: Mapping[str, EngineLayer] | None = None,
+    changed: Mapping[str, tuple[str, ...]] | None = None,
 ) -> BlockPicture:
     """The block picture's content: one Block per residual Add of ``plan``, in graph order.
 
@@ -324,17 +336,31 @@ def describe_blocks(
         plan: ``qdq_plan.json`` as a dict (its ``residual_adds`` say which Adds are drawn).
         kept_why: node name -> why it is kept in FP (see :func:`kept_reasons`); default "kept".
         engine: residual Add name -> its engine layer (see :func:`engine_layers`), GPU builds only.
+        changed: node name -> what build stages changed in it (see :func:`stage_changes`), drawn as marks.
 
     Returns:
         A BlockPicture; a plan Add the graph no longer holds as a residual Add is left out.
     """
-    d = _Describer(int8, plan, kept_why or {}, engine or {})
+    d = _Describer(int8, plan, kept_why or {}, engine or {}, changed)
     found = {b.add: b for b in find_residual_blocks(d.g.float_view)}
     blocks = [d.block(e, found[e["add"]]) for e in plan.get("residual_adds", []) if isinstance(e, dict) and e.get("add") in found]
     inside = {o.node for b in blocks for o in (*b.main, *b.shortcut)} | {b.add for b in blocks}
     outside = tuple((k, d.g.nodes[k].op_type if k in d.g.nodes else "?", why) for k, why in sorted(d.kept.items()) if k not in inside)
     rules = {str(k): str(v) for k, v in sorted((plan.get("rules") or {}).items())}
-    return BlockPicture(d.policy, tuple(blocks), rules, outside)
+    return BlockPicture(d.policy, tuple(blocks), rules, outside, dict(changed or {}))
+
+
+def stage_changes(report: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
+    """Node name -> the marks of :data:`CHANGE_MARKS` whose report section (``stages.equalize.convs``,
+    ``stages.bias_correction.convs``) lists it; empty for a build that ran neither."""
+    stages = report.get("stages") if isinstance(report.get("stages"), Mapping) else {}
+    out: dict[str, tuple[str, ...]] = {}
+    for mark, section in CHANGE_MARKS.items():
+        entry = stages.get(section) if isinstance(stages, Mapping) else None
+        convs = entry.get("convs") if isinstance(entry, Mapping) else None
+        for node in convs if isinstance(convs, list) else []:
+            out[str(node)] = (*out.get(str(node), ()), mark)
+    return out
 
 
 def kept_reasons(

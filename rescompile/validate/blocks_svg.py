@@ -21,6 +21,11 @@ if TYPE_CHECKING:  # drawing needs only the records' fields: the page renders wi
 
 FONT = "font-family:system-ui,sans-serif;font-size:10px"
 INT8, FLOAT, KEPT, QDQ, FUSE, EDGE = "#4e79a7", "#e9e9e9", "#f28e2b", "#8e44ad", "#2e8b3a", "#555"
+CHANGED = "#b03a2e"  # the EQ / BC marks of a layer a build stage changed (blocks.CHANGE_MARKS)
+CHANGED_BY = {
+    "EQ": "cross-layer equalization (--equalize): channels rescaled, bias maybe absorbed; function unchanged",
+    "BC": "bias correction (--bias-correction): the INT8 mean output shift subtracted from the bias",
+}
 ENGINE_OK = ("fused-int8", "dla-io-int8")
 BW, BH, GAP, R = 66, 22, 44, 10  # box width/height, gap between boxes (room for a Q/DQ), Add radius
 LABEL_W, MAIN_Y, SHORT_Y = 118, 30, 70  # label column, lane centres
@@ -42,6 +47,7 @@ def _box_text(op: Op) -> str:
 
 def _op_title(op: Op) -> str:
     lines = [op.node, f"{op.op} {op.detail}".strip()]
+    lines += [f"{m}: {CHANGED_BY.get(m, 'changed by a build stage')}" for m in op.changes]
     if op.kept:
         lines.append(f"kept in floating point ({op.kept}; R8): no Q/DQ on its input, float weights")
     elif op.weight_rule:
@@ -88,9 +94,19 @@ class _Row:
             f'<g class="op {op.precision}"><title>{escape(_op_title(op))}</title>'
             f'<rect x="{x}" y="{y - BH // 2}" width="{BW}" height="{BH}" rx="3" fill="{fill}" stroke="#333" '
             f'stroke-width="0.6"/><text x="{x + BW // 2}" y="{y + 4}" text-anchor="middle" fill="{ink}"{fit}>'
-            f"{escape(label)}</text></g>"
+            f"{escape(label)}</text>{self.badge(x, y, op)}</g>"
         )
         self.boxes[op.node] = (x + BW // 2, y)
+
+    @staticmethod
+    def badge(x: int, y: int, op: Op) -> str:
+        """What a stage changed in the op (``EQ``, ``BC``), in small type over the box's right end."""
+        if not op.changes:
+            return ""
+        return (
+            f'<text class="changed" x="{x + BW - 1}" y="{y - BH // 2 - 2}" text-anchor="end" fill="{CHANGED}" '
+            f'font-size="8">{escape(" ".join(op.changes))}</text>'
+        )
 
     def lane(self, ops: Sequence[Op], y: int, x: int, skip_first_mark: bool) -> int:
         """Boxes from ``x`` along lane ``y`` with the Q/DQ in each gap; returns the x after the last box."""
@@ -205,8 +221,8 @@ def block_svg(b: Block, rules: dict[str, str], add_x: int, index: int) -> str:
     )
 
 
-def legend_svg() -> str:
-    """The marks of the picture, drawn as they appear in it."""
+def legend_svg(changes: bool = False) -> str:
+    """The marks of the picture, drawn as they appear in it (``changes``: with the EQ / BC marks)."""
     items = [
         f'<rect x="0" y="-9" width="34" height="16" rx="3" fill="{INT8}"/><text x="40" y="3">INT8 op (quantized weights)</text>',
         f'<rect x="0" y="-9" width="34" height="16" rx="3" fill="{FLOAT}" stroke="#333" stroke-width="0.6"/>'
@@ -218,6 +234,11 @@ def legend_svg() -> str:
         f'<circle cx="17" cy="0" r="8" fill="{INT8}"/><text x="13" y="4" fill="#fff">+</text><text x="40" y="3">'
         "residual Add (blue: fused)</text>",
     ]
+    if changes:
+        items.append(
+            f'<text x="34" y="-2" text-anchor="end" fill="{CHANGED}" font-size="8">EQ BC</text><text x="40" y="3">'
+            "changed by --equalize (EQ) / --bias-correction (BC)</text>"
+        )
     cols, col_w = 3, 250
     rows = -(-len(items) // cols)
     out = [f'<g transform="translate({6 + (i % cols) * col_w},{14 + (i // cols) * 22})">{s}</g>' for i, s in enumerate(items)]
@@ -286,7 +307,7 @@ def blocks_section(pic: BlockPicture | None) -> str:
         )
     return (
         _summary(pic)
-        + legend_svg()
+        + legend_svg(bool(pic.changed))
         + outside
         + f'<div class="blocks">{rows}</div>'
         + _rules_table(pic)

@@ -75,7 +75,7 @@ def read_block_picture(
     import onnx
     from google.protobuf.message import DecodeError
 
-    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons
+    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons, stage_changes
 
     src = _build_folder(Path(folder), recorded)
     if src is None:
@@ -98,7 +98,9 @@ def read_block_picture(
             sidecar = src / PLAN_SIDECAR
             settings = json.loads(sidecar.read_text()).get("settings", {}) if sidecar.is_file() else {}
             engine = engine_layers((src / PLAN_LAYERS).read_text(), int8, dla=settings.get("dla_core") is not None)
-        return describe_blocks(int8, plan, kept_why=why, engine=engine)
+        # the build's own report.json (written before the page) says what its stages changed
+        changed = stage_changes(json.loads((src / REPORT_JSON).read_text())) if (src / REPORT_JSON).is_file() else {}
+        return describe_blocks(int8, plan, kept_why=why, engine=engine, changed=changed)
     except (OSError, ValueError, KeyError, AttributeError, DecodeError) as err:  # a damaged side file: the report is still written
         log.warning("report.html: no block picture (%s: %s)", type(err).__name__, err)
         return None

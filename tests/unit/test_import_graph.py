@@ -219,6 +219,7 @@ LAYERS = {
     "rescompile.models": 5,
     "rescompile.export": 5,
     "rescompile.simplify": 5,
+    "rescompile.equalize": 5,
     "rescompile.engine": 6,
     "rescompile.validate": 6,
     "rescompile.scale": 7,

@@ -357,3 +357,21 @@ def test_node_names_are_escaped(demo):
     page = _Page()
     page.feed(html)
     assert page.errors == [] and page.stack == []
+
+
+def test_layers_changed_by_equalize_and_bias_correction_carry_their_marks(demo):
+    from rescompile.validate.blocks import stage_changes
+
+    int8, plan = demo["tensorrt"]
+    convs = [n.name for n in int8.graph.node if n.op_type == "Conv"]
+    report = {"stages": {"equalize": {"convs": convs[1:3]}, "bias_correction": {"convs": convs[1:]}}}
+    changed = stage_changes(report)
+    assert changed[convs[1]] == ("EQ", "BC") and changed[convs[3]] == ("BC",) and convs[0] not in changed
+    pic = describe_blocks(int8, plan, changed=changed)
+    ops = {o.node: o for b in pic.blocks for o in b.main}
+    assert ops[convs[1]].changes == ("EQ", "BC") and ops[convs[3]].changes == ("BC",)
+    html = blocks_section(pic)
+    assert html.count('class="changed"') == sum(1 for b in pic.blocks for o in (*b.main, *b.shortcut) if o.changes)
+    assert ">EQ BC</text>" in html and "changed by --equalize (EQ)" in html
+    plain = blocks_section(describe_blocks(int8, plan, changed=stage_changes({"stages": {}})))
+    assert 'class="changed"' not in plain and "changed by --equalize" not in plain  # a plain build's picture is unchanged
