@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from rescompile.cli import app
 from rescompile.models import load_model
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
+from tests.builds import LATENCY_RUNS
 
 runner = CliRunner()
-FAST = ["--latency-runs", "3", "-q"]
+FAST = [*LATENCY_RUNS, "-q"]
 
 
 def npz(tmp_path: Path, channels: int, size: int, classes: int, n: int = 16) -> Path:
@@ -127,7 +128,7 @@ def test_onnx_source_skips_export(tmp_path):
 @pytest.fixture(scope="module")
 def opset11_build(tmp_path_factory) -> Path:
     """A build of the tiny ResNet exported as a newcomer would: opset 11, no dynamic_axes (batch fixed to 1)."""
-    from tests.conftest import TINY_SHAPE, tiny_resnet
+    from tests.models import TINY_SHAPE, tiny_resnet
 
     tmp = tmp_path_factory.mktemp("op11")
     model = tmp / "tiny_op11.onnx"

@@ -17,10 +17,11 @@ from typer.testing import CliRunner
 
 from rescompile.cli import app
 from rescompile.quantize import Policy
+from tests.builds import LATENCY_RUNS
 
 BROKEN = "/blocks/blocks.0/relu/Relu_output_0"  # read only by BLAMED
 BLAMED = "/blocks/blocks.0/conv2/Conv"
-FAST = ["--latency-batch", "1", "--latency-runs", "3", "-q"]
+FAST = ["--latency-batch", "1", *LATENCY_RUNS, "-q"]
 
 runner = CliRunner()
 

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from rescompile.errors import UsageError
 from rescompile.export import parity_inputs, run_onnx
 from rescompile.models.onnx_source import MIN_OPSET, default_opset, describe_onnx, free_batch, refuse_quantized, upgrade_opset
-from tests.conftest import TINY_SHAPE, tiny_resnet
+from tests.models import TINY_SHAPE, tiny_resnet
 
 
 @pytest.fixture(scope="module")

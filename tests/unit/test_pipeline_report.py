@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from layerinfo_fixtures import PUBLISHED, blocks, load, without_formats
 
 from rescompile.config import Gates
 from rescompile.data.holdout import DataChoice
@@ -21,6 +20,7 @@ from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.notes import latency_notes
 from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.run import ValidateSettings, compute_reference, validate
+from tests.layerinfo_fixtures import PUBLISHED, blocks, load, without_formats
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -9,29 +9,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from test_topology import simplified, torchvision_onnx
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.errors import UsageError
 from rescompile.export import run_onnx
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import verify_int8
-from rescompile.quantize import Policy, QuantPlan, insert_qdq, plan_qdq
+from rescompile.quantize import Policy, QuantPlan, plan_qdq
 from rescompile.quantize.registry import parse_policy
+from tests.models import quantize, simplified, torchvision_onnx
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]
-
-
-def calibrate(model: onnx.ModelProto, plan: QuantPlan, seed: int = 1, n: int = 16) -> dict:
-    shape = [d.dim_value or n for d in model.graph.input[0].type.tensor_type.shape.dim]
-    shape[0] = n
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return compute_ranges(collect_stats(model, plan.calibrated_tensors, [x[: n // 2], x[n // 2 :]]))
-
-
-def quantize(model: onnx.ModelProto, policy: Policy, **kw) -> tuple[QuantPlan, onnx.ModelProto]:  # type: ignore[no-untyped-def]
-    plan = plan_qdq(model, policy, **kw)
-    return plan, insert_qdq(model, plan, calibrate(model, plan))
 
 
 def ort_optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter:
@@ -206,18 +193,9 @@ def test_keeping_relus_moves_the_onnxruntime_q_before_them(tiny_onnx, policy):
         assert all(b.output_quantized == b.add_output for b in plan.residual_adds)
 
 
-def test_the_registry_loads_each_builtin_from_its_module_and_the_catalog_names_them_without_loading():
-    import subprocess
-    import sys
-
+def test_the_registry_loads_each_builtin_from_its_module():
     from rescompile.quantize import catalog, policy_ort, policy_trt, registry
 
     assert tuple(registry._BUILTINS) == catalog.BUILTIN == (Policy.TENSORRT, Policy.ONNXRUNTIME)
     assert registry.get_policy("tensorrt") is policy_trt.POLICY and registry.get_policy("onnxruntime") is policy_ort.POLICY
     assert catalog.REGISTERED["tensorrt"] is policy_trt.POLICY
-    code = (
-        "import sys; from rescompile.quantize.catalog import policy_names; from rescompile.quantize.policy import QuantPlan; "
-        "print(policy_names(), sorted(m for m in sys.modules if m.startswith('rescompile.quantize.')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == ("['tensorrt', 'onnxruntime'] ['rescompile.quantize.catalog', 'rescompile.quantize.policy']")
