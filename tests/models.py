@@ -248,3 +248,41 @@ def add_qdq(model: onnx.ModelProto, consumer: str, index: int, *, zp: int = 0, d
     m.graph.node.insert(pos, helper.make_node("QuantizeLinear", [t, "extra_scale", "extra_zp"], ["extra_q"], name="extra_Q"))
     node.input[index] = "extra_dq"
     return m
+
+
+def assert_policy_places_qdq(model: onnx.ModelProto, policy: str) -> None:
+    """``policy`` on a pre-activation or ResNet-D model: the proof passes, INT8 tracks FP32, each Add quantized as the
+    policy says (TensorRT: the shortcut only; ONNX Runtime: both inputs, and the Add's own output when nothing follows)."""
+    from rescompile.export import run_onnx
+    from rescompile.graph.verify import verify_int8
+
+    plan, int8 = quantize(model, policy)
+    report = verify_int8(model, int8, plan)
+    assert report.ok, report.violations
+    x = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    ref, got = run_onnx(model, x), run_onnx(int8, x)
+    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.98
+    for b in plan.residual_adds:
+        if policy == "tensorrt":
+            assert b.quantized == [b.shortcut]
+        else:
+            assert sorted(b.quantized) == sorted([b.main, b.shortcut])
+            # pre-activation: nothing follows the Add, so its own output is quantized
+            assert b.output_quantized is not None
+            if b.follower is None:
+                assert b.output_quantized == b.add_output
+
+
+BASIC = ("Conv", "Relu", "Conv")
+BOTTLENECK = ("Conv", "Relu", "Conv", "Relu", "Conv")
+
+
+def assert_chained(blocks) -> None:  # type: ignore[no-untyped-def]
+    """Structural invariants every post-activation ResNet satisfies."""
+    for b in blocks:
+        assert b.main != b.shortcut and b.main_producer_op == "Conv" and b.main_conv == b.main_producer
+        assert b.follower == "Relu" and b.follower_node
+        if b.shortcut_kind == "identity":
+            assert b.shortcut == b.block_input and b.shortcut_nodes == ()
+        else:
+            assert b.shortcut_kind == "projection" and b.shortcut_ops == ("Conv",)

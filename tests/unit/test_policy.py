@@ -16,7 +16,7 @@ from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, QuantPlan, plan_qdq
 from rescompile.quantize.registry import parse_policy
-from tests.models import quantize, simplified, torchvision_onnx
+from tests.models import assert_policy_places_qdq, quantize, simplified, torchvision_onnx
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]
 
@@ -82,25 +82,10 @@ def test_onnxruntime_int8_is_close_to_fp32(tiny_onnx, tiny_data):
     assert cos.min() > 0.99 and not np.array_equal(ref, got)
 
 
-@pytest.mark.parametrize(("name", "exporter"), [("preact", "torchscript"), ("resnet_d", "torchscript"), ("preact", "dynamo")])
+@pytest.mark.parametrize("name", ["preact", "resnet_d"])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policies_on_preactivation_and_resnet_d(name, exporter, policy):
-    model = simplified(name, exporter)
-    plan, int8 = quantize(model, policy)
-    report = verify_int8(model, int8, plan)
-    assert report.ok, report.violations
-    x = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype(np.float32)
-    ref, got = run_onnx(model, x), run_onnx(int8, x)
-    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.98
-    for b in plan.residual_adds:
-        if policy == Policy.TENSORRT:
-            assert b.quantized == [b.shortcut]
-        else:
-            assert sorted(b.quantized) == sorted([b.main, b.shortcut])
-            # pre-activation: nothing follows the Add, so its own output is quantized
-            assert b.output_quantized is not None
-            if b.follower is None:
-                assert b.output_quantized == b.add_output
+def test_policies_on_preactivation_and_resnet_d(name, policy):
+    assert_policy_places_qdq(simplified(name), policy)  # the dynamo export: tests/integration/test_model_families.py
 
 
 @pytest.mark.parametrize("policy", POLICIES)
