@@ -3,7 +3,9 @@
 A build is written into ``.<name>.partial-<pid>-*`` beside ``<out>`` and renamed into place
 only when complete, so ``<out>`` holds a complete build or the previous one, never a mix:
 
-- gates passed: the stage replaces ``<out>``; a stale ``<out>.failed`` is removed;
+- gates passed: the stage replaces ``<out>``; a stale ``<out>.failed`` is removed; files the previous
+  build in ``<out>`` does not own (not in its manifest: ``model.plan`` from ``rescompile engine``) are
+  kept, and the log says so;
 - a gate failed (GateFailed): the stage replaces ``<out>.failed`` (report + failing model),
   ``<out>`` keeps the previous passing build;
 - any other error, Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`~rescompile.errors.Terminated`,
@@ -297,15 +299,60 @@ def staged(out: Path) -> Iterator[Path]:
         try:
             yield stage
         except GateFailed:
-            _swap(stage, failed_path(out), passed=False)
+            _publish(stage, failed_path(out), passed=False)
             raise
-        _swap(stage, out)
+        _publish(stage, out, passed=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone after a swap; removed here after any error or interrupt
     stale = failed_path(out)
     if stale.is_dir() and _is_stale_failed(stale):
         _remove(stale)
         log.info("removed %s: the build that failed there was replaced by one that passed in %s", stale, out)
+
+
+def _publish(stage: Path, dest: Path, *, passed: bool) -> None:
+    """Swap ``stage`` in as ``dest``, keeping the files a user put into the previous ``dest`` (see :func:`carry_over`)."""
+    kept = carry_over(dest, stage)
+    _swap(stage, dest, passed=passed)
+    if kept:
+        log.warning(
+            "kept %s in %s/: not written by rescompile (made from the previous build? remake it from this one)",
+            ", ".join(kept),
+            dest,
+        )
+
+
+def carry_over(previous: Path, stage: Path) -> list[str]:
+    """Copy into ``stage`` what the build in ``previous`` does not own; return those names.
+
+    A build owns its ``manifest.json`` and the artifacts it lists; anything else in the folder (``model.plan``
+    from ``rescompile engine <out>``, a user's notes) was put there later and survives a rebuild, unless the new
+    build writes a file of that name. Hard links where possible (no copy of a large engine), else copies.
+    """
+    try:
+        owned = {MANIFEST, *read_manifest(previous / MANIFEST)["artifacts"]}
+    except (UsageError, OSError):
+        return []  # no build there (an empty folder) or an unreadable one (refused by check_out before any work)
+    kept = []
+    for entry in sorted(previous.iterdir()):
+        if entry.name in owned or entry.name.startswith(f".{previous.name}.probe-") or os.path.lexists(stage / entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, stage / entry.name)
+        kept.append(entry.name)
+    return kept
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _is_stale_failed(folder: Path) -> bool:

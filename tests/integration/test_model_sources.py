@@ -95,7 +95,7 @@ def test_torchscript_source(tmp_path):
     assert report["stages"]["residual_adds"] == 9
 
 
-def test_onnx_source_skips_export(tmp_path):
+def test_onnx_source_skips_export_and_is_read_once(tmp_path, monkeypatch):
     data = npz(tmp_path, 1, 16, 4)
     first = tmp_path / "first"
     invoke(
@@ -117,9 +117,21 @@ def test_onnx_source_skips_export(tmp_path):
             *FAST,
         ]
     )
+    import onnx
+
+    reads: list[str] = []
+    load = onnx.load
+
+    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counted)
     report = invoke(
         ["build", str(first / "model.fp32.onnx"), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST]
     )
+    monkeypatch.undo()
+    assert reads.count(str(first / "model.fp32.onnx")) == 1, reads  # described and exported from one read
     assert report["reference"] == "onnxruntime-fp32"
     assert report["stages"]["export_max_abs_error"] is None
     assert report["agreement"]["cosine_mean"] > 0.99

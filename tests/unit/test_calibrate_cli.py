@@ -114,3 +114,22 @@ def test_calibrate_bad_data_exit_2(model_file: Path, tmp_path: Path) -> None:
     np.save(tmp_path / "huge.npy", np.full((2, 1, 16, 16), 3e38, np.float32))
     code, text = run(["calibrate", str(model_file), "--calib", str(tmp_path / "huge.npy")])
     assert code == 2 and "holds NaN or Inf during calibration" in text and "activation '" in text
+
+
+def test_calibrate_shows_each_calibration_warning_once(tmp_path: Path, model_file: Path, tiny_npz: Path) -> None:
+    args = [
+        "calibrate",
+        str(model_file),
+        "--calib",
+        str(tiny_npz),
+        "--calib-size",
+        "8",
+        "--preset",
+        "grayscale",
+        "-o",
+        str(tmp_path / "r.json"),
+    ]
+    for quiet in ([], ["-q"]):
+        result = runner.invoke(app, [*args, *quiet])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("8 calibration sample(s)") == 1 and "(tiny-calibration-set)" in result.output, result.output

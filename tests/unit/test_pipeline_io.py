@@ -275,3 +275,27 @@ def test_interrupt_during_the_swap_after_the_rename_counts_as_published(tmp_path
     monkeypatch.undo()
     assert publishing.last_published() == publishing.Published(out, True) and (out / "a.txt").read_text() == "second"
     assert names(tmp_path) == ["b"]
+
+
+def test_a_rebuild_keeps_the_files_the_build_does_not_own_and_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """model.plan from `rescompile engine <out>` and a user's notes survive a rebuild; what the old build listed in its
+    manifest goes with it; a file the new build writes replaces the user's of the same name."""
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    out = tmp_path / "b"
+    with staged(out) as stage:
+        write_text_atomic(stage / "manifest.json", json.dumps({"schema": "rescompile.manifest/1", "artifacts": {"old.txt": entry}}))
+        write_text_atomic(stage / "old.txt", "owned by the first build")
+    (out / "model.plan").write_bytes(b"engine")
+    (out / "notes").mkdir()
+    (out / "notes" / "n.md").write_text("mine")
+    (out / "report.md").write_text("the user's, but the next build writes one")
+    with caplog.at_level("WARNING", logger="rescompile.publish"):
+        with staged(out) as stage:
+            write_text_atomic(stage / "manifest.json", MANIFEST)
+            write_text_atomic(stage / "report.md", "the build's")
+    assert names(out) == ["manifest.json", "model.plan", "notes", "report.md"]
+    assert (out / "model.plan").read_bytes() == b"engine" and (out / "notes" / "n.md").read_text() == "mine"
+    assert (out / "report.md").read_text() == "the build's"
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said.startswith(f"kept model.plan, notes in {out}/: not written by rescompile")
+    assert names(tmp_path) == ["b"]
