@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections import Counter
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -286,3 +288,14 @@ def assert_chained(blocks) -> None:  # type: ignore[no-untyped-def]
             assert b.shortcut == b.block_input and b.shortcut_nodes == ()
         else:
             assert b.shortcut_kind == "projection" and b.shortcut_ops == ("Conv",)
+
+
+def ort_optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter[str]:
+    """Op counts of the graph ONNX Runtime actually runs (level ALL, CPU provider)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)

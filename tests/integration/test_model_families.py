@@ -11,10 +11,22 @@ import torchvision
 
 from rescompile.export import ExportConfig, export_onnx, run_onnx, run_torch
 from rescompile.graph.topology import find_residual_blocks
+from rescompile.graph.verify import verify_int8
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
 from rescompile.quantize import Policy
 from rescompile.simplify import fold_batchnorm
-from tests.models import BASIC, BOTTLENECK, TINY_SHAPE, assert_chained, assert_policy_places_qdq, quick_export, simplified, torchvision_onnx
+from tests.models import (
+    BASIC,
+    BOTTLENECK,
+    TINY_SHAPE,
+    assert_chained,
+    assert_policy_places_qdq,
+    ort_optimized,
+    quantize,
+    quick_export,
+    simplified,
+    torchvision_onnx,
+)
 
 
 @pytest.mark.parametrize("name", sorted(DEPTHS, key=DEPTHS.get))
@@ -92,3 +104,19 @@ def test_dynamo_exporter_gives_same_numbers(tiny_module):
     assert parity.passed
     x = np.random.default_rng(0).standard_normal((3, *TINY_SHAPE)).astype(np.float32)
     np.testing.assert_allclose(run_onnx(model, x), run_torch(tiny_module, x), atol=1e-4)
+
+
+@pytest.mark.parametrize("policy", [Policy.TENSORRT, Policy.ONNXRUNTIME])
+def test_int8_kernels_in_onnxruntime(policy, tmp_path):
+    """The onnxruntime policy makes every Conv, Add, pool and the fc INT8 kernels; tensorrt's placement does not."""
+    model = torchvision_onnx("resnet18")
+    plan, int8 = quantize(model, policy)
+    ops = ort_optimized(int8, tmp_path)
+    if policy == Policy.ONNXRUNTIME:
+        assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QGemm"] == 1
+        assert ops["QLinearGlobalAveragePool"] == 1 and ops["NhwcMaxPool"] == 1
+        assert ops["Conv"] + ops["FusedConv"] + ops["Add"] + ops["DequantizeLinear"] == 0
+        assert ops["QuantizeLinear"] == 1  # only the network input
+    else:
+        assert ops["QLinearConv"] == 0 and ops["QLinearAdd"] == 0  # TensorRT-style Q/DQ is not ORT's pattern
+    assert verify_int8(model, int8, plan).ok

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,20 +14,9 @@ from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, QuantPlan, plan_qdq
 from rescompile.quantize.registry import parse_policy
-from tests.models import assert_policy_places_qdq, quantize, simplified, torchvision_onnx
+from tests.models import assert_policy_places_qdq, ort_optimized, quantize, simplified
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]
-
-
-def ort_optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter:
-    """Op counts of the graph ONNX Runtime actually runs (level ALL, CPU provider)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
 
 
 def test_onnxruntime_policy_quantizes_both_add_inputs_and_after_the_relu(tiny_onnx):
@@ -57,22 +44,6 @@ def test_tensorrt_policy_scheme_and_pooling_scale(tiny_onnx):
     idx = GraphIndex.build(tiny_onnx.graph)
     # R7: Flatten and the average pool take their input's scale: the last block's ReLU output.
     assert idx.producer[fc_input.scale_from].op_type == "Relu" and any(r.startswith("R7") for r in fc_input.rules)
-
-
-@pytest.mark.parametrize("policy", POLICIES)
-def test_int8_kernels_in_onnxruntime(policy, tmp_path):
-    """The onnxruntime policy makes every Conv, Add, pool and the fc INT8 kernels; tensorrt's placement does not."""
-    model = torchvision_onnx("resnet18")
-    plan, int8 = quantize(model, policy)
-    ops = ort_optimized(int8, tmp_path)
-    if policy == Policy.ONNXRUNTIME:
-        assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QGemm"] == 1
-        assert ops["QLinearGlobalAveragePool"] == 1 and ops["NhwcMaxPool"] == 1
-        assert ops["Conv"] + ops["FusedConv"] + ops["Add"] + ops["DequantizeLinear"] == 0
-        assert ops["QuantizeLinear"] == 1  # only the network input
-    else:
-        assert ops["QLinearConv"] == 0 and ops["QLinearAdd"] == 0  # TensorRT-style Q/DQ is not ORT's pattern
-    assert verify_int8(model, int8, plan).ok
 
 
 def test_onnxruntime_int8_is_close_to_fp32(tiny_onnx, tiny_data):
