@@ -1,4 +1,4 @@
-"""Long fuzzing run of every parser the CLI exposes (the same targets as tests/unit/test_fuzz_parsers.py).
+"""Long fuzzing run of every parser the CLI exposes (the same targets as tests/integration/test_fuzz_parsers.py).
 
 For ``--minutes`` in total, round-robin over the targets: each round draws ``--batch`` inputs per
 target from its hypothesis strategies and checks the contract of tests/fuzzing.py — the library
@@ -28,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # this checkout's rescompile and the shared harness
+sys.path.insert(0, str(ROOT))  # this checkout's rescompile and the shared harness (tests/fuzzing.py)
 
-import fuzzing  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+
+from tests import fuzzing  # noqa: E402
 
 
 def where(exc: BaseException) -> str:

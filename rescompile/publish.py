@@ -3,11 +3,15 @@
 A build is written into ``.<name>.partial-<pid>-*`` beside ``<out>`` and renamed into place
 only when complete, so ``<out>`` holds a complete build or the previous one, never a mix:
 
-- gates passed: the stage replaces ``<out>``; a stale ``<out>.failed`` is removed;
+- gates passed: the stage replaces ``<out>``; a stale ``<out>.failed`` is removed; files the previous
+  build in ``<out>`` does not own (not in its manifest: ``model.plan`` from ``rescompile engine``) are
+  kept, and the log says so;
 - a gate failed (GateFailed): the stage replaces ``<out>.failed`` (report + failing model),
   ``<out>`` keeps the previous passing build;
 - any other error, Ctrl-C (KeyboardInterrupt) or SIGTERM (:class:`~rescompile.errors.Terminated`,
-  raised by the CLI's handler): the stage is removed, nothing is published.
+  raised by the CLI's handler): the stage is removed, nothing is published. One that lands after
+  the rename finds the build published (:func:`last_published`): the CLI says so and exits as the
+  build did (0, or 1 for ``<out>.failed``).
 
 If the process dies without a chance to clean up (SIGKILL, power loss), the pid in the
 leftover's name tells the next build into the same ``--out`` that its owner is gone: it
@@ -21,8 +25,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rescompile.buildfolder import MANIFEST, ForeignManifest, failed_path, read_manifest
@@ -71,9 +76,10 @@ def check_out(out: Path) -> Path:
     """Refuse, before any work, an ``--out`` a build could not be published to; return it as an absolute path.
 
     Refused (UsageError, exit 2): the current folder or one holding it (``--out .``), a path
-    under a regular file, a folder that cannot be written (checked by creating and removing
-    a probe folder, so it holds for root too), a file, and a non-empty folder (``<out>`` or
-    ``<out>.failed``) that holds no rescompile build.
+    under a regular file, a folder that cannot be written (the parent, and ``<out>`` and
+    ``<out>.failed`` where they exist: checked by creating and removing a probe folder, so it
+    holds for root too), a mount point as ``<out>`` (it cannot be renamed), a file, and a
+    non-empty folder (``<out>`` or ``<out>.failed``) that holds no rescompile build.
     """
     out = Path(out)
     absolute = Path(os.path.abspath(out))
@@ -98,16 +104,31 @@ def check_out(out: Path) -> Path:
         raise UsageError(f"cannot create --out {out}: {existing} is a file, not a folder", hint="choose another --out")
     _check_target(absolute, "--out")
     _check_target(failed_path(absolute), "the failed-build folder")
-    try:  # really create something: os.access() trusts mode bits that root ignores, and misjudges NFS root squash or ACLs
-        os.rmdir(tempfile.mkdtemp(prefix=f".{absolute.name}.probe-{os.getpid()}-", dir=existing))
+    # The build is staged in the parent and renamed over <out>: both must be writable, and moving a folder
+    # to another parent rewrites its "..", which needs the folder itself writable (an existing, empty,
+    # read-only <out> passed the parent's probe and failed only when the build was published).
+    for folder in (existing, *(f for f in (absolute, failed_path(absolute)) if f.is_dir())):
+        if folder is not existing and os.path.ismount(folder):
+            raise UsageError(
+                f"cannot write --out {out}: {folder} is a mount point, and a build replaces its folder whole",
+                hint="choose a subfolder of it, e.g. --out " + str(Path(out) / "build"),
+            )
+        _probe(folder, absolute.name, out)
+    return absolute
+
+
+def _probe(folder: Path, name: str, out: Path) -> None:
+    """Create and remove a folder in ``folder``: os.access() trusts mode bits that root ignores, and misjudges
+    read-only mounts, NFS root squash and ACLs."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=f".{name}.probe-{os.getpid()}-", dir=folder))
     except OSError as exc:
-        fault = environment_fault(exc, existing)  # a read-only or full file system: the machine's fault, not the user's (exit 5)
+        fault = environment_fault(exc, folder)  # a read-only or full file system: the machine's fault, not the user's (exit 5)
         if fault is not None:
             raise fault from None
         raise UsageError(
-            f"cannot write --out {out}: {existing} is not writable ({exc.strerror or exc})", hint="choose a folder you can write to"
+            f"cannot write --out {out}: {folder} is not writable ({exc.strerror or exc})", hint="choose a folder you can write to"
         ) from None
-    return absolute
 
 
 def _process_start(pid: int) -> float | None:
@@ -180,11 +201,41 @@ def clean_leftovers(out: Path) -> list[Path]:
     return removed
 
 
-def _swap(stage: Path, dest: Path) -> None:
+@dataclass(frozen=True)
+class Published:
+    """A build this process published: ``folder`` is complete (``passed`` False: it is ``<out>.failed``)."""
+
+    folder: Path
+    passed: bool
+
+
+_published: Published | None = None
+on_published: Callable[[Published], None] | None = None  # the CLI's hook: a signal from now on must not look like a failure
+
+
+def last_published() -> Published | None:
+    """What this process published since :func:`forget_published` (the CLI asks when Ctrl-C or SIGTERM arrives)."""
+    return _published
+
+
+def forget_published() -> None:
+    global _published
+    _published = None
+
+
+def _note_published(dest: Path, passed: bool) -> None:
+    global _published
+    _published = Published(dest, passed)
+    if on_published is not None:
+        on_published(_published)
+
+
+def _swap(stage: Path, dest: Path, *, passed: bool = True) -> None:
     """Rename ``stage`` to ``dest``; the folder ``dest`` held is moved aside first and removed after.
 
     Exception-safe: whatever interrupts it (an OSError, Ctrl-C, SIGTERM) puts the previous ``dest``
-    back before it propagates. The caller removes ``stage``.
+    back before it propagates, unless the rename had happened: then ``dest`` is noted as published
+    (:func:`last_published`) before the interrupt propagates. The caller removes ``stage``.
     """
     os.chmod(stage, 0o777 & ~_umask())
     for attempt in range(_SWAP_ATTEMPTS):
@@ -199,8 +250,10 @@ def _swap(stage: Path, dest: Path) -> None:
                 except FileNotFoundError:  # another build moved it away meanwhile
                     pass
             os.replace(stage, dest)
+            _note_published(dest, passed)
         except BaseException as exc:
             if not os.path.lexists(stage) and os.path.lexists(dest):  # interrupted just after the swap completed
+                _note_published(dest, passed)
                 if old is not None:
                     shutil.rmtree(old, ignore_errors=True)
                 raise
@@ -253,7 +306,7 @@ def staged(out: Path) -> Iterator[Path]:
         try:
             yield stage
         except GateFailed:
-            _swap(stage, failed_path(out))
+            _publish(stage, failed_path(out), passed=False)
             raise
         except Exception as exc:  # a full or failing disk (exit 5): say what the user keeps, the fault hit the staging folder
             fault = environment_fault(exc)
@@ -261,13 +314,58 @@ def staged(out: Path) -> Iterator[Path]:
                 raise
             kept = f"{out} keeps the previous build" if _is_stale_failed(out) else "nothing was published"
             raise EnvironmentFault(f"{fault.message}; {kept}", hint=fault.hint) from None
-        _swap(stage, out)
+        _publish(stage, out, passed=True)
     finally:
         shutil.rmtree(stage, ignore_errors=True)  # gone after a swap; removed here after any error or interrupt
     stale = failed_path(out)
     if stale.is_dir() and _is_stale_failed(stale):
         _remove(stale)
         log.info("removed %s: the build that failed there was replaced by one that passed in %s", stale, out)
+
+
+def _publish(stage: Path, dest: Path, *, passed: bool) -> None:
+    """Swap ``stage`` in as ``dest``, keeping the files a user put into the previous ``dest`` (see :func:`carry_over`)."""
+    kept = carry_over(dest, stage)
+    _swap(stage, dest, passed=passed)
+    if kept:
+        log.warning(
+            "kept %s in %s/: not written by rescompile (made from the previous build? remake it from this one)",
+            ", ".join(kept),
+            dest,
+        )
+
+
+def carry_over(previous: Path, stage: Path) -> list[str]:
+    """Copy into ``stage`` what the build in ``previous`` does not own; return those names.
+
+    A build owns its ``manifest.json`` and the artifacts it lists; anything else in the folder (``model.plan``
+    from ``rescompile engine <out>``, a user's notes) was put there later and survives a rebuild, unless the new
+    build writes a file of that name. Hard links where possible (no copy of a large engine), else copies.
+    """
+    try:
+        owned = {MANIFEST, *read_manifest(previous / MANIFEST)["artifacts"]}
+    except (UsageError, OSError):
+        return []  # no build there (an empty folder) or an unreadable one (refused by check_out before any work)
+    kept = []
+    for entry in sorted(previous.iterdir()):
+        if entry.name in owned or entry.name.startswith(f".{previous.name}.probe-") or os.path.lexists(stage / entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link_or_copy)
+        else:
+            _link_or_copy(entry, stage / entry.name)
+        kept.append(entry.name)
+    return kept
+
+
+def _link_or_copy(src: str | Path, dst: str | Path) -> None:
+    if os.path.islink(src):
+        os.symlink(os.readlink(src), dst)
+        return
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _is_stale_failed(folder: Path) -> bool:

@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny residual models built on the CPU, exported and simplified once per session."""
+"""Shared fixtures: tiny residual models built on the CPU, exported and simplified once per session; the session's one
+demo build and its bundle. The only conftest: helpers live in tests/*.py modules, imported as ``from tests.xxx import``."""
 
 from __future__ import annotations
 
@@ -10,48 +11,15 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-import torch
 from torch import nn
 
 from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.export import ExportConfig, export_onnx
-from rescompile.models.resnet_cifar import BasicBlock
 from rescompile.quantize import insert_qdq, plan_qdq
 from rescompile.simplify import simplify
-
-
-class TinyResNet(nn.Module):
-    """Stem conv, ``blocks`` BasicBlocks (the first optionally downsampling), pool, fc."""
-
-    def __init__(self, blocks: int = 2, downsample: bool = True, in_channels: int = 1, classes: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
-        layers = []
-        planes = 8
-        for i in range(blocks):
-            out = 16 if (downsample and i == 0) else planes
-            layers.append(BasicBlock(planes, out, stride=2 if (downsample and i == 0) else 1))
-            planes = out
-        self.blocks = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(planes, classes))
-        torch.manual_seed(0)
-        for m in self.modules():  # non-trivial BN statistics so folding is exercised
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.data.uniform_(0.5, 1.5)
-                m.bias.data.uniform_(-0.2, 0.2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)))
-
-
-def tiny_resnet(blocks: int = 2, downsample: bool = True) -> nn.Module:
-    torch.manual_seed(0)
-    return TinyResNet(blocks, downsample).eval()
-
-
-TINY_SHAPE = (1, 16, 16)
+from tests.builds import DemoBuild, build_demo
+from tests.faults_fixtures import small_fs  # noqa: F401 (a fixture: a real small file system, docs/faults.md)
+from tests.models import TINY_SHAPE, tiny_resnet
 
 
 @pytest.fixture(scope="session")
@@ -111,3 +79,28 @@ def tiny_npz(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez_compressed(path, images=rng.integers(0, 256, (40, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 40))
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory: pytest.TempPathFactory) -> DemoBuild:
+    """The session's one passing demo build (tests.builds.DEMO_SMALL): read it, or copy it to change it."""
+    return build_demo(tmp_path_factory.mktemp("demobuild"))
+
+
+@pytest.fixture(scope="session")
+def small_demo_build(demo_build: DemoBuild) -> Path:
+    """The folder of :func:`demo_build`."""
+    return demo_build.folder
+
+
+@pytest.fixture(scope="session")
+def demo_bundle(small_demo_build: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``demo.rcb``: 64 reference inputs, gated on top-1 agreement >= 90%."""
+    from typer.testing import CliRunner
+
+    from rescompile.cli import app
+
+    out = tmp_path_factory.mktemp("bundle") / "demo.rcb"
+    result = CliRunner().invoke(app, ["bundle", str(small_demo_build), "-o", str(out), "--reference-size", "64", "--min-agreement", "90"])
+    assert result.exit_code == 0, result.output
+    return out

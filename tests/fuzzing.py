@@ -1,4 +1,4 @@
-"""Fuzzing harness shared by tests/unit/test_fuzz_parsers.py (fast) and benchmarks/fuzz.py (long runs).
+"""Fuzzing harness shared by tests/integration/test_fuzz_parsers.py (fast) and benchmarks/fuzz.py (long runs).
 
 Every parser the CLI exposes is a :class:`Target`: seed files taken from a real build folder,
 hypothesis strategies that make hostile inputs from them (random bytes, truncations, flipped
@@ -31,8 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from rescompile.errors import RescompileError
-
-SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--latency-runs", "3", "-q"]
+from tests.builds import LATENCY_RUNS, TINY_MODEL
 
 
 def make_build(folder: Path) -> Path:
@@ -46,7 +45,7 @@ def make_build(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     np.savez_compressed(data, images=rng.integers(0, 256, (16, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 16))
     out = folder / "build"
-    res = CliRunner().invoke(app, ["build", "resnet20", *SMALL, "--calib", str(data), "--val", str(data), "--out", str(out)])
+    res = CliRunner().invoke(app, ["build", "resnet20", *TINY_MODEL, "--calib", str(data), "--val", str(data), "--out", str(out)])
     assert res.exit_code == 0, res.output
     import torch
 
@@ -64,8 +63,7 @@ def make_build(folder: Path) -> Path:
             "--val",
             str(data),
             "--no-baseline",
-            "--latency-runs",
-            "3",
+            *LATENCY_RUNS,
             "--latency-batch",
             "1",
             "--save-reference",
@@ -632,8 +630,7 @@ def targets(build: Path) -> list[Target]:
                 str(p),
                 "--val",
                 str(build.parent / "fuzz-data.npz"),
-                "--latency-runs",
-                "3",
+                *LATENCY_RUNS,
                 "--latency-batch",
                 "1",
                 "--out",
@@ -690,8 +687,7 @@ def targets(build: Path) -> list[Target]:
                 "--reference",
                 str(p),
                 "--no-baseline",
-                "--latency-runs",
-                "3",
+                *LATENCY_RUNS,
                 "--latency-batch",
                 "1",
                 "--out",

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import getpass
 import os
-import shutil
 import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+from tests.tools import SSHD
+
 # scp (OpenSSH >= 9) speaks SFTP: the server needs its sftp subsystem, as Debian's default sshd_config has.
 SFTP = next(
     (p for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/openssh/sftp-server", "/usr/libexec/sftp-server") if Path(p).exists()),

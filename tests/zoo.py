@@ -296,7 +296,7 @@ FULL = [
 ]
 
 
-# --- the pipeline over one zoo model (used by tests/unit/test_zoo.py and benchmarks/zoo.py) -----
+# --- the pipeline over one zoo model (used by tests/integration/test_zoo.py and benchmarks/zoo.py) -----
 
 
 @dataclass

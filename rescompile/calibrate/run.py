@@ -51,7 +51,7 @@ def input_stats(model: onnx.ModelProto, stats: dict[str, TensorStats]) -> Tensor
 
 
 def checked(run: CalibrationRun, source: DataSource, pre: Preprocess, inputs: TensorStats | None) -> CalibrationRun:
-    """``run`` with the findings of :mod:`rescompile.calibrate.checks`, each logged as a warning.
+    """``run`` with the findings of :mod:`rescompile.calibrate.checks` in ``run.warnings`` (not logged: the caller shows them).
 
     Raises:
         UsageError: constant inputs, non-finite or absurd inputs or ranges.
@@ -62,9 +62,7 @@ def checked(run: CalibrationRun, source: DataSource, pre: Preprocess, inputs: Te
         found += check_inputs(InputRange.from_stats(inputs, float_data), pre, source.name)
     found += check_ranges(run.stats or {}, run.result.ranges)
     found += check_samples(run.result.samples, source.name)
-    run.warnings = found
-    for w in found:
-        log.warning("warning: %s", w.message)
+    run.warnings = found  # shown once, by the caller: the build's summary and report, the calibrate command's output
     return run
 
 

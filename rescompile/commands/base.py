@@ -5,7 +5,7 @@ usage, 3 a missing dependency, 4 an internal error (a bug: traceback, please rep
 5 the machine failed the command (disk full, quota, read-only file system, I/O error, too many
 open files: an ``OSError`` of ``errors.FAULT_ERRNOS`` raised anywhere), 6 a Ray worker or node
 or an SSH link was lost for good (retries ran out); 130 interrupted (Ctrl-C), 143 terminated
-(SIGTERM). docs/faults.md lists every fault and what is kept.
+(SIGTERM) (after the build was published: the build's own 0 or 1). docs/faults.md lists every fault and what is kept.
 
 ``app.command()`` registers a command whose body runs under :func:`exit_codes`, whose
 option-group parameters (``rescompile.commands.groups``) are expanded for Typer, and whose
@@ -20,7 +20,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -90,7 +90,45 @@ def _sigterm_raises() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if signal.getsignal(signal.SIGTERM) is _raise:  # not replaced meanwhile (by _finish_after_publish)
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _after_publish(what: str) -> NoReturn:
+    """Ctrl-C or SIGTERM after the build was published: say so, and exit as the build did (0, or 1 for <out>.failed)."""
+    from rescompile.publish import last_published
+
+    done = last_published()
+    assert done is not None
+    code = 0 if done.passed else 1
+    err_console.print(
+        f"{what} after the build was published: {done.folder}/ is complete; exit {code}", highlight=False, markup=False, soft_wrap=True
+    )
+    raise typer.Exit(code)
+
+
+def finish_after_publish() -> None:
+    """For the CLI process (``rescompile.cli.main``): once a build is published, Ctrl-C or SIGTERM ends the process
+    at once with the build's exit code and says so, wherever it lands (summary, interpreter shutdown)."""
+    import signal
+    import threading
+
+    from rescompile import publish
+
+    def hook(done: publish.Published) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def finish(signum: int, frame: Any) -> None:
+            what = "interrupted" if signum == signal.SIGINT else "terminated"
+            code = 0 if done.passed else 1
+            os.write(2, f"{what} after the build was published: {done.folder}/ is complete; exit {code}\n".encode())
+            os._exit(code)
+
+        signal.signal(signal.SIGINT, finish)
+        signal.signal(signal.SIGTERM, finish)
+
+    publish.on_published = hook
 
 
 @contextmanager
@@ -98,11 +136,15 @@ def exit_codes() -> Iterator[None]:
     """Run the body; turn rescompile errors into one-line messages and exit codes (``typer.Exit``).
 
     Ctrl-C exits 130 and SIGTERM 143 (128 + the signal number, as shells report a process killed by it),
-    after the build's staging folder is removed. An ``OSError`` of ``errors.FAULT_ERRNOS`` (a full disk, a
+    after the build's staging folder is removed; one that lands after the build was published exits as
+    the build did (0, or 1 for ``<out>.failed``) and says the build is complete. An ``OSError`` of ``errors.FAULT_ERRNOS`` (a full disk, a
     read-only or failing file system, too many open files), anywhere in the exception's cause chain, is
     the machine's fault: one line naming the path, exit 5. Anything else is a bug: traceback and exit 4
     (re-raised when RESCOMPILE_DEBUG is set).
     """
+    from rescompile.publish import forget_published, last_published
+
+    forget_published()
     try:
         with _sigterm_raises():
             yield
@@ -112,9 +154,13 @@ def exit_codes() -> Iterator[None]:
         _print_error(exc)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
+        if last_published() is not None:
+            _after_publish("interrupted")
         err_console.print("interrupted")
         raise typer.Exit(130) from None
     except Terminated:
+        if last_published() is not None:
+            _after_publish("terminated")
         err_console.print("terminated")
         raise typer.Exit(143) from None
     except Exception as exc:

@@ -10,7 +10,7 @@ import typer
 
 from rescompile.buildfolder import RANGES
 from rescompile.commands import options as o
-from rescompile.commands.base import app, checked_path, console, log_to_stderr
+from rescompile.commands.base import app, checked_path, console, log_to_stderr, warn
 from rescompile.commands.groups import OptionGroup
 from rescompile.quantize.registry import policy_help
 
@@ -194,5 +194,7 @@ def _collect(
             on_batch=advance,
             ray=scale,
         )
+    for w in run.warnings:  # the one place they are shown (a build shows them in its summary and report)
+        warn(f"{w.message} ({w.code})")
     where = "" if scale is None else f" on {scale.where()}"
     return run.result, run.stats_npz, f"{len(names)} tensors, {src.count} samples of {src.name}{where} in {run.seconds:.1f} s"

@@ -225,7 +225,7 @@ def _load_arrays(path: Path, layout: str) -> DataSource:
         return _from_arrays(str(path), NpyFile(path), None, layout)
     from rescompile.readers import load_npz, short
 
-    arrays = load_npz(path, "images archive (.npz)")
+    arrays = load_npz(path, "NumPy archive of images (.npz)")
     keys = list(arrays)
     img_key = next((k for k in _IMAGE_KEYS if k in keys), keys[0] if len(keys) == 1 else None)
     if img_key is None:

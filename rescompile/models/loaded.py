@@ -23,3 +23,6 @@ class LoadedModel:
     num_classes: int
     preset: str  # default preprocessing preset for this model
     source: dict[str, Any] = field(default_factory=dict)
+    # The ONNX file's model as read to describe it (onnx.ModelProto): the export stage takes it, so a build reads the
+    # file once. None for a PyTorch source, or once taken.
+    onnx_model: Any | None = field(default=None, repr=False, compare=False)

@@ -243,4 +243,4 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
             f"{path} has no Conv, Gemm or MatMul with a weight initializer: nothing for rescompile to quantize",
             hint="export the model with its weights as initializers (torch.onnx.export does by default)",
         )
-    return LoadedModel(path.stem, None, path, (c, h, w), num_classes, default_preset(c, h), {"spec": str(path)})
+    return LoadedModel(path.stem, None, path, (c, h, w), num_classes, default_preset(c, h), {"spec": str(path)}, model)

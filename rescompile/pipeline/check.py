@@ -294,18 +294,19 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     check_layout(req.layout, "--layout")
     settings = _settings(req, gates)
     found = _inputs(req, warn)
+    # the files first (an unreadable candidate is named before missing data), read once
+    cand_onnx = load_onnx(found.candidate) if found.candidate.suffix.lower() == ".onnx" else None
     # the validation data, and gates that need labels it lacks (exit 2), are settled before any work
     saved_ref = found.reference.lower().endswith(".npz")
     choice = None if saved_ref else validation_data(req.val, found.build_doc, found.reference, req.layout, req.val_size)
     if choice is not None:
         check_label_gates(gates, choice)
     threads = req.timing.threads
-    candidate = open_runner(found.candidate, threads=threads, cuda_lib=check_choice(req.cuda_lib))  # first: no TensorRT fails early
+    candidate = open_runner(found.candidate, threads=threads, cuda_lib=check_choice(req.cuda_lib), model=cand_onnx)  # no TensorRT: early
     try:
         ref = _open_reference(replace(req.reference, spec=found.reference), threads)
         baseline, fp32_model = _baseline(req, ref, found, gates)
         inputs, reference, choice = _reference_outputs(req, ref, found, choice, gates, settings)
-        cand_onnx = load_onnx(found.candidate) if found.candidate.suffix.lower() == ".onnx" else None
         if latency_notes(cand_onnx, candidate.name):  # CPU latency not representative: timed briefly by default
             settings = replace(settings, latency=replace(settings.latency, brief=True))
         measured = validate(reference, candidate, inputs, baseline=baseline, settings=settings)

@@ -116,7 +116,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig) -> Exported:
 
     if loaded.onnx_path is None:
         raise ValueError(f"{loaded.name}: neither a module nor an ONNX file")
-    model, conversion = upgrade_opset(read_onnx(loaded.onnx_path), loaded.onnx_path, loaded.input_shape)
+    read, loaded.onnx_model = loaded.onnx_model, None  # read once (when the model was described); not kept past export
+    model, conversion = upgrade_opset(read if read is not None else read_onnx(loaded.onnx_path), loaded.onnx_path, loaded.input_shape)
     model, freed = free_batch(model, loaded.onnx_path, loaded.input_shape)
     return Exported(model, None, conversion, freed)
 

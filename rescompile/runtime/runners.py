@@ -107,10 +107,13 @@ def load_onnx(path: Path) -> onnx.ModelProto:
     return read_onnx(Path(path))
 
 
-def open_runner(path: Path, *, threads: int | None = None, name: str | None = None, cuda_lib: str = "auto") -> Runner:
+def open_runner(
+    path: Path, *, threads: int | None = None, name: str | None = None, cuda_lib: str = "auto", model: onnx.ModelProto | None = None
+) -> Runner:
     """A runner for a model file: ``.onnx`` on ONNX Runtime, a TensorRT plan where TensorRT exists.
 
     A plan's buffers come from ``cuda_lib`` (auto, cuda-python, pycuda, torch: ``rescompile.runtime.cuda_libs``).
+    ``model``: the ``.onnx`` file's model, already read by the caller (it is not read again).
 
     Raises:
         UsageError: the file is missing, unreadable or of an unknown kind.
@@ -129,7 +132,8 @@ def open_runner(path: Path, *, threads: int | None = None, name: str | None = No
         return tensorrt_runner.TensorRTRunner(path, cuda_lib=cuda_lib)  # type: ignore[no-any-return]
     if suffix != ".onnx":
         raise UsageError(f"{path}: expected an .onnx model or a TensorRT plan ({', '.join(TENSORRT_SUFFIXES)})")
-    model = load_onnx(path)
+    if model is None:
+        model = load_onnx(path)
     try:
         return OnnxRuntimeRunner(model, name or f"onnxruntime-{onnx_precision(model)}", threads)
     except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs

@@ -19,28 +19,19 @@ from rescompile.cli import app
 from rescompile.io import sha256_file
 from rescompile.publish import clean_leftovers
 from rescompile.validate.schema import schema_errors
+from tests.builds import DEMO_SMALL, LATENCY_RUNS, DemoBuild, copy_build
 
 runner = CliRunner()
 REPO = Path(__file__).parents[2]
-SMALL = ["-q", "--val-size", "200", "--latency-runs", "3", "--latency-batch", "1"]
-VALIDATE = ["-q", "--val-size", "50", "--latency-runs", "3", "--latency-batch", "1", "--no-baseline"]
+VALIDATE = ["-q", "--val-size", "50", *LATENCY_RUNS, "--latency-batch", "1", "--no-baseline"]
 # What a run measures rather than computes: excluded from the byte-identity of two builds.
 MEASURED_REPORT = ("latency", "latency_plan", "speedup_int8_vs_fp32_p50", "memory", "timings_s")
 
 
-@pytest.fixture(scope="module")
-def first(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A passing demo build, built into ``<tmp>/out`` and moved to ``<tmp>/first`` (so ``out`` can be built again)."""
-    root = tmp_path_factory.mktemp("integrity")
-    result = runner.invoke(app, ["build", "--out", str(root / "out"), *SMALL])
-    assert result.exit_code == 0, result.output
-    os.replace(root / "out", root / "first")
-    return root / "first"
-
-
-def copy_of(build: Path, dest: Path) -> Path:
-    shutil.copytree(build, dest)
-    return dest
+@pytest.fixture()
+def first(small_demo_build: Path) -> Path:
+    """The session's demo build (tests/conftest.py): copy it before changing it."""
+    return small_demo_build
 
 
 def cli(*args: str) -> tuple[int, str]:
@@ -54,9 +45,9 @@ def one_line_error(text: str) -> str:
     return line
 
 
-def test_two_builds_are_byte_identical_but_for_measured_times(first: Path):
-    out = first.parent / "out"  # the same --out as the first build: the recorded config is the same too
-    code, text = cli("build", "--out", str(out), *SMALL)
+def test_two_builds_are_byte_identical_but_for_measured_times(demo_build: DemoBuild):
+    first, out = demo_build.folder, demo_build.out  # the same --out as the first build: the recorded config is the same too
+    code, text = cli("build", *demo_build.args)
     assert code == 0, text
     from rescompile.validate.html import render_html
     from rescompile.validate.junit import render_junit
@@ -91,7 +82,7 @@ def test_two_builds_are_byte_identical_but_for_measured_times(first: Path):
 
 
 def test_validate_refuses_a_flipped_byte(first: Path, tmp_path: Path):
-    build = copy_of(first, tmp_path / "flip")
+    build = copy_build(first, tmp_path / "flip")
     data = bytearray((build / INT8_ONNX).read_bytes())
     data[len(data) // 2] ^= 0x01  # inside the weights: still a loadable ONNX model, silently different
     (build / INT8_ONNX).write_bytes(bytes(data))
@@ -112,7 +103,7 @@ def test_stage_commands_check_a_build_folders_files(first: Path, tmp_path: Path)
     """simplify, calibrate and quantize read a build folder's files only as the build wrote them."""
     from rescompile.buildfolder import CALIB_STATS, RANGES, SIMPLIFIED_ONNX
 
-    build = copy_of(first, tmp_path / "flip")
+    build = copy_build(first, tmp_path / "flip")
     for name in (SIMPLIFIED_ONNX, CALIB_STATS, RANGES):
         data = bytearray((build / name).read_bytes())
         data[len(data) // 2] ^= 0x01
@@ -134,7 +125,7 @@ def test_stage_commands_check_a_build_folders_files(first: Path, tmp_path: Path)
     assert code == 0 and out.is_file(), text
     import onnx
 
-    edited = copy_of(first, tmp_path / "edited")
+    edited = copy_build(first, tmp_path / "edited")
     model = onnx.load(edited / SIMPLIFIED_ONNX)
     model.doc_string = "edited by hand"  # still a valid model, no longer the build's bytes
     onnx.save(model, edited / SIMPLIFIED_ONNX)
@@ -146,7 +137,7 @@ def test_stage_commands_check_a_build_folders_files(first: Path, tmp_path: Path)
 
 
 def test_validate_refuses_an_fp32_model_in_place_of_the_int8_one(first: Path, tmp_path: Path):
-    build = copy_of(first, tmp_path / "fp32")
+    build = copy_build(first, tmp_path / "fp32")
     shutil.copyfile(build / SIMPLIFIED_ONNX, build / INT8_ONNX)
     code, text = cli("validate", str(build), *VALIDATE, "--out", str(tmp_path / "v"))
     assert code == 2 and "model.int8.onnx does not match manifest.json" in one_line_error(text)
@@ -165,7 +156,7 @@ def test_validate_refuses_an_fp32_model_in_place_of_the_int8_one(first: Path, tm
     [('{"schema": "rescompile.manifest/1", "artif', "is damaged: not valid JSON"), ("[1, 2]", "a JSON object expected, found an array")],
 )
 def test_damaged_manifest_is_exit_2_in_one_line(first: Path, tmp_path: Path, content: str, message: str):
-    build = copy_of(first, tmp_path / "b")
+    build = copy_build(first, tmp_path / "b")
     (build / MANIFEST).write_text(content)
     v = ["--out", str(tmp_path / "v")]
     for args in (
@@ -182,9 +173,9 @@ def test_damaged_manifest_is_exit_2_in_one_line(first: Path, tmp_path: Path, con
 
 
 def test_failed_gate_is_published_beside_the_passing_build(first: Path, tmp_path: Path):
-    out = copy_of(first, tmp_path / "b")
+    out = copy_build(first, tmp_path / "b")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    code, text = cli("build", "--out", str(out), *SMALL, "--min-cosine", "1.0")
+    code, text = cli("build", "--out", str(out), *DEMO_SMALL, "--min-cosine", "1.0")
     assert code == 1
     assert "agreement.cosine_mean" in text and f"{out}.failed/" in text
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the passing build is untouched
@@ -214,16 +205,16 @@ def test_failed_gate_is_published_beside_the_passing_build(first: Path, tmp_path
 
 def test_out_that_cannot_be_published_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     (tmp_path / "afile").write_text("x")
-    code, text = cli("build", "--out", str(tmp_path / "afile" / "b"), *SMALL)
+    code, text = cli("build", "--out", str(tmp_path / "afile" / "b"), *DEMO_SMALL)
     assert code == 2 and "afile is a file, not a folder" in one_line_error(text)
     monkeypatch.chdir(tmp_path)
-    code, text = cli("build", "--out", ".", *SMALL)
+    code, text = cli("build", "--out", ".", *DEMO_SMALL)
     assert code == 2 and "is the current folder or holds it" in one_line_error(text)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 def build_process(out: Path) -> subprocess.Popen[str]:
-    cmd = [sys.executable, "-c", "from rescompile.cli import main; main()", "build", "--out", str(out), *SMALL]
+    cmd = [sys.executable, "-c", "from rescompile.cli import main; main()", "build", "--out", str(out), *DEMO_SMALL]
     return subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
@@ -242,7 +233,7 @@ def wait_for_stage(proc: subprocess.Popen[str], folder: Path, name: str) -> Path
 
 
 def test_sigterm_mid_build_removes_the_stage_and_keeps_the_build(first: Path, tmp_path: Path):
-    out = copy_of(first, tmp_path / "b")
+    out = copy_build(first, tmp_path / "b")
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     proc = build_process(out)
     wait_for_stage(proc, tmp_path, "b")
@@ -255,7 +246,7 @@ def test_sigterm_mid_build_removes_the_stage_and_keeps_the_build(first: Path, tm
 
 
 def test_leftovers_of_a_killed_build_are_cleaned_by_the_next(first: Path, tmp_path: Path):
-    out = copy_of(first, tmp_path / "b")
+    out = copy_build(first, tmp_path / "b")
     proc = build_process(out)
     stage = wait_for_stage(proc, tmp_path, "b")
     proc.kill()  # SIGKILL: no chance to clean up

@@ -54,7 +54,7 @@ def test_float_raw_pixels_warn_in_console_and_report(tmp_path, demo_pixels):
     calib = _calib(tmp_path, "calib.npy", demo_pixels)  # 0-255 floats: fed unnormalized
     code, text = run(["build", "--calib", str(calib), "--out", str(tmp_path / "o"), *FAST])
     assert code == 0, text
-    assert "warning" in text and "raw 0-255 pixels" in text
+    assert "warning" in text and text.count("raw 0-255 pixels") == 1  # once: in the summary, not also live
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert [w["code"] for w in report["warnings"]] == ["raw-pixels"]
     assert schema_errors(report) == []

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from rescompile.cli import app
 from rescompile.models.resnet_cifar import cifar_resnet
+from tests.builds import TINY_MODEL
 
 runner = CliRunner()
-SMALL = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--latency-runs", "3", "-q"]
 
 
 def run(args: list[str]):  # type: ignore[no-untyped-def]
@@ -32,7 +32,7 @@ def data(tmp_path: Path) -> Path:
 
 
 def build_args(tmp_path: Path, data: Path, *extra: str) -> list[str]:
-    return ["build", "resnet20", *SMALL, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *extra]
+    return ["build", "resnet20", *TINY_MODEL, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *extra]
 
 
 def test_missing_checkpoint(tmp_path, data):
@@ -93,19 +93,20 @@ def test_onnx_without_residual_add_builds_and_without_weights_is_refused(tmp_pat
 
 def test_empty_calibration_folder(tmp_path, data):
     (tmp_path / "empty").mkdir()
-    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "empty"), "--val", str(data), "--out", str(tmp_path / "o")])
+    empty = tmp_path / "empty"
+    code, text = run(["build", "resnet20", *TINY_MODEL, "--calib", str(empty), "--val", str(data), "--out", str(tmp_path / "o")])
     assert code == 2 and "holds no samples" in text
 
 
 def test_empty_calibration_array(tmp_path, data):
     empty = tmp_path / "empty.npz"
     np.savez(empty, images=np.zeros((0, 16, 16), np.uint8))
-    code, text = run(["build", "resnet20", *SMALL, "--calib", str(empty), "--val", str(data), "--out", str(tmp_path / "o")])
+    code, text = run(["build", "resnet20", *TINY_MODEL, "--calib", str(empty), "--val", str(data), "--out", str(tmp_path / "o")])
     assert code == 2 and "no samples" in text
 
 
 def test_missing_data_path(tmp_path, data):
-    code, text = run(["build", "resnet20", *SMALL, "--calib", str(tmp_path / "nowhere"), "--val", str(data)])
+    code, text = run(["build", "resnet20", *TINY_MODEL, "--calib", str(tmp_path / "nowhere"), "--val", str(data)])
     assert code == 2 and "not found" in text
 
 

@@ -17,8 +17,9 @@ from rescompile.cli import app
 from rescompile.config import Gates
 from rescompile.data.holdout import choose_data
 from rescompile.errors import UsageError
+from tests.builds import LATENCY_RUNS
 
-FAST = ["--latency-batch", "1", "--latency-runs", "3", "-q"]
+FAST = ["--latency-batch", "1", *LATENCY_RUNS, "-q"]
 runner = CliRunner()
 
 

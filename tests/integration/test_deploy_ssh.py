@@ -12,14 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sshd import SSHD, SshLab, free_port, keygen, start_lab
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from tests.sshd import SshLab, free_port, keygen, start_lab
+from tests.tools import SSHD, require
 
-pytestmark = pytest.mark.skipif(SSHD is None, reason="OpenSSH server (sshd) not installed: apt-get install openssh-server")
 runner = CliRunner()
 REPO = Path(__file__).parents[2]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_sshd() -> None:
+    require(SSHD, "OpenSSH server (sshd)", "apt-get install openssh-server")
 
 
 @pytest.fixture(scope="module")

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from faults_fixtures import fill
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from tests.faults_fixtures import fill
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

@@ -18,10 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sshd import SSHD, SshLab, start_lab
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from tests.sshd import SSHD, SshLab, start_lab
 
 pytestmark = [
     pytest.mark.slow,

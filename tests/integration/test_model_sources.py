@@ -14,9 +14,10 @@ from typer.testing import CliRunner
 from rescompile.cli import app
 from rescompile.models import load_model
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
+from tests.builds import LATENCY_RUNS
 
 runner = CliRunner()
-FAST = ["--latency-runs", "3", "-q"]
+FAST = [*LATENCY_RUNS, "-q"]
 
 
 def npz(tmp_path: Path, channels: int, size: int, classes: int, n: int = 16) -> Path:
@@ -94,7 +95,7 @@ def test_torchscript_source(tmp_path):
     assert report["stages"]["residual_adds"] == 9
 
 
-def test_onnx_source_skips_export(tmp_path):
+def test_onnx_source_skips_export_and_is_read_once(tmp_path, monkeypatch):
     data = npz(tmp_path, 1, 16, 4)
     first = tmp_path / "first"
     invoke(
@@ -116,9 +117,21 @@ def test_onnx_source_skips_export(tmp_path):
             *FAST,
         ]
     )
+    import onnx
+
+    reads: list[str] = []
+    load = onnx.load
+
+    def counted(f, *args, **kwargs):  # type: ignore[no-untyped-def]
+        reads.append(str(f))
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(onnx, "load", counted)
     report = invoke(
         ["build", str(first / "model.fp32.onnx"), "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "o"), *FAST]
     )
+    monkeypatch.undo()
+    assert reads.count(str(first / "model.fp32.onnx")) == 1, reads  # described and exported from one read
     assert report["reference"] == "onnxruntime-fp32"
     assert report["stages"]["export_max_abs_error"] is None
     assert report["agreement"]["cosine_mean"] > 0.99
@@ -127,7 +140,7 @@ def test_onnx_source_skips_export(tmp_path):
 @pytest.fixture(scope="module")
 def opset11_build(tmp_path_factory) -> Path:
     """A build of the tiny ResNet exported as a newcomer would: opset 11, no dynamic_axes (batch fixed to 1)."""
-    from tests.conftest import TINY_SHAPE, tiny_resnet
+    from tests.models import TINY_SHAPE, tiny_resnet
 
     tmp = tmp_path_factory.mktemp("op11")
     model = tmp / "tiny_op11.onnx"

@@ -21,6 +21,7 @@ from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
 from rescompile.quantize import plan_qdq  # noqa: E402
 from rescompile.scale.cluster import RaySettings  # noqa: E402
+from tests.builds import LATENCY_RUNS  # noqa: E402
 
 runner = CliRunner()
 
@@ -142,8 +143,7 @@ def test_sharded_validation_on_ray_gives_every_metric_of_one_process(
         "6",
         "--latency-batch",
         "1",
-        "--latency-runs",
-        "3",
+        *LATENCY_RUNS,
         "-q",
     ]
     a = runner.invoke(app, [*common, "--out", str(tmp_path / "one")])

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from rescompile.validate.blocks_svg import INT8, QDQ
+from tests.tools import CHROMIUM, require
 
 
 def test_demo_report_draws_every_residual_add_of_the_plan(small_demo_build: Path):
@@ -27,17 +26,13 @@ def test_demo_report_draws_every_residual_add_of_the_plan(small_demo_build: Path
     assert page.index('id="gates"') < page.index('id="blocks"') < page.index('id="latency"')
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs chromium for a headless screenshot")
 def test_block_picture_renders_in_headless_chromium(small_demo_build: Path, tmp_path: Path):
+    chromium = require(CHROMIUM, "Chromium", "apt-get install chromium")
     shot = tmp_path / "blocks.png"
     url = (small_demo_build / "report.html").as_uri() + "#blocks"  # scrolled to the picture
     subprocess.run(
         [
-            _chromium(),
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -6,6 +6,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from tests.builds import LATENCY_RUNS
 
 runner = CliRunner()
 
@@ -26,7 +27,7 @@ def test_stage_commands_match_build(tmp_path: Path):
 
     torch.save(cifar_resnet("resnet20", 4, 1).state_dict(), tmp_path / "w.pt")
     arch = ["--in-channels", "1", "--input-size", "16", "--num-classes", "4", "--weights", str(tmp_path / "w.pt")]
-    ok(["build", "resnet20", *arch, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "b"), "--latency-runs", "3", "-q"])
+    ok(["build", "resnet20", *arch, "--calib", str(data), "--val", str(data), "--out", str(tmp_path / "b"), *LATENCY_RUNS, "-q"])
     ok(["export", "resnet20", *arch, "--out", str(tmp_path / "m.onnx")])
     assert (tmp_path / "m.onnx").read_bytes() == (tmp_path / "b" / "model.fp32.onnx").read_bytes()
     ok(["simplify", str(tmp_path / "m.onnx"), "--out", str(tmp_path / "s.onnx")])

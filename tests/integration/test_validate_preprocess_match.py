@@ -6,6 +6,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from rescompile.cli import app
+from tests.builds import LATENCY_RUNS
 
 runner = CliRunner()
 
@@ -34,8 +35,7 @@ def test_validate_refuses_other_preprocessing(tmp_path: Path):
             str(data),
             "--out",
             str(out),
-            "--latency-runs",
-            "3",
+            *LATENCY_RUNS,
             "-q",
         ],
     )
@@ -55,8 +55,7 @@ def test_validate_refuses_other_preprocessing(tmp_path: Path):
             "fashion-mnist",
             "--val",
             str(data),
-            "--latency-runs",
-            "3",
+            *LATENCY_RUNS,
             "--out",
             str(tmp_path / "v"),
         ],

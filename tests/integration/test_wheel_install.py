@@ -10,6 +10,8 @@ import sysconfig
 import zipfile
 from pathlib import Path
 
+from tests.builds import LATENCY_RUNS
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,7 +65,7 @@ def test_wheel_install_runs_demo_build(tmp_path: Path):
     assert str(venv) in where  # the wheel's copy, not the source tree
     out = tmp_path / "out"
     subprocess.run(
-        [venv / "bin" / "rescompile", "build", "--out", str(out), "-q", "--val-size", "100", "--latency-runs", "3"],
+        [venv / "bin" / "rescompile", "build", "--out", str(out), "-q", "--val-size", "100", *LATENCY_RUNS],
         check=True,
         capture_output=True,
         cwd=tmp_path,

@@ -88,6 +88,31 @@ def test_npy_named_npz_and_npz_named_npy(tmp_path: Path) -> None:
         open_source(tmp_path / "y.npy")
 
 
+def test_an_npz_of_images_that_is_not_one_is_named_so(tmp_path: Path) -> None:
+    from rescompile.data.sources import open_source
+
+    (tmp_path / "val.npz").write_text('{"images": []}')
+    with pytest.raises(UsageError) as exc:
+        open_source(tmp_path / "val.npz")
+    assert exc.value.message == f"{tmp_path / 'val.npz'} is not a NumPy archive of images (.npz): it is JSON text"
+
+
+def test_validate_names_an_unreadable_candidate_before_missing_data(tmp_path: Path, tiny_onnx) -> None:
+    import onnx
+
+    (tmp_path / "garbage.onnx").write_bytes(b"\x00garbage\xff" * 8)
+    onnx.save(tiny_onnx, str(tmp_path / "model.onnx"))
+    args = ["validate", str(tmp_path / "garbage.onnx"), "--reference", str(tmp_path / "model.onnx"), "--out", str(tmp_path / "v")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    (line,) = [x for x in res.output.splitlines() if x.startswith("error:")]
+    assert "garbage.onnx" in line and "--val" not in line, res.output
+    onnx.save(tiny_onnx, str(tmp_path / "garbage.onnx"))  # readable now: the missing data is what is wrong
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "--val" in res.output, res.output
+    assert not (tmp_path / "v").exists()
+
+
 def test_npz_header_promising_more_than_the_archive_holds_is_refused_before_allocation(tmp_path: Path) -> None:
     import io
     import zipfile
@@ -230,17 +255,3 @@ def test_plan_with_an_input_index_out_of_range(tiny_onnx) -> None:  # found by b
     doc["weights"][0]["input_index"] = -(2**63)
     with pytest.raises(UsageError, match=r"weights\[0\]: input_index .* out of range"):
         QuantPlan.from_dict(doc)
-
-
-def test_deploy_of_a_bundle_whose_model_is_damaged(tmp_path: Path) -> None:  # found by benchmarks/fuzz.py (exit 4)
-    from fuzzing import _bundle_parts, make_build
-
-    from rescompile.deploy.bundle import pack
-
-    make_build(tmp_path / "b")
-    parts, meta = _bundle_parts((tmp_path / "b" / "model.rcb").read_bytes())
-    parts["model.int8.onnx"] = b'{"not": "onnx"}'  # the hashes in bundle.json are re-made: only the content is wrong
-    (tmp_path / "bad.rcb").write_bytes(pack(parts, meta))
-    res = CliRunner().invoke(app, ["deploy", str(tmp_path / "bad.rcb"), "--backend", "onnxruntime", "--out", str(tmp_path / "d")])
-    assert res.exit_code == 2 and "is not a readable ONNX model (it is JSON text" in res.output
-    assert not (tmp_path / "d").exists()

@@ -1,8 +1,7 @@
-"""`rescompile calibrate` and `rescompile build --calib-method`: outputs, cache reuse in the log, exit 2 on bad data."""
+"""`rescompile calibrate`: outputs, offline method switches, exit 2 on bad data (builds reusing it: integration)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -117,37 +116,20 @@ def test_calibrate_bad_data_exit_2(model_file: Path, tmp_path: Path) -> None:
     assert code == 2 and "holds NaN or Inf during calibration" in text and "activation '" in text
 
 
-def test_build_reuses_calibration_by_key_and_never_a_stale_one(tmp_path: Path, model_file: Path, tiny_npz: Path) -> None:
-    out = tmp_path / "b"
-    base = [
-        "build",
+def test_calibrate_shows_each_calibration_warning_once(tmp_path: Path, model_file: Path, tiny_npz: Path) -> None:
+    args = [
+        "calibrate",
         str(model_file),
         "--calib",
         str(tiny_npz),
-        "--val",
-        str(tiny_npz),
+        "--calib-size",
+        "8",
         "--preset",
         "grayscale",
-        "--out",
-        str(out),
-        "--latency-runs",
-        "3",
-        "--latency-batch",
-        "1",
+        "-o",
+        str(tmp_path / "r.json"),
     ]
-    code, text = run([*base, "--calib-method", "entropy"])
-    assert code == 0, text
-    assert "reusing" not in text
-    first = (out / "ranges.json").read_bytes()
-    code, text = run([*base, "--calib-method", "entropy"])
-    assert code == 0 and "reusing calibration ranges" in text
-    assert (out / "ranges.json").read_bytes() == first
-    code, text = run([*base, "--calib-method", "mse"])
-    assert code == 0 and "reusing calibration statistics" in text
-    report = json.loads((out / "report.json").read_text())["calibration"]
-    assert report["reused"] == "statistics" and report["methods_chosen"] == {"mse": len(json.loads(first)["tensors"])}
-    code, text = run([*base, "--calib-method", "mse", "--mean", "0.4"])  # other preprocessing: stale
-    assert code == 0 and "reusing" not in text
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["preprocess"]["mean"] == [0.4] and manifest["preprocess"]["name"] == "custom"
-    assert "calib_stats.npz" in manifest["artifacts"]
+    for quiet in ([], ["-q"]):
+        result = runner.invoke(app, [*args, *quiet])
+        assert result.exit_code == 0, result.output
+        assert result.output.count("8 calibration sample(s)") == 1 and "(tiny-calibration-set)" in result.output, result.output

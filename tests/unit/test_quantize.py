@@ -75,9 +75,8 @@ def test_quantize_weight_symmetric_per_channel():
 
 
 def test_int8_file_is_about_4x_smaller():
-    from test_topology import quick_export
-
     from rescompile.models.resnet_cifar import cifar_resnet
+    from tests.models import quick_export
 
     fp32 = quick_export(cifar_resnet("resnet20", 10, 1), (1, 16, 16))
     for policy in (Policy.TENSORRT, Policy.ONNXRUNTIME):

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from layerinfo_fixtures import FIXTURES, PUBLISHED, load
 
 from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.export import ExportConfig, export_onnx
@@ -30,6 +29,7 @@ from rescompile.validate.blocks import BlockPicture, block_label, describe_block
 from rescompile.validate.blocks_svg import KEPT, blocks_section
 from rescompile.validate.write import read_block_picture
 from tests import zoo
+from tests.layerinfo_fixtures import FIXTURES, PUBLISHED, load
 
 BLOCK_SVG = re.compile(r'<svg class="block" id="block-(\d+)"')
 

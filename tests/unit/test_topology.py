@@ -1,186 +1,17 @@
-"""Block map: every residual Add, its main branch, shortcut and follower, on the ResNet families we claim."""
+"""Block map: every residual Add, its main branch, shortcut and follower, on small models of the ResNet kinds we claim
+(the families at full depth, and the dynamo exporter: tests/integration/test_model_families.py)."""
 
 from __future__ import annotations
 
 import io
 import warnings
-from functools import cache
 
 import onnx
-import pytest
 import torch
-import torchvision
-from torch import nn
 
-from rescompile.export import ExportConfig, export_onnx
 from rescompile.graph.topology import block_map, find_residual_blocks
-from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
-from rescompile.simplify import fold_batchnorm, simplify
-
-BASIC = ("Conv", "Relu", "Conv")
-BOTTLENECK = ("Conv", "Relu", "Conv", "Relu", "Conv")
-
-
-class PreActBlock(nn.Module):
-    """He et al. 2016 (identity mappings): BN-ReLU-Conv-BN-ReLU-Conv + shortcut, nothing after the Add."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.proj = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = torch.relu(self.bn1(x))
-        shortcut = self.proj(pre) if self.proj is not None else x
-        return self.conv2(torch.relu(self.bn2(self.conv1(pre)))) + shortcut
-
-
-class ResNetDBlock(nn.Module):
-    """Bag-of-tricks ResNet-D downsampling: the shortcut is AvgPool(2) then a 1x1 Conv + BN."""
-
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        mid = cout // 2
-        self.main = nn.Sequential(
-            nn.Conv2d(cin, mid, 1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(),
-            nn.Conv2d(mid, mid, 3, 2, 1, bias=False),
-            nn.BatchNorm2d(mid),
-            nn.ReLU(),
-            nn.Conv2d(mid, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-        self.shortcut = nn.Sequential(
-            nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False),
-            nn.Conv2d(cin, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.main(x) + self.shortcut(x))
-
-
-def _init_bn(model: nn.Module) -> nn.Module:
-    torch.manual_seed(0)
-    for m in model.modules():  # non-trivial statistics so BatchNorm folding changes numbers
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.3, 0.3)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
-
-
-def preact_resnet(classes: int = 4) -> nn.Module:
-    """A small pre-activation ResNet: stem conv, an identity block, a projection block, final BN-ReLU."""
-    torch.manual_seed(0)
-    return _init_bn(
-        nn.Sequential(
-            nn.Conv2d(3, 8, 3, 1, 1, bias=False),
-            PreActBlock(8, 8),
-            PreActBlock(8, 16, 2),
-            PreActBlock(16, 16),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(16, classes),
-        )
-    )
-
-
-def resnet_d(classes: int = 4) -> nn.Module:
-    """A stem, one ResNet-D downsampling block, pool, fc."""
-    torch.manual_seed(0)
-    return _init_bn(
-        nn.Sequential(
-            nn.Conv2d(3, 16, 3, 1, 1, bias=False),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            ResNetDBlock(16, 32),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(32, classes),
-        )
-    )
-
-
-def plain_cnn() -> nn.Module:
-    """No residual Add at all (a bias Add would not count either)."""
-    torch.manual_seed(0)
-    return _init_bn(
-        nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(8, 8, 3, padding=1),
-            nn.ReLU(),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-            nn.Linear(8, 3),
-        )
-    )
-
-
-SMALL = (3, 16, 16)
-
-
-@cache
-def simplified(name: str, exporter: str = "torchscript") -> onnx.ModelProto:
-    """The pipeline's own export + simplify (parity-checked) of a small test model; cached per session."""
-    module = {"preact": preact_resnet, "resnet_d": resnet_d, "plain": plain_cnn}[name]()
-    model, _ = export_onnx(module, SMALL, ExportConfig(exporter=exporter))
-    return simplify(model, SMALL).model
-
-
-def quick_export(module: nn.Module, shape: tuple[int, int, int]) -> onnx.ModelProto:
-    """TorchScript export + our BatchNorm folding, no parity checks: fast enough for 150-layer nets."""
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module.eval(),
-            (torch.zeros(1, *shape),),
-            buf,
-            dynamo=False,
-            opset_version=17,
-            do_constant_folding=False,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    model = onnx.load_from_string(buf.getvalue())
-    # Without constant folding the exporter reads parameters through Identity nodes; point consumers
-    # at the initializers themselves so BatchNorm folding sees constants.
-    inits = {t.name for t in model.graph.initializer}
-    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity" and n.input[0] in inits}
-    keep = [n for n in model.graph.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for n in keep:
-        n.input[:] = [alias.get(i, i) for i in n.input]
-    del model.graph.node[:]
-    model.graph.node.extend(keep)
-    return fold_batchnorm(model)[0]
-
-
-@cache
-def torchvision_onnx(arch: str, size: int = 32) -> onnx.ModelProto:
-    """A randomly initialised torchvision model (``weights=None``), exported quickly; cached per session."""
-    torch.manual_seed(0)
-    return quick_export(getattr(torchvision.models, arch)(weights=None), (3, size, size))
-
-
-def assert_chained(blocks) -> None:  # type: ignore[no-untyped-def]
-    """Structural invariants every post-activation ResNet satisfies."""
-    for b in blocks:
-        assert b.main != b.shortcut and b.main_producer_op == "Conv" and b.main_conv == b.main_producer
-        assert b.follower == "Relu" and b.follower_node
-        if b.shortcut_kind == "identity":
-            assert b.shortcut == b.block_input and b.shortcut_nodes == ()
-        else:
-            assert b.shortcut_kind == "projection" and b.shortcut_ops == ("Conv",)
+from rescompile.models.resnet_cifar import cifar_resnet
+from tests.models import BASIC, BOTTLENECK, assert_chained, simplified
 
 
 def test_tiny_resnet_blocks_found_with_projection_and_identity(tiny_onnx):
@@ -191,50 +22,6 @@ def test_tiny_resnet_blocks_found_with_projection_and_identity(tiny_onnx):
     # The identity block's shortcut is the first block's output (after its ReLU), which is its block input.
     relu_out = next(n.output[0] for n in tiny_onnx.graph.node if n.name == blocks[0].follower_node)
     assert blocks[1].shortcut == blocks[1].block_input == relu_out
-
-
-@pytest.mark.parametrize("name", sorted(DEPTHS, key=DEPTHS.get))
-def test_cifar_resnets(name):
-    blocks = find_residual_blocks(quick_export(cifar_resnet(name, 10, 3), (3, 16, 16)))
-    n = (DEPTHS[name] - 2) // 6
-    assert len(blocks) == 3 * n
-    kinds = [b.shortcut_kind for b in blocks]
-    assert [i for i, k in enumerate(kinds) if k == "projection"] == [n, 2 * n]  # first block of stages 2 and 3
-    assert all(b.main_ops == BASIC for b in blocks)
-    assert_chained(blocks)
-
-
-# (arch, residual Adds, projection shortcuts, main branch). The three largest take seconds each to
-# build and export, so they are marked slow (``-m "not slow"`` leaves them out).
-_BIG = ("resnet101", "resnet152", "wide_resnet50_2")
-TORCHVISION = [
-    pytest.param(arch, adds, proj, main, id=arch, marks=[pytest.mark.slow] if arch in _BIG else [])
-    for arch, adds, proj, main in [
-        ("resnet18", 8, 3, BASIC),
-        ("resnet34", 16, 3, BASIC),
-        ("resnet50", 16, 4, BOTTLENECK),
-        ("resnext50_32x4d", 16, 4, BOTTLENECK),
-        ("resnet101", 33, 4, BOTTLENECK),
-        ("resnet152", 50, 4, BOTTLENECK),
-        ("wide_resnet50_2", 16, 4, BOTTLENECK),
-    ]
-]
-
-
-@pytest.mark.parametrize(("arch", "adds", "projections", "main"), TORCHVISION)
-def test_torchvision_resnets(arch, adds, projections, main):
-    model = torchvision_onnx(arch)
-    blocks = find_residual_blocks(model)
-    assert len(blocks) == adds
-    assert sum(b.shortcut_kind == "projection" for b in blocks) == projections
-    assert blocks[0].shortcut_kind == ("projection" if main == BOTTLENECK else "identity")
-    assert all(b.main_ops == main for b in blocks)
-    assert_chained(blocks)
-    # Each block's input is the previous block's output (after its ReLU); the first one's is the stem's MaxPool.
-    relu_output = {n.name: n.output[0] for n in model.graph.node if n.op_type == "Relu"}
-    assert [b.block_input for b in blocks[1:]] == [relu_output[b.follower_node] for b in blocks[:-1]]
-    producer = {o: n.op_type for n in model.graph.node for o in n.output}
-    assert producer[blocks[0].block_input] == "MaxPool"
 
 
 def test_preactivation_resnet_has_no_follower():
@@ -263,27 +50,6 @@ def test_no_residual_add_is_an_empty_map():
     assert find_residual_blocks(model) == []
     doc = block_map(model)
     assert doc["residual_adds"] == 0 and doc["blocks"] == []
-
-
-def _signature(model: onnx.ModelProto) -> list[tuple]:
-    return [(b.main_ops, b.shortcut_kind, b.shortcut_ops, b.follower, b.main_producer_op) for b in find_residual_blocks(model)]
-
-
-@pytest.mark.parametrize("name", ["preact", "resnet_d"])
-def test_dynamo_export_gives_the_same_block_map(name):
-    assert _signature(simplified(name, "dynamo")) == _signature(simplified(name))
-
-
-def test_dynamo_export_of_torchvision_resnet18():
-    torch.manual_seed(0)
-    module = torchvision.models.resnet18(weights=None).eval()
-    dynamo, _ = export_onnx(module, (3, 32, 32), ExportConfig(exporter="dynamo"))
-    dynamo = fold_batchnorm(dynamo)[0]
-    assert any(n.op_type == "ReduceMean" for n in dynamo.graph.node)  # a different graph than TorchScript's
-    blocks = find_residual_blocks(dynamo)
-    assert len(blocks) == 8 and all(b.main_ops == BASIC for b in blocks)
-    assert _signature(dynamo) == _signature(torchvision_onnx("resnet18"))
-    assert_chained(blocks)
 
 
 def test_block_map_json_is_plain_data(tiny_onnx):

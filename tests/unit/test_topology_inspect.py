@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import onnx
-from test_policy import quantize
-from test_topology import simplified
 from typer.testing import CliRunner
 
 from rescompile.cli import app
 from rescompile.io import sha256_file
 from rescompile.quantize import Policy
+from tests.models import quantize, simplified
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.runtime.runners import OnnxRuntimeRunner, onnx_precision
 from rescompile.validate.gates import evaluate_gates, load_gates, merge_gates, resolve_gates
-from rescompile.validate.latency import Latency, LatencySettings, measure_latency
+from rescompile.validate.latency import MAX_RUNS, MIN_BUDGET_S, Latency, LatencySettings, measure_latency, measure_runners
 from rescompile.validate.metrics import Accuracy, Agreement, TopK, accuracy, agreement, compare_outputs, per_class_delta
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, load_reference, save_reference
 from rescompile.validate.run import Measurement
@@ -143,8 +143,42 @@ def test_latency_fixed_count_and_budget(tiny_onnx, tiny_data):
     assert lat.min_ms <= lat.p50_ms <= lat.p90_ms <= lat.p99_ms <= lat.max_ms
     assert lat.throughput == pytest.approx(4 / (lat.p50_ms / 1000))
     assert lat.peak_rss_mib > 10
-    timed = measure_latency(runner, tiny_data[:2], 1, warmup=0, budget_s=0.05)
-    assert timed.runs >= 3 and sum(timed.samples_ms) >= 40  # ran until the budget was spent
+
+
+class ClockedRunner:
+    """A runner on a fake clock: each call costs ``ms_per_sample`` per sample of the batch, and nothing else takes time.
+
+    The budget rules are then exact: a real clock also counts the loop's own overhead, which the samples do not.
+    """
+
+    name = "clocked"
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, ms_per_sample: float = 1.0) -> None:
+        import types
+
+        from rescompile.validate import latency
+
+        self.now, self.calls, self.ms = 0.0, 0, ms_per_sample
+        monkeypatch.setattr(latency, "time", types.SimpleNamespace(perf_counter=lambda: self.now))
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        self.now += self.ms * len(x) / 1000.0
+        return x
+
+
+def test_latency_budget_is_a_stopping_rule(monkeypatch):
+    runner = ClockedRunner(monkeypatch)
+    # 50 ms of 10 ms calls, no warm-up: the fifth run spends the budget and is the last.
+    timed = measure_latency(runner, np.zeros((1, 2), np.float32), 10, warmup=0, budget_s=0.05)
+    assert (timed.runs, timed.warmup, runner.calls) == (5, 0, 5) and timed.samples_ms == [10.0] * 5
+    # The warm-up counts against the budget and stops after its first call once a quarter of it is spent.
+    runner.calls = 0
+    warmed = measure_latency(runner, np.zeros((1, 2), np.float32), 20, warmup=5, budget_s=0.05)
+    assert (warmed.warmup, warmed.runs, runner.calls) == (1, 3, 4)  # 20 ms warm-up >= 12.5 ms; then 3 runs reach 80 ms
+    # At least 3 timed runs however small the budget; at most max_runs however large.
+    assert measure_latency(runner, np.zeros((1, 2), np.float32), 1, warmup=0, budget_s=1e-6).runs == 3
+    assert measure_latency(runner, np.zeros((1, 2), np.float32), 1, warmup=0, budget_s=100.0, max_runs=7).runs == 7
 
 
 def test_latency_settings_reject_nonsense():
@@ -190,17 +224,22 @@ def test_load_reference_rejects_other_npz(tmp_path):
         load_reference(path)
 
 
-def test_latency_auto_mode_stays_in_its_budget_and_says_what_it_skipped(tiny_onnx, tiny_data):
-    from rescompile.validate.latency import MIN_BUDGET_S, measure_runners
+def test_latency_auto_mode_stays_in_its_budget_and_says_what_it_skipped(monkeypatch):
+    clocked = ClockedRunner(monkeypatch)  # 1 ms per sample on a fake clock
+    sample = np.zeros((2, 3), np.float32)
+    # Batch 1 gets half of the 1 s minimum budget and stops at 5 warm-ups and MAX_RUNS runs of 1 ms (35 ms). Batch 100 gets
+    # half of the 0.965 s left: 2 warm-ups of 100 ms (a quarter spent) and the 3 runs that spend it. One warm-up and 3 runs
+    # of batch 2000 (8 s) cannot fit in the 0.465 s then left: skipped, at no cost.
+    recs, plan = measure_runners([(clocked, "candidate")], sample, LatencySettings(batches=(1, 100, 2000)), other_s=0.0)
+    assert plan["mode"] == "auto" and plan["budget_s"] == MIN_BUDGET_S and not plan["brief"]
+    assert [(r.batch, r.warmup, r.runs) for r in recs] == [(1, 5, MAX_RUNS), (100, 2, 3)]
+    assert plan["skipped"] == [{"batch": 2000, "reason": "3 runs estimated at 8.0 s; 0.5 s of the 1.0 s latency budget left"}]
+    assert plan["spent_s"] == 0.535 and clocked.calls == 40
 
+
+def test_latency_explicit_runs_brief_and_required_batches(tiny_onnx, tiny_data):
     runner = OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32", threads=1)
     runners = [(runner, "candidate")]
-    huge = 20000  # three runs of this cannot fit in what batch 1 leaves of the minimum budget
-    recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(1, huge)), other_s=0.0)
-    assert plan.mode == "auto" and plan.budget_s == MIN_BUDGET_S and not plan.brief
-    assert [r.batch for r in recs] == [1] and 3 <= recs[0].runs <= 30
-    assert plan.skipped[0].batch == huge and "latency budget" in plan.skipped[0].reason
-    assert plan.spent_s <= MIN_BUDGET_S * 1.5  # the skipped batch cost nothing
     # Explicit runs: exactly N at every batch size; brief: the smallest batch, 3 runs, one warm-up.
     recs, plan = measure_runners(runners, tiny_data[:2], LatencySettings(batches=(2, 1), runs=4, warmup=0))
     assert plan.mode == "runs" and [(r.batch, r.runs) for r in recs] == [(1, 4), (2, 4)]

@@ -4,37 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
-import subprocess
 import xml.etree.ElementTree as ET
-from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from rescompile.config import Gates
-from rescompile.data.holdout import DataChoice
-from rescompile.data.sources import DataSource
 from rescompile.errors import UsageError
-from rescompile.pipeline.fallback import auto_fallback
-from rescompile.pipeline.report import ModelSection, make_report
-from rescompile.pipeline.settings import FallbackSettings
 from rescompile.quantize import Policy
-from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports, load_report
-from rescompile.validate.gates import judge
 from rescompile.validate.html import SECTIONS, render_html
 from rescompile.validate.junit import render_junit
-from rescompile.validate.layerwise import layerwise_blame
 from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes, signed_activation_quantizers
-from rescompile.validate.reference import ValidationInputs
 from rescompile.validate.report import render_markdown
 from rescompile.validate.results import Report
-from rescompile.validate.run import ValidateSettings, compute_reference, validate
 from rescompile.validate.schema import SCHEMA_PATH, schema_errors
 from rescompile.validate.write import REPORT_FILES, write_reports
+from tests import reports
 
 jsonschema = pytest.importorskip("jsonschema")
 
@@ -51,29 +37,7 @@ def junit(doc: dict) -> str:
 
 @pytest.fixture(scope="module")
 def full_report(tiny_onnx, tiny_data, quantize_tiny):
-    """A report with every optional section: labels, two batch sizes, layerwise, fallback, passing and failing gates."""
-    plan, ranges, int8 = (q := quantize_tiny(Policy.TENSORRT)).plan, q.ranges, q.model
-    labels = np.arange(len(tiny_data)) % 4
-    inputs = ValidationInputs.from_arrays("tiny", tiny_data, labels)
-    settings = ValidateSettings(batch_size=8, latency=replace(ValidateSettings().latency, batches=(1, 4), runs=5, warmup=1))
-    ref = compute_reference(OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"), inputs, settings)
-    measured = validate(
-        ref,
-        OnnxRuntimeRunner(int8, "onnxruntime-int8"),
-        inputs,
-        baseline=OnnxRuntimeRunner(tiny_onnx, "onnxruntime-fp32"),
-        settings=settings,
-    )
-    report = make_report(
-        measured,
-        ModelSection("tiny", (1, 16, 16), 4),
-        DataChoice.validation_only("given", DataSource("tiny", len(tiny_data), labels=labels)),
-        int8,
-        layerwise=layerwise_blame(tiny_onnx, int8, tiny_data),
-        fallback=auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(1, Gates(min_cosine=1.0)), settings).record(),
-    )
-    judge(report, Gates(min_agreement=50, min_cosine=1.0, max_p99_ms=1e4, latency_batch=4))
-    return json.loads(json.dumps(report.to_dict()))  # exactly what report.json holds
+    return reports.full_report(tiny_onnx, tiny_data, quantize_tiny)
 
 
 def test_report_validates_against_the_schema(full_report):
@@ -199,44 +163,6 @@ def test_html_escapes_untrusted_text(full_report):
     r["class_names"] = ["<b>a</b>", "b", "c", "d"]
     page = render_html(typed(r))
     assert "<script>" not in page and "&lt;script&gt;" in page and "<b>a</b>" not in page
-
-
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium for a headless screenshot")
-def test_html_renders_in_headless_chromium(tmp_path, full_report):
-    page = tmp_path / "report.html"
-    page.write_text(render_html(typed(full_report)))
-    shot = tmp_path / "report.png"
-    subprocess.run(
-        [
-            _chromium(),
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            "--window-size=1000,1400",
-            f"--screenshot={shot}",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    from PIL import Image
-
-    with Image.open(shot) as im:
-        assert im.size == (1000, 1400)
-        px = np.asarray(im.convert("RGB"), dtype=np.int16)
-    # Drawn, not blank: the FAILED badge (red) and both latency series (blue FP32, orange INT8) are on screen.
-    r, g, b = px[..., 0], px[..., 1], px[..., 2]
-    assert (px != 255).any(axis=2).mean() > 0.02
-    red = (r > 170) & (g < 80) & (b < 80)
-    blue = b - r > 30
-    orange = (r - b > 60) & (g > 120)
-    assert red.sum() > 200 and blue.sum() > 200 and orange.sum() > 200
 
 
 def test_markdown_lists_gates_worst_classes_and_blame(full_report):

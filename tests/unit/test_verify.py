@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
-from onnx import helper, numpy_helper
-from test_policy import quantize
+from onnx import numpy_helper
 
 from rescompile.graph.index import GraphIndex, node_name
 from rescompile.graph.verify import detect_policy, verify_int8
 from rescompile.quantize import Policy
+from tests.models import add_qdq, copy_model, find_node, quantize
 
 
 @pytest.fixture(scope="module")
@@ -26,38 +26,15 @@ def ort(tiny_onnx):
 # -- graph surgery on copies of the INT8 model ---------------------------------------------------------------
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    return onnx.ModelProto.FromString(model.SerializeToString())
-
-
-def _node(model: onnx.ModelProto, name: str) -> onnx.NodeProto:
-    return next(n for n in model.graph.node if node_name(n) == name)
-
-
 def _init(model: onnx.ModelProto, name: str) -> onnx.TensorProto:
     return next(t for t in model.graph.initializer if t.name == name)
 
 
-def add_qdq(model: onnx.ModelProto, consumer: str, index: int, *, zp: int = 0, dtype=np.int8) -> onnx.ModelProto:  # type: ignore[no-untyped-def]
-    """A new Q/DQ pair on one input edge of ``consumer``."""
-    m = _copy(model)
-    node = _node(m, consumer)
-    t = node.input[index]
-    m.graph.initializer.extend(
-        [numpy_helper.from_array(np.float32(0.05), "extra_scale"), numpy_helper.from_array(np.array(zp, dtype), "extra_zp")]
-    )
-    pos = list(m.graph.node).index(node)
-    m.graph.node.insert(pos, helper.make_node("DequantizeLinear", ["extra_q", "extra_scale", "extra_zp"], ["extra_dq"], name="extra_DQ"))
-    m.graph.node.insert(pos, helper.make_node("QuantizeLinear", [t, "extra_scale", "extra_zp"], ["extra_q"], name="extra_Q"))
-    node.input[index] = "extra_dq"
-    return m
-
-
 def bypass(model: onnx.ModelProto, consumer: str, index: int) -> onnx.ModelProto:
     """Make ``consumer`` read the float tensor behind the Q/DQ pair on its input (drop the pair if unused)."""
-    m = _copy(model)
+    m = copy_model(model)
     idx = GraphIndex.build(m.graph)
-    node = _node(m, consumer)
+    node = find_node(m, consumer)
     dq = idx.producer[node.input[index]]
     q = idx.producer[dq.input[0]]
     node.input[index] = q.input[0]
@@ -98,7 +75,7 @@ def test_own_output_passes_with_and_without_plan(tiny_onnx, fixture, request):
 def test_extra_qdq_between_conv_and_add(tiny_onnx, trt):
     plan, model = trt
     block = plan.residual_adds[1]
-    add = _node(model, block.add)
+    add = find_node(model, block.add)
     broken = checked(add_qdq(model, block.add, list(add.input).index(block.main)))
     report = verify_int8(tiny_onnx, broken, plan)
     v = violation(report, "residual", block.add)
@@ -110,7 +87,7 @@ def test_extra_qdq_between_conv_and_add(tiny_onnx, trt):
 def test_asymmetric_zero_point(tiny_onnx, trt):
     plan, model = trt
     q = next(n for n in model.graph.node if n.op_type == "QuantizeLinear")
-    broken = _copy(model)
+    broken = copy_model(model)
     _init(broken, q.input[2]).CopyFrom(numpy_helper.from_array(np.int8(3), q.input[2]))
     report = verify_int8(tiny_onnx, checked(broken), plan)
     assert "must be 0" in violation(report, "zero-point", node_name(q)).message
@@ -119,7 +96,7 @@ def test_asymmetric_zero_point(tiny_onnx, trt):
 def test_missing_shortcut_qdq(tiny_onnx, trt):
     plan, model = trt
     block = plan.residual_adds[0]  # projection shortcut: its Q/DQ serves only this Add
-    add = _node(model, block.add)
+    add = find_node(model, block.add)
     broken = checked(bypass(model, block.add, [i for i, t in enumerate(add.input) if t.endswith("_dequantized")][0]))
     report = verify_int8(tiny_onnx, broken, plan)
     v = violation(report, "residual", block.add)
@@ -129,12 +106,12 @@ def test_missing_shortcut_qdq(tiny_onnx, trt):
 
 def test_rewired_edge(tiny_onnx, trt):
     plan, model = trt
-    conv = _node(model, "/blocks/blocks.1/conv2/Conv")
+    conv = find_node(model, "/blocks/blocks.1/conv2/Conv")
     stem_relu_dq = next(
         n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("/blocks/blocks.0/relu")
     )
-    broken = _copy(model)
-    _node(broken, "/blocks/blocks.1/conv2/Conv").input[0] = stem_relu_dq
+    broken = copy_model(model)
+    find_node(broken, "/blocks/blocks.1/conv2/Conv").input[0] = stem_relu_dq
     report = verify_int8(tiny_onnx, checked(broken), plan)
     v = violation(report, "topology", node_name(conv))
     assert "input 0 reads" in v.message and "the FP32 graph reads" in v.message
@@ -158,12 +135,12 @@ def test_wrong_weight_axis_and_tampered_weight(tiny_onnx, trt):
         for n in model.graph.node
         if n.op_type == "DequantizeLinear" and n.input[0].endswith("_quantized") and len(_init(model, n.input[0]).dims) == 4
     )
-    broken = _copy(model)
-    next(a for a in _node(broken, node_name(dq)).attribute if a.name == "axis").i = 1
+    broken = copy_model(model)
+    next(a for a in find_node(broken, node_name(dq)).attribute if a.name == "axis").i = 1
     report = verify_int8(tiny_onnx, broken, plan)
     assert "expected per-channel axis 0" in violation(report, "weight-axis", node_name(dq)).message
 
-    broken = _copy(model)
+    broken = copy_model(model)
     w = _init(broken, dq.input[0])
     values = numpy_helper.to_array(w).copy()
     values.flat[0] = -values.flat[0] if values.flat[0] else 100
@@ -176,7 +153,7 @@ def test_wrong_weight_axis_and_tampered_weight(tiny_onnx, trt):
 def test_two_quantizers_at_a_fan_out(tiny_onnx, trt):
     plan, model = trt
     block = plan.residual_adds[1]  # identity block: its input fans out to conv1 and the Add
-    add = _node(model, block.add)
+    add = find_node(model, block.add)
     i = [k for k, t in enumerate(add.input) if t.endswith("_dequantized")][0]
     broken = bypass(model, block.add, i)
     broken = checked(add_qdq(broken, block.add, i))
@@ -186,8 +163,8 @@ def test_two_quantizers_at_a_fan_out(tiny_onnx, trt):
 
 def test_missing_node(tiny_onnx, trt):
     plan, model = trt
-    broken = _copy(model)
-    relu = _node(broken, "/stem/stem.2/Relu")
+    broken = copy_model(model)
+    relu = find_node(broken, "/stem/stem.2/Relu")
     for n in broken.graph.node:
         n.input[:] = [relu.input[0] if x == relu.output[0] else x for x in n.input]
     broken.graph.node.remove(relu)
@@ -210,8 +187,8 @@ def test_ort_add_output_not_quantized(tiny_onnx, ort):
     plan, model = ort
     block = plan.residual_adds[0]
     relu = _relu(model, block)
-    out = _node(model, relu).output[0]
-    broken = _copy(model)
+    out = find_node(model, relu).output[0]
+    broken = copy_model(model)
     idx = GraphIndex.build(broken.graph)
     ((q, _),) = idx.consumers[out]
     dq = idx.consumers[q.output[0]][0][0]
@@ -226,9 +203,9 @@ def test_ort_add_output_not_quantized(tiny_onnx, ort):
 def test_ort_nonzero_zero_point_after_relu_and_float_reader(tiny_onnx, ort):
     plan, model = ort
     block = plan.residual_adds[0]
-    out = _node(model, _relu(model, block)).output[0]
+    out = find_node(model, _relu(model, block)).output[0]
     q = GraphIndex.build(model.graph).consumers[out][0][0]
-    broken = _copy(model)
+    broken = copy_model(model)
     _init(broken, q.input[2]).CopyFrom(numpy_helper.from_array(np.uint8(7), q.input[2]))
     report = verify_int8(tiny_onnx, checked(broken), plan)
     assert "after a ReLU" in violation(report, "zero-point", node_name(q)).message
@@ -243,7 +220,7 @@ def test_ort_bias_scale_and_activation_type(tiny_onnx, ort):
     bias_dq = next(
         n for n in model.graph.node if n.op_type == "DequantizeLinear" and _init(model, n.input[0]).data_type == onnx.TensorProto.INT32
     )
-    broken = _copy(model)
+    broken = copy_model(model)
     s = _init(broken, bias_dq.input[1])
     s.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(s) * 2, s.name))
     report = verify_int8(tiny_onnx, broken, plan)

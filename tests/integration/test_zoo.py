@@ -157,9 +157,8 @@ def test_cli_build_refuses_an_unsupported_op_with_exit_2(zoo_onnx, tmp_path) -> 
 
 def test_main_branch_qdq_in_mobilenet_v2_fails_the_proof(zoo_onnx) -> None:  # type: ignore[no-untyped-def]
     """The relaxed R4 still rejects a Q/DQ on the main-branch Conv -> residual Add edge."""
-    from test_verify import add_qdq
-
     from rescompile.graph.verify import verify_int8
+    from tests.models import add_qdq
 
     fp32 = zoo_onnx("mobilenet_v2")
     r = zoo.quantize_and_compare(fp32, "tensorrt", zoo.zoo_inputs(SIZE, 4, 0), zoo.zoo_inputs(SIZE, 4, 1))

@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fuzzing import check_cli, check_library, make_build, targets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from rescompile.cli import app
+from rescompile.deploy.bundle import pack
+from tests.fuzzing import _bundle_parts, check_cli, check_library, make_build, targets
 
 settings.register_profile(
     "suite",
@@ -42,9 +46,14 @@ NAMES = [
 
 
 @pytest.fixture(scope="module")
-def fuzz_targets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    build = make_build(tmp_path_factory.mktemp("fuzz"))
-    found = {t.name: t for t in targets(build)}
+def fuzz_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model's build folder and its sibling files (tests.fuzzing.make_build): the seeds, and model.rcb."""
+    return make_build(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.fixture(scope="module")
+def fuzz_targets(fuzz_build: Path) -> dict[str, object]:
+    found = {t.name: t for t in targets(fuzz_build)}
     assert sorted(found) == sorted(NAMES)
     return found
 
@@ -75,3 +84,12 @@ def test_cli_survives_hostile_input(name: str, fuzz_targets: dict, tmp_path: Pat
 
     run()
     assert 2 in codes, codes
+
+
+def test_deploy_of_a_bundle_whose_model_is_damaged(fuzz_build: Path, tmp_path: Path) -> None:  # found by benchmarks/fuzz.py (exit 4)
+    parts, meta = _bundle_parts((fuzz_build.parent / "model.rcb").read_bytes())
+    parts["model.int8.onnx"] = b'{"not": "onnx"}'  # the hashes in bundle.json are re-made: only the content is wrong
+    (tmp_path / "bad.rcb").write_bytes(pack(parts, meta))
+    res = CliRunner().invoke(app, ["deploy", str(tmp_path / "bad.rcb"), "--backend", "onnxruntime", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "is not a readable ONNX model (it is JSON text" in res.output
+    assert not (tmp_path / "d").exists()
