@@ -69,20 +69,22 @@ class AttemptLog:
         return {k: self.starts.get(k, []) for k in keys}
 
 
-_LOGS: dict[str, Any] = {}  # Ray job id -> the AttemptLog actor of this driver
+_LOGS: dict[tuple[str, str, str], Any] = {}  # (GCS address, driver's node, job id) -> the AttemptLog actor of this driver
 
 
 def _attempt_log(ray: Any) -> Any:
     """This driver's AttemptLog actor (one per Ray job); None where one cannot be made (then no attempt is recorded)."""
     try:
-        job = str(ray.get_runtime_context().get_job_id())
-        if job not in _LOGS:
+        ctx = ray.get_runtime_context()
+        # job ids start again at 1 in every new cluster: the key names the cluster and the driver's node as well
+        key = (str(ctx.gcs_address), str(ctx.get_node_id()), str(ctx.get_job_id()))
+        if key not in _LOGS:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-            here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)  # lives and dies with the driver
+            here = NodeAffinitySchedulingStrategy(ctx.get_node_id(), soft=True)  # lives and dies with the driver
             _LOGS.clear()
-            _LOGS[job] = ray.remote(AttemptLog).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
-        return _LOGS[job]
+            _LOGS[key] = ray.remote(AttemptLog).options(num_cpus=0, max_restarts=0, scheduling_strategy=here).remote()
+        return _LOGS[key]
     except Exception:  # noqa: BLE001 - e.g. a Ray client connection without a node of its own: retries still work, unrecorded
         return None
 
