@@ -27,6 +27,13 @@ class DeployDevice(OptionGroup):
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: <bundle>.deploy/ beside it).")] = None
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for --backend onnxruntime.")] = None
     cuda_lib: Annotated[str, typer.Option(help="Device buffers for the TensorRT run: auto | cuda-python | pycuda | torch.")] = "auto"
+    gate_mode: Annotated[
+        str | None,
+        typer.Option("--gate-mode", help="Override the bundle's gate mode: point | confident (the whole 95% interval must pass)."),
+    ] = None
+    no_default_gates: Annotated[
+        bool, typer.Option("--no-default-gates", help="Skip the default floor when the bundle has no accuracy gate.")
+    ] = False
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,14 @@ def deploy(
         result = run_deploy(
             bundle,
             DeployOptions(
-                device.backend, device.target, device.dla_core, device.out, device.threads, cuda_lib=check_choice(device.cuda_lib)
+                device.backend,
+                device.target,
+                device.dla_core,
+                device.out,
+                device.threads,
+                cuda_lib=check_choice(device.cuda_lib),
+                gate_mode=device.gate_mode,
+                no_default_gates=device.no_default_gates,
             ),
         )
     _print_local(result)
@@ -114,7 +128,7 @@ def _print_local(result: Any) -> None:
     for g in r.gates:
         console.print(("PASS " if g.passed else "[red]FAIL[/] ") + escape(f"{g.name}: {g.message}"), highlight=False)
     if not r.gates:
-        console.print("no gates bundled: nothing to fail on", highlight=False)
+        console.print("no gates bundled and the default floor is off: nothing to fail on", highlight=False)
     console.print(f"{'passed' if result.passed else 'FAILED'}: {result.out}/ (deploy.json, deploy.md, junit.xml)", highlight=False)
 
 
