@@ -38,7 +38,11 @@ def test_accuracy_agreement_and_per_class_on_known_logits():
     m = compare_outputs(ref, cand, labels)
     assert m.accuracy.top1_drop == 25.0 and m.accuracy.candidate.top1 == 75.0 and m.per_class[0].label == 0
     both = {"reference": {"top1": 100.0, "top5": 100.0}, "candidate": {"top1": 75.0, "top5": 100.0}}
-    assert m.to_dict()["accuracy"] == {**both, "top1_drop": 25.0}
+    interval = m.to_dict()["accuracy"].pop("top1_drop_interval")
+    assert m.to_dict()["accuracy"] == {**both, "top1_drop": 25.0, "top1_drop_interval": interval}
+    # the paired drop: both misses are FP32-right/INT8-wrong (b = 2, c = 0 of 8); exact McNemar p = 2 * 0.5^2
+    assert (interval["ref_only"], interval["cand_only"], interval["n"], interval["method"]) == (2, 0, 8, "tango")
+    assert interval["lo"] < 25.0 < interval["hi"] and interval["p_exact"] == pytest.approx(0.5)
 
 
 def test_compare_outputs_refuses_mismatched_shapes():
@@ -83,8 +87,9 @@ def test_every_gate_passes_and_fails_with_metric_value_threshold():
 
 
 def test_latency_gates_read_the_configured_batch():
-    (g,) = evaluate_gates(_report(), Gates(max_p99_ms=40, latency_batch=8))
+    g, *floor = evaluate_gates(_report(), Gates(max_p99_ms=40, latency_batch=8))
     assert g.metric == "latency.candidate.batch8.p99_ms" and g.value == 50.0 and not g.passed
+    assert [f.name for f in floor] == ["floor_cosine", "floor_margin_agreement", "floor_top1_drop"]  # no accuracy gate: the floor
 
 
 def test_gate_without_labels_fails_and_says_why():
