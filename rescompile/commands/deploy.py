@@ -206,6 +206,8 @@ def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> t
         dla_core=device.dla_core if device.dla_core is not None else defaults.get("dla_core"),
         cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
         fetch_plan=flags.fetch_plan,
+        gate_mode=device.gate_mode,
+        no_default_gates=device.no_default_gates,
         out=out,
         timeout=flags.timeout,
     )

@@ -65,6 +65,8 @@ class RemoteOptions:
     target: str = "auto"
     dla_core: int | None = None
     cuda_lib: str = "auto"
+    gate_mode: str | None = None  # forwarded as --gate-mode
+    no_default_gates: bool = False  # forwarded as --no-default-gates
     fetch_plan: bool = False
     out: Path = Path("deploy")
     timeout: float | None = None  # seconds for the remote deploy of one host
@@ -135,6 +137,10 @@ def remote_deploy_command(host: HostSpec, opts: RemoteOptions, folder: str) -> s
         args += ["--dla-core", str(dla)]
     if opts.cuda_lib != "auto":
         args += ["--cuda-lib", opts.cuda_lib]
+    if opts.gate_mode is not None:
+        args += ["--gate-mode", opts.gate_mode]
+    if opts.no_default_gates:
+        args += ["--no-default-gates"]
     return f"{host.remote_cmd or opts.remote_cmd} " + " ".join(shlex.quote(a) for a in args)
 
 

@@ -233,3 +233,12 @@ def test_junit_and_markdown_show_intervals_and_settling():
     floor = evaluate_gates(_measure(ref, cand, None), Gates())
     root = ET.fromstring(render_junit(m, floor, model="demo"))
     assert root.find("testsuite").get("skipped") == "1" and root.find(".//skipped") is not None
+
+
+def test_remote_deploy_forwards_gate_mode_and_no_default_gates():
+    from rescompile.deploy.remote import HostSpec, RemoteOptions, remote_deploy_command
+
+    plain = remote_deploy_command(HostSpec("h"), RemoteOptions(), "f")
+    assert "--gate-mode" not in plain and "--no-default-gates" not in plain
+    cmd = remote_deploy_command(HostSpec("h"), RemoteOptions(gate_mode="confident", no_default_gates=True), "f")
+    assert cmd.endswith("--gate-mode confident --no-default-gates")
