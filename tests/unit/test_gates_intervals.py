@@ -242,3 +242,26 @@ def test_remote_deploy_forwards_gate_mode_and_no_default_gates():
     assert "--gate-mode" not in plain and "--no-default-gates" not in plain
     cmd = remote_deploy_command(HostSpec("h"), RemoteOptions(gate_mode="confident", no_default_gates=True), "f")
     assert cmd.endswith("--gate-mode confident --no-default-gates")
+
+
+def test_bundle_carries_the_gate_mode_and_the_floor_switch_and_deploy_overrides_them():
+    from rescompile.deploy.bundle import bundle_gates
+    from rescompile.deploy.device import DeployOptions, _device_gates
+
+    class Build:
+        config = {"gates": {"max_class_drop": 4.0, "max_p99_ms": 3.0, "mode": "confident", "default_floor": False}}
+
+    doc = bundle_gates(Build(), None)
+    assert doc == {
+        "max_top1_drop": None,
+        "min_agreement": None,
+        "min_cosine": None,
+        "max_class_drop": 4.0,
+        "mode": "confident",
+        "default_floor": False,
+    }  # latency gates stay on the workstation
+    gates = Gates(**doc)
+    assert _device_gates(gates, DeployOptions(gate_mode="point")).mode == "point"
+    assert _device_gates(Gates(), DeployOptions(no_default_gates=True)).default_floor is False
+    with pytest.raises(UsageError, match="unknown gate mode"):
+        _device_gates(gates, DeployOptions(gate_mode="maybe"))
