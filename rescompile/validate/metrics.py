@@ -109,12 +109,8 @@ def interval_rows(acc: Accuracy, agr: Agreement) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     d = acc.top1_drop_interval
     if d is not None:
-        rows.append(
-            (
-                "top-1 drop (95% CI)",
-                f"{drop_text(d)}, McNemar p = {d.p_exact:.3g}: {d.ref_only:g} FP32-only and {d.cand_only:g} candidate-only hits of {d.n:g}",
-            )
-        )
+        counts = f"of {d.n:g}: {d.ref_only:g} only FP32 right, {d.cand_only:g} only the candidate"
+        rows.append(("top-1 drop (95% CI)", f"{drop_text(d)}, McNemar p = {d.p_exact:.3g} ({counts})"))
     if agr.top1_interval is not None:
         rows.append(("top-1 agreement (95% CI)", proportion_text(agr.top1_interval)))
     c = agr.cosine_interval
