@@ -545,16 +545,20 @@ Estimate = ProportionEstimate | DropEstimate | MeanEstimate
 
 def _rescaled(est: Estimate, m: float) -> tuple[float, float]:
     """The interval (in the estimate's units) at m samples with the counts scaled to the same rates."""
-    s = m / est.n
     if isinstance(est, MeanEstimate):
         return _mean_bounds(est.point, est.sd, m, est.level, est.floor, est.ceil)
     if isinstance(est, ProportionEstimate):
         if est.method not in AGREEMENT_METHODS:
             raise UsageError(f"cannot rescale an interval made by {est.method!r}")
-        r = agreement_interval(est.successes * s, m, est.level, est.method)
+        # k * m / n rounds past m when k = n (117 * (m / 117) = m + 1 ulp): clamp to the valid range
+        r = agreement_interval(min(m, est.successes * m / est.n), m, est.level, est.method)
         return r.lo, r.hi
     # Tango's interval needs only b, c and n, so it rescales; it stands in for Newcombe's and the bootstrap's
-    lo, hi = tango_interval(est.ref_only * s, est.cand_only * s, m, est.level)
+    b, c = est.ref_only * m / est.n, est.cand_only * m / est.n
+    if b + c > m:  # the same rounding when every pair is discordant
+        b, c = b * m / (b + c), c * m / (b + c)
+        b = min(b, m - c)
+    lo, hi = tango_interval(b, c, m, est.level)
     return 100.0 * lo, 100.0 * hi
 
 

@@ -448,3 +448,13 @@ def test_mean_interval_is_the_t_interval_clipped_and_settles():
     lo, _ = S._rescaled(est, m)
     lo_before, _ = S._rescaled(est, m - 1)
     assert lo >= 0.99 > lo_before
+
+
+@pytest.mark.parametrize("n", [16, 117, 122, 124, 1803])
+def test_samples_to_settle_with_every_sample_agreeing_or_discordant(n):
+    # k = n scaled to m samples must not round past m (a 100% agreement that straddles a 97% floor)
+    est = S.agreement_interval(n, n)
+    m = S.samples_to_settle(est, 99.9, ">=")
+    assert m is None or m >= n
+    for b, c in ((n, 0), (n - 1, 1)):
+        S.samples_to_settle(S.top1_drop(b, c, n), 99.0, "<=")
