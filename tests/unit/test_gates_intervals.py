@@ -265,3 +265,10 @@ def test_bundle_carries_the_gate_mode_and_the_floor_switch_and_deploy_overrides_
     assert _device_gates(Gates(), DeployOptions(no_default_gates=True)).default_floor is False
     with pytest.raises(UsageError, match="unknown gate mode"):
         _device_gates(gates, DeployOptions(gate_mode="maybe"))
+
+
+def test_auto_fallback_aims_at_the_class_gate_in_the_chosen_mode():
+    from rescompile.validate.gates import accuracy_gates, any_gate
+
+    aimed = accuracy_gates(Gates(max_class_drop=3.0, max_p99_ms=5.0, mode="confident"))
+    assert aimed == Gates(max_class_drop=3.0, mode="confident") and any_gate(aimed)
