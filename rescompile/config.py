@@ -24,6 +24,9 @@ class Gates:
     max_p99_ms: float | None = None  # candidate p99 latency at ``latency_batch``
     min_speedup: float | None = None  # FP32 p50 / candidate p50 at ``latency_batch``, same run
     latency_batch: int | None = None  # batch size the latency gates read [default: the smallest measured]
+    max_class_drop: float | None = None  # percentage points, the worst class's FP32 minus INT8 top-1
+    mode: str | None = None  # "point" (None) | "confident": pass on the point estimate, or only on a safe interval
+    default_floor: bool | None = None  # False: no default floor when no accuracy gate is set (--no-default-gates)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

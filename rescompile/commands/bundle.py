@@ -50,13 +50,23 @@ class DeviceGates(OptionGroup):
     min_cosine: Annotated[
         float | None, typer.Option(help="Gate on the device: minimum mean logit cosine.", rich_help_panel=o.VALIDATION)
     ] = None
+    max_class_drop: Annotated[
+        float | None, typer.Option(help="Gate on the device: most top-1 points lost on any class.", rich_help_panel=o.VALIDATION)
+    ] = None
+    gate_mode: o.GateModeOpt = None
 
     def resolve(self) -> Any:
         """The gates to bundle (None: the build's own)."""
         from rescompile.config import Gates
         from rescompile.validate.gates import resolve_gates
 
-        flags = Gates(self.max_top1_drop, self.min_agreement, self.min_cosine)
+        flags = Gates(
+            max_top1_drop=self.max_top1_drop,
+            min_agreement=self.min_agreement,
+            min_cosine=self.min_cosine,
+            max_class_drop=self.max_class_drop,
+            mode=self.gate_mode,
+        )
         return resolve_gates(self.gates_file, flags) if self.gates_file is not None or flags != Gates() else None
 
 
@@ -87,7 +97,9 @@ def bundle(
         warn(f"--allow-failed-build: {build} may be a build whose gates failed; the bundle records it")
     doc = make_bundle(build, out, BundleOptions(r.reference_size, r.val, r.layout, allow_failed_build, gates, r.threads, r.reference_dtype))
     size = out.stat().st_size
-    gate_text = ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if v is not None) or "none"
+    gate_text = (
+        ", ".join(f"{k} {v:g}" for k, v in doc["gates"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)) or "none"
+    )
     console.print(
         f"wrote {out} ({size / 2**20:.1f} MiB): {doc['model']['name']}, {doc['model']['residual_adds']} residual "
         f"Adds, {doc['reference']['samples']} reference inputs"
@@ -95,7 +107,8 @@ def bundle(
         highlight=False,
     )
     if gate_text == "none":
+        floor = "" if doc["gates"].get("default_floor") is False else " beyond the default floor (docs/gates.md)"
         warn(
-            "the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them "
-            "(add --min-agreement / --min-cosine / --max-top1-drop)"
+            f"the bundle carries no accuracy gate: deploy will report agreement and cosine but cannot fail on them{floor} "
+            "(add --min-agreement / --min-cosine / --max-top1-drop / --max-class-drop)"
         )

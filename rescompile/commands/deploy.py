@@ -30,6 +30,13 @@ class DeployDevice(OptionGroup):
     rest_precision: Annotated[
         str, typer.Option(help="TensorRT: precision of the layers left unquantized, fp16 | fp32 (the engine is validated as built).")
     ] = "fp16"
+    gate_mode: Annotated[
+        str | None,
+        typer.Option("--gate-mode", help="Override the bundle's gate mode: point | confident (the whole 95% interval must pass)."),
+    ] = None
+    no_default_gates: Annotated[
+        bool, typer.Option("--no-default-gates", help="Skip the default floor when the bundle has no accuracy gate.")
+    ] = False
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,8 @@ def deploy(
                 device.threads,
                 cuda_lib=check_choice(device.cuda_lib),
                 rest_precision=check_rest_precision(device.rest_precision),
+                gate_mode=device.gate_mode,
+                no_default_gates=device.no_default_gates,
             ),
         )
     _print_local(result)
@@ -129,7 +138,7 @@ def _print_local(result: Any) -> None:
     for g in r.gates:
         console.print(("PASS " if g.passed else "[red]FAIL[/] ") + escape(f"{g.name}: {g.message}"), highlight=False)
     if not r.gates:
-        console.print("no gates bundled: nothing to fail on", highlight=False)
+        console.print("no gates bundled and the default floor is off: nothing to fail on", highlight=False)
     console.print(f"{'passed' if result.passed else 'FAILED'}: {result.out}/ (deploy.json, deploy.md, junit.xml)", highlight=False)
 
 
@@ -209,6 +218,8 @@ def _remote_options(bundle: Path, device: DeployDevice, flags: RemoteFlags) -> t
         cuda_lib=check_choice(device.cuda_lib if device.cuda_lib != "auto" else str(defaults.get("cuda_lib", "auto"))),
         rest_precision=check_rest_precision(device.rest_precision),
         fetch_plan=flags.fetch_plan,
+        gate_mode=device.gate_mode,
+        no_default_gates=device.no_default_gates,
         out=out,
         timeout=flags.timeout,
     )

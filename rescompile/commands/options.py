@@ -135,6 +135,28 @@ MinSpeedupOpt = Annotated[
     float | None,
     typer.Option(help="Gate: minimum INT8 (candidate) speedup over FP32 (p50, same run, at --gate-batch).", rich_help_panel=VALIDATION),
 ]
+MaxClassDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Gate: fail (exit 1) if a class's FP32 minus INT8 top-1 exceeds N points (needs labels).", rich_help_panel=VALIDATION
+    ),
+]
+GateModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gate-mode",
+        help="How accuracy gates judge: point (the estimate passes; the default) | confident (its whole 95% interval must pass).",
+        rich_help_panel=VALIDATION,
+    ),
+]
+NoDefaultGatesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-default-gates",
+        help="Without an accuracy gate, skip the default floor (cosine, margin-aware agreement, top-1 drop; docs/gates.md).",
+        rich_help_panel=VALIDATION,
+    ),
+]
 GateBatchOpt = Annotated[
     int | None, typer.Option(min=1, help="Batch size the latency gates read (default: the smallest timed).", rich_help_panel=VALIDATION)
 ]
@@ -290,9 +312,12 @@ class GateOptions(OptionGroup):
     max_top1_drop: MaxTop1DropOpt = None
     min_agreement: MinAgreementOpt = None
     min_cosine: MinCosineOpt = None
+    max_class_drop: MaxClassDropOpt = None
     max_p99_ms: MaxP99Opt = None
     min_speedup: MinSpeedupOpt = None
     gate_batch: GateBatchOpt = None
+    gate_mode: GateModeOpt = None
+    no_default_gates: NoDefaultGatesOpt = False
     gates_file: GatesFileOpt = None
 
     def resolve(self) -> Any:
@@ -300,7 +325,17 @@ class GateOptions(OptionGroup):
         from rescompile.config import Gates
         from rescompile.validate.gates import resolve_gates
 
-        flags = Gates(self.max_top1_drop, self.min_agreement, self.min_cosine, self.max_p99_ms, self.min_speedup, self.gate_batch)
+        flags = Gates(
+            max_top1_drop=self.max_top1_drop,
+            min_agreement=self.min_agreement,
+            min_cosine=self.min_cosine,
+            max_p99_ms=self.max_p99_ms,
+            min_speedup=self.min_speedup,
+            latency_batch=self.gate_batch,
+            max_class_drop=self.max_class_drop,
+            mode=self.gate_mode,
+            default_floor=False if self.no_default_gates else None,
+        )
         return resolve_gates(self.gates_file, flags)
 
 

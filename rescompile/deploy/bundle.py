@@ -129,18 +129,22 @@ def reference_set(build: Any, pre: Any, opts: BundleOptions) -> tuple[np.ndarray
 
 
 def bundle_gates(build: Any, override: Any) -> dict[str, Any]:
-    """The accuracy gates a device checks: the build's, with ``override`` (flags, a recipe) on top.
+    """The accuracy gates a device checks: the build's, with ``override`` (flags, a recipe) on top, and how
+    they are judged (``mode``; ``default_floor``: False when the build turned the default floor off).
 
     Latency gates are left out: a workstation's latency says nothing about the device's.
     """
     from rescompile.config import Gates
-    from rescompile.validate.gates import ACCURACY_GATES, accuracy_gates, check_thresholds, merge_gates
+    from rescompile.validate.gates import ACCURACY_GATES, GATE_OPTIONS, accuracy_gates, check_thresholds, merge_gates
 
     recorded = build.config.get("gates") or {}
-    base = Gates(**{k: recorded.get(k) for k in ACCURACY_GATES if isinstance(recorded.get(k), (int, float))})
+    base = Gates(
+        **{k: recorded.get(k) for k in ACCURACY_GATES if isinstance(recorded.get(k), (int, float))},
+        **{k: recorded.get(k) for k in GATE_OPTIONS if isinstance(recorded.get(k), (str, bool))},
+    )
     gates = accuracy_gates(merge_gates(base, override) if override is not None else base)
     check_thresholds(gates)
-    return {k: getattr(gates, k) for k in ACCURACY_GATES}
+    return {k: getattr(gates, k) for k in (*ACCURACY_GATES, *GATE_OPTIONS)}
 
 
 def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) -> dict[str, Any]:

@@ -18,13 +18,14 @@ import json
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rescompile.buildfolder import DEPLOY_REPORT, DEPLOY_REPORT_MD, INT8_ONNX, JUNIT_XML, ORT_SIDECAR
+from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.validate.gates import GateResult, engine_gates, judge
 from rescompile.validate.run import Measurement
@@ -45,6 +46,8 @@ class DeployOptions:
     batch: int = 32
     cuda_lib: str = "auto"  # device buffers for the TensorRT runner: auto | cuda-python | pycuda | torch
     rest_precision: str | None = None  # the engine's non-quantized layers: fp16 (default) | fp32
+    gate_mode: str | None = None  # overrides the bundle's: point | confident
+    no_default_gates: bool = False  # no default floor even when the bundle has no accuracy gate
 
 
 @dataclass
@@ -232,7 +235,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rescompile-bundle-") as tmp:
         bundle = open_bundle(Path(bundle_path), Path(tmp))
-        gates = bundle.gates
+        gates = _device_gates(bundle.gates, opts)
         ref = bundle.reference()
         _check_reference_fits(bundle, ref)
         timings["unpack"] = round(time.perf_counter() - t0, 3)
@@ -296,6 +299,15 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     if error is not None:
         raise error
     return result
+
+
+def _device_gates(gates: Gates, opts: DeployOptions) -> Gates:
+    """The bundle's gates with this run's ``--gate-mode`` and ``--no-default-gates`` on top (UsageError for a bad mode)."""
+    from rescompile.validate.gates import check_mode
+
+    gates = replace(gates, mode=opts.gate_mode or gates.mode, default_floor=False if opts.no_default_gates else gates.default_floor)
+    check_mode(gates)
+    return gates
 
 
 def render_deploy_md(report: DeployReport) -> str:

@@ -90,6 +90,8 @@ class RemoteOptions:
     dla_core: int | None = None
     cuda_lib: str = "auto"
     rest_precision: str = "fp16"  # forwarded when not the default
+    gate_mode: str | None = None  # forwarded as --gate-mode
+    no_default_gates: bool = False  # forwarded as --no-default-gates
     fetch_plan: bool = False
     out: Path = Path("deploy")
     timeout: float | None = None  # seconds for the remote deploy of one host
@@ -164,6 +166,10 @@ def remote_deploy_command(host: HostSpec, opts: RemoteOptions, folder: str) -> s
         args += ["--cuda-lib", opts.cuda_lib]
     if opts.rest_precision != "fp16":
         args += ["--rest-precision", opts.rest_precision]
+    if opts.gate_mode is not None:
+        args += ["--gate-mode", opts.gate_mode]
+    if opts.no_default_gates:
+        args += ["--no-default-gates"]
     return f"{host.remote_cmd or opts.remote_cmd} " + " ".join(shlex.quote(a) for a in args)
 
 

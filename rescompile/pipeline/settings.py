@@ -141,7 +141,8 @@ def check_validation_options(cfg: BuildConfig) -> LatencySettings:
             f"--gate-batch {gates.latency_batch} is not a timed batch size {list(cfg.latency_batches)}", hint="add it with --latency-batch"
         )
     if cfg.auto_fallback and not any_gate(accuracy_gates(gates)):
-        raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint="add --max-top1-drop, --min-agreement or --min-cosine")
+        hint = "add --max-top1-drop, --min-agreement, --min-cosine or --max-class-drop"
+        raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint=hint)
     if cfg.save_reference is not None and Path(cfg.save_reference).suffix != ".npz":
         raise UsageError(f"--save-reference needs a .npz path, got {cfg.save_reference}")
     required = () if gates.latency_batch is None else (gates.latency_batch,)

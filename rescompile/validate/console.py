@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from rescompile.validate.metrics import interval_rows
 from rescompile.validate.results import section_dict
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ def summary_table(report: Report, title: str) -> Table:
     t.add_row("top-1 agreement", "", _pct(agr.top1))
     t.add_row("logit cosine (mean / worst)", "", f"{agr.cosine_mean:.5f} / {agr.cosine_min:.5f}")
     t.add_row("max abs error", "", f"{agr.max_abs_error:.4g}")
+    for label, text in interval_rows(acc, agr):
+        t.add_row(label, "", text)
     lat = m.latency
     for batch in sorted({x.batch for x in lat}):
         base = next((x for x in lat if x.batch == batch and x.role == "baseline"), None)
@@ -55,8 +58,8 @@ def print_summary(console: Console, report: Report, title: str) -> None:
     for w in (w.to_dict() for w in report.warnings or []):
         console.print(f"[bold yellow]warning ({escape(w['code'])}):[/] {escape(w['message'])}", highlight=False)
     for g in report.gates:
-        tag = "[green]PASS[/]" if g.passed else "[red]FAIL[/]"
-        console.print(f"{tag} {g.name}: {g.message}", highlight=False)
+        tag = "[dim]----[/]" if g.abstained else "[green]PASS[/]" if g.passed else "[red]FAIL[/]"
+        console.print(f"{tag} {g.name}: {escape(g.message)}", highlight=False)
     lw = report.layerwise
     if lw is not None and lw.ranking:
         console.print(f"layerwise: most error added by {lw.ranking[0]}", highlight=False)

@@ -14,6 +14,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 from rescompile.validate.blocks_svg import blocks_section
+from rescompile.validate.metrics import drop_text, interval_rows
 from rescompile.validate.report import class_label
 from rescompile.validate.results import section_dict
 from rescompile.validate.schema import REPORT_SCHEMA
@@ -68,6 +69,7 @@ def _summary(r: Report) -> str:
         ["top-1 agreement", "", _pct(agr.top1)],
         ["logit cosine mean / worst", "", f"{agr.cosine_mean:.5f} / {agr.cosine_min:.5f}"],
         ["max / mean abs error", "", f"{agr.max_abs_error:.4g} / {agr.mean_abs_error:.4g}"],
+        *([escape(label), "", escape(text)] for label, text in interval_rows(acc, agr)),
     ]
     return (
         f"<p>{m.samples} samples from <code>{escape(str(m.source))}</code>. Reference "
@@ -96,12 +98,15 @@ def _gates(r: Report) -> str:
             escape(g.name),
             f"<code>{escape(g.metric)}</code>",
             _num(g.value, ".6g"),
+            escape(" ".join(x for x in (g.interval_text(".6g"), g.side or "") if x)) or "—",
             f"{escape(g.comparison)} {g.threshold:g}",
-            '<span class="pass">pass</span>' if g.passed else '<span class="fail">FAIL</span>',
+            escape(g.mode or "—"),
+            "abstains" if g.abstained else '<span class="pass">pass</span>' if g.passed else '<span class="fail">FAIL</span>',
         ]
         for g in r.gates
     ]
-    return _table(["gate", "metric", "value", "threshold", "result"], rows, left=2)
+    notes = "".join(f'<p class="note">{escape(g.name)}: {escape(g.settle_text())}</p>' for g in r.gates if g.settle_text())
+    return _table(["gate", "metric", "value", "95% interval", "threshold", "mode", "result"], rows, left=2) + notes
 
 
 def _latency(r: Report) -> str:
@@ -167,10 +172,19 @@ def _per_class(r: Report) -> str:
         unit=" points",
     )
     rows = [
-        [escape(class_label(m, d.label)), str(d.samples), _pct(d.reference_top1), _pct(d.candidate_top1), f"{d.delta:+.2f}"] for d in pc[:5]
+        [
+            escape(class_label(m, d.label)),
+            str(d.samples),
+            _pct(d.reference_top1),
+            _pct(d.candidate_top1),
+            f"{d.delta:+.2f}",
+            escape(drop_text(d.drop)),
+            _num(d.p_holm, ".3g"),
+        ]
+        for d in pc[:5]
     ]
-    return f'<div class="plots">{chart}</div><p>Worst classes:</p>' + _table(
-        ["class", "samples", "reference top-1", "candidate top-1", "delta"], rows
+    return f'<div class="plots">{chart}</div><p>Worst classes (drop: simultaneous 95% intervals, Bonferroni):</p>' + _table(
+        ["class", "samples", "reference top-1", "candidate top-1", "delta", "drop [interval]", "p (Holm)"], rows
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from rescompile.validate.metrics import drop_text, interval_rows
 from rescompile.validate.results import section_dict
 
 if TYPE_CHECKING:
@@ -38,12 +39,20 @@ def validation_lines(report: Report) -> list[str]:
     return ["", f"> **Validation: {text}**" if choice.get("in_sample") else f"Validation: {text}"]
 
 
+def gate_result_text(g: GateResult) -> str:
+    """pass, **FAIL** or abstains (a floor with nothing to judge)."""
+    return "abstains" if g.abstained else "pass" if g.passed else "**FAIL**"
+
+
 def gate_rows(gates: list[GateResult]) -> list[str]:
-    """The gates as a Markdown table (``report.md`` and ``deploy.md``)."""
-    lines = ["| gate | metric | value | threshold | result |", "|---|---|---|---|---|"]
+    """The gates as a Markdown table (``report.md`` and ``deploy.md``): value, 95% interval, where it lies, mode."""
+    lines = ["| gate | metric | value | 95% interval | threshold | mode | result |", "|---|---|---|---|---|---|---|"]
     for g in gates:
+        where = f"{g.side}" + (f" ({g.settle_text().split(': ', 1)[1]})" if g.side == "straddles" else "") if g.side else ""
+        interval = f"{g.interval_text('.6g')} {where}".strip() or "—"
         lines.append(
-            f"| {g.name} | `{g.metric}` | {_num(g.value, '.6g')} | {g.comparison} {g.threshold:g} | {'pass' if g.passed else '**FAIL**'} |"
+            f"| {g.name} | `{g.metric}` | {_num(g.value, '.6g')} | {interval} | {g.comparison} {g.threshold:g} | "
+            f"{g.mode or '—'} | {gate_result_text(g)} |"
         )
     return lines
 
@@ -67,6 +76,9 @@ def render_markdown(report: Report) -> str:
         f"(worst {agr.cosine_min:.5f}), max abs error {agr.max_abs_error:.4g}, "
         f"mean abs error {agr.mean_abs_error:.4g}.",
     ]
+    rows = interval_rows(acc, agr)
+    if rows:
+        lines += ["", "| metric (95% interval) | value |", "|---|---|", *(f"| {k.replace(' (95% CI)', '')} | {v} |" for k, v in rows)]
     if report.gates:
         lines += ["", "## Gates", "", *gate_rows(report.gates)]
     if m.per_class:
@@ -74,12 +86,13 @@ def render_markdown(report: Report) -> str:
             "",
             f"## Worst classes (of {len(m.per_class)})",
             "",
-            "| class | samples | reference top-1 | candidate top-1 | delta |",
-            "|---|---|---|---|---|",
+            "| class | samples | reference top-1 | candidate top-1 | delta | drop [Bonferroni interval] | p (Holm) |",
+            "|---|---|---|---|---|---|---|",
         ]
         for d in m.per_class[:WORST_CLASSES]:
             lines.append(
-                f"| {class_label(m, d.label)} | {d.samples} | {_pct(d.reference_top1)} | {_pct(d.candidate_top1)} | {d.delta:+.2f} |"
+                f"| {class_label(m, d.label)} | {d.samples} | {_pct(d.reference_top1)} | {_pct(d.candidate_top1)} | {d.delta:+.2f} | "
+                f"{drop_text(d.drop)} | {_num(d.p_holm, '.3g')} |"
             )
     if m.latency:
         lines += [

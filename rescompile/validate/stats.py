@@ -11,6 +11,7 @@ function by its continued fraction, the normal quantile by ``statistics.NormalDi
 - :func:`per_class_drop` / :func:`decide_classes`: the same per class, Bonferroni-adjusted intervals
   and Holm's step-down test for the gate.
 - :func:`samples_to_settle`, :func:`decide`, :func:`decide_estimate`: ``--gate-mode point|confident``.
+- :func:`mean_interval`: the mean logit cosine with Student's t interval.
 - :func:`margin_agreement`: agreement on the samples whose FP32 decision no healthy INT8 error can flip.
 
 Units follow the report: agreement in percent, drops in percentage points (FP32 minus INT8,
@@ -207,6 +208,67 @@ def agreement_interval(k: float, n: float, level: float = LEVEL, method: str = "
         raise UsageError(f"unknown interval method {method!r}", hint="one of: " + ", ".join(AGREEMENT_METHODS))
     lo, hi = clopper_pearson_interval(k, n, level) if method == "clopper-pearson" else wilson_interval(k, n, level)
     return ProportionEstimate(k, n, 100.0 * k / n, 100.0 * lo, 100.0 * hi, level, method)
+
+
+# ---------------------------------------------------------------- a mean (the logit cosine)
+
+
+@dataclass(frozen=True)
+class MeanEstimate:
+    """The mean of ``n`` per-sample values (e.g. logit cosine) with Student's t interval, clipped to [``floor``, ``ceil``]."""
+
+    n: float
+    point: float
+    lo: float
+    hi: float
+    sd: float  # sample standard deviation of the values
+    level: float
+    method: str  # "t"
+    floor: float = -math.inf
+    ceil: float = math.inf
+
+
+def t_quantile(p: float, df: float) -> float:
+    """Student's t quantile with ``df`` degrees of freedom, from the incomplete beta function.
+
+    For t > 0, P(T <= t) = 1 - I_x(df/2, 1/2) / 2 with x = df / (df + t^2), so the upper quantile
+    is t = sqrt(df (1 - x) / x) at x = I^-1(2 (1 - p); df/2, 1/2).
+    """
+    if not df > 0:
+        raise ValueError(f"t_quantile needs df > 0, got {df}")
+    if p == 0.5:
+        return 0.0
+    upper = max(p, 1.0 - p)
+    x = beta_quantile(2.0 * (1.0 - upper), df / 2.0, 0.5)
+    t = math.sqrt(df * (1.0 - x) / x) if x > 0 else math.inf
+    return t if p > 0.5 else -t
+
+
+def _mean_bounds(point: float, sd: float, n: float, level: float, floor: float, ceil: float) -> tuple[float, float]:
+    if n < 2:
+        return floor, ceil
+    half = t_quantile(1.0 - (1.0 - level) / 2.0, n - 1.0) * sd / math.sqrt(n)
+    return max(floor, point - half), min(ceil, point + half)
+
+
+def mean_interval(values: np.ndarray, level: float = LEVEL, *, floor: float = -math.inf, ceil: float = math.inf) -> MeanEstimate:
+    """The mean of ``values`` with Student's t interval (mean +- t_{n-1} sd / sqrt(n)), clipped to [floor, ceil].
+
+    For the mean logit cosine (bounded by 1): the per-sample cosines are skewed, but their mean
+    is close to normal at the sample counts a validation split has (central limit theorem), and
+    the t quantile keeps small n honest. One value gives the whole range [floor, ceil].
+
+    Raises:
+        UsageError: no values, non-finite values or a bad level.
+    """
+    _check_level(level)
+    v = np.asarray(values, np.float64).ravel()
+    if v.size == 0 or not np.isfinite(v).all():
+        raise UsageError(f"a mean interval needs at least one finite value, got {v.size} values")
+    point = float(v.mean())
+    sd = float(v.std(ddof=1)) if v.size > 1 else 0.0
+    lo, hi = _mean_bounds(point, sd, v.size, level, floor, ceil)
+    return MeanEstimate(int(v.size), point, min(lo, point), max(hi, point), sd, level, "t", floor, ceil)
 
 
 # ---------------------------------------------------------------- paired top-1 drop
@@ -478,25 +540,34 @@ def decide(
     return Decision(passed, mode, side, point, lo, hi, threshold, comparison, samples_to_settle if side == "straddles" else None)
 
 
-Estimate = ProportionEstimate | DropEstimate
+Estimate = ProportionEstimate | DropEstimate | MeanEstimate
 
 
 def _rescaled(est: Estimate, m: float) -> tuple[float, float]:
     """The interval (in the estimate's units) at m samples with the counts scaled to the same rates."""
-    s = m / est.n
+    if isinstance(est, MeanEstimate):
+        return _mean_bounds(est.point, est.sd, m, est.level, est.floor, est.ceil)
     if isinstance(est, ProportionEstimate):
         if est.method not in AGREEMENT_METHODS:
             raise UsageError(f"cannot rescale an interval made by {est.method!r}")
-        r = agreement_interval(est.successes * s, m, est.level, est.method)
+        # k * m / n rounds past m when k = n (117 * (m / 117) = m + 1 ulp): clamp to the valid range
+        r = agreement_interval(min(m, est.successes * m / est.n), m, est.level, est.method)
         return r.lo, r.hi
     # Tango's interval needs only b, c and n, so it rescales; it stands in for Newcombe's and the bootstrap's
-    lo, hi = tango_interval(est.ref_only * s, est.cand_only * s, m, est.level)
+    b, c = est.ref_only * m / est.n, est.cand_only * m / est.n
+    if b + c > m:  # the same rounding when every pair is discordant
+        b, c = b * m / (b + c), c * m / (b + c)
+        b = min(b, m - c)
+    lo, hi = tango_interval(b, c, m, est.level)
     return 100.0 * lo, 100.0 * hi
 
 
 def _settle_guess(est: Estimate, threshold: float) -> float:
     """Closed-form first guess: the n at which z * sd / sqrt(n) equals the distance to the threshold (Wald)."""
     z = _two_sided_z(est.level)
+    if isinstance(est, MeanEstimate):
+        gap = abs(est.point - threshold)
+        return z * z * est.sd * est.sd / (gap * gap) if gap > 0 else math.inf
     gap = abs(est.point - threshold) / 100.0
     if isinstance(est, ProportionEstimate):
         p = est.successes / est.n
@@ -532,8 +603,11 @@ def samples_to_settle(est: Estimate, threshold: float, comparison: str) -> int |
         return n0
     if est.point == threshold:
         return None
+    guess = _settle_guess(est, threshold)
+    if not guess < MAX_SAMPLES:
+        return None
     lo = n0
-    hi = max(n0 + 1, math.ceil(_settle_guess(est, threshold)))
+    hi = max(n0 + 1, math.ceil(guess))
     while not settled(hi):
         lo, hi = hi, hi * 2
         if hi > MAX_SAMPLES:
@@ -688,7 +762,7 @@ class MarginAgreement:
     decisive_flips: int
     allowance: float
     scale: float
-    rel_error: float
+    rel_error: float | None  # None when FP32's logits have no spread to measure it in
     healthy_rel_error: float
     z: float
     agreement: ProportionEstimate | None
@@ -734,7 +808,7 @@ def margin_agreement(
     flipped = ref.argmax(1) != cand.argmax(1)
     decisive = margin > allowance
     n_dec, n_dec_flips = int(decisive.sum()), int((decisive & flipped).sum())
-    rel_error = float(np.sqrt(np.mean(err_c * err_c)) / scale) if scale > 0 else (0.0 if not err_c.any() else math.inf)
+    rel_error = float(np.sqrt(np.mean(err_c * err_c)) / scale) if scale > 0 else (0.0 if not err_c.any() else None)
     agreement = agreement_interval(n_dec - n_dec_flips, n_dec, level) if n_dec else None
     return MarginAgreement(
         int(ref.shape[0]), int(flipped.sum()), n_dec, n_dec_flips, allowance, scale, rel_error, healthy_rel_error, z, agreement

@@ -38,7 +38,11 @@ def test_accuracy_agreement_and_per_class_on_known_logits():
     m = compare_outputs(ref, cand, labels)
     assert m.accuracy.top1_drop == 25.0 and m.accuracy.candidate.top1 == 75.0 and m.per_class[0].label == 0
     both = {"reference": {"top1": 100.0, "top5": 100.0}, "candidate": {"top1": 75.0, "top5": 100.0}}
-    assert m.to_dict()["accuracy"] == {**both, "top1_drop": 25.0}
+    interval = m.to_dict()["accuracy"].pop("top1_drop_interval")
+    assert m.to_dict()["accuracy"] == {**both, "top1_drop": 25.0, "top1_drop_interval": interval}
+    # the paired drop: both misses are FP32-right/INT8-wrong (b = 2, c = 0 of 8); exact McNemar p = 2 * 0.5^2
+    assert (interval["ref_only"], interval["cand_only"], interval["n"], interval["method"]) == (2, 0, 8, "tango")
+    assert interval["lo"] < 25.0 < interval["hi"] and interval["p_exact"] == pytest.approx(0.5)
 
 
 def test_compare_outputs_refuses_mismatched_shapes():
@@ -83,8 +87,9 @@ def test_every_gate_passes_and_fails_with_metric_value_threshold():
 
 
 def test_latency_gates_read_the_configured_batch():
-    (g,) = evaluate_gates(_report(), Gates(max_p99_ms=40, latency_batch=8))
+    g, *floor = evaluate_gates(_report(), Gates(max_p99_ms=40, latency_batch=8))
     assert g.metric == "latency.candidate.batch8.p99_ms" and g.value == 50.0 and not g.passed
+    assert [f.name for f in floor] == ["floor_cosine", "floor_margin_agreement", "floor_top1_drop"]  # no accuracy gate: the floor
 
 
 def test_gate_without_labels_fails_and_says_why():
@@ -231,10 +236,10 @@ def test_latency_auto_mode_stays_in_its_budget_and_says_what_it_skipped(monkeypa
     # half of the 0.965 s left: 2 warm-ups of 100 ms (a quarter spent) and the 3 runs that spend it. One warm-up and 3 runs
     # of batch 2000 (8 s) cannot fit in the 0.465 s then left: skipped, at no cost.
     recs, plan = measure_runners([(clocked, "candidate")], sample, LatencySettings(batches=(1, 100, 2000)), other_s=0.0)
-    assert plan["mode"] == "auto" and plan["budget_s"] == MIN_BUDGET_S and not plan["brief"]
+    assert plan.mode == "auto" and plan.budget_s == MIN_BUDGET_S and not plan.brief
     assert [(r.batch, r.warmup, r.runs) for r in recs] == [(1, 5, MAX_RUNS), (100, 2, 3)]
-    assert plan["skipped"] == [{"batch": 2000, "reason": "3 runs estimated at 8.0 s; 0.5 s of the 1.0 s latency budget left"}]
-    assert plan["spent_s"] == 0.535 and clocked.calls == 40
+    assert [(k.batch, k.reason) for k in plan.skipped] == [(2000, "3 runs estimated at 8.0 s; 0.5 s of the 1.0 s latency budget left")]
+    assert plan.spent_s == 0.535 and clocked.calls == 40
 
 
 def test_latency_explicit_runs_brief_and_required_batches(tiny_onnx, tiny_data):

@@ -423,3 +423,38 @@ def test_bootstrap_interval_contains_its_point(n, data, seed):
     c = data.draw(st.integers(0, n - b))
     est = S.bootstrap_drop(b, c, n, replicates=200, seed=seed)
     assert -100.0 <= est.lo <= est.point <= est.hi <= 100.0
+
+
+# ---------------------------------------------------------------- mean (logit cosine)
+
+
+def test_t_quantile_matches_published_values():
+    # Student's t table: t_{0.975} for 1, 10, 30 degrees of freedom; the normal quantile in the limit
+    for df, t in ((1, 12.7062047), (10, 2.2281389), (30, 2.0422725)):
+        assert S.t_quantile(0.975, df) == pytest.approx(t, abs=1e-6)
+        assert S.t_quantile(0.025, df) == pytest.approx(-t, abs=1e-6)
+    assert S.t_quantile(0.975, 1e7) == pytest.approx(1.959964, abs=1e-5)
+
+
+def test_mean_interval_is_the_t_interval_clipped_and_settles():
+    v = np.array([0.99, 0.995, 0.998, 0.97, 0.999, 0.996])
+    est = S.mean_interval(v, floor=-1.0, ceil=1.0)
+    half = S.t_quantile(0.975, 5) * v.std(ddof=1) / math.sqrt(6)
+    assert (est.lo, est.hi) == pytest.approx((v.mean() - half, min(1.0, v.mean() + half)))
+    one = S.mean_interval(np.array([0.5]), floor=-1.0, ceil=1.0)
+    assert (one.lo, one.hi) == (-1.0, 1.0)
+    m = S.samples_to_settle(est, 0.99, ">=")
+    assert m is not None and m > 6
+    lo, _ = S._rescaled(est, m)
+    lo_before, _ = S._rescaled(est, m - 1)
+    assert lo >= 0.99 > lo_before
+
+
+@pytest.mark.parametrize("n", [16, 117, 122, 124, 1803])
+def test_samples_to_settle_with_every_sample_agreeing_or_discordant(n):
+    # k = n scaled to m samples must not round past m (a 100% agreement that straddles a 97% floor)
+    est = S.agreement_interval(n, n)
+    m = S.samples_to_settle(est, 99.9, ">=")
+    assert m is None or m >= n
+    for b, c in ((n, 0), (n - 1, 1)):
+        S.samples_to_settle(S.top1_drop(b, c, n), 99.0, "<=")
