@@ -369,8 +369,8 @@ def shortfall(results: Sequence[GateResult]) -> float:
     for g in results:
         if g.passed:
             continue
-        if g.value is None:
-            return float("inf")
+        if g.value is None:  # cannot happen from auto_fallback: a top-1 gate without labels is refused first
+            continue
         gap = g.value - g.threshold if g.comparison == "<=" else g.threshold - g.value
         total += max(gap, 0.0) * (COSINE_POINTS if g.name == "min-cosine" else 1.0)
     return total
@@ -509,6 +509,8 @@ def auto_fallback(
         raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint="add --max-top1-drop, --min-agreement or --min-cosine")
     if limit < 1:
         raise UsageError(f"the auto-fallback limit must be >= 1, got {limit}")
+    if gates.max_top1_drop is not None and reference.labels is None:
+        raise UsageError("--max-top1-drop needs labelled validation data", hint="use --min-agreement or --min-cosine without labels")
     if fallback.unit not in FALLBACK_UNITS:
         raise UsageError(f"unknown fallback unit {fallback.unit!r}", hint=" | ".join(FALLBACK_UNITS))
     factory = runner_factory or ort_runner_factory(settings.threads)

@@ -59,5 +59,10 @@ def print_summary(console: Console, report: dict[str, Any], title: str) -> None:
             console.print("  suggestion: " + " ".join(f"--keep-fp '{p}'" for p in lw["suggested_keep_fp"]), highlight=False)
     fb = report.get("fallback")
     if fb:
-        kept = ", ".join(fb["kept_fp"]) or "none"
-        console.print(f"auto-fallback: kept in FP: {kept} ({fb['stopped']})", highlight=False)
+        kept = ", ".join(f"{s['unit']['kind']} {s['unit']['name']}" for s in fb["steps"] if s["accepted"]) or "none"
+        backs = sum(1 for s in fb["steps"] if not s["accepted"])
+        console.print(
+            f"auto-fallback: kept in FP: {kept} ({fb['stopped']}; {backs} step(s) undone; judged on "
+            f"{fb['split']['gate_samples']} gate-split samples)",
+            highlight=False,
+        )

@@ -51,7 +51,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
 
     Args:
         folder: the folder the report is written to.
-        report: the report (its ``fallback`` steps and ``build`` record are read).
+        report: the report (its ``fallback`` steps kept and ``build`` record are read).
         config: the build's config (``keep_fp``, ``keep_first_last``); default: the build's manifest.json.
     """
     import onnx
@@ -74,7 +74,7 @@ def read_block_picture(folder: Path, report: dict[str, Any], config: Mapping[str
             plan.get("kept_fp") or [],
             keep_fp=tuple(config.get("keep_fp") or ()),
             keep_first_last=bool(config.get("keep_first_last")),
-            fallback=[str(s["layer"]) for s in steps if isinstance(s, dict) and "layer" in s],
+            fallback=[str(n) for s in steps if isinstance(s, dict) and s.get("accepted") for n in (s.get("unit") or {}).get("nodes", [])],
         )
         engine = None
         if (src / PLAN_LAYERS).is_file():
