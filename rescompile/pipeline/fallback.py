@@ -329,6 +329,14 @@ class Fallback:
         for s, flag in zip(self.steps, on[1:], strict=True):
             s.pareto = flag
 
+    def note(self) -> str:
+        """The report's note on where its accuracy was measured."""
+        sp = self.split
+        return (
+            f"accuracy and gates are measured on the auto-fallback's gate split ({len(sp.gate)} of {len(sp.gate) + len(sp.ranking)} "
+            f"validation samples); the other {len(sp.ranking)} ranked the candidates and would flatter the result"
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "limit": self.limit,
