@@ -71,6 +71,35 @@ def ort_runner_factory(threads: int | None = None) -> RunnerFactory:
     return make
 
 
+def tensorrt_runner_factory(workdir: Any, target: str = "gpu", batches: tuple[int, ...] = (1, 32)) -> RunnerFactory:
+    """Candidates built into TensorRT engines for ``target`` under ``workdir`` and run there: rank and judge on the engine.
+
+    Each call builds one engine (seconds to minutes each: a search on the engine is slow, and needs a GPU).
+    """
+    from pathlib import Path
+
+    root = Path(workdir)
+    count = [0]
+
+    def make(model: onnx.ModelProto) -> Runner:
+        from rescompile.engine.settings import EngineOptions
+        from rescompile.engine.targets import get_target
+        from rescompile.engine.tensorrt import build_engine
+        from rescompile.io import save_onnx
+        from rescompile.runtime.tensorrt_runner import TensorRTRunner
+
+        count[0] += 1
+        folder = root / f"candidate{count[0]:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_onnx(folder / "model.int8.onnx", model)
+        built = build_engine(
+            folder / "model.int8.onnx", get_target(target), EngineOptions(batches=batches), folder, timing_cache_dir=root / "timing-cache"
+        )
+        return TensorRTRunner(built.plan)
+
+    return make
+
+
 # --- the split ---------------------------------------------------------------------------------
 
 
