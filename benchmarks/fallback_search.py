@@ -84,7 +84,7 @@ def build(checkout: Path, model: Path, calib: Path, val: Path, out: Path, extra:
     cmd = [sys.executable, "-m", "rescompile.cli", "build", str(model), "--calib", str(calib), "--val", str(val)]
     cmd += ["--preset", "fashion-mnist", "--latency-batch", "1", "--out", str(out), "--quiet", *extra]
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=checkout)  # cwd: -m imports from it first
     wall = time.perf_counter() - t0
     folder = out if (out / "report.json").is_file() else Path(f"{out}.failed")
     if not (folder / "report.json").is_file():
@@ -109,6 +109,7 @@ def main() -> None:
     ap.add_argument("--policy", default="tensorrt")
     ap.add_argument("--gate", default="1")
     ap.add_argument("--units", default="auto,layer")
+    ap.add_argument("--skip", default="", help="builds to skip (plain, old), e.g. when rerunning")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     model = hurt_model(args.out, [int(b) for b in args.blocks.split(",")], args.channels, args.factor)
@@ -120,6 +121,7 @@ def main() -> None:
     runs = [("plain", args.new, [])] + [("old", args.old, ["--auto-fallback", str(args.limit)])]
     runs += [(f"new-{u}", args.new, ["--auto-fallback", str(args.limit), "--fallback-unit", u]) for u in args.units.split(",")]
     rows = []
+    runs = [r for r in runs if r[0] not in args.skip.split(",")]
     for label, checkout, extra in runs:
         b, wall = build(checkout, model, calib, val, args.out / label, common + extra)
         rep, man = b["report"], b["manifest"]

@@ -182,8 +182,8 @@ def _fallback_md(fb: dict[str, Any]) -> list[str]:
         "",
         fallback_summary(fb),
         "",
-        f"Pareto front (* : no other point has both a lower {AXIS_NAMES.get(fb['pareto_axis'], fb['pareto_axis'])} "
-        "and a smaller FP MAC share):",
+        f"Pareto front (*: no other point has a {AXIS_NAMES.get(fb['pareto_axis'], fb['pareto_axis'])} as low with no more MACs "
+        "in FP, and is better on one of the two):",
         "",
         "| step | unit | result | top-1 drop | agreement | cosine mean | FP MACs | p50 ms | Pareto | fusion given up |",
         "|---|---|---|---|---|---|---|---|---|---|",
