@@ -72,7 +72,9 @@ class BuildConfig:
     latency_warmup: int = 5
     latency_budget_s: float | None = None  # seconds per batch size and runner, warm-up included, instead of the default
     layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
-    auto_fallback: int = 0  # keep up to N worst layers in FP until the accuracy gates pass (0 = off)
+    auto_fallback: int = 0  # keep up to N units in FP until the accuracy gates pass (0 = off; docs/fallback.md)
+    fallback_unit: str = "auto"  # auto | layer | block: what one fallback step keeps in FP
+    fallback_rank_samples: int = 300  # the ranking subset: samples of the ranking split where INT8 differs most
     equalize: bool = False  # cross-layer equalization + bias absorption before planning (docs/equalize.md)
     bias_correction: bool = False  # correct each quantized layer's mean output shift on calibration data (docs/equalize.md)
     save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz
@@ -104,5 +106,8 @@ class BuildConfig:
             d.pop(k)
         for k in OFF_UNLESS_ASKED:  # recorded only when on: a build without them keeps its manifest (and sweep key) bytes
             if not d[k]:
+                d.pop(k)
+        if not self.auto_fallback:  # the search's options mean nothing without it (and keep a sweep's key unchanged)
+            for k in ("fallback_unit", "fallback_rank_samples"):
                 d.pop(k)
         return d

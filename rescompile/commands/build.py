@@ -40,8 +40,28 @@ class BuildQuantization(OptionGroup):
     keep_fp: o.KeepFpOpt = None
     keep_first_last: o.KeepFirstLastOpt = False
     auto_fallback: Annotated[
-        int, typer.Option(min=0, help="Keep up to N worst layers in FP until the accuracy gates pass.", rich_help_panel=o.QUANTIZATION)
+        int,
+        typer.Option(
+            min=0,
+            help="Keep up to N units in FP, ranked on ONNX Runtime, until the accuracy gates pass on a held-out gate split "
+            "(docs/fallback.md).",
+            rich_help_panel=o.QUANTIZATION,
+        ),
     ] = 0
+    fallback_unit: Annotated[
+        str,
+        typer.Option(
+            help="What one --auto-fallback step keeps in FP: layer, block (a residual block's main branch and its Add), "
+            "or auto (a layer, or its whole block where the layer alone would break a residual fusion).",
+            rich_help_panel=o.QUANTIZATION,
+        ),
+    ] = "auto"
+    fallback_rank_samples: Annotated[
+        int,
+        typer.Option(
+            min=1, help="--auto-fallback ranks on this many samples where INT8 and FP32 differ most.", rich_help_panel=o.QUANTIZATION
+        ),
+    ] = 300
     equalize: o.EqualizeOpt = False
     bias_correction: o.BiasCorrectionOpt = False
 
@@ -138,6 +158,8 @@ def build(
         gates=gates.resolve(),
         layerwise=validation.layerwise,
         auto_fallback=quantization.auto_fallback,
+        fallback_unit=quantization.fallback_unit,
+        fallback_rank_samples=quantization.fallback_rank_samples,
         equalize=quantization.equalize,
         bias_correction=quantization.bias_correction,
         save_reference=output.save_reference,

@@ -191,6 +191,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             quantized.model,
             stages=StagesSection(exported, simplified, quantized, equalized, corrected),
             calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
+            notes=None if validated.fallback is None else [validated.fallback.note()],
             warnings=calibrated.run.warnings,
             layerwise=validated.layerwise,
             fallback=None if validated.fallback is None else validated.fallback.record(),

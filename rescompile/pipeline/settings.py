@@ -96,14 +96,23 @@ class EngineStageSettings:
     batches: tuple[int, ...]
 
 
+FALLBACK_UNITS = ("auto", "layer", "block")  # docs/fallback.md#units
+
+
 @dataclass(frozen=True)
 class FallbackSettings:
-    """Auto-fallback: at most ``limit`` layers kept in FP (besides the user's), aiming at the accuracy ``gates``."""
+    """Auto-fallback (docs/fallback.md): at most ``limit`` units kept in FP (besides the user's), aiming at the accuracy
+    ``gates``; ``unit`` what one step keeps (``auto``, ``layer``, ``block``); ``rank_samples`` the ranking subset;
+    ``step_backs`` undone steps allowed in a row; ``seed`` the ranking/gate split's."""
 
     limit: int
     gates: Gates
     keep_fp: tuple[str, ...] = ()
     keep_first_last: bool = False
+    unit: str = "auto"
+    rank_samples: int = 300
+    step_backs: int = 2
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,10 @@ def check_validation_options(cfg: BuildConfig) -> LatencySettings:
     if cfg.auto_fallback and not any_gate(accuracy_gates(gates)):
         hint = "add --max-top1-drop, --min-agreement, --min-cosine or --max-class-drop"
         raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint=hint)
+    if cfg.fallback_unit not in FALLBACK_UNITS:
+        raise UsageError(f"unknown --fallback-unit {cfg.fallback_unit!r}", hint=" | ".join(FALLBACK_UNITS))
+    if cfg.fallback_rank_samples < 1:
+        raise UsageError(f"--fallback-rank-samples must be >= 1, got {cfg.fallback_rank_samples}")
     if cfg.save_reference is not None and Path(cfg.save_reference).suffix != ".npz":
         raise UsageError(f"--save-reference needs a .npz path, got {cfg.save_reference}")
     required = () if gates.latency_batch is None else (gates.latency_batch,)
@@ -157,7 +170,15 @@ def validator_settings(cfg: BuildConfig, latency: LatencySettings | None = None,
     ray = ray or cfg.ray_settings()
     fallback = None
     if cfg.auto_fallback:
-        fallback = FallbackSettings(cfg.auto_fallback, accuracy_gates(cfg.gates), tuple(cfg.keep_fp), cfg.keep_first_last)
+        fallback = FallbackSettings(
+            cfg.auto_fallback,
+            accuracy_gates(cfg.gates),
+            tuple(cfg.keep_fp),
+            cfg.keep_first_last,
+            unit=cfg.fallback_unit,
+            rank_samples=cfg.fallback_rank_samples,
+            seed=cfg.seed,
+        )
     validate = ValidateSettings(cfg.batch_size, latency, cfg.threads, cfg.progress, ray=ray)
     return ValidatorSettings(validate, cfg.layerwise, cfg.save_reference, fallback, cfg.model)
 

@@ -284,10 +284,10 @@ def engine(int8_path: Path, settings: EngineStageSettings, folder: Path) -> Engi
 
 
 def fall_back(validator: BuildValidator, simplified: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated) -> Quantized:
-    """Auto-fallback (before the engine stage: the engine is built from the final model): keep the worst layers
-    in FP until the accuracy gates pass; the final model, proven again (the search's record: ``validator.fallback_result``)."""
+    """Auto-fallback (before the engine stage: the engine is built from the final model): keep units in FP until the
+    accuracy gates pass on the gate split; the final model, proven again (the search's record: ``validator.fallback_result``)."""
     fallback = validator.fallback(quantized.model, quantized.plan, calibrated.ranges)
-    if not fallback.steps:
+    if not fallback.accepted:
         return quantized
     return proven(simplified.model, fallback.model, fallback.plan, "the INT8 graph after auto-fallback")
 

@@ -1,7 +1,10 @@
 """The validation stages of ``build``: the FP32 reference once, auto-fallback, then the INT8 model's measurement.
 
 The reference is computed lazily and serves both auto-fallback (before the engine stage: the
-engine is built from the final model) and the final validation with layerwise blame.
+engine is built from the final model) and the final validation with layerwise blame. After an
+auto-fallback the final measurement, and so every gate, is taken on the search's gate split only:
+the ranking split chose what to keep in FP, so its samples would flatter the result
+(docs/fallback.md#no-selection-bias).
 """
 
 from __future__ import annotations
@@ -102,6 +105,14 @@ class BuildValidator:
         self.fallback_result = auto_fallback(self.fp32, int8, plan, ranges, self.reference, self.inputs, fb, self.settings.validate)
         return self.fallback_result
 
+    def measured_on(self) -> tuple[ReferenceOutputs, ValidationInputs]:
+        """The reference and inputs the final measurement uses: the gate split after an auto-fallback, else all."""
+        fb = self.fallback_result
+        if fb is None:
+            return self.reference, self.inputs
+        gate = fb.split.gate
+        return self.reference.select(gate), self.inputs.select(gate, f"{self.inputs.name} (auto-fallback gate split)")
+
     def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> Validated:
         """The measurement of ``int8`` against the reference; FP32 ONNX timed as the baseline.
 
@@ -117,10 +128,11 @@ class BuildValidator:
         settings = s.validate
         if latency_notes(int8, cand.name):
             settings = replace(settings, latency=replace(settings.latency, brief=True))
+        reference, inputs = self.measured_on()
         measured = validate(
-            self.reference,
+            reference,
             cand,
-            self.inputs,
+            inputs,
             baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
             settings=settings,
             other_s=other_s,
@@ -128,7 +140,7 @@ class BuildValidator:
         result = Validated(measured, fallback=self.fallback_result)
         if s.layerwise:
             t0 = time.perf_counter()
-            result.layerwise = layerwise_blame(self.fp32, int8, self.inputs.head(s.validate.layerwise_samples))
+            result.layerwise = layerwise_blame(self.fp32, int8, inputs.head(s.validate.layerwise_samples))
             measured.timings["layerwise_s"] = round(time.perf_counter() - t0, 3)
         if s.save_reference is not None:
             save_reference(Path(s.save_reference), self.reference)

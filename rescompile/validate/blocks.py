@@ -373,7 +373,7 @@ def kept_reasons(
         int8: the INT8 model (its Q/DQ pairs are looked through).
         kept: the plan's ``kept_fp``.
         keep_fp: the build's ``--keep-fp`` patterns; keep_first_last: its ``--keep-first-last``.
-        fallback: layers the auto fallback kept (the report's ``fallback.steps[].layer``).
+        fallback: nodes the auto fallback kept (the report's accepted ``fallback.steps[].unit.nodes``).
     """
     view = _Graph(int8).float_view
     by_pattern: set[str] = set()

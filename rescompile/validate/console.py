@@ -67,5 +67,10 @@ def print_summary(console: Console, report: Report, title: str) -> None:
             console.print("  suggestion: " + " ".join(f"--keep-fp '{p}'" for p in lw.suggested_keep_fp), highlight=False)
     fb = report.fallback
     if fb is not None:
-        kept = ", ".join(fb.kept_fp) or "none"
-        console.print(f"auto-fallback: kept in FP: {kept} ({fb.stopped})", highlight=False)
+        kept = ", ".join(s.unit.label() for s in fb.accepted) or "none"
+        backs = sum(1 for s in fb.steps if not s.accepted)
+        console.print(
+            f"auto-fallback: kept in FP: {kept} ({fb.stopped}; {backs} step(s) undone; judged on "
+            f"{fb.split.gate_samples} gate-split samples)",
+            highlight=False,
+        )

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from rescompile.validate.blocks_svg import blocks_section
 from rescompile.validate.metrics import drop_text, interval_rows
-from rescompile.validate.report import class_label
+from rescompile.validate.report import AXIS_NAMES, class_label, fallback_rows, fallback_summary
 from rescompile.validate.results import section_dict
 from rescompile.validate.schema import REPORT_SCHEMA
-from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars
+from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars, pareto_scatter
 
 if TYPE_CHECKING:
     from rescompile.validate.blocks import BlockPicture
@@ -231,37 +231,40 @@ def _layerwise(r: Report) -> str:
 def _fallback(r: Report) -> str:
     fb = r.fallback
     if fb is None:
-        return '<p class="note">Not run: pass --auto-fallback N to keep the worst layers in FP until the gates pass.</p>'
-    ini = fb.initial
-    rows = [
+        return '<p class="note">Not run: pass --auto-fallback N to keep units in FP until the gates pass.</p>'
+    rows = fallback_rows(fb)
+    cells = [
         [
-            "0",
-            "(none)",
-            _pct(ini.agreement),
-            f"{ini.cosine_mean:.5f}",
-            _num(ini.top1_drop, ".2f"),
-            f"{ini.fp_macs_share * 100:.1f}%",
-            f"{ini.p50_ms:.3f}",
-            "",
+            row["step"],
+            f"<code>{escape(row['unit'])}</code>",
+            escape(row["result"]),
+            row["top1_drop"],
+            row["agreement"],
+            row["cosine"],
+            row["fp_macs"],
+            row["p50_ms"],
+            "&#9733;" if row["pareto"] else "",
+            escape(row["fusion"]),
         ]
+        for row in rows
     ]
-    for i, s in enumerate(fb.steps, 1):
-        a = s.after
-        rows.append(
-            [
-                str(i),
-                f"<code>{escape(s.layer)}</code>",
-                _pct(a.agreement),
-                f"{a.cosine_mean:.5f}",
-                _num(a.top1_drop, ".2f"),
-                f"{a.fp_macs_share * 100:.1f}%",
-                f"{a.p50_ms:.3f}",
-                f"{s.cost_ms:+.3f}",
-            ]
-        )
+    axis = fb.pareto_axis
+    points = [
+        (f"step {row['step']}: {row['unit']}", p.fp_macs_share * 100, p.error(axis), bool(row["pareto"]))
+        for row, p in zip(rows, [fb.initial] + [s.after for s in fb.steps], strict=True)
+    ]
+    plot = pareto_scatter(
+        points, title="Auto-fallback: accuracy against FP kept", xlabel="share of MACs in FP, %", ylabel=AXIS_NAMES.get(axis, axis)
+    )
     status = '<span class="pass">gates pass</span>' if fb.passed else '<span class="fail">gates still fail</span>'
-    return f"<p>{status}: {escape(fb.stopped)} (limit {fb.limit}).</p>" + _table(
-        ["step", "kept in FP", "agreement", "cosine mean", "top-1 drop", "FP MACs", "p50 ms", "cost ms"], rows, left=2
+    return (
+        f'<p>{status}: {escape(fb.stopped)}.</p><p class="note">{escape(fallback_summary(fb).replace("`", ""))}</p>'
+        f'<div class="plots">{plot}</div>'
+        + _table(
+            ["step", "unit", "result", "top-1 drop", "agreement", "cosine mean", "FP MACs", "p50 ms", "Pareto", "fusion given up"],
+            cells,
+            left=3,
+        )
     )
 
 

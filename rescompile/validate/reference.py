@@ -33,6 +33,7 @@ class ValidationInputs:
     batches: Callable[[int], Batches]
     class_names: list[str] = field(default_factory=list)
     part: Callable[[int, int], ValidationInputs] | None = None  # samples start:stop (a shard, for Ray tasks)
+    pick: Callable[[np.ndarray], ValidationInputs] | None = None  # the samples at ascending positions (a split)
 
     @classmethod
     def from_source(cls, source: Any, pre: Any) -> ValidationInputs:
@@ -43,7 +44,12 @@ class ValidationInputs:
 
             return cls.from_source(take(source, np.arange(start, stop), source.name), pre)
 
-        return cls(source.name, source.count, lambda bs: source.batches(pre, bs), list(source.class_names), part)
+        def pick(idx: np.ndarray) -> ValidationInputs:
+            from rescompile.data.sources import take
+
+            return cls.from_source(take(source, np.asarray(idx), source.name), pre)
+
+        return cls(source.name, source.count, lambda bs: source.batches(pre, bs), list(source.class_names), part, pick)
 
     @classmethod
     def from_arrays(cls, name: str, inputs: np.ndarray, labels: np.ndarray | None) -> ValidationInputs:
@@ -54,7 +60,10 @@ class ValidationInputs:
         def part(start: int, stop: int) -> ValidationInputs:
             return cls.from_arrays(name, inputs[start:stop], None if labels is None else labels[start:stop])
 
-        return cls(name, len(inputs), batches, part=part)
+        def pick(idx: np.ndarray) -> ValidationInputs:
+            return cls.from_arrays(name, inputs[idx], None if labels is None else labels[idx])
+
+        return cls(name, len(inputs), batches, part=part, pick=pick)
 
     def outputs(
         self,
@@ -78,6 +87,14 @@ class ValidationInputs:
             if on_batch is not None:
                 on_batch(len(x))
         return (np.concatenate(logits), np.concatenate(labels) if labels else None, np.concatenate(kept) if keep_inputs else None)
+
+    def select(self, idx: np.ndarray, name: str | None = None) -> ValidationInputs:
+        """The samples at positions ``idx`` (ascending), same class names; ``name``: the subset's name."""
+        if self.pick is None:
+            raise ValueError(f"{self.name}: these inputs cannot be subset")
+        out = self.pick(np.asarray(idx, dtype=np.int64))
+        out.name, out.class_names = name or self.name, list(self.class_names)
+        return out
 
     def head(self, n: int) -> np.ndarray:
         """The first ``n`` inputs (fewer when the set is smaller)."""
@@ -103,6 +120,16 @@ class ReferenceOutputs:
     @property
     def runner(self) -> str:
         return str(self.meta.get("runner", "reference"))
+
+    def select(self, idx: np.ndarray) -> ReferenceOutputs:
+        """The reference of the samples at positions ``idx`` (meta shared, no time of its own)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        return ReferenceOutputs(
+            self.logits[idx],
+            None if self.labels is None else self.labels[idx],
+            None if self.inputs is None else self.inputs[idx],
+            dict(self.meta),
+        )
 
     def as_inputs(self) -> ValidationInputs:
         if self.inputs is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rescompile.validate.metrics import drop_text, interval_rows
 from rescompile.validate.results import section_dict
@@ -10,7 +10,7 @@ from rescompile.validate.results import section_dict
 if TYPE_CHECKING:
     from rescompile.validate.gates import GateResult
     from rescompile.validate.layerwise import Layerwise
-    from rescompile.validate.results import FallbackRecord, Report
+    from rescompile.validate.results import FallbackRecord, FallbackState, FallbackStep, Report
     from rescompile.validate.run import Measurement
 
 WORST_CLASSES = 5
@@ -147,22 +147,64 @@ def _layerwise_md(lw: Layerwise) -> list[str]:
     return lines
 
 
+AXIS_NAMES = {
+    "accuracy.top1_drop": "top-1 drop, points",
+    "agreement.top1": "disagreement with FP32, %",
+    "agreement.cosine_mean": "1 - cosine",
+}
+
+
+def fallback_rows(fb: FallbackRecord) -> list[dict[str, Any]]:
+    """The Pareto table of an auto-fallback (report.json's ``fallback``): the start and every step tried, as display cells."""
+    rows = []
+    points: list[tuple[FallbackStep | None, FallbackState]] = [(None, fb.initial)] + [(s, s.after) for s in fb.steps]
+    for i, (s, a) in enumerate(points):
+        rows.append(
+            {
+                "step": str(i),
+                "unit": "(start)" if s is None else s.unit.label(),
+                "result": "start" if s is None else ("kept" if s.accepted else "stepped back"),
+                "fusion": "" if s is None else s.fusion,
+                "top1_drop": _num(a.top1_drop, ".2f"),
+                "agreement": f"{a.agreement:.2f}%",
+                "cosine": f"{a.cosine_mean:.5f}",
+                "fp_macs": f"{a.fp_macs_share * 100:.1f}%",
+                "p50_ms": f"{a.p50_ms:.3f}",
+                "pareto": fb.initial.pareto if s is None else s.pareto,
+                "gates": "pass" if a.gates_passed else "fail",
+            }
+        )
+    return rows
+
+
+def fallback_summary(fb: FallbackRecord) -> str:
+    """One sentence: what the search ranked on, on how many samples, and where it was judged."""
+    sp, rk = fb.split, fb.ranking
+    return (
+        f"{fb.unit} units, at most {fb.limit}; {rk.candidates} candidates ranked on `{rk.runner}` by logit NMSE "
+        f"over the {rk.samples} samples (of the {sp.ranking_samples}-sample ranking split) where INT8 and FP32 differ most "
+        f"({rk.runs} ranking runs); every step judged on the {sp.gate_samples}-sample gate split "
+        f"({fb.gate_runs} runs; split seed {sp.seed}{', stratified by label' if sp.stratified else ''}); "
+        f"{fb.seconds:.1f} s."
+    )
+
+
 def _fallback_md(fb: FallbackRecord) -> list[str]:
-    ini = fb.initial
     lines = [
         "",
         f"## Auto-fallback ({'gates pass' if fb.passed else 'gates still fail'}: {fb.stopped})",
         "",
-        "| step | kept in FP | agreement | cosine mean | top-1 drop | FP MACs | p50 ms | cost ms |",
-        "|---|---|---|---|---|---|---|---|",
-        f"| 0 | (none) | {ini.agreement:.2f}% | {ini.cosine_mean:.5f} | {_num(ini.top1_drop, '.2f')} | "
-        f"{ini.fp_macs_share * 100:.1f}% | {ini.p50_ms:.3f} | |",
+        fallback_summary(fb),
+        "",
+        f"Pareto front (*: no other point has a {AXIS_NAMES.get(fb.pareto_axis, fb.pareto_axis)} as low with no more MACs "
+        "in FP, and is better on one of the two):",
+        "",
+        "| step | unit | result | top-1 drop | agreement | cosine mean | FP MACs | p50 ms | Pareto | fusion given up |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, s in enumerate(fb.steps, 1):
-        a = s.after
+    for r in fallback_rows(fb):
         lines.append(
-            f"| {i} | `{s.layer}` | {a.agreement:.2f}% | {a.cosine_mean:.5f} | "
-            f"{_num(a.top1_drop, '.2f')} | {a.fp_macs_share * 100:.1f}% | {a.p50_ms:.3f} | "
-            f"{s.cost_ms:+.3f} |"
+            f"| {r['step']} | `{r['unit']}` | {r['result']} | {r['top1_drop']} | {r['agreement']} | {r['cosine']} | "
+            f"{r['fp_macs']} | {r['p50_ms']} | {'*' if r['pareto'] else ''} | {r['fusion']} |"
         )
     return lines

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from rescompile.errors import UsageError
 from rescompile.validate.gates import GateResult
-from rescompile.validate.layerwise import Layerwise
+from rescompile.validate.layerwise import Layerwise, keep_fp_pattern
 from rescompile.validate.run import Measurement
 from rescompile.validate.schema import REPORT_SCHEMA
 
@@ -49,7 +49,7 @@ def section_dict(section: Section | None) -> dict[str, Any]:
 
 @dataclass
 class FallbackState:
-    """Accuracy of one auto-fallback candidate and its cost."""
+    """One model the auto-fallback search measured on the gate split, and its cost."""
 
     top1: float | None
     top1_drop: float | None
@@ -57,36 +57,148 @@ class FallbackState:
     cosine_mean: float
     gates_passed: bool
     failed_gates: list[str]
+    shortfall: float  # how far the accuracy gates are from passing (points; cosine x100); 0 when they pass
     fp_macs_share: float  # share of weighted-layer MACs not quantized
-    p50_ms: float  # candidate latency at the smallest latency batch
+    p50_ms: float  # latency at the smallest latency batch (a short estimate)
+
+    def error(self, axis: str) -> float:
+        """The Pareto table's accuracy axis (``FallbackRecord.pareto_axis``), lower is better."""
+        if axis == "accuracy.top1_drop" and self.top1_drop is not None:
+            return self.top1_drop
+        if axis == "agreement.cosine_mean":
+            return 1.0 - self.cosine_mean
+        return 100.0 - self.agreement
+
+
+@dataclass
+class FallbackStart(FallbackState):
+    """The model the search started from, and whether it is on the Pareto front."""
+
+    pareto: bool = False
+
+
+@dataclass(frozen=True)
+class FallbackUnit:
+    """What one step keeps in FP: a weighted layer, or a residual block (main-branch weighted layers and its Add)."""
+
+    kind: str  # "layer" | "block"
+    name: str  # the layer's node name, or the block's Add
+    nodes: tuple[str, ...]  # node names kept in FP
+    ops: tuple[str, ...]
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return tuple(keep_fp_pattern(n) for n in self.nodes)
+
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "nodes": list(self.nodes), "ops": list(self.ops)}
+
+
+@dataclass
+class RankScore:
+    """A candidate reverted alone, on the ranking subset."""
+
+    nmse: float  # mean over samples of ||logits - fp32||^2 / ||fp32||^2
+    flips: int  # samples whose top-1 class differs from FP32's
+    gain: float  # NMSE of the model it was reverted from minus ``nmse``
+    base: int  # the number of accepted steps of the model it was reverted from (stale when < the current)
 
 
 @dataclass
 class FallbackStep:
-    layer: str
-    op: str
-    keep_fp: str  # the pattern added
-    jump: float  # the relative error this layer added (layerwise blame)
+    """One unit tried: what it kept in FP, its ranking score, and the gate split's verdict on it."""
+
+    unit: FallbackUnit
+    keep_fp: list[str]  # the --keep-fp patterns added
+    fusion: str  # the fusion it gives up, in words
+    fusions_lost: list[str]  # residual Adds whose fusion it gives up
+    rank: int  # 1 = the first choice at this step
+    score: RankScore
+    accepted: bool  # False: stepped back (it made the gate shortfall worse)
     after: FallbackState
     gained_agreement: float  # points of top-1 agreement this step bought
     gained_top1: float | None
     cost_ms: float  # latency added at the smallest latency batch
     cost_macs_share: float  # share of MACs moved to FP by this step
+    pareto: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["unit"] = self.unit.to_dict()
+        return d
+
+
+@dataclass
+class FallbackSplit:
+    """Which validation samples ranked candidates and which judged the gates."""
+
+    seed: int
+    stratified: bool
+    validation_samples: int
+    ranking_samples: int
+    gate_samples: int
+    ranking_subset_samples: int
+    ranking_indices: list[int]
+    ranking_subset_indices: list[int]
+
+
+@dataclass
+class FallbackRanking:
+    """How candidates were ranked: on which runner, by which metric, over how many samples, at what cost."""
+
+    runner: str
+    metric: str  # "nmse"
+    samples: int  # the ranking subset
+    start_nmse: float  # NMSE of the starting model on the ranking subset
+    candidates: int  # units offered
+    runs: int  # models run on the ranking split or subset
 
 
 @dataclass
 class FallbackRecord:
-    """What auto-fallback did (``rescompile.pipeline.fallback.Fallback.record()``): report.json's ``fallback``."""
+    """What auto-fallback did (``rescompile.pipeline.fallback.Fallback.record()``): report.json's ``fallback``.
+
+    docs/fallback.md#report describes every key.
+    """
 
     limit: int
+    unit: str  # layer | block | auto
     passed: bool
     stopped: str  # why the search ended
-    kept_fp: list[str]  # the patterns added, in order
-    initial: FallbackState
+    kept_fp: list[str]  # the patterns of the accepted steps, in order
+    judged_on: str  # "gate split"
+    split: FallbackSplit
+    ranking: FallbackRanking
+    gate_runs: int
+    pareto_axis: str
+    seconds: float
+    initial: FallbackStart
     steps: list[FallbackStep] = field(default_factory=list)
 
+    @property
+    def accepted(self) -> list[FallbackStep]:
+        return [s for s in self.steps if s.accepted]
+
+    @property
+    def final(self) -> FallbackState:
+        acc = self.accepted
+        return acc[-1].after if acc else self.initial
+
+    def note(self) -> str:
+        """The report's note on where its accuracy was measured."""
+        sp = self.split
+        return (
+            f"accuracy and gates are measured on the auto-fallback's gate split ({sp.gate_samples} of {sp.validation_samples} "
+            f"validation samples); the other {sp.ranking_samples} ranked the candidates and would flatter the result"
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        d["steps"] = [s.to_dict() for s in self.steps]
+        return d
 
 
 @dataclass

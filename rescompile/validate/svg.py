@@ -203,3 +203,50 @@ def layer_bars(
     )
     out.append("</svg>")
     return "\n".join(out)
+
+
+def pareto_scatter(
+    points: Sequence[tuple[str, float, float, bool]], *, title: str, xlabel: str, ylabel: str, width: int = 460, height: int = 260
+) -> str:
+    """One circle per ``(label, x, y, on_front)``, lower is better on both axes; the front filled and joined by a line."""
+    out = _open(width, height, title)
+    left, right, top, bottom = 56, 16, 24, 40
+    pw, ph = width - left - right, height - top - bottom
+    if not points:
+        out.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no points</text></svg>')
+        return "\n".join(out)
+    xs, ys = [p[1] for p in points], [p[2] for p in points]
+    xt, yt = nice_ticks(min(xs + [0.0]), max(xs), 4), nice_ticks(min(ys + [0.0]), max(ys), 4)
+    x0, x1, y0, y1 = xt[0], max(xt[-1], xt[0] + 1e-9), yt[0], max(yt[-1], yt[0] + 1e-9)
+
+    def sx(v: float) -> float:
+        return left + (v - x0) / (x1 - x0) * pw
+
+    def sy(v: float) -> float:
+        return top + ph - (v - y0) / (y1 - y0) * ph
+
+    for t in xt:
+        out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 14}" text-anchor="middle">{_fmt(t)}</text>')
+    for t in yt:
+        out.append(
+            f'<line x1="{left}" y1="{sy(t):.1f}" x2="{left + pw}" y2="{sy(t):.1f}" stroke="#eee"/>'
+            f'<text x="{left - 4}" y="{sy(t) + 4:.1f}" text-anchor="end">{_fmt(t)}</text>'
+        )
+    out.append(f'<line x1="{left}" y1="{top + ph}" x2="{left + pw}" y2="{top + ph}" stroke="#333"/>')
+    out.append(f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + ph}" stroke="#333"/>')
+    front = sorted((x, y) for _, x, y, on in points if on)
+    if len(front) > 1:
+        d = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in front)
+        out.append(f'<polyline points="{d}" fill="none" stroke="#e15759" stroke-dasharray="4 3"/>')
+    for label, x, y, on in points:
+        color = "#e15759" if on else "#ffffff"
+        out.append(
+            f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="5" fill="{color}" stroke="{"#e15759" if on else "#4e79a7"}" stroke-width="2">'
+            f"<title>{escape(label)}: {_fmt(x)}, {_fmt(y)}{' (Pareto front)' if on else ''}</title></circle>"
+        )
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">{escape(xlabel)}</text>')
+    out.append(
+        f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" text-anchor="middle">{escape(ylabel)}</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)

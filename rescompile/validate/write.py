@@ -47,8 +47,8 @@ def _build_folder(folder: Path, recorded: Path | None) -> Path | None:
 
 
 def fallback_layers(report: Report) -> list[str]:
-    """The layers auto-fallback kept in FP, in order (the report's ``fallback`` steps)."""
-    return [] if report.fallback is None else [s.layer for s in report.fallback.steps]
+    """The nodes auto-fallback kept in FP, in order (the units of the report's accepted ``fallback`` steps)."""
+    return [] if report.fallback is None else [n for s in report.fallback.accepted for n in s.unit.nodes]
 
 
 def recorded_build(report: Report) -> Path | None:
@@ -69,7 +69,7 @@ def read_block_picture(
     Args:
         folder: the folder the report is written to.
         recorded: the build folder the report records (:func:`recorded_build`), read when ``folder`` holds no build.
-        fallback: the layers auto-fallback kept in FP (:func:`fallback_layers`).
+        fallback: the nodes of the units auto-fallback kept in FP (:func:`fallback_layers`).
         config: the build's config (``keep_fp``, ``keep_first_last``); default: the build's manifest.json.
     """
     import onnx

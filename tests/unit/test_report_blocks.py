@@ -337,7 +337,7 @@ def test_kept_reasons_come_from_the_build_config_and_the_fallback_steps(demo_fp3
     int8, plan = _quantize(demo_fp32, "onnxruntime", keep_fp=kept)
     onnx.save(int8, str(tmp_path / "model.int8.onnx"))
     (tmp_path / "qdq_plan.json").write_text(json.dumps(plan))
-    fallback = [kept[1]]  # write_reports passes fallback_layers(report): the auto-fallback steps' layers
+    fallback = [kept[1]]  # write_reports passes fallback_layers(report): the nodes of the accepted auto-fallback steps
     passed = read_block_picture(tmp_path, fallback=fallback, config={"keep_fp": ["/layers/layers.2/*/Conv"], "keep_first_last": False})
     (tmp_path / "manifest.json").write_text(json.dumps({"config": {"keep_fp": ["/layers/layers.2/*/Conv"]}}))
     for pic in (passed, read_block_picture(tmp_path, fallback=fallback)):

@@ -151,7 +151,7 @@ def test_html_is_well_formed_self_contained_and_has_every_section(full_report):
     parser.close()
     assert parser.errors == [] and parser.stack == []
     assert set(SECTIONS) <= parser.ids
-    assert parser.tags.get("svg", 0) == 4  # latency at batch 1 and 4, per-class delta, per-layer error
+    assert parser.tags.get("svg", 0) == 5  # latency at batch 1 and 4, per-class delta, per-layer error, fallback Pareto
     assert parser.tags.get("script", 0) == 0 and parser.external == []
     assert page.startswith("<!DOCTYPE html>") and "FAILED" in page
     assert "/blocks/blocks.0/Add" in page  # per-layer names are in the page (tooltips and table)
@@ -171,6 +171,8 @@ def test_markdown_lists_gates_worst_classes_and_blame(full_report):
     assert "| min-cosine | `agreement.cosine_mean` |" in md and "**FAIL**" in md
     assert "## Worst classes (of 4)" in md and "## Layerwise blame (24 samples)" in md
     assert "## Auto-fallback (gates still fail" in md
+    assert "| step | unit | result | top-1 drop | agreement | cosine mean | FP MACs | p50 ms | Pareto | fusion given up |" in md
+    assert "| 0 | `(start)` | start |" in md and "judged on the 12-sample gate split" in md
 
 
 def test_compare_flags_regressions_and_improvements(full_report):
