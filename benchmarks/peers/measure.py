@@ -125,7 +125,7 @@ def latency_ms(sess: ort.InferenceSession, x1: np.ndarray, runs: int = 200, warm
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
-    """What kind of quantization the graph holds: counts of Q/DQ nodes and the zero-point dtypes of activations."""
+    """What kind of quantization the graph holds: counts of Q/DQ nodes, and QuantizeLinear nodes by zero-point dtype."""
     ops: dict[str, int] = {}
     for n in model.graph.node:
         ops[n.op_type] = ops.get(n.op_type, 0) + 1
@@ -136,7 +136,7 @@ def qdq_summary(model: onnx.ModelProto) -> dict[str, Any]:
             zp = numpy_helper.to_array(inits[n.input[2]])
             key = f"{zp.dtype}{'' if not zp.any() else ' zp!=0'}"
             dtypes[key] = dtypes.get(key, 0) + 1
-    return {"quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0), "activation_q": dtypes}
+    return {"quantize_linear": ops.get("QuantizeLinear", 0), "dequantize_linear": ops.get("DequantizeLinear", 0), "q_dtypes": dtypes}
 
 
 def evaluate_model(path: Path, x_test: np.ndarray, y_test: np.ndarray, *, runs: int = 200) -> dict[str, Any]:
