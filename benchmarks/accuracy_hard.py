@@ -282,7 +282,9 @@ def stage_rescompile(args: argparse.Namespace) -> None:
             if key in res["cells"] and "onnx" in res["cells"][key] and not args.force:
                 continue
             out = WORK / model / name
+            failed = out.with_name(name + ".failed")  # where rescompile leaves a build whose gate failed
             shutil.rmtree(out, ignore_errors=True)
+            shutil.rmtree(failed, ignore_errors=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             cmd = [
                 "rescompile",
@@ -306,6 +308,8 @@ def stage_rescompile(args: argparse.Namespace) -> None:
             rc, wall, cpu = run_timed(cmd, out.parent / f"{name}.log", env)
             cell: dict[str, Any] = {"column": name, "what": what, "command": " ".join(cmd), "exit_code": rc}
             cell.update(wall_s=round(wall, 1), cpu_s=round(cpu, 1))
+            if rc != 0 and failed.exists():
+                out = failed
             report = out / "report.json"
             if (out / "model.int8.onnx").exists():
                 cell["onnx"] = rel(out / "model.int8.onnx")
@@ -369,7 +373,9 @@ def stage_peers(args: argparse.Namespace) -> None:
             meta = out.with_suffix(".json")
             if meta.exists() and rc == 0:
                 m = json.loads(meta.read_text())
-                cell.update(tool_version=m.get("version"), tool_s=m.get("seconds"), val_passes=m.get("full_validation_passes", 0))
+                items, n = m.get("validation_items", 0), m.get("validation_samples") or 1
+                # passes over the validation split, counted in items (NNCF also validates item by item)
+                cell.update(tool_version=m.get("version"), tool_s=m.get("seconds"), val_passes=round(items / n, 1))
                 cell.update(validation_fn_calls=m.get("validation_fn_calls"), validation_items=m.get("validation_items"))
             elif name.startswith("modelopt"):
                 cell["val_passes"] = 0
@@ -458,8 +464,9 @@ def table(res: dict[str, Any], model: str) -> list[str]:
             lines.append(f"| {name} | - | - | - | - | - | - | - | {wall} | {cpu} | {c.get('exit_code', '-')} | {why} |")
             continue
         lo, hi = c["test_drop_ci"]
-        kept = c.get("kept_fp") or []
-        note = ", ".join(kept) if kept else ""
+        kept: list[str] = c.get("kept_fp") or []
+        counts = {k: kept.count(k) for k in dict.fromkeys(kept)}  # a search may keep the same layer again
+        note = ", ".join(f"`{k}`" + (f" x{n}" if n > 1 else "") for k, n in counts.items())
         if c.get("fallback_stopped"):
             note = f"{note} ({c['fallback_stopped']})" if note else c["fallback_stopped"]
         vd = c.get("val_top1_drop")

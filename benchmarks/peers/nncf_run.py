@@ -14,7 +14,8 @@ Modes:
                    quantizer groups by output NMSE on the items where INT8 and FP32 differ most, its default).
 
 Calibration uses every image of ``--calib`` (``subset_size`` = its length, batch 1 items). Writes the model and
-``<out>.json``: wall time, number of ``validation_fn`` calls and of validation items evaluated, NNCF version.
+``<out>.json``: wall time, number of ``validation_fn`` calls and of validation items evaluated (NNCF also calls
+``validation_fn`` once per item to collect per-item metrics for its ranking), NNCF version.
 """
 
 from __future__ import annotations
@@ -39,12 +40,17 @@ class Counter:
         self.items = 0
         self.full_passes = 0
         self.val_len = 0
+        self.cached: tuple[onnx.ModelProto, ort.InferenceSession] | None = None
 
     def __call__(self, model: onnx.ModelProto, data: object) -> tuple[float, None]:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        # NNCF calls this once per item to collect per-item metrics: keep the last session (and the model object,
+        # so that its id stays unique while cached)
+        if self.cached is None or self.cached[0] is not model:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = 1
+            so.log_severity_level = 3
+            self.cached = (model, ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]))
+        sess = self.cached[1]
         xs, ys = [], []
         for x, y in data:  # type: ignore[attr-defined]
             xs.append(x)
