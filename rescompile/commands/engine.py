@@ -15,7 +15,7 @@ from rich.table import Table
 
 from rescompile.buildfolder import PLAN
 from rescompile.commands import options as o
-from rescompile.commands.base import app, checked_path, console, err_console, open_build_checked
+from rescompile.commands.base import app, checked_path, console, open_build_checked
 from rescompile.commands.groups import OptionGroup
 
 
@@ -188,22 +188,17 @@ def engine(
 
 
 def _judge_engine(result: Any, allow_unfused: bool) -> None:
-    """Exit 1 when the fusion gate (unless --allow-unfused) or, for a --dla-core plan, the DLA gate fails."""
+    """Exit 1 when an engine gate fails (``validate.gates.engine_gates``: the residual fusion, unless --allow-unfused,
+    and for a --dla-core plan the DLA gate): the same gates, and lines, as ``build --backend tensorrt`` and ``deploy``."""
     from rescompile.errors import GateFailed
-    from rescompile.validate.gates import dla_gate
+    from rescompile.validate.gates import FUSION_GATE, engine_gates
 
     failed = False
-    if result.dla is not None:
-        gate = dla_gate(result.dla, result.fusion)
-        console.print(gate.line(), highlight=False, markup=False)
-        failed = not gate.passed
-    bad = [a for a in result.fusion.adds if not a.ok]
-    if (bad or not result.fusion.detailed) and not allow_unfused:
-        err_console.print(
-            f"[bold red]error:[/] {len(bad)} of {len(result.fusion.adds)} residual Adds are not fused "
-            "into an INT8 layer (see model.plan.layers.json)"
-        )
-        failed = True
+    for gate in engine_gates(result):
+        if gate.name == FUSION_GATE and allow_unfused:
+            continue
+        console.print(gate.line() + ("" if gate.passed else " (see model.plan.layers.json)"), highlight=False, markup=False, soft_wrap=True)
+        failed = failed or not gate.passed
     if failed:
         raise typer.Exit(GateFailed.exit_code)
 

@@ -129,3 +129,24 @@ def test_cuda_results_are_unpacked_or_raised() -> None:
     with pytest.raises(EngineRunError, match="CUDA error 1: invalid argument") as info:
         _ok((cudart.cudaError_t.cudaErrorInvalidValue,))
     assert info.value.exit_code == 4
+
+
+def test_engine_command_judges_with_the_builds_engine_gates(capsys: pytest.CaptureFixture[str]) -> None:
+    """`rescompile engine` fails on the same engine gates as build and deploy (validate.gates.engine_gates), and
+    --allow-unfused lifts only the fusion gate."""
+    from types import SimpleNamespace
+
+    import typer
+
+    from rescompile.commands.engine import _judge_engine
+    from rescompile.engine.layerinfo import AddFusion, FusionReport
+
+    fused = FusionReport(True, (AddFusion("b0/Add", "b0/conv2", "fused-int8", "L0", "CaskConvolution"),))
+    unfused = FusionReport(True, (AddFusion("b0/Add", "b0/conv2", "unfused", "L1", "ElementWise"),))
+    _judge_engine(SimpleNamespace(fusion=fused, dla=None), allow_unfused=False)  # passes: no exit
+    assert "PASS engine_residual_fusion" in capsys.readouterr().out
+    with pytest.raises(typer.Exit) as failed:
+        _judge_engine(SimpleNamespace(fusion=unfused, dla=None), allow_unfused=False)
+    assert failed.value.exit_code == 1
+    assert "FAIL engine_residual_fusion: 1 residual Add(s) not fused into an INT8 TensorRT layer: b0/Add" in capsys.readouterr().out
+    _judge_engine(SimpleNamespace(fusion=unfused, dla=None), allow_unfused=True)  # the one gate --allow-unfused lifts
