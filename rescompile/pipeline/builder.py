@@ -207,6 +207,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         error = verdict.failure(
             f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the previous passing build",
             result=replace(result, out=failed_path(out)),
+            tried=[name for name in ("equalize", "auto_fallback") if getattr(cfg, name)],
         )
         if error is not None:  # published to <out>.failed by staged(); <out> keeps the previous passing build
             raise error

@@ -27,7 +27,7 @@ fails only on evidence of broken INT8 (an interval wholly on the failing side), 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -52,6 +52,25 @@ FLOOR_HINT = (
     "INT8 looks broken on this model: try --auto-fallback N with an accuracy gate (e.g. --max-top1-drop 1) "
     "or --equalize; --no-default-gates turns the floor off"
 )
+# The floor's remedies, each with the option that asks for it: the hint names only those the build has not tried.
+FLOOR_REMEDIES = (
+    ("equalize", "--equalize"),
+    ("auto_fallback", "--auto-fallback N with an accuracy gate (e.g. --max-top1-drop 1)"),
+)
+
+
+def floor_hint(tried: Collection[str] = ()) -> str:
+    """The hint of a failed floor: the remedies in FLOOR_REMEDIES not in ``tried`` (``equalize``,
+    ``auto_fallback``), then how to turn the floor off. With none left, it says so."""
+    left = [text for name, text in FLOOR_REMEDIES if name not in tried]
+    if len(left) == len(FLOOR_REMEDIES):
+        return FLOOR_HINT
+    if left:
+        return f"INT8 looks broken on this model: try also {' and '.join(left)}; --no-default-gates turns the floor off"
+    return (
+        "INT8 looks broken on this model even with --equalize and the search: raise --auto-fallback, try "
+        "--fallback-unit block or --calib-method, or keep it in FP; --no-default-gates turns the floor off"
+    )
 
 
 @dataclass
@@ -499,15 +518,16 @@ class Verdict:
     def failed_names(self) -> list[str]:
         return [g.name for g in self.gates if not g.passed]
 
-    def failure(self, after: str = "", *, result: object = None, where: str = "") -> GateFailed | None:
+    def failure(self, after: str = "", *, result: object = None, where: str = "", tried: Collection[str] = ()) -> GateFailed | None:
         """The GateFailed (exit 1) naming every failed gate, carrying ``result`` (what the command made), with
-        ``after`` appended; None when all pass. ``where`` follows "failed" (``" on this device"``)."""
+        ``after`` appended; None when all pass. ``where`` follows "failed" (``" on this device"``); ``tried``:
+        the floor's remedies the build already used, left out of its hint (:func:`floor_hint`)."""
         failures = self.failures
         if not failures:
             return None
         head = f"{len(failures)} of {len(self.gates)} gate(s) failed{where}:\n  "
         floor = any(g.mode == FLOOR_MODE and not g.passed for g in self.gates)
-        return GateFailed(head + "\n  ".join(failures) + after, hint=FLOOR_HINT if floor else None, result=result)
+        return GateFailed(head + "\n  ".join(failures) + after, hint=floor_hint(tried) if floor else None, result=result)
 
 
 class Judged(Protocol):

@@ -186,6 +186,17 @@ def test_floor_fails_near_tied_logits_with_large_noise():
     assert error is not None and error.exit_code == 1 and "--auto-fallback" in (error.hint or "") and "--equalize" in (error.hint or "")
 
 
+def test_floor_hint_leaves_out_the_remedies_the_build_already_used():
+    rng = np.random.default_rng(0)
+    ref = _near_tied(rng)
+    gates = evaluate_gates(_measure(ref, ref + 0.5 * 0.3 * rng.standard_normal(ref.shape), None), Gates())
+    hints = {tried: Verdict(gates).failure(tried=tried).hint or "" for tried in [(), ("equalize",), ("equalize", "auto_fallback")]}
+    assert "--equalize" in hints[()] and "--auto-fallback" in hints[()]
+    assert "--equalize" not in hints[("equalize",)] and "try also --auto-fallback" in hints[("equalize",)]
+    both = hints[("equalize", "auto_fallback")]
+    assert "even with --equalize and the search" in both and "try --equalize" not in both and "--no-default-gates" in both
+
+
 def test_floor_abstains_when_no_sample_is_decisive():
     rng = np.random.default_rng(1)
     v = 8.0 + 0.3 * rng.standard_normal(1000)  # a random-init head: the same logits whatever the input ...
