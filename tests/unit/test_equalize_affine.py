@@ -205,3 +205,32 @@ def test_a_relu_output_also_read_by_an_add_is_skipped_and_left_alone() -> None:
     assert {t.name: t.SerializeToString() for t in eq.model.graph.initializer} == {
         t.name: t.SerializeToString() for t in model.graph.initializer
     }
+
+
+def test_an_affine_pair_chained_with_a_conv_pair_converges_and_keeps_the_function() -> None:
+    """Mul -> Add -> Relu -> conv1 -> Relu -> conv2: conv1 is read by the affine pair and first of a Conv pair."""
+    n = Affine(seed=4)
+    x = n.stem()
+    gamma, beta = n.gamma_beta()
+    a = n.node("Add", [n.node("Mul", [x, n.init("gamma", gamma.reshape(C, 1, 1))], "mul"), n.init("beta", beta.reshape(C, 1, 1))], "add")
+    h = n.node("Relu", [n.conv(n.node("Relu", [a], "relu"), "conv1", C)], "relu1")
+    n.k = np.ones(C)
+    model = n.model(n.conv(h, "conv2", 4))
+    xs = inputs()
+    result = equalize_model(model, lambda: [xs])
+    eq = result.equalization
+    assert [(p.pair.first, p.pair.second) for p in eq.pairs] == [("conv1", "conv2")] and [a.pair.seconds for a in eq.affine] == [("conv1",)]
+    assert eq.converged and eq.sweeps > 1 and eq.touched == ["conv1", "conv2"] and eq.affines == ["mul", "add"]
+    np.testing.assert_allclose(run(result.model, xs), run(model, xs), rtol=1e-4, atol=1e-4)
+    after = channel_maxima(result.model, [eq.affine[0].pair.tensor], lambda: [xs])[eq.affine[0].pair.tensor]
+    np.testing.assert_allclose(after, weight_ranges(result.model, ("conv1",)), rtol=1e-3)  # balanced at the fixed point
+
+
+def test_an_affine_before_relu6_is_skipped_with_the_reason() -> None:
+    n = Affine(seed=6)
+    x = n.stem()
+    gamma, beta = n.gamma_beta()
+    a = n.node("Add", [n.node("Mul", [x, n.init("gamma", gamma.reshape(C, 1, 1))], "mul"), n.init("beta", beta.reshape(C, 1, 1))], "add")
+    y = n.node("Clip", [a, n.init("lo", np.float32(0)), n.init("hi", np.float32(6))], "relu6")
+    pairs, skipped = find_affine_pairs(n.model(n.conv(y, "conv1", 4)))
+    assert pairs == [] and [(s.first, s.second) for s in skipped] == [("mul", "conv1")] and "ReLU6" in skipped[0].reason
