@@ -6,6 +6,10 @@ split), and the parity check of the result against the simplified model on those
 Runtime, as :mod:`rescompile.simplify` checks its rewrite (a ParityError, exit 1, when outputs move beyond
 ``atol + rtol * max|reference|`` or the cosine of any sample drops below ``min_cosine``).
 
+The ``r1`` of an affine pair (a normalization's per-channel scale and shift -> ReLU -> Conv(s), which has no weights
+on its first side) is the range of the tensor its Convs read, measured here: ``max |x|`` per channel over the
+calibration inputs, the quantity per-tensor INT8 must cover there (docs/equalize.md).
+
 Absorbed bias per channel (paper §4.1.2, data-based): ``c = max(0, min(mean - 3 std, observed min))`` of the first
 Conv's output over the calibration inputs. The paper's ``beta - 3 gamma`` comes from the BatchNorm folded in by
 ``simplify`` (no longer in the graph), so mean and std are measured; capping ``c`` at the observed minimum keeps
@@ -22,7 +26,7 @@ import numpy as np
 import onnx
 
 from rescompile.errors import ParityError, UsageError
-from rescompile.graph.equalize import MAX_SWEEPS, TOLERANCE, Equalization, absorb_biases, absorbable, equalize
+from rescompile.graph.equalize import MAX_SWEEPS, TOLERANCE, Equalization, absorb_biases, absorbable, equalize, find_affine_pairs
 
 Batches = Callable[[], Iterable[np.ndarray]]  # a fresh pass over the calibration inputs (float32 N,C,H,W) per call
 
@@ -55,9 +59,10 @@ class EqualizeResult:
     def to_dict(self) -> dict[str, Any]:
         """``report.json``'s ``stages.equalize``."""
         eq = self.equalization
-        scales = [(p.scale_min, p.scale_max) for p in eq.pairs]
+        scales = [(p.scale_min, p.scale_max) for p in eq.pairs] + [(a.scale_min, a.scale_max) for a in eq.affine]
         return {
             "pairs_equalized": len(eq.pairs),
+            "affine_pairs_equalized": len(eq.affine),
             "pairs_skipped": len(eq.skipped),
             "biases_absorbed": sum(p.absorption == "done" for p in eq.pairs),
             "scale_min": min((a for a, _ in scales), default=1.0),
@@ -72,7 +77,9 @@ class EqualizeResult:
                 "data": "calibration",
             },
             "convs": eq.touched,
+            "affines": eq.affines,
             "pairs": [p.to_dict() for p in eq.pairs],
+            "affine_pairs": [a.to_dict() for a in eq.affine],
             "skipped": [s.to_dict() for s in eq.skipped],
         }
 
@@ -124,6 +131,19 @@ def _shifts(model: onnx.ModelProto, tensors: list[str], batches: Batches, sigmas
     return {t: s.shift(sigmas) for t, s in stats.items() if s.n}
 
 
+def channel_maxima(model: onnx.ModelProto, tensors: list[str], batches: Batches) -> dict[str, np.ndarray]:
+    """``max |x|`` per channel (axis 1) of each of ``tensors`` over the calibration inputs."""
+    from rescompile.calibrate.collect import with_outputs
+
+    sess = _session(with_outputs(model, tensors))
+    out: dict[str, np.ndarray] = {}
+    for x in batches():
+        for t, y in zip(tensors, _run(sess, x, tensors), strict=True):
+            m = np.abs(np.moveaxis(y.astype(np.float64), 1, 0).reshape(y.shape[1], -1)).max(axis=1)
+            out[t] = m if t not in out else np.maximum(out[t], m)
+    return out
+
+
 def _outputs(model: onnx.ModelProto, batches: Batches) -> np.ndarray:
     sess = _session(model)
     outs = [_run(sess, x)[0] for x in batches()]
@@ -163,7 +183,9 @@ def equalize_model(model: onnx.ModelProto, batches: Batches, cfg: EqualizeConfig
         ParityError: the result's outputs differ from ``model``'s on the calibration inputs (exit 1).
     """
     reference = _outputs(model, batches)
-    eq = equalize(model, max_sweeps=cfg.max_sweeps, tolerance=cfg.tolerance)
+    affine, _ = find_affine_pairs(model)
+    ranges = channel_maxima(model, [a.tensor for a in affine], batches) if affine else {}
+    eq = equalize(model, max_sweeps=cfg.max_sweeps, tolerance=cfg.tolerance, ranges=ranges)
     if cfg.absorb:
         tensors = [r.pair.tensor for r in eq.pairs if absorbable(eq.model, r.pair) is None]
         eq = absorb_biases(eq, _shifts(eq.model, tensors, batches, cfg.sigmas) if tensors else {})

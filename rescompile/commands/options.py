@@ -103,7 +103,8 @@ EqualizeOpt = Annotated[
     bool,
     typer.Option(
         "--equalize",
-        help="Cross-layer equalization (Nagel et al. 2019) of Conv->ReLU->Conv pairs and bias absorption before quantizing; "
+        help="Cross-layer equalization (Nagel et al. 2019) of Conv->ReLU->Conv pairs and of norm affine (GroupNorm gamma/beta)"
+        "->ReLU->Conv(s) pairs, and bias absorption, before quantizing; "
         "function-preserving, parity-checked on the calibration inputs (docs/equalize.md).",
         rich_help_panel=QUANTIZATION,
     ),

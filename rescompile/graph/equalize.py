@@ -14,6 +14,17 @@ What is skipped, and why (each skip is recorded with its reason):
   ``6 / s_i``, a per-channel bound a scalar Clip cannot hold. Skipped, never approximated;
 - weights that are not initializers, or are shared with another node; channel counts that do not match.
 
+An *affine pair* is ``affine -> (Relu | nothing) -> Conv(s)``: a per-channel scale and shift (``Mul(gamma)`` with
+an optional ``Add(beta)`` after it, as GroupNorm is exported: ``Reshape -> InstanceNormalization -> Reshape -> Mul ->
+Add``; or the scale and bias inputs of a ``GroupNormalization`` (opset >= 21), ``InstanceNormalization`` or
+``BatchNormalization`` node) whose output (or its ReLU's) is read only by Convs' data inputs, one or several (a
+pre-activation block's conv1 and projection shortcut; depthwise included). ``gamma_c`` and ``beta_c`` are divided by
+``s_c`` and input channel ``c`` of every reading Conv multiplied by ``s_c``: exact for the same reason. The first
+side has no weights, so its range ``r1_c`` is the channel's range at the tensor the Convs read: measured on
+calibration data by the caller (:mod:`rescompile.equalize`), or, without statistics, the paper's BatchNorm estimate
+with the normalized input taken as N(0, 1): ``max(0, beta_c + 3 |gamma_c|)`` through a ReLU, ``|beta_c| + 3 |gamma_c|``
+without. ``r2_c`` is ``max |w|`` of input channel ``c`` over all the reading Convs; ``s_c`` is eq. 9 as for Conv pairs.
+
 Bias absorption (§4.1.2) moves ``c_i >= 0`` out of the first Conv's bias into the second's: with
 ``y_i >= c_i``, ``ReLU(y_i) = ReLU(y_i - c_i) + c_i``, so ``b1_i -= c_i`` and ``b2 += W2 · c``. It is exact
 only where the second Conv has no padding (a zero-padded border would read ``-c_i`` instead of 0), so it is
@@ -24,7 +35,7 @@ statistics of the first Conv's output on calibration data (:mod:`rescompile.equa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +48,7 @@ from rescompile.graph.index import GraphIndex, node_name
 MAX_SWEEPS = 100  # the paper's iteration converges in a few sweeps; this bounds odd graphs
 TOLERANCE = 1e-4  # a sweep whose scales all lie within 1 +- this ends the iteration
 RELU6 = (0.0, 6.0)
+NORMS = ("GroupNormalization", "InstanceNormalization", "BatchNormalization")  # per-channel scale: input 1, bias: input 2
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,42 @@ class PairResult:
         }
 
 
+@dataclass(frozen=True)
+class AffinePair:
+    """A per-channel affine (``nodes``: ``Mul`` [+ ``Add``], or one normalization node) -> ``activation`` -> the Convs
+    ``seconds`` (every reader of ``tensor``)."""
+
+    nodes: tuple[str, ...]
+    seconds: tuple[str, ...]
+    activation: str  # "Relu" | "none"
+    tensor: str  # what the Convs read (the ReLU's output, or the affine's): where r1 is measured
+    channels: int
+    rank: int  # of the tensor the Convs read (N, C, spatial...)
+    scale: str  # the initializer holding gamma (Mul's constant, or the norm's scale)
+    shift: str | None  # beta (Add's constant, or the norm's bias); None: a Mul without Add
+
+
+@dataclass
+class AffineResult:
+    """What equalization did to one affine pair: the cumulative scales' range, and where ``r1`` came from."""
+
+    pair: AffinePair
+    range_source: str  # "calibration" | "data-free estimate"
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "affine": list(self.pair.nodes),
+            "seconds": list(self.pair.seconds),
+            "activation": self.pair.activation,
+            "channels": self.pair.channels,
+            "range": self.range_source,
+            "scale_min": self.scale_min,
+            "scale_max": self.scale_max,
+        }
+
+
 @dataclass
 class Equalization:
     """The equalized model and its record."""
@@ -94,16 +142,22 @@ class Equalization:
     skipped: list[Skipped] = field(default_factory=list)
     sweeps: int = 0
     converged: bool = True
+    affine: list[AffineResult] = field(default_factory=list)
 
     @property
     def touched(self) -> list[str]:
-        """Every Conv whose weights changed, in pair order, without repeats."""
+        """Every Conv whose weights changed, in pair order (Conv pairs, then affine pairs), without repeats."""
         out: list[str] = []
-        for p in self.pairs:
-            for n in (p.pair.first, p.pair.second):
-                if n not in out:
-                    out.append(n)
+        names = [n for p in self.pairs for n in (p.pair.first, p.pair.second)] + [n for a in self.affine for n in a.pair.seconds]
+        for n in names:
+            if n not in out:
+                out.append(n)
         return out
+
+    @property
+    def affines(self) -> list[str]:
+        """Every affine node (Mul, Add, normalization) whose scale and shift changed, in pair order."""
+        return [n for a in self.affine for n in a.pair.nodes]
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -198,6 +252,153 @@ def _why_not(
     return None
 
 
+def _channel_vector(value: np.ndarray | None, rank: int) -> np.ndarray | None:
+    """``value`` as one number per channel (length C, or 1 for all) when it broadcasts per channel against an
+    ``N, C, ...`` tensor of ``rank`` dimensions; None when it varies along another axis."""
+    if value is None or value.ndim > rank:
+        return None
+    shape = (1,) * (rank - value.ndim) + tuple(value.shape)
+    if shape[0] != 1 or any(d != 1 for d in shape[2:]):
+        return None
+    return np.asarray(value).reshape(-1)
+
+
+def _affine_chain(idx: GraphIndex, node: onnx.NodeProto) -> tuple[list[onnx.NodeProto], str, str | None] | None:
+    """The affine starting at ``node`` (its nodes, gamma's and beta's names): ``Mul(x, const) [-> Add(., const)]``, or
+    a normalization node's scale and bias; None when ``node`` starts none."""
+    if node.op_type in NORMS and len(node.input) > 2 and node.input[1] and node.input[2]:
+        return [node], node.input[1], node.input[2]
+    if node.op_type != "Mul" or len(node.input) != 2:
+        return None
+    const = [i for i in node.input if idx.is_constant(i)]
+    if len(const) != 1 or not idx.is_activation(node.input[0] if const[0] == node.input[1] else node.input[1]):
+        return None
+    readers = idx.consumers.get(node.output[0], [])
+    if len(readers) == 1 and readers[0][0].op_type == "Add" and node.output[0] not in idx.graph_outputs:
+        add = readers[0][0]
+        other = add.input[1 - readers[0][1]]
+        if len(add.input) == 2 and idx.is_constant(other):
+            return [node, add], const[0], other
+    return [node], const[0], None
+
+
+def find_affine_pairs(model: onnx.ModelProto) -> tuple[list[AffinePair], list[Skipped]]:
+    """Every equalizable ``affine -> (Relu | nothing) -> Conv(s)`` of ``model``'s main graph, and the candidates
+    skipped (with why). A candidate is an affine whose output (or its ReLU's or Clip's) a Conv's data input reads."""
+    g = model.graph
+    idx = GraphIndex.build(g)
+    uses = _weight_users(g)
+    pairs: list[AffinePair] = []
+    skipped: list[Skipped] = []
+    for node in g.node:
+        chain = _affine_chain(idx, node)
+        if chain is None:
+            continue
+        nodes, scale, shift = chain
+        out = nodes[-1].output[0]
+        readers = idx.consumers.get(out, [])
+        act: onnx.NodeProto | None = None
+        tail = out
+        if len(readers) == 1 and readers[0][0].op_type in ("Relu", "Clip") and readers[0][1] == 0:
+            act = readers[0][0]
+            tail = act.output[0]
+            readers = idx.consumers.get(tail, [])
+        seconds = [n for n, i in readers if n.op_type == "Conv" and i == 0]
+        if not seconds:
+            continue
+        reason = _why_not_affine(idx, uses, nodes, act, seconds, scale, shift, tail)
+        if reason is not None:
+            skipped.extend(Skipped(node_name(nodes[0]), node_name(c), reason) for c in seconds)
+            continue
+        w = idx.constant_value(seconds[0].input[1])
+        channels = int(w.shape[1]) * int(_attr(seconds[0], "group", 1))
+        act_name = "none" if act is None else "Relu"
+        names = tuple(node_name(n) for n in nodes)
+        pairs.append(AffinePair(names, tuple(node_name(c) for c in seconds), act_name, tail, channels, w.ndim, scale, shift))
+    return pairs, skipped
+
+
+def _why_not_affine(
+    idx: GraphIndex,
+    uses: Mapping[str, int],
+    nodes: list[onnx.NodeProto],
+    act: onnx.NodeProto | None,
+    seconds: list[onnx.NodeProto],
+    scale: str,
+    shift: str | None,
+    tail: str,
+) -> str | None:
+    """Why ``nodes -> act -> seconds`` cannot be equalized exactly; None when it can."""
+    if any(n.output[0] in idx.graph_outputs for n in nodes):
+        return "the affine's output is a graph output"
+    if act is not None and act.op_type == "Clip":
+        lo, hi = _clip_bounds(act, idx)
+        if (lo, hi) == RELU6:
+            return "Clip(0, 6) (ReLU6) is not positively homogeneous: scaling would move its clip point per channel"
+        return f"Clip({lo}, {hi}) after the affine is not positively homogeneous"
+    readers = idx.consumers.get(tail, [])
+    if tail in idx.graph_outputs or any(n.op_type != "Conv" or i != 0 for n, i in readers):
+        what = "its ReLU's output" if act is not None else "the affine's output"
+        others = sorted(
+            {n.op_type for n, i in readers if n.op_type != "Conv" or i != 0} | ({"graph output"} if tail in idx.graph_outputs else set())
+        )
+        return f"{what} is also read by {', '.join(others)}: rescaling it would change that reader"
+    for name in (scale, shift):
+        if name is not None and (name not in idx.initializers or uses.get(name, 0) != 1):
+            return f"{name}: the affine's scale or shift is not an initializer of its own"
+    for c in seconds:
+        if c.input[1] not in idx.initializers or uses.get(c.input[1], 0) != 1:
+            return f"{node_name(c)}: the weight is not an initializer of its own"
+    shapes = [(int(w.shape[1]) * int(_attr(c, "group", 1)), w.ndim) for c in seconds for w in [idx.constant_value(c.input[1])]]
+    if len(set(shapes)) != 1:
+        return "the reading Convs do not agree on the channel count"
+    channels, rank = shapes[0]
+    for name in (scale, shift):
+        if name is None:
+            continue
+        value = idx.constant_value(name)
+        vec = value.reshape(-1) if nodes[0].op_type in NORMS and value.ndim == 1 else _channel_vector(value, rank)
+        if vec is None or vec.size not in ((channels,) if nodes[0].op_type in NORMS else (1, channels)):
+            return f"{name} of shape {list(value.shape)} is not one value per channel ({channels} channels)"
+    return None
+
+
+def affine_ranges(idx: GraphIndex, pair: AffinePair) -> np.ndarray:
+    """The data-free ``r1`` of an affine pair: the paper's BatchNorm estimate with the normalized input taken as
+    N(0, 1), ``max(0, beta + 3 |gamma|)`` through a ReLU (0: a channel that never fires, left at scale 1), else
+    ``|beta| + 3 |gamma|``."""
+    gamma, beta = _affine_params(idx, pair)
+    return np.maximum(beta + 3 * np.abs(gamma), 0.0) if pair.activation == "Relu" else np.abs(beta) + 3 * np.abs(gamma)
+
+
+def _affine_params(idx: GraphIndex, pair: AffinePair) -> tuple[np.ndarray, np.ndarray]:
+    """gamma and beta of ``pair``, float64, one value per channel (beta 0 without a shift)."""
+    gamma = np.broadcast_to(np.asarray(idx.constant_value(pair.scale), np.float64).reshape(-1), (pair.channels,))
+    beta = (
+        np.zeros(pair.channels)
+        if pair.shift is None
+        else np.broadcast_to(np.asarray(idx.constant_value(pair.shift), np.float64).reshape(-1), (pair.channels,))
+    )
+    return gamma, beta
+
+
+def _divide_affine(idx: GraphIndex, pair: AffinePair, s: np.ndarray) -> None:
+    """gamma and beta of ``pair`` divided by ``s`` per channel, written back in their own dtype; a constant shared by
+    all channels (one value) becomes one per channel, shaped to broadcast the same way."""
+    norms = {node_name(n) for n in idx.graph.node if n.op_type in NORMS}
+    for name in (pair.scale, pair.shift):
+        if name is None:
+            continue
+        old = np.asarray(idx.constant_value(name))
+        vec = np.broadcast_to(old.astype(np.float64).reshape(-1), (pair.channels,)) / s
+        if pair.nodes[0] in norms:
+            shape: tuple[int, ...] = (pair.channels,)
+        else:  # a Mul/Add constant broadcast against the N, C, ... tensor: channel on axis 1 of it, rank kept if it held N
+            ones = [1] * (pair.rank - 2)
+            shape = (1, pair.channels, *ones) if old.ndim == pair.rank else (pair.channels, *ones)
+        idx.initializers[name].CopyFrom(numpy_helper.from_array(vec.reshape(shape).astype(old.dtype), name))
+
+
 def _in_channel_view(w2: np.ndarray, group: int) -> np.ndarray:
     """``w2`` rearranged as (input channel, everything that reads it), for a Conv with ``group`` groups."""
     cout, cin_g = w2.shape[0], w2.shape[1]
@@ -230,23 +431,22 @@ def channel_ranges(model: onnx.ModelProto, pair: Pair) -> tuple[np.ndarray, np.n
 class _Weights:
     """The float64 weights and biases of the pairs' Convs, edited in place and written back once."""
 
-    def __init__(self, model: onnx.ModelProto, pairs: list[Pair]) -> None:
+    def __init__(self, model: onnx.ModelProto, convs: Iterable[str]) -> None:
         self.model = model
         self.idx = GraphIndex.build(model.graph)
         self.nodes = {node_name(n): n for n in model.graph.node}
         self.w: dict[str, np.ndarray] = {}
         self.b: dict[str, np.ndarray] = {}
         self.dtype: dict[str, Any] = {}
-        for p in pairs:
-            for name in (p.first, p.second):
-                if name in self.w:
-                    continue
-                n = self.nodes[name]
-                w = np.asarray(self.idx.constant_value(n.input[1]))
-                self.dtype[name] = w.dtype
-                self.w[name] = w.astype(np.float64)
-                has_bias = len(n.input) > 2 and n.input[2]
-                self.b[name] = np.asarray(self.idx.constant_value(n.input[2]), np.float64) if has_bias else np.zeros(w.shape[0])
+        for name in convs:
+            if name in self.w:
+                continue
+            n = self.nodes[name]
+            w = np.asarray(self.idx.constant_value(n.input[1]))
+            self.dtype[name] = w.dtype
+            self.w[name] = w.astype(np.float64)
+            has_bias = len(n.input) > 2 and n.input[2]
+            self.b[name] = np.asarray(self.idx.constant_value(n.input[2]), np.float64) if has_bias else np.zeros(w.shape[0])
 
     def group(self, name: str) -> int:
         return int(_attr(self.nodes[name], "group", 1))
@@ -257,11 +457,18 @@ class _Weights:
         r2 = np.abs(_in_channel_view(w2, self.group(p.second))).max(axis=1)
         return r1, r2
 
+    def input_ranges(self, convs: Iterable[str]) -> np.ndarray:
+        """max |w| per input channel over all of ``convs`` (Convs reading one tensor)."""
+        return np.max([np.abs(_in_channel_view(self.w[c], self.group(c))).max(axis=1) for c in convs], axis=0)
+
     def scale(self, p: Pair, s: np.ndarray) -> None:
         w1 = self.w[p.first]
         self.w[p.first] = w1 / s.reshape(-1, *([1] * (w1.ndim - 1)))
         self.b[p.first] = self.b[p.first] / s
-        self.w[p.second] = scale_input_channels(self.w[p.second], self.group(p.second), s)
+        self.scale_inputs(p.second, s)
+
+    def scale_inputs(self, conv: str, s: np.ndarray) -> None:
+        self.w[conv] = scale_input_channels(self.w[conv], self.group(conv), s)
 
     def absorb(self, p: Pair, c: np.ndarray) -> None:
         """``b1 -= c``, ``b2 += sum over the inputs it reads of W2 * c`` (the second Conv has no padding)."""
@@ -307,19 +514,41 @@ def equalization_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
     return s
 
 
-def equalize(model: onnx.ModelProto, *, max_sweeps: int = MAX_SWEEPS, tolerance: float = TOLERANCE) -> Equalization:
-    """Cross-layer equalization of every pair of :func:`find_pairs`, swept over chains until it converges.
+def equalize(
+    model: onnx.ModelProto,
+    *,
+    max_sweeps: int = MAX_SWEEPS,
+    tolerance: float = TOLERANCE,
+    ranges: Mapping[str, np.ndarray] | None = None,
+) -> Equalization:
+    """Cross-layer equalization of every pair of :func:`find_pairs` and :func:`find_affine_pairs`, swept over
+    chains until it converges.
+
+    Args:
+        model: the (BatchNorm-folded) model.
+        max_sweeps, tolerance: when the sweeps stop.
+        ranges: per tensor an affine pair's Convs read, ``max |x|`` of each channel on calibration data (its ``r1``);
+            a pair without it takes the data-free estimate (:func:`affine_ranges`).
 
     Returns:
         A new model (the input is not changed) and the record: per pair, the range of the cumulative scales.
     """
     model = onnx.ModelProto.FromString(model.SerializeToString())
     pairs, skipped = find_pairs(model)
+    affine, affine_skipped = find_affine_pairs(model)
+    skipped = skipped + affine_skipped
     results = [PairResult(p) for p in pairs]
-    if not pairs:
+    measured = dict(ranges or {})
+    affine_results = [AffineResult(a, "calibration" if a.tensor in measured else "data-free estimate") for a in affine]
+    if not pairs and not affine:
         return Equalization(model, results, skipped, 0, True)
-    weights = _Weights(model, pairs)
+    idx = GraphIndex.build(model.graph)
+    r1_affine = [
+        np.asarray(measured[a.tensor], np.float64).reshape(a.channels) if a.tensor in measured else affine_ranges(idx, a) for a in affine
+    ]
+    weights = _Weights(model, [n for p in pairs for n in (p.first, p.second)] + [n for a in affine for n in a.seconds])
     total = [np.ones(p.channels) for p in pairs]
+    total_affine = [np.ones(a.channels) for a in affine]
     sweeps, converged = 0, False
     while sweeps < max_sweeps and not converged:
         sweeps += 1
@@ -329,11 +558,21 @@ def equalize(model: onnx.ModelProto, *, max_sweeps: int = MAX_SWEEPS, tolerance:
             weights.scale(p, s)
             total[k] *= s
             moved = max(moved, float(np.max(np.abs(np.log(s)))))
+        for k, a in enumerate(affine):  # r1 moves with the scales already applied: the tensor is divided by them
+            s = equalization_scales(r1_affine[k] / total_affine[k], weights.input_ranges(a.seconds))
+            for conv in a.seconds:
+                weights.scale_inputs(conv, s)
+            total_affine[k] *= s
+            moved = max(moved, float(np.max(np.abs(np.log(s)))))
         converged = moved <= math.log1p(tolerance)
     weights.write()
+    for a, t in zip(affine, total_affine, strict=True):
+        _divide_affine(idx, a, t)
     for r, t in zip(results, total, strict=True):
         r.scale_min, r.scale_max = float(t.min()), float(t.max())
-    return Equalization(model, results, skipped, sweeps, converged)
+    for ar, t in zip(affine_results, total_affine, strict=True):
+        ar.scale_min, ar.scale_max = float(t.min()), float(t.max())
+    return Equalization(model, results, skipped, sweeps, converged, affine_results)
 
 
 def absorbable(model: onnx.ModelProto, pair: Pair) -> str | None:
@@ -367,7 +606,7 @@ def absorb_biases(eq: Equalization, shifts: Mapping[str, np.ndarray]) -> Equaliz
             why = "no channel stays above 0 on the calibration data"
         todo.append((r, why, c))
     pairs = [r.pair for r, why, _ in todo if why is None]
-    weights = _Weights(model, pairs) if pairs else None
+    weights = _Weights(model, [n for p in pairs for n in (p.first, p.second)]) if pairs else None
     results = []
     for r, why, c in todo:
         out = PairResult(r.pair, r.scale_min, r.scale_max)
@@ -380,4 +619,4 @@ def absorb_biases(eq: Equalization, shifts: Mapping[str, np.ndarray]) -> Equaliz
         results.append(out)
     if weights is not None:
         weights.write()
-    return Equalization(model, results, eq.skipped, eq.sweeps, eq.converged)
+    return Equalization(model, results, eq.skipped, eq.sweeps, eq.converged, eq.affine)

@@ -30,7 +30,7 @@ from rescompile.quantize.policy_ort import KERNELS
 
 # Why a layer was kept in floating point (rule R8); several can hold for one layer.
 KEEP_REASONS = ("keep-fp", "keep-first-last", "auto-fallback")
-# What a build stage changed in a layer, by the report section that lists it (``convs``); docs/report.md.
+# What a build stage changed in a layer, by the report section that lists it (``convs``, ``affines``); docs/report.md.
 CHANGE_MARKS = {"EQ": "equalize", "BC": "bias_correction"}
 _CODE = re.compile(r"^([A-Z]\d+)\b")
 
@@ -351,15 +351,18 @@ def describe_blocks(
 
 
 def stage_changes(report: Mapping[str, Any]) -> dict[str, tuple[str, ...]]:
-    """Node name -> the marks of :data:`CHANGE_MARKS` whose report section (``stages.equalize.convs``,
-    ``stages.bias_correction.convs``) lists it; empty for a build that ran neither."""
+    """Node name -> the marks of :data:`CHANGE_MARKS` whose report section lists it (``stages.equalize.convs`` and
+    ``.affines``: the Mul/Add/normalization nodes of equalized affine pairs; ``stages.bias_correction.convs``); empty
+    for a build that ran neither."""
     stages = report.get("stages") if isinstance(report.get("stages"), Mapping) else {}
     out: dict[str, tuple[str, ...]] = {}
     for mark, section in CHANGE_MARKS.items():
         entry = stages.get(section) if isinstance(stages, Mapping) else None
-        convs = entry.get("convs") if isinstance(entry, Mapping) else None
-        for node in convs if isinstance(convs, list) else []:
-            out[str(node)] = (*out.get(str(node), ()), mark)
+        for key in ("convs", "affines"):
+            nodes = entry.get(key) if isinstance(entry, Mapping) else None
+            for node in nodes if isinstance(nodes, list) else []:
+                if mark not in out.get(str(node), ()):
+                    out[str(node)] = (*out.get(str(node), ()), mark)
     return out
 
 
