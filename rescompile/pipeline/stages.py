@@ -28,7 +28,7 @@ from rescompile.pipeline.settings import (
 )
 
 if TYPE_CHECKING:
-    from rescompile.calibrate.bias_correction import BiasCorrection
+    from rescompile.bias_correction import BiasCorrection
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.calibrate.run import CalibrationRun
     from rescompile.data.holdout import DataChoice
@@ -309,8 +309,8 @@ def correct_biases(
     fp32: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated, pre: Preprocess, settings: TransformSettings
 ) -> BiasCorrected:
     """Empirical bias correction of ``quantized``, layer by layer on the calibration inputs
-    (:func:`rescompile.calibrate.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
-    from rescompile.calibrate.bias_correction import correct_biases as run
+    (:func:`rescompile.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
+    from rescompile.bias_correction import correct_biases as run
 
     batches = _calibration_batches(calibrated.source, pre, settings.batch_size)
     correction = run(fp32.model, quantized.plan, calibrated.ranges, batches)

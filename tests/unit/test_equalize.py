@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rescompile.calibrate.bias_correction import channel_means, correct_biases
+from rescompile.bias_correction import channel_means, correct_biases
 from rescompile.calibrate.collect import with_outputs
 from rescompile.calibrate.ranges import TensorRange
 from rescompile.equalize import EqualizeConfig, equalize_model
