@@ -94,7 +94,7 @@ def calibrate(
         sample: histogram values per tensor per image (see :func:`collect_stats`); part of the cache key.
         previous: a folder holding an earlier ranges.json / calib_stats.npz to reuse when their key matches.
         on_batch: progress callback (never called when a cache is reused).
-        ray: a :class:`rescompile.scale.cluster.RaySettings`: collect the statistics on Ray, one task per
+        ray: a :class:`rescompile.config.RaySettings`: collect the statistics on Ray, one task per
             shard, merged exactly (the same ranges as without it).
 
     Raises:

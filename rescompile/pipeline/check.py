@@ -167,7 +167,7 @@ def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> onnx.Model
 
 
 def _settings(req: ValidateRequest, gates: Gates) -> ValidateSettings:
-    from rescompile.scale.cluster import ray_settings
+    from rescompile.config import ray_settings
     from rescompile.validate.latency import LatencySettings
     from rescompile.validate.run import ValidateSettings
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_cpus, node_label, shard_bounds
+from rescompile.config import RaySettings
+from rescompile.scale.cluster import cluster_cpus, connect, node_cpus, node_label, shard_bounds
 from rescompile.scale.tasks import TaskGroup
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 

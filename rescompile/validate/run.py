@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.config import RaySettings
 from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
-from rescompile.scale.cluster import RaySettings
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 from rescompile.validate.metrics import Accuracy, Agreement, ClassDelta, Metrics, compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs

@@ -235,8 +235,6 @@ LAYERS = {
 UPWARD = {
     ("rescompile.calibrate.run", "rescompile.scale.ray_calibrate"),  # --ray: calibration shards
     ("rescompile.validate.run", "rescompile.scale.ray_validate"),  # --ray: validation shards
-    ("rescompile.validate.run", "rescompile.scale.cluster"),  # RaySettings
-    ("rescompile.config", "rescompile.scale.cluster"),  # RaySettings
     ("rescompile.graph.verify", "rescompile.quantize.registry"),  # the policy's own checks
     ("rescompile.runtime.runners", "rescompile.models.onnx_source"),  # open_runner reads an ONNX file
     ("rescompile.data.holdout", "rescompile.validate.gates"),  # check_label_gates
