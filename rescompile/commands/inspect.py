@@ -75,9 +75,9 @@ def inspect(
     from rescompile.graph.topology import block_map, find_residual_blocks
     from rescompile.graph.verify import verify_int8
     from rescompile.io import write_json
-    from rescompile.models.onnx_source import read_onnx
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.registry import get_policy
+    from rescompile.readers import read_onnx
 
     fp32_path = _checked(model, no_verify_hashes) or model
     int8_path, plan_path = _checked(int8, no_verify_hashes), _checked(plan, no_verify_hashes)

@@ -186,7 +186,7 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
 
 def _check_reference_fits(bundle: Any, ref: Any) -> None:
     """The bundled model reads and takes the bundled reference inputs (C, H, W); else a UsageError before any work."""
-    from rescompile.models.onnx_source import read_onnx
+    from rescompile.readers import read_onnx
 
     model = read_onnx(bundle.file(INT8_ONNX))
     inits = {t.name for t in model.graph.initializer}

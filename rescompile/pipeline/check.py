@@ -117,7 +117,8 @@ def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
         c, h, w = saved.inputs.shape[1:]  # type: ignore[union-attr]
         return _Reference(None, saved, None, None, (c, h, w), "", saved.runner)
     if spec.spec.lower().endswith(".onnx"):
-        from rescompile.models.onnx_source import describe_onnx, read_onnx
+        from rescompile.models.onnx_source import describe_onnx
+        from rescompile.readers import read_onnx
 
         info = describe_onnx(Path(spec.spec), require_residual=False)
         model = read_onnx(Path(spec.spec))

@@ -112,7 +112,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig) -> Exported:
 
         model, parity = export_onnx(loaded.module, loaded.input_shape, cfg)
         return Exported(model, parity.max_abs_error)
-    from rescompile.models.onnx_source import free_batch, read_onnx, upgrade_opset
+    from rescompile.models.onnx_source import free_batch, upgrade_opset
+    from rescompile.readers import read_onnx
 
     if loaded.onnx_path is None:
         raise ValueError(f"{loaded.name}: neither a module nor an ONNX file")

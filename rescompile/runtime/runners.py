@@ -102,7 +102,7 @@ TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Read an ONNX file or raise UsageError naming the problem (no PyTorch import on this path)."""
-    from rescompile.models.onnx_source import read_onnx
+    from rescompile.readers import read_onnx
 
     return read_onnx(Path(path))
 
