@@ -220,9 +220,10 @@ def _reference_outputs(
     req: ValidateRequest, ref: _Reference, found: _Inputs, choice: DataChoice | None, gates: Gates, settings: ValidateSettings
 ) -> tuple[ValidationInputs, ReferenceOutputs, DataChoice]:
     """The inputs and the FP32 outputs: those a saved reference carries, or the reference run on the validation data."""
-    from rescompile.data.holdout import DataChoice, check_label_gates
+    from rescompile.data.holdout import DataChoice
     from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import DataSource, check_shape
+    from rescompile.validate.gates import check_label_gates
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.run import compute_reference
 
@@ -282,11 +283,11 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     Raises:
         UsageError: bad input (exit 2); MissingDependency: TensorRT for a plan (exit 3).
     """
-    from rescompile.data.holdout import check_label_gates, validation_data
+    from rescompile.data.holdout import validation_data
     from rescompile.data.layout import check_layout
     from rescompile.runtime.cuda_libs import check_choice
     from rescompile.runtime.runners import load_onnx, open_runner
-    from rescompile.validate.gates import resolve_gates
+    from rescompile.validate.gates import check_label_gates, resolve_gates
     from rescompile.validate.notes import latency_notes
     from rescompile.validate.reference import save_reference
     from rescompile.validate.run import validate

@@ -142,7 +142,7 @@ def test_class_gate_without_labels_fails_and_says_why():
 
 
 def test_class_gate_needs_labels_before_any_work():
-    from rescompile.data.holdout import check_label_gates
+    from rescompile.validate.gates import check_label_gates
 
     class Unlabelled:
         labelled = False

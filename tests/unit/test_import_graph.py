@@ -236,7 +236,6 @@ UPWARD = {
     ("rescompile.calibrate.run", "rescompile.scale.ray_calibrate"),  # --ray: calibration shards
     ("rescompile.validate.run", "rescompile.scale.ray_validate"),  # --ray: validation shards
     ("rescompile.graph.verify", "rescompile.quantize.registry"),  # the policy's own checks
-    ("rescompile.data.holdout", "rescompile.validate.gates"),  # check_label_gates
     ("rescompile.scale.sweep", "rescompile.pipeline"),  # a sweep is a grid of builds
     ("rescompile.commands.doctor", "rescompile"),  # __version__
 }
