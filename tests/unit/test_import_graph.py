@@ -237,7 +237,6 @@ UPWARD = {
     ("rescompile.validate.run", "rescompile.scale.ray_validate"),  # --ray: validation shards
     ("rescompile.graph.verify", "rescompile.quantize.registry"),  # the policy's own checks
     ("rescompile.scale.sweep", "rescompile.pipeline"),  # a sweep is a grid of builds
-    ("rescompile.commands.doctor", "rescompile"),  # __version__
 }
 
 
