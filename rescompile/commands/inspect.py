@@ -73,10 +73,10 @@ def inspect(
     from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, open_build
     from rescompile.errors import UsageError, VerificationError
     from rescompile.graph.topology import block_map, find_residual_blocks
-    from rescompile.graph.verify import verify_int8
     from rescompile.io import write_json
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.registry import get_policy
+    from rescompile.quantize.verify import verify_int8
     from rescompile.readers import read_onnx
 
     fp32_path = _checked(model, no_verify_hashes) or model

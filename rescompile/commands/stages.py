@@ -78,10 +78,10 @@ def quantize(
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult
     from rescompile.errors import VerificationError
-    from rescompile.graph.verify import verify_int8
     from rescompile.io import save_onnx, write_text_atomic
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.quantize.registry import parse_policy
+    from rescompile.quantize.verify import verify_int8
     from rescompile.readers import read_onnx
 
     model = checked_path(model, **checks.overrides())[0]  # build folders' files: checked against their manifests

@@ -247,12 +247,12 @@ class Quantized:
 
 
 def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: str = "the INT8 graph") -> Quantized:
-    """``int8`` with its proof (:func:`rescompile.graph.verify.verify_int8`).
+    """``int8`` with its proof (:func:`rescompile.quantize.verify.verify_int8`).
 
     Raises:
         VerificationError: the INT8 graph breaks the placement rules (exit 1).
     """
-    from rescompile.graph.verify import verify_int8
+    from rescompile.quantize.verify import verify_int8
 
     proof = verify_int8(fp32, int8, plan)
     if not proof.ok:

@@ -235,7 +235,6 @@ LAYERS = {
 UPWARD = {
     ("rescompile.calibrate.run", "rescompile.scale.ray_calibrate"),  # --ray: calibration shards
     ("rescompile.validate.run", "rescompile.scale.ray_validate"),  # --ray: validation shards
-    ("rescompile.graph.verify", "rescompile.quantize.registry"),  # the policy's own checks
     ("rescompile.scale.sweep", "rescompile.pipeline"),  # a sweep is a grid of builds
 }
 
