@@ -127,7 +127,7 @@ def calibrate(
             return checked(run, source, pre, input_stats(model, stats))
     watch = InputWatch()
     if ray is not None:
-        from rescompile.scale.ray_calibrate import collect_on_ray
+        from rescompile.calibrate.on_ray import collect_on_ray
 
         stats, seen = collect_on_ray(
             model,

@@ -268,7 +268,7 @@ def test_the_flags_are_recorded_in_the_config_only_when_on() -> None:
 
 def test_a_sweep_grid_takes_the_flags(tmp_path) -> None:
     from rescompile.errors import UsageError
-    from rescompile.scale.sweep import load_sweep
+    from rescompile.sweep.grid import load_sweep
 
     spec = tmp_path / "sweep.yaml"
     spec.write_text("grid:\n  equalize: [false, true]\n  bias_correction: [true]\n")
