@@ -446,7 +446,7 @@ def targets(build: Path) -> list[Target]:
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.verify import verify_int8
     from rescompile.readers import read_onnx
-    from rescompile.validate.compare import compare_reports, load_report
+    from rescompile.report.compare import compare_reports, load_report
     from rescompile.validate.gates import load_gates
     from rescompile.validate.reference import load_reference
 
