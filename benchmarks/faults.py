@@ -56,12 +56,12 @@ def main() -> None:
     import ray
     from scale import _model
 
+    from rescompile.calibrate import on_ray as ray_calibrate
     from rescompile.calibrate.run import calibrate
+    from rescompile.config import RaySettings
     from rescompile.data.preprocess import PRESETS
     from rescompile.data.sources import open_source
     from rescompile.quantize import plan_qdq
-    from rescompile.scale import ray_calibrate
-    from rescompile.scale.cluster import RaySettings
 
     _, simp = _model("resnet50")
     plan = plan_qdq(simp, "tensorrt")

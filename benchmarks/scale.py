@@ -72,11 +72,11 @@ def main() -> None:
     from rescompile.calibrate.merge import merge_stats
     from rescompile.calibrate.ranges import calibration_result
     from rescompile.calibrate.run import calibrate
+    from rescompile.config import RaySettings
     from rescompile.data.preprocess import PRESETS
     from rescompile.data.sources import open_source
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
-    from rescompile.scale.cluster import RaySettings
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.run import ValidateSettings, compute_reference, run_outputs
 

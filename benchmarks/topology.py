@@ -37,8 +37,8 @@ import onnx
 from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.export import ExportConfig, export_onnx
 from rescompile.graph.topology import find_residual_blocks
-from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize.verify import verify_int8
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.simplify import simplify
 from rescompile.validate.metrics import accuracy, agreement

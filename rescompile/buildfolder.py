@@ -36,7 +36,7 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 JUNIT_XML = "junit.xml"
 REPORT_HTML = "report.html"
-REPORT_FILES = (REPORT_JSON, REPORT_MD, JUNIT_XML, REPORT_HTML)  # written by rescompile.validate.write
+REPORT_FILES = (REPORT_JSON, REPORT_MD, JUNIT_XML, REPORT_HTML)  # written by rescompile.report.write
 ARTIFACTS = (FP32_ONNX, SIMPLIFIED_ONNX, QDQ_PLAN, RANGES, CALIB_STATS, INT8_ONNX, *REPORT_FILES)
 # Written only when asked for: --equalize (the equalized float model) and --bias-correction (every layer's shift).
 EQUALIZED_ONNX = "model.equalized.onnx"

@@ -5,8 +5,8 @@ readers here check that the path is a readable regular file, say what a file rea
 it is not what was asked for (a JSON file given as a checkpoint is called JSON text, an
 ``.npy`` array named ``.npz`` is called an ``.npy`` array), and turn every failure of the
 decoder underneath (json, PyYAML, zipfile, numpy's header parser) into one UsageError:
-exit 2 with one clear line, never a traceback. Format-specific readers (checkpoints, ONNX,
-images, ranges.json, ...) build on these and check their own content.
+exit 2 with one clear line, never a traceback. Format-specific readers (checkpoints,
+images, ranges.json, ...) build on these and check their own content; an ONNX file is read here (``read_onnx``).
 """
 
 from __future__ import annotations
@@ -175,6 +175,25 @@ def read_yaml(path: Path | str, what: str) -> Any:
         raise UsageError(f"{path} is not a {what}: its YAML is nested too deeply") from None
     except (yaml.YAMLError, ValueError, TypeError) as exc:  # the constructors raise ValueError/TypeError on odd scalars
         raise UsageError(f"{path} is not valid YAML: {first_line(exc)}") from None
+
+
+def read_onnx(path: Path | str):  # type: ignore[no-untyped-def]
+    """Load an ONNX file or raise UsageError naming the problem (what the file is, when it is not ONNX)."""
+    import onnx
+
+    path = check_file(path, "ONNX file")
+    try:
+        model = onnx.load(str(path))
+    except MemoryError:
+        raise UsageError(f"ONNX file {path} does not fit in memory") from None
+    except Exception as exc:  # protobuf raises several types for a corrupt file
+        with open(path, "rb") as fh:
+            kind = describe(fh.read(64))
+        what = "" if kind == "binary data of an unknown kind" else f"it is {kind}; "
+        raise UsageError(f"{path} is not a readable ONNX model ({what}{type(exc).__name__}: {first_line(exc)})") from None
+    if not model.graph.node:
+        raise UsageError(f"{path} holds an empty ONNX graph")
+    return model
 
 
 def _npz_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:

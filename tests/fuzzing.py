@@ -439,13 +439,14 @@ def targets(build: Path) -> list[Target]:
     from rescompile.data.preprocess import get_preset, load_image, load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape, open_source
     from rescompile.graph.topology import block_map
-    from rescompile.graph.verify import verify_int8
     from rescompile.models.loader import apply_state_dict, extract_state_dict
-    from rescompile.models.onnx_source import describe_onnx, read_onnx
+    from rescompile.models.onnx_source import describe_onnx
     from rescompile.models.resnet_cifar import cifar_resnet
     from rescompile.quantize import insert_qdq
     from rescompile.quantize.policy import QuantPlan
-    from rescompile.validate.compare import compare_reports, load_report
+    from rescompile.quantize.verify import verify_int8
+    from rescompile.readers import read_onnx
+    from rescompile.report.compare import compare_reports, load_report
     from rescompile.validate.gates import load_gates
     from rescompile.validate.reference import load_reference
 

@@ -256,7 +256,7 @@ def assert_policy_places_qdq(model: onnx.ModelProto, policy: str) -> None:
     """``policy`` on a pre-activation or ResNet-D model: the proof passes, INT8 tracks FP32, each Add quantized as the
     policy says (TensorRT: the shortcut only; ONNX Runtime: both inputs, and the Add's own output when nothing follows)."""
     from rescompile.export import run_onnx
-    from rescompile.graph.verify import verify_int8
+    from rescompile.quantize.verify import verify_int8
 
     plan, int8 = quantize(model, policy)
     report = verify_int8(model, int8, plan)

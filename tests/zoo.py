@@ -332,8 +332,8 @@ def quantize_and_compare(fp32, policy: str, calib, val) -> ZooResult:  # type: i
 
     from rescompile.calibrate import collect_stats, compute_ranges
     from rescompile.export import run_onnx
-    from rescompile.graph.verify import verify_int8
     from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.quantize.verify import verify_int8
 
     plan = plan_qdq(fp32, policy)
     ranges = compute_ranges(collect_stats(fp32, plan.calibrated_tensors, [calib]), "max")

@@ -170,7 +170,7 @@ def rebin(hist: np.ndarray, factor: int) -> np.ndarray:
 class InputWatch:
     """Min/max/count of the model inputs as they stream by (when the input itself is not calibrated).
 
-    One per calibration run: the single-process run and each Ray shard (scale/ray_calibrate.py) watch alike.
+    One per calibration run: the single-process run and each Ray shard (calibrate/on_ray.py) watch alike.
     """
 
     def __init__(self) -> None:

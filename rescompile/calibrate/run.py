@@ -94,7 +94,7 @@ def calibrate(
         sample: histogram values per tensor per image (see :func:`collect_stats`); part of the cache key.
         previous: a folder holding an earlier ranges.json / calib_stats.npz to reuse when their key matches.
         on_batch: progress callback (never called when a cache is reused).
-        ray: a :class:`rescompile.scale.cluster.RaySettings`: collect the statistics on Ray, one task per
+        ray: a :class:`rescompile.config.RaySettings`: collect the statistics on Ray, one task per
             shard, merged exactly (the same ranges as without it).
 
     Raises:
@@ -127,7 +127,7 @@ def calibrate(
             return checked(run, source, pre, input_stats(model, stats))
     watch = InputWatch()
     if ray is not None:
-        from rescompile.scale.ray_calibrate import collect_on_ray
+        from rescompile.calibrate.on_ray import collect_on_ray
 
         stats, seen = collect_on_ray(
             model,

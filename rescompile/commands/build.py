@@ -93,7 +93,7 @@ class BuildOutput(OptionGroup):
 
 def _summary(result: Any) -> None:
     from rescompile.buildfolder import INT8_ONNX, MANIFEST, REPORT_FILES
-    from rescompile.validate.console import print_summary
+    from rescompile.report.console import print_summary
     from rescompile.validate.results import section_dict
 
     r = result.typed

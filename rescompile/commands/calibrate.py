@@ -145,8 +145,9 @@ def _collect(
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import UsageError
-    from rescompile.models.onnx_source import describe_onnx, read_onnx
+    from rescompile.models.onnx_source import describe_onnx
     from rescompile.progress import progress
+    from rescompile.readers import read_onnx
 
     layout = o.check_layout(data.layout)
     if how.tensors not in ("plan", "all"):

@@ -39,7 +39,7 @@ def compare(
     """
     from rescompile.errors import GateFailed, UsageError
     from rescompile.io import write_text_atomic
-    from rescompile.validate.compare import (
+    from rescompile.report.compare import (
         REGRESSED,
         Tolerances,
         compare_reports,
@@ -91,7 +91,7 @@ def _table(changes: list[Any], title: str) -> Any:
     """The comparison as a rich table: one row per metric, regressions in red."""
     from rich.table import Table
 
-    from rescompile.validate.compare import REGRESSED, SAME
+    from rescompile.report.compare import REGRESSED, SAME
 
     t = Table(title=title)
     for col, just in (("metric", "left"), ("old", "right"), ("new", "right"), ("delta", "right"), ("status", "left")):

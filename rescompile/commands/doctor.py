@@ -15,6 +15,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from rescompile._version import __version__, module_version
 from rescompile.commands.base import app, console
 
 # CPU flags that matter for INT8 on ONNX Runtime's x86 kernels.
@@ -28,11 +29,6 @@ def cpu_flags(cpuinfo: str) -> set[str]:
         if sep and key.strip().lower() in ("flags", "features"):
             return set(value.split())
     return set()
-
-
-def _module_version(name: str) -> str:
-    mod = importlib.import_module(name)
-    return str(getattr(mod, "__version__", "installed (no version)"))
 
 
 class _Absent(Exception):
@@ -74,7 +70,7 @@ def _cuda_python() -> str:
     """cuda-python against the driver: cuda-python N.x needs a driver for CUDA N (fails at the first call otherwise)."""
     from rescompile.engine.device import cuda_python_problem, driver_version, parse_driver_version
 
-    version = _module_version("cuda.bindings")
+    version = module_version("cuda.bindings")
     drv = driver_version()
     if drv is None:
         raise _Absent(f"cuda-python {version}; no NVIDIA driver loaded, nothing to check it against")
@@ -120,9 +116,12 @@ def _jetson_power() -> str:
 
 def collect() -> list[tuple[str, bool, str]]:
     """(item, ok, detail) for every probe."""
-    rows: list[tuple[str, bool, str]] = [("python", True, f"{platform.python_version()} ({platform.machine()})")]
-    for name in ("rescompile", "numpy", "torch", "onnx", "onnxruntime", "onnxsim", "cuda.bindings"):
-        ok, detail = _probe(lambda n=name: _module_version(n))  # type: ignore[misc]
+    rows: list[tuple[str, bool, str]] = [
+        ("python", True, f"{platform.python_version()} ({platform.machine()})"),
+        ("rescompile", True, __version__),
+    ]
+    for name in ("numpy", "torch", "onnx", "onnxruntime", "onnxsim", "cuda.bindings"):
+        ok, detail = _probe(lambda n=name: module_version(n))  # type: ignore[misc]
         rows.append((name, ok, detail))
     for item, fn in (
         ("tensorrt", _tensorrt),

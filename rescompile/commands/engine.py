@@ -32,7 +32,7 @@ def _device_commands(onnx_path: Path, dest: Path, target_name: str, options: Any
     from rescompile.engine.settings import compute_settings, format_command, input_spec, parse_version, trtexec_command, types_rest_fp16
     from rescompile.engine.targets import get_target
     from rescompile.io import save_onnx, write_text_atomic
-    from rescompile.models.onnx_source import read_onnx
+    from rescompile.readers import read_onnx
 
     target = get_target(target_name)
     model = read_onnx(onnx_path)

@@ -73,11 +73,11 @@ def inspect(
     from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, open_build
     from rescompile.errors import UsageError, VerificationError
     from rescompile.graph.topology import block_map, find_residual_blocks
-    from rescompile.graph.verify import verify_int8
     from rescompile.io import write_json
-    from rescompile.models.onnx_source import read_onnx
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.registry import get_policy
+    from rescompile.quantize.verify import verify_int8
+    from rescompile.readers import read_onnx
 
     fp32_path = _checked(model, no_verify_hashes) or model
     int8_path, plan_path = _checked(int8, no_verify_hashes), _checked(plan, no_verify_hashes)

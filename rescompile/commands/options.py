@@ -362,8 +362,8 @@ class RayOptions(OptionGroup):
     shards: ShardsOpt = None
 
     def settings(self) -> Any:
-        """The :class:`rescompile.scale.cluster.RaySettings`, or None without Ray; UsageError for bad values."""
-        from rescompile.scale.cluster import ray_settings
+        """The :class:`rescompile.config.RaySettings`, or None without Ray; UsageError for bad values."""
+        from rescompile.config import ray_settings
 
         return ray_settings(self.ray, self.ray_address, self.shards)
 

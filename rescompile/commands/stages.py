@@ -48,7 +48,8 @@ def simplify_cmd(
 ) -> None:
     """Simplify with onnxsim and fold BatchNorm into Conv; fails (exit 1) if outputs move."""
     from rescompile.io import save_onnx
-    from rescompile.models.onnx_source import describe_onnx, read_onnx
+    from rescompile.models.onnx_source import describe_onnx
+    from rescompile.readers import read_onnx
     from rescompile.simplify import SimplifyConfig, simplify
 
     model = checked_path(model, **checks.overrides())[0]  # a build folder's file: checked against its manifest
@@ -77,11 +78,11 @@ def quantize(
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult
     from rescompile.errors import VerificationError
-    from rescompile.graph.verify import verify_int8
     from rescompile.io import save_onnx, write_text_atomic
-    from rescompile.models.onnx_source import read_onnx
     from rescompile.quantize import insert_qdq, plan_qdq
     from rescompile.quantize.registry import parse_policy
+    from rescompile.quantize.verify import verify_int8
+    from rescompile.readers import read_onnx
 
     model = checked_path(model, **checks.overrides())[0]  # build folders' files: checked against their manifests
     ranges = checked_path(ranges, **checks.overrides())[0]

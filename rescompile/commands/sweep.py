@@ -28,9 +28,9 @@ def sweep(
     skips finished builds. One failing build does not stop the others. Writes sweep.json, sweep.md and
     sweep.html (accuracy against latency, Pareto front marked). Exit 1 when any build failed or missed a gate.
     """
-    from rescompile.scale.cluster import RaySettings
-    from rescompile.scale.sweep import load_sweep, run_sweep
-    from rescompile.scale.sweep_report import write_summary
+    from rescompile.config import RaySettings
+    from rescompile.sweep.grid import load_sweep, run_sweep
+    from rescompile.sweep.summary import write_summary
 
     log_to_stderr(True)
     plan = load_sweep(spec, out)

@@ -107,7 +107,7 @@ def validate(
     """
     from rescompile.pipeline.check import Timing, ValidateRequest, validate_candidate
     from rescompile.pipeline.settings import ModelSpec
-    from rescompile.validate.console import print_summary
+    from rescompile.report.console import print_summary
 
     resolved = gates.resolve()  # bad gates, layout or Ray options are refused before any work (exit 2)
     o.check_layout(data.layout)

@@ -215,18 +215,3 @@ def validation_data(val: str | None, build: dict[str, Any] | None, ref_spec: str
         hint="pass --val: an image folder with class subfolders or a labelled .npz for accuracy, or unlabelled "
         "inputs (e.g. the calibration .npy) for top-1 agreement and cosine; a build folder brings its own",
     )
-
-
-def check_label_gates(gates: Any, choice: DataChoice) -> None:
-    """Raise UsageError (exit 2) when a gate that needs labels is set but the validation data has none."""
-    from rescompile.validate.gates import LABEL_GATES, SPECS
-
-    if choice.labelled:
-        return
-    for s in SPECS:
-        if s.field in LABEL_GATES and getattr(gates, s.field) is not None:
-            raise UsageError(
-                f"{s.flag} needs labelled validation data, but {choice.unlabelled_reason()}",
-                hint="pass --val with labels (an image folder with one subfolder per class, or a .npz with a 'labels' "
-                "array), or gate on --min-agreement / --min-cosine, which need no labels",
-            )

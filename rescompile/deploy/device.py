@@ -186,7 +186,7 @@ def _run_onnxruntime(bundle: Any, opts: DeployOptions, out: Path) -> tuple[Any, 
 
 def _check_reference_fits(bundle: Any, ref: Any) -> None:
     """The bundled model reads and takes the bundled reference inputs (C, H, W); else a UsageError before any work."""
-    from rescompile.models.onnx_source import read_onnx
+    from rescompile.readers import read_onnx
 
     model = read_onnx(bundle.file(INT8_ONNX))
     inits = {t.name for t in model.graph.initializer}
@@ -217,7 +217,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
     """
     from rescompile.deploy.bundle import open_bundle
     from rescompile.io import sha256_file, write_json, write_text_atomic
-    from rescompile.validate.junit import render_junit
+    from rescompile.report.junit import render_junit
     from rescompile.validate.metrics import compare_outputs
 
     opts = opts or DeployOptions()
@@ -312,7 +312,7 @@ def _device_gates(gates: Gates, opts: DeployOptions) -> Gates:
 
 def render_deploy_md(report: DeployReport) -> str:
     """A short Markdown summary of a deploy report; its gates table is report.md's."""
-    from rescompile.validate.report import gate_rows
+    from rescompile.report.markdown import gate_rows
 
     m = report.measurement
     acc, agr = m.accuracy, m.agreement

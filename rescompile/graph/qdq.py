@@ -3,7 +3,8 @@
 ``QdqView`` says what each dequantized tensor stands for; ``Violation`` and ``VerifyReport`` are
 what a proof writes (one rule name per check, :data:`RULES`). The helpers below are what each
 placement policy's own ``check`` uses (rescompile/quantize/policy_trt.py, policy_ort.py); the
-generic proof and its entry point ``verify_int8`` are in ``graph/verify.py``. Nothing here knows a
+generic proof (``prove_int8``) is in ``graph/verify.py``, its entry point by policy name
+(``verify_int8``) in ``quantize/verify.py``. Nothing here knows a
 policy, so the policies import it without importing the proof.
 """
 

@@ -19,7 +19,8 @@ Each placement policy (rescompile/quantize/registry.py) adds its own checks thro
 ``check`` method — activation type and zero points, biases, which inputs of a residual Add and
 which outputs of weighted ops are quantized — with the helpers of ``graph/qdq.py`` (where the
 view of the Q/DQ and the report records live); their rule codes are defined in
-docs/placement-rules.md.
+docs/placement-rules.md. The caller passes the policy in (:func:`prove_int8`);
+:func:`rescompile.quantize.verify.verify_int8` finds it by name or from the Q/DQ.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from rescompile.graph.ops import QDQ_OPS, WEIGHTED_OPS, weight_axis
 from rescompile.graph.qdq import RULES, QdqView, VerifyReport, Violation, consumer_role
 from rescompile.graph.topology import find_residual_blocks
 
-__all__ = ["RULES", "QdqView", "VerifyReport", "Violation", "detect_policy", "verify_int8"]
+__all__ = ["RULES", "Plan", "PolicyProof", "QdqView", "VerifyReport", "Violation", "prove_int8"]
 
 
 def _attrs(node: onnx.NodeProto) -> dict[str, bytes]:
@@ -44,14 +45,6 @@ def _attrs(node: onnx.NodeProto) -> dict[str, bytes]:
 
 def _attr_i(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
-
-
-def detect_policy(int8: onnx.ModelProto) -> str:
-    """The first registered policy (the default last) whose ``detect`` recognises the graph's Q/DQ."""
-    from rescompile.quantize.registry import DEFAULT_POLICY, all_policies
-
-    view = QdqView(int8)
-    return next((p.name for p in all_policies() if p.name != DEFAULT_POLICY and p.detect(view)), DEFAULT_POLICY)
 
 
 def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
@@ -105,37 +98,32 @@ class Plan(Protocol):
     def weights(self) -> Sequence[PlannedWeight]: ...
 
 
-def verify_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: Plan | None = None, policy: str | None = None) -> VerifyReport:
-    """Check ``int8`` against ``fp32`` under a policy (and ``plan``, a QuantPlan, when given).
+class PolicyProof(Protocol):
+    """What the proof asks of a placement policy (a ``rescompile.quantize.registry.PlacementPolicy``): its name and
+    its own checks. The caller passes it in, so the graph layer does not import quantize."""
 
-    Args:
-        fp32: the simplified FP32 model the INT8 model was made from.
-        int8: the Q/DQ model.
-        plan: the QuantPlan used: its policy, kept layers and quantized tensors are checked too.
-        policy: a registered policy name when no plan is given (default: detected from the
-            Q/DQ, e.g. UINT8 activations meaning onnxruntime).
+    @property
+    def name(self) -> str: ...
+    def check(self, fp32: onnx.ModelProto, view: QdqView, report: VerifyReport, kept: set[str]) -> None: ...
+
+
+def prove_int8(fp32: onnx.ModelProto, int8: onnx.ModelProto, policy: PolicyProof, plan: Plan | None = None) -> VerifyReport:
+    """Check ``int8`` against ``fp32``: the generic proofs, then ``policy``'s own (and ``plan``'s, a QuantPlan, when given).
+
+    :func:`rescompile.quantize.verify.verify_int8` finds the policy by name (or from the Q/DQ) and calls this.
 
     Returns:
         A VerifyReport; ``ok`` is False when any rule is violated.
     """
-    from rescompile.errors import UsageError
-    from rescompile.quantize.registry import get_policy
-
-    name = (plan.policy if plan is not None else None) or policy or detect_policy(int8)
     kept = set(plan.kept_fp if plan is not None else ())
-    report = VerifyReport(name)
-    try:
-        placement = get_policy(name)
-    except UsageError:
-        report.violations.append(Violation("plan", "graph", f"unknown policy {name!r}"))
-        return report
+    report = VerifyReport(policy.name)
     view = QdqView(int8)
     report.violations.extend(view.broken)
     report.checks["pairs"] = sum(n.op_type in QDQ_OPS for n in int8.graph.node)
     _check_topology(fp32, int8, view, report)
     _check_scheme(int8, view, report)
     report.residual_adds = len(find_residual_blocks(fp32))
-    placement.check(fp32, view, report, kept)
+    policy.check(fp32, view, report, kept)
     if plan is not None:
         _check_plan(plan, view, report)
     return report

@@ -54,27 +54,6 @@ class OpsetConversion:
         return {"from": self.from_opset, "to": self.to_opset, "max_abs_error": self.max_abs_error}
 
 
-def read_onnx(path: Path):  # type: ignore[no-untyped-def]
-    """Load an ONNX file or raise UsageError naming the problem."""
-    import onnx
-
-    from rescompile.readers import check_file, describe, first_line
-
-    path = check_file(path, "ONNX file")
-    try:
-        model = onnx.load(str(path))
-    except MemoryError:
-        raise UsageError(f"ONNX file {path} does not fit in memory") from None
-    except Exception as exc:  # protobuf raises several types for a corrupt file
-        with open(path, "rb") as fh:
-            kind = describe(fh.read(64))
-        what = "" if kind == "binary data of an unknown kind" else f"it is {kind}; "
-        raise UsageError(f"{path} is not a readable ONNX model ({what}{type(exc).__name__}: {first_line(exc)})") from None
-    if not model.graph.node:
-        raise UsageError(f"{path} holds an empty ONNX graph")
-    return model
-
-
 def default_opset(model) -> int:  # type: ignore[no-untyped-def]
     """The graph's ``ai.onnx`` opset version (0 when it imports none)."""
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -221,6 +200,7 @@ def describe_onnx(path: Path, *, require_residual: bool = True):  # type: ignore
     from rescompile.data.preprocess import default_preset
     from rescompile.models.loaded import LoadedModel
     from rescompile.quantize.policy import check_supported
+    from rescompile.readers import read_onnx
 
     model = read_onnx(path)
     if require_residual:

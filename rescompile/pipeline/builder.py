@@ -135,7 +135,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         parity or verification failures (1). A missed gate raises GateFailed whose ``result``
         is the BuildResult of ``<out>.failed``.
     """
-    from rescompile.data.holdout import check_label_gates
+    from rescompile.validate.gates import check_label_gates
 
     cfg = replace(cfg or BuildConfig(), **overrides)
     s = build_settings(cfg)  # every check that needs no work: exit 2 / 3 before any

@@ -117,7 +117,8 @@ def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
         c, h, w = saved.inputs.shape[1:]  # type: ignore[union-attr]
         return _Reference(None, saved, None, None, (c, h, w), "", saved.runner)
     if spec.spec.lower().endswith(".onnx"):
-        from rescompile.models.onnx_source import describe_onnx, read_onnx
+        from rescompile.models.onnx_source import describe_onnx
+        from rescompile.readers import read_onnx
 
         info = describe_onnx(Path(spec.spec), require_residual=False)
         model = read_onnx(Path(spec.spec))
@@ -167,7 +168,7 @@ def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> onnx.Model
 
 
 def _settings(req: ValidateRequest, gates: Gates) -> ValidateSettings:
-    from rescompile.scale.cluster import ray_settings
+    from rescompile.config import ray_settings
     from rescompile.validate.latency import LatencySettings
     from rescompile.validate.run import ValidateSettings
 
@@ -219,9 +220,10 @@ def _reference_outputs(
     req: ValidateRequest, ref: _Reference, found: _Inputs, choice: DataChoice | None, gates: Gates, settings: ValidateSettings
 ) -> tuple[ValidationInputs, ReferenceOutputs, DataChoice]:
     """The inputs and the FP32 outputs: those a saved reference carries, or the reference run on the validation data."""
-    from rescompile.data.holdout import DataChoice, check_label_gates
+    from rescompile.data.holdout import DataChoice
     from rescompile.data.preprocess import check_matches, get_preset
     from rescompile.data.sources import DataSource, check_shape
+    from rescompile.validate.gates import check_label_gates
     from rescompile.validate.reference import ValidationInputs
     from rescompile.validate.run import compute_reference
 
@@ -281,11 +283,11 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     Raises:
         UsageError: bad input (exit 2); MissingDependency: TensorRT for a plan (exit 3).
     """
-    from rescompile.data.holdout import check_label_gates, validation_data
+    from rescompile.data.holdout import validation_data
     from rescompile.data.layout import check_layout
     from rescompile.runtime.cuda_libs import check_choice
     from rescompile.runtime.runners import load_onnx, open_runner
-    from rescompile.validate.gates import resolve_gates
+    from rescompile.validate.gates import check_label_gates, resolve_gates
     from rescompile.validate.notes import latency_notes
     from rescompile.validate.reference import save_reference
     from rescompile.validate.run import validate

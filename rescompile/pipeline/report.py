@@ -116,6 +116,6 @@ def write_report(folder: Path, report: Report, config: Mapping[str, Any] | None 
 
     ``config`` (a build's ``BuildConfig.to_dict()``) names why layers were kept in FP in report.html's block picture.
     """
-    from rescompile.validate.write import write_reports
+    from rescompile.report.write import write_reports
 
     return write_reports(folder, report, config=config)

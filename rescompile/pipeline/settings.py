@@ -10,11 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rescompile.config import BuildConfig, Gates
+from rescompile.config import BuildConfig, Gates, RaySettings
 from rescompile.engine.targets import Target
 from rescompile.errors import UsageError
 from rescompile.export import ExportConfig
-from rescompile.scale.cluster import RaySettings
 from rescompile.validate.gates import accuracy_gates, any_gate, check_thresholds
 from rescompile.validate.latency import LatencySettings
 from rescompile.validate.run import ValidateSettings

@@ -28,7 +28,7 @@ from rescompile.pipeline.settings import (
 )
 
 if TYPE_CHECKING:
-    from rescompile.calibrate.bias_correction import BiasCorrection
+    from rescompile.bias_correction import BiasCorrection
     from rescompile.calibrate.ranges import TensorRange
     from rescompile.calibrate.run import CalibrationRun
     from rescompile.data.holdout import DataChoice
@@ -112,7 +112,8 @@ def export(loaded: LoadedModel, cfg: ExportConfig) -> Exported:
 
         model, parity = export_onnx(loaded.module, loaded.input_shape, cfg)
         return Exported(model, parity.max_abs_error)
-    from rescompile.models.onnx_source import free_batch, read_onnx, upgrade_opset
+    from rescompile.models.onnx_source import free_batch, upgrade_opset
+    from rescompile.readers import read_onnx
 
     if loaded.onnx_path is None:
         raise ValueError(f"{loaded.name}: neither a module nor an ONNX file")
@@ -246,12 +247,12 @@ class Quantized:
 
 
 def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: str = "the INT8 graph") -> Quantized:
-    """``int8`` with its proof (:func:`rescompile.graph.verify.verify_int8`).
+    """``int8`` with its proof (:func:`rescompile.quantize.verify.verify_int8`).
 
     Raises:
         VerificationError: the INT8 graph breaks the placement rules (exit 1).
     """
-    from rescompile.graph.verify import verify_int8
+    from rescompile.quantize.verify import verify_int8
 
     proof = verify_int8(fp32, int8, plan)
     if not proof.ok:
@@ -309,8 +310,8 @@ def correct_biases(
     fp32: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated, pre: Preprocess, settings: TransformSettings
 ) -> BiasCorrected:
     """Empirical bias correction of ``quantized``, layer by layer on the calibration inputs
-    (:func:`rescompile.calibrate.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
-    from rescompile.calibrate.bias_correction import correct_biases as run
+    (:func:`rescompile.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
+    from rescompile.bias_correction import correct_biases as run
 
     batches = _calibration_batches(calibrated.source, pre, settings.batch_size)
     correction = run(fp32.model, quantized.plan, calibrated.ranges, batches)

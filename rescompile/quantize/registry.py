@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "PlacementPolicy",
     "all_policies",
+    "detect_policy",
     "get_policy",
     "parse_policy",
     "plan_qdq",
@@ -68,6 +69,14 @@ def register(policy: PlacementPolicy) -> PlacementPolicy:
         raise TypeError(f"{policy!r} does not implement PlacementPolicy")
     REGISTERED[policy.name] = policy
     return policy
+
+
+def detect_policy(int8: onnx.ModelProto) -> str:
+    """The first registered policy (the default last) whose ``detect`` recognises the graph's Q/DQ."""
+    from rescompile.graph.qdq import QdqView
+
+    view = QdqView(int8)
+    return next((p.name for p in all_policies() if p.name != DEFAULT_POLICY and p.detect(view)), DEFAULT_POLICY)
 
 
 def get_policy(name: str) -> PlacementPolicy:

@@ -24,7 +24,7 @@ def default_threads() -> int:
     process, before any runner changes it, and given explicitly to both PyTorch and ONNX Runtime, so a run's
     results never depend on which library picked the count (a float reduction's order follows the thread
     count: resnet50's logits differ by ~3e-5 between 1 and 2 threads). Ray shards get the driver's count
-    (rescompile.scale.ray_validate), which makes them bit-identical to one process.
+    (rescompile.validate.on_ray), which makes them bit-identical to one process.
     """
     if not _DEFAULT_THREADS:
         import os
@@ -85,7 +85,7 @@ class OnnxRuntimeRunner:
 
         self.threads = threads or default_threads()
         data = model if isinstance(model, str | bytes) else model.SerializeToString()
-        self.model_data = data  # rebuilds this runner elsewhere (a Ray task: rescompile.scale.ray_validate)
+        self.model_data = data  # rebuilds this runner elsewhere (a Ray task: rescompile.validate.on_ray)
         self.session = ort_session(data, optimize=True, threads=self.threads, inter_op_threads=1, optimized_path=optimized_path)
         first = self.session.get_inputs()[0]
         self.input_name = first.name
@@ -102,7 +102,7 @@ TENSORRT_SUFFIXES = (".plan", ".engine", ".trt")
 
 def load_onnx(path: Path) -> onnx.ModelProto:
     """Read an ONNX file or raise UsageError naming the problem (no PyTorch import on this path)."""
-    from rescompile.models.onnx_source import read_onnx
+    from rescompile.readers import read_onnx
 
     return read_onnx(Path(path))
 

@@ -122,7 +122,7 @@ class TaskGroup:
     Args:
         ray: the connected ``ray`` module (:func:`rescompile.scale.cluster.connect`).
         fn: a function of plain arguments (a pure function of them: a retry gives the same result).
-        settings: the :class:`~rescompile.scale.cluster.RaySettings`: ``retries`` is Ray's ``max_retries`` (attempts
+        settings: the :class:`~rescompile.config.RaySettings`: ``retries`` is Ray's ``max_retries`` (attempts
             after the first when the worker or node is lost); retried tasks are added to its ``retried`` record.
         num_cpus: CPUs each task asks for.
     """

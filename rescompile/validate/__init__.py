@@ -1,1 +1,1 @@
-"""Validation: accuracy and agreement against FP32, latency, gates, reports."""
+"""Validation: accuracy and agreement against FP32, latency, the gates and the typed Report (rendered by ``report/``)."""

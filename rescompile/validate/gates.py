@@ -37,6 +37,7 @@ from rescompile.errors import GateFailed, UsageError
 from rescompile.validate import stats
 
 if TYPE_CHECKING:
+    from rescompile.data.holdout import DataChoice
     from rescompile.engine.dla import DlaReport
     from rescompile.engine.layerinfo import FusionReport
     from rescompile.engine.tensorrt import EngineBuild
@@ -238,7 +239,7 @@ SPECS = (
     GateSpec("max_class_drop", "--max-class-drop", "<=", 0.0, 100.0, " points", ".2f", _worst_class, decide=_decide_classes),
 )
 ACCURACY_GATES = ("max_top1_drop", "min_agreement", "min_cosine", "max_class_drop")
-LABEL_GATES = ("max_top1_drop", "max_class_drop")  # need labelled validation data (rescompile.data.holdout.check_label_gates)
+LABEL_GATES = ("max_top1_drop", "max_class_drop")  # need labelled validation data (check_label_gates)
 GATE_OPTIONS = ("mode", "default_floor")  # how the gates are judged, not thresholds
 
 
@@ -276,6 +277,19 @@ def check_thresholds(gates: Gates) -> None:
     ):
         raise UsageError(f"the gates' latency batch must be a positive integer, got {short(gates.latency_batch)}")
     check_mode(gates)
+
+
+def check_label_gates(gates: Gates, choice: DataChoice) -> None:
+    """Raise UsageError (exit 2) when a gate that needs labels is set but the validation data has none."""
+    if choice.labelled:
+        return
+    for s in SPECS:
+        if s.field in LABEL_GATES and getattr(gates, s.field) is not None:
+            raise UsageError(
+                f"{s.flag} needs labelled validation data, but {choice.unlabelled_reason()}",
+                hint="pass --val with labels (an image folder with one subfolder per class, or a .npz with a 'labels' "
+                "array), or gate on --min-agreement / --min-cosine, which need no labels",
+            )
 
 
 def check_mode(gates: Gates) -> None:

@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from rescompile.config import RaySettings
 from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
-from rescompile.scale.cluster import RaySettings
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 from rescompile.validate.metrics import Accuracy, Agreement, ClassDelta, Metrics, compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
@@ -36,10 +36,10 @@ class ValidateSettings:
 def _sharded(
     runner: Runner, inputs: ValidationInputs, settings: ValidateSettings, label: str, keep_inputs: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None] | None:
-    """Outputs over shards on Ray (rescompile.scale.ray_validate) when ``settings.ray`` is set and the runner can go there."""
+    """Outputs over shards on Ray (rescompile.validate.on_ray) when ``settings.ray`` is set and the runner can go there."""
     if settings.ray is None:
         return None
-    from rescompile.scale.ray_validate import outputs_on_ray
+    from rescompile.validate.on_ray import outputs_on_ray
 
     with progress(f"{label} on {settings.ray.where()}", inputs.count, settings.progress) as advance:
         return outputs_on_ray(runner, inputs, settings.ray, settings.batch_size, keep_inputs=keep_inputs, on_batch=advance)
@@ -219,7 +219,7 @@ def validate(
     other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
     timed, ray = None, settings.ray
     if ray is not None:
-        from rescompile.scale.ray_validate import latency_on_ray
+        from rescompile.validate.on_ray import latency_on_ray
 
         timed = latency_on_ray(candidate, baseline, sample, settings.latency, ray, other)
     if timed is None or ray is None:

@@ -49,11 +49,11 @@ def test_two_builds_are_byte_identical_but_for_measured_times(demo_build: DemoBu
     first, out = demo_build.folder, demo_build.out  # the same --out as the first build: the recorded config is the same too
     code, text = cli("build", *demo_build.args)
     assert code == 0, text
-    from rescompile.validate.html import render_html
-    from rescompile.validate.junit import render_junit
-    from rescompile.validate.report import render_markdown
+    from rescompile.report.html import render_html
+    from rescompile.report.junit import render_junit
+    from rescompile.report.markdown import render_markdown
+    from rescompile.report.write import fallback_layers, read_block_picture, recorded_build
     from rescompile.validate.results import Report
-    from rescompile.validate.write import fallback_layers, read_block_picture, recorded_build
 
     a, b = json.loads((first / REPORT_JSON).read_text()), json.loads((out / REPORT_JSON).read_text())
     assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} <= set(MEASURED_REPORT)

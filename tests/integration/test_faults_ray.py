@@ -29,14 +29,16 @@ ray = pytest.importorskip("ray")
 
 from ray import cloudpickle  # noqa: E402
 
+from rescompile.calibrate import on_ray as ray_calibrate  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
+from rescompile.config import RaySettings  # noqa: E402
 from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
 from rescompile.quantize import plan_qdq  # noqa: E402
-from rescompile.scale import ray_calibrate, ray_validate, sweep  # noqa: E402
-from rescompile.scale.cluster import RaySettings  # noqa: E402
+from rescompile.sweep import grid as sweep  # noqa: E402
+from rescompile.validate import on_ray as ray_validate  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()

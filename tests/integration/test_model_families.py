@@ -11,9 +11,9 @@ import torchvision
 
 from rescompile.export import ExportConfig, export_onnx, run_onnx, run_torch
 from rescompile.graph.topology import find_residual_blocks
-from rescompile.graph.verify import verify_int8
 from rescompile.models.resnet_cifar import DEPTHS, cifar_resnet
 from rescompile.quantize import Policy
+from rescompile.quantize.verify import verify_int8
 from rescompile.simplify import fold_batchnorm
 from tests.models import (
     BASIC,

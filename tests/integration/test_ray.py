@@ -15,12 +15,11 @@ ray = pytest.importorskip("ray")
 from rescompile.calibrate.ranges import METHODS, calibration_result  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
-from rescompile.config import Gates  # noqa: E402
+from rescompile.config import Gates, RaySettings  # noqa: E402
 from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
 from rescompile.quantize import plan_qdq  # noqa: E402
-from rescompile.scale.cluster import RaySettings  # noqa: E402
 from tests.builds import LATENCY_RUNS  # noqa: E402
 
 runner = CliRunner()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rescompile.validate.blocks_svg import INT8, QDQ
+from rescompile.report.blocks_svg import INT8, QDQ
 from tests.tools import CHROMIUM, require
 
 

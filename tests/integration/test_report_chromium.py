@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from rescompile.validate.html import render_html
+from rescompile.report.html import render_html
 from rescompile.validate.results import Report
 from tests import reports
 from tests.tools import CHROMIUM, require

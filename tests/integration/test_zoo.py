@@ -157,7 +157,7 @@ def test_cli_build_refuses_an_unsupported_op_with_exit_2(zoo_onnx, tmp_path) -> 
 
 def test_main_branch_qdq_in_mobilenet_v2_fails_the_proof(zoo_onnx) -> None:  # type: ignore[no-untyped-def]
     """The relaxed R4 still rejects a Q/DQ on the main-branch Conv -> residual Add edge."""
-    from rescompile.graph.verify import verify_int8
+    from rescompile.quantize.verify import verify_int8
     from tests.models import add_qdq
 
     fp32 = zoo_onnx("mobilenet_v2")

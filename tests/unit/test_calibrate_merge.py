@@ -10,9 +10,10 @@ from rescompile.calibrate.cache import stats_to_bytes
 from rescompile.calibrate.collect import TensorStats, collect_stats
 from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.calibrate.ranges import METHODS, calibration_result
+from rescompile.config import ray_settings
 from rescompile.errors import UsageError
 from rescompile.quantize import plan_qdq
-from rescompile.scale.cluster import ray_settings, shard_bounds
+from rescompile.scale.cluster import shard_bounds
 
 
 def _data() -> np.ndarray:
@@ -104,8 +105,9 @@ def test_without_ray_the_ray_flags_exit_3_naming_the_extra(
     from typer.testing import CliRunner
 
     from rescompile.cli import app
+    from rescompile.config import RaySettings
     from rescompile.errors import MissingDependency
-    from rescompile.scale.cluster import RaySettings, connect
+    from rescompile.scale.cluster import connect
 
     monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if Ray were not installed: `import ray` fails
     with pytest.raises(MissingDependency) as err:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from rescompile.calibrate.bias_correction import channel_means, correct_biases
+from rescompile.bias_correction import channel_means, correct_biases
 from rescompile.calibrate.collect import with_outputs
 from rescompile.calibrate.ranges import TensorRange
 from rescompile.equalize import EqualizeConfig, equalize_model
@@ -268,7 +268,7 @@ def test_the_flags_are_recorded_in_the_config_only_when_on() -> None:
 
 def test_a_sweep_grid_takes_the_flags(tmp_path) -> None:
     from rescompile.errors import UsageError
-    from rescompile.scale.sweep import load_sweep
+    from rescompile.sweep.grid import load_sweep
 
     spec = tmp_path / "sweep.yaml"
     spec.write_text("grid:\n  equalize: [false, true]\n  bias_correction: [true]\n")

@@ -15,7 +15,6 @@ from onnx import numpy_helper
 from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.config import Gates
 from rescompile.errors import UsageError
-from rescompile.graph.verify import verify_int8
 from rescompile.pipeline.fallback import (
     NEAR_BEST,
     RankScore,
@@ -31,6 +30,7 @@ from rescompile.pipeline.fallback import (
 )
 from rescompile.pipeline.settings import FallbackSettings
 from rescompile.quantize import Policy, insert_qdq, plan_qdq
+from rescompile.quantize.verify import verify_int8
 from rescompile.readers import from_mapping
 from rescompile.runtime.runners import OnnxRuntimeRunner
 from rescompile.validate.layerwise import keep_fp_pattern

@@ -10,11 +10,11 @@ import pytest
 
 from rescompile.config import Gates
 from rescompile.errors import UsageError
+from rescompile.report.junit import render_junit
+from rescompile.report.markdown import gate_rows
 from rescompile.validate import stats
 from rescompile.validate.gates import FLOOR, Verdict, evaluate_gates, floor_applies, load_gates, merge_gates
-from rescompile.validate.junit import render_junit
 from rescompile.validate.metrics import compare_outputs
-from rescompile.validate.report import gate_rows
 from rescompile.validate.run import Measurement
 
 
@@ -142,7 +142,7 @@ def test_class_gate_without_labels_fails_and_says_why():
 
 
 def test_class_gate_needs_labels_before_any_work():
-    from rescompile.data.holdout import check_label_gates
+    from rescompile.validate.gates import check_label_gates
 
     class Unlabelled:
         labelled = False

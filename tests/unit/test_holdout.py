@@ -11,11 +11,11 @@ from rescompile.config import Gates
 from rescompile.data.holdout import (
     MAX_HELD_OUT,
     SPLIT_MIN_SAMPLES,
-    check_label_gates,
     choose_data,
     held_out_count,
 )
 from rescompile.errors import UsageError
+from rescompile.validate.gates import check_label_gates
 
 
 def rows(src) -> np.ndarray:  # type: ignore[no-untyped-def]

@@ -172,7 +172,7 @@ def test_deploy_judges_with_the_build_gate_path(measured):
     """deploy.json's report goes through the same judge(): the same gate name gives the same result and message
     as the build's (the fusion gate included), recorded in deploy.json, deploy.md and the GateFailed it raises."""
     from rescompile.deploy.device import DeployReport, DeployResult, render_deploy_md
-    from rescompile.validate.junit import render_junit
+    from rescompile.report.junit import render_junit
 
     doc = load(PUBLISHED[0])
     doc["Layers"][3]["Inputs"][1]["Format/Datatype"] = "Row major linear FP32"

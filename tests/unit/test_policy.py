@@ -11,9 +11,9 @@ import pytest
 from rescompile.errors import UsageError
 from rescompile.export import run_onnx
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, QuantPlan, plan_qdq
 from rescompile.quantize.registry import parse_policy
+from rescompile.quantize.verify import verify_int8
 from tests.models import assert_policy_places_qdq, ort_optimized, quantize, simplified
 
 POLICIES = [Policy.TENSORRT, Policy.ONNXRUNTIME]

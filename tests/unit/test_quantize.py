@@ -4,9 +4,9 @@ import pytest
 
 from rescompile.calibrate import collect_stats, compute_ranges
 from rescompile.export import run_onnx
-from rescompile.graph.verify import verify_int8
 from rescompile.quantize import Policy, insert_qdq, plan_qdq
 from rescompile.quantize.insert import quantize_weight
+from rescompile.quantize.verify import verify_int8
 
 
 @pytest.fixture(scope="module")

@@ -24,10 +24,10 @@ from rescompile.export import ExportConfig, export_onnx
 from rescompile.graph.topology import find_residual_blocks
 from rescompile.models import load_model
 from rescompile.quantize import insert_qdq, plan_qdq
+from rescompile.report.blocks import BlockPicture, block_label, describe_blocks, engine_layers, kept_reasons
+from rescompile.report.blocks_svg import KEPT, blocks_section
+from rescompile.report.write import read_block_picture
 from rescompile.simplify import simplify
-from rescompile.validate.blocks import BlockPicture, block_label, describe_blocks, engine_layers, kept_reasons
-from rescompile.validate.blocks_svg import KEPT, blocks_section
-from rescompile.validate.write import read_block_picture
 from tests import zoo
 from tests.layerinfo_fixtures import FIXTURES, PUBLISHED, load
 
@@ -360,7 +360,7 @@ def test_node_names_are_escaped(demo):
 
 
 def test_layers_changed_by_equalize_and_bias_correction_carry_their_marks(demo):
-    from rescompile.validate.blocks import stage_changes
+    from rescompile.report.blocks import stage_changes
 
     int8, plan = demo["tensorrt"]
     convs = [n.name for n in int8.graph.node if n.op_type == "Conv"]

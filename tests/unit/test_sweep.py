@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from rescompile.errors import UsageError
-from rescompile.scale.sweep import config_key, load_sweep
-from rescompile.scale.sweep_report import accuracy_axis, markdown, pareto, summary, svg_plot
+from rescompile.sweep.grid import config_key, load_sweep
+from rescompile.sweep.summary import accuracy_axis, markdown, pareto, summary, svg_plot
 
 
 def test_grid_is_the_product_with_stable_keys_and_folders(tmp_path: Path) -> None:
@@ -63,7 +63,7 @@ def test_pareto_front_keeps_builds_nobody_beats_on_both_axes() -> None:
 
 def test_a_point_records_the_typed_reports_numbers():
     """What a sweep records of a build (or of a build whose gates failed: ``GateFailed.result``) is read from the typed Report."""
-    from rescompile.scale.sweep import _metrics
+    from rescompile.sweep.grid import _metrics
     from rescompile.validate.latency import Latency
     from rescompile.validate.metrics import Accuracy, Agreement, TopK
     from rescompile.validate.results import ModelSection, Report

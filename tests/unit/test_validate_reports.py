@@ -12,14 +12,14 @@ import pytest
 
 from rescompile.errors import UsageError
 from rescompile.quantize import Policy
-from rescompile.validate.compare import REGRESSED, Tolerances, compare_reports, load_report
-from rescompile.validate.html import SECTIONS, render_html
-from rescompile.validate.junit import render_junit
+from rescompile.report.compare import REGRESSED, Tolerances, compare_reports, load_report
+from rescompile.report.html import SECTIONS, render_html
+from rescompile.report.junit import render_junit
+from rescompile.report.markdown import render_markdown
+from rescompile.report.write import REPORT_FILES, write_reports
 from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes, signed_activation_quantizers
-from rescompile.validate.report import render_markdown
 from rescompile.validate.results import Report
 from rescompile.validate.schema import SCHEMA_PATH, schema_errors
-from rescompile.validate.write import REPORT_FILES, write_reports
 from tests import reports
 
 jsonschema = pytest.importorskip("jsonschema")

@@ -8,8 +8,8 @@ import pytest
 from onnx import numpy_helper
 
 from rescompile.graph.index import GraphIndex, node_name
-from rescompile.graph.verify import detect_policy, verify_int8
 from rescompile.quantize import Policy
+from rescompile.quantize.verify import detect_policy, verify_int8
 from tests.models import add_qdq, copy_model, find_node, quantize
 
 

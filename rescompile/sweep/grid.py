@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rescompile.buildfolder import FAILED_SUFFIX
-from rescompile.config import OFF_UNLESS_ASKED, BuildConfig, Gates
+from rescompile.config import OFF_UNLESS_ASKED, BuildConfig, Gates, RaySettings
 from rescompile.errors import UsageError, WorkerLost
-from rescompile.scale.cluster import RaySettings, connect
+from rescompile.scale.cluster import connect
 from rescompile.scale.tasks import TaskGroup
 
 if TYPE_CHECKING:

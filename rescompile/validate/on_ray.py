@@ -8,7 +8,7 @@ computed once on the driver from the same arrays: identical to the single-proces
 
 Latency is not sharded: one Ray task, alone (the shards have finished, and it asks for every CPU
 of a node), times the baseline and the candidate; the report's ``scale`` section says on which
-host and worker. Data travels as in :mod:`rescompile.scale.ray_calibrate` (object store for
+host and worker. Data travels as in :mod:`rescompile.calibrate.on_ray` (object store for
 in-memory arrays, paths for image folders and ``.npy`` files: a file system every node sees).
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, node_cpus, node_label, shard_bounds
+from rescompile.config import RaySettings
+from rescompile.scale.cluster import cluster_cpus, connect, node_cpus, node_label, shard_bounds
 from rescompile.scale.tasks import TaskGroup
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 

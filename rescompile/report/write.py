@@ -26,12 +26,12 @@ from rescompile.buildfolder import (
     REPORT_MD,
 )
 from rescompile.io import write_json, write_text_atomic
-from rescompile.validate.html import render_html
-from rescompile.validate.junit import render_junit
-from rescompile.validate.report import render_markdown
+from rescompile.report.html import render_html
+from rescompile.report.junit import render_junit
+from rescompile.report.markdown import render_markdown
 
 if TYPE_CHECKING:
-    from rescompile.validate.blocks import BlockPicture
+    from rescompile.report.blocks import BlockPicture
     from rescompile.validate.results import Report
 
 __all__ = ["REPORT_FILES", "fallback_layers", "read_block_picture", "recorded_build", "write_reports"]
@@ -75,7 +75,7 @@ def read_block_picture(
     import onnx
     from google.protobuf.message import DecodeError
 
-    from rescompile.validate.blocks import describe_blocks, engine_layers, kept_reasons, stage_changes
+    from rescompile.report.blocks import describe_blocks, engine_layers, kept_reasons, stage_changes
 
     src = _build_folder(Path(folder), recorded)
     if src is None:

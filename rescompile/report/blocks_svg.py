@@ -17,7 +17,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # drawing needs only the records' fields: the page renders without onnx imported
-    from rescompile.validate.blocks import Block, BlockPicture, Mark, Op
+    from rescompile.report.blocks import Block, BlockPicture, Mark, Op
 
 FONT = "font-family:system-ui,sans-serif;font-size:10px"
 INT8, FLOAT, KEPT, QDQ, FUSE, EDGE = "#4e79a7", "#e9e9e9", "#f28e2b", "#8e44ad", "#2e8b3a", "#555"

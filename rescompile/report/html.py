@@ -2,7 +2,7 @@
 
 Sections (each an element id): ``summary``, ``gates``, ``blocks``, ``latency``, ``per-class``,
 ``layerwise``, ``fallback``, ``details``. Plots: the residual blocks (where each Q/DQ sits and
-why, what fuses, what stays in FP: ``validate/blocks_svg.py``), latency distribution of the FP32
+why, what fuses, what stays in FP: ``report/blocks_svg.py``), latency distribution of the FP32
 baseline and the candidate per batch size, per-class accuracy delta, per-layer error.
 """
 
@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from rescompile.validate.blocks_svg import blocks_section
+from rescompile.report.blocks_svg import blocks_section
+from rescompile.report.markdown import AXIS_NAMES, class_label, fallback_rows, fallback_summary
+from rescompile.report.svg import diverging_bars, histogram_overlay, layer_bars, pareto_scatter
 from rescompile.validate.metrics import drop_text, interval_rows
-from rescompile.validate.report import AXIS_NAMES, class_label, fallback_rows, fallback_summary
 from rescompile.validate.results import section_dict
 from rescompile.validate.schema import REPORT_SCHEMA
-from rescompile.validate.svg import diverging_bars, histogram_overlay, layer_bars, pareto_scatter
 
 if TYPE_CHECKING:
-    from rescompile.validate.blocks import BlockPicture
+    from rescompile.report.blocks import BlockPicture
     from rescompile.validate.latency import Latency
     from rescompile.validate.results import Report
 
@@ -279,7 +279,7 @@ def render_html(report: Report, blocks: BlockPicture | None = None) -> str:
 
     Args:
         report: the report.
-        blocks: the build's residual blocks (``validate/blocks.py``); None: the section says it has none.
+        blocks: the build's residual blocks (``report/blocks.py``); None: the section says it has none.
     """
     passed = report.all_passed
     title = f"rescompile: {report.model.name} {report.candidate}"

@@ -27,9 +27,10 @@ from rescompile.calibrate.collect import (
     collect_stats,
 )
 from rescompile.calibrate.merge import merge_stats, merge_tensor
+from rescompile.config import RaySettings
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource, take
-from rescompile.scale.cluster import RaySettings, cluster_cpus, connect, shard_bounds
+from rescompile.scale.cluster import cluster_cpus, connect, shard_bounds
 from rescompile.scale.tasks import TaskGroup
 
 
