@@ -10,8 +10,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from rescompile.equalize import channel_maxima, equalize_model
 from rescompile.graph.equalize import equalize, find_affine_pairs, scale_input_channels
+from rescompile.report.blocks import stage_changes
 from rescompile.runtime.sessions import ort_session
-from rescompile.validate.blocks import stage_changes
 
 C = 8
 
