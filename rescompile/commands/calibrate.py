@@ -139,7 +139,7 @@ def calibrate(
 def _collect(
     model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_opts: o.PreprocessOptions, quiet: bool, scale: Any = None
 ) -> tuple[Any, bytes, str]:
-    from rescompile.calibrate.collect import activation_tensors
+    from rescompile.calibrate.collect import CollectSettings, activation_tensors
     from rescompile.calibrate.run import calibrate as run_calibration
     from rescompile.data.layout import data_layout
     from rescompile.data.preprocess import load_recipe, resolve_preprocess
@@ -189,8 +189,7 @@ def _collect(
             pre,
             method=how.method,
             percentile=how.percentile,
-            batch_size=data.batch_size,
-            threads=how.threads,
+            collect=CollectSettings(batch_size=data.batch_size, threads=how.threads),
             on_batch=advance,
             ray=scale,
         )

@@ -211,6 +211,7 @@ def calibrate(
 ) -> Calibrated:
     """Ranges of the plan's tensors on ``source``; ``previous``: a build folder whose ranges/statistics are reused
     when their key (model, data, preprocessing) matches."""
+    from rescompile.calibrate.collect import CollectSettings
     from rescompile.calibrate.run import calibrate as run_calibrate
     from rescompile.progress import progress
 
@@ -222,8 +223,7 @@ def calibrate(
             pre,
             method=settings.method,
             percentile=settings.percentile,
-            batch_size=settings.batch_size,
-            threads=settings.threads,
+            collect=CollectSettings(batch_size=settings.batch_size, threads=settings.threads),
             previous=previous,
             on_batch=advance,
             ray=settings.ray,

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from rescompile.calibrate.cache import stats_to_bytes
-from rescompile.calibrate.collect import TensorStats, collect_stats
+from rescompile.calibrate.collect import CollectSettings, TensorStats, collect_stats
 from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.calibrate.ranges import METHODS, calibration_result
 from rescompile.errors import UsageError
@@ -26,7 +26,7 @@ def _collect(
     model: onnx.ModelProto, tensors: list[str], x: np.ndarray, batch: int, budget: int, start: int = 0, sample: int | None = 16
 ) -> dict[str, TensorStats]:
     batches = (x[i : i + batch] for i in range(0, len(x), batch))
-    return collect_stats(model, tensors, batches, sample=sample, memory_budget=budget, start=start, threads=1)
+    return collect_stats(model, tensors, batches, CollectSettings(threads=1, memory_budget=budget, sample=sample), start=start)
 
 
 @pytest.mark.parametrize("sample", [16, None])
