@@ -29,7 +29,7 @@ def export(
     from rescompile.io import save_onnx
     from rescompile.models import load_model
 
-    loaded = load_model(model, **loading.load_kwargs())
+    loaded = load_model(model, **loading.spec(model).load_kwargs())
     if loaded.module is None:
         raise UsageError(f"{model} is already ONNX; nothing to export")
     settings = ExportConfig(opset=onnx_export.opset, exporter=onnx_export.exporter)

@@ -228,7 +228,7 @@ grid:
 
     cfg = json.loads((built / "manifest.json").read_text())["config"]
     build(
-        BuildConfig(
+        BuildConfig.from_flat(
             **{
                 **cfg,
                 "out": tmp_path / "b",

@@ -89,10 +89,11 @@ def test_ray_settings_from_flags() -> None:
             ray_settings(*bad)
     from rescompile.config import BuildConfig
 
-    assert BuildConfig().ray_settings() is None and BuildConfig(ray=True).ray_settings().address is None  # type: ignore[union-attr]
+    assert BuildConfig().ray is None and BuildConfig.from_flat(ray=True).ray.address is None  # type: ignore[union-attr]
+    assert BuildConfig.from_flat(ray=True).replace(ray_shards=3).ray == ray_settings(True, None, 3)  # flat keys on top of a group
     with pytest.raises(UsageError, match="--shards needs --ray"):
-        BuildConfig(ray_shards=2).ray_settings()
-    assert "ray" not in BuildConfig(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
+        BuildConfig.from_flat(ray_shards=2)
+    assert "ray" not in BuildConfig.from_flat(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
 
 
 def test_without_ray_the_ray_flags_exit_3_naming_the_extra(
