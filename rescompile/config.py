@@ -266,7 +266,7 @@ class BuildConfig:
         ray = {k: values.pop(k) for k in RAY_KEYS if k in values and not (k == "ray" and _is_ray_group(values[k]))}
         for key, value in values.items():
             current = getattr(self, key, None)
-            if is_dataclass(current) and isinstance(value, type(current)) or key == "ray":
+            if key == "ray" or (is_dataclass(current) and isinstance(value, type(current))):
                 groups[key] = value  # a whole group
             elif key in FLAT:
                 group, name = FLAT[key]
