@@ -86,7 +86,7 @@ def job_plain(a: dict[str, Any]) -> dict[str, Any]:
 def job_ours(a: dict[str, Any]) -> dict[str, Any]:
     import onnx
 
-    from rescompile.calibrate.collect import DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE
+    from rescompile.calibrate.collect import DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, CollectSettings
     from rescompile.calibrate.run import calibrate
     from rescompile.quantize import plan_qdq
 
@@ -101,9 +101,9 @@ def job_ours(a: dict[str, Any]) -> dict[str, Any]:
         src,
         pre,
         method=a["method"],
-        batch_size=BATCH,
-        sample=a.get("sample", DEFAULT_SAMPLE),
-        memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20,
+        collect=CollectSettings(
+            batch_size=BATCH, memory_budget=a.get("budget_mb", DEFAULT_MEMORY_BUDGET >> 20) << 20, sample=a.get("sample", DEFAULT_SAMPLE)
+        ),
     )
     total = time.perf_counter() - t0
     # Switching method afterwards: ranges from the same statistics, no model run.

@@ -91,7 +91,7 @@ def main() -> None:
         for policy in policies:
             for name, flags in VARIANTS.items():
                 t0 = time.perf_counter()
-                cfg = BuildConfig(
+                cfg = BuildConfig.from_flat(
                     model=str(path),
                     preset="fashion-mnist",
                     calib="demo-calib",

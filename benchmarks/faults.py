@@ -57,6 +57,7 @@ def main() -> None:
     from scale import _model
 
     from rescompile.calibrate import on_ray as ray_calibrate
+    from rescompile.calibrate.collect import CollectSettings
     from rescompile.calibrate.run import calibrate
     from rescompile.config import RaySettings
     from rescompile.data.preprocess import PRESETS
@@ -72,7 +73,7 @@ def main() -> None:
         np.save(path, np.random.default_rng(1).integers(0, 256, (args.calib, 3, 224, 224), dtype=np.uint8))
         src = open_source(path)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        kw: dict[str, Any] = {"method": "auto", "batch_size": args.batch_size}
+        kw: dict[str, Any] = {"method": "auto", "collect": CollectSettings(batch_size=args.batch_size)}
 
         t0 = time.perf_counter()
         clean = calibrate(simp, plan.calibrated_tensors, src, pre, ray=RaySettings(shards=2, threads=1), **kw)

@@ -69,6 +69,7 @@ def main() -> None:
 
     import ray
 
+    from rescompile.calibrate.collect import CollectSettings
     from rescompile.calibrate.merge import merge_stats
     from rescompile.calibrate.ranges import calibration_result
     from rescompile.calibrate.run import calibrate
@@ -99,10 +100,10 @@ def main() -> None:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         out["ray_start_s"] = round(time.perf_counter() - t0, 2)
         scale = RaySettings(shards=2, threads=1)
-        kw: dict[str, Any] = {"method": "auto", "batch_size": args.batch_size}
+        kw: dict[str, Any] = {"method": "auto", "collect": CollectSettings(batch_size=args.batch_size)}
 
         t0 = time.perf_counter()
-        one = calibrate(simp, plan.calibrated_tensors, calib_src, pre, threads=2, **kw)
+        one = calibrate(simp, plan.calibrated_tensors, calib_src, pre, method="auto", collect=CollectSettings(args.batch_size, threads=2))
         out["calib_one_process_s"] = round(time.perf_counter() - t0, 2)
         t0 = time.perf_counter()
         sharded = calibrate(simp, plan.calibrated_tensors, calib_src, pre, ray=scale, **kw)

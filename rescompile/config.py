@@ -1,14 +1,16 @@
-"""Typed build configuration: every user choice in one frozen value, recorded in the manifest.
+"""Typed build configuration: every user choice, one frozen settings value per option group, recorded in the manifest.
 
-The pipeline splits it into each stage's own settings (:mod:`rescompile.pipeline.settings`); no stage,
-the validator or the gates read the whole of it. The small values it is made of live here too (``Gates``,
-``RaySettings``: where shards run), so the layers below the pipeline can take them without importing what runs them.
+Each option group of the CLI (:mod:`rescompile.commands.options`) returns one of the settings below, and
+:class:`BuildConfig` nests them; a stage takes its own (:mod:`rescompile.pipeline.settings`), never the whole.
+The manifest, a sweep's grid and ``rescompile.build(**kwargs)`` name the settings by their flat keys
+(``calib_method``, ``latency_batches``, ...): :data:`FLAT` maps each to its place, once.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import replace as _replace
 from pathlib import Path
 from typing import Any
 
@@ -96,79 +98,275 @@ def ray_settings(use_ray: bool, address: str | None, shards: int | None = None) 
 
 
 OFF_UNLESS_ASKED = ("equalize", "bias_correction")
+MIN_RUNS = 3  # timed latency runs at least (a percentile of fewer is noise)
 
 
 @dataclass(frozen=True)
-class BuildConfig:
-    model: str = "demo"
+class ModelSpec:
+    """Which model to load and how (:func:`rescompile.models.load_model`)."""
+
+    spec: str = "demo"
     weights: Path | None = None
     num_classes: int | None = None
     in_channels: int | None = None
     input_size: int | None = None
     trust_checkpoint: bool = False
-    out: Path | None = None  # default build/<model name>
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``load_model`` besides the spec."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spec"}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """PyTorch -> ONNX export (:func:`rescompile.export.export_onnx`)."""
+
+    opset: int = 17
+    exporter: str = "torchscript"  # "torchscript" (fast) or "dynamo" (torch.export based)
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    parity_batch: int = 4
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the calibration and validation data come from (:func:`rescompile.data.holdout.choose_data`)."""
+
     calib: str = "demo-calib"
     val: str | None = None  # None: demo-val for the demo model, else a held-out split of calib (rescompile.data.holdout)
     calib_size: int | None = None
     val_size: int | None = None
     layout: str = "nchw"
-    preset: str | None = None  # default: the model's own preset
-    calib_method: str = "max"  # max | percentile | entropy | mse | auto
-    percentile: float = 99.99  # for calib_method percentile (and auto's percentile candidate)
+    seed: int = 0  # the held-out split's, the subsets' and auto-fallback's ranking/gate split's
+
+
+@dataclass(frozen=True)
+class PreprocessSettings:
+    """The preprocessing asked for: a preset, a YAML recipe, then custom values (docs/inputs.md)."""
+
     recipe: Path | None = None  # YAML preprocessing recipe (preset, size, resize, mean, std, channels, ...)
-    pre_size: int | None = None  # custom preprocessing: final (crop) size [default: the model's input]
-    resize: int | None = None  # custom preprocessing: shorter side before the center crop
+    preset: str | None = None  # default: the model's own preset
+    size: int | None = None  # final (crop) size [default: the model's input]
+    resize: int | None = None  # shorter side before the center crop
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    pre_channels: int | None = None  # 1 grayscale, 3 colour [default: the model's input]
+    channels: int | None = None  # 1 grayscale, 3 colour [default: the model's input]
     channel_order: str | None = None  # rgb | bgr
+
+
+@dataclass(frozen=True)
+class CalibrateSettings:
+    """The calibration method (:func:`rescompile.calibrate.ranges.calibration_result`)."""
+
+    method: str = "max"  # max | percentile | entropy | mse | auto
+    percentile: float = 99.99  # for method percentile (and auto's percentile candidate)
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Placement: the policy (``auto``: the backend's) and the layers kept in floating point."""
+
     policy: str = "tensorrt"
-    backend: str = "onnxruntime"  # onnxruntime | tensorrt (adds the engine stage)
-    target: str = "gpu"  # TensorRT target profile (rescompile.engine.targets); used with backend "tensorrt"
     keep_fp: tuple[str, ...] = ()
     keep_first_last: bool = False
-    opset: int = 17
-    exporter: str = "torchscript"
-    batch_size: int = 64
-    latency_batches: tuple[int, ...] = (1, 32)
-    latency_runs: int | None = None  # exactly this many timed runs per batch size [default: a time budget, see latency.py]
-    latency_warmup: int = 5
-    latency_budget_s: float | None = None  # seconds per batch size and runner, warm-up included, instead of the default
-    layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
-    auto_fallback: int = 0  # keep up to N units in FP until the accuracy gates pass (0 = off; docs/fallback.md)
-    fallback_unit: str = "auto"  # auto | layer | block: what one fallback step keeps in FP
-    fallback_rank_samples: int = 300  # the ranking subset: samples of the ranking split where INT8 differs most
-    equalize: bool = False  # cross-layer equalization + bias absorption before planning (docs/equalize.md)
-    bias_correction: bool = False  # correct each quantized layer's mean output shift on calibration data (docs/equalize.md)
-    save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz
-    threads: int | None = None
-    seed: int = 0
-    gates: Gates = field(default_factory=Gates)
-    progress: bool = False
-    # Where the work runs, not what is built: left out of to_dict (the manifest and a sweep's config key).
-    ray: bool = False  # calibration and validation shards on a local Ray started in-process
-    ray_address: str | None = None  # ... or on the Ray cluster at this address
-    ray_shards: int | None = None  # shards per data set (default: one per CPU of the cluster)
 
-    def ray_settings(self) -> RaySettings | None:
-        """The :class:`RaySettings` of ``ray``/``ray_address``/``ray_shards``, or None."""
-        if not self.ray and self.ray_address is None and self.ray_shards is None:
-            return None
-        return ray_settings(self.ray, self.ray_address, self.ray_shards)
+
+@dataclass(frozen=True)
+class TransformSettings:
+    """Function-preserving rewrites of the float model and the INT8 one's bias correction (docs/equalize.md)."""
+
+    equalize: bool = False  # cross-layer equalization + bias absorption before planning
+    bias_correction: bool = False  # correct each quantized layer's mean output shift on calibration data
+
+
+@dataclass(frozen=True)
+class AutoFallback:
+    """Auto-fallback (docs/fallback.md): keep up to ``limit`` units in FP until the accuracy gates pass (0: off)."""
+
+    limit: int = 0
+    unit: str = "auto"  # auto | layer | block: what one step keeps in FP
+    rank_samples: int = 300  # the ranking subset: samples of the ranking split where INT8 differs most
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How latency is measured: ``warmup`` untimed calls, then timed calls by :attr:`mode` (:mod:`rescompile.validate.latency`)."""
+
+    batches: tuple[int, ...] = (1, 32)
+    warmup: int = 5
+    runs: int | None = None  # explicit: exactly this many timed runs per batch size and runner
+    budget_s: float | None = None  # explicit: seconds per batch size and runner, warm-up included
+    brief: bool = False  # auto only: the smallest batch size, one warm-up, MIN_RUNS runs
+    required: tuple[int, ...] = ()  # batch sizes timed whatever the budget (a latency gate reads them)
+
+    @property
+    def mode(self) -> str:
+        return "runs" if self.runs is not None else "budget" if self.budget_s is not None else "auto"
+
+    def check(self) -> None:
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise UsageError(f"latency batch sizes must be >= 1, got {list(self.batches)}")
+        if self.warmup < 0:
+            raise UsageError(f"warm-up runs must be >= 0, got {self.warmup}")
+        if self.runs is not None and self.runs < MIN_RUNS:
+            raise UsageError(f"timed runs must be >= {MIN_RUNS}, got {self.runs}")
+        if self.budget_s is not None and not self.budget_s > 0:
+            raise UsageError(f"the latency time budget must be > 0 seconds, got {self.budget_s}")
+        if self.runs is not None and self.budget_s is not None:
+            raise UsageError("give --latency-runs or --latency-budget, not both")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """What runs the INT8 model: ``onnxruntime``, or ``tensorrt`` (adds the engine stage for ``target``)."""
+
+    backend: str = "onnxruntime"
+    target: str = "gpu"  # TensorRT target profile (rescompile.engine.targets); used with backend "tensorrt"
+
+
+# Each flat key of the manifest, a sweep's grid and ``rescompile.build(**kwargs)``: (group of BuildConfig, its field);
+# group "" is a field of BuildConfig itself. The order is the manifest's (written with sorted keys anyway).
+FLAT: dict[str, tuple[str, str]] = {
+    "model": ("model", "spec"),
+    "weights": ("model", "weights"),
+    "num_classes": ("model", "num_classes"),
+    "in_channels": ("model", "in_channels"),
+    "input_size": ("model", "input_size"),
+    "trust_checkpoint": ("model", "trust_checkpoint"),
+    "out": ("", "out"),
+    "calib": ("data", "calib"),
+    "val": ("data", "val"),
+    "calib_size": ("data", "calib_size"),
+    "val_size": ("data", "val_size"),
+    "layout": ("data", "layout"),
+    "preset": ("pre", "preset"),
+    "calib_method": ("calibrate", "method"),
+    "percentile": ("calibrate", "percentile"),
+    "recipe": ("pre", "recipe"),
+    "pre_size": ("pre", "size"),
+    "resize": ("pre", "resize"),
+    "mean": ("pre", "mean"),
+    "std": ("pre", "std"),
+    "pre_channels": ("pre", "channels"),
+    "channel_order": ("pre", "channel_order"),
+    "policy": ("plan", "policy"),
+    "backend": ("backend", "backend"),
+    "target": ("backend", "target"),
+    "keep_fp": ("plan", "keep_fp"),
+    "keep_first_last": ("plan", "keep_first_last"),
+    "opset": ("export", "opset"),
+    "exporter": ("export", "exporter"),
+    "batch_size": ("", "batch_size"),
+    "latency_batches": ("latency", "batches"),
+    "latency_runs": ("latency", "runs"),
+    "latency_warmup": ("latency", "warmup"),
+    "latency_budget_s": ("latency", "budget_s"),
+    "layerwise": ("", "layerwise"),
+    "auto_fallback": ("fallback", "limit"),
+    "fallback_unit": ("fallback", "unit"),
+    "fallback_rank_samples": ("fallback", "rank_samples"),
+    "equalize": ("transform", "equalize"),
+    "bias_correction": ("transform", "bias_correction"),
+    "save_reference": ("", "save_reference"),
+    "threads": ("", "threads"),
+    "seed": ("data", "seed"),
+    "gates": ("", "gates"),
+    "progress": ("", "progress"),
+}
+RAY_KEYS = ("ray", "ray_address", "ray_shards")  # flat keys of ``BuildConfig.ray`` (how a build runs: never in to_dict)
+NOT_RECORDED = ("progress",)  # how a build runs, not what it is: left out of to_dict (the manifest and a sweep's key)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Every choice of a build, one settings value per option group.
+
+    Build one from the groups, or from flat keys (``BuildConfig.from_flat(model="resnet20", calib_method="mse")``);
+    ``cfg.replace(...)`` takes flat keys and groups alike.
+    """
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    data: DataSettings = field(default_factory=DataSettings)
+    pre: PreprocessSettings = field(default_factory=PreprocessSettings)
+    calibrate: CalibrateSettings = field(default_factory=CalibrateSettings)
+    plan: PlanSettings = field(default_factory=PlanSettings)
+    transform: TransformSettings = field(default_factory=TransformSettings)
+    fallback: AutoFallback = field(default_factory=AutoFallback)
+    latency: LatencySettings = field(default_factory=LatencySettings)
+    gates: Gates = field(default_factory=Gates)
+    backend: BackendSettings = field(default_factory=BackendSettings)
+    out: Path | None = None  # default build/<model name>
+    batch_size: int = 64  # calibration, equalize, bias correction and the accuracy pass
+    threads: int | None = None  # CPU threads of every ONNX Runtime session (default: all cores)
+    layerwise: bool = False  # compare FP32 and INT8 tensor by tensor, blame layers (report["layerwise"])
+    save_reference: Path | None = None  # write inputs, labels and FP32 logits to this .npz
+    progress: bool = False
+    ray: RaySettings | None = None  # calibration and validation shards on Ray (how a build runs: not in to_dict)
+
+    @classmethod
+    def from_flat(cls, **values: Any) -> BuildConfig:
+        """A config from flat keys (:data:`FLAT`, ``ray``/``ray_address``/``ray_shards``) and groups.
+
+        Raises:
+            TypeError: an unknown key.
+            UsageError: a bad Ray option (``--shards`` without Ray, an empty address).
+        """
+        return cls().replace(**values)
+
+    def replace(self, **values: Any) -> BuildConfig:
+        """A copy with ``values`` replaced: a flat key, a whole group by its name (``model=ModelSpec(...)``), or Ray's keys.
+
+        Raises:
+            TypeError: an unknown key.
+            UsageError: a bad Ray option.
+        """
+        groups: dict[str, Any] = {}
+        ray = {k: values.pop(k) for k in RAY_KEYS if k in values and not (k == "ray" and _is_ray_group(values[k]))}
+        for key, value in values.items():
+            current = getattr(self, key, None)
+            if key == "ray" or (is_dataclass(current) and isinstance(value, type(current))):
+                groups[key] = value  # a whole group
+            elif key in FLAT:
+                group, name = FLAT[key]
+                if group:
+                    groups[group] = _replace(groups.get(group, getattr(self, group)), **{name: value})
+                else:
+                    groups[name] = value
+            else:
+                raise TypeError(f"BuildConfig has no setting {key!r}")
+        if ray:
+            now = self.ray
+            groups["ray"] = ray_settings(
+                ray.get("ray", now is not None and now.address is None),
+                ray.get("ray_address", None if now is None else now.address),
+                ray.get("ray_shards", None if now is None else now.shards),
+            )
+        return _replace(self, **groups)
+
+    def flat(self, key: str) -> Any:
+        """The value of a flat key (:data:`FLAT`)."""
+        group, name = FLAT[key]
+        return getattr(getattr(self, group) if group else self, name)
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-            elif isinstance(v, tuple):
-                d[k] = list(v)
-        for k in ("progress", "ray", "ray_address", "ray_shards"):
+        """The flat record of the manifest and a sweep's key (how the build runs left out; options that are off unless asked
+        for recorded only when on, so a build without them keeps its manifest and sweep key)."""
+        d: dict[str, Any] = {}
+        for key in FLAT:
+            v = self.flat(key)
+            d[key] = str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v.to_dict() if isinstance(v, Gates) else v
+        for k in NOT_RECORDED:
             d.pop(k)
-        for k in OFF_UNLESS_ASKED:  # recorded only when on: a build without them keeps its manifest (and sweep key) bytes
+        for k in OFF_UNLESS_ASKED:
             if not d[k]:
                 d.pop(k)
-        if not self.auto_fallback:  # the search's options mean nothing without it (and keep a sweep's key unchanged)
+        if not self.fallback.limit:  # the search's options mean nothing without it (and keep a sweep's key unchanged)
             for k in ("fallback_unit", "fallback_rank_samples"):
                 d.pop(k)
         return d
+
+
+def _is_ray_group(value: Any) -> bool:
+    return value is None or not isinstance(value, bool)

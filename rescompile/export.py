@@ -10,20 +10,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from rescompile.config import ExportConfig as ExportConfig  # the settings live with every user choice
 from rescompile.errors import ParityError, UsageError
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    opset: int = 17
-    exporter: str = "torchscript"  # "torchscript" (fast) or "dynamo" (torch.export based)
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    parity_batch: int = 4
-    seed: int = 0
 
 
 @dataclass
@@ -64,7 +55,7 @@ def check_parity(reference: np.ndarray, candidate: np.ndarray, atol: float, rtol
     return ParityResult(err, tol, True)
 
 
-def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfig = ExportConfig()) -> tuple[onnx.ModelProto, ParityResult]:
+def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfig | None = None) -> tuple[onnx.ModelProto, ParityResult]:
     """Export ``module`` to ONNX and check the outputs against PyTorch.
 
     Returns:
@@ -75,6 +66,7 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
     """
     import torch
 
+    cfg = cfg or ExportConfig()
     if cfg.opset < 17:
         raise UsageError(f"opset {cfg.opset} is too old: rescompile needs opset >= 17")
     module = module.eval()

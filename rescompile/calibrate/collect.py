@@ -46,6 +46,34 @@ DEFAULT_MEMORY_BUDGET = 64 << 20  # bytes of exposed activations per buffer set 
 DEFAULT_SAMPLE = 1 << 12
 
 
+@dataclass(frozen=True)
+class CollectSettings:
+    """How the statistics are collected (never what they are: every setting gives the same ranges but ``bins`` and
+    ``sample``, which are part of the calibration cache key).
+
+    Attributes:
+        batch_size: images read and preprocessed per batch (chunks of a batch are sized by ``memory_budget``).
+        bins: histogram bins per side of zero (a power of two >= 256).
+        threads: ONNX Runtime intra-op threads (default: all cores).
+        memory_budget: bytes of exposed activations per chunk (two chunks are in flight).
+        sample: histogram at most this many values per tensor per image (every k-th value; min/max see all
+            values); None histograms every value.
+    """
+
+    batch_size: int = 64
+    bins: int = DEFAULT_BINS
+    threads: int | None = None
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
+    sample: int | None = DEFAULT_SAMPLE
+
+    def check(self) -> None:
+        """UsageError for bins that are not a power of two >= 256, or a sample below 1."""
+        if self.bins < 256 or self.bins & (self.bins - 1):
+            raise UsageError(f"histogram bins must be a power of two >= 256, not {self.bins}")
+        if self.sample is not None and self.sample < 1:
+            raise UsageError(f"sample must be a positive number of values per image, not {self.sample}")
+
+
 class Workspace:
     """Scratch buffers for histogramming, reused across tensors and batches (one per thread)."""
 
@@ -240,12 +268,9 @@ def collect_stats(
     model: onnx.ModelProto,
     tensors: list[str],
     batches: Iterable[np.ndarray],
+    settings: CollectSettings | None = None,
     *,
-    bins: int = DEFAULT_BINS,
     on_batch: Callable[[int], None] | None = None,
-    threads: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    sample: int | None = DEFAULT_SAMPLE,
     model_bytes: bytes | None = None,
     start: int = 0,
 ) -> dict[str, TensorStats]:
@@ -254,13 +279,10 @@ def collect_stats(
     Args:
         model: the FP32 simplified model.
         tensors: the activation tensors to calibrate (the placement plan's).
-        batches: float32 inputs, N,C,H,W; split into chunks that fit ``memory_budget``.
-        bins: histogram bins per side of zero.
+        batches: float32 inputs, N,C,H,W; split into chunks that fit ``settings.memory_budget``.
+        settings: bins, threads, memory budget and sampling (default :class:`CollectSettings`; ``batch_size`` is the
+            caller's, who made the batches).
         on_batch: called with each batch's size (progress display).
-        threads: ONNX Runtime intra-op threads (default: all cores).
-        memory_budget: bytes of exposed activations per chunk (two chunks are in flight).
-        sample: histogram at most this many values per tensor per image (every k-th value;
-            min/max see all values); None histograms every value.
         model_bytes: ``model`` already serialized (saves a copy of a large model).
         start: the index of the first image of ``batches`` in the whole data set (a shard's offset), which
             fixes the sampled histogram values; statistics of shards merge exactly (:mod:`rescompile.calibrate.merge`).
@@ -271,19 +293,16 @@ def collect_stats(
     Raises:
         UsageError: no data, an unknown tensor, or NaN/Inf in an activation (the tensor is named).
     """
+    settings = settings or CollectSettings()
     tensors = list(dict.fromkeys(tensors))
     _check_tensors(model, tensors)
-    if bins < 256 or bins & (bins - 1):
-        raise UsageError(f"histogram bins must be a power of two >= 256, not {bins}")
-    if sample is not None and sample < 1:
-        raise UsageError(f"sample must be a positive number of values per image, not {sample}")
+    settings.check()
     input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     exposed = [t for t in tensors if t != input_name]  # the input itself is read from the batch
     relu_outputs = {o for n in model.graph.node if n.op_type == "Relu" for o in n.output}
-    stats = {t: TensorStats(t, bins, nonnegative=t in relu_outputs, graph_input=t == input_name) for t in tensors}
-    run = _Runner(
-        _session(model, model_bytes, exposed, threads) if exposed else None, input_name, exposed, stats, memory_budget, sample, start
-    )
+    stats = {t: TensorStats(t, settings.bins, nonnegative=t in relu_outputs, graph_input=t == input_name) for t in tensors}
+    sess = _session(model, model_bytes, exposed, settings.threads) if exposed else None
+    run = _Runner(sess, input_name, exposed, stats, settings.memory_budget, settings.sample, start)
     seen = 0
     try:
         for x in batches:

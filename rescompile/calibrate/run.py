@@ -22,7 +22,7 @@ from rescompile.calibrate.cache import (
     stats_to_bytes,
 )
 from rescompile.calibrate.checks import CalibrationWarning, InputRange, check_inputs, check_ranges, check_samples
-from rescompile.calibrate.collect import DEFAULT_BINS, DEFAULT_MEMORY_BUDGET, DEFAULT_SAMPLE, InputWatch, TensorStats, collect_stats
+from rescompile.calibrate.collect import CollectSettings, InputWatch, TensorStats, collect_stats
 from rescompile.calibrate.ranges import DEFAULT_PERCENTILE, ENTROPY_VERSION, CalibrationResult, calibration_result, check_method
 from rescompile.data.preprocess import Preprocess
 from rescompile.data.sources import DataSource
@@ -74,11 +74,7 @@ def calibrate(
     *,
     method: str = "max",
     percentile: float = DEFAULT_PERCENTILE,
-    batch_size: int = 64,
-    bins: int = DEFAULT_BINS,
-    threads: int | None = None,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    sample: int | None = DEFAULT_SAMPLE,
+    collect: CollectSettings | None = None,
     previous: Path | None = None,
     on_batch: Callable[[int], None] | None = None,
     ray: Any = None,
@@ -91,7 +87,8 @@ def calibrate(
         source, pre: the calibration data and its preprocessing.
         method: max | percentile | entropy | mse | auto.
         percentile: for ``percentile`` (and ``auto``'s percentile candidate).
-        sample: histogram values per tensor per image (see :func:`collect_stats`); part of the cache key.
+        collect: batch size, bins, threads, memory budget, sampling (:class:`CollectSettings`); ``bins`` and
+            ``sample`` are part of the cache key.
         previous: a folder holding an earlier ranges.json / calib_stats.npz to reuse when their key matches.
         on_batch: progress callback (never called when a cache is reused).
         ray: a :class:`rescompile.config.RaySettings`: collect the statistics on Ray, one task per
@@ -103,6 +100,9 @@ def calibrate(
             ``CalibrationRun.warnings``).
     """
     check_method(method, percentile)
+    collect = collect or CollectSettings()
+    collect.check()
+    bins, sample = collect.bins, collect.sample
     t0 = time.perf_counter()
     model_bytes = model.SerializeToString(deterministic=True)
     key = calibration_key(model_bytes, source.fingerprint(), pre.to_dict())
@@ -129,31 +129,10 @@ def calibrate(
     if ray is not None:
         from rescompile.calibrate.on_ray import collect_on_ray
 
-        stats, seen = collect_on_ray(
-            model,
-            tensors,
-            source,
-            pre,
-            ray,
-            batch_size=batch_size,
-            bins=bins,
-            memory_budget=memory_budget,
-            sample=sample,
-            model_bytes=model_bytes,
-            on_batch=on_batch,
-        )
+        stats, seen = collect_on_ray(model, tensors, source, pre, ray, collect, model_bytes=model_bytes, on_batch=on_batch)
     else:
-        stats = collect_stats(
-            model,
-            tensors,
-            watch.watch(x for x, _ in source.batches(pre, batch_size)),
-            bins=bins,
-            on_batch=on_batch,
-            threads=threads,
-            memory_budget=memory_budget,
-            sample=sample,
-            model_bytes=model_bytes,
-        )
+        batches = watch.watch(x for x, _ in source.batches(pre, collect.batch_size))
+        stats = collect_stats(model, tensors, batches, collect, on_batch=on_batch, model_bytes=model_bytes)
         seen = watch.stats
     result = calibration_result(stats, method, source.count, percentile=percentile, key=key, preprocess=pre.to_dict(), sample=sample)
     run = CalibrationRun(result, result.to_json(), stats_to_bytes(stats, key, source.count, sample), None, time.perf_counter() - t0, stats)

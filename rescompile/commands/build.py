@@ -1,4 +1,4 @@
-"""``rescompile build``: options -> one :class:`rescompile.config.BuildConfig` -> ``rescompile.pipeline.build``."""
+"""``rescompile build``: the option groups' settings nested in one :class:`rescompile.config.BuildConfig`, run by the pipeline."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from rescompile.commands import options as o
 from rescompile.commands.base import app, console, log_to_stderr, show_failed_result
 from rescompile.commands.groups import OptionGroup
+from rescompile.config import AutoFallback, BackendSettings, BuildConfig, DataSettings, PlanSettings, TransformSettings
 from rescompile.quantize.registry import policy_help
 
 VAL_HELP = (
@@ -30,6 +31,9 @@ class BuildData(OptionGroup):
         int, typer.Option(min=0, help="Seed of the held-out split and of the --calib-size/--val-size subsets.", rich_help_panel=o.DATA)
     ] = 0
     layout: o.LayoutOpt = "nchw"
+
+    def settings(self) -> DataSettings:
+        return DataSettings(self.calib, self.val, self.calib_size, self.val_size, o.check_layout(self.layout), self.seed)
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,15 @@ class BuildQuantization(OptionGroup):
     equalize: o.EqualizeOpt = False
     bias_correction: o.BiasCorrectionOpt = False
 
+    def plan(self) -> PlanSettings:
+        return PlanSettings(self.policy, tuple(self.keep_fp or ()), self.keep_first_last)
+
+    def transform(self) -> TransformSettings:
+        return TransformSettings(self.equalize, self.bias_correction)
+
+    def fallback(self) -> AutoFallback:
+        return AutoFallback(self.auto_fallback, self.fallback_unit, self.fallback_rank_samples)
+
 
 @dataclass(frozen=True)
 class BuildValidation(OptionGroup):
@@ -80,6 +93,9 @@ class BuildEngine(OptionGroup):
     target: Annotated[
         str, typer.Option(help="TensorRT target profile for --backend tensorrt (rescompile targets).", rich_help_panel=o.TENSORRT)
     ] = "gpu"
+
+    def settings(self) -> BackendSettings:
+        return BackendSettings(self.backend, self.target)
 
 
 @dataclass(frozen=True)
@@ -126,57 +142,28 @@ def build(
 
     With no arguments, builds the embedded demo (ResNet-20 trained on Fashion-MNIST).
     """
-    from rescompile.config import BuildConfig
     from rescompile.pipeline import build as run_build
 
-    o.check_layout(data.layout)
-    calibration.check()
-    log_to_stderr(output.quiet)
-    cfg = BuildConfig(
-        model=model,
-        **loading.load_kwargs(),
-        out=output.out,
-        calib=data.calib,
-        val=data.val,
-        calib_size=data.calib_size,
-        val_size=data.val_size,
-        seed=data.seed,
-        calib_method=calibration.calib_method,
-        policy=quantization.policy,
-        backend=engine.backend,
-        target=engine.target,
-        keep_fp=tuple(quantization.keep_fp or ()),
-        keep_first_last=quantization.keep_first_last,
-        preset=preprocess.preset,
-        layout=data.layout,
-        exporter=onnx_export.exporter,
-        opset=onnx_export.opset,
-        threads=validation.threads,
-        latency_runs=latency.latency_runs,
-        latency_batches=latency.batches,
-        latency_budget_s=latency.latency_budget,
+    cfg = BuildConfig(  # each group's own settings; bad values are refused here or by the pipeline, before any work (exit 2)
+        model=loading.spec(model),
+        export=onnx_export.settings(),
+        data=data.settings(),
+        pre=preprocess.settings(),
+        calibrate=calibration.settings(),
+        plan=quantization.plan(),
+        transform=quantization.transform(),
+        fallback=quantization.fallback(),
+        latency=latency.settings(),
         gates=gates.resolve(),
+        backend=engine.settings(),
+        out=output.out,
+        threads=validation.threads,
         layerwise=validation.layerwise,
-        auto_fallback=quantization.auto_fallback,
-        fallback_unit=quantization.fallback_unit,
-        fallback_rank_samples=quantization.fallback_rank_samples,
-        equalize=quantization.equalize,
-        bias_correction=quantization.bias_correction,
         save_reference=output.save_reference,
         progress=not output.quiet,
-        percentile=calibration.percentile,
-        recipe=preprocess.recipe,
-        pre_size=preprocess.size,
-        resize=preprocess.resize,
-        mean=preprocess.mean_values(),
-        std=preprocess.std_values(),
-        pre_channels=preprocess.channels,
-        channel_order=preprocess.channel_order,
-        ray=scale.ray,
-        ray_address=scale.ray_address,
-        ray_shards=scale.shards,
+        ray=scale.settings(),
     )
-    cfg.ray_settings()  # a bad --ray-address/--shards is refused before any work
+    log_to_stderr(output.quiet)
     with show_failed_result(_summary):  # a build whose gates failed still shows its summary (exit 1)
         result = run_build(cfg)  # checks gates and options before any work (exit 2)
     _summary(result)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -12,7 +12,11 @@ from rescompile.buildfolder import RANGES
 from rescompile.commands import options as o
 from rescompile.commands.base import app, checked_path, console, log_to_stderr, warn
 from rescompile.commands.groups import OptionGroup
+from rescompile.config import CalibrateSettings
 from rescompile.quantize.registry import policy_help
+
+if TYPE_CHECKING:
+    from rescompile.config import RaySettings
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,9 @@ class CalibrateData(OptionGroup):
 
 
 @dataclass(frozen=True)
-class CalibrateSettings(OptionGroup):
+class CalibrateHow(OptionGroup):
+    """How ranges are made: the method, where statistics come from, which tensors, ONNX Runtime threads."""
+
     method: Annotated[str, typer.Option(help=o.METHOD_HELP, rich_help_panel=o.CALIBRATION)] = "max"
     percentile: o.PercentileOpt = 99.99
     from_stats: Annotated[
@@ -51,6 +57,13 @@ class CalibrateSettings(OptionGroup):
     threads: Annotated[
         int | None, typer.Option(min=1, help="ONNX Runtime threads (default: all cores).", rich_help_panel=o.CALIBRATION)
     ] = None
+
+    def settings(self) -> CalibrateSettings:
+        """The :class:`rescompile.config.CalibrateSettings`; UsageError (exit 2) for an unknown method or percentile."""
+        from rescompile.calibrate.ranges import check_method
+
+        check_method(self.method, self.percentile)
+        return CalibrateSettings(self.method, self.percentile)
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ def calibrate(
     *,
     data: CalibrateData,
     preprocess: o.PreprocessOptions,
-    how: CalibrateSettings,
+    how: CalibrateHow,
     output: CalibrateOutput,
     scale: o.RayOptions,
     checks: o.BuildFolderOptions,
@@ -91,12 +104,12 @@ def calibrate(
     with --stats and switch method later with --from-stats, without running the model again.
     """
     from rescompile.calibrate.cache import load_stats
-    from rescompile.calibrate.ranges import CalibrationResult, calibration_result, check_method
+    from rescompile.calibrate.ranges import CalibrationResult, calibration_result
     from rescompile.calibrate.trt_cache import read_cache, to_trt_cache, version_code
     from rescompile.errors import UsageError
     from rescompile.io import write_bytes_atomic, write_text_atomic
 
-    check_method(how.method, how.percentile)
+    how.settings()  # an unknown method or percentile: exit 2 before any work
     version_code(output.trt_version)
     ray = scale.settings()
     log_to_stderr(output.quiet)
@@ -137,16 +150,18 @@ def calibrate(
 
 
 def _collect(
-    model_path: Path, data: CalibrateData, how: CalibrateSettings, pre_opts: o.PreprocessOptions, quiet: bool, scale: Any = None
+    model_path: Path, data: CalibrateData, how: CalibrateHow, pre_opts: o.PreprocessOptions, quiet: bool, scale: RaySettings | None = None
 ) -> tuple[Any, bytes, str]:
-    from rescompile.calibrate.collect import activation_tensors
-    from rescompile.calibrate.run import calibrate as run_calibration
+    """Statistics and ranges of ``model_path`` on ``--calib``: the build's preprocessing and calibrate stage
+    (:func:`rescompile.pipeline.stages.preprocessing`, :func:`rescompile.pipeline.stages.calibrate_tensors`)."""
+    from rescompile.calibrate.collect import CollectSettings, activation_tensors
     from rescompile.data.layout import data_layout
-    from rescompile.data.preprocess import load_recipe, resolve_preprocess
+    from rescompile.data.preprocess import load_recipe
     from rescompile.data.sources import check_shape, open_source
     from rescompile.errors import UsageError
     from rescompile.models.onnx_source import describe_onnx
-    from rescompile.progress import progress
+    from rescompile.pipeline import stages
+    from rescompile.pipeline.settings import CalibrateStage
     from rescompile.readers import read_onnx
 
     layout = o.check_layout(data.layout)
@@ -159,42 +174,21 @@ def _collect(
             f"{model_path} still has BatchNormalization nodes; calibrate the simplified model",
             hint=f"rescompile simplify {model_path} --out model.simplified.onnx",
         )
-    p = pre_opts
-    rec = load_recipe(p.recipe) if p.recipe is not None else {}
-    pre = resolve_preprocess(
-        info.preset,
-        info.input_shape,
-        preset=p.preset,
-        recipe=rec,
-        size=p.size,
-        resize=p.resize,
-        mean=p.mean_values(),
-        std=p.std_values(),
-        channels=p.channels,
-        channel_order=p.channel_order,
-    )
-    src = open_source(data.calib or "", layout=data_layout(layout, rec), limit=data.calib_size, seed=data.seed)
+    pre_settings = pre_opts.settings()
+    recipe = load_recipe(pre_settings.recipe) if pre_settings.recipe is not None else {}
+    pre = stages.preprocessing(info.preset, info.input_shape, pre_settings, recipe)
+    src = open_source(data.calib or "", layout=data_layout(layout, recipe), limit=data.calib_size, seed=data.seed)
     check_shape(src, pre, info.input_shape)
     if how.tensors == "all":
         names = activation_tensors(onnx_model)
     else:
-        from rescompile.quantize import plan_qdq
+        from rescompile.config import PlanSettings
         from rescompile.quantize.registry import parse_policy
 
-        names = plan_qdq(onnx_model, parse_policy(how.policy, "onnxruntime").name).calibrated_tensors
-    with progress("calibrate", src.count, not quiet) as advance:
-        run = run_calibration(
-            onnx_model,
-            names,
-            src,
-            pre,
-            method=how.method,
-            percentile=how.percentile,
-            batch_size=data.batch_size,
-            threads=how.threads,
-            on_batch=advance,
-            ray=scale,
-        )
+        plan = stages.plan(onnx_model, PlanSettings(parse_policy(how.policy, "onnxruntime").name)).plan
+        names = plan.calibrated_tensors
+    settings = CalibrateStage(how.settings(), CollectSettings(data.batch_size, threads=how.threads), not quiet, scale)
+    run = stages.calibrate_tensors(onnx_model, names, src, pre, settings)
     for w in run.warnings:  # the one place they are shown (a build shows them in its summary and report)
         warn(f"{w.message} ({w.code})")
     where = "" if scale is None else f" on {scale.where()}"

@@ -71,9 +71,10 @@ def inspect(
     Exits 1 when the INT8 model breaks a rule (each violation names the node and the rule).
     """
     from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, SIMPLIFIED_ONNX, open_build
-    from rescompile.errors import UsageError, VerificationError
+    from rescompile.errors import UsageError
     from rescompile.graph.topology import block_map, find_residual_blocks
     from rescompile.io import write_json
+    from rescompile.pipeline.stages import proof_error
     from rescompile.quantize.policy import QuantPlan
     from rescompile.quantize.registry import get_policy
     from rescompile.quantize.verify import verify_int8
@@ -122,10 +123,9 @@ def inspect(
     if json_out is not None:
         write_json(json_out, doc)
         console.print(f"wrote {escape(str(json_out))}", highlight=False)
-    if report is not None and not report.ok:
-        raise VerificationError(
-            f"{int8_path} breaks {len(report.violations)} rule(s) of the {report.policy} policy; first: {report.violations[0]}"
-        )
+    error = None if report is None else proof_error(report, str(int8_path))
+    if error is not None:
+        raise error
 
 
 def _checked(path: Path | None, no_verify_hashes: bool) -> Path | None:

@@ -1,19 +1,25 @@
 """Options shared by several commands, defined once: ``Annotated`` types with their help panel, and groups.
 
 A command takes an option either as one parameter typed with an alias below (``threads: ThreadsOpt = None``)
-or a whole group as one parameter (``scale: RayOptions``, see ``rescompile.commands.groups``). A group's
-methods turn its options into the library's settings (and refuse bad values with a UsageError, exit 2).
+or a whole group as one parameter (``scale: RayOptions``, see ``rescompile.commands.groups``). Each group returns
+its stage's own settings (``ModelOptions.spec(model) -> ModelSpec``, ``LatencyOptions.settings() -> LatencySettings``,
+``RayOptions.settings() -> RaySettings``: Polygraphy's ``BaseArgs.parse_impl``), the values ``BuildConfig`` nests,
+and refuses bad values with a UsageError (exit 2).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from rescompile.commands.groups import OptionGroup
+from rescompile.config import CalibrateSettings, ExportConfig, Gates, LatencySettings, ModelSpec, PreprocessSettings
+
+if TYPE_CHECKING:
+    from rescompile.config import RaySettings
 
 # Help panels, in the order `rescompile build --help` shows them.
 MODEL = "Model"
@@ -253,15 +259,9 @@ class ModelOptions(OptionGroup):
     input_size: InputSizeOpt = None
     trust_checkpoint: TrustCheckpointOpt = False
 
-    def load_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of ``rescompile.models.load_model`` (and of BuildConfig's model fields)."""
-        return {
-            "weights": self.weights,
-            "num_classes": self.num_classes,
-            "in_channels": self.in_channels,
-            "input_size": self.input_size,
-            "trust_checkpoint": self.trust_checkpoint,
-        }
+    def spec(self, model: str) -> ModelSpec:
+        """The :class:`rescompile.config.ModelSpec` of ``model`` loaded with these options."""
+        return ModelSpec(model, self.weights, self.num_classes, self.in_channels, self.input_size, self.trust_checkpoint)
 
 
 @dataclass(frozen=True)
@@ -270,6 +270,9 @@ class ExportOptions(OptionGroup):
 
     exporter: ExporterOpt = "torchscript"
     opset: OpsetOpt = 17
+
+    def settings(self) -> ExportConfig:
+        return ExportConfig(opset=self.opset, exporter=self.exporter)
 
 
 @dataclass(frozen=True)
@@ -285,11 +288,10 @@ class PreprocessOptions(OptionGroup):
     channels: ChannelsOpt = None
     channel_order: ChannelOrderOpt = None
 
-    def mean_values(self) -> tuple[float, ...] | None:
-        return floats_opt(self.mean, "--mean")
-
-    def std_values(self) -> tuple[float, ...] | None:
-        return floats_opt(self.std, "--std")
+    def settings(self) -> PreprocessSettings:
+        """The :class:`rescompile.config.PreprocessSettings`; a UsageError names --mean/--std when a value is not a number."""
+        mean, std = floats_opt(self.mean, "--mean"), floats_opt(self.std, "--std")
+        return PreprocessSettings(self.recipe, self.preset, self.size, self.resize, mean, std, self.channels, self.channel_order)
 
 
 @dataclass(frozen=True)
@@ -299,11 +301,13 @@ class CalibrationOptions(OptionGroup):
     calib_method: CalibMethodOpt = "max"
     percentile: PercentileOpt = 99.99
 
-    def check(self) -> None:
-        """UsageError (exit 2) for an unknown method or a percentile outside (0, 100]."""
+    def settings(self) -> CalibrateSettings:
+        """The :class:`rescompile.config.CalibrateSettings`; UsageError (exit 2) for an unknown method or a percentile
+        outside (0, 100]."""
         from rescompile.calibrate.ranges import check_method
 
         check_method(self.calib_method, self.percentile)
+        return CalibrateSettings(self.calib_method, self.percentile)
 
 
 @dataclass(frozen=True)
@@ -321,9 +325,8 @@ class GateOptions(OptionGroup):
     no_default_gates: NoDefaultGatesOpt = False
     gates_file: GatesFileOpt = None
 
-    def resolve(self) -> Any:
+    def resolve(self) -> Gates:
         """The :class:`rescompile.config.Gates`: the recipe overridden by the flags; UsageError for bad thresholds."""
-        from rescompile.config import Gates
         from rescompile.validate.gates import resolve_gates
 
         flags = Gates(
@@ -348,9 +351,9 @@ class LatencyOptions(OptionGroup):
     latency_runs: LatencyRunsOpt = None
     latency_budget: LatencyBudgetOpt = None
 
-    @property
-    def batches(self) -> tuple[int, ...]:
-        return tuple(self.latency_batch or (1, 32))
+    def settings(self, warmup: int = 5) -> LatencySettings:
+        """The :class:`rescompile.config.LatencySettings` (checked against the gates by the pipeline)."""
+        return LatencySettings(tuple(self.latency_batch or (1, 32)), warmup, self.latency_runs, self.latency_budget)
 
 
 @dataclass(frozen=True)
@@ -361,7 +364,7 @@ class RayOptions(OptionGroup):
     ray_address: RayAddressOpt = None
     shards: ShardsOpt = None
 
-    def settings(self) -> Any:
+    def settings(self) -> RaySettings | None:
         """The :class:`rescompile.config.RaySettings`, or None without Ray; UsageError for bad values."""
         from rescompile.config import ray_settings
 

@@ -1,4 +1,4 @@
-"""Single-stage commands: ``export``, ``simplify`` and ``quantize``, each one library call."""
+"""Single-stage commands: ``export``, ``simplify`` and ``quantize``, each the build's own stage (:mod:`rescompile.pipeline.stages`)."""
 
 from __future__ import annotations
 
@@ -25,17 +25,17 @@ def export(
 ) -> None:
     """Export a PyTorch ResNet to ONNX (dynamic batch), checked against PyTorch on fixed inputs."""
     from rescompile.errors import UsageError
-    from rescompile.export import ExportConfig, export_onnx
     from rescompile.io import save_onnx
     from rescompile.models import load_model
+    from rescompile.pipeline import stages
 
-    loaded = load_model(model, **loading.load_kwargs())
+    spec = loading.spec(model)
+    loaded = load_model(spec.spec, **spec.load_kwargs())
     if loaded.module is None:
         raise UsageError(f"{model} is already ONNX; nothing to export")
-    settings = ExportConfig(opset=onnx_export.opset, exporter=onnx_export.exporter)
-    onnx_model, parity = export_onnx(loaded.module, loaded.input_shape, settings)
-    save_onnx(out, onnx_model)
-    console.print(f"wrote {out} (max abs error vs PyTorch {parity.max_abs_error:.2e})", highlight=False)
+    exported = stages.export(loaded, onnx_export.settings())
+    save_onnx(out, exported.model)
+    console.print(f"wrote {out} (max abs error vs PyTorch {exported.max_abs_error:.2e})", highlight=False)
 
 
 @app.command(name="simplify")
@@ -49,12 +49,13 @@ def simplify_cmd(
     """Simplify with onnxsim and fold BatchNorm into Conv; fails (exit 1) if outputs move."""
     from rescompile.io import save_onnx
     from rescompile.models.onnx_source import describe_onnx
+    from rescompile.pipeline import stages
     from rescompile.readers import read_onnx
-    from rescompile.simplify import SimplifyConfig, simplify
+    from rescompile.simplify import SimplifyConfig
 
     model = checked_path(model, **checks.overrides())[0]  # a build folder's file: checked against its manifest
     shape = describe_onnx(model, require_residual=False).input_shape
-    result = simplify(read_onnx(model), shape, SimplifyConfig(use_onnxsim=not no_onnxsim))
+    result = stages.simplify(stages.Exported(read_onnx(model), None), shape, SimplifyConfig(use_onnxsim=not no_onnxsim)).result
     save_onnx(out, result.model)
     console.print(
         f"wrote {out}: {result.nodes_before} -> {result.nodes_after} nodes, "
@@ -77,22 +78,19 @@ def quantize(
 ) -> None:
     """Insert explicit Q/DQ by a placement policy, then prove the INT8 graph keeps the FP32 topology."""
     from rescompile.calibrate.ranges import CalibrationResult
-    from rescompile.errors import VerificationError
     from rescompile.io import save_onnx, write_text_atomic
-    from rescompile.quantize import insert_qdq, plan_qdq
+    from rescompile.pipeline import stages
+    from rescompile.pipeline.settings import PlanSettings
+    from rescompile.quantize import insert_qdq
     from rescompile.quantize.registry import parse_policy
-    from rescompile.quantize.verify import verify_int8
     from rescompile.readers import read_onnx
 
     model = checked_path(model, **checks.overrides())[0]  # build folders' files: checked against their manifests
     ranges = checked_path(ranges, **checks.overrides())[0]
     fp32 = read_onnx(model)
     calib = CalibrationResult.read(ranges)
-    plan = plan_qdq(fp32, parse_policy(policy, "onnxruntime").name, keep_fp=tuple(keep_fp or ()), keep_first_last=keep_first_last)
-    int8 = insert_qdq(fp32, plan, calib.ranges)
-    proof = verify_int8(fp32, int8, plan)
-    if not proof.ok:
-        raise VerificationError("INT8 graph breaks the placement rules: " + "; ".join(map(str, proof.violations[:5])))
+    plan = stages.plan(fp32, PlanSettings(parse_policy(policy, "onnxruntime").name, tuple(keep_fp or ()), keep_first_last)).plan
+    int8 = stages.proven(fp32, insert_qdq(fp32, plan, calib.ranges), plan).model  # a broken graph: VerificationError (exit 1)
     save_onnx(out, int8)
     if plan_out is not None:
         write_text_atomic(plan_out, plan.to_json())

@@ -105,41 +105,29 @@ def validate(
 
     Exit codes: 0 all gates pass, 1 a gate failed, 2 bad input, 3 a missing dependency (TensorRT for a plan).
     """
-    from rescompile.pipeline.check import Timing, ValidateRequest, validate_candidate
-    from rescompile.pipeline.settings import ModelSpec
+    from rescompile.pipeline.check import ValidateRequest, validate_candidate
     from rescompile.report.console import print_summary
+    from rescompile.validate.run import ValidateSettings
 
     resolved = gates.resolve()  # bad gates, layout or Ray options are refused before any work (exit 2)
-    o.check_layout(data.layout)
-    scale.settings()
-    timing = Timing(
-        run.batch_size,
-        latency.batches,
-        latency.latency_runs,
-        latency.latency_budget,
-        run.warmup,
-        run.threads,
-        not output.quiet,
-        scale.ray,
-        scale.ray_address,
-        scale.shards,
+    settings = ValidateSettings(
+        run.batch_size, latency.settings(run.warmup), run.threads, not output.quiet, run.layerwise_samples, scale.settings()
     )
     done = validate_candidate(
         ValidateRequest(
             candidate,
-            ModelSpec(reference or "", **loading.load_kwargs()),
+            loading.spec(reference or ""),
             data.val,
             data.val_size,
             data.preset,
-            data.layout,
+            o.check_layout(data.layout),
             run.fp32,
             run.no_baseline,
             output.save_reference,
             gates=resolved,
-            timing=timing,
+            settings=settings,
             cuda_lib=run.cuda_lib,
             layerwise=run.layerwise,
-            layerwise_samples=run.layerwise_samples,
             out=output.out,
             no_verify_hashes=checks.no_verify_hashes,
             allow_failed_build=checks.allow_failed_build,

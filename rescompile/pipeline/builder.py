@@ -125,7 +125,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
 
     Args:
         cfg: the build configuration; keyword ``overrides`` replace its fields
-            (``rescompile.build(model="resnet20", weights=Path("ckpt.pt"))``).
+            (``rescompile.build(model="resnet20", weights=Path("ckpt.pt"))``, flat keys or groups: ``BuildConfig.replace``).
 
     Returns:
         The BuildResult; ``passed`` is False when a gate failed (the CLI then exits 1).
@@ -137,13 +137,13 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     """
     from rescompile.validate.gates import check_label_gates
 
-    cfg = replace(cfg or BuildConfig(), **overrides)
+    cfg = (cfg or BuildConfig()).replace(**overrides)
     s = build_settings(cfg)  # every check that needs no work: exit 2 / 3 before any
     data = choose_data(s.data, s.model.spec)
     check_label_gates(s.gates, data)  # --max-top1-drop without labels: exit 2 before any work (and heavy imports)
     timer = Timer()
     with timer.stage("load"):
-        loaded = stages.load(s.model, s.pre, data)
+        loaded = stages.load(s.model, s.pre, data, s.recipe)
     out = s.out or Path("build") / loaded.model.name
     check_out(out)
     with staged(out) as folder:
@@ -155,7 +155,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         equalized = None
         if s.transform.equalize:
             with timer.stage("equalize"):  # statistics and parity on the calibration inputs, never the validation split
-                base = equalized = stages.equalize(simplified, data.calibration, loaded.pre, s.transform).write(folder)
+                base = equalized = stages.equalize(simplified, data.calibration, loaded.pre, s.batch_size).write(folder)
         with timer.stage("plan"):
             planned = stages.plan(base.model, s.plan).write(folder)
         with timer.stage("calibrate"):  # reuses the previous build's ranges/statistics when their key matches
@@ -167,7 +167,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         corrected = None
         if s.transform.bias_correction:
             with timer.stage("bias_correction"):
-                corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.transform).write(folder)
+                corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.batch_size).write(folder)
                 quantized = corrected.quantized
         module = loaded.model.module
         validator = BuildValidator(module if module is not None else simplified.model, base.model, data.val, loaded.pre, s.validator)
@@ -176,7 +176,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
                 quantized = stages.fall_back(validator, base, quantized, calibrated).write(folder)
             if corrected is not None and quantized is not corrected.quantized:  # layers went back to FP: correct the final plan's
                 with timer.stage("bias_correction"):
-                    corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.transform).write(folder)
+                    corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.batch_size).write(folder)
                     quantized = corrected.quantized
         engine = None
         if s.engine is not None:
@@ -190,7 +190,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             data,
             quantized.model,
             stages=StagesSection(exported, simplified, quantized, equalized, corrected),
-            calibration=CalibrationSection(calibrated, s.calibrate.method, s.calibrate.percentile),
+            calibration=CalibrationSection(calibrated, s.calibrate.settings.method, s.calibrate.settings.percentile),
             notes=None if validated.fallback is None else [validated.fallback.note()],
             warnings=calibrated.run.warnings,
             layerwise=validated.layerwise,
@@ -207,7 +207,7 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         error = verdict.failure(
             f"\nthis build is in {failed_path(out)}/ (report and model); {out}/ keeps the previous passing build",
             result=replace(result, out=failed_path(out)),
-            tried=[name for name in ("equalize", "auto_fallback") if getattr(cfg, name)],
+            tried=[name for name in ("equalize", "auto_fallback") if cfg.flat(name)],
         )
         if error is not None:  # published to <out>.failed by staged(); <out> keeps the previous passing build
             raise error

@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.pipeline.report import ModelSection, Report, make_report, write_report
-from rescompile.pipeline.settings import ModelSpec
+from rescompile.pipeline.settings import ModelSpec, checked_latency, timed_for
 from rescompile.validate.gates import Verdict, judge
+from rescompile.validate.run import ValidateSettings
 
 if TYPE_CHECKING:
     import onnx
@@ -28,25 +29,9 @@ if TYPE_CHECKING:
     from rescompile.data.preprocess import Preprocess
     from rescompile.runtime.runners import Runner
     from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
-    from rescompile.validate.run import Measurement, ValidateSettings
+    from rescompile.validate.run import Measurement
 
 log = logging.getLogger("rescompile.validate")
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Batch sizes and threads of the accuracy pass and the latency measurement."""
-
-    batch_size: int = 64
-    latency_batches: tuple[int, ...] = (1, 32)
-    latency_runs: int | None = None
-    latency_budget_s: float | None = None
-    warmup: int = 5
-    threads: int | None = None
-    progress: bool = False
-    ray: bool = False
-    ray_address: str | None = None
-    shards: int | None = None
 
 
 @dataclass(frozen=True)
@@ -64,10 +49,9 @@ class ValidateRequest:
     save_reference: Path | None = None
     gates_file: Path | None = None
     gates: Gates = field(default_factory=Gates)  # flags: override the file's
-    timing: Timing = field(default_factory=Timing)
+    settings: ValidateSettings = field(default_factory=ValidateSettings)  # batch size, latency, threads, progress, Ray
     cuda_lib: str = "auto"
     layerwise: bool = False
-    layerwise_samples: int = 64
     out: Path = Path("validation")
     no_verify_hashes: bool = False
     allow_failed_build: bool = False
@@ -125,14 +109,7 @@ def _open_reference(spec: ModelSpec, threads: int | None) -> _Reference:
         return _Reference(reference_runner(model, threads), None, None, model, info.input_shape, info.preset, spec.spec)
     from rescompile.models import load_model
 
-    loaded = load_model(
-        spec.spec,
-        weights=spec.weights,
-        num_classes=spec.num_classes,
-        in_channels=spec.in_channels,
-        input_size=spec.input_size,
-        trust_checkpoint=spec.trust_checkpoint,
-    )
+    loaded = load_model(spec.spec, **spec.load_kwargs())
     return _Reference(reference_runner(loaded.module, threads), None, loaded.module, None, loaded.input_shape, loaded.preset, spec.spec)
 
 
@@ -168,23 +145,8 @@ def _exported_fp32(module: Any, input_shape: tuple[int, int, int]) -> onnx.Model
 
 
 def _settings(req: ValidateRequest, gates: Gates) -> ValidateSettings:
-    from rescompile.config import ray_settings
-    from rescompile.validate.latency import LatencySettings
-    from rescompile.validate.run import ValidateSettings
-
-    t = req.timing
-    required = () if gates.latency_batch is None else (gates.latency_batch,)
-    latency = LatencySettings(tuple(t.latency_batches), t.warmup, t.latency_runs, t.latency_budget_s, required=required)
-    settings = ValidateSettings(
-        t.batch_size, latency, t.threads, t.progress, req.layerwise_samples, ray_settings(t.ray, t.ray_address, t.shards)
-    )
-    settings.latency.check()
-    if gates.latency_batch is not None and gates.latency_batch not in settings.latency.batches:
-        raise UsageError(
-            f"--gate-batch {gates.latency_batch} is not a timed batch size {list(settings.latency.batches)}",
-            hint="add it with --latency-batch",
-        )
-    return settings
+    """``req.settings`` with the latency the gates read checked (:func:`rescompile.pipeline.settings.checked_latency`)."""
+    return replace(req.settings, latency=checked_latency(req.settings.latency, gates))
 
 
 def _inputs(req: ValidateRequest, warn: Callable[[str], None]) -> _Inputs:
@@ -258,7 +220,7 @@ def _baseline(req: ValidateRequest, ref: _Reference, found: _Inputs, gates: Gate
     fp32_model = load_onnx(found.fp32) if found.fp32 is not None else ref.fp32_onnx
     if fp32_model is None and ref.module is not None and (req.layerwise or not req.no_baseline):
         fp32_model = _exported_fp32(ref.module, ref.input_shape)
-    threads = req.timing.threads
+    threads = req.settings.threads
     baseline = None if req.no_baseline or fp32_model is None else OnnxRuntimeRunner(fp32_model, "onnxruntime-fp32", threads)
     if gates.min_speedup is not None and baseline is None:
         raise UsageError("--min-speedup needs an FP32 baseline timed in the same run", hint=f"pass --fp32 {SIMPLIFIED_ONNX}")
@@ -288,7 +250,6 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     from rescompile.runtime.cuda_libs import check_choice
     from rescompile.runtime.runners import load_onnx, open_runner
     from rescompile.validate.gates import check_label_gates, resolve_gates
-    from rescompile.validate.notes import latency_notes
     from rescompile.validate.reference import save_reference
     from rescompile.validate.run import validate
 
@@ -303,14 +264,13 @@ def validate_candidate(req: ValidateRequest, warn: Callable[[str], None] = log.w
     choice = None if saved_ref else validation_data(req.val, found.build_doc, found.reference, req.layout, req.val_size)
     if choice is not None:
         check_label_gates(gates, choice)
-    threads = req.timing.threads
+    threads = req.settings.threads
     candidate = open_runner(found.candidate, threads=threads, cuda_lib=check_choice(req.cuda_lib), model=cand_onnx)  # no TensorRT: early
     try:
         ref = _open_reference(replace(req.reference, spec=found.reference), threads)
         baseline, fp32_model = _baseline(req, ref, found, gates)
         inputs, reference, choice = _reference_outputs(req, ref, found, choice, gates, settings)
-        if latency_notes(cand_onnx, candidate.name):  # CPU latency not representative: timed briefly by default
-            settings = replace(settings, latency=replace(settings.latency, brief=True))
+        settings = timed_for(settings, cand_onnx, candidate.name)  # CPU latency not representative: timed briefly by default
         measured = validate(reference, candidate, inputs, baseline=baseline, settings=settings)
     finally:  # a TensorRT runner releases its engine before its CUDA context (issue 20, D6)
         close = getattr(candidate, "close", None)
@@ -341,7 +301,7 @@ def _report(
     if req.layerwise:
         from rescompile.validate.layerwise import layerwise_blame
 
-        layerwise = layerwise_blame(fp32_model, cand_onnx, inputs.head(req.layerwise_samples))  # type: ignore[arg-type]
+        layerwise = layerwise_blame(fp32_model, cand_onnx, inputs.head(req.settings.layerwise_samples))  # type: ignore[arg-type]
     build = found.build
     return make_report(
         measured,

@@ -39,8 +39,8 @@ from rescompile.config import Gates
 from rescompile.errors import UsageError
 from rescompile.graph.index import node_name
 from rescompile.graph.ops import WEIGHTED_OPS
-from rescompile.pipeline.settings import FALLBACK_UNITS, FallbackSettings
-from rescompile.validate.gates import GateResult, accuracy_gates, any_gate, evaluate_gates
+from rescompile.pipeline.settings import FallbackSettings
+from rescompile.validate.gates import GateResult, accuracy_gates, evaluate_gates
 from rescompile.validate.latency import MIN_RUNS, measure_latency
 from rescompile.validate.metrics import compare_outputs
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs
@@ -493,15 +493,10 @@ def auto_fallback(
     """
     t0 = time.perf_counter()
     settings = settings or ValidateSettings()
+    fallback.check()  # the checks build makes before any work (pipeline.settings), for a direct call
     gates, limit = accuracy_gates(fallback.gates), fallback.limit
-    if not any_gate(gates):
-        raise UsageError("--auto-fallback needs an accuracy gate to aim for", hint="add --max-top1-drop, --min-agreement or --min-cosine")
-    if limit < 1:
-        raise UsageError(f"the auto-fallback limit must be >= 1, got {limit}")
     if gates.max_top1_drop is not None and reference.labels is None:
         raise UsageError("--max-top1-drop needs labelled validation data", hint="use --min-agreement or --min-cosine without labels")
-    if fallback.unit not in FALLBACK_UNITS:
-        raise UsageError(f"unknown fallback unit {fallback.unit!r}", hint=" | ".join(FALLBACK_UNITS))
     factory = runner_factory or ort_runner_factory(settings.threads)
     search = _Search(fp32, plan, ranges, fallback, settings, factory, gates)
     search.plans[()] = plan

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -18,14 +18,7 @@ import onnx
 from rescompile.buildfolder import BIAS_CORRECTION, CALIB_STATS, EQUALIZED_ONNX, FP32_ONNX, INT8_ONNX, QDQ_PLAN, RANGES, SIMPLIFIED_ONNX
 from rescompile.errors import VerificationError
 from rescompile.io import save_onnx, write_bytes_atomic, write_text_atomic
-from rescompile.pipeline.settings import (
-    CalibrateSettings,
-    EngineStageSettings,
-    ModelSpec,
-    PlanSettings,
-    PreprocessSettings,
-    TransformSettings,
-)
+from rescompile.pipeline.settings import CalibrateStage, EngineStageSettings, ModelSpec, PlanSettings, PreprocessSettings
 
 if TYPE_CHECKING:
     from rescompile.bias_correction import BiasCorrection
@@ -42,7 +35,7 @@ if TYPE_CHECKING:
     from rescompile.models.onnx_source import BatchFreed, OpsetConversion
     from rescompile.pipeline.validator import BuildValidator
     from rescompile.quantize.policy import QuantPlan
-    from rescompile.simplify import SimplifyResult
+    from rescompile.simplify import SimplifyConfig, SimplifyResult
 
 MAX_VIOLATIONS_SHOWN = 10
 
@@ -55,29 +48,24 @@ class Loaded:
     pre: Preprocess
 
 
-def load(spec: ModelSpec, pre: PreprocessSettings, data: DataChoice) -> Loaded:
-    """Load the model, resolve its preprocessing, and check that both data sets fit its input.
+def preprocessing(
+    preset: str, input_shape: tuple[int, int, int], pre: PreprocessSettings, recipe: dict[str, Any] | None = None
+) -> Preprocess:
+    """The preprocessing of a model whose own preset is ``preset``: ``pre``'s preset, recipe and values over it
+    (:func:`rescompile.data.preprocess.resolve_preprocess`); ``recipe``: ``pre.recipe``'s values if already read.
 
     Raises:
-        UsageError: unknown model, unreadable checkpoint, bad preprocessing, data of the wrong shape.
+        UsageError: an unreadable recipe, an unknown preset, values that do not fit the model's input.
     """
-    from rescompile.data.preprocess import resolve_preprocess
-    from rescompile.data.sources import check_shape
-    from rescompile.models import load_model
+    from rescompile.data.preprocess import load_recipe, resolve_preprocess
 
-    loaded = load_model(
-        spec.spec,
-        weights=spec.weights,
-        num_classes=spec.num_classes,
-        in_channels=spec.in_channels,
-        input_size=spec.input_size,
-        trust_checkpoint=spec.trust_checkpoint,
-    )
-    recipe = resolve_preprocess(
-        loaded.preset,
-        loaded.input_shape,
+    if recipe is None:
+        recipe = load_recipe(pre.recipe) if pre.recipe is not None else {}
+    return resolve_preprocess(
+        preset,
+        input_shape,
         preset=pre.preset,
-        recipe=pre.recipe,
+        recipe=recipe,
         size=pre.size,
         resize=pre.resize,
         mean=pre.mean,
@@ -85,9 +73,22 @@ def load(spec: ModelSpec, pre: PreprocessSettings, data: DataChoice) -> Loaded:
         channels=pre.channels,
         channel_order=pre.channel_order,
     )
+
+
+def load(spec: ModelSpec, pre: PreprocessSettings, data: DataChoice, recipe: dict[str, Any] | None = None) -> Loaded:
+    """Load the model, resolve its preprocessing, and check that both data sets fit its input.
+
+    Raises:
+        UsageError: unknown model, unreadable checkpoint, bad preprocessing, data of the wrong shape.
+    """
+    from rescompile.data.sources import check_shape
+    from rescompile.models import load_model
+
+    loaded = load_model(spec.spec, **spec.load_kwargs())
+    resolved = preprocessing(loaded.preset, loaded.input_shape, pre, recipe)
     for src in (data.calibration, data.val):
-        check_shape(src, recipe, loaded.input_shape)
-    return Loaded(loaded, recipe)
+        check_shape(src, resolved, loaded.input_shape)
+    return Loaded(loaded, resolved)
 
 
 @dataclass
@@ -136,12 +137,12 @@ class Simplified:
         return self
 
 
-def simplify(exported: Exported, input_shape: tuple[int, int, int]) -> Simplified:
+def simplify(exported: Exported, input_shape: tuple[int, int, int], cfg: SimplifyConfig | None = None) -> Simplified:
     """onnxsim and BatchNorm folding, parity-checked (:func:`rescompile.simplify.simplify`)."""
     from rescompile.simplify import SimplifyConfig
     from rescompile.simplify import simplify as run_simplify
 
-    return Simplified(run_simplify(exported.model, input_shape, SimplifyConfig()))
+    return Simplified(run_simplify(exported.model, input_shape, cfg or SimplifyConfig()))
 
 
 def _calibration_batches(source: DataSource, pre: Preprocess, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:
@@ -164,7 +165,7 @@ class Equalized:
         return self
 
 
-def equalize(simplified: Simplified, source: DataSource, pre: Preprocess, settings: TransformSettings) -> Equalized:
+def equalize(simplified: Simplified, source: DataSource, pre: Preprocess, batch_size: int = 64) -> Equalized:
     """Cross-layer equalization on the simplified graph, biases absorbed where exact, statistics and parity on the
     calibration inputs (:func:`rescompile.equalize.equalize_model`).
 
@@ -173,7 +174,7 @@ def equalize(simplified: Simplified, source: DataSource, pre: Preprocess, settin
     """
     from rescompile.equalize import equalize_model
 
-    return Equalized(equalize_model(simplified.model, _calibration_batches(source, pre, settings.batch_size)))
+    return Equalized(equalize_model(simplified.model, _calibration_batches(source, pre, batch_size)))
 
 
 @dataclass
@@ -208,28 +209,33 @@ class Calibrated:
 
 
 def calibrate(
-    model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateSettings, previous: Path | None = None
+    model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateStage, previous: Path | None = None
 ) -> Calibrated:
     """Ranges of the plan's tensors on ``source``; ``previous``: a build folder whose ranges/statistics are reused
     when their key (model, data, preprocessing) matches."""
+    return Calibrated(calibrate_tensors(model, planned.plan.calibrated_tensors, source, pre, settings, previous), source)
+
+
+def calibrate_tensors(
+    model: onnx.ModelProto, tensors: list[str], source: DataSource, pre: Preprocess, settings: CalibrateStage, previous: Path | None = None
+) -> CalibrationRun:
+    """The calibration run of ``tensors`` (the build's: a plan's; ``rescompile calibrate``'s: a plan's or every activation)."""
     from rescompile.calibrate.run import calibrate as run_calibrate
     from rescompile.progress import progress
 
     with progress("calibrate", source.count, settings.progress) as advance:
-        run = run_calibrate(
+        return run_calibrate(
             model,
-            planned.plan.calibrated_tensors,
+            tensors,
             source,
             pre,
-            method=settings.method,
-            percentile=settings.percentile,
-            batch_size=settings.batch_size,
-            threads=settings.threads,
+            method=settings.settings.method,
+            percentile=settings.settings.percentile,
+            collect=settings.collect,
             previous=previous,
             on_batch=advance,
             ray=settings.ray,
         )
-    return Calibrated(run, source)
 
 
 @dataclass
@@ -246,6 +252,19 @@ class Quantized:
         return self
 
 
+def proof_error(proof: VerifyReport, what: str = "the INT8 graph") -> VerificationError | None:
+    """The error a failed proof is (exit 1; the first violations named), or None when it holds: the one place a proof
+    becomes an error (build, ``rescompile quantize``, ``rescompile inspect``)."""
+    if proof.ok:
+        return None
+    shown = "\n  ".join(str(v) for v in proof.violations[:MAX_VIOLATIONS_SHOWN])
+    more = len(proof.violations) - MAX_VIOLATIONS_SHOWN
+    return VerificationError(
+        f"{what} breaks {len(proof.violations)} placement rule(s) of the {proof.policy} policy:\n  {shown}"
+        + (f"\n  ... and {more} more" if more > 0 else "")
+    )
+
+
 def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: str = "the INT8 graph") -> Quantized:
     """``int8`` with its proof (:func:`rescompile.quantize.verify.verify_int8`).
 
@@ -255,10 +274,9 @@ def proven(fp32: onnx.ModelProto, int8: onnx.ModelProto, plan: QuantPlan, what: 
     from rescompile.quantize.verify import verify_int8
 
     proof = verify_int8(fp32, int8, plan)
-    if not proof.ok:
-        raise VerificationError(
-            f"{what} breaks the placement rules:\n  " + "\n  ".join(str(v) for v in proof.violations[:MAX_VIOLATIONS_SHOWN])
-        )
+    error = proof_error(proof, what)
+    if error is not None:
+        raise error
     return Quantized(int8, plan, proof)
 
 
@@ -307,12 +325,12 @@ class BiasCorrected:
 
 
 def correct_biases(
-    fp32: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated, pre: Preprocess, settings: TransformSettings
+    fp32: Simplified | Equalized, quantized: Quantized, calibrated: Calibrated, pre: Preprocess, batch_size: int = 64
 ) -> BiasCorrected:
     """Empirical bias correction of ``quantized``, layer by layer on the calibration inputs
     (:func:`rescompile.bias_correction.correct_biases`); the result proven like the plain INT8 graph."""
     from rescompile.bias_correction import correct_biases as run
 
-    batches = _calibration_batches(calibrated.source, pre, settings.batch_size)
+    batches = _calibration_batches(calibrated.source, pre, batch_size)
     correction = run(fp32.model, quantized.plan, calibrated.ranges, batches)
     return BiasCorrected(correction, proven(correction.model, correction.int8, quantized.plan, "the bias-corrected INT8 graph"))

@@ -10,14 +10,14 @@ the ranking split chose what to keep in FP, so its samples would flatter the res
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from rescompile.pipeline.fallback import Fallback, auto_fallback
-from rescompile.pipeline.settings import ValidatorSettings
+from rescompile.pipeline.settings import ValidatorSettings, timed_for
 from rescompile.runtime.runners import OnnxRuntimeRunner, Runner, TorchRunner
 from rescompile.validate.reference import ReferenceOutputs, ValidationInputs, save_reference
 from rescompile.validate.run import Measurement, compute_reference, validate
@@ -120,14 +120,11 @@ class BuildValidator:
         A candidate whose CPU latency is not representative (:func:`latency_notes`) is timed briefly.
         """
         from rescompile.validate.layerwise import layerwise_blame
-        from rescompile.validate.notes import latency_notes
 
         s = self.settings
         threads = s.validate.threads
         cand = OnnxRuntimeRunner(int8, "onnxruntime-int8", threads)
-        settings = s.validate
-        if latency_notes(int8, cand.name):
-            settings = replace(settings, latency=replace(settings.latency, brief=True))
+        settings = timed_for(s.validate, int8, cand.name)
         reference, inputs = self.measured_on()
         measured = validate(
             reference,

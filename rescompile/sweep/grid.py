@@ -1,6 +1,6 @@
 """``rescompile sweep``: a grid of builds, each a Ray task with its own folder; resumable; failures isolated.
 
-A sweep file (YAML) holds ``base`` (:class:`BuildConfig` fields every build shares) and ``grid``
+A sweep file (YAML) holds ``base`` (:class:`BuildConfig`'s flat keys every build shares) and ``grid``
 (fields each with a list of values; the sweep is their product), e.g.::
 
     out: sweeps/demo            # default: sweeps/<file name>
@@ -24,12 +24,12 @@ import hashlib
 import itertools
 import json
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rescompile.buildfolder import FAILED_SUFFIX
-from rescompile.config import OFF_UNLESS_ASKED, BuildConfig, Gates, RaySettings
+from rescompile.config import FLAT, OFF_UNLESS_ASKED, BuildConfig, Gates, RaySettings
 from rescompile.errors import UsageError, WorkerLost
 from rescompile.scale.cluster import connect
 from rescompile.scale.tasks import TaskGroup
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 RESULT_FILE = "sweep_result.json"
 SWEEP_SCHEMA = "rescompile.sweep/1"
-_NOT_SWEPT = {"out", "progress", "ray", "ray_address", "ray_shards"}
+_NOT_SWEPT = {"out", "progress"}  # where and how a build runs (Ray's keys are no flat keys: config.RAY_KEYS)
 _TUPLES = {"keep_fp", "latency_batches", "mean", "std"}
 
 
@@ -64,11 +64,11 @@ class SweepSpec:
 
 
 def _field_value(name: str, value: Any, where: str) -> Any:
-    allowed = {f.name for f in fields(BuildConfig)} - _NOT_SWEPT
+    allowed = set(FLAT) - _NOT_SWEPT
     if name not in allowed:
         raise UsageError(
             f"{where}: unknown build setting {name!r}",
-            hint="use BuildConfig names, e.g. model, policy, calib_method, keep_fp, target, backend, calib, val_size, latency_runs, gates",
+            hint="use the names of build options, e.g. model, policy, calib_method, keep_fp, target, backend, calib, val_size, gates",
         )
     if name == "gates":
         if not isinstance(value, dict):
@@ -131,14 +131,14 @@ def load_sweep(path: Path, out: Path | None = None) -> SweepSpec:
         params = dict(zip(grid, combo, strict=True))
         values = {**base, **{k: _field_value(k, v, f"{path} grid") for k, v in params.items()}}
         try:
-            cfg = BuildConfig(**values)
+            cfg = BuildConfig.from_flat(**values)
         except TypeError as exc:
             raise UsageError(f"{path}: {exc}") from None
         key = config_key(cfg)
         if key in seen:
             continue  # the same build twice in the grid (e.g. keep_fp [] and [] )
         seen.add(key)
-        points.append(SweepPoint(params, BuildConfig(**{**values, "out": folder / "builds" / key[:12]}), key))
+        points.append(SweepPoint(params, cfg.replace(out=folder / "builds" / key[:12]), key))
     return SweepSpec(folder, points, grid)
 
 

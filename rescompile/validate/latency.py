@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.errors import UsageError
+from rescompile.config import MIN_RUNS as MIN_RUNS
+from rescompile.config import LatencySettings as LatencySettings  # with every user choice
 from rescompile.progress import progress
 from rescompile.runtime.memory import peak_rss_mib, reset_peak_rss
 from rescompile.runtime.runners import Runner
@@ -31,36 +32,7 @@ MAX_KEPT_SAMPLES = 2000  # per measurement, for the distribution plot; percentil
 AUTO_FRACTION = 0.25  # auto: latency takes a quarter of the rest of the work, i.e. at most a fifth of the total
 MIN_BUDGET_S = 1.0
 MAX_BUDGET_S = 60.0
-MIN_RUNS = 3
 MAX_RUNS = 30
-
-
-@dataclass(frozen=True)
-class LatencySettings:
-    """How latency is measured: ``warmup`` untimed calls, then timed calls by :attr:`mode` (see the module)."""
-
-    batches: tuple[int, ...] = (1, 32)
-    warmup: int = 5
-    runs: int | None = None  # explicit: exactly this many timed runs per batch size and runner
-    budget_s: float | None = None  # explicit: seconds per batch size and runner, warm-up included
-    brief: bool = False  # auto only: the smallest batch size, one warm-up, MIN_RUNS runs
-    required: tuple[int, ...] = ()  # batch sizes timed whatever the budget (a latency gate reads them)
-
-    @property
-    def mode(self) -> str:
-        return "runs" if self.runs is not None else "budget" if self.budget_s is not None else "auto"
-
-    def check(self) -> None:
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise UsageError(f"latency batch sizes must be >= 1, got {list(self.batches)}")
-        if self.warmup < 0:
-            raise UsageError(f"warm-up runs must be >= 0, got {self.warmup}")
-        if self.runs is not None and self.runs < MIN_RUNS:
-            raise UsageError(f"timed runs must be >= {MIN_RUNS}, got {self.runs}")
-        if self.budget_s is not None and not self.budget_s > 0:
-            raise UsageError(f"the latency time budget must be > 0 seconds, got {self.budget_s}")
-        if self.runs is not None and self.budget_s is not None:
-            raise UsageError("give --latency-runs or --latency-budget, not both")
 
 
 def auto_budget(other_s: float) -> float:

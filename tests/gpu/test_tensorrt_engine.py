@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +140,7 @@ def test_pipeline_builds_the_engine_with_backend_tensorrt(tiny_npz: Path, tmp_pa
     from rescompile.config import BuildConfig
     from rescompile.pipeline import build
 
-    cfg = BuildConfig(
+    cfg = BuildConfig.from_flat(
         model="resnet20",
         in_channels=1,
         input_size=16,
@@ -154,7 +153,7 @@ def test_pipeline_builds_the_engine_with_backend_tensorrt(tiny_npz: Path, tmp_pa
         latency_runs=3,
     )
     try:
-        result = build(replace(cfg))
+        result = build(cfg)
     except GateFailed as exc:  # a failed fusion gate still publishes the build
         result = exc.result  # type: ignore[attr-defined]
     assert {"model.plan", "model.plan.json"} <= set(result.manifest["artifacts"])

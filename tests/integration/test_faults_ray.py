@@ -30,6 +30,7 @@ ray = pytest.importorskip("ray")
 from ray import cloudpickle  # noqa: E402
 
 from rescompile.calibrate import on_ray as ray_calibrate  # noqa: E402
+from rescompile.calibrate.collect import CollectSettings  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
 from rescompile.config import RaySettings  # noqa: E402
@@ -107,7 +108,7 @@ def test_a_calibration_shard_whose_worker_is_killed_is_retried_to_the_same_bytes
 ) -> None:
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
-    kw: dict[str, Any] = {"batch_size": 8, "sample": 64, "threads": 1, "method": "entropy"}
+    kw: dict[str, Any] = {"collect": CollectSettings(batch_size=8, threads=1, sample=64), "method": "entropy"}
     one = calibrate(tiny_onnx, tensors, src, _gray(), **kw)
     marker = tmp_path / "killed.pid"
     monkeypatch.setattr(ray_calibrate, "collect_shard", dies_once(ray_calibrate.collect_shard, marker, wait_for_kill=True))
@@ -190,7 +191,7 @@ def test_an_error_of_the_task_itself_is_not_retried(
     settings = RaySettings(shards=3)
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     with pytest.raises(UsageError, match="NaN or Inf"):
-        calibrate(tiny_onnx, tensors, open_source(tmp_path / "bad.npy"), _gray(), batch_size=4, ray=settings)
+        calibrate(tiny_onnx, tensors, open_source(tmp_path / "bad.npy"), _gray(), collect=CollectSettings(batch_size=4), ray=settings)
     assert len(list(starts.glob("8-*"))) == 1 and settings.retried == []  # the shard holding the Inf (samples 8:12) ran once
 
 
@@ -365,7 +366,7 @@ def test_a_lost_node_is_a_retried_shard_on_the_node_that_is_left(
 ) -> None:
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
-    kw: dict[str, Any] = {"batch_size": 8, "sample": 64, "threads": 1, "method": "max"}
+    kw: dict[str, Any] = {"collect": CollectSettings(batch_size=8, threads=1, sample=64), "method": "max"}
     one = calibrate(tiny_onnx, tensors, src, _gray(), **kw)
     marker = tmp_path / "raylet.pid"
     driver = ray.get_runtime_context().get_node_id()

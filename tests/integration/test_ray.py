@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 ray = pytest.importorskip("ray")
 
+from rescompile.calibrate.collect import CollectSettings  # noqa: E402
 from rescompile.calibrate.ranges import METHODS, calibration_result  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
@@ -42,7 +43,7 @@ def _gray() -> Preprocess:
 def test_sharded_calibration_on_ray_gives_the_same_ranges_for_every_method(tiny_onnx: onnx.ModelProto, tiny_npz: Path) -> None:
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
-    kw = {"batch_size": 8, "sample": 64, "threads": 1}
+    kw = {"collect": CollectSettings(batch_size=8, threads=1, sample=64)}
     one = calibrate(tiny_onnx, tensors, src, _gray(), method="auto", **kw)  # type: ignore[arg-type]
     done: list[int] = []
     sharded = calibrate(tiny_onnx, tensors, src, _gray(), method="auto", ray=RaySettings(shards=3), on_batch=done.append, **kw)  # type: ignore[arg-type]
@@ -59,8 +60,8 @@ def test_data_checks_see_the_same_inputs_on_ray(tiny_onnx: onnx.ModelProto, tmp_
     np.save(tmp_path / "raw.npy", x)
     src = open_source(tmp_path / "raw.npy")
     tensors = [t for t in plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors if t != tiny_onnx.graph.input[0].name]
-    one = calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4)
-    sharded = calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4, ray=RaySettings(shards=3))
+    one = calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4))
+    sharded = calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
     assert any("raw" in w.message for w in one.warnings)  # seen by the input watch (the input itself is not calibrated)
     assert [w.message for w in sharded.warnings] == [w.message for w in one.warnings]
     assert sharded.ranges_json == one.ranges_json
@@ -105,7 +106,7 @@ def test_bad_data_in_a_shard_is_the_usual_one_line_error(tiny_onnx: onnx.ModelPr
     src = open_source(path)
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     with pytest.raises(UsageError, match="NaN or Inf"):
-        calibrate(tiny_onnx, tensors, src, _gray(), batch_size=4, ray=RaySettings(shards=3))
+        calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
 
 
 def _tiny_models(tmp_path: Path, tiny_onnx: onnx.ModelProto, quantize_tiny) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
@@ -226,7 +227,7 @@ grid:
 
     cfg = json.loads((built / "manifest.json").read_text())["config"]
     build(
-        BuildConfig(
+        BuildConfig.from_flat(
             **{
                 **cfg,
                 "out": tmp_path / "b",

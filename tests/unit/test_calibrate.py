@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from rescompile.calibrate.cache import load_stats, stats_to_bytes
-from rescompile.calibrate.collect import TensorStats, activation_tensors, collect_stats, rebin, with_outputs
+from rescompile.calibrate.collect import CollectSettings, TensorStats, activation_tensors, collect_stats, rebin, with_outputs
 from rescompile.calibrate.methods import entropy_amax, entropy_divergences, expected_mse, mse_amax, quantization_error
 from rescompile.calibrate.ranges import METHODS, CalibrationResult, analyze, calibration_result, compute_ranges
 from rescompile.calibrate.run import calibrate
@@ -129,8 +129,8 @@ def test_collection_matches_direct_statistics_whatever_the_chunking(tiny_onnx: o
     import onnxruntime as ort
 
     tensors = plan_qdq(tiny_onnx).calibrated_tensors
-    small = collect_stats(tiny_onnx, tensors, [tiny_data[:7], tiny_data[7:]], memory_budget=1)  # one image per run
-    big = collect_stats(tiny_onnx, tensors, [tiny_data], memory_budget=1 << 30)
+    small = collect_stats(tiny_onnx, tensors, [tiny_data[:7], tiny_data[7:]], CollectSettings(memory_budget=1))  # one image per run
+    big = collect_stats(tiny_onnx, tensors, [tiny_data], CollectSettings(memory_budget=1 << 30))
     exposed = [t for t in tensors if t != tiny_onnx.graph.input[0].name]
     sess = ort.InferenceSession(with_outputs(tiny_onnx, exposed).SerializeToString(), providers=["CPUExecutionProvider"])
     direct = dict(zip(exposed, sess.run(exposed, {tiny_onnx.graph.input[0].name: tiny_data}), strict=True))
@@ -226,8 +226,8 @@ def test_activation_tensors_lists_every_float_activation(tiny_onnx: onnx.ModelPr
 
 def test_sampled_histograms_keep_exact_extremes_and_close_ranges(tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray) -> None:
     tensors = plan_qdq(tiny_onnx).calibrated_tensors
-    exact = collect_stats(tiny_onnx, tensors, [tiny_data], sample=None, memory_budget=1)
-    sampled = collect_stats(tiny_onnx, tensors, [tiny_data], sample=256, memory_budget=1)  # stride 8 on 2048 values
+    exact = collect_stats(tiny_onnx, tensors, [tiny_data], CollectSettings(memory_budget=1, sample=None))
+    sampled = collect_stats(tiny_onnx, tensors, [tiny_data], CollectSettings(memory_budget=1, sample=256))  # stride 8 on 2048 values
     for t in tensors:
         e, s = exact[t], sampled[t]
         assert (s.min, s.max, s.count) == (e.min, e.max, e.count)  # every value

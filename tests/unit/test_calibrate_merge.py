@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from rescompile.calibrate.cache import stats_to_bytes
-from rescompile.calibrate.collect import TensorStats, collect_stats
+from rescompile.calibrate.collect import CollectSettings, TensorStats, collect_stats
 from rescompile.calibrate.merge import merge_stats, merge_tensor
 from rescompile.calibrate.ranges import METHODS, calibration_result
 from rescompile.config import ray_settings
@@ -27,7 +27,7 @@ def _collect(
     model: onnx.ModelProto, tensors: list[str], x: np.ndarray, batch: int, budget: int, start: int = 0, sample: int | None = 16
 ) -> dict[str, TensorStats]:
     batches = (x[i : i + batch] for i in range(0, len(x), batch))
-    return collect_stats(model, tensors, batches, sample=sample, memory_budget=budget, start=start, threads=1)
+    return collect_stats(model, tensors, batches, CollectSettings(threads=1, memory_budget=budget, sample=sample), start=start)
 
 
 @pytest.mark.parametrize("sample", [16, None])
@@ -90,10 +90,11 @@ def test_ray_settings_from_flags() -> None:
             ray_settings(*bad)
     from rescompile.config import BuildConfig
 
-    assert BuildConfig().ray_settings() is None and BuildConfig(ray=True).ray_settings().address is None  # type: ignore[union-attr]
+    assert BuildConfig().ray is None and BuildConfig.from_flat(ray=True).ray.address is None  # type: ignore[union-attr]
+    assert BuildConfig.from_flat(ray=True).replace(ray_shards=3).ray == ray_settings(True, None, 3)  # flat keys on top of a group
     with pytest.raises(UsageError, match="--shards needs --ray"):
-        BuildConfig(ray_shards=2).ray_settings()
-    assert "ray" not in BuildConfig(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
+        BuildConfig.from_flat(ray_shards=2)
+    assert "ray" not in BuildConfig.from_flat(ray=True).to_dict()  # how a build runs is not part of what it is (manifest, sweep key)
 
 
 def test_without_ray_the_ray_flags_exit_3_naming_the_extra(

@@ -262,7 +262,7 @@ def test_the_flags_are_recorded_in_the_config_only_when_on() -> None:
 
     plain = BuildConfig().to_dict()
     assert "equalize" not in plain and "bias_correction" not in plain  # a plain build's manifest keeps its bytes
-    on = BuildConfig(equalize=True, bias_correction=True).to_dict()
+    on = BuildConfig.from_flat(equalize=True, bias_correction=True).to_dict()
     assert on["equalize"] is True and on["bias_correction"] is True and set(on) - set(plain) == {"equalize", "bias_correction"}
 
 
@@ -273,7 +273,7 @@ def test_a_sweep_grid_takes_the_flags(tmp_path) -> None:
     spec = tmp_path / "sweep.yaml"
     spec.write_text("grid:\n  equalize: [false, true]\n  bias_correction: [true]\n")
     points = load_sweep(spec).points
-    assert [(p.config.equalize, p.config.bias_correction) for p in points] == [(False, True), (True, True)]
+    assert [(p.config.transform.equalize, p.config.transform.bias_correction) for p in points] == [(False, True), (True, True)]
     assert len({p.key for p in points}) == 2
     spec.write_text("grid:\n  equalize: [yes-please]\n")
     with pytest.raises(UsageError, match="equalize must be true or false"):

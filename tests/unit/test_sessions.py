@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from rescompile.calibrate.collect import collect_stats
+from rescompile.calibrate.collect import CollectSettings, collect_stats
 from rescompile.export import run_onnx
 from rescompile.runtime import OnnxRuntimeRunner, sessions
 from rescompile.validate.layerwise import layerwise_blame
@@ -80,7 +80,7 @@ def test_parity_sessions_run_the_graph_unoptimized(made: list, tiny_onnx: onnx.M
 @pytest.mark.parametrize("threads", [None, 2])
 def test_calibration_sessions_do_not_spin(made: list, tiny_onnx: onnx.ModelProto, tiny_data: np.ndarray, threads: int | None) -> None:
     relu = next(n.output[0] for n in tiny_onnx.graph.node if n.op_type == "Relu")
-    stats = collect_stats(tiny_onnx, [relu], [tiny_data[:4]], threads=threads)
+    stats = collect_stats(tiny_onnx, [relu], [tiny_data[:4]], CollectSettings(threads=threads))
     assert stats[relu].count > 0
     assert made == [{"level": LEVEL.ORT_ENABLE_ALL, "intra": threads or 0, "inter": 0, "log": 3, "spin": "0", "providers": CPU}]
 

@@ -23,7 +23,7 @@ def test_grid_is_the_product_with_stable_keys_and_folders(tmp_path: Path) -> Non
     keys = [p.key for p in plan.points]
     assert len(set(keys)) == 12 and keys == [p.key for p in load_sweep(spec, tmp_path / "elsewhere").points]  # out is not in the key
     p = plan.points[0]
-    assert p.config.out == Path("sweeps/s/builds") / p.key[:12] and p.config.keep_fp == () and p.config.latency_runs == 5
+    assert p.config.out == Path("sweeps/s/builds") / p.key[:12] and p.config.plan.keep_fp == () and p.config.latency.runs == 5
     assert config_key(p.config) == p.key
 
 

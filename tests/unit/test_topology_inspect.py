@@ -64,6 +64,7 @@ def test_proof_failure_exits_1_naming_node_and_rule(tiny_onnx, tmp_path):
     )
     assert result.exit_code == 1
     assert "FAIL" in result.output and "[residual] /blocks/blocks.0/Add" in result.output
+    assert "placement rule(s) of the onnxruntime policy" in result.stderr  # the build's words (pipeline.stages.proof_error)
     assert "Traceback" not in result.output + result.stderr
 
 
