@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, RANGES
+from rescompile.buildfolder import INT8_ONNX, QDQ_PLAN, RANGES, BuildFolder
 from rescompile.errors import UsageError
 
 SCHEMA = "rescompile.bundle/1"
@@ -163,19 +163,57 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
     from rescompile.buildfolder import INT8_ONNX as BUILD_INT8
     from rescompile.buildfolder import QDQ_PLAN as BUILD_PLAN
     from rescompile.buildfolder import RANGES as BUILD_RANGES
-    from rescompile.buildfolder import SIMPLIFIED_ONNX, open_build
-    from rescompile.calibrate.ranges import TensorRange
-    from rescompile.calibrate.trt_cache import DEFAULT_VERSION, to_trt_cache
+    from rescompile.calibrate.trt_cache import DEFAULT_VERSION
     from rescompile.data.preprocess import preprocess_from_dict
     from rescompile.engine.implicit import strip_qdq
     from rescompile.graph.topology import find_residual_blocks
     from rescompile.io import write_bytes_atomic
-    from rescompile.runtime.runners import OnnxRuntimeRunner
 
     opts = opts or BundleOptions()
     if opts.reference_size < 1:
         raise UsageError(f"--reference-size must be at least 1, not {opts.reference_size}")
-    build = open_build(Path(build_path), verify=True, allow_failed=opts.allow_failed)
+    build = _open_tensorrt_build(Path(build_path), opts.allow_failed)
+    pre = preprocess_from_dict(build.preprocess)
+    int8_bytes = build.file(BUILD_INT8).read_bytes()
+    int8 = onnx.load_from_string(int8_bytes)
+    implicit = strip_qdq(int8)
+    cache = _calibration_cache(implicit.ranges)
+    blocks = [b.to_dict() for b in find_residual_blocks(int8)]
+    ref = _reference(build, pre, opts)
+    gates = bundle_gates(build, opts.gates)
+    members = {
+        INT8_ONNX: int8_bytes,
+        QDQ_PLAN: build.file(BUILD_PLAN).read_bytes(),
+        BLOCKS: _json_bytes({"residual_blocks": blocks}),
+        RANGES: build.file(BUILD_RANGES).read_bytes(),
+        CALIB_CACHE: cache,
+        PREPROCESS: _json_bytes(pre.to_dict()),
+        GATES: _json_bytes(gates),
+        REFERENCE: ref.npz,
+    }
+    meta = {
+        "model": {**ref.model, "residual_adds": len(blocks)},
+        "policy": build.manifest.get("policy"),
+        "gates": gates,
+        "reference": ref.summary,
+        "calibration_cache": {"tensorrt_version": DEFAULT_VERSION, "tensors": len(implicit.ranges)},
+        "build": {
+            "manifest_sha256": hashlib.sha256(build.manifest_path.read_bytes()).hexdigest(),
+            "gates_passed": build.passed,
+            "overrides": build.overrides,
+            "versions": build.manifest.get("versions") or {},
+        },
+    }
+    data = pack(members, meta)
+    write_bytes_atomic(Path(out), data)
+    return json.loads(_member_bytes(data, MANIFEST))
+
+
+def _open_tensorrt_build(build_path: Path, allow_failed: bool) -> BuildFolder:
+    """The verified build at ``build_path``; a UsageError unless it has the ``tensorrt`` placement and a preprocessing recipe."""
+    from rescompile.buildfolder import open_build
+
+    build = open_build(build_path, verify=True, allow_failed=allow_failed)
     policy = build.manifest.get("policy")
     if policy != "tensorrt":
         raise UsageError(
@@ -185,13 +223,28 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
         )
     if not build.preprocess:
         raise UsageError(f"{build.manifest_path} records no preprocessing recipe; rebuild with this rescompile")
-    pre = preprocess_from_dict(build.preprocess)
-    int8_bytes = build.file(BUILD_INT8).read_bytes()
-    int8 = onnx.load_from_string(int8_bytes)
-    implicit = strip_qdq(int8)
-    cache = to_trt_cache({t: TensorRange(a, -a, a, "qdq") for t, a in implicit.ranges.items()}, version=DEFAULT_VERSION)
-    blocks = [b.to_dict() for b in find_residual_blocks(int8)]
+    return build
 
+
+def _calibration_cache(ranges: dict[str, float]) -> bytes:
+    """The TensorRT calibration cache of the implicit-INT8 ranges (``amax`` per tensor), encoded."""
+    from rescompile.calibrate.ranges import TensorRange
+    from rescompile.calibrate.trt_cache import DEFAULT_VERSION, to_trt_cache
+
+    return to_trt_cache({t: TensorRange(a, -a, a, "qdq") for t, a in ranges.items()}, version=DEFAULT_VERSION).encode()
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """The bundled reference set: the ``reference.npz`` bytes and what ``bundle.json`` says about it."""
+
+    npz: bytes
+    model: dict[str, Any]  # name, input_shape, num_classes
+    summary: dict[str, Any]  # samples, labelled, source, dtype
+
+
+def _reference(build: Any, pre: Any, opts: BundleOptions) -> _Reference:
+    """The reference inputs (stored as ``opts.reference_dtype``), their labels and the FP32 logits on exactly those inputs."""
     x, y, class_names, source = reference_set(build, pre, opts)
     if opts.reference_dtype == "float16":
         # Stored as float16 (half the bytes; finer than the 8-bit pixels they came from), and the FP32
@@ -199,11 +252,8 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
         x = x.astype(np.float16)
     elif opts.reference_dtype != "float32":
         raise UsageError(f"--reference-dtype must be float16 or float32, not {opts.reference_dtype!r}")
-    fp32 = OnnxRuntimeRunner(str(build.file(SIMPLIFIED_ONNX)), "onnxruntime-fp32", opts.threads)
-    logits = np.concatenate([fp32.infer(x[s : s + 64].astype(np.float32)) for s in range(0, len(x), 64)]).astype(np.float32)
-    source_doc = build.manifest.get("model_source")
-    model_doc: dict[str, Any] = source_doc if isinstance(source_doc, dict) else {}
-    name = str(build.config.get("model") or model_doc.get("name") or build.path.name)
+    logits = _fp32_logits(build, x, opts.threads)
+    name = _model_name(build)
     ref_meta = {
         "schema": "rescompile.reference/1",
         "runner": "onnxruntime-fp32 (model.simplified.onnx)",
@@ -219,38 +269,27 @@ def make_bundle(build_path: Path, out: Path, opts: BundleOptions | None = None) 
     }
     if y is not None:
         arrays["labels"] = np.ascontiguousarray(y, np.int64)
-    gates = bundle_gates(build, opts.gates)
-    members = {
-        INT8_ONNX: int8_bytes,
-        QDQ_PLAN: build.file(BUILD_PLAN).read_bytes(),
-        BLOCKS: _json_bytes({"residual_blocks": blocks}),
-        RANGES: build.file(BUILD_RANGES).read_bytes(),
-        CALIB_CACHE: cache.encode(),
-        PREPROCESS: _json_bytes(pre.to_dict()),
-        GATES: _json_bytes(gates),
-        REFERENCE: npz_bytes(arrays),
-    }
-    meta = {
-        "model": {
-            "name": name,
-            "input_shape": [int(d) for d in x.shape[1:]],
-            "num_classes": int(logits.shape[1]),
-            "residual_adds": len(blocks),
-        },
-        "policy": policy,
-        "gates": gates,
-        "reference": {"samples": int(len(x)), "labelled": y is not None, "source": source, "dtype": str(x.dtype)},
-        "calibration_cache": {"tensorrt_version": DEFAULT_VERSION, "tensors": len(implicit.ranges)},
-        "build": {
-            "manifest_sha256": hashlib.sha256(build.manifest_path.read_bytes()).hexdigest(),
-            "gates_passed": build.passed,
-            "overrides": build.overrides,
-            "versions": build.manifest.get("versions") or {},
-        },
-    }
-    data = pack(members, meta)
-    write_bytes_atomic(Path(out), data)
-    return json.loads(_member_bytes(data, MANIFEST))
+    return _Reference(
+        npz_bytes(arrays),
+        {"name": name, "input_shape": [int(d) for d in x.shape[1:]], "num_classes": int(logits.shape[1])},
+        {"samples": int(len(x)), "labelled": y is not None, "source": source, "dtype": str(x.dtype)},
+    )
+
+
+def _fp32_logits(build: Any, x: np.ndarray, threads: int | None) -> np.ndarray:
+    """The build's simplified FP32 model's logits on ``x`` (ONNX Runtime, batches of 64), float32."""
+    from rescompile.buildfolder import SIMPLIFIED_ONNX
+    from rescompile.runtime.runners import OnnxRuntimeRunner
+
+    fp32 = OnnxRuntimeRunner(str(build.file(SIMPLIFIED_ONNX)), "onnxruntime-fp32", threads)
+    return np.concatenate([fp32.infer(x[s : s + 64].astype(np.float32)) for s in range(0, len(x), 64)]).astype(np.float32)
+
+
+def _model_name(build: Any) -> str:
+    """The model's name: the build's ``--model``, else its source's name, else the build folder's name."""
+    source_doc = build.manifest.get("model_source")
+    model_doc: dict[str, Any] = source_doc if isinstance(source_doc, dict) else {}
+    return str(build.config.get("model") or model_doc.get("name") or build.path.name)
 
 
 def _member_bytes(data: bytes, name: str) -> bytes:
