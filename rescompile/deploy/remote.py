@@ -209,49 +209,99 @@ def deploy_host(
     Raises:
         EnvironmentFault: this machine's disk failed writing the host's files (exit 5).
     """
-    from rescompile.io import sha256_file, write_json
+    from rescompile.io import sha256_file
 
     t0 = time.perf_counter()
-    label = host.label
     local = host_folder(opts, host)
     local.mkdir(parents=True, exist_ok=True)
     folder = remote_folder(opts, bundle)
     ssh = ssh_base(opts, host.port)
-    dest = host.destination
     digest = sha256 or sha256_file(bundle)
     command = remote_deploy_command(host, opts, folder)
+    run = _HostRun(bundle, host, opts, t0, local, folder, ssh, digest, command, f"{folder}/.model.rcb.part-{secrets.token_hex(4)}")
+    failed = _copy_bundle(run)
+    if failed is not None:
+        return failed
+    code, tail = _run_remote_deploy(run, on_line)
+    if code == SSH_FAILED:
+        return run.done(LINK_LOST, "deploy", f"lost the link to {run.dest} during the remote run: {_first_error(chr(10).join(tail))}")
+    if code in (126, 127):
+        return run.done(
+            NOT_INSTALLED,
+            "deploy",
+            f"{(host.remote_cmd or opts.remote_cmd).split()[0]!r} not found on {run.dest} "
+            f"(remote exit {code}: {_first_error(chr(10).join(tail))})",
+        )
+    return _fetch_results(run, code, tail)
 
-    def done(code: int, stage: str, message: str, **kw: Any) -> HostResult:
-        res = HostResult(label, dest, code, round(time.perf_counter() - t0, 3), stage, message, bundle_sha256=digest, **kw)
-        write_json(local / HOST_RECORD, {"schema": HOST_SCHEMA, "command": command, **res.to_dict()})
+
+@dataclass(frozen=True)
+class _HostRun:
+    """One host's deployment under way: where its files go, and how its outcome is recorded (:meth:`done`)."""
+
+    bundle: Path
+    host: HostSpec
+    opts: RemoteOptions
+    t0: float  # when the deployment started (perf_counter)
+    local: Path  # host_folder(): fetched files, deploy.log, HOST_RECORD
+    folder: str  # the folder on the device
+    ssh: list[str]
+    digest: str  # the bundle's sha256
+    command: str  # the remote deploy command
+    part: str  # where the bundle is copied to on the device (renamed to model.rcb only when whole)
+
+    @property
+    def dest(self) -> str:
+        return self.host.destination
+
+    def done(self, code: int, stage: str, message: str, **kw: Any) -> HostResult:
+        """The host's result, written to ``<local>/HOST_RECORD`` with the command."""
+        from rescompile.io import write_json
+
+        res = HostResult(
+            self.host.label, self.dest, code, round(time.perf_counter() - self.t0, 3), stage, message, bundle_sha256=self.digest, **kw
+        )
+        write_json(self.local / HOST_RECORD, {"schema": HOST_SCHEMA, "command": self.command, **res.to_dict()})
         return res
 
-    def ssh_failure(stage: str, proc: subprocess.CompletedProcess[str], connected: bool) -> HostResult:
+    def ssh_failure(self, stage: str, proc: subprocess.CompletedProcess[str], connected: bool) -> HostResult:
+        """The result of a failed ssh/scp call: the device's disk, a lost link, an unreachable host, or the remote error."""
+        dest = self.dest
         said = _first_error(proc.stderr or proc.stdout)
         if _DISK_FULL.search(said):
-            return done(REMOTE_FAULT, stage, f"{stage} failed on {dest}: {said}")
+            return self.done(REMOTE_FAULT, stage, f"{stage} failed on {dest}: {said}")
         if connected and (proc.returncode == SSH_FAILED or _LINK_LOST.search(said)):
-            return done(LINK_LOST, stage, f"lost the link to {dest} during the {stage}: {said}")
+            return self.done(LINK_LOST, stage, f"lost the link to {dest} during the {stage}: {said}")
         if proc.returncode == SSH_FAILED:
-            return done(UNREACHABLE, stage, f"cannot reach {dest}: {said}")
-        return done(proc.returncode, stage, f"{stage} failed on {dest}: {said}")
+            return self.done(UNREACHABLE, stage, f"cannot reach {dest}: {said}")
+        return self.done(proc.returncode, stage, f"{stage} failed on {dest}: {said}")
 
+
+def _copy_bundle(run: _HostRun) -> HostResult | None:
+    """Make the device's folder and copy the bundle to a part file there; the failure's result, or None once copied."""
     q = shlex.quote
+    opts, folder, dest = run.opts, run.folder, run.dest
     # the folder, without the part a dropped copy may have left there
-    proc = _run([*ssh, "--", dest, f"mkdir -p {q(folder)} && rm -f {q(folder)}/.model.rcb.part-*"], opts.connect_timeout * 3 + 30)
+    proc = _run([*run.ssh, "--", dest, f"mkdir -p {q(folder)} && rm -f {q(folder)}/.model.rcb.part-*"], opts.connect_timeout * 3 + 30)
     if proc.returncode != 0:
-        return ssh_failure("connect", proc, connected=False)
-    part = f"{folder}/.model.rcb.part-{secrets.token_hex(4)}"
-    proc = _run([*ssh_base(opts, host.port, scp=True), "--", str(bundle), f"{dest}:{part}"], opts.timeout)
+        return run.ssh_failure("connect", proc, connected=False)
+    part = run.part
+    proc = _run([*ssh_base(opts, run.host.port, scp=True), "--", str(run.bundle), f"{dest}:{part}"], opts.timeout)
     if proc.returncode != 0:
-        full = None if _LINK_LOST.search(proc.stderr or "") else _remote_space(ssh, dest, folder, part, bundle.stat().st_size)
+        full = None if _LINK_LOST.search(proc.stderr or "") else _remote_space(run.ssh, dest, folder, part, run.bundle.stat().st_size)
         if full is not None:  # scp over SFTP says only "failed to upload": the device's disk is full, say so (exit 5)
-            return done(REMOTE_FAULT, "copy", f"No space left on device on {dest}: {folder} ({full})")
-        return ssh_failure("copy", proc, connected=True)
+            return run.done(REMOTE_FAULT, "copy", f"No space left on device on {dest}: {folder} ({full})")
+        return run.ssh_failure("copy", proc, connected=True)
+    return None
 
-    log_path = local / "deploy.log"
+
+def _run_remote_deploy(run: _HostRun, on_line: Callable[[str], None] | None) -> tuple[int, list[str]]:
+    """Name the copied bundle model.rcb and run the deploy on the device, streaming its output to ``deploy.log``
+    and ``on_line``; its exit code and last 20 lines."""
+    q = shlex.quote
+    log_path = run.local / "deploy.log"
     # the whole bundle takes its name only now: a copy cut short never looks like a bundle
-    cmd = [*ssh, "--", dest, f"mv -f {q(part)} {q(folder)}/model.rcb && {command}"]
+    cmd = [*run.ssh, "--", run.dest, f"mv -f {q(run.part)} {q(run.folder)}/model.rcb && {run.command}"]
     tail: list[str] = []
     try:
         log = open(log_path, "w", encoding="utf-8")  # noqa: SIM115 - closed below, streamed line by line
@@ -261,7 +311,7 @@ def deploy_host(
         p = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace", bufsize=1
         )
-        timer = threading.Timer(opts.timeout, p.kill) if opts.timeout else None
+        timer = threading.Timer(run.opts.timeout, p.kill) if run.opts.timeout else None
         if timer:
             timer.start()
         assert p.stdout is not None  # noqa: S101 - stdout=PIPE
@@ -273,31 +323,27 @@ def deploy_host(
         code = p.wait()
         if timer:
             timer.cancel()
-    if code == SSH_FAILED:
-        return done(LINK_LOST, "deploy", f"lost the link to {dest} during the remote run: {_first_error(chr(10).join(tail))}")
-    if code in (126, 127):
-        return done(
-            NOT_INSTALLED,
-            "deploy",
-            f"{(host.remote_cmd or opts.remote_cmd).split()[0]!r} not found on {dest} "
-            f"(remote exit {code}: {_first_error(chr(10).join(tail))})",
-        )
+    return code, tail
 
+
+def _fetch_results(run: _HostRun, code: int, tail: list[str]) -> HostResult:
+    """Fetch the deploy's report files (and the plan with ``fetch_plan``) and say how the host did."""
+    opts, local, dest = run.opts, run.local, run.dest
     wanted = DEPLOY_FETCHED + (ENGINE_ARTIFACTS if opts.fetch_plan else ())
     fetched: list[str] = []
     for name in wanted:
-        proc = _fetch(opts, host, f"{dest}:{folder}/out/{name}", local / name)
+        proc = _fetch(opts, run.host, f"{dest}:{run.folder}/out/{name}", local / name)
         if proc.returncode == 0:
             fetched.append(name)
         elif proc.returncode == SSH_FAILED or _LINK_LOST.search(proc.stderr or ""):
-            return done(LINK_LOST, "fetch", f"lost the link to {dest} fetching {name}: {_first_error(proc.stderr)}", fetched=fetched)
+            return run.done(LINK_LOST, "fetch", f"lost the link to {dest} fetching {name}: {_first_error(proc.stderr)}", fetched=fetched)
     report, passed, top1 = None, None, None
     if DEPLOY_REPORT in fetched:
         report = str(local / DEPLOY_REPORT)
         passed, top1 = _summary(local / DEPLOY_REPORT)
     missing_plan = opts.fetch_plan and PLAN not in fetched and code == 0
     message = _first_error(chr(10).join(tail)) if code != 0 else "passed" + (" (no plan to fetch)" if missing_plan else "")
-    return done(code, "done", message, report=report, passed=passed, agreement_top1=top1, fetched=fetched)
+    return run.done(code, "done", message, report=report, passed=passed, agreement_top1=top1, fetched=fetched)
 
 
 def _remote_space(ssh: list[str], dest: str, folder: str, part: str, needed: int) -> str | None:
