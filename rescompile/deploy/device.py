@@ -216,21 +216,10 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         GateFailed: a bundled gate (or the residual-fusion check) failed; reports are written first (exit 1).
     """
     from rescompile.deploy.bundle import open_bundle
-    from rescompile.io import sha256_file, write_json, write_text_atomic
-    from rescompile.report.junit import render_junit
     from rescompile.validate.metrics import compare_outputs
 
     opts = opts or DeployOptions()
-    if opts.backend not in BACKENDS:
-        raise UsageError(f"unknown backend {opts.backend!r}", hint="tensorrt (on the device) or onnxruntime (CPU)")
-    if opts.dla_core is not None and opts.backend != "tensorrt":
-        raise UsageError("--dla-core needs --backend tensorrt")
-    if opts.dla_core is not None and opts.target == "auto":
-        # The compute capability does not tell Orin modules apart (AGX Orin and Orin NX have DLA, Orin Nano has none).
-        raise UsageError(
-            "--dla-core needs a named Jetson target, e.g. --target jetson-agx-orin",
-            hint="rescompile targets lists them with their DLA cores",
-        )
+    _check_options(opts)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rescompile-bundle-") as tmp:
@@ -241,19 +230,7 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         timings["unpack"] = round(time.perf_counter() - t0, 3)
         out = Path(opts.out) if opts.out is not None else default_out(Path(bundle_path))
         out.mkdir(parents=True, exist_ok=True)
-        t1 = time.perf_counter()
-        run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
-        runner, engine, extra = run(bundle, opts, out)
-        try:
-            timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
-            t2 = time.perf_counter()
-            x = ref.inputs
-            logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
-            timings["validate"] = round(time.perf_counter() - t2, 3)
-        finally:  # the TensorRT runner releases its engine before its CUDA context (pycuda: the primary one)
-            close = getattr(runner, "close", None)
-            if close is not None:
-                close()
+        runner, engine, extra, logits = _open_and_infer(bundle, opts, out, ref.inputs, timings)
         manifest = bundle.manifest
         onnx_sha = manifest["members"][INT8_ONNX]["sha256"]
     metrics = compare_outputs(ref.logits, logits.astype(np.float32), ref.labels)
@@ -277,28 +254,78 @@ def deploy(bundle_path: Path, opts: DeployOptions | None = None) -> DeployResult
         host=_host(),
     )
     verdict = judge(report, gates, extra)  # the gate path of build and validate
-    doc = report.to_dict()
-    write_json(out / DEPLOY_REPORT, doc)
-    write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))
-    junit = render_junit(measurement, report.gates, model=str(report.model.get("name", "model")), suite="rescompile.deploy")
-    write_text_atomic(out / JUNIT_XML, junit)
+    doc = _write_reports(out, report)
     if opts.backend == "onnxruntime":
-        write_json(
-            out / ORT_SIDECAR,
-            {
-                "schema": "rescompile.ortmodel/1",
-                "onnx_sha256": onnx_sha,
-                "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
-                "bundle_sha256": bundle.sha256,
-                "runtime": engine,
-                "host": report.host,
-            },
-        )
+        _write_ort_sidecar(out, onnx_sha, bundle.sha256, report)
     result = DeployResult(out, doc, verdict.passed, verdict.failures, report)
     error = verdict.failure(f"\nreport: {out / DEPLOY_REPORT}", result=result, where=" on this device")
     if error is not None:
         raise error
     return result
+
+
+def _check_options(opts: DeployOptions) -> None:
+    """A UsageError for an unknown backend, or a DLA core without TensorRT or a named Jetson target."""
+    if opts.backend not in BACKENDS:
+        raise UsageError(f"unknown backend {opts.backend!r}", hint="tensorrt (on the device) or onnxruntime (CPU)")
+    if opts.dla_core is not None and opts.backend != "tensorrt":
+        raise UsageError("--dla-core needs --backend tensorrt")
+    if opts.dla_core is not None and opts.target == "auto":
+        # The compute capability does not tell Orin modules apart (AGX Orin and Orin NX have DLA, Orin Nano has none).
+        raise UsageError(
+            "--dla-core needs a named Jetson target, e.g. --target jetson-agx-orin",
+            hint="rescompile targets lists them with their DLA cores",
+        )
+
+
+def _open_and_infer(
+    bundle: Any, opts: DeployOptions, out: Path, x: np.ndarray, timings: dict[str, float]
+) -> tuple[Any, dict[str, Any], list[Any], np.ndarray]:
+    """Build the engine (or open the session), run it on ``x`` in ``opts.batch`` batches and close it; the runner,
+    its report section, its extra gates and the logits. Adds the ``engine``/``session`` and ``validate`` timings."""
+    t1 = time.perf_counter()
+    run = _run_tensorrt if opts.backend == "tensorrt" else _run_onnxruntime
+    runner, engine, extra = run(bundle, opts, out)
+    try:
+        timings["engine" if opts.backend == "tensorrt" else "session"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
+        logits = np.concatenate([runner.infer(x[s : s + opts.batch]) for s in range(0, len(x), opts.batch)])
+        timings["validate"] = round(time.perf_counter() - t2, 3)
+    finally:  # the TensorRT runner releases its engine before its CUDA context (pycuda: the primary one)
+        close = getattr(runner, "close", None)
+        if close is not None:
+            close()
+    return runner, engine, extra, logits
+
+
+def _write_reports(out: Path, report: DeployReport) -> dict[str, Any]:
+    """``deploy.json``, ``deploy.md`` and ``junit.xml`` in ``out``; the report's document."""
+    from rescompile.io import write_json, write_text_atomic
+    from rescompile.report.junit import render_junit
+
+    doc = report.to_dict()
+    write_json(out / DEPLOY_REPORT, doc)
+    write_text_atomic(out / DEPLOY_REPORT_MD, render_deploy_md(report))
+    junit = render_junit(report.measurement, report.gates, model=str(report.model.get("name", "model")), suite="rescompile.deploy")
+    write_text_atomic(out / JUNIT_XML, junit)
+    return doc
+
+
+def _write_ort_sidecar(out: Path, onnx_sha: str, bundle_sha: str, report: DeployReport) -> None:
+    """The ONNX Runtime backend's sidecar: which model it ran (and whether the copy in ``out`` still matches), where."""
+    from rescompile.io import sha256_file, write_json
+
+    write_json(
+        out / ORT_SIDECAR,
+        {
+            "schema": "rescompile.ortmodel/1",
+            "onnx_sha256": onnx_sha,
+            "onnx_sha256_checked": sha256_file(out / INT8_ONNX) == onnx_sha,
+            "bundle_sha256": bundle_sha,
+            "runtime": report.engine,
+            "host": report.host,
+        },
+    )
 
 
 def _device_gates(gates: Gates, opts: DeployOptions) -> Gates:
