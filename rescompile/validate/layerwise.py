@@ -157,6 +157,31 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
             "the FP32 model and the candidate share no tensor names",
             hint="pass the model.simplified.onnx the INT8 model was made from",
         )
+    acc = _accumulate(fp32, candidate, inputs, batch_size, shared, pairs, idx32.graph_inputs)
+    result = Layerwise(int(len(inputs)))
+    result.tensors = _tensor_errors(fp32, idx32, pairs, acc)
+    result.layers = _layer_errors(fp32, candidate, idx32, views, acc)
+    ranked = sorted(result.layers, key=lambda lay: (-lay.jump, lay.node))
+    result.ranking = [lay.node for lay in ranked]
+    if ranked:
+        worst = ranked[0].jump
+        result.suggested_keep_fp = [lay.keep_fp for lay in ranked[:SUGGEST_MAX] if lay.jump >= max(SUGGEST_FRACTION * worst, SUGGEST_FLOOR)]
+    return result
+
+
+_Pair = tuple[str, str]  # (FP32 tensor, the tensor compared with it in the candidate)
+
+
+def _accumulate(
+    fp32: onnx.ModelProto,
+    candidate: onnx.ModelProto,
+    inputs: np.ndarray,
+    batch_size: int,
+    shared: list[str],
+    pairs: list[_Pair],
+    graph_inputs: set[str],
+) -> dict[_Pair, _Acc]:
+    """Run both graphs batch by batch with the ``pairs``' tensors exposed; each pair's error statistics."""
     s32 = _session(fp32, shared)
     s8 = _session(candidate, sorted({v for _, v in pairs}))
     in32, in8 = s32.get_inputs()[0].name, s8.get_inputs()[0].name
@@ -166,17 +191,20 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
         x = np.ascontiguousarray(inputs[s : s + batch_size], np.float32)
         got32 = dict(zip(shared, s32.run(shared, {in32: x}), strict=True))
         got8 = dict(zip(names8, s8.run(names8, {in8: x}), strict=True))
-        for t in idx32.graph_inputs:
+        for t in graph_inputs:
             got32[t] = x
         for t, v in pairs:
             acc[(t, v)].update(np.asarray(got32[t]), np.asarray(got8[v]))
+    return acc
 
-    result = Layerwise(int(len(inputs)))
-    err = {}  # (fp32 name, view) -> rel error
+
+def _tensor_errors(fp32: onnx.ModelProto, idx32: GraphIndex, pairs: list[_Pair], acc: dict[_Pair, _Acc]) -> list[TensorError]:
+    """The error of every compared tensor, in FP32 graph order (the plain tensor before its Q/DQ view)."""
+    tensors = []
     for t, v in pairs:
         a = acc[(t, v)]
         producer = idx32.producer.get(t)
-        result.tensors.append(
+        tensors.append(
             TensorError(
                 t,
                 v,
@@ -188,12 +216,19 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
                 a.max_abs,
             )
         )
-        err[(t, v)] = a.rel_error
     order = {o: i for i, n in enumerate(fp32.graph.node) for o in n.output}
-    result.tensors.sort(key=lambda e: (order.get(e.tensor, -1), e.quantized))
+    tensors.sort(key=lambda e: (order.get(e.tensor, -1), e.quantized))
+    return tensors
 
+
+def _layer_errors(
+    fp32: onnx.ModelProto, candidate: onnx.ModelProto, idx32: GraphIndex, views: dict[str, str], acc: dict[_Pair, _Acc]
+) -> list[LayerError]:
+    """Every node where quantization enters (a Q/DQ input or an INT8 weight), in graph order, with the error it adds."""
+    err = {p: a.rel_error for p, a in acc.items()}  # (fp32 name, view) -> rel error
     weight_dq = _weight_dq_outputs(candidate)
     nodes8 = {node_name(n): n for n in candidate.graph.node}
+    layers = []
     for n in fp32.graph.node:
         name = node_name(n)
         n8 = nodes8.get(name)
@@ -206,7 +241,7 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
         upstream = max((err.get((t, t), 0.0) for t in n.input if idx32.is_activation(t)), default=0.0)
         out_acc = acc[(n.output[0], n.output[0])]
         out_err = out_acc.rel_error
-        result.layers.append(
+        layers.append(
             LayerError(
                 name,
                 n.op_type,
@@ -219,9 +254,4 @@ def layerwise_blame(fp32: onnx.ModelProto, candidate: onnx.ModelProto, inputs: n
                 keep_fp_pattern(name),
             )
         )
-    ranked = sorted(result.layers, key=lambda lay: (-lay.jump, lay.node))
-    result.ranking = [lay.node for lay in ranked]
-    if ranked:
-        worst = ranked[0].jump
-        result.suggested_keep_fp = [lay.keep_fp for lay in ranked[:SUGGEST_MAX] if lay.jump >= max(SUGGEST_FRACTION * worst, SUGGEST_FLOOR)]
-    return result
+    return layers
