@@ -113,18 +113,54 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
     """
     src = onnx.ModelProto.FromString(model.SerializeToString())
     g = src.graph
-    idx = GraphIndex.build(g)
-    names = _Names(g)
-    nodes_by_name = {node_name(n): n for n in g.node}
-    new_inits: list[TensorProto] = []
-    head: list[onnx.NodeProto] = []
-    after: dict[str, list[onnx.NodeProto]] = {}
-    rewired: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input
+    edit = _Edit(g)
+    act_params = _activation_params(plan, ranges, edit.idx)
+    # names are handed out in this order (weights, biases, activations): identical inputs, identical names
+    weight_scales = _add_weights(edit, plan)
+    _add_biases(edit, plan, act_params, weight_scales)
+    _add_activations(edit, plan, act_params)
+    edit.apply(g)
+    # Value infos of the FP32 graph stay valid; shapes of new tensors are inferred by runtimes.
+    onnx.checker.check_model(src)
+    return src
 
-    def check_node(name: str, what: str) -> None:
-        if name not in nodes_by_name:
+
+class _Edit:
+    """The Q/DQ being added to a graph: new initializers, nodes (first, or after their producer) and rewired inputs."""
+
+    def __init__(self, g: onnx.GraphProto) -> None:
+        self.idx = GraphIndex.build(g)
+        self.names = _Names(g)
+        self.nodes_by_name = {node_name(n): n for n in g.node}
+        self.new_inits: list[TensorProto] = []
+        self.head: list[onnx.NodeProto] = []
+        self.after: dict[str, list[onnx.NodeProto]] = {}
+        self.rewired: dict[tuple[str, int], str] = {}  # (node name, input index) -> new input
+
+    def check_node(self, name: str, what: str) -> None:
+        if name not in self.nodes_by_name:
             raise UsageError(f"plan names {what} {name!r}, which the model does not have", hint="re-plan for this model")
 
+    def apply(self, g: onnx.GraphProto) -> None:
+        """Rewire the inputs, put the new nodes in place and drop the initializers nothing reads any more."""
+        ordered: list[onnx.NodeProto] = list(self.head)
+        for n in g.node:
+            for i in range(len(n.input)):
+                new = self.rewired.get((node_name(n), i))
+                if new is not None:
+                    n.input[i] = new
+            ordered.append(n)
+            ordered.extend(self.after.get(node_name(n), []))
+        del g.node[:]
+        g.node.extend(ordered)
+        g.initializer.extend(self.new_inits)
+        used = {i for n in g.node for i in n.input}
+        for t in [t for t in g.initializer if t.name not in used]:
+            g.initializer.remove(t)
+
+
+def _activation_params(plan: QuantPlan, ranges: dict[str, TensorRange], idx: GraphIndex) -> dict[str, tuple[np.float32, np.integer]]:
+    """Scale and zero point of every planned activation (a UsageError for a missing range or tensor)."""
     act_params: dict[str, tuple[np.float32, np.integer]] = {}
     for q in plan.activations:
         if q.scale_from not in ranges:
@@ -132,23 +168,35 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
         if q.tensor not in idx.producer and q.tensor not in idx.graph_inputs:
             raise UsageError(f"plan quantizes tensor {q.tensor!r}, which the model does not have", hint="re-plan for this model")
         act_params[q.tensor] = activation_qparams(ranges[q.scale_from], q)
+    return act_params
 
+
+def _add_weights(edit: _Edit, plan: QuantPlan) -> dict[str, np.ndarray]:
+    """INT8 weights with one DequantizeLinear per initializer, shared by its users; each weight's per-channel scales."""
+    idx = edit.idx
     weight_scales: dict[str, np.ndarray] = {}
-    weight_out: dict[str, str] = {}  # one DequantizeLinear per weight initializer, shared by its users
+    weight_out: dict[str, str] = {}
     for wq in plan.weights:
-        check_node(wq.node, "weighted node")
+        edit.check_node(wq.node, "weighted node")
         if wq.initializer not in idx.initializers:
             raise UsageError(f"plan names weight {wq.initializer!r}, which the model does not have")
         if wq.initializer not in weight_out:
-            inits, node, out, scale = _weight_nodes(wq, numpy_helper.to_array(idx.initializers[wq.initializer]), names)
-            new_inits += inits
-            head.append(node)
+            inits, node, out, scale = _weight_nodes(wq, numpy_helper.to_array(idx.initializers[wq.initializer]), edit.names)
+            edit.new_inits += inits
+            edit.head.append(node)
             weight_scales[wq.initializer], weight_out[wq.initializer] = scale, out
-        rewired[(wq.node, wq.input_index)] = weight_out[wq.initializer]
+        edit.rewired[(wq.node, wq.input_index)] = weight_out[wq.initializer]
+    return weight_scales
 
+
+def _add_biases(
+    edit: _Edit, plan: QuantPlan, act_params: dict[str, tuple[np.float32, np.integer]], weight_scales: dict[str, np.ndarray]
+) -> None:
+    """INT32 biases (scale: input scale x weight scale); a bias shared by nodes gets one copy per node."""
+    idx = edit.idx
     shared = Counter(b.initializer for b in plan.biases)
     for bq in plan.biases:
-        check_node(bq.node, "biased node")
+        edit.check_node(bq.node, "biased node")
         if bq.initializer not in idx.initializers or bq.weight not in weight_scales:
             raise UsageError(f"plan quantizes bias {bq.initializer!r} of {bq.node!r} without its weight or initializer")
         if bq.input not in act_params:
@@ -160,44 +208,29 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
             float(act_params[bq.input][0]),
             weight_scales[bq.weight],
             base,
-            names,
+            edit.names,
         )
-        new_inits += inits
-        head.append(node)
-        rewired[(bq.node, bq.input_index)] = out
+        edit.new_inits += inits
+        edit.head.append(node)
+        edit.rewired[(bq.node, bq.input_index)] = out
 
+
+def _add_activations(edit: _Edit, plan: QuantPlan, act_params: dict[str, tuple[np.float32, np.integer]]) -> None:
+    """A Q/DQ pair after each planned activation's producer (first, for a graph input), read by the planned consumers."""
     for q in plan.activations:
         act_scale, act_zp = act_params[q.tensor]
-        inits, qdq, out = _activation_nodes(q, act_scale, act_zp, names)
-        new_inits += inits
-        producer = idx.producer.get(q.tensor)
+        inits, qdq, out = _activation_nodes(q, act_scale, act_zp, edit.names)
+        edit.new_inits += inits
+        producer = edit.idx.producer.get(q.tensor)
         if producer is None:
-            head.extend(qdq)
+            edit.head.extend(qdq)
         else:
-            after.setdefault(node_name(producer), []).extend(qdq)
+            edit.after.setdefault(node_name(producer), []).extend(qdq)
         for ref in q.consumers:
             name, _, index = ref.rpartition(":")
-            check_node(name, "consumer")
+            edit.check_node(name, "consumer")
             k = int(index) if index.isdigit() else -1
-            reads = nodes_by_name[name].input[k] if 0 <= k < len(nodes_by_name[name].input) else None
+            reads = edit.nodes_by_name[name].input[k] if 0 <= k < len(edit.nodes_by_name[name].input) else None
             if reads != q.tensor:
                 raise UsageError(f"plan says {ref} reads {q.tensor!r}, but it reads {reads!r}", hint="re-plan for this model")
-            rewired[(name, k)] = out
-
-    ordered: list[onnx.NodeProto] = list(head)
-    for n in g.node:
-        for i in range(len(n.input)):
-            new = rewired.get((node_name(n), i))
-            if new is not None:
-                n.input[i] = new
-        ordered.append(n)
-        ordered.extend(after.get(node_name(n), []))
-    del g.node[:]
-    g.node.extend(ordered)
-    g.initializer.extend(new_inits)
-    used = {i for n in g.node for i in n.input}
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
-    # Value infos of the FP32 graph stay valid; shapes of new tensors are inferred by runtimes.
-    onnx.checker.check_model(src)
-    return src
+            edit.rewired[(name, k)] = out
