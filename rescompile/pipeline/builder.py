@@ -33,8 +33,8 @@ from rescompile.errors import UsageError
 from rescompile.io import sha256_file, write_json
 from rescompile.pipeline import stages
 from rescompile.pipeline.report import CalibrationSection, EngineSection, ModelSection, Report, StagesSection, make_report, write_report
-from rescompile.pipeline.settings import DataSettings, build_settings
-from rescompile.pipeline.validator import BuildValidator
+from rescompile.pipeline.settings import BuildSettings, DataSettings, build_settings
+from rescompile.pipeline.validator import BuildValidator, Validated
 from rescompile.publish import check_out, staged
 from rescompile.validate.gates import Verdict, engine_gates, judge
 
@@ -147,15 +147,8 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
     out = s.out or Path("build") / loaded.model.name
     check_out(out)
     with staged(out) as folder:
-        with timer.stage("export"):
-            exported = stages.export(loaded.model, s.export).write(folder)
-        with timer.stage("simplify"):
-            simplified = stages.simplify(exported, loaded.model.input_shape).write(folder)
-        base: stages.Simplified | stages.Equalized = simplified  # the float model Q/DQ goes into
-        equalized = None
-        if s.transform.equalize:
-            with timer.stage("equalize"):  # statistics and parity on the calibration inputs, never the validation split
-                base = equalized = stages.equalize(simplified, data.calibration, loaded.pre, s.batch_size).write(folder)
+        exported, simplified, equalized = _float_models(s, loaded, data, folder, timer)
+        base = simplified if equalized is None else equalized  # the float model Q/DQ goes into
         with timer.stage("plan"):
             planned = stages.plan(base.model, s.plan).write(folder)
         with timer.stage("calibrate"):  # reuses the previous build's ranges/statistics when their key matches
@@ -166,37 +159,24 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
             quantized = stages.quantize(base, planned, calibrated).write(folder)
         corrected = None
         if s.transform.bias_correction:
-            with timer.stage("bias_correction"):
-                corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.batch_size).write(folder)
-                quantized = corrected.quantized
+            corrected = _correct_biases(s, base, quantized, calibrated, loaded, folder, timer)
+            quantized = corrected.quantized
         module = loaded.model.module
         validator = BuildValidator(module if module is not None else simplified.model, base.model, data.val, loaded.pre, s.validator)
         if s.validator.fallback is not None:
             with timer.stage("fallback"):
                 quantized = stages.fall_back(validator, base, quantized, calibrated).write(folder)
             if corrected is not None and quantized is not corrected.quantized:  # layers went back to FP: correct the final plan's
-                with timer.stage("bias_correction"):
-                    corrected = stages.correct_biases(base, quantized, calibrated, loaded.pre, s.batch_size).write(folder)
-                    quantized = corrected.quantized
+                corrected = _correct_biases(s, base, quantized, calibrated, loaded, folder, timer)
+                quantized = corrected.quantized
         engine = None
         if s.engine is not None:
             with timer.stage("engine"):
                 engine = stages.engine(folder / INT8_ONNX, s.engine, folder)
         with timer.stage("validate"):
             validated = validator.validate(quantized.model, other_s=sum(timer.stages.values()))
-        report = make_report(
-            validated.measurement,
-            ModelSection(loaded.model.name, loaded.model.input_shape, loaded.model.num_classes),
-            data,
-            quantized.model,
-            stages=StagesSection(exported, simplified, quantized, equalized, corrected),
-            calibration=CalibrationSection(calibrated, s.calibrate.settings.method, s.calibrate.settings.percentile),
-            notes=None if validated.fallback is None else [validated.fallback.note()],
-            warnings=calibrated.run.warnings,
-            layerwise=validated.layerwise,
-            fallback=None if validated.fallback is None else validated.fallback.record(),
-            engine=None if engine is None else EngineSection(engine),
-        )
+        section = StagesSection(exported, simplified, quantized, equalized, corrected)
+        report = _build_report(s, loaded, data, validated, section, calibrated, engine)
         verdict = judge(report, s.gates, [] if engine is None else engine_gates(engine.build))
         write_report(folder, report, cfg.to_dict())  # report.json, report.md, junit.xml, report.html
         manifest = _manifest(
@@ -212,6 +192,60 @@ def build(cfg: BuildConfig | None = None, **overrides: Any) -> BuildResult:
         if error is not None:  # published to <out>.failed by staged(); <out> keeps the previous passing build
             raise error
     return result
+
+
+def _float_models(
+    s: BuildSettings, loaded: stages.Loaded, data: DataChoice, folder: Path, timer: Timer
+) -> tuple[stages.Exported, stages.Simplified, stages.Equalized | None]:
+    """Export, simplify and (with ``equalize``) equalize the model into ``folder``; the equalized one is None without it."""
+    with timer.stage("export"):
+        exported = stages.export(loaded.model, s.export).write(folder)
+    with timer.stage("simplify"):
+        simplified = stages.simplify(exported, loaded.model.input_shape).write(folder)
+    equalized = None
+    if s.transform.equalize:
+        with timer.stage("equalize"):  # statistics and parity on the calibration inputs, never the validation split
+            equalized = stages.equalize(simplified, data.calibration, loaded.pre, s.batch_size).write(folder)
+    return exported, simplified, equalized
+
+
+def _correct_biases(
+    s: BuildSettings,
+    base: stages.Simplified | stages.Equalized,
+    quantized: stages.Quantized,
+    calibrated: stages.Calibrated,
+    loaded: stages.Loaded,
+    folder: Path,
+    timer: Timer,
+) -> stages.BiasCorrected:
+    """The bias-corrected ``quantized``, written to ``folder`` (timed as ``bias_correction``)."""
+    with timer.stage("bias_correction"):
+        return stages.correct_biases(base, quantized, calibrated, loaded.pre, s.batch_size).write(folder)
+
+
+def _build_report(
+    s: BuildSettings,
+    loaded: stages.Loaded,
+    data: DataChoice,
+    validated: Validated,
+    section: StagesSection,
+    calibrated: stages.Calibrated,
+    engine: stages.Engine | None,
+) -> Report:
+    """The build's typed report: the measurement, the stages, calibration, fall-back, layerwise and engine sections."""
+    return make_report(
+        validated.measurement,
+        ModelSection(loaded.model.name, loaded.model.input_shape, loaded.model.num_classes),
+        data,
+        section.quantized.model,
+        stages=section,
+        calibration=CalibrationSection(calibrated, s.calibrate.settings.method, s.calibrate.settings.percentile),
+        notes=None if validated.fallback is None else [validated.fallback.note()],
+        warnings=calibrated.run.warnings,
+        layerwise=validated.layerwise,
+        fallback=None if validated.fallback is None else validated.fallback.record(),
+        engine=None if engine is None else EngineSection(engine),
+    )
 
 
 def _manifest(
