@@ -217,28 +217,44 @@ def validate(
     t0 = time.perf_counter()
     sample = inputs.head(max(settings.latency.batches))
     other = other_s + sum(timings.values())  # the build so far, the reference and the candidate outputs
+    latency, speedup, plan = _latency(result, candidate, baseline, sample, settings, other)
+    timings["latency_s"] = round(time.perf_counter() - t0, 3)
+    result.latency, result.speedup = latency, speedup
+    result.peak_rss_mib = max([peak] + [r.peak_rss_mib for r in latency])
+    result.settings = _settings_record(settings)
+    result.latency_plan = plan  # measured: the budget follows the run's own times
+    result.timings = timings
+    return result
+
+
+def _latency(
+    result: Measurement, candidate: Runner, baseline: Runner | None, sample: np.ndarray, settings: ValidateSettings, other_s: float
+) -> tuple[list[Latency], dict[str, float], LatencyPlan]:
+    """Latency and speedup per batch size, and the plan they were measured by: on Ray when ``settings.ray`` says so
+    (recording where in ``result.scale``), else (or when Ray declined) here."""
     timed, ray = None, settings.ray
     if ray is not None:
         from rescompile.validate.on_ray import latency_on_ray
 
-        timed = latency_on_ray(candidate, baseline, sample, settings.latency, ray, other)
+        timed = latency_on_ray(candidate, baseline, sample, settings.latency, ray, other_s)
     if timed is None or ray is None:
-        latency, speedup, plan = measure_all(candidate, baseline, sample, settings.latency, other_s=other, show_progress=settings.progress)
-    else:
-        latency, speedup, plan, where = timed
-        result.scale = {
-            "ray": ray.where(),
-            "shards": ray.shards,
-            "threads_per_shard": getattr(candidate, "threads", None) or 1,
-            "latency_measured_on": where,
-            "max_retries": ray.retries,
-            "retries": list(ray.retried),  # tasks Ray ran again after losing their worker or node (this build's, so far)
-        }
-    timings["latency_s"] = round(time.perf_counter() - t0, 3)
-    result.latency, result.speedup = latency, speedup
-    result.peak_rss_mib = max([peak] + [r.peak_rss_mib for r in latency])
+        return measure_all(candidate, baseline, sample, settings.latency, other_s=other_s, show_progress=settings.progress)
+    latency, speedup, plan, where = timed
+    result.scale = {
+        "ray": ray.where(),
+        "shards": ray.shards,
+        "threads_per_shard": getattr(candidate, "threads", None) or 1,
+        "latency_measured_on": where,
+        "max_retries": ray.retries,
+        "retries": list(ray.retried),  # tasks Ray ran again after losing their worker or node (this build's, so far)
+    }
+    return latency, speedup, plan
+
+
+def _settings_record(settings: ValidateSettings) -> dict[str, Any]:
+    """The report's ``settings``: batch size, latency batches, warm-up, runs, budget and threads."""
     lat = settings.latency
-    result.settings = {
+    return {
         "batch_size": settings.batch_size,
         "latency_batches": list(lat.batches),
         "latency_warmup": lat.warmup,
@@ -246,6 +262,3 @@ def validate(
         "latency_budget_s": lat.budget_s,
         "threads": settings.threads,
     }
-    result.latency_plan = plan  # measured: the budget follows the run's own times
-    result.timings = timings
-    return result
