@@ -22,3 +22,13 @@ for m in bitv2_plain bitv2_wd mbv2_relu6; do
 done
 # each row: top-1 drop [95% CI], worst class drop, FP MACs on the 10k test images, with benchmarks/peers/measure.py
 # (normalize, logits, fp_macs_share) against the FP32 model (a failed build's folder ends in .failed)
+# the calibration-method rows (M = percentile | mse | entropy; mse on mbv2/bitv2 only)
+for M in percentile mse entropy; do
+  for m in resnet_outlier mbv2_outlier bitv2_outlier; do
+    rescompile build $H/$m.onnx --preset fashion-mnist --calib $H/calib.npz --val $H/val.npz --policy onnxruntime --equalize --calib-method $M --threads 1 --out $O/$m-ort-eq-$M -q
+    rescompile build $H/$m.onnx --preset fashion-mnist --calib $H/calib.npz --val $H/val.npz --policy onnxruntime --equalize --bias-correction --calib-method $M --threads 1 --out $O/$m-ort-eq-bc-$M -q
+  done
+done
+for m in bitv2_plain bitv2_wd mbv2_relu6; do
+  rescompile build $H/$m.onnx --preset fashion-mnist --calib $H/calib.npz --val $H/val.npz --policy onnxruntime --calib-method entropy --threads 1 --out $O/$m-ort-entropy -q
+done
