@@ -9,6 +9,14 @@ validation report's own split and the latency runs actually made:
     python benchmarks/build_time.py --summarize before after   # build_time.md from build_time_<label>.json
 
 ``--root`` runs another checkout (e.g. ``git archive main | tar -x -C /tmp/before`` for a "before").
+
+``--source checkpoint`` builds ``torchvision:resnet50 --weights`` a checkpoint of ``resnet50(weights=None)``
+saved after ``torch.manual_seed(seed)`` (issue #19 item 10's build: export and its parity check included,
+the PyTorch module as the FP32 reference); ``--source onnx`` (the earlier rounds) builds its ONNX export.
+``--ratio`` also times the plain FP32 forward passes over the same 128 inputs (the build's ``model.fp32.onnx``
+on ONNX Runtime, the build's intra-op threads, batches of 64, session creation not timed) in a fresh process and
+writes the build's wall and CPU time (user+sys, the build's process and its children) over theirs;
+``--repeat N`` runs build and forward passes N times, alternately, and keeps the medians.
 """
 
 from __future__ import annotations
@@ -16,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +57,46 @@ def export_resnet50(path: Path, seed: int) -> None:
     )
 
 
+def save_checkpoint(path: Path, seed: int) -> None:
+    import torch
+    import torchvision
+
+    torch.manual_seed(seed)
+    torch.save(torchvision.models.resnet50(weights=None).state_dict(), path)
+
+
+FORWARD = """
+import json, resource, sys, time
+import numpy as np
+import onnxruntime as ort
+model, threads, batch, *files = sys.argv[1:]
+opts = ort.SessionOptions()
+opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+x = np.concatenate([np.load(f) for f in files])
+usage = resource.getrusage(resource.RUSAGE_SELF)
+cpu0, t0 = usage.ru_utime + usage.ru_stime, time.perf_counter()
+for i in range(0, len(x), int(batch)):
+    session.run(None, {session.get_inputs()[0].name: x[i : i + int(batch)]})
+usage = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"wall_s": time.perf_counter() - t0, "cpu_s": usage.ru_utime + usage.ru_stime - cpu0, "samples": len(x)}))
+"""
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return float(usage.ru_utime + usage.ru_stime)
+
+
+def forward_passes(model: Path, threads: int, files: list[Path], batch: int = 64) -> dict[str, float]:
+    """Plain FP32 ONNX Runtime forward passes over ``files``' inputs in a fresh process: wall and CPU of the runs alone."""
+    cmd = [sys.executable, "-c", FORWARD, str(model), str(threads), str(batch), *map(str, files)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"forward passes failed:\n{proc.stderr}")
+    return dict(json.loads(proc.stdout.splitlines()[-1]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--label", default="after")
@@ -57,15 +107,18 @@ def main() -> None:
     ap.add_argument("--policy", default=None, help="Pass --policy to the build (default: the build's default).")
     ap.add_argument("--summarize", nargs="+", metavar="LABEL", help="Write build_time.md from these labels' JSON files.")
     ap.add_argument("--note", default="", help="A paragraph for build_time.md (e.g. the machine's load).")
+    ap.add_argument("--source", choices=("onnx", "checkpoint"), default="onnx", help="Build the ONNX export or the checkpoint.")
+    ap.add_argument("--ratio", action="store_true", help="Also time the plain FP32 forward passes; write the ratio.")
+    ap.add_argument("--repeat", type=int, default=1, help="Runs of the build (and forward passes); the medians are kept.")
     args = ap.parse_args()
     if args.summarize:
         summarize(args.summarize, args.note)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="rescompile-build-time-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = work / "resnet50.onnx"
+    model = work / ("resnet50.onnx" if args.source == "onnx" else "resnet50_random.pt")
     if not model.is_file():
-        export_resnet50(model, args.seed)
+        (export_resnet50 if args.source == "onnx" else save_checkpoint)(model, args.seed)
     rng = np.random.default_rng(args.seed)
     for name in ("calib", "val"):
         if not (work / f"{name}.npy").is_file():
@@ -76,7 +129,7 @@ def main() -> None:
         "-m",
         "rescompile.cli",
         "build",
-        str(model),
+        *([str(model)] if args.source == "onnx" else ["torchvision:resnet50", "--weights", str(model)]),
         "--calib",
         str(work / "calib.npy"),
         "--val",
@@ -88,11 +141,28 @@ def main() -> None:
     if args.policy:
         cmd += ["--policy", args.policy]
     env = {**os.environ, "PYTHONPATH": str(args.root)}
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=args.root, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        sys.exit(f"build failed (exit {proc.returncode}):\n{proc.stderr}")
+    runs: list[dict[str, float]] = []
+    for _ in range(max(1, args.repeat)):
+        for old in (out, out.with_name(out.name + ".failed")):  # a previous build's calibration would be reused
+            shutil.rmtree(old, ignore_errors=True)
+        load = os.getloadavg()[0]
+        cpu0, t0 = children_cpu(), time.perf_counter()
+        proc = subprocess.run(cmd, cwd=args.root, env=env, capture_output=True, text=True)
+        wall, cpu = time.perf_counter() - t0, children_cpu() - cpu0
+        if proc.returncode not in (0, 1):
+            sys.exit(f"build failed (exit {proc.returncode}):\n{proc.stderr}")
+        run = {"build_wall_s": round(wall, 1), "build_cpu_s": round(cpu, 1), "load_before": load}
+        if args.ratio:
+            import torch  # the build's intra-op threads: PyTorch's count (rescompile.runtime.runners.default_threads)
+
+            fwd = forward_passes(out / "model.fp32.onnx", torch.get_num_threads(), [work / "calib.npy", work / "val.npy"])
+            run |= {"forward_wall_s": round(fwd["wall_s"], 1), "forward_cpu_s": round(fwd["cpu_s"], 1)}
+            run |= {"ratio_wall": round(wall / fwd["wall_s"], 2), "ratio_cpu": round(cpu / fwd["cpu_s"], 2)}
+        run["load_after"] = os.getloadavg()[0]
+        runs.append(run)
+        print(json.dumps(run), file=sys.stderr)
+    median = {k: float(np.median([r[k] for r in runs])) for k in runs[0]}
+    wall = median["build_wall_s"]
     manifest = json.loads((out / "manifest.json").read_text())
     report = json.loads((out / "report.json").read_text())
     result = {
@@ -100,6 +170,8 @@ def main() -> None:
         "command": " ".join(cmd),
         "exit": proc.returncode,
         "wall_s": round(wall, 1),
+        "runs": runs,
+        "median": median,
         "timings_s": manifest["timings_s"],
         "validate_timings_s": report.get("timings_s", {}),
         "latency": [{k: r[k] for k in ("runner", "role", "batch", "runs", "warmup", "p50_ms")} for r in report["latency"]],

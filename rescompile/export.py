@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ class ParityResult:
     max_abs_error: float
     atol: float
     passed: bool
+    probe: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)  # (inputs, the checked model's outputs)
 
 
 def parity_inputs(shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.ndarray:
@@ -29,8 +30,8 @@ def parity_inputs(shape: tuple[int, int, int], batch: int, seed: int = 0) -> np.
     return np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
 
 
-def run_onnx(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    """Run a model once on ONNX Runtime's CPU provider with graph optimizations off."""
+def run_onnx(model: onnx.ModelProto | bytes, x: np.ndarray) -> np.ndarray:
+    """Run a model (or its serialized bytes) once on ONNX Runtime's CPU provider with graph optimizations off."""
     from rescompile.runtime.sessions import ort_session
 
     sess = ort_session(model, optimize=False)
@@ -59,7 +60,8 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
     """Export ``module`` to ONNX and check the outputs against PyTorch.
 
     Returns:
-        The ONNX model (input ``input``, output ``logits``, dynamic batch) and the parity result.
+        The ONNX model (input ``input``, output ``logits``, dynamic batch) and the parity result, whose
+        ``probe`` (inputs and ONNX Runtime's outputs) spares :func:`rescompile.simplify.simplify` running it again.
 
     Raises:
         UsageError: the module cannot be exported; ParityError: outputs drift beyond tolerance.
@@ -71,6 +73,7 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
         raise UsageError(f"opset {cfg.opset} is too old: rescompile needs opset >= 17")
     module = module.eval()
     x = torch.from_numpy(parity_inputs(input_shape, 2, cfg.seed))
+    exported: bytes | None = None  # the TorchScript exporter's bytes: ONNX Runtime reads them without serializing the model again
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -103,7 +106,8 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
                     output_names=[OUTPUT_NAME],
                     dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                 )
-                model = onnx.load_from_string(buf.getvalue())
+                exported = buf.getvalue()
+                model = onnx.load_from_string(exported)
             else:
                 raise UsageError(f"unknown exporter {cfg.exporter!r}: use torchscript or dynamo")
         except UsageError:
@@ -112,5 +116,7 @@ def export_onnx(module: Any, input_shape: tuple[int, int, int], cfg: ExportConfi
             raise UsageError(f"torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     model.producer_name, model.producer_version = "rescompile", ""
     probe = parity_inputs(input_shape, cfg.parity_batch, cfg.seed)
-    parity = check_parity(run_torch(module, probe), run_onnx(model, probe), cfg.atol, cfg.rtol, "export")
+    outputs = run_onnx(model if exported is None else exported, probe)  # the same graph (the producer fields aside)
+    parity = check_parity(run_torch(module, probe), outputs, cfg.atol, cfg.rtol, "export")
+    parity.probe = (probe, outputs)
     return model, parity

@@ -568,10 +568,14 @@ def auto_fallback(
                 )
             )
             if ok:
+                previous = kept
                 kept, current, accepted = trial, after, accepted + 1
                 kept_nodes |= set(choice.nodes)
                 result.model, result.plan = model, new_plan
                 remaining = [u for u in remaining if not set(u.nodes) <= kept_nodes]
+                for u in remaining:  # a unit that now frees more Q/DQ has no upper bound in its old gain
+                    if u in gains and freed(search, kept, u) - freed(search, previous, u):
+                        del gains[u]
                 break
             step_backs += 1
             if step_backs > fallback.step_backs or not remaining:
@@ -586,6 +590,17 @@ def auto_fallback(
     result.mark_pareto(pareto_axis(gates, reference.labels is not None))
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def freed(search: _Search, kept: tuple[str, ...], unit: Unit) -> set[str]:
+    """The activation tensors whose Q/DQ goes away when ``unit`` is kept in FP on top of ``kept``.
+
+    Under the ``onnxruntime`` policy a kept layer still reads an INT8 kernel's output through its shared
+    Q/DQ (R8, O6): keeping it frees that tensor only once its producer is kept too. So a unit's gain can
+    grow when a neighbour is kept; the search re-measures exactly the units whose freed set grew.
+    """
+    quantized = {a.tensor for a in search.plan(kept).activations}
+    return quantized - {a.tensor for a in search.plan(merged(kept, unit)).activations}
 
 
 def merged(kept: tuple[str, ...], unit: Unit) -> tuple[str, ...]:

@@ -99,6 +99,7 @@ class Exported:
     max_abs_error: float | None  # export parity against PyTorch; None for an ONNX source
     opset_conversion: OpsetConversion | None = None
     batch_made_dynamic: BatchFreed | None = None
+    probe: tuple[np.ndarray, np.ndarray] | None = None  # the export parity's inputs and ONNX Runtime outputs (simplify's reference)
 
     def write(self, folder: Path) -> Exported:
         save_onnx(folder / FP32_ONNX, self.model)
@@ -112,7 +113,7 @@ def export(loaded: LoadedModel, cfg: ExportConfig) -> Exported:
         from rescompile.export import export_onnx
 
         model, parity = export_onnx(loaded.module, loaded.input_shape, cfg)
-        return Exported(model, parity.max_abs_error)
+        return Exported(model, parity.max_abs_error, probe=parity.probe)
     from rescompile.models.onnx_source import free_batch, upgrade_opset
     from rescompile.readers import read_onnx
 
@@ -133,7 +134,10 @@ class Simplified:
         return self.result.model
 
     def write(self, folder: Path) -> Simplified:
-        save_onnx(folder / SIMPLIFIED_ONNX, self.result.model)
+        if self.result.data is None:
+            save_onnx(folder / SIMPLIFIED_ONNX, self.result.model)
+        else:  # the bytes simplify checked, the same as save_onnx's
+            write_bytes_atomic(folder / SIMPLIFIED_ONNX, self.result.data)
         return self
 
 
@@ -142,7 +146,7 @@ def simplify(exported: Exported, input_shape: tuple[int, int, int], cfg: Simplif
     from rescompile.simplify import SimplifyConfig
     from rescompile.simplify import simplify as run_simplify
 
-    return Simplified(run_simplify(exported.model, input_shape, cfg or SimplifyConfig()))
+    return Simplified(run_simplify(exported.model, input_shape, cfg or SimplifyConfig(), exported.probe))
 
 
 def _calibration_batches(source: DataSource, pre: Preprocess, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:

@@ -34,14 +34,18 @@ def activation_qparams(r: TensorRange, q: ActivationQuant) -> tuple[np.float32, 
     return np.float32(scale), np.uint8(zp)
 
 
-def quantize_weight(w: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric per-channel INT8: scale = amax/127 per output channel, values in [-127, 127]."""
+def quantize_weight(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per-channel INT8: scale = amax/qmax per output channel, values in [-qmax, qmax], qmax = 2^(bits-1) - 1.
+
+    ``bits`` 8 uses the full range [-127, 127]; 7 keeps [-63, 63] (the ``onnxruntime`` policy, O7).
+    """
+    qmax = float(2 ** (bits - 1) - 1)
     moved = np.moveaxis(w.astype(np.float64), axis, 0)
     amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
-    scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
     return q, scale
 
 
@@ -81,7 +85,7 @@ def _constant_dq(base: str, q: np.ndarray, scale: np.ndarray, axis: int, names: 
 
 
 def _weight_nodes(wq: WeightQuant, w: np.ndarray, names: _Names) -> tuple[list[TensorProto], onnx.NodeProto, str, np.ndarray]:
-    q, scale = quantize_weight(w, wq.axis)
+    q, scale = quantize_weight(w, wq.axis, wq.bits)
     return (*_constant_dq(wq.initializer, q, scale, wq.axis, names), scale)
 
 

@@ -25,6 +25,8 @@ from rescompile.graph.topology import ResidualBlock, constant_tensors
 from rescompile.quantize.catalog import policy_names
 from rescompile.readers import short
 
+WEIGHT_BITS = 8  # the full symmetric INT8 range [-127, 127]; a WeightQuant may use fewer bits
+
 
 class Policy:
     """Names of the built-in policies, for code that spells them (the registry knows every policy)."""
@@ -47,7 +49,12 @@ class ActivationQuant:
 
 @dataclass
 class WeightQuant:
-    """A weight initializer stored as INT8 with a per-channel DequantizeLinear."""
+    """A weight initializer stored as INT8 with a per-channel DequantizeLinear.
+
+    ``bits``: the symmetric integer range it uses, ``[-(2^(bits-1) - 1), 2^(bits-1) - 1]`` (8: [-127, 127];
+    7: [-63, 63], the ``onnxruntime`` policy's O7). Left out of qdq_plan.json when 8, so plans that use
+    the full range read and write as before.
+    """
 
     initializer: str
     node: str
@@ -55,6 +62,7 @@ class WeightQuant:
     axis: int
     rule: str = "R2: weights per-channel symmetric INT8"
     input_index: int = 1
+    bits: int = 8
 
 
 @dataclass
@@ -108,7 +116,11 @@ class QuantPlan:
         return next((a for a in self.activations if a.tensor == tensor), None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": "rescompile.qdq_plan/2", **asdict(self)}
+        d = {"schema": "rescompile.qdq_plan/2", **asdict(self)}
+        for w in d["weights"]:
+            if w["bits"] == WEIGHT_BITS:
+                del w["bits"]
+        return d
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -132,6 +144,9 @@ class QuantPlan:
             for i, rec in enumerate(lists[key]):
                 if not (0 <= rec.input_index < 16 and -8 <= rec.axis < 8):
                     raise UsageError(f"{what} {key}[{i}]: input_index {rec.input_index} / axis {rec.axis} out of range")
+        for i, rec in enumerate(lists["weights"]):
+            if not (2 <= rec.bits <= WEIGHT_BITS):
+                raise UsageError(f"{what} weights[{i}]: bits {rec.bits} out of range (2..{WEIGHT_BITS})")
         policy, kept = d.get("policy"), d.get("kept_fp")
         if policy not in policy_names():
             raise UsageError(f"{what}: unknown policy {short(policy)}", hint=", ".join(policy_names()))

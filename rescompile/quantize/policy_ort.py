@@ -8,8 +8,13 @@ ONNX Runtime turns a ``DequantizeLinear -> op -> QuantizeLinear`` group into one
 goes into a QuantizeLinear. So, unlike ``tensorrt``, op *outputs* are quantized too, and:
 
 - activations are UINT8 asymmetric per tensor (on x86 the u8s8 kernels are the fast ones;
-  symmetric INT8 activations ran slower than FP32 here), weights INT8 symmetric per channel,
-  biases INT32 with scale = input scale x weight scale (what QGemm requires);
+  symmetric INT8 activations ran slower than FP32 here), weights INT8 symmetric per channel
+  holding 7-bit values [-63, 63], biases INT32 with scale = input scale x weight scale (what
+  QGemm requires). 7 bits because the u8s8 kernels of x86 CPUs without VNNI (AVX2, AVX-512
+  without VNNI) add two uint8 x int8 products into a saturating int16 (``vpmaddubsw``):
+  255 x 127 x 2 = 64,770 overflows 32,767 and the fused model drifts from its own Q/DQ
+  arithmetic (1.7-3.9 points of top-1 on three of benchmarks/results/accuracy_hard.md),
+  255 x 63 x 2 = 32,130 never does (O7);
 - a ReLU right after a Conv or Add stays in the graph, and the Q goes after it: with zero
   point 0 the runtime folds the ReLU into the Q, and the topology is untouched;
 - both inputs and the output of every residual Add are quantized (QLinearAdd);
@@ -64,6 +69,9 @@ BINARY_OPS = ("Add", "Mul")
 POOL_OPS = ("GlobalAveragePool", "AveragePool")
 PASS_THROUGH_OPS = RESHAPE_OPS
 FUSABLE_ACTIVATIONS = ("Relu",)
+WEIGHT_BITS = 7  # O7: |w| <= 63, so two uint8 x int8 products never overflow int16 (255 * 63 * 2 = 32,130)
+WEIGHT_QMAX = 2 ** (WEIGHT_BITS - 1) - 1
+WEIGHT_SCHEME = f"int8 holding {WEIGHT_BITS}-bit values [-{WEIGHT_QMAX}, {WEIGHT_QMAX}], symmetric per-channel (zero point 0)"
 
 ORT_RULES = {
     "O1": "input of an op ONNX Runtime runs as an INT8 kernel (DequantizeLinear feeds it)",
@@ -72,7 +80,8 @@ ORT_RULES = {
     "O4": "residual Add: both inputs and the output are quantized, so it runs as QLinearAdd",
     "O5": "same scale as its input: MaxPool/Flatten/Reshape run on uint8 data (the Q/DQ pair is dropped)",
     "O6": "one shared Q/DQ per tensor, read by every consumer (a float edge out of an INT8 kernel stops its fusion)",
-    "O7": "weights: per-channel symmetric INT8 (axis = output channels), zero point 0",
+    "O7": "weights: per-channel symmetric, 7-bit values [-63, 63] stored as INT8 (axis = output channels), zero point 0: "
+    "no int16 saturation in ONNX Runtime's u8s8 kernels",
     "O8": "bias: INT32, zero point 0, scale = input scale x weight scale (QLinearConv/QGemm)",
     "R8": "kept in higher precision (--keep-fp / --keep-first-last): float op, float weights",
 }
@@ -107,7 +116,7 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
         kept_fp=sorted(kept),
         scheme={
             "activations": "uint8, asymmetric per-tensor (zero point from min/max)",
-            "weights": "int8, symmetric per-channel (zero point 0)",
+            "weights": WEIGHT_SCHEME,
             "bias": "int32, zero point 0, scale = input scale x weight scale",
         },
         rules=dict(ORT_RULES),
@@ -126,7 +135,8 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
         if name in weighted:
             req.add(node.input[0], f"O1: input of {node.op_type} ({KERNELS[node.op_type]})")
             w = node.input[1]
-            plan.weights.append(WeightQuant(w, name, node.op_type, weight_axis(node), "O7: weights per-channel symmetric INT8"))
+            rule = "O7: weights per-channel symmetric, 7 bits"
+            plan.weights.append(WeightQuant(w, name, node.op_type, weight_axis(node), rule, bits=WEIGHT_BITS))
             if len(node.input) > 2 and node.input[2] in idx.initializers:
                 plan.biases.append(BiasQuant(node.input[2], name, node.input[0], w, 0, "O8: bias INT32, scale = input x weight scale"))
             feeds_int8 = any(_is_int8_candidate(c, weighted, kept, const) for c, _ in idx.consumers.get(node.output[0], []))
@@ -216,7 +226,7 @@ class OnnxRuntimePolicy:
     backend = "onnxruntime"
     scheme = {
         "activations": "uint8, asymmetric per-tensor (zero point from min/max)",
-        "weights": "int8, symmetric per-channel (zero point 0)",
+        "weights": WEIGHT_SCHEME,
         "bias": "int32, zero point 0, scale = input scale x weight scale",
     }
     rules = ORT_RULES
@@ -309,6 +319,20 @@ def _check_kernel(view: QdqView, report: VerifyReport, n: onnx.NodeProto, kept: 
         v.append(Violation("fusion", name, f"output {out} is not quantized; ONNX Runtime runs it in float (O2)"))
     if len(n.input) > 2 and n.input[2] and n.input[2] not in view.const_dq:
         v.append(Violation("fusion", name, f"bias {n.input[2]} is float; the onnxruntime policy stores it INT32 (O8)"))
+    w_dq = view.const_dq.get(n.input[1])
+    stored = view.idx.constant_value(w_dq.input[0]) if w_dq is not None else None
+    if stored is not None and stored.dtype == np.int8:
+        report.checks["dtype"] += 1
+        peak = int(np.abs(stored.astype(np.int16)).max(initial=0))
+        if peak > WEIGHT_QMAX:
+            v.append(
+                Violation(
+                    "dtype",
+                    name,
+                    f"weights reach {peak}, above {WEIGHT_QMAX}: two uint8 x int8 products can overflow the int16 sums "
+                    "of ONNX Runtime's u8s8 kernels on x86 without VNNI (O7)",
+                )
+            )
 
 
 POLICY = OnnxRuntimePolicy()  # what registry.get_policy("onnxruntime") registers

@@ -74,6 +74,19 @@ def test_checkpoint_with_nan_or_wrong_dtype_weights(tmp_path: Path) -> None:
         apply_state_dict(model, state, "w.pt", "resnet20")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_checkpoint_inf_found_in_every_float_dtype(dtype: torch.dtype) -> None:
+    from rescompile.models.loader import apply_state_dict
+    from rescompile.models.resnet_cifar import cifar_resnet
+
+    model = cifar_resnet("resnet20", 4, 1).to(dtype)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    apply_state_dict(model, state, "w.pt", "resnet20")  # finite: loads
+    state["conv1.weight"].view(-1)[7] = float("-inf")
+    with pytest.raises(UsageError, match="conv1.weight holds NaN or Inf"):
+        apply_state_dict(model, state, "w.pt", "resnet20")
+
+
 def test_npy_named_npz_and_npz_named_npy(tmp_path: Path) -> None:
     from rescompile.data.sources import open_source
 

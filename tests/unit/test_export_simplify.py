@@ -80,3 +80,24 @@ def test_simplify_without_onnxsim_still_folds():
 
     result = simplify(_conv_bn_model(), (2, 8, 8), SimplifyConfig(use_onnxsim=False))
     assert result.batchnorms_folded == 1 and result.nodes_after == 2
+
+
+def test_export_probe_is_simplify_reference(tiny_module):
+    model, parity = export_onnx(tiny_module, SHAPE, ExportConfig())
+    assert parity.probe is not None
+    inputs, outputs = parity.probe
+    np.testing.assert_array_equal(outputs, run_onnx(model, inputs))  # the exported model's own outputs, bit for bit
+    assert simplify(model, SHAPE, probe=parity.probe).max_abs_error == simplify(model, SHAPE).max_abs_error
+    with pytest.raises(ParityError, match="simplify"):  # the probe is the reference: the model is not run again
+        simplify(model, SHAPE, probe=(inputs, outputs + 1.0))
+    assert simplify(model, SHAPE, probe=(inputs + 1.0, outputs + 1.0)).max_abs_error < 1e-4  # other inputs: run again
+
+
+def test_simplified_bytes_are_the_saved_model(tmp_path):
+    from rescompile.buildfolder import SIMPLIFIED_ONNX
+    from rescompile.pipeline.stages import Simplified
+
+    result = simplify(_conv_bn_model(), (2, 8, 8))
+    assert result.data == result.model.SerializeToString(deterministic=True)
+    Simplified(result).write(tmp_path)
+    assert (tmp_path / SIMPLIFIED_ONNX).read_bytes() == result.data

@@ -302,3 +302,20 @@ def test_the_search_refuses_what_it_cannot_do(tiny_onnx, data):
         auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(2, Gates(max_top1_drop=1)), SETTINGS)
     with pytest.raises(UsageError, match="unknown fallback unit"):
         auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(2, Gates(min_cosine=0.9), unit="row"), SETTINGS)
+
+
+def test_onnxruntime_search_never_keeps_a_layer_twice_and_reaches_the_shared_qdq(tiny_onnx, data):
+    """Under ``onnxruntime`` a kept CONV2 still reads BROKEN through conv1's closing Q/DQ (R8, O6), so keeping CONV2
+    alone cannot fix it. The search must then keep another layer — never CONV2 again — until BROKEN's Q/DQ is gone."""
+    plan = plan_qdq(tiny_onnx, Policy.ONNXRUNTIME)
+    ranges = compute_ranges(collect_stats(tiny_onnx, plan.calibrated_tensors, [data]), "max")
+    r = ranges[BROKEN]
+    ranges[BROKEN] = replace(r, amax=r.amax * 100, max=r.max * 100)  # UINT8 asymmetric reads min/max
+    int8 = insert_qdq(tiny_onnx, plan, ranges)
+    assert BROKEN in {a.tensor for a in plan.activations}
+    inputs, ref = _search_inputs(tiny_onnx, data)
+    fb = auto_fallback(tiny_onnx, int8, plan, ranges, ref, inputs, FallbackSettings(4, Gates(min_cosine=0.999), unit="layer"), SETTINGS)
+    names = [s.unit.name for s in fb.steps]
+    assert len(names) == len(set(names)) and len(fb.kept) == len(set(fb.kept))
+    assert fb.passed and BROKEN not in {a.tensor for a in fb.plan.activations}
+    assert {CONV1, CONV2} <= set(fb.plan.kept_fp)

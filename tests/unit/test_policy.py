@@ -155,3 +155,88 @@ def test_the_registry_loads_each_builtin_from_its_module():
     assert tuple(registry._BUILTINS) == catalog.BUILTIN == (Policy.TENSORRT, Policy.ONNXRUNTIME)
     assert registry.get_policy("tensorrt") is policy_trt.POLICY and registry.get_policy("onnxruntime") is policy_ort.POLICY
     assert catalog.REGISTERED["tensorrt"] is policy_trt.POLICY
+
+
+def _weight_peaks(model: onnx.ModelProto) -> list[int]:
+    """The largest |stored value| of every INT8 weight initializer behind a DequantizeLinear."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    return [
+        int(np.abs(inits[n.input[0]].astype(np.int16)).max())
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8
+    ]
+
+
+def test_onnxruntime_weights_hold_seven_bits_tensorrt_eight(tiny_onnx):
+    ort_plan, ort_model = quantize(tiny_onnx, Policy.ONNXRUNTIME)
+    trt_plan, trt_model = quantize(tiny_onnx, Policy.TENSORRT)
+    assert {w.bits for w in ort_plan.weights} == {7} and {w.bits for w in trt_plan.weights} == {8}
+    assert max(_weight_peaks(ort_model)) == 63 and max(_weight_peaks(trt_model)) == 127
+    # qdq_plan.json names the bits only where they are not the full 8: tensorrt plans read and write as before.
+    assert all(w["bits"] == 7 for w in json.loads(ort_plan.to_json())["weights"])
+    assert all("bits" not in w for w in json.loads(trt_plan.to_json())["weights"])
+    assert [w.bits for w in QuantPlan.from_json(trt_plan.to_json()).weights] == [8] * len(trt_plan.weights)
+    doc = json.loads(ort_plan.to_json())
+    doc["weights"][0]["bits"] = 9
+    with pytest.raises(UsageError, match="bits 9"):
+        QuantPlan.from_dict(doc)
+
+
+def _conv_relu_conv() -> onnx.ModelProto:
+    """x (1 channel, values in [0, 1]) -> Conv 3x3 (8 filters of equal positive weights) -> Relu -> Conv 1x1 -> y."""
+    h = onnx.helper
+    w1 = np.full((8, 1, 3, 3), 0.5, np.float32)
+    w1[:, :, 0, 0] = 0.6  # one weight per filter at the channel maximum, the rest just below it
+    w2 = np.random.default_rng(0).standard_normal((4, 8, 1, 1)).astype(np.float32)
+    nodes = [
+        h.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+        h.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        h.make_node("Conv", ["r1", "w2", "b2"], ["y"], name="conv2"),
+    ]
+    inits = [
+        onnx.numpy_helper.from_array(w1, "w1"),
+        onnx.numpy_helper.from_array(np.zeros(8, np.float32), "b1"),
+        onnx.numpy_helper.from_array(w2, "w2"),
+        onnx.numpy_helper.from_array(np.zeros(4, np.float32), "b2"),
+    ]
+    g = h.make_graph(
+        nodes,
+        "sat",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [None, 1, 8, 8])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [None, 4, 8, 8])],
+        inits,
+    )
+    return onnx.helper.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_onnxruntime_fused_kernels_compute_what_the_qdq_graph_says(tmp_path):
+    """O7: with 7-bit weights ONNX Runtime's fused QLinearConv equals the same Q/DQ graph run op by op.
+
+    The input sits at the top of its uint8 range and every weight near the top of its channel's range: with
+    full-range INT8 weights, two products 255 x ~127 overflow the int16 sums of the u8s8 kernels of x86 CPUs
+    without VNNI, and the fused result drifts far from the Q/DQ arithmetic (on a CPU with VNNI it would not).
+    """
+    import onnxruntime as ort
+
+    from rescompile.calibrate.collect import collect_stats
+    from rescompile.calibrate.ranges import compute_ranges
+    from rescompile.quantize.insert import insert_qdq
+
+    model = _conv_relu_conv()
+    x = np.random.default_rng(1).uniform(0.9, 1.0, (16, 1, 8, 8)).astype(np.float32)
+    x[:, :, 0, 0] = 0.0  # the range starts at 0: zero point 0, the rest of the image near 255
+    plan = plan_qdq(model, Policy.ONNXRUNTIME)
+    int8 = insert_qdq(model, plan, compute_ranges(collect_stats(model, plan.calibrated_tensors, [x])))
+    assert max(_weight_peaks(int8)) == 63
+    assert ort_optimized(int8, tmp_path)["QLinearConv"] == 1  # conv1 runs as a fused u8s8 kernel (conv2's output is float)
+
+    def run(level: ort.GraphOptimizationLevel) -> np.ndarray:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(int8.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    fused, reference = run(ort.GraphOptimizationLevel.ORT_ENABLE_ALL), run(ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    step = float(np.abs(reference).max()) / 100  # the output is float: compare against its magnitude
+    assert np.abs(fused - reference).max() < step

@@ -116,3 +116,10 @@ def test_plan_that_does_not_fit_the_model_is_a_usage_error(tiny_onnx, int8):
     del ranges[plan.calibrated_tensors[0]]
     with pytest.raises(UsageError, match="no calibrated range"):
         insert_qdq(tiny_onnx, plan, ranges)
+
+
+def test_quantize_weight_in_seven_bits():
+    w = np.array([[0.9, -2.0], [0.5, 0.3]], np.float32).reshape(2, 2, 1, 1)
+    q, scale = quantize_weight(w, 0, bits=7)
+    np.testing.assert_allclose(scale, [2 / 63, 0.5 / 63], rtol=1e-6)
+    assert q.dtype == np.int8 and q.reshape(2, 2).tolist() == [[28, -63], [63, 38]]

@@ -229,3 +229,17 @@ def test_ort_bias_scale_and_activation_type(tiny_onnx, ort):
     # A tensorrt-style (INT8) graph checked against the onnxruntime policy fails on type and placement.
     report = verify_int8(tiny_onnx, quantize(tiny_onnx, Policy.TENSORRT)[1], policy="onnxruntime")
     assert report.failed("dtype") and report.failed("residual") and report.failed("fusion")
+
+
+def test_ort_full_range_weights_can_overflow_u8s8(tiny_onnx, ort):
+    """O7: the same weights stored with twice the integers and half the scale (values up to 126) fail the proof."""
+    plan, model = ort
+    assert verify_int8(tiny_onnx, model, plan).ok
+    broken = copy_model(model)
+    conv = next(n for n in broken.graph.node if n.op_type == "Conv")
+    dq = next(n for n in broken.graph.node if n.output[0] == conv.input[1])
+    q, s = _init(broken, dq.input[0]), _init(broken, dq.input[1])
+    q.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(q).astype(np.int16) * 2).astype(np.int8), q.name))
+    s.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(s) / 2, s.name))
+    report = verify_int8(tiny_onnx, checked(broken), plan)
+    assert "overflow the int16" in violation(report, "dtype", node_name(conv)).message
