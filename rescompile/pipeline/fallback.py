@@ -502,94 +502,142 @@ def auto_fallback(
     search.plans[()] = plan
 
     split = split_validation(inputs.count, reference.labels, fallback.seed)
-    gate_inputs = inputs.select(split.gate, f"{inputs.name} (gate split)")
-    gate_ref = reference.select(split.gate)
+    gate = _GateSplit(inputs.select(split.gate, f"{inputs.name} (gate split)"), reference.select(split.gate))
+    start_runner, ranking = _ranking_subset(search, int8, inputs, reference, split)
+
+    current = search.state(start_runner, plan, gate.ref, gate.inputs)
+    result = Fallback(int8, plan, limit, fallback.unit, current, split, start_runner.name)
+    result.ranking_nmse = ranking.start_nmse
+    units = candidate_units(search, fallback.unit)
+    result.candidates = len(units)
+    walk = _Walk(current, list(units))
+    while not walk.current.gates_passed:
+        if walk.accepted >= limit:
+            result.stopped = f"limit of {limit} fallback unit(s) reached"
+            break
+        if not walk.remaining:
+            result.stopped = "no candidate unit left to keep in FP"
+            break
+        _take_step(search, walk, result, gate, ranking)
+        if result.stopped:
+            break
+    else:
+        result.stopped = "accuracy gates pass on the gate split" if result.steps else "accuracy gates already pass on the gate split"
+    result.passed = walk.current.gates_passed
+    result.ranking_runs, result.gate_runs = search.ranking_runs, search.gate_runs
+    result.mark_pareto(pareto_axis(gates, reference.labels is not None))
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+@dataclass(frozen=True)
+class _GateSplit:
+    """The gate split: the FP32 outputs and the inputs every tried model is judged on."""
+
+    inputs: ValidationInputs
+    ref: ReferenceOutputs
+
+
+@dataclass(frozen=True)
+class _RankingSubset:
+    """The ranking subset: the inputs where the starting INT8 model differs most from FP32, and their FP32 logits."""
+
+    inputs: np.ndarray
+    ref: np.ndarray
+    start_nmse: float  # the starting model's NMSE on it
+
+
+def _ranking_subset(
+    search: _Search, int8: onnx.ModelProto, inputs: ValidationInputs, reference: ReferenceOutputs, split: Split
+) -> tuple[Runner, _RankingSubset]:
+    """Run the starting model on the ranking split and keep its ``rank_samples`` worst samples (by NMSE) as the
+    ranking subset (recorded in ``split.subset``); the starting runner and the subset. Scores the starting model."""
     ranking_inputs = inputs.select(split.ranking)
     rank_ref = reference.select(split.ranking)
-    start_runner = factory(int8)
-    start_out = run_outputs(start_runner, ranking_inputs, settings, "auto-fallback (ranking split)")
+    start_runner = search.factory(int8)
+    start_out = run_outputs(start_runner, ranking_inputs, search.settings, "auto-fallback (ranking split)")
     search.ranking_runs += 1
-    order = np.argsort(-nmse_per_sample(rank_ref.logits, start_out), kind="stable")[: max(1, fallback.rank_samples)]
+    order = np.argsort(-nmse_per_sample(rank_ref.logits, start_out), kind="stable")[: max(1, search.fallback.rank_samples)]
     pos = np.sort(order)
     split.subset = split.ranking[pos]
     subset = ranking_inputs.select(pos).head(len(pos))
     subset_ref = rank_ref.logits[pos]
     start_nmse = float(nmse_per_sample(subset_ref, start_out[pos]).mean())
     search.scores[()] = (start_nmse, int((start_out[pos].argmax(1) != subset_ref.argmax(1)).sum()))
+    return start_runner, _RankingSubset(subset, subset_ref, start_nmse)
 
-    current = search.state(start_runner, plan, gate_ref, gate_inputs)
-    result = Fallback(int8, plan, limit, fallback.unit, current, split, start_runner.name)
-    result.ranking_nmse = start_nmse
-    units = candidate_units(search, fallback.unit)
-    result.candidates = len(units)
+
+@dataclass
+class _Walk:
+    """Where the search stands: the gate state, the units left, what is kept in FP so far and the cached gains."""
+
+    current: FallbackState
+    remaining: list[Unit]
     kept: tuple[str, ...] = ()
-    kept_nodes: set[str] = set()
-    gains: dict[Unit, RankScore] = {}
+    kept_nodes: set[str] = field(default_factory=set)
+    accepted: int = 0
+    gains: dict[Unit, RankScore] = field(default_factory=dict)
+
+    def accept(self, search: _Search, choice: Unit, trial: tuple[str, ...], after: FallbackState) -> None:
+        """Keep ``choice`` (the kept patterns become ``trial``); drop the units it covers and the gains it may have raised."""
+        previous = self.kept
+        self.kept, self.current, self.accepted = trial, after, self.accepted + 1
+        self.kept_nodes |= set(choice.nodes)
+        self.remaining = [u for u in self.remaining if not set(u.nodes) <= self.kept_nodes]
+        for u in self.remaining:  # a unit that now frees more Q/DQ has no upper bound in its old gain
+            if u in self.gains and freed(search, self.kept, u) - freed(search, previous, u):
+                del self.gains[u]
+
+
+def _take_step(search: _Search, walk: _Walk, result: Fallback, gate: _GateSplit, ranking: _RankingSubset) -> None:
+    """One step of the search: try units best first until one does not make the gate shortfall worse (kept),
+    or set ``result.stopped`` (no unit lowers the ranking error, or too many step-backs in a row)."""
 
     def score(u: Unit, accepted: int) -> RankScore:
-        nmse, flips = search.rank_score(merged(kept, u), subset, subset_ref)
-        return RankScore(nmse, flips, search.scores[kept][0] - nmse, accepted)
+        nmse, flips = search.rank_score(merged(walk.kept, u), ranking.inputs, ranking.ref)
+        return RankScore(nmse, flips, search.scores[walk.kept][0] - nmse, accepted)
 
-    remaining = list(units)
-    accepted = 0
-    while not current.gates_passed:
-        if accepted >= limit:
-            result.stopped = f"limit of {limit} fallback unit(s) reached"
-            break
-        if not remaining:
-            result.stopped = "no candidate unit left to keep in FP"
-            break
-        step_backs = 0
-        while True:
-            choice, rank = _pick(remaining, gains, accepted, score, search.unit_macs)
-            if choice is None:
-                result.stopped = "no candidate lowers the error on the ranking subset"
-                break
-            remaining.remove(choice)
-            trial = merged(kept, choice)
-            model, new_plan = search.model(trial), search.plan(trial)
-            after = search.state(factory(model), new_plan, gate_ref, gate_inputs)
-            lost = fusions_lost(search.plan(kept), new_plan)
-            ok = after.shortfall <= current.shortfall
-            result.steps.append(
-                FallbackStep(
-                    choice,
-                    list(choice.patterns),
-                    describe_fusion(choice, lost),
-                    [a for a, _ in lost],
-                    rank,
-                    gains[choice],
-                    ok,
-                    after,
-                    after.agreement - current.agreement,
-                    None if after.top1 is None or current.top1 is None else after.top1 - current.top1,
-                    after.p50_ms - current.p50_ms,
-                    after.fp_macs_share - current.fp_macs_share,
-                )
-            )
-            if ok:
-                previous = kept
-                kept, current, accepted = trial, after, accepted + 1
-                kept_nodes |= set(choice.nodes)
-                result.model, result.plan = model, new_plan
-                remaining = [u for u in remaining if not set(u.nodes) <= kept_nodes]
-                for u in remaining:  # a unit that now frees more Q/DQ has no upper bound in its old gain
-                    if u in gains and freed(search, kept, u) - freed(search, previous, u):
-                        del gains[u]
-                break
-            step_backs += 1
-            if step_backs > fallback.step_backs or not remaining:
-                result.stopped = f"{step_backs} step(s) in a row made the gates worse on the gate split"
-                break
-        if result.stopped:
-            break
-    else:
-        result.stopped = "accuracy gates pass on the gate split" if result.steps else "accuracy gates already pass on the gate split"
-    result.passed = current.gates_passed
-    result.ranking_runs, result.gate_runs = search.ranking_runs, search.gate_runs
-    result.mark_pareto(pareto_axis(gates, reference.labels is not None))
-    result.seconds = time.perf_counter() - t0
-    return result
+    step_backs = 0
+    while True:
+        choice, rank = _pick(walk.remaining, walk.gains, walk.accepted, score, search.unit_macs)
+        if choice is None:
+            result.stopped = "no candidate lowers the error on the ranking subset"
+            return
+        walk.remaining.remove(choice)
+        trial = merged(walk.kept, choice)
+        model, new_plan = search.model(trial), search.plan(trial)
+        after = search.state(search.factory(model), new_plan, gate.ref, gate.inputs)
+        lost = fusions_lost(search.plan(walk.kept), new_plan)
+        ok = after.shortfall <= walk.current.shortfall
+        result.steps.append(_step_record(choice, lost, rank, walk.gains[choice], ok, after, walk.current))
+        if ok:
+            walk.accept(search, choice, trial, after)
+            result.model, result.plan = model, new_plan
+            return
+        step_backs += 1
+        if step_backs > search.fallback.step_backs or not walk.remaining:
+            result.stopped = f"{step_backs} step(s) in a row made the gates worse on the gate split"
+            return
+
+
+def _step_record(
+    choice: Unit, lost: list[tuple[str, str]], rank: int, score: RankScore, ok: bool, after: FallbackState, current: FallbackState
+) -> FallbackStep:
+    """The report's record of one tried unit: what it gave up, its ranking score, the gate verdict and what it bought."""
+    return FallbackStep(
+        choice,
+        list(choice.patterns),
+        describe_fusion(choice, lost),
+        [a for a, _ in lost],
+        rank,
+        score,
+        ok,
+        after,
+        after.agreement - current.agreement,
+        None if after.top1 is None or current.top1 is None else after.top1 - current.top1,
+        after.p50_ms - current.p50_ms,
+        after.fp_macs_share - current.fp_macs_share,
+    )
 
 
 def freed(search: _Search, kept: tuple[str, ...], unit: Unit) -> set[str]:
