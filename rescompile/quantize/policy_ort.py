@@ -122,16 +122,30 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
         rules=dict(ORT_RULES),
     )
     req = Requests(idx, SAME_SCALE_OPS, symmetric=False, dtype="uint8")
+    _request_kernel_tensors(model, idx, const, kept, plan, req)
+    _pass_through_reshapes(model, idx, kept, req)
+    _share_fanouts(idx, req)
+    plan.activations = req.ordered(model)
+    plan.residual_adds = _block_plans(model, idx, kept, req)
+    return plan
 
-    def acts(node: onnx.NodeProto) -> list[int]:
-        return [i for i, t in enumerate(node.input) if t and t not in const]
 
+def _activation_inputs(node: onnx.NodeProto, const: set[str]) -> list[int]:
+    """The indices of ``node``'s inputs that are activations (not constants)."""
+    return [i for i, t in enumerate(node.input) if t and t not in const]
+
+
+def _request_kernel_tensors(
+    model: onnx.ModelProto, idx: GraphIndex, const: set[str], kept: set[str], plan: QuantPlan, req: Requests
+) -> None:
+    """Weights and biases into ``plan``, and the inputs and outputs of every INT8 kernel into ``req`` (O1-O5, O7, O8)."""
     weighted = {node_name(n): n for n in weighted_nodes(model, idx)}
     residual = {b.add for b in find_residual_blocks(model)}
     for node in model.graph.node:
         name = node_name(node)
         if name in kept:
             continue
+        acts = _activation_inputs(node, const)
         if name in weighted:
             req.add(node.input[0], f"O1: input of {node.op_type} ({KERNELS[node.op_type]})")
             w = node.input[1]
@@ -142,20 +156,22 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
             feeds_int8 = any(_is_int8_candidate(c, weighted, kept, const) for c, _ in idx.consumers.get(node.output[0], []))
             if node.op_type == "Conv" or (feeds_int8 and node.output[0] not in idx.graph_outputs):
                 req.add(*_closing_tensor(idx, node, kept))
-        elif node.op_type in BINARY_OPS and len(acts(node)) == 2:
+        elif node.op_type in BINARY_OPS and len(acts) == 2:
             rule = "O4: residual Add input (QLinearAdd)" if name in residual else f"O1: input of {node.op_type}"
-            for i in acts(node):
+            for i in acts:
                 req.add(node.input[i], rule)
             req.add(*_closing_tensor(idx, node, kept))
-        elif node.op_type in POOL_OPS and acts(node) == [0]:
+        elif node.op_type in POOL_OPS and acts == [0]:
             req.add(node.input[0], f"O1: input of {node.op_type} ({KERNELS[node.op_type]})")
             req.add(node.output[0], f"O2: output of {node.op_type} {name} ({KERNELS[node.op_type]})")
-        elif node.op_type == "MaxPool" and acts(node) == [0] and len([o for o in node.output if o]) == 1:
+        elif node.op_type == "MaxPool" and acts == [0] and len([o for o in node.output if o]) == 1:
             req.add(node.input[0], "O1: input of MaxPool (NhwcMaxPool)")
             req.add(node.output[0], "O5: MaxPool output, same scale as its input")
 
-    # Reshapes between INT8 ops pass quantized data through with the same scale (fixed point:
-    # a chain Flatten -> Reshape is resolved in as many passes as it is long).
+
+def _pass_through_reshapes(model: onnx.ModelProto, idx: GraphIndex, kept: set[str], req: Requests) -> None:
+    """Reshapes between INT8 ops pass quantized data through with the same scale (fixed point:
+    a chain Flatten -> Reshape is resolved in as many passes as it is long)."""
     changed = True
     while changed:
         changed = False
@@ -170,7 +186,9 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
                 req.add(node.output[0], f"O5: {node.op_type} output, same scale as its input")
                 changed = True
 
-    # Every consumer reads the one Q/DQ pair of a quantized tensor (O6).
+
+def _share_fanouts(idx: GraphIndex, req: Requests) -> None:
+    """Every consumer reads the one Q/DQ pair of a quantized tensor (O6)."""
     for t, q in req.by_tensor.items():
         for consumer, i in idx.consumers.get(t, []):
             req.add(t, q.rules[0], consumer, i)
@@ -178,16 +196,19 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
             q.rules.append("O6: one shared Q/DQ at a fan-out, read by every consumer")
         if q.scale_from != t:
             q.rules.append(f"O5: scale taken from {q.scale_from}")
-    plan.activations = req.ordered(model)
 
+
+def _block_plans(model: onnx.ModelProto, idx: GraphIndex, kept: set[str], req: Requests) -> list[BlockPlan]:
+    """What happens to every residual Add: QLinearAdd when both inputs and its output are quantized, else a float Add."""
     by_name = {node_name(n): n for n in model.graph.node}
+    blocks = []
     for b in find_residual_blocks(model):
         add = by_name[b.add]
         quantized = [t for t in (b.shortcut, b.main) if t in req]
         closing = _closing_tensor(idx, add, kept)[0]
         output = closing if closing in req else None
         fused = b.add not in kept and len(quantized) == 2 and output is not None
-        plan.residual_adds.append(
+        blocks.append(
             BlockPlan(
                 b.add,
                 b.main,
@@ -203,7 +224,7 @@ def plan_onnxruntime(model: onnx.ModelProto, *, keep_fp: tuple[str, ...] = (), k
                 b.output,
             )
         )
-    return plan
+    return blocks
 
 
 def _is_int8_candidate(node: onnx.NodeProto, weighted: dict[str, onnx.NodeProto], kept: set[str], const: set[str]) -> bool:
