@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from rescompile.errors import UsageError
+from rescompile.graph.equalize import attach_bias
 from rescompile.graph.index import GraphIndex, node_name
 
 if TYPE_CHECKING:
@@ -200,15 +201,9 @@ class _Biases:
             if len(n.input) > 2 and n.input[2]:
                 self.names[layer.node] = n.input[2]
             else:  # a float bias of zeros, corrected below (a float-bias policy only: see _layers)
-                name = _fresh(model.graph, f"{n.input[1]}_bias")
-                t = numpy_helper.from_array(np.zeros(layer.channels, np.float32), name)
-                model.graph.initializer.append(t)
-                self.inits[name] = t
-                if len(n.input) == 2:
-                    n.input.append(name)
-                else:
-                    n.input[2] = name
-                self.names[layer.node] = name
+                t = attach_bias(model.graph, n, np.zeros(layer.channels, np.float32))
+                self.inits[t.name] = t
+                self.names[layer.node] = t.name
 
     def beta(self, node: str) -> float:
         """What the bias is multiplied by: Gemm's ``beta``, 1 for a Conv."""
@@ -220,15 +215,6 @@ class _Biases:
         b = numpy_helper.to_array(t)
         new = (b.astype(np.float64) - shift.reshape(b.shape)).astype(b.dtype)
         t.CopyFrom(numpy_helper.from_array(new, t.name))
-
-
-def _fresh(g: onnx.GraphProto, base: str) -> str:
-    used = {t.name for t in g.initializer} | {x for n in g.node for x in (*n.input, *n.output)}
-    name, k = base, 0
-    while name in used:
-        k += 1
-        name = f"{base}_{k}"
-    return name
 
 
 def upstream(model: onnx.ModelProto, tensor: str) -> onnx.ModelProto:

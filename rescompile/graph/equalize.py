@@ -191,6 +191,19 @@ def _weight_users(g: onnx.GraphProto) -> dict[str, int]:
     return uses
 
 
+def _conv_readers(idx: GraphIndex, out: str) -> tuple[onnx.NodeProto | None, str, list[onnx.NodeProto]]:
+    """What reads ``out`` as a pair's second side: its one activation (Relu or Clip, when it is the only
+    reader), the tensor after it (``out`` without one), and the Convs reading that tensor as their data."""
+    readers = idx.consumers.get(out, [])
+    act: onnx.NodeProto | None = None
+    tail = out
+    if len(readers) == 1 and readers[0][0].op_type in ("Relu", "Clip") and readers[0][1] == 0:
+        act = readers[0][0]
+        tail = act.output[0]
+        readers = idx.consumers.get(tail, [])
+    return act, tail, [n for n, i in readers if n.op_type == "Conv" and i == 0]
+
+
 def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[Skipped]]:
     """Every equalizable Conv pair of ``model``'s main graph in graph order, and the candidates skipped (with why).
 
@@ -205,14 +218,7 @@ def find_pairs(model: onnx.ModelProto) -> tuple[list[Pair], list[Skipped]]:
         if conv.op_type != "Conv":
             continue
         out = conv.output[0]
-        readers = idx.consumers.get(out, [])
-        act: onnx.NodeProto | None = None
-        tail = out
-        if len(readers) == 1 and readers[0][0].op_type in ("Relu", "Clip") and readers[0][1] == 0:
-            act = readers[0][0]
-            tail = act.output[0]
-            readers = idx.consumers.get(tail, [])
-        seconds = [n for n, i in readers if n.op_type == "Conv" and i == 0]
+        act, tail, seconds = _conv_readers(idx, out)
         if not seconds:
             continue
         first, second = node_name(conv), node_name(seconds[0])
@@ -296,14 +302,7 @@ def find_affine_pairs(model: onnx.ModelProto) -> tuple[list[AffinePair], list[Sk
             continue
         nodes, scale, shift = chain
         out = nodes[-1].output[0]
-        readers = idx.consumers.get(out, [])
-        act: onnx.NodeProto | None = None
-        tail = out
-        if len(readers) == 1 and readers[0][0].op_type in ("Relu", "Clip") and readers[0][1] == 0:
-            act = readers[0][0]
-            tail = act.output[0]
-            readers = idx.consumers.get(tail, [])
-        seconds = [n for n, i in readers if n.op_type == "Conv" and i == 0]
+        act, tail, seconds = _conv_readers(idx, out)
         if not seconds:
             continue
         reason = _why_not_affine(idx, uses, nodes, act, seconds, scale, shift, tail)
@@ -489,12 +488,7 @@ class _Weights:
             if len(n.input) > 2 and n.input[2]:
                 self.idx.initializers[n.input[2]].CopyFrom(numpy_helper.from_array(b, n.input[2]))
             elif np.any(b != 0):  # absorption gave a bias-free Conv a bias
-                bias = _fresh(g, f"{n.input[1]}_bias")
-                g.initializer.append(numpy_helper.from_array(b, bias))
-                if len(n.input) == 2:
-                    n.input.append(bias)
-                else:
-                    n.input[2] = bias
+                attach_bias(g, n, b)
 
 
 def _fresh(g: onnx.GraphProto, base: str) -> str:
@@ -504,6 +498,18 @@ def _fresh(g: onnx.GraphProto, base: str) -> str:
         k += 1
         name = f"{base}_{k}"
     return name
+
+
+def attach_bias(g: onnx.GraphProto, node: onnx.NodeProto, values: np.ndarray) -> onnx.TensorProto:
+    """Give a bias-free ``node`` (Conv/Gemm) a bias initializer holding ``values``, under a name ``g`` does not
+    use yet (``<weight>_bias``); returns the initializer added to ``g``."""
+    t = numpy_helper.from_array(values, _fresh(g, f"{node.input[1]}_bias"))
+    g.initializer.append(t)
+    if len(node.input) == 2:
+        node.input.append(t.name)
+    else:
+        node.input[2] = t.name
+    return t
 
 
 def equalization_scales(r1: np.ndarray, r2: np.ndarray) -> np.ndarray:
