@@ -3,7 +3,7 @@ demo build and its bundle. The only conftest: helpers live in tests/*.py modules
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,18 @@ def tiny_npz(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.npz"
     np.savez_compressed(path, images=rng.integers(0, 256, (40, 16, 16), dtype=np.uint8), labels=rng.integers(0, 4, 40))
     return path
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray for a module: 2 CPUs on 127.0.0.1, no dashboard; shut down after."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from rescompile.calibrate import collect_stats, compute_ranges
+from rescompile.data.preprocess import Preprocess
 from rescompile.export import ExportConfig, export_onnx
 from rescompile.graph.index import node_name
 from rescompile.models.resnet_cifar import BasicBlock
@@ -58,6 +59,11 @@ def tiny_resnet(blocks: int = 2, downsample: bool = True) -> nn.Module:
 
 
 TINY_SHAPE = (1, 16, 16)
+
+
+def tiny_gray() -> Preprocess:
+    """The preprocessing of the ``tiny_npz`` images (uint8 1x16x16) for the tiny model."""
+    return Preprocess(name="tiny", size=16, resize=16, mean=(0.5,), std=(0.25,), channels=1)
 
 
 class PreActBlock(nn.Module):

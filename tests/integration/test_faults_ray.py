@@ -34,12 +34,12 @@ from rescompile.calibrate.collect import CollectSettings  # noqa: E402
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
 from rescompile.config import RaySettings  # noqa: E402
-from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
 from rescompile.quantize import plan_qdq  # noqa: E402
 from rescompile.sweep import grid as sweep  # noqa: E402
 from rescompile.validate import on_ray as ray_validate  # noqa: E402
+from tests.models import tiny_gray  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -90,31 +90,18 @@ def kill_when_started(marker: Path) -> threading.Thread:
     return t
 
 
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _gray() -> Preprocess:
-    return Preprocess(name="tiny", size=16, resize=16, mean=(0.5,), std=(0.25,), channels=1)
-
-
 def test_a_calibration_shard_whose_worker_is_killed_is_retried_to_the_same_bytes(
     local_ray: None, tiny_onnx: onnx.ModelProto, tiny_npz: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
     kw: dict[str, Any] = {"collect": CollectSettings(batch_size=8, threads=1, sample=64), "method": "entropy"}
-    one = calibrate(tiny_onnx, tensors, src, _gray(), **kw)
+    one = calibrate(tiny_onnx, tensors, src, tiny_gray(), **kw)
     marker = tmp_path / "killed.pid"
     monkeypatch.setattr(ray_calibrate, "collect_shard", dies_once(ray_calibrate.collect_shard, marker, wait_for_kill=True))
     killer = kill_when_started(marker)
     settings = RaySettings(shards=3)
-    sharded = calibrate(tiny_onnx, tensors, src, _gray(), ray=settings, **kw)
+    sharded = calibrate(tiny_onnx, tensors, src, tiny_gray(), ray=settings, **kw)
     killer.join(5)
     assert marker.is_file()  # a worker really was killed mid-shard
     assert sharded.ranges_json == one.ranges_json and sharded.stats_npz == one.stats_npz
@@ -191,7 +178,7 @@ def test_an_error_of_the_task_itself_is_not_retried(
     settings = RaySettings(shards=3)
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     with pytest.raises(UsageError, match="NaN or Inf"):
-        calibrate(tiny_onnx, tensors, open_source(tmp_path / "bad.npy"), _gray(), collect=CollectSettings(batch_size=4), ray=settings)
+        calibrate(tiny_onnx, tensors, open_source(tmp_path / "bad.npy"), tiny_gray(), collect=CollectSettings(batch_size=4), ray=settings)
     assert len(list(starts.glob("8-*"))) == 1 and settings.retried == []  # the shard holding the Inf (samples 8:12) ran once
 
 
@@ -367,12 +354,12 @@ def test_a_lost_node_is_a_retried_shard_on_the_node_that_is_left(
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
     kw: dict[str, Any] = {"collect": CollectSettings(batch_size=8, threads=1, sample=64), "method": "max"}
-    one = calibrate(tiny_onnx, tensors, src, _gray(), **kw)
+    one = calibrate(tiny_onnx, tensors, src, tiny_gray(), **kw)
     marker = tmp_path / "raylet.pid"
     driver = ray.get_runtime_context().get_node_id()
     monkeypatch.setattr(ray_calibrate, "collect_shard", kills_its_raylet_once(ray_calibrate.collect_shard, marker, driver))
     settings = RaySettings(shards=2, address="auto")
-    sharded = calibrate(tiny_onnx, tensors, src, _gray(), ray=settings, **kw)
+    sharded = calibrate(tiny_onnx, tensors, src, tiny_gray(), ray=settings, **kw)
     raylet = int(marker.read_text())
     assert raylet in [_raylet_of(p) for p in two_node_cluster["node_manager_ports"]] or not Path(f"/proc/{raylet}").exists()
     assert sharded.ranges_json == one.ranges_json and sharded.stats_npz == one.stats_npz

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,36 +16,25 @@ from rescompile.calibrate.ranges import METHODS, calibration_result  # noqa: E40
 from rescompile.calibrate.run import calibrate  # noqa: E402
 from rescompile.cli import app  # noqa: E402
 from rescompile.config import Gates, RaySettings  # noqa: E402
-from rescompile.data.preprocess import Preprocess  # noqa: E402
 from rescompile.data.sources import open_source  # noqa: E402
 from rescompile.errors import UsageError  # noqa: E402
 from rescompile.quantize import plan_qdq  # noqa: E402
 from tests.builds import LATENCY_RUNS  # noqa: E402
+from tests.models import tiny_gray  # noqa: E402
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def ray_cluster() -> Iterator[None]:
-    """One local Ray for the module: 2 CPUs, no dashboard; shut down after."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1")
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
-def _gray() -> Preprocess:
-    return Preprocess(name="tiny", size=16, resize=16, mean=(0.5,), std=(0.25,), channels=1)
+pytestmark = pytest.mark.usefixtures("local_ray")  # one local Ray for the module (tests/conftest.py)
 
 
 def test_sharded_calibration_on_ray_gives_the_same_ranges_for_every_method(tiny_onnx: onnx.ModelProto, tiny_npz: Path) -> None:
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     src = open_source(tiny_npz)
     kw = {"collect": CollectSettings(batch_size=8, threads=1, sample=64)}
-    one = calibrate(tiny_onnx, tensors, src, _gray(), method="auto", **kw)  # type: ignore[arg-type]
+    one = calibrate(tiny_onnx, tensors, src, tiny_gray(), method="auto", **kw)  # type: ignore[arg-type]
     done: list[int] = []
-    sharded = calibrate(tiny_onnx, tensors, src, _gray(), method="auto", ray=RaySettings(shards=3), on_batch=done.append, **kw)  # type: ignore[arg-type]
+    sharded = calibrate(tiny_onnx, tensors, src, tiny_gray(), method="auto", ray=RaySettings(shards=3), on_batch=done.append, **kw)  # type: ignore[arg-type]
     assert sorted(done) == [8, 16, 16] and sum(done) == src.count  # three shards on batch boundaries, all reported
     assert sharded.ranges_json == one.ranges_json and sharded.stats_npz == one.stats_npz
     assert one.stats is not None and sharded.stats is not None
@@ -60,8 +48,8 @@ def test_data_checks_see_the_same_inputs_on_ray(tiny_onnx: onnx.ModelProto, tmp_
     np.save(tmp_path / "raw.npy", x)
     src = open_source(tmp_path / "raw.npy")
     tensors = [t for t in plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors if t != tiny_onnx.graph.input[0].name]
-    one = calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4))
-    sharded = calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
+    one = calibrate(tiny_onnx, tensors, src, tiny_gray(), collect=CollectSettings(batch_size=4))
+    sharded = calibrate(tiny_onnx, tensors, src, tiny_gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
     assert any("raw" in w.message for w in one.warnings)  # seen by the input watch (the input itself is not calibrated)
     assert [w.message for w in sharded.warnings] == [w.message for w in one.warnings]
     assert sharded.ranges_json == one.ranges_json
@@ -106,7 +94,7 @@ def test_bad_data_in_a_shard_is_the_usual_one_line_error(tiny_onnx: onnx.ModelPr
     src = open_source(path)
     tensors = plan_qdq(tiny_onnx, "onnxruntime").calibrated_tensors
     with pytest.raises(UsageError, match="NaN or Inf"):
-        calibrate(tiny_onnx, tensors, src, _gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
+        calibrate(tiny_onnx, tensors, src, tiny_gray(), collect=CollectSettings(batch_size=4), ray=RaySettings(shards=3))
 
 
 def _tiny_models(tmp_path: Path, tiny_onnx: onnx.ModelProto, quantize_tiny) -> tuple[Path, Path]:  # type: ignore[no-untyped-def]
