@@ -12,7 +12,8 @@ validation report's own split and the latency runs actually made:
 
 ``--source checkpoint`` builds ``torchvision:resnet50 --weights`` a checkpoint of ``resnet50(weights=None)``
 saved after ``torch.manual_seed(seed)`` (issue #19 item 10's build: export and its parity check included,
-the PyTorch module as the FP32 reference); ``--source onnx`` (the earlier rounds) builds its ONNX export.
+the PyTorch module the FP32 reference before issue 19, its simplified ONNX model since); ``--source onnx`` (the earlier
+rounds) builds its ONNX export.
 ``--ratio`` also times the plain FP32 forward passes over the same 128 inputs (the build's ``model.fp32.onnx``
 on ONNX Runtime, the build's intra-op threads, batches of 64, session creation not timed) in a fresh process and
 writes the build's wall and CPU time (user+sys, the build's process and its children) over theirs;

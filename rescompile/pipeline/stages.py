@@ -213,15 +213,27 @@ class Calibrated:
 
 
 def calibrate(
-    model: onnx.ModelProto, planned: Planned, source: DataSource, pre: Preprocess, settings: CalibrateStage, previous: Path | None = None
+    model: onnx.ModelProto,
+    planned: Planned,
+    source: DataSource,
+    pre: Preprocess,
+    settings: CalibrateStage,
+    previous: Path | None = None,
+    model_bytes: bytes | None = None,
 ) -> Calibrated:
     """Ranges of the plan's tensors on ``source``; ``previous``: a build folder whose ranges/statistics are reused
-    when their key (model, data, preprocessing) matches."""
-    return Calibrated(calibrate_tensors(model, planned.plan.calibrated_tensors, source, pre, settings, previous), source)
+    when their key (model, data, preprocessing) matches; ``model_bytes``: ``model`` serialized deterministically."""
+    return Calibrated(calibrate_tensors(model, planned.plan.calibrated_tensors, source, pre, settings, previous, model_bytes), source)
 
 
 def calibrate_tensors(
-    model: onnx.ModelProto, tensors: list[str], source: DataSource, pre: Preprocess, settings: CalibrateStage, previous: Path | None = None
+    model: onnx.ModelProto,
+    tensors: list[str],
+    source: DataSource,
+    pre: Preprocess,
+    settings: CalibrateStage,
+    previous: Path | None = None,
+    model_bytes: bytes | None = None,
 ) -> CalibrationRun:
     """The calibration run of ``tensors`` (the build's: a plan's; ``rescompile calibrate``'s: a plan's or every activation)."""
     from rescompile.calibrate.run import calibrate as run_calibrate
@@ -239,6 +251,7 @@ def calibrate_tensors(
             previous=previous,
             on_batch=advance,
             ray=settings.ray,
+            model_bytes=model_bytes,
         )
 
 

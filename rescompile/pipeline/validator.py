@@ -49,31 +49,39 @@ class Validated:
         return d
 
 
-def reference_runner(reference: Any, threads: int | None) -> Runner:
-    """The runner for an FP32 reference: a PyTorch module, or an FP32 ONNX model."""
+def reference_runner(reference: Any, threads: int | None, data: bytes | None = None) -> Runner:
+    """The runner for an FP32 reference: a PyTorch module, or an FP32 ONNX model (``data``: it serialized)."""
     if isinstance(reference, onnx.ModelProto):
-        return OnnxRuntimeRunner(reference, "onnxruntime-fp32", threads)
+        return OnnxRuntimeRunner(reference if data is None else data, "onnxruntime-fp32", threads)
     return TorchRunner(reference, "pytorch-fp32", threads)
 
 
 class BuildValidator:
-    """FP32 reference (a PyTorch module, or FP32 ONNX when there is none) against INT8 candidates on ``source``.
+    """FP32 reference (an FP32 ONNX model, or a PyTorch module) against INT8 candidates on ``source``.
 
     Args:
-        reference: the FP32 PyTorch module, or an FP32 ONNX model.
+        reference: the FP32 ONNX model (``build``: the simplified model), or a PyTorch module.
         fp32_onnx: the FP32 simplified model (latency baseline on the same runtime; layerwise reference).
         source, pre: the validation data and its preprocessing.
         settings: batch size, latency, threads, layerwise, reference file, auto-fallback.
+        reference_data: the ONNX reference serialized, when the caller has it (a large model is not serialized again).
     """
 
     def __init__(
-        self, reference: Any, fp32_onnx: onnx.ModelProto, source: DataSource, pre: Preprocess, settings: ValidatorSettings
+        self,
+        reference: Any,
+        fp32_onnx: onnx.ModelProto,
+        source: DataSource,
+        pre: Preprocess,
+        settings: ValidatorSettings,
+        reference_data: bytes | None = None,
     ) -> None:
         self.settings = settings
         settings.validate.latency.check()
         self.fp32, self.pre = fp32_onnx, pre
         self.inputs = ValidationInputs.from_source(source, pre)
-        self._reference_model = reference
+        self._reference_model, self._reference_data = reference, reference_data
+        self._runner: Runner | None = None
         self._ref: ReferenceOutputs | None = None
         self.fallback_result: Fallback | None = None
 
@@ -81,9 +89,9 @@ class BuildValidator:
     def reference(self) -> ReferenceOutputs:
         if self._ref is None:
             s = self.settings
-            runner = reference_runner(self._reference_model, s.validate.threads)
+            self._runner = reference_runner(self._reference_model, s.validate.threads, self._reference_data)
             self._ref = compute_reference(
-                runner,
+                self._runner,
                 self.inputs,
                 s.validate,
                 keep_inputs=s.save_reference is not None,
@@ -113,6 +121,12 @@ class BuildValidator:
         gate = fb.split.gate
         return self.reference.select(gate), self.inputs.select(gate, f"{self.inputs.name} (auto-fallback gate split)")
 
+    def _baseline(self, threads: int | None) -> Runner:
+        """The FP32 ONNX runner timed beside the candidate: the reference's own session when the reference is that model."""
+        if self._runner is not None and self._reference_model is self.fp32:
+            return self._runner
+        return OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads)
+
     def validate(self, int8: onnx.ModelProto, other_s: float = 0.0) -> Validated:
         """The measurement of ``int8`` against the reference; FP32 ONNX timed as the baseline.
 
@@ -130,7 +144,7 @@ class BuildValidator:
             reference,
             cand,
             inputs,
-            baseline=OnnxRuntimeRunner(self.fp32, "onnxruntime-fp32", threads),
+            baseline=self._baseline(threads),
             settings=settings,
             other_s=other_s,
         )

@@ -4,7 +4,8 @@ Every session of the package comes from :func:`ort_session`; what differs betwee
 spelled out in its arguments:
 
 - the runners (``runners.OnnxRuntimeRunner``): full graph optimization, ``threads`` intra-op
-  threads and one inter-op thread (sharded Ray validation matches one process bit for bit);
+  threads and one inter-op thread (sharded Ray validation matches one process bit for bit); a graph
+  with signed INT8 activations (TensorRT's scheme) runs its Q/DQ nodes literally (``fuse_qdq=False``);
 - parity checks (``export.run_onnx``: export, simplify, opset conversion): no graph optimization,
   ONNX Runtime's own thread count;
 - calibration (``calibrate.collect``): idle threads sleep instead of spinning, so the statistics
@@ -31,6 +32,7 @@ def ort_session(
     inter_op_threads: int | None = None,
     spinning: bool = True,
     optimized_path: str | None = None,
+    fuse_qdq: bool = True,
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` on the CPU provider.
 
@@ -41,6 +43,8 @@ def ort_session(
         inter_op_threads: inter-op threads; None leaves ONNX Runtime's default.
         spinning: False makes idle intra-op threads sleep instead of spin-waiting.
         optimized_path: where ONNX Runtime writes the graph it optimized (for inspection).
+        fuse_qdq: False runs Q/DQ nodes literally (``session.disable_quant_qdq``: no integer-kernel fusion; constant
+            folding then folds the weights' DequantizeLinear).
     """
     import onnxruntime as ort
 
@@ -54,6 +58,8 @@ def ort_session(
         opts.inter_op_num_threads = inter_op_threads
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not fuse_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
     data = model if isinstance(model, str | bytes) else model.SerializeToString()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import onnx
 
+from rescompile.runtime.runners import signed_activation_quantizers
+
 TENSORRT_GRAPH_ON_CPU = (
     "The candidate quantizes activations to signed INT8, TensorRT's scheme (the tensorrt placement also "
     "leaves Conv outputs unquantized so that TensorRT fuses Conv+Add+ReLU). ONNX Runtime's CPU kernels are "
@@ -13,20 +15,6 @@ TENSORRT_GRAPH_ON_CPU = (
     "accuracy numbers are what this run measures. For an INT8 model that is fast on this CPU, build with "
     "--policy onnxruntime."
 )
-
-
-def signed_activation_quantizers(model: onnx.ModelProto) -> int:
-    """QuantizeLinear nodes of ``model`` whose output is INT8 (signed), i.e. symmetric INT8 activations."""
-    zp_types = {t.name: t.data_type for t in model.graph.initializer}
-    count = 0
-    for node in model.graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        out_type = next((a.i for a in node.attribute if a.name == "output_dtype" and a.i), None)
-        if out_type is None and len(node.input) > 2 and node.input[2]:
-            out_type = zp_types.get(node.input[2])
-        count += out_type == onnx.TensorProto.INT8
-    return count
 
 
 def latency_notes(candidate: onnx.ModelProto | None, runner: str) -> list[str]:

@@ -24,7 +24,7 @@ from rescompile.scale.cluster import cluster_cpus, connect, node_cpus, node_labe
 from rescompile.scale.tasks import TaskGroup
 from rescompile.validate.latency import Latency, LatencyPlan, LatencySettings, measure_all
 
-Recipe = tuple[str, Any, str, int]  # (kind, model bytes or torch module, runner name, intra-op threads)
+Recipe = tuple[str, Any, str, int, bool]  # (kind, model bytes or torch module, runner name, intra-op threads, Q/DQ fusion)
 
 
 def recipe_of(runner: Any) -> Recipe | None:
@@ -32,9 +32,9 @@ def recipe_of(runner: Any) -> Recipe | None:
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
     if isinstance(runner, OnnxRuntimeRunner) and getattr(runner, "model_data", None) is not None:
-        return ("onnxruntime", runner.model_data, runner.name, runner.threads)
+        return ("onnxruntime", runner.model_data, runner.name, runner.threads, runner.fuse_qdq)
     if isinstance(runner, TorchRunner):
-        return ("torch", runner.module, runner.name, runner.threads)
+        return ("torch", runner.module, runner.name, runner.threads, False)
     return None
 
 
@@ -42,8 +42,8 @@ def make_runner(recipe: Recipe) -> Any:
     """The runner again, in a Ray worker, with the driver's thread count."""
     from rescompile.runtime.runners import OnnxRuntimeRunner, TorchRunner
 
-    kind, model, name, threads = recipe
-    return OnnxRuntimeRunner(model, name, threads) if kind == "onnxruntime" else TorchRunner(model, name, threads)
+    kind, model, name, threads, fuse_qdq = recipe
+    return OnnxRuntimeRunner(model, name, threads, fuse_qdq=fuse_qdq) if kind == "onnxruntime" else TorchRunner(model, name, threads)
 
 
 def shard_outputs(

@@ -97,16 +97,14 @@ def test_demo_report_has_the_build_sections_and_follows_the_schema(small_demo_bu
 
 
 def test_validate_of_the_build_measures_like_the_build_and_judges_its_gate(small_demo_build: Path, tmp_path: Path):
-    """One measuring path: the same INT8 model, reference (the PyTorch demo) and data give the build's numbers; the gate
-    judges them."""
+    """One measuring path: the same INT8 model, reference (a build folder's default: its simplified FP32 model, the
+    build's own reference) and data give the build's numbers; the gate judges them."""
     out = small_demo_build
     res = runner.invoke(
         app,
         [
             "validate",
             str(out),
-            "--reference",
-            "demo",
             "--max-top1-drop",
             "1.0",
             *LATENCY_RUNS,
@@ -124,7 +122,8 @@ def test_validate_of_the_build_measures_like_the_build_and_judges_its_gate(small
     drop = built["accuracy"]["reference"]["top1"] - built["accuracy"]["candidate"]["top1"]
     assert [(g["name"], g["value"], g["passed"]) for g in checked["gates"]] == [("max-top1-drop", pytest.approx(drop), True)]
     assert checked["passed"] is True and "PASS max-top1-drop" in res.output
-    assert checked["build"]["folder"] == str(out) and checked["model"]["reference"] == "demo"
+    assert checked["build"]["folder"] == str(out) and checked["model"]["reference"].endswith("model.simplified.onnx")
+    assert checked["reference"] == built["reference"] == "onnxruntime-fp32"
 
 
 def test_demo_int8_is_smaller_and_valid(small_demo_build: Path):

@@ -43,29 +43,28 @@ def test_cifar_family_depths(name):
 
 
 def test_torchvision_with_checkpoint(tmp_path):
+    from rescompile.runtime.runners import OnnxRuntimeRunner
+    from rescompile.validate.reference import load_reference
+
+    module = torchvision.models.resnet18(weights=None, num_classes=5).eval()
     ckpt = tmp_path / "r18.pth"
-    torch.save({"model": torchvision.models.resnet18(weights=None, num_classes=5).state_dict()}, ckpt)
+    torch.save({"model": module.state_dict()}, ckpt)
     data = npz(tmp_path, 3, 64, 5)
-    report = invoke(
-        [
-            "build",
-            "torchvision:resnet18",
-            "--weights",
-            str(ckpt),
-            "--num-classes",
-            "5",
-            "--input-size",
-            "64",
-            "--calib",
-            str(data),
-            "--val",
-            str(data),
-            "--out",
-            str(tmp_path / "o"),
-            *FAST,
-        ]
-    )
+    out, ref = tmp_path / "o", tmp_path / "ref.npz"
+    args = ["--num-classes", "5", "--input-size", "64", "--calib", str(data), "--val", str(data), "--save-reference", str(ref)]
+    report = invoke(["build", "torchvision:resnet18", "--weights", str(ckpt), *args, "--out", str(out), *FAST])
     assert report["stages"]["residual_adds"] == 8 and report["stages"]["verify"]["ok"]
+    # The FP32 reference of a PyTorch source is its simplified ONNX model on ONNX Runtime (docs/build.md): the saved
+    # logits are that session's, bit for bit, and the PyTorch module's within the export's parity tolerance.
+    assert report["reference"] == "onnxruntime-fp32"
+    saved = load_reference(ref)
+    assert saved.inputs is not None and len(saved.inputs) == 16
+    fp32 = OnnxRuntimeRunner(str(out / "model.simplified.onnx"), threads=report["settings"]["threads"])
+    assert np.array_equal(saved.logits, fp32.infer(saved.inputs))
+    with torch.inference_mode():
+        torch_logits = module(torch.from_numpy(saved.inputs)).numpy()
+    assert np.allclose(saved.logits, torch_logits, rtol=1e-4, atol=1e-4 * float(np.abs(torch_logits).max()))
+    assert not np.array_equal(saved.logits, torch_logits)  # two runtimes: the test tells them apart
 
 
 def test_torchscript_source(tmp_path):

@@ -17,7 +17,8 @@ from rescompile.report.html import SECTIONS, render_html
 from rescompile.report.junit import render_junit
 from rescompile.report.markdown import render_markdown
 from rescompile.report.write import REPORT_FILES, write_reports
-from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes, signed_activation_quantizers
+from rescompile.runtime.runners import signed_activation_quantizers
+from rescompile.validate.notes import TENSORRT_GRAPH_ON_CPU, latency_notes
 from rescompile.validate.results import Report
 from rescompile.validate.schema import SCHEMA_PATH, schema_errors
 from tests import reports
