@@ -48,7 +48,8 @@ def _attr_i(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
-    """Dequantized value of a constant DQ and its per-element half step (for value comparisons)."""
+    """Dequantized value of a constant DQ (float64) and its half step, shaped to broadcast against it (for value
+    comparisons); None when the scale or zero point does not fit the stored values."""
     q = view.idx.constant_value(dq.input[0])
     scale, zp, _ = view.qparams(dq)
     if q is None or scale is None:
@@ -62,7 +63,13 @@ def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
         shape[axis] = -1
     s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
     z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
-    return (q.astype(np.float64) - z) * s, np.broadcast_to(s / 2, q.shape)
+    if np.broadcast_shapes(q.shape, s.shape, z.shape) != q.shape:
+        return None
+    values = q.astype(np.float64)  # (q - z) * s, in place: weights are most of a model's bytes
+    if np.any(z):
+        values -= z
+    values *= s
+    return values, s / 2
 
 
 class PlannedActivation(Protocol):
@@ -178,8 +185,7 @@ def _check_edge(fp_idx: GraphIndex, view: QdqView, report: VerifyReport, b: onnx
             v.append(Violation("topology", node_name(b), f"input {i} is a dequantized constant, FP32 reads activation {fa}"))
         elif got is None or got[0].shape != want.shape:
             v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} does not match the shape of {fa}"))
-        elif np.any(np.abs(got[0] - want.astype(np.float64)) > got[1] * (1 + 1e-4) + 1e-7):
-            err = float(np.max(np.abs(got[0] - want)))
+        elif (err := _beyond_half_step(*got, want)) is not None:
             v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} differs from FP32 {fa} by {err:.3g}"))
         return
     origin = view.origin(fb)
@@ -190,6 +196,16 @@ def _check_edge(fp_idx: GraphIndex, view: QdqView, report: VerifyReport, b: onnx
         mine = view.idx.initializers.get(fb)
         if mine is None or mine.SerializeToString() != fp_idx.initializers[fa].SerializeToString():
             v.append(Violation("topology", node_name(b), f"initializer {fa} changed"))
+
+
+def _beyond_half_step(values: np.ndarray, half: np.ndarray, want: np.ndarray) -> float | None:
+    """The largest ``|values - want|`` if some element is off by more than its half step (``values`` is overwritten),
+    else None."""
+    diff = np.subtract(values, want, out=values, casting="unsafe")  # as float64, like want.astype(np.float64)
+    np.abs(diff, out=diff)
+    if np.any(diff > half * (1 + 1e-4) + 1e-7):
+        return float(np.max(diff))
+    return None
 
 
 def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
