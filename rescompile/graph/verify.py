@@ -61,9 +61,12 @@ def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
         if scale.shape[0] != q.shape[axis]:
             return None
         shape[axis] = -1
-    s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
-    z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
-    if np.broadcast_shapes(q.shape, s.shape, z.shape) != q.shape:
+    try:
+        s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
+        z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
+        if np.broadcast_shapes(q.shape, s.shape, z.shape) != q.shape:
+            return None
+    except ValueError:  # a zero point (or a scale) of a size that fits no axis
         return None
     values = q.astype(np.float64)  # (q - z) * s, in place: weights are most of a model's bytes
     if np.any(z):
