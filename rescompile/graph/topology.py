@@ -72,6 +72,9 @@ class _Topo:
     def __init__(self, model: onnx.ModelProto) -> None:
         self.idx = GraphIndex.build(model.graph)
         self.const = constant_tensors(self.idx)
+        # each produced tensor's step back: the activation inputs of its producer (read once from the protos)
+        self.back = {t: self.activation_inputs(node) for t, node in self.idx.producer.items()}
+        self._ancestors: dict[str, dict[str, int]] = {}
 
     def is_activation(self, name: str) -> bool:
         return bool(name) and name not in self.const
@@ -80,15 +83,16 @@ class _Topo:
         return [i for i in node.input if self.is_activation(i)]
 
     def ancestors(self, tensor: str) -> dict[str, int]:
-        """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor."""
-        dist = {tensor: 0}
+        """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor (found once per tensor:
+        the caller must not change the dict)."""
+        dist = self._ancestors.get(tensor)
+        if dist is not None:
+            return dist
+        dist = self._ancestors[tensor] = {tensor: 0}
         queue = deque([tensor])
         while queue and len(dist) < _MAX_SEARCH_NODES:
             t = queue.popleft()
-            node = self.idx.producer.get(t)
-            if node is None:
-                continue
-            for inp in self.activation_inputs(node):
+            for inp in self.back.get(t, ()):
                 if inp not in dist:
                     dist[inp] = dist[t] + 1
                     queue.append(inp)
@@ -107,7 +111,7 @@ class _Topo:
             if node is None:
                 break
             nodes.append(node)
-            acts = self.activation_inputs(node)
+            acts = self.back[t]
             if not acts:
                 break
             leading = [a for a in acts if a == stop or stop in self.ancestors(a)]
