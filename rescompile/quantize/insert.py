@@ -42,13 +42,15 @@ def quantize_weight(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray
     ``bits`` 8 uses the full range [-127, 127]; 7 keeps [-63, 63] (the ``onnxruntime`` policy, O7).
     """
     qmax = float(2 ** (bits - 1) - 1)
-    moved = np.moveaxis(w.astype(np.float64), axis, 0)
-    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    # |w| of a float is exact in its own type, so its max is the float64 one; an integer's abs could overflow
+    moved = np.moveaxis(w if np.issubdtype(w.dtype, np.floating) else w.astype(np.float64), axis, 0)
+    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1).astype(np.float64)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
-    return q, scale
+    x = w / scale.reshape(shape)
+    np.clip(np.round(x, out=x), -qmax, qmax, out=x)
+    return x.astype(np.int8), scale
 
 
 def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
