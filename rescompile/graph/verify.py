@@ -272,6 +272,9 @@ def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, sca
 def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
     v = report.violations
     planned = {a.tensor: a for a in plan.activations}
+    nodes: dict[str, onnx.NodeProto] = {}  # by name, the first of a name (names are unique in a valid graph)
+    for n in view.idx.graph.node:
+        nodes.setdefault(node_name(n), n)
     for t, a in planned.items():
         report.checks["plan"] += 1
         qs = view.q_of.get(t)
@@ -281,7 +284,7 @@ def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
         dq_outs = {c.output[0] for c, _ in view.idx.consumers.get(qs[0].output[0], [])}
         for ref in a.consumers:
             name, _, i = ref.rpartition(":")
-            node = next((n for n in view.idx.graph.node if node_name(n) == name), None)
+            node = nodes.get(name)
             if node is None or int(i) >= len(node.input) or node.input[int(i)] not in dq_outs:
                 v.append(Violation("plan", name, f"input {i} should read the Q/DQ of {t}"))
     for t in view.q_of:
@@ -290,6 +293,6 @@ def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
             v.append(Violation("plan", t, "quantized, but the plan does not quantize it"))
     for w in plan.weights:
         report.checks["plan"] += 1
-        node = next((n for n in view.idx.graph.node if node_name(n) == w.node), None)
+        node = nodes.get(w.node)
         if node is None or w.input_index >= len(node.input) or node.input[w.input_index] not in view.const_dq:
             v.append(Violation("plan", w.node, f"weight {w.initializer} should be INT8 with a DequantizeLinear"))
