@@ -153,12 +153,12 @@ def _copy_fields(src: Message, dst: Message, skip: str) -> None:
     for field, value in src.ListFields():
         if field.name == skip:
             continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
+        if isinstance(value, Message):
             getattr(dst, field.name).CopyFrom(value)
-        else:
+        elif isinstance(value, (bool, int, float, str, bytes)):
             setattr(dst, field.name, value)
+        else:  # a repeated field (told apart by its value: FieldDescriptor.label went in protobuf 6, is_repeated came)
+            getattr(dst, field.name).extend(value)
 
 
 def _has_unknown_fields(msg: Message) -> bool:
