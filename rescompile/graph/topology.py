@@ -13,13 +13,15 @@ unsimplified exports contain) count as constants, not activations.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import onnx
 
-from rescompile.graph.index import GraphIndex, node_name
+from rescompile.graph.index import GraphIndex
 from rescompile.graph.ops import ADD_OPS, LINEAR_OPS, POOL_OPS
 
 # Ancestors visited per Add input: the block input is a few nodes away, this only bounds odd graphs.
@@ -58,56 +60,98 @@ class ResidualBlock:
 
 def constant_tensors(idx: GraphIndex) -> set[str]:
     """Initializers, Constant outputs, and every tensor computed only from those."""
-    const = set(idx.initializers)
-    for node in idx.graph.node:  # graph order is topological
-        ins = [i for i in node.input if i]
-        if node.op_type == "Constant" or (ins and all(i in const for i in ins)):
-            const.update(o for o in node.output if o)
+    return _constant_closure(set(idx.initializers), ((n.op_type, n.input, n.output) for n in idx.graph.node))
+
+
+def _constant_closure(const: set[str], nodes: Iterable[tuple[str, Sequence[str], Sequence[str]]]) -> set[str]:
+    """``const`` (initializer names) with every output of a Constant, or of a node whose inputs are all in it
+    (``nodes``: op type, inputs, outputs, in graph order, which is topological)."""
+    for op_type, inputs, outputs in nodes:
+        ins = [i for i in inputs if i]
+        if op_type == "Constant" or (ins and all(i in const for i in ins)):
+            const.update(o for o in outputs if o)
     return const
 
 
-class _Topo:
-    """A GraphIndex plus the constant closure; answers "is this an activation?"."""
+class _Node(NamedTuple):
+    """What block discovery reads of a node."""
 
-    def __init__(self, model: onnx.ModelProto) -> None:
-        self.idx = GraphIndex.build(model.graph)
-        self.const = constant_tensors(self.idx)
+    name: str  # node_name's: its name, or "<op>:<first output>"
+    op_type: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+
+class _Structure(NamedTuple):
+    """All that block discovery reads of a graph, so its blocks are cached by it: a graph whose nodes (names, ops,
+    edges, in order), initializer names or outputs change is another key."""
+
+    nodes: tuple[_Node, ...]
+    initializers: frozenset[str]
+    outputs: frozenset[str]
+
+    @classmethod
+    def of(cls, graph: onnx.GraphProto) -> _Structure:
+        nodes = tuple(
+            _Node(n.name or (f"{n.op_type}:{n.output[0]}" if n.output else ""), n.op_type, tuple(n.input), tuple(n.output))
+            for n in graph.node
+        )
+        return cls(nodes, frozenset(t.name for t in graph.initializer), frozenset(o.name for o in graph.output))
+
+
+class _Topo:
+    """A graph's producers and consumers plus the constant closure; answers "is this an activation?"."""
+
+    def __init__(self, graph: _Structure) -> None:
+        self.graph = graph
+        self.producer: dict[str, _Node] = {}
+        self.consumers: dict[str, list[_Node]] = {}  # one entry per input that reads the tensor
+        for node in graph.nodes:
+            self.producer.update((o, node) for o in node.outputs if o)
+            for i in node.inputs:
+                if i:
+                    self.consumers.setdefault(i, []).append(node)
+        self.const = _constant_closure(set(graph.initializers), ((n.op_type, n.inputs, n.outputs) for n in graph.nodes))
+        # each produced tensor's step back: the activation inputs of its producer
+        self.back = {t: self.activation_inputs(node) for t, node in self.producer.items()}
+        self._ancestors: dict[str, dict[str, int]] = {}
 
     def is_activation(self, name: str) -> bool:
         return bool(name) and name not in self.const
 
-    def activation_inputs(self, node: onnx.NodeProto) -> list[str]:
-        return [i for i in node.input if self.is_activation(i)]
+    def activation_inputs(self, node: _Node) -> list[str]:
+        return [i for i in node.inputs if self.is_activation(i)]
 
     def ancestors(self, tensor: str) -> dict[str, int]:
-        """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor."""
-        dist = {tensor: 0}
+        """Breadth-first distances (in nodes) from ``tensor`` back to each activation ancestor (found once per tensor:
+        the caller must not change the dict)."""
+        dist = self._ancestors.get(tensor)
+        if dist is not None:
+            return dist
+        dist = self._ancestors[tensor] = {tensor: 0}
         queue = deque([tensor])
         while queue and len(dist) < _MAX_SEARCH_NODES:
             t = queue.popleft()
-            node = self.idx.producer.get(t)
-            if node is None:
-                continue
-            for inp in self.activation_inputs(node):
+            for inp in self.back.get(t, ()):
                 if inp not in dist:
                     dist[inp] = dist[t] + 1
                     queue.append(inp)
         return dist
 
-    def path(self, start: str, stop: str) -> list[onnx.NodeProto]:
+    def path(self, start: str, stop: str) -> list[_Node]:
         """Nodes from ``stop`` (exclusive) to ``start``, in graph order.
 
         Each step back takes the activation input that descends from ``stop`` (the branch that
         really leads to the block input), not merely the first one.
         """
-        nodes: list[onnx.NodeProto] = []
+        nodes: list[_Node] = []
         t = start
         while t != stop:
-            node = self.idx.producer.get(t)
+            node = self.producer.get(t)
             if node is None:
                 break
             nodes.append(node)
-            acts = self.activation_inputs(node)
+            acts = self.back[t]
             if not acts:
                 break
             leading = [a for a in acts if a == stop or stop in self.ancestors(a)]
@@ -127,7 +171,8 @@ def _shortcut_kind(ops: list[str]) -> str:
 
 
 def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
-    """Every residual Add of ``model``'s main graph, in graph order.
+    """Every residual Add of ``model``'s main graph, in graph order (found once per graph structure: the build's
+    stages and the proof ask for the same graph's blocks again).
 
     Args:
         model: any ONNX model (a graph with no residual Add gives an empty list).
@@ -135,51 +180,54 @@ def find_residual_blocks(model: onnx.ModelProto) -> list[ResidualBlock]:
     Returns:
         One ResidualBlock per Add whose two inputs are both activations with a common ancestor.
     """
-    topo = _Topo(model)
-    idx = topo.idx
-    blocks: list[ResidualBlock] = []
-    for node in model.graph.node:
-        if node.op_type not in ADD_OPS or len(node.input) != 2:
-            continue
-        a, b = node.input
-        if not (topo.is_activation(a) and topo.is_activation(b)) or a == b:
-            continue
-        da, db = topo.ancestors(a), topo.ancestors(b)
-        common = set(da) & set(db)
-        if not common:
-            continue
-        # Nearest common ancestor: fewest nodes on the longer branch, then on the shorter.
-        lca = min(common, key=lambda t: (max(da[t], db[t]), min(da[t], db[t]), t))
-        main, short = (a, b) if da[lca] >= db[lca] else (b, a)
-        main_prod = idx.producer.get(main)
-        main_path = topo.path(main, lca)
-        short_path = topo.path(short, lca)
-        consumers = idx.consumers.get(node.output[0], [])
-        follower = None
-        if len(consumers) == 1 and consumers[0][0].op_type == "Relu" and node.output[0] not in idx.graph_outputs:
-            follower = consumers[0][0]
-        short_ops = [n.op_type for n in short_path]
-        blocks.append(
-            ResidualBlock(
-                add=node_name(node),
-                output=node.output[0],
-                main=main,
-                main_producer=node_name(main_prod) if main_prod is not None else "",
-                main_producer_op=main_prod.op_type if main_prod is not None else "",
-                main_depth=max(da[lca], db[lca]),
-                shortcut=short,
-                shortcut_kind=_shortcut_kind(short_ops),
-                shortcut_nodes=tuple(node_name(n) for n in short_path),
-                block_input=lca,
-                follower="Relu" if follower is not None else None,
-                follower_node=node_name(follower) if follower is not None else None,
-                main_ops=tuple(n.op_type for n in main_path),
-                shortcut_ops=tuple(short_ops),
-                main_conv=next((node_name(n) for n in reversed(main_path) if n.op_type in LINEAR_OPS), None),
-                main_nodes=tuple(node_name(n) for n in main_path),
-            )
-        )
-    return blocks
+    return list(_blocks(_Structure.of(model.graph)))
+
+
+@functools.lru_cache(maxsize=16)
+def _blocks(graph: _Structure) -> tuple[ResidualBlock, ...]:
+    topo = _Topo(graph)
+    found = (_block(topo, node) for node in graph.nodes if node.op_type in ADD_OPS and len(node.inputs) == 2)
+    return tuple(b for b in found if b is not None)
+
+
+def _block(topo: _Topo, node: _Node) -> ResidualBlock | None:
+    """The residual block of a two-input Add, or None when an input is a constant or the branches never meet."""
+    a, b = node.inputs
+    if not (topo.is_activation(a) and topo.is_activation(b)) or a == b:
+        return None
+    da, db = topo.ancestors(a), topo.ancestors(b)
+    common = set(da) & set(db)
+    if not common:
+        return None
+    # Nearest common ancestor: fewest nodes on the longer branch, then on the shorter.
+    lca = min(common, key=lambda t: (max(da[t], db[t]), min(da[t], db[t]), t))
+    main, short = (a, b) if da[lca] >= db[lca] else (b, a)
+    main_prod = topo.producer.get(main)
+    main_path = topo.path(main, lca)
+    short_path = topo.path(short, lca)
+    consumers = topo.consumers.get(node.outputs[0], [])
+    follower = None
+    if len(consumers) == 1 and consumers[0].op_type == "Relu" and node.outputs[0] not in topo.graph.outputs:
+        follower = consumers[0]
+    short_ops = [n.op_type for n in short_path]
+    return ResidualBlock(
+        add=node.name,
+        output=node.outputs[0],
+        main=main,
+        main_producer=main_prod.name if main_prod is not None else "",
+        main_producer_op=main_prod.op_type if main_prod is not None else "",
+        main_depth=max(da[lca], db[lca]),
+        shortcut=short,
+        shortcut_kind=_shortcut_kind(short_ops),
+        shortcut_nodes=tuple(n.name for n in short_path),
+        block_input=lca,
+        follower="Relu" if follower is not None else None,
+        follower_node=follower.name if follower is not None else None,
+        main_ops=tuple(n.op_type for n in main_path),
+        shortcut_ops=tuple(short_ops),
+        main_conv=next((n.name for n in reversed(main_path) if n.op_type in LINEAR_OPS), None),
+        main_nodes=tuple(n.name for n in main_path),
+    )
 
 
 def block_map(model: onnx.ModelProto) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def _attr_i(node: onnx.NodeProto, name: str, default: int) -> int:
 
 
 def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarray] | None:
-    """Dequantized value of a constant DQ and its per-element half step (for value comparisons)."""
+    """Dequantized value of a constant DQ (float64) and its half step, shaped to broadcast against it (for value
+    comparisons); None when the scale or zero point does not fit the stored values."""
     q = view.idx.constant_value(dq.input[0])
     scale, zp, _ = view.qparams(dq)
     if q is None or scale is None:
@@ -60,9 +61,18 @@ def _dequantize(view: QdqView, dq: onnx.NodeProto) -> tuple[np.ndarray, np.ndarr
         if scale.shape[0] != q.shape[axis]:
             return None
         shape[axis] = -1
-    s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
-    z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
-    return (q.astype(np.float64) - z) * s, np.broadcast_to(s / 2, q.shape)
+    try:
+        s = np.reshape(scale, shape if np.ndim(scale) else ()).astype(np.float64)
+        z = np.reshape(zp, shape if np.ndim(zp) else ()).astype(np.float64)
+        if np.broadcast_shapes(q.shape, s.shape, z.shape) != q.shape:
+            return None
+    except ValueError:  # a zero point (or a scale) of a size that fits no axis
+        return None
+    values = q.astype(np.float64)  # (q - z) * s, in place: weights are most of a model's bytes
+    if np.any(z):
+        values -= z
+    values *= s
+    return values, s / 2
 
 
 class PlannedActivation(Protocol):
@@ -178,8 +188,7 @@ def _check_edge(fp_idx: GraphIndex, view: QdqView, report: VerifyReport, b: onnx
             v.append(Violation("topology", node_name(b), f"input {i} is a dequantized constant, FP32 reads activation {fa}"))
         elif got is None or got[0].shape != want.shape:
             v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} does not match the shape of {fa}"))
-        elif np.any(np.abs(got[0] - want.astype(np.float64)) > got[1] * (1 + 1e-4) + 1e-7):
-            err = float(np.max(np.abs(got[0] - want)))
+        elif (err := _beyond_half_step(*got, want)) is not None:
             v.append(Violation("weight-values", node_name(b), f"input {i}: dequantized {fb} differs from FP32 {fa} by {err:.3g}"))
         return
     origin = view.origin(fb)
@@ -190,6 +199,16 @@ def _check_edge(fp_idx: GraphIndex, view: QdqView, report: VerifyReport, b: onnx
         mine = view.idx.initializers.get(fb)
         if mine is None or mine.SerializeToString() != fp_idx.initializers[fa].SerializeToString():
             v.append(Violation("topology", node_name(b), f"initializer {fa} changed"))
+
+
+def _beyond_half_step(values: np.ndarray, half: np.ndarray, want: np.ndarray) -> float | None:
+    """The largest ``|values - want|`` if some element is off by more than its half step (``values`` is overwritten),
+    else None."""
+    diff = np.subtract(values, want, out=values, casting="unsafe")  # as float64, like want.astype(np.float64)
+    np.abs(diff, out=diff)
+    if np.any(diff > half * (1 + 1e-4) + 1e-7):
+        return float(np.max(diff))
+    return None
 
 
 def _check_scheme(int8: onnx.ModelProto, view: QdqView, report: VerifyReport) -> None:
@@ -253,6 +272,9 @@ def _check_weight_dq(view: QdqView, report: VerifyReport, n: onnx.NodeProto, sca
 def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
     v = report.violations
     planned = {a.tensor: a for a in plan.activations}
+    nodes: dict[str, onnx.NodeProto] = {}  # by name, the first of a name (names are unique in a valid graph)
+    for n in view.idx.graph.node:
+        nodes.setdefault(node_name(n), n)
     for t, a in planned.items():
         report.checks["plan"] += 1
         qs = view.q_of.get(t)
@@ -262,7 +284,7 @@ def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
         dq_outs = {c.output[0] for c, _ in view.idx.consumers.get(qs[0].output[0], [])}
         for ref in a.consumers:
             name, _, i = ref.rpartition(":")
-            node = next((n for n in view.idx.graph.node if node_name(n) == name), None)
+            node = nodes.get(name)
             if node is None or int(i) >= len(node.input) or node.input[int(i)] not in dq_outs:
                 v.append(Violation("plan", name, f"input {i} should read the Q/DQ of {t}"))
     for t in view.q_of:
@@ -271,6 +293,6 @@ def _check_plan(plan: Plan, view: QdqView, report: VerifyReport) -> None:
             v.append(Violation("plan", t, "quantized, but the plan does not quantize it"))
     for w in plan.weights:
         report.checks["plan"] += 1
-        node = next((n for n in view.idx.graph.node if node_name(n) == w.node), None)
+        node = nodes.get(w.node)
         if node is None or w.input_index >= len(node.input) or node.input[w.input_index] not in view.const_dq:
             v.append(Violation("plan", w.node, f"weight {w.initializer} should be INT8 with a DequantizeLinear"))

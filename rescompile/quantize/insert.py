@@ -10,9 +10,11 @@ byte-identical models.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
+from google.protobuf.message import Message
 from onnx import TensorProto, helper, numpy_helper
 
 from rescompile.calibrate.ranges import TensorRange
@@ -40,13 +42,15 @@ def quantize_weight(w: np.ndarray, axis: int, bits: int = 8) -> tuple[np.ndarray
     ``bits`` 8 uses the full range [-127, 127]; 7 keeps [-63, 63] (the ``onnxruntime`` policy, O7).
     """
     qmax = float(2 ** (bits - 1) - 1)
-    moved = np.moveaxis(w.astype(np.float64), axis, 0)
-    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1)
+    # |w| of a float is exact in its own type, so its max is the float64 one; an integer's abs could overflow
+    moved = np.moveaxis(w if np.issubdtype(w.dtype, np.floating) else w.astype(np.float64), axis, 0)
+    amax = np.abs(moved.reshape(moved.shape[0], -1)).max(axis=1).astype(np.float64)
     scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
     shape = [1] * w.ndim
     shape[axis] = -1
-    q = np.clip(np.round(w / scale.reshape(shape)), -qmax, qmax).astype(np.int8)
-    return q, scale
+    x = w / scale.reshape(shape)
+    np.clip(np.round(x, out=x), -qmax, qmax, out=x)
+    return x.astype(np.int8), scale
 
 
 def quantize_bias(b: np.ndarray, input_scale: float, weight_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -115,18 +119,55 @@ def insert_qdq(model: onnx.ModelProto, plan: QuantPlan, ranges: dict[str, Tensor
     Raises:
         UsageError: a planned tensor has no calibrated range, or the plan does not fit the model.
     """
-    src = onnx.ModelProto.FromString(model.SerializeToString())
-    g = src.graph
-    edit = _Edit(g)
+    edit = _Edit(model.graph)  # reads the source; the edits go to a copy
     act_params = _activation_params(plan, ranges, edit.idx)
     # names are handed out in this order (weights, biases, activations): identical inputs, identical names
     weight_scales = _add_weights(edit, plan)
     _add_biases(edit, plan, act_params, weight_scales)
     _add_activations(edit, plan, act_params)
-    edit.apply(g)
+    out = _copy_without_initializers(model)
+    edit.apply(out.graph, model.graph.initializer)
     # Value infos of the FP32 graph stay valid; shapes of new tensors are inferred by runtimes.
-    onnx.checker.check_model(src)
-    return src
+    onnx.checker.check_model(out)
+    return out
+
+
+def _copy_without_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` without its graph's initializers (most of its bytes; :meth:`_Edit.apply` copies back those still read).
+
+    Copied field by field; a model or graph with fields this onnx does not know is copied whole instead, so they stay.
+    """
+    if _has_unknown_fields(model) or _has_unknown_fields(model.graph):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        del copy.graph.initializer[:]
+        return copy
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    return copy
+
+
+def _copy_fields(src: Message, dst: Message, skip: str) -> None:
+    """Every set field of ``src`` but ``skip`` into the empty ``dst`` (messages and repeated fields copied)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if isinstance(value, Message):
+            getattr(dst, field.name).CopyFrom(value)
+        elif isinstance(value, (bool, int, float, str, bytes)):
+            setattr(dst, field.name, value)
+        else:  # a repeated field (told apart by its value: FieldDescriptor.label went in protobuf 6, is_repeated came)
+            getattr(dst, field.name).extend(value)
+
+
+def _has_unknown_fields(msg: Message) -> bool:
+    """Whether ``msg`` itself holds fields its schema does not know (True when this protobuf cannot tell)."""
+    try:
+        from google.protobuf.unknown_fields import UnknownFieldSet
+    except ImportError:  # protobuf < 4.22
+        return True
+    return len(UnknownFieldSet(msg)) > 0
 
 
 class _Edit:
@@ -145,8 +186,9 @@ class _Edit:
         if name not in self.nodes_by_name:
             raise UsageError(f"plan names {what} {name!r}, which the model does not have", hint="re-plan for this model")
 
-    def apply(self, g: onnx.GraphProto) -> None:
-        """Rewire the inputs, put the new nodes in place and drop the initializers nothing reads any more."""
+    def apply(self, g: onnx.GraphProto, initializers: Iterable[TensorProto]) -> None:
+        """Rewire the inputs of ``g``'s nodes and put the new nodes in place; its initializers: those of ``initializers``
+        (the source's) and the new ones, in that order, that some node still reads."""
         ordered: list[onnx.NodeProto] = list(self.head)
         for n in g.node:
             for i in range(len(n.input)):
@@ -157,10 +199,8 @@ class _Edit:
             ordered.extend(self.after.get(node_name(n), []))
         del g.node[:]
         g.node.extend(ordered)
-        g.initializer.extend(self.new_inits)
         used = {i for n in g.node for i in n.input}
-        for t in [t for t in g.initializer if t.name not in used]:
-            g.initializer.remove(t)
+        g.initializer.extend(t for t in (*initializers, *self.new_inits) if t.name in used)
 
 
 def _activation_params(plan: QuantPlan, ranges: dict[str, TensorRange], idx: GraphIndex) -> dict[str, tuple[np.float32, np.integer]]:

@@ -123,3 +123,41 @@ def test_quantize_weight_in_seven_bits():
     q, scale = quantize_weight(w, 0, bits=7)
     np.testing.assert_allclose(scale, [2 / 63, 0.5 / 63], rtol=1e-6)
     assert q.dtype == np.int8 and q.reshape(2, 2).tolist() == [[28, -63], [63, 38]]
+
+
+def _unknown_field(number: int, value: int) -> bytes:
+    """A varint field ``number`` = ``value`` in protobuf wire format (a field this onnx does not know)."""
+    out, key = b"", number << 3
+    for v in (key, value):
+        while v > 0x7F:
+            out += bytes([v & 0x7F | 0x80])
+            v >>= 7
+        out += bytes([v])
+    return out
+
+
+def _without_nodes_and_initializers(model: onnx.ModelProto) -> bytes:
+    copy = onnx.ModelProto.FromString(model.SerializeToString())
+    del copy.graph.node[:]
+    del copy.graph.initializer[:]
+    return copy.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("unknown", [False, True])
+def test_insert_keeps_every_other_field_and_leaves_the_source_alone(tiny_onnx, tiny_data, int8, unknown):
+    plan, _ = int8
+    model = onnx.ModelProto.FromString(tiny_onnx.SerializeToString() + (_unknown_field(900, 7) if unknown else b""))
+    model.doc_string, model.graph.doc_string = "the model", "the graph"
+    onnx.helper.set_model_props(model, {"author": "tests"})
+    model.graph.value_info.append(onnx.helper.make_tensor_value_info("extra", onnx.TensorProto.FLOAT, [1]))
+    before = model.SerializeToString(deterministic=True)
+    stats = collect_stats(tiny_onnx, plan.calibrated_tensors, [tiny_data])
+    out = insert_qdq(model, plan, compute_ranges(stats, "max"))
+    assert model.SerializeToString(deterministic=True) == before
+    assert _without_nodes_and_initializers(out) == _without_nodes_and_initializers(model)
+    assert (_unknown_field(900, 7) in out.SerializeToString()) == unknown
+    source = {t.name: t.SerializeToString() for t in model.graph.initializer}
+    kept = [t.name for t in out.graph.initializer if t.name in source]
+    assert kept and kept == [n for n in source if n in kept]  # the source's order, before the new ones
+    assert all(out.graph.initializer[i].SerializeToString() == source[n] for i, n in enumerate(kept))
+    assert len(out.graph.initializer) > len(kept)

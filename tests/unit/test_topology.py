@@ -78,3 +78,27 @@ def test_unsimplified_graph_names_the_last_conv_behind_batchnorm():
     assert len(blocks) == 9 and all(b.main_producer_op == "BatchNormalization" for b in blocks)
     assert all(b.main_conv and b.main_conv.endswith("conv2/Conv") for b in blocks)
     assert [b.shortcut_ops for b in blocks if b.shortcut_kind == "projection"] == [("Conv", "BatchNormalization")] * 2
+
+
+def test_blocks_follow_the_graph_as_it_is_now(tiny_onnx):
+    """Blocks are found once per graph structure: an edited graph (a renamed node, an output, an initializer, a node
+    removed) gets its own, and a caller changing the returned list changes nothing for the next."""
+    model = onnx.ModelProto.FromString(tiny_onnx.SerializeToString())
+    first = find_residual_blocks(model)
+    first.clear()
+    assert find_residual_blocks(model) == find_residual_blocks(tiny_onnx) != []
+    add = next(n for n in model.graph.node if n.name == find_residual_blocks(model)[0].add)
+    add.name = "renamed_add"
+    assert find_residual_blocks(model)[0].add == "renamed_add"
+    assert find_residual_blocks(model)[0].follower == "Relu"
+    model.graph.output.append(onnx.helper.make_tensor_value_info(add.output[0], onnx.TensorProto.FLOAT, None))
+    assert find_residual_blocks(model)[0].follower is None  # an Add that is a graph output has no follower
+    del model.graph.output[-1]
+    relu = next(n for n in model.graph.node if n.input and n.input[0] == add.output[0])
+    for n in model.graph.node:
+        n.input[:] = [add.output[0] if i == relu.output[0] else i for i in n.input]
+    model.graph.node.remove(relu)
+    blocks = find_residual_blocks(model)
+    assert blocks[0].follower is None and blocks[1].block_input == add.output[0]
+    model.graph.initializer.append(onnx.helper.make_tensor(blocks[1].shortcut, onnx.TensorProto.FLOAT, [1], [0.0]))
+    assert [b.add for b in find_residual_blocks(model)] == ["renamed_add"]  # the other Add now reads a constant

@@ -150,6 +150,18 @@ def test_wrong_weight_axis_and_tampered_weight(tiny_onnx, trt):
     assert "differs from FP32" in violation(report, "weight-values", conv).message
 
 
+def test_weight_zero_point_of_the_wrong_size(tiny_onnx, trt):
+    plan, model = trt
+    dq = next(n for n in model.graph.node if n.op_type == "DequantizeLinear" and len(_init(model, n.input[0]).dims) == 4)
+    broken = copy_model(model)
+    zp = _init(broken, dq.input[2])
+    assert zp.dims[0] > 3
+    zp.CopyFrom(numpy_helper.from_array(np.zeros(3, np.int8), zp.name))
+    report = verify_int8(tiny_onnx, broken, plan)
+    conv = next(node_name(n) for n in model.graph.node if dq.output[0] in n.input)
+    assert "does not match the shape" in violation(report, "weight-values", conv).message
+
+
 def test_two_quantizers_at_a_fan_out(tiny_onnx, trt):
     plan, model = trt
     block = plan.residual_adds[1]  # identity block: its input fans out to conv1 and the Add
