@@ -93,9 +93,10 @@ def fuses_qdq(model: onnx.ModelProto) -> bool:
     """Whether ONNX Runtime's CPU provider should fuse ``model``'s Q/DQ groups into integer kernels: not for signed INT8
     activations (TensorRT's scheme), which it would run as DequantizeLinear + FP32 ops anyway.
 
-    Such a graph runs literally, Q/DQ by Q/DQ (``session.disable_quant_qdq``): the same numbers as the fused-off
-    default up to FP32 summation order, ~20% faster because the weights' DequantizeLinear is folded once and the
-    FP32 convolutions get ONNX Runtime's blocked layout (docs/build.md, "The FP32 reference and the candidate").
+    Such a graph runs literally, Q/DQ by Q/DQ (``session.disable_quant_qdq``): the same function as ONNX Runtime's
+    default, whose FP32 sums run in another order (a rounding boundary of a QuantizeLinear can then flip, so a few
+    predictions differ), ~20% faster because the weights' DequantizeLinear is folded once and the FP32 convolutions
+    get ONNX Runtime's blocked layout (docs/build.md, "The FP32 reference and the candidate").
     """
     return not signed_activation_quantizers(model)
 
