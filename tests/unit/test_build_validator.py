@@ -54,7 +54,7 @@ def test_the_reference_session_times_the_fp32_baseline(tiny_onnx: onnx.ModelProt
     assert len(sessions_made) - before == 2  # one FP32 session (reference and baseline), one INT8
     assert result.reference == result.baseline == "onnxruntime-fp32" and result.samples == 12
     assert {(lat.runner, lat.batch) for lat in result.latency} == {("onnxruntime-fp32", 1), ("onnxruntime-int8", 1)}
-    x = np.stack([np.asarray(x_, np.float32) for x_, _ in _source().batches(_pre(), 12)][0])
+    x, _ = next(iter(_source().batches(_pre(), 12)))  # the 12 inputs, preprocessed as the validator does
     assert np.array_equal(validator.reference.logits, OnnxRuntimeRunner(tiny_onnx, threads=1).infer(x))
 
 

@@ -19,9 +19,7 @@ W_SCALES = np.array([0.01, 0.02, 0.03], np.float32)
 def _qdq_conv(activation_type: int) -> tuple[onnx.ModelProto, np.ndarray]:
     """input -> Q/DQ (per-tensor) -> Conv 3x3 (weights INT8 per channel, DequantizeLinear) -> Relu; and the INT8 weights."""
     w_q = np.random.default_rng(0).integers(-127, 128, (3, 2, 3, 3)).astype(np.int8)
-    zp = np.zeros((), np.int8 if activation_type == TensorProto.INT8 else np.uint8)
-    if activation_type == TensorProto.UINT8:
-        zp = np.array(128, np.uint8)
+    zp = np.array(0, np.int8) if activation_type == TensorProto.INT8 else np.array(128, np.uint8)
     inits = [
         numpy_helper.from_array(np.array(X_SCALE, np.float32), "x_scale"),
         numpy_helper.from_array(zp, "x_zp"),
